@@ -1,0 +1,37 @@
+"""Attention variants behind a registry: ``build_attention(config, layer_idx)`` picks the class."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from shareddiff.attention.diff import DiffAttention, DifferentialAttention
+from shareddiff.attention.shared_diff import SharedDiffAttention, SharedDiffHeadsAttention
+from shareddiff.attention.standard import StandardAttention
+from shareddiff.config import ModelConfig
+
+ATTENTION_REGISTRY: dict[tuple[str, str | None], type[nn.Module]] = {
+    ("standard", None): StandardAttention,
+    ("diff", None): DiffAttention,
+    ("shared_diff", "branches"): SharedDiffAttention,
+    ("shared_diff", "heads"): SharedDiffHeadsAttention,
+}
+
+
+def attention_class(config: ModelConfig) -> type[nn.Module]:
+    sharing = config.base_sharing if config.attention == "shared_diff" else None
+    return ATTENTION_REGISTRY[(config.attention, sharing)]
+
+
+def build_attention(config: ModelConfig, layer_idx: int) -> nn.Module:
+    return attention_class(config)(config, layer_idx)
+
+
+__all__ = [
+    "ATTENTION_REGISTRY",
+    "DiffAttention",
+    "DifferentialAttention",
+    "SharedDiffAttention",
+    "SharedDiffHeadsAttention",
+    "StandardAttention",
+    "build_attention",
+]

@@ -1,0 +1,85 @@
+"""DIFF attention (architecture §3), and the differential tail it shares with Shared DIFF.
+
+The tail — RoPE, λ re-parameterisation, the op, per-head RMSNorm, ×(1 − λ_init), W_O — is
+identical for both differential variants; they differ only in how Q1, Q2, K1, K2 are projected.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from shareddiff.config import ModelConfig
+from shareddiff.layers import RMSNorm, apply_rope
+from shareddiff.ops import differential_attention
+
+HEAD_NORM_EPS = 1e-5
+
+
+class DifferentialAttention(nn.Module):
+    """Base of the differential variants; subclasses implement ``project_qk``."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        d, d_model = config.head_dim, config.d_model
+        self.wv = nn.Linear(d_model, config.n_kv_heads * 2 * d, bias=False)
+        self.wo = nn.Linear(d_model, d_model, bias=False)
+        self.lambda_q1 = nn.Parameter(torch.empty(d))
+        self.lambda_k1 = nn.Parameter(torch.empty(d))
+        self.lambda_q2 = nn.Parameter(torch.empty(d))
+        self.lambda_k2 = nn.Parameter(torch.empty(d))
+        self.lambda_init = config.layer_lambda_init(layer_idx)
+        self.head_norm = RMSNorm(2 * d, eps=HEAD_NORM_EPS, weight=config.head_norm_weight) if config.head_norm else None
+        self.backend = "auto"
+
+    def project_qk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Q1, Q2: (B, N, h, d); K1, K2: (B, N, h_kv, d), before RoPE."""
+        raise NotImplementedError
+
+    def lam(self) -> Tensor:
+        """λ = exp(λ_q1·λ_k1) − exp(λ_q2·λ_k2) + λ_init, a float32 scalar."""
+        lam1 = torch.exp(torch.dot(self.lambda_q1.float(), self.lambda_k1.float()))
+        lam2 = torch.exp(torch.dot(self.lambda_q2.float(), self.lambda_k2.float()))
+        return lam1 - lam2 + self.lambda_init
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None) -> Tensor:
+        b, n, _ = x.shape
+        q1, q2, k1, k2 = (apply_rope(t, *rope).transpose(1, 2) for t in self.project_qk(x))
+        v = self.wv(x).view(b, n, self.n_kv_heads, 2 * self.head_dim).transpose(1, 2)  # (B, h_kv, N, 2d)
+        if cache is not None:
+            k1, k2, v = cache.update(self.layer_idx, k1, k2, v)
+        out = differential_attention(q1, q2, k1, k2, v, self.lam(), causal=True, backend=self.backend)
+        if self.head_norm is not None:
+            out = self.head_norm(out) * (1.0 - self.lambda_init)  # each head normalised on its own
+        return self.wo(out.transpose(1, 2).reshape(b, n, -1))
+
+    def reset_parameters(self, std: float, out_std: float) -> None:
+        nn.init.normal_(self.wv.weight, std=std)
+        nn.init.normal_(self.wo.weight, std=out_std)
+        for p in (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2):
+            nn.init.normal_(p, mean=0.0, std=0.1)
+        if self.head_norm is not None:
+            self.head_norm.reset_parameters()
+
+
+class DiffAttention(DifferentialAttention):
+    """DIFF Transformer: dense W_Q, W_K ∈ R^{D×D}; sub-heads 2i and 2i+1 are Q1_i and Q2_i (interleaved)."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__(config, layer_idx)
+        d_model = config.d_model
+        self.wq = nn.Linear(d_model, d_model, bias=False)
+        self.wk = nn.Linear(d_model, config.n_kv_heads * 2 * config.head_dim, bias=False)
+
+    def project_qk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        b, n, _ = x.shape
+        q = self.wq(x).view(b, n, self.n_heads, 2, self.head_dim)  # (B, N, h, {Q1, Q2}, d)
+        k = self.wk(x).view(b, n, self.n_kv_heads, 2, self.head_dim)
+        return q[..., 0, :], q[..., 1, :], k[..., 0, :], k[..., 1, :]
+
+    def reset_parameters(self, std: float, out_std: float) -> None:
+        super().reset_parameters(std, out_std)
+        nn.init.normal_(self.wq.weight, std=std)
+        nn.init.normal_(self.wk.weight, std=std)

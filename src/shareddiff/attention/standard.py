@@ -1,0 +1,39 @@
+"""Standard causal softmax attention: the LLaMA-style "Transformer" baseline (architecture §2)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from shareddiff.config import ModelConfig
+from shareddiff.layers import apply_rope
+from shareddiff.ops import softmax_attention
+
+
+class StandardAttention(nn.Module):
+    """Multi-head (optionally grouped-query) attention with head dim D / n_heads and RoPE."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads, self.n_kv_heads, self.head_dim = config.n_heads, config.n_kv_heads, config.head_dim
+        d_model, kv_dim = config.d_model, config.n_kv_heads * config.head_dim
+        self.wq = nn.Linear(d_model, d_model, bias=False)
+        self.wk = nn.Linear(d_model, kv_dim, bias=False)
+        self.wv = nn.Linear(d_model, kv_dim, bias=False)
+        self.wo = nn.Linear(d_model, d_model, bias=False)
+        self.backend = "auto"
+
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None) -> Tensor:
+        b, n, _ = x.shape
+        q = apply_rope(self.wq(x).view(b, n, self.n_heads, self.head_dim), *rope).transpose(1, 2)
+        k = apply_rope(self.wk(x).view(b, n, self.n_kv_heads, self.head_dim), *rope).transpose(1, 2)
+        v = self.wv(x).view(b, n, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update(self.layer_idx, k, v)
+        out = softmax_attention(q, k, v, causal=True, backend=self.backend)  # (B, h, N, dh)
+        return self.wo(out.transpose(1, 2).reshape(b, n, -1))
+
+    def reset_parameters(self, std: float, out_std: float) -> None:
+        for lin in (self.wq, self.wk, self.wv):
+            nn.init.normal_(lin.weight, std=std)
+        nn.init.normal_(self.wo.weight, std=out_std)

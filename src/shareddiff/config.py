@@ -1,0 +1,173 @@
+"""Model configuration, validation with clear errors, and the named presets.
+
+Symbols follow the architecture page: ``D`` = ``d_model``, ``h`` = ``n_heads``. For the two
+differential variants a head has two query/key sub-heads of half dimension ``d = D / (2h)`` and one
+value head of dimension ``2d``; for ``standard`` a head has dimension ``D / h`` (the matched
+Transformer uses ``2h`` heads, so its head dimension equals ``d``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ATTENTION_VARIANTS = ("standard", "diff", "shared_diff")
+BASE_SHARING = ("branches", "heads")
+LOWRANK_INIT = ("random", "lora")
+DIFFERENTIAL = ("diff", "shared_diff")
+
+
+def _round_up(x: float, multiple: int) -> int:
+    return int(math.ceil(x / multiple) * multiple)
+
+
+def default_ffn_dim(d_model: int) -> int:
+    """SwiGLU width: 8/3·D rounded up to a multiple of 64 (architecture §1)."""
+    return _round_up(8 * d_model / 3, 64)
+
+
+def default_lowrank_rank(d_model: int) -> int:
+    """Low-rank update rank when none is given: D/16 rounded to a multiple of 8, at least 8."""
+    return max(8, round(d_model / 16 / 8) * 8)
+
+
+def lambda_init_schedule(layer_idx: int) -> float:
+    """DIFF's depth schedule λ_init(l) = 0.8 − 0.6·exp(−0.3·(l − 1)), ``layer_idx`` 0-based (= l − 1)."""
+    return 0.8 - 0.6 * math.exp(-0.3 * layer_idx)
+
+
+@dataclass
+class ModelConfig:
+    """Everything that fixes a model's shape and math; the attention backend is chosen at run time.
+
+    Shared DIFF fields are ignored by the other variants; ``head_norm``, ``head_norm_weight`` and
+    ``lambda_init`` apply to both differential variants.
+    """
+
+    attention: str = "shared_diff"
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 2
+    vocab_size: int = 512
+    ffn_dim: int | None = None  # None → 8/3·D rounded up to a multiple of 64
+    max_seq_len: int = 256
+    n_kv_heads: int | None = None  # None → n_heads (no GQA)
+    tie_embeddings: bool = False
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    init_std: float = 0.02
+    # Differential attention (diff and shared_diff).
+    lambda_init: float | None = None  # None → depth schedule; a float → that constant in every layer
+    head_norm: bool = True  # per-head RMSNorm then ×(1 − λ_init); off = the "−GroupNorm" ablation
+    head_norm_weight: bool = True  # learnable weight of size 2d shared by heads (official DIFF code)
+    # Shared DIFF only.
+    lowrank_rank: int | None = None  # branches: r (None → D/16); heads: per-head r_h (None → d/4)
+    base_sharing: str = "branches"  # "branches" (default reading) or "heads" (alternative reading)
+    lowrank_init: str = "random"  # "random": both factors random; "lora": B = 0
+    notes: str = field(default="", compare=False)  # what a preset changed from its source, if anything
+
+    def __post_init__(self) -> None:
+        if self.ffn_dim is None:
+            self.ffn_dim = default_ffn_dim(self.d_model) if self.d_model > 0 else 0
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.attention == "shared_diff" and self.lowrank_rank is None and self._shape_ok():
+            if self.base_sharing == "heads":
+                self.lowrank_rank = max(1, self.head_dim // 4)
+            else:
+                self.lowrank_rank = default_lowrank_rank(self.d_model)
+        self.validate()
+
+    def _shape_ok(self) -> bool:
+        return self.d_model > 0 and self.n_heads > 0 and self.d_model % (self.n_heads * self.width_factor) == 0
+
+    @property
+    def width_factor(self) -> int:
+        """2 for differential variants (a head holds two d-dim sub-heads), 1 for standard."""
+        return 2 if self.attention in DIFFERENTIAL else 1
+
+    @property
+    def head_dim(self) -> int:
+        """Per-(sub-)head query/key dimension: ``d`` for differential variants, ``D/h`` for standard."""
+        return self.d_model // (self.n_heads * self.width_factor)
+
+    @property
+    def is_differential(self) -> bool:
+        return self.attention in DIFFERENTIAL
+
+    def layer_lambda_init(self, layer_idx: int) -> float:
+        """λ_init of layer ``layer_idx`` (0-based): the constant if set, else the depth schedule."""
+        return self.lambda_init if self.lambda_init is not None else lambda_init_schedule(layer_idx)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field and the fix for any inconsistent value."""
+        if self.attention not in ATTENTION_VARIANTS:
+            raise ValueError(
+                f"attention={self.attention!r} is not a known variant; use one of {list(ATTENTION_VARIANTS)}"
+            )
+        for name in ("d_model", "n_layers", "n_heads", "vocab_size", "max_seq_len", "ffn_dim", "n_kv_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if self.d_model % (self.n_heads * self.width_factor):
+            unit = "2·n_heads (each differential head holds two sub-heads)" if self.is_differential else "n_heads"
+            raise ValueError(
+                f"d_model={self.d_model} is not divisible by {unit} = {self.n_heads * self.width_factor}; "
+                f"choose n_heads so that d_model / {unit} is an integer"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"head dim {self.head_dim} (d_model={self.d_model}, n_heads={self.n_heads}) is odd, but RoPE "
+                "rotates pairs of dimensions; choose n_heads so that the head dim is even"
+            )
+        if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} (GQA shares each key/value "
+                f"head among n_heads / n_kv_heads query heads); use a divisor of {self.n_heads}"
+            )
+        if self.lambda_init is not None and not 0.0 <= self.lambda_init < 1.0:
+            raise ValueError(f"lambda_init={self.lambda_init} must be in [0, 1) or None for the depth schedule")
+        for name in ("rope_theta", "norm_eps", "init_std"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}={getattr(self, name)} must be positive")
+        if self.attention == "shared_diff":
+            self._validate_shared_diff()
+
+    def _validate_shared_diff(self) -> None:
+        if self.base_sharing not in BASE_SHARING:
+            raise ValueError(f"base_sharing={self.base_sharing!r} is not known; use one of {list(BASE_SHARING)}")
+        if self.lowrank_init not in LOWRANK_INIT:
+            raise ValueError(f"lowrank_init={self.lowrank_init!r} is not known; use one of {list(LOWRANK_INIT)}")
+        r = self.lowrank_rank
+        if self.base_sharing == "branches":
+            limit, what = self.d_model // 2, "d_model/2"
+        else:
+            limit, what = self.head_dim, "the head half-dim d"
+        if not isinstance(r, int) or r <= 0 or r >= limit:
+            raise ValueError(
+                f"lowrank_rank={r!r} must satisfy 0 < lowrank_rank < {what} = {limit} for "
+                f"base_sharing={self.base_sharing!r} (a rank that large is not low-rank); "
+                f"e.g. {default_lowrank_rank(self.d_model) if self.base_sharing == 'branches' else max(1, limit // 4)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s) {unknown}; valid fields are {sorted(known)}")
+        return cls(**data)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """The named preset (exact name, see ``PRESET_NAMES``) with ``overrides`` applied."""
+        from shareddiff.presets import preset_dict
+
+        values = preset_dict(name)
+        values.update(overrides)
+        return cls.from_dict(values)

@@ -1,0 +1,61 @@
+"""Building blocks shared by the model and the attention variants: RMSNorm, RoPE, SwiGLU."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) · w, computed in float32; ``weight=False`` gives the weightless form."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, weight: bool = True) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if weight else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            out = out * self.weight.float()
+        return out.to(x.dtype)
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            nn.init.ones_(self.weight)
+
+
+def rope_angles(positions: Tensor, dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin of the rotary angles, each (N, dim/2) in float32, for integer ``positions`` (N,)."""
+    inv_freq = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate interleaved pairs (x[2j], x[2j+1]) as the official DIFF code does. x: (B, N, H, dim)."""
+    pairs = x.float().unflatten(-1, (-1, 2))  # (B, N, H, dim/2, 2)
+    even, odd = pairs[..., 0], pairs[..., 1]
+    cos, sin = cos[:, None, :], sin[:, None, :]  # (N, 1, dim/2) broadcast over heads
+    rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+    return rotated.flatten(-2).to(x.dtype)
+
+
+class SwiGLU(nn.Module):
+    """(swish(x W_g) ⊙ x W_1) W_2, no biases."""
+
+    def __init__(self, d_model: int, ffn_dim: int) -> None:
+        super().__init__()
+        self.w_gate = nn.Linear(d_model, ffn_dim, bias=False)
+        self.w_up = nn.Linear(d_model, ffn_dim, bias=False)
+        self.w_down = nn.Linear(ffn_dim, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+
+    def reset_parameters(self, std: float, out_std: float) -> None:
+        nn.init.normal_(self.w_gate.weight, std=std)
+        nn.init.normal_(self.w_up.weight, std=std)
+        nn.init.normal_(self.w_down.weight, std=out_std)

@@ -1,0 +1,22 @@
+"""Attention ops behind a backend registry: eager reference, PyTorch SDPA, and fused kernels."""
+
+from shareddiff.ops.differential import (
+    available_backends,
+    differential_attention,
+    eager_differential_attention,
+    register_backend,
+    resolve_backend,
+    sdpa_differential_attention,
+)
+from shareddiff.ops.softmax import eager_softmax_attention, softmax_attention
+
+__all__ = [
+    "available_backends",
+    "differential_attention",
+    "eager_differential_attention",
+    "eager_softmax_attention",
+    "register_backend",
+    "resolve_backend",
+    "sdpa_differential_attention",
+    "softmax_attention",
+]

@@ -1,0 +1,37 @@
+"""Plain causal softmax attention for the Transformer baseline, behind the same backend names."""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from shareddiff.ops.differential import _expand_kv, causal_mask
+
+
+def softmax_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, backend: str = "auto") -> Tensor:
+    """softmax(q kᵀ/√d + mask) v. q: (B, h, N, d); k, v: (B, h_kv, N_k, ·); queries are the last N keys.
+
+    ``"eager"`` materialises the map (float32 softmax); every other backend name uses SDPA.
+    """
+    if backend == "eager":
+        return eager_softmax_attention(q, k, v, causal)[0]
+    h, n, n_k = q.shape[1], q.shape[2], k.shape[2]
+    k, v = _expand_kv(k, h), _expand_kv(v, h)
+    mask, is_causal = None, causal
+    if causal and n != n_k:
+        is_causal = False
+        mask = None if n == 1 else causal_mask(n, n_k, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
+
+
+def eager_softmax_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> tuple[Tensor, Tensor]:
+    """Reference path returning ``(out, A)`` with the float32 attention map A: (B, h, N, N_k)."""
+    h = q.shape[1]
+    k, v = _expand_kv(k, h), _expand_kv(v, h)
+    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
+    attn = scores.softmax(dim=-1)
+    return (attn @ v.float()).to(v.dtype), attn

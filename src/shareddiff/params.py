@@ -1,0 +1,167 @@
+"""Parameter accounting by component, counted on the ``meta`` device (no memory, any size)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shareddiff.config import ModelConfig
+from shareddiff.model import build_model
+
+COMPONENTS = ("embeddings", "attention_qk", "attention_vo", "ffn", "norms_lambda")
+COMPONENT_LABELS = {
+    "embeddings": "embeddings (token + LM head)",
+    "attention_qk": "attention Q/K",
+    "attention_vo": "attention V/O",
+    "ffn": "FFN (SwiGLU)",
+    "norms_lambda": "norms and λ",
+}
+_QK_NAMES = ("wq", "wk", "q1_a", "q1_b", "q2_a", "q2_b", "k1_a", "k1_b", "k2_a", "k2_b")
+
+
+def component_of(param_name: str) -> str:
+    """Which component a parameter of ``LanguageModel`` belongs to, from its qualified name."""
+    parts = param_name.split(".")
+    if parts[0] in ("tok_embeddings", "output"):
+        return "embeddings"
+    if "feed_forward" in parts:
+        return "ffn"
+    if "attention" in parts:
+        leaf = parts[parts.index("attention") + 1]
+        if leaf in _QK_NAMES:
+            return "attention_qk"
+        if leaf in ("wv", "wo"):
+            return "attention_vo"
+    return "norms_lambda"  # RMSNorm weights, the per-head norm weight, the λ vectors
+
+
+@dataclass
+class ParamReport:
+    config: ModelConfig
+    counts: dict[str, int]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def non_embedding(self) -> int:
+        return self.total - self.counts["embeddings"]
+
+    @property
+    def total_tied(self) -> int:
+        """Total as if the LM head were tied to the token embedding."""
+        c = self.config
+        return self.total if c.tie_embeddings else self.total - c.vocab_size * c.d_model
+
+    @property
+    def qk_per_layer(self) -> int:
+        return self.counts["attention_qk"] // self.config.n_layers
+
+    def as_dict(self) -> dict:
+        expression, value = qk_formula(self.config)
+        return {
+            "config": self.config.to_dict(),
+            "components": dict(self.counts),
+            "total": self.total,
+            "total_non_embedding": self.non_embedding,
+            "total_if_tied": self.total_tied,
+            "qk_per_layer": {"counted": self.qk_per_layer, "formula": expression, "formula_value": value},
+        }
+
+
+def count_parameters(config: ModelConfig) -> ParamReport:
+    """Count every parameter of the model ``config`` describes, by component, without allocating it."""
+    model = build_model(config, device="meta")
+    counts = dict.fromkeys(COMPONENTS, 0)
+    for name, p in model.named_parameters():
+        counts[component_of(name)] += p.numel()
+    return ParamReport(config, counts)
+
+
+def qk_formula(config: ModelConfig) -> tuple[str, int]:
+    """The paper's §2.3 closed form for Q/K parameters per layer: (expression, value).
+
+    Written for plain multi-head attention; with GQA the key term scales by n_kv_heads / n_heads.
+    """
+    dm, h, d, kv = config.d_model, config.n_heads, config.head_dim, config.n_kv_heads
+    if config.attention == "standard":
+        return "D² + D·(D·h_kv/h)", dm * dm + dm * d * kv
+    if config.attention == "diff":
+        return "2D² = 4·D·(D/2)", dm * dm + dm * 2 * d * kv
+    r = config.lowrank_rank
+    if config.base_sharing == "heads":
+        return ("2·D·d + 4·h·r_h·(D + d)", 2 * dm * d + 2 * h * r * (dm + d) + 2 * kv * r * (dm + d))
+    return (
+        "D² + 6·r·D = 2·D·(D/2) + 4·r·(D + D/2)",
+        dm * h * d + dm * kv * d + 2 * r * (dm + h * d) + 2 * r * (dm + kv * d),
+    )
+
+
+def human(n: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.2f}{unit}"
+    return str(n)
+
+
+def describe(config: ModelConfig) -> str:
+    c = config
+    extra = f", r={c.lowrank_rank} ({c.base_sharing})" if c.attention == "shared_diff" else ""
+    return (
+        f"attention={c.attention}, D={c.d_model}, L={c.n_layers}, heads={c.n_heads}, "
+        f"kv_heads={c.n_kv_heads}, head_dim={c.head_dim}{extra}, ffn={c.ffn_dim}, vocab={c.vocab_size}, "
+        f"{'tied' if c.tie_embeddings else 'untied'}"
+    )
+
+
+def format_table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
+    lines = [
+        "  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths, strict=True)))
+    ]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append(
+            "  ".join(
+                str(x).ljust(w) if i == 0 else str(x).rjust(w) for i, (x, w) in enumerate(zip(row, widths, strict=True))
+            )
+        )
+    return "\n".join(lines)
+
+
+def _rows(reports: list[ParamReport]) -> list[list[str]]:
+    def cell(n: int) -> str:
+        return f"{n:,} ({human(n)})"
+
+    rows = [[COMPONENT_LABELS[k], *(cell(r.counts[k]) for r in reports)] for k in COMPONENTS]
+    rows.append(["total", *(cell(r.total) for r in reports)])
+    rows.append(["total without embeddings", *(cell(r.non_embedding) for r in reports)])
+    rows.append(["total with tied embeddings", *(cell(r.total_tied) for r in reports)])
+    rows.append(["Q/K per layer, counted", *(f"{r.qk_per_layer:,}" for r in reports)])
+    rows.append(["Q/K per layer, §2.3 formula", *(f"{qk_formula(r.config)[1]:,}" for r in reports)])
+    rows.append(["  formula", *(qk_formula(r.config)[0] for r in reports)])
+    return rows
+
+
+def format_report(name: str, report: ParamReport) -> str:
+    text = f"{name}: {describe(report.config)}\n" + format_table(["component", "parameters"], _rows([report]))
+    if report.config.notes:
+        text += f"\nnote: {report.config.notes}"
+    return text
+
+
+def format_comparison(names: list[str], reports: list[ParamReport]) -> str:
+    table = format_table(["component", *names], _rows(reports))
+    lines = [table, ""]
+    lines += [f"{n}: {describe(r.config)}" for n, r in zip(names, reports, strict=True)]
+    base = next((r for n, r in zip(names, reports, strict=True) if n.startswith("diff-")), None)
+    if base is not None:
+        for n, r in zip(names, reports, strict=True):
+            if n.startswith("shared_diff-"):
+                saved = 1 - r.qk_per_layer / base.qk_per_layer
+                lines.append(
+                    f"Q/K per layer, {n} vs DIFF: {saved:.1%} fewer; total: {1 - r.total / base.total:.1%} fewer"
+                )
+    if reports[0].config.notes:
+        lines.append(f"note: {reports[0].config.notes}")
+    return "\n".join(lines)

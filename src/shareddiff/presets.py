@@ -1,0 +1,143 @@
+"""Named presets: ``<family>-<size>`` for family ``transformer``, ``diff`` or ``shared_diff``.
+
+A size fixes width, depth, differential head count ``h``, rank and vocabulary; the three families of
+one size share all of them. The Transformer baseline uses ``2h`` heads so its head dimension equals
+the differential half-dim ``d`` (the official DIFF code's matching rule, architecture §2).
+
+Paper rows (Table 3 and Table 1) keep width, depth and rank. Where the paper's head count does not
+divide the width into heads of even half-dim ``d`` (architecture §5), the nearest head count that
+does is used, and the preset's ``notes`` say so. Training length, RoPE θ and tying are not in the
+paper: 4096 tokens (the DIFF paper's training length), θ = 10000, untied.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+FAMILIES = {"transformer": "standard", "diff": "diff", "shared_diff": "shared_diff"}
+
+PAPER_VOCAB = 100_288  # cl100k_base padded (architecture §4, "Protocol details")
+
+# h = differential heads; the Transformer preset of the same size gets 2h heads of dim d = D / 2h.
+SIZES: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        d_model=64,
+        n_layers=2,
+        n_heads=2,
+        lowrank_rank=8,
+        vocab_size=512,
+        max_seq_len=256,
+        notes="CPU tests: well under 1M parameters.",
+    ),
+    "small": dict(
+        d_model=384,
+        n_layers=6,
+        n_heads=3,
+        lowrank_rank=24,
+        vocab_size=16384,
+        max_seq_len=1024,
+        notes="CPU/one-GPU experiments with the bundled 16K BPE.",
+    ),
+    "125m": dict(
+        d_model=768,
+        n_layers=12,
+        n_heads=6,
+        lowrank_rank=48,
+        vocab_size=32768,
+        max_seq_len=2048,
+        notes="GPT-2-small shape (performance.md's 135M anchor).",
+    ),
+    "350m": dict(
+        d_model=1024,
+        n_layers=24,
+        n_heads=8,
+        lowrank_rank=64,
+        vocab_size=32768,
+        max_seq_len=2048,
+        notes="GPT-2-medium shape (performance.md's 371M anchor).",
+    ),
+    "830m": dict(
+        d_model=1536,
+        n_layers=24,
+        n_heads=8,
+        lowrank_rank=96,
+        vocab_size=PAPER_VOCAB,
+        max_seq_len=4096,
+        notes="Paper Table 3, as printed (8 heads, d = 96).",
+    ),
+    "1.4b": dict(
+        d_model=2048,
+        n_layers=24,
+        n_heads=8,
+        lowrank_rank=128,
+        vocab_size=PAPER_VOCAB,
+        max_seq_len=4096,
+        notes="Paper Table 3 says 10 heads, which do not divide 2048 into even d; 8 heads "
+        "(d = 128) as in the paper's own Table 6 ablations.",
+    ),
+    "2.8b": dict(
+        d_model=2880,
+        n_layers=32,
+        n_heads=15,
+        lowrank_rank=256,
+        vocab_size=PAPER_VOCAB,
+        max_seq_len=4096,
+        notes="Paper Table 3 says 14 heads (2880/28 is not an integer); 15 heads (d = 96), "
+        "the nearest count giving an even d.",
+    ),
+    "3b": dict(
+        d_model=2880,
+        n_layers=30,
+        n_heads=15,
+        lowrank_rank=256,
+        vocab_size=PAPER_VOCAB,
+        ffn_dim=7680,
+        max_seq_len=4096,
+        notes="Paper Table 1 (FFN 7680) says 14 heads (2880/28 is not an integer); 15 heads "
+        "(d = 96), the nearest count giving an even d.",
+    ),
+    "6.8b": dict(
+        d_model=4096,
+        n_layers=35,
+        n_heads=16,
+        lowrank_rank=320,
+        vocab_size=PAPER_VOCAB,
+        max_seq_len=4096,
+        notes="Paper Table 3 says 20 heads (4096/40 is not an integer); 16 heads (d = 128), "
+        "the nearest count giving an even d.",
+    ),
+    "13.1b": dict(
+        d_model=5120,
+        n_layers=44,
+        n_heads=32,
+        lowrank_rank=448,
+        vocab_size=PAPER_VOCAB,
+        max_seq_len=4096,
+        notes="Paper Table 3 says 30 heads (5120/60 is not an integer); 32 heads (d = 80), "
+        "the nearest count giving an even d.",
+    ),
+}
+
+PRESET_NAMES: list[str] = [f"{family}-{size}" for size in SIZES for family in FAMILIES]
+
+
+def preset_dict(name: str) -> dict[str, Any]:
+    """Field values of preset ``name`` (exact match); an unknown name lists the valid ones."""
+    family, _, size = name.partition("-")
+    if family not in FAMILIES or size not in SIZES:
+        raise ValueError(f"unknown preset {name!r}; valid presets are: {', '.join(PRESET_NAMES)}")
+    values = dict(SIZES[size])
+    values["attention"] = FAMILIES[family]
+    if family == "transformer":
+        values["n_heads"] *= 2
+    if family != "shared_diff":
+        values.pop("lowrank_rank")
+    return values
+
+
+def size_of(name: str) -> str:
+    """The size part of a preset name, or the name itself if it is already a size."""
+    if name in SIZES:
+        return name
+    preset_dict(name)
+    return name.partition("-")[2]

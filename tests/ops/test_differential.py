@@ -1,0 +1,117 @@
+"""differential_attention backends against a float64 reference written here from architecture §6."""
+
+import math
+
+import pytest
+import torch
+
+from shareddiff.ops import differential_attention, eager_differential_attention, resolve_backend
+from tests.conftest import rel_err
+
+TOL = 1e-5  # float32 relative error against float64
+
+
+def reference(q1, q2, k1, k2, v, lam, causal=True):
+    """softmax(q1k1ᵀ/√d + M)v − λ·softmax(q2k2ᵀ/√d + M)v in float64; queries are the last N keys."""
+    q1, q2, k1, k2, v = (t.double() for t in (q1, q2, k1, k2, v))
+    h, n, d = q1.shape[1], q1.shape[2], q1.shape[3]
+    rep = h // k1.shape[1]
+    k1, k2, v = (t.repeat_interleave(rep, dim=1) for t in (k1, k2, v))
+    n_k = k1.shape[2]
+    allowed = torch.ones(n, n_k, dtype=torch.bool)
+    if causal:
+        allowed = torch.tensor([[j <= i + n_k - n for j in range(n_k)] for i in range(n)])
+
+    def attn(q, k):
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(d)
+        return torch.where(allowed, s, torch.tensor(float("-inf"), dtype=s.dtype)).softmax(-1) @ v
+
+    lam = lam.double() if isinstance(lam, torch.Tensor) else torch.tensor(lam, dtype=torch.float64)
+    lam = lam.view(1, h, 1, 1) if lam.dim() == 1 else lam
+    return attn(q1, k1) - lam * attn(q2, k2)
+
+
+def make_inputs(b, h, h_kv, n, n_k, d, lam_shape, dtype=torch.float32):
+    q1, q2 = (torch.randn(b, h, n, d, dtype=dtype) for _ in range(2))
+    k1, k2 = (torch.randn(b, h_kv, n_k, d, dtype=dtype) for _ in range(2))
+    v = torch.randn(b, h_kv, n_k, 2 * d, dtype=dtype)
+    lam = torch.rand(lam_shape, dtype=dtype) * 0.8 + 0.1
+    return [q1, q2, k1, k2, v, lam]
+
+
+SHAPES = [  # (B, h, h_kv, N, N_k, d)
+    (1, 1, 1, 1, 1, 8),  # N = 1
+    (2, 3, 3, 13, 13, 16),  # N not a multiple of 8
+    (1, 2, 2, 64, 64, 32),
+    (2, 4, 2, 37, 37, 8),  # GQA
+    (1, 2, 1, 5, 29, 16),  # queries after a cache of 24 positions
+    (1, 2, 2, 1, 19, 16),  # one decode step
+]
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("lam_shape", [(), "per_head"])
+@pytest.mark.parametrize("causal", [True, False])
+def test_backend_matches_float64_reference(seed, backend, shape, lam_shape, causal):
+    b, h, h_kv, n, n_k, d = shape
+    inputs = make_inputs(b, h, h_kv, n, n_k, d, (h,) if lam_shape == "per_head" else ())
+    for t in inputs:
+        t.requires_grad_(True)
+    inputs64 = [t.detach().double().requires_grad_(True) for t in inputs]
+
+    out = differential_attention(*inputs, causal=causal, backend=backend)
+    ref = reference(*inputs64, causal=causal)
+    assert out.shape == (b, h, n, 2 * d) and out.dtype == torch.float32
+    assert rel_err(out, ref) <= TOL
+
+    grad_out = torch.randn_like(ref)
+    out.backward(grad_out.float())
+    ref.backward(grad_out)
+    for name, t, t64 in zip(("q1", "q2", "k1", "k2", "v", "lam"), inputs, inputs64, strict=True):
+        assert rel_err(t.grad, t64.grad) <= TOL, f"grad of {name}"
+
+
+def test_float_lambda_and_backend_agreement(seed):
+    q1, q2, k1, k2, v, _ = make_inputs(2, 2, 2, 21, 21, 16, ())
+    eager = differential_attention(q1, q2, k1, k2, v, 0.35, backend="eager")
+    sdpa = differential_attention(q1, q2, k1, k2, v, 0.35, backend="sdpa")
+    ref = reference(q1, q2, k1, k2, v, 0.35)
+    assert rel_err(eager, ref) <= TOL and rel_err(sdpa, eager) <= TOL
+
+
+def test_eager_returns_maps(seed):
+    q1, q2, k1, k2, v, lam = make_inputs(1, 2, 2, 11, 11, 8, ())
+    out, a1, a2 = eager_differential_attention(q1, q2, k1, k2, v, lam, return_maps=True)
+    assert a1.shape == a2.shape == (1, 2, 11, 11)
+    torch.testing.assert_close(a1.sum(-1), torch.ones(1, 2, 11), rtol=0, atol=1e-6)
+    assert torch.all(a1.triu(1) == 0) and torch.all(a2.triu(1) == 0)  # causal: nothing above the diagonal
+    torch.testing.assert_close(out, (a1 - lam * a2) @ v, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_shapes_are_named(seed):
+    q1, q2, k1, k2, v, lam = make_inputs(1, 4, 4, 8, 8, 8, ())
+    with pytest.raises(ValueError, match="v must be"):
+        differential_attention(q1, q2, k1, k2, v[..., :8], lam)
+    with pytest.raises(ValueError, match="must divide query heads"):
+        differential_attention(q1, q2, k1[:, :3], k2[:, :3], v[:, :3], lam)
+    with pytest.raises(ValueError, match="unknown attention backend 'nope'"):
+        differential_attention(q1, q2, k1, k2, v, lam, backend="nope")
+    with pytest.raises(ValueError, match=r"lam must be a scalar or of shape \(h,\)"):
+        differential_attention(q1, q2, k1, k2, v, torch.ones(3))
+
+
+def test_auto_picks_sdpa_on_cpu():
+    assert resolve_backend("auto", torch.zeros(1, 1, 1, 2)) == "sdpa"
+
+
+def test_sdpa_backend_uses_a_fused_kernel_on_cpu(seed):
+    """O(N) memory: the SDPA path must not fall back to PyTorch's N×N math implementation."""
+    from torch.profiler import profile
+
+    q1, q2, k1, k2, v, lam = make_inputs(1, 2, 2, 256, 256, 16, ())
+    with profile() as prof:
+        differential_attention(q1, q2, k1, k2, v, lam, backend="sdpa")
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::_scaled_dot_product_flash_attention_for_cpu" in ops
+    assert "aten::_scaled_dot_product_attention_math" not in ops

@@ -1,0 +1,90 @@
+"""ModelConfig validation and presets."""
+
+import pytest
+
+from shareddiff import PRESET_NAMES, ModelConfig
+from shareddiff.params import count_parameters
+from shareddiff.presets import SIZES
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (dict(attention="mamba"), r"attention='mamba' is not a known variant; use one of \['standard', 'diff'"),
+        (dict(attention="diff", d_model=100, n_heads=3), r"d_model=100 is not divisible by 2·n_heads"),
+        (dict(attention="standard", d_model=100, n_heads=3), r"d_model=100 is not divisible by n_heads"),
+        (dict(attention="diff", d_model=72, n_heads=4), r"head dim 9 .* is odd, but RoPE"),
+        (dict(attention="standard", d_model=60, n_heads=4), r"head dim 15 .* is odd"),
+        (
+            dict(attention="shared_diff", d_model=64, lowrank_rank=0),
+            r"lowrank_rank=0 must satisfy 0 < lowrank_rank < d_model/2 = 32",
+        ),
+        (dict(attention="shared_diff", d_model=64, lowrank_rank=32), r"lowrank_rank=32 must satisfy"),
+        (dict(attention="shared_diff", base_sharing="heads", lowrank_rank=16), r"< the head half-dim d = 16"),
+        (dict(attention="diff", n_heads=4, n_kv_heads=3), r"n_kv_heads=3 must divide n_heads=4"),
+        (dict(attention="standard", n_heads=4, n_kv_heads=8), r"n_kv_heads=8 must divide n_heads=4"),
+        (dict(attention="shared_diff", base_sharing="layers"), r"base_sharing='layers' is not known"),
+        (dict(attention="shared_diff", lowrank_init="xavier"), r"lowrank_init='xavier' is not known"),
+        (dict(d_model=0), r"d_model=0 must be a positive integer"),
+        (dict(lambda_init=1.5), r"lambda_init=1.5 must be in \[0, 1\)"),
+    ],
+)
+def test_bad_config_names_field_and_fix(fields, message):
+    with pytest.raises(ValueError, match=message):
+        ModelConfig(**fields)
+
+
+def test_unknown_preset_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown preset 'shared_diff-7b'; valid presets are: .*shared_diff-830m"):
+        ModelConfig.from_preset("shared_diff-7b")
+
+
+def test_unknown_field_in_dict():
+    with pytest.raises(ValueError, match=r"unknown ModelConfig field\(s\) \['n_head'\]"):
+        ModelConfig.from_dict({"n_head": 4})
+
+
+def test_preset_overrides_and_round_trip():
+    config = ModelConfig.from_preset("shared_diff-small", lowrank_rank=16, lambda_init=0.5)
+    assert (config.d_model, config.lowrank_rank, config.lambda_init) == (384, 16, 0.5)
+    assert ModelConfig.from_dict(config.to_dict()) == config
+
+
+def test_defaults():
+    config = ModelConfig(attention="shared_diff", d_model=1536, n_heads=8)
+    assert config.ffn_dim == 4096 and config.lowrank_rank == 96  # 8/3·D rounded to 64; D/16
+    assert ModelConfig(attention="shared_diff", d_model=2880, n_heads=15).ffn_dim == 7680
+    heads = ModelConfig(attention="shared_diff", d_model=64, n_heads=2, base_sharing="heads")
+    assert heads.lowrank_rank == heads.head_dim // 4 == 4
+
+
+def test_every_preset_is_valid_and_families_match():
+    assert len(PRESET_NAMES) == 3 * len(SIZES)
+    for size in SIZES:
+        t, d, s = (ModelConfig.from_preset(f"{f}-{size}") for f in ("transformer", "diff", "shared_diff"))
+        assert t.d_model == d.d_model == s.d_model and t.n_layers == d.n_layers == s.n_layers
+        assert t.n_heads == 2 * d.n_heads and t.head_dim == d.head_dim == s.head_dim  # architecture §2
+        assert d.head_dim % 2 == 0
+
+
+@pytest.mark.parametrize(("size", "low", "high"), [("tiny", 0, 1e6), ("small", 10e6, 30e6)])
+def test_small_preset_sizes(size, low, high):
+    for family in ("transformer", "diff", "shared_diff"):
+        total = count_parameters(ModelConfig.from_preset(f"{family}-{size}")).total
+        assert low < total < high, (family, total)
+
+
+def test_paper_rows_keep_width_depth_rank():
+    rows = {
+        "830m": (1536, 24, 96),
+        "1.4b": (2048, 24, 128),
+        "2.8b": (2880, 32, 256),
+        "3b": (2880, 30, 256),
+        "6.8b": (4096, 35, 320),
+        "13.1b": (5120, 44, 448),
+    }
+    for size, (width, depth, rank) in rows.items():
+        config = ModelConfig.from_preset(f"shared_diff-{size}")
+        assert (config.d_model, config.n_layers, config.lowrank_rank, config.vocab_size) == (width, depth, rank, 100288)
+    assert ModelConfig.from_preset("diff-3b").ffn_dim == 7680
+    assert "Table 6" in ModelConfig.from_preset("diff-1.4b").notes

@@ -1,0 +1,114 @@
+"""The language model: causality, KV-cache decoding, backend agreement, input limits."""
+
+import pytest
+import torch
+
+from shareddiff import ModelConfig, build_model
+from tests.conftest import rel_err
+
+VARIANTS = {
+    "standard": dict(attention="standard", n_heads=4),
+    "standard-gqa": dict(attention="standard", n_heads=4, n_kv_heads=2),
+    "diff": dict(attention="diff"),
+    "diff-gqa": dict(attention="diff", n_heads=4, n_kv_heads=2, d_model=64),
+    "shared_diff": dict(attention="shared_diff"),
+    "shared_diff-heads": dict(attention="shared_diff", base_sharing="heads"),
+    "shared_diff-gqa": dict(attention="shared_diff", n_heads=4, n_kv_heads=1),
+    "shared_diff-tied-lora": dict(attention="shared_diff", tie_embeddings=True, lowrank_init="lora"),
+}
+
+
+def tiny(name: str, **extra) -> torch.nn.Module:
+    config = ModelConfig(
+        **{"d_model": 64, "n_layers": 2, "n_heads": 2, "vocab_size": 97, "max_seq_len": 64, **VARIANTS[name], **extra}
+    )
+    return build_model(config).eval()
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_causality(seed, name):
+    model = tiny(name)
+    ids = torch.randint(0, 97, (2, 23))
+    t = int(torch.randint(1, 22, ()))
+    changed = ids.clone()
+    changed[:, t] = (ids[:, t] + 1 + torch.randint(0, 95, (2,))) % 97
+    with torch.no_grad():
+        a, b = model(ids), model(changed)
+    assert torch.equal(a[:, :t], b[:, :t]), f"logits before position {t} changed"
+    assert not torch.allclose(a[:, t], b[:, t]), "the changed token itself must change its logits"
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_kv_cache_decoding_equals_full_forward(seed, name, backend):
+    model = tiny(name)
+    model.set_attention_backend(backend)
+    ids = torch.randint(0, 97, (3, 30))
+    with torch.no_grad():
+        full = model(ids)
+        cache = model.new_cache()
+        pieces = [model(ids[:, :11], cache), model(ids[:, 11:15], cache)]  # prefill, then a chunk
+        pieces += [model(ids[:, i : i + 1], cache) for i in range(15, 30)]  # then one token at a time
+    assert cache.length == 30
+    assert rel_err(torch.cat(pieces, dim=1), full) <= 1e-5
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_eager_and_sdpa_models_agree(seed, name):
+    model = tiny(name)
+    ids = torch.randint(0, 97, (2, 33))
+    logits = {}
+    for backend in ("eager", "sdpa"):
+        model.set_attention_backend(backend)
+        out = model(ids)
+        out.logsumexp(-1).mean().backward()
+        logits[backend] = (out.detach(), [p.grad.clone() for p in model.parameters()])
+        model.zero_grad(set_to_none=True)
+    assert rel_err(logits["sdpa"][0], logits["eager"][0]) <= 1e-5
+    flat = {k: torch.cat([g.flatten() for g in v[1]]) for k, v in logits.items()}
+    assert rel_err(flat["sdpa"], flat["eager"]) <= 1e-5
+    # Each tensor on its own: the λ vectors' gradients are ~1e-8 sums with heavy cancellation in float32.
+    for g_sdpa, g_eager in zip(logits["sdpa"][1], logits["eager"][1], strict=True):
+        assert rel_err(g_sdpa, g_eager) <= 1e-2
+
+
+def test_too_long_input_is_refused():
+    model = tiny("shared_diff")
+    with pytest.raises(ValueError, match="exceeds the model's max_seq_len=64"):
+        model(torch.zeros(1, 65, dtype=torch.long))
+    cache = model.new_cache()
+    model(torch.zeros(1, 60, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 5, dtype=torch.long), cache)
+
+
+def test_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match=r"unknown attention backend 'flash9'.*eager"):
+        tiny("diff").set_attention_backend("flash9")
+
+
+def test_tied_embeddings_share_the_matrix():
+    tied, untied = tiny("shared_diff-tied-lora"), tiny("shared_diff-tied-lora", tie_embeddings=False)
+    assert tied.output is None
+    n_tied, n_untied = (sum(p.numel() for p in m.parameters()) for m in (tied, untied))
+    assert n_untied - n_tied == 97 * 64
+    ids = torch.randint(0, 97, (1, 5))
+    with torch.no_grad():
+        before = tied(ids)
+        tied.tok_embeddings.weight[3].add_(1.0)  # token 3 is now scored differently at every position
+        after = tied(ids)
+    assert not torch.allclose(before[..., 3], after[..., 3])
+
+
+def test_meta_device_allocates_nothing():
+    model = build_model(ModelConfig.from_preset("shared_diff-13.1b"), device="meta")
+    assert all(p.is_meta for p in model.parameters())
+
+
+def test_cache_bytes_per_token():
+    model = tiny("diff")
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, dtype=torch.long), cache)
+    # per layer K1, K2 (h·d each) and V (h·2d): 4·h·d = 2·D floats, as a standard layer's K and V.
+    assert cache.bytes_per_token() == 2 * (2 * 64) * 4

@@ -1,0 +1,84 @@
+"""Parameter accounting against closed forms written here from the architecture page."""
+
+import json
+
+import pytest
+
+from shareddiff import PRESET_NAMES, ModelConfig
+from shareddiff.cli import main
+from shareddiff.params import count_parameters
+
+
+def attention_closed_form(c: ModelConfig) -> tuple[int, int, int]:
+    """(Q/K, V/O, λ + head norm) parameters of one layer."""
+    dm, h, d, kv = c.d_model, c.n_heads, c.head_dim, c.n_kv_heads
+    if c.attention == "standard":
+        return dm * dm + dm * kv * d, dm * kv * d + dm * dm, 0
+    extras = 4 * d + (2 * d if c.head_norm and c.head_norm_weight else 0)
+    vo = dm * kv * 2 * d + dm * dm
+    if c.attention == "diff":
+        return dm * dm + dm * 2 * kv * d, vo, extras
+    r = c.lowrank_rank
+    if c.base_sharing == "branches":
+        qk = dm * h * d + dm * kv * d + 2 * r * (dm + h * d) + 2 * r * (dm + kv * d)
+    else:
+        qk = 2 * dm * d + 2 * h * r * (dm + d) + 2 * kv * r * (dm + d)
+    return qk, vo, extras
+
+
+def total_closed_form(c: ModelConfig) -> int:
+    qk, vo, extras = attention_closed_form(c)
+    per_layer = qk + vo + extras + 3 * c.d_model * c.ffn_dim + 2 * c.d_model
+    embeddings = c.vocab_size * c.d_model * (1 if c.tie_embeddings else 2)
+    return embeddings + c.n_layers * per_layer + c.d_model
+
+
+CUSTOM = [
+    dict(attention="shared_diff", base_sharing="heads", d_model=96, n_heads=3, lowrank_rank=5),
+    dict(attention="shared_diff", d_model=128, n_heads=4, n_kv_heads=2, lowrank_rank=12, tie_embeddings=True),
+    dict(attention="diff", d_model=128, n_heads=4, n_kv_heads=1, head_norm_weight=False),
+    dict(attention="diff", head_norm=False),
+    dict(attention="standard", d_model=128, n_heads=8, n_kv_heads=2),
+]
+
+
+@pytest.mark.parametrize("fields", [{"preset": n} for n in PRESET_NAMES] + CUSTOM)
+def test_counts_equal_closed_forms(fields):
+    fields = dict(fields)
+    config = ModelConfig.from_preset(fields.pop("preset")) if "preset" in fields else ModelConfig(**fields)
+    report = count_parameters(config)
+    qk, vo, _ = attention_closed_form(config)
+    assert report.total == total_closed_form(config)
+    assert report.counts["attention_qk"] == config.n_layers * qk
+    assert report.counts["attention_vo"] == config.n_layers * vo
+    assert report.counts["ffn"] == config.n_layers * 3 * config.d_model * config.ffn_dim
+    assert report.non_embedding == report.total - report.counts["embeddings"]
+
+
+def test_paper_section_2_3_example():
+    """§2.3, 3B row (D = 2880, r = 256): DIFF 16.59 M and Shared DIFF 12.72 M Q/K parameters per layer."""
+    diff = count_parameters(ModelConfig.from_preset("diff-3b")).qk_per_layer
+    shared = count_parameters(ModelConfig.from_preset("shared_diff-3b")).qk_per_layer
+    assert diff == 2 * 2880**2 == 16_588_800
+    assert shared == 2880**2 + 6 * 256 * 2880 == 12_718_080
+
+
+def test_cli_json(capsys):
+    assert main(["params", "shared_diff-tiny", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    config = ModelConfig.from_preset("shared_diff-tiny")
+    assert data["total"] == total_closed_form(config)
+    assert data["qk_per_layer"]["counted"] == data["qk_per_layer"]["formula_value"]
+
+
+def test_cli_compare(capsys):
+    assert main(["params", "830m", "--compare"]) == 0
+    out = capsys.readouterr().out
+    for name in ("transformer-830m", "diff-830m", "shared_diff-830m", "D² + 6·r·D", "Q/K per layer, §2.3 formula"):
+        assert name in out
+    assert "23.3% fewer" not in out and "fewer" in out
+
+
+def test_cli_unknown_preset(capsys):
+    assert main(["params", "transformer-9b"]) == 2
+    assert "unknown preset 'transformer-9b'; valid presets are:" in capsys.readouterr().err
