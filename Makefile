@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # The CPU build of torch for this environment; the package itself only asks for torch>=2.4.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: install test lint format clean
+.PHONY: install demo test lint format clean
 
 install: $(VENV)/.installed
 
@@ -14,6 +14,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q $(TORCH_PIN)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
+
+demo: install
+	$(PY) -m shareddiff.cli demo
 
 test: install
 	$(PY) -m ruff check .

@@ -21,3 +21,72 @@ def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
     actual, expected = actual.double(), expected.double()
     denom = expected.norm().item()
     return (actual - expected).norm().item() / (denom if denom > 0 else 1.0)
+
+
+WORDS = [
+    "the",
+    "a",
+    "module",
+    "function",
+    "returns",
+    "value",
+    "list",
+    "of",
+    "in",
+    "to",
+    "is",
+    "for",
+    "with",
+    "object",
+    "class",
+    "method",
+    "attribute",
+    "string",
+    "file",
+    "data",
+    "python",
+    "type",
+    "error",
+    "default",
+    "argument",
+    "name",
+    "new",
+    "call",
+    "used",
+    "can",
+    "be",
+    "this",
+    "that",
+]
+
+
+def synthetic_documents(n_docs: int, words_per_doc: int, seed: int = 0) -> list[str]:
+    """Deterministic pseudo-text with some repeated structure for a model to learn."""
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        words = [rng.choice(WORDS) for _ in range(words_per_doc)]
+        docs.append(" ".join(words) + ".\n\ndef f(x):\n    return x\n")
+    return docs
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tmp_path_factory):
+    from shareddiff.data import train_tokenizer
+
+    path = tmp_path_factory.mktemp("tok") / "tokenizer.json"
+    return train_tokenizer(synthetic_documents(50, 80, seed=1), 300, path)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory, tiny_tokenizer):
+    """A prepared data folder: train and val splits of synthetic text, tokenized with ``tiny_tokenizer``."""
+    from shareddiff.data import prepare_splits
+
+    out = tmp_path_factory.mktemp("data")
+    prepare_splits(
+        {"train": synthetic_documents(150, 100, seed=2), "val": synthetic_documents(10, 100, seed=3)},
+        out,
+        tiny_tokenizer,
+    )
+    return out

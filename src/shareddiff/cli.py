@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 
@@ -31,7 +32,178 @@ def _add_params(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_params)
 
 
-VERBS: list[Callable[[argparse._SubParsersAction], None]] = [_add_params]
+def cmd_train(preset: str | None, config: str | None, resume: bool, progress: bool, overrides: list[str]) -> str:
+    """Train a model (a preset and/or a TOML recipe, plus section.key=value overrides)."""
+    from shareddiff.config import load_recipe
+    from shareddiff.train import train
+
+    result = train(load_recipe(config, preset, overrides), resume=resume, progress=progress)
+    val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
+    return f"done: step {result.step}, validation loss {val}, checkpoint {result.checkpoint}"
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help=cmd_train.__doc__,
+        description=cmd_train.__doc__,
+        epilog="overrides: section.key=value or --section.key value, e.g. train.max_steps=200 "
+        "--model.lowrank_rank 16 --data.path data/mine",
+    )
+    p.add_argument("--preset", help="model preset, e.g. shared_diff-small")
+    p.add_argument("--config", help="a TOML recipe (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of train.out_dir")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("overrides", nargs="*", help="section.key=value")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_generate(
+    checkpoint: str,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+    num_samples: int,
+    seed: int,
+    device: str,
+) -> str:
+    """Sample continuations of a prompt from a checkpoint (or a run folder's latest) with the KV cache."""
+    import torch
+
+    from shareddiff.generation import generate
+    from shareddiff.train import load_model
+    from shareddiff.train.trainer import select_device
+
+    model, tokenizer, _ = load_model(checkpoint, device=select_device(device))
+    ids = tokenizer.encode(prompt)
+    if not ids:
+        raise ValueError("the prompt is empty; give at least one character")
+    dev = next(model.parameters()).device
+    prompt_ids = torch.tensor([ids] * num_samples, device=dev)
+    max_new = min(max_new_tokens, model.config.max_seq_len - len(ids))
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    out = generate(model, prompt_ids, max_new, temperature, top_k, top_p, tokenizer.eos_id, gen)
+    texts = [tokenizer.decode([t for t in row.tolist()[len(ids) :] if t != tokenizer.eos_id]) for row in out]
+    return "\n\n".join(f"--- sample {i + 1}\n{prompt}{text}" for i, text in enumerate(texts))
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help=cmd_generate.__doc__, description=cmd_generate.__doc__)
+    p.add_argument("checkpoint", help="a run folder or one of its checkpoints/step_* folders")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=50)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_data_prepare(
+    inputs: list[str], out: str, tokenizer: str | None, val: list[str] | None, val_fraction: float, shard_tokens: int
+) -> str:
+    """Tokenize text files, folders, .jsonl (a "text" field) or .parquet into memory-mapped shards."""
+    from shareddiff.data import Tokenizer, iter_documents, prepare_splits, split_by_hash
+
+    tok = Tokenizer(tokenizer)
+    if val:
+        splits = {"train": iter_documents(inputs), "val": iter_documents(val)}
+    else:
+        train_docs, val_docs = split_by_hash(iter_documents(inputs), val_fraction)
+        if not val_docs:
+            raise ValueError(f"--val-fraction {val_fraction} left no validation document; raise it or pass --val FILES")
+        splits = {"train": train_docs, "val": val_docs}
+    manifest = prepare_splits(splits, out, tok, shard_tokens=shard_tokens, sources=[*inputs, *(val or [])])
+    rows = [
+        f"{s}: {m['documents']} documents, {m['tokens']:,} tokens in {len(m['shards'])} shard(s)"
+        for s, m in manifest["splits"].items()
+    ]
+    return "\n".join([f"wrote {out} ({manifest['dtype']}, tokenizer {tok.sha256[:12]}…)", *rows])
+
+
+def cmd_tokenizer_train(inputs: list[str], out: str, vocab_size: int) -> str:
+    """Train a byte-level BPE tokenizer on text files, folders, .jsonl or .parquet."""
+    from shareddiff.data import iter_documents, train_tokenizer
+
+    tok = train_tokenizer(iter_documents(inputs), vocab_size, out)
+    return f"wrote {out}: vocab {tok.vocab_size}, sha256 {tok.sha256[:12]}…"
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="prepare token shards").add_subparsers(dest="action", required=True)
+    p = data.add_parser("prepare", help=cmd_data_prepare.__doc__, description=cmd_data_prepare.__doc__)
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--tokenizer", help="bundled (default), bundled-4k, or a tokenizer.json")
+    p.add_argument("--val", nargs="+", help="validation inputs (default: a hash split of the inputs)")
+    p.add_argument("--val-fraction", type=float, default=0.01)
+    p.add_argument("--shard-tokens", type=int, default=100_000_000)
+    p.set_defaults(func=cmd_data_prepare)
+    tok = sub.add_parser("tokenizer", help="train a tokenizer").add_subparsers(dest="action", required=True)
+    p = tok.add_parser("train", help=cmd_tokenizer_train.__doc__, description=cmd_tokenizer_train.__doc__)
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", required=True)
+    p.add_argument("--vocab-size", type=int, default=16384)
+    p.set_defaults(func=cmd_tokenizer_train)
+
+
+def cmd_export(checkpoint: str, to: str, out: str) -> str:
+    """Export a checkpoint's weights (safetensors, with the model config in its metadata)."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from shareddiff.train.checkpoint import load_weights, read_state, resolve_checkpoint
+
+    if to != "safetensors":
+        raise ValueError(f"--to {to!r} is not supported; use --to safetensors")
+    ckpt = resolve_checkpoint(checkpoint)
+    state = read_state(ckpt)
+    save_file(load_weights(ckpt), out, metadata={"model_config": json.dumps(state["model_config"])})
+    return f"wrote {out} from {ckpt}"
+
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
+    p.add_argument("checkpoint")
+    p.add_argument("--to", default="safetensors", help="safetensors")
+    p.add_argument("out", help="output file")
+    p.set_defaults(func=cmd_export)
+
+
+def cmd_demo(out: str, steps: int, baseline: str, progress: bool) -> str:
+    """The main job: train a tiny Shared DIFF model on the bundled corpus, compare, sample, report."""
+    from shareddiff.demo import run_demo
+
+    return run_demo(out, steps=steps, baseline=baseline, progress=progress)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
+    p.add_argument(
+        "--baseline",
+        choices=["train", "cached"],
+        default="train",
+        help="train the same-size Transformer too, or show the cached figure",
+    )
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.set_defaults(func=cmd_demo)
+
+
+VERBS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_params,
+    _add_train,
+    _add_generate,
+    _add_data,
+    _add_export,
+    _add_demo,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,10 +218,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_]\w*\.[A-Za-z_]\w*=")
+
+
+def _split_dashed_overrides(argv: list[str]) -> list[str]:
+    """Turn ``--section.key value`` and ``--section.key=value`` into ``section.key=value``."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        name = arg[2:].split("=", 1)[0]
+        if arg.startswith("--") and "." in name:
+            if "=" in arg:
+                out.append(arg[2:])
+            elif i + 1 < len(argv):
+                out.append(f"{name}={argv[i + 1]}")
+                i += 1
+            else:
+                raise SystemExit(f"error: {arg} needs a value")
+        else:
+            out.append(arg)
+        i += 1
+    if out and out[0] == "train":  # let overrides and options mix in any order
+        is_override = [bool(_OVERRIDE.match(a)) for a in out]
+        out = [a for a, o in zip(out, is_override, strict=True) if not o] + [
+            a for a, o in zip(out, is_override, strict=True) if o
+        ]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = _split_dashed_overrides(list(sys.argv[1:] if argv is None else argv))
     args = vars(build_parser().parse_args(argv))
     func = args.pop("func")
     args.pop("verb")
+    args.pop("action", None)
     try:
         out = func(**args)
     except ValueError as err:

@@ -13,6 +13,11 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
+
 ATTENTION_VARIANTS = ("standard", "diff", "shared_diff")
 BASE_SHARING = ("branches", "heads")
 LOWRANK_INIT = ("random", "lora")
@@ -171,3 +176,151 @@ class ModelConfig:
         values = preset_dict(name)
         values.update(overrides)
         return cls.from_dict(values)
+
+
+# --- Training recipes: flat TOML sections, each read by its own component ------------------------
+
+
+@dataclass
+class DataConfig:
+    """[data]: what to train on. ``path`` None = the bundled corpus, tokenized on first use."""
+
+    path: str | None = None  # a folder made by `shareddiff data prepare`
+    tokenizer: str | None = None  # "bundled" (16K), "bundled-4k", or a tokenizer.json path
+    seq_len: int = 256
+    val_tokens: int = 65_536  # validation loss over this many tokens of the validation split
+
+
+@dataclass
+class OptimConfig:
+    """[optim]: AdamW with linear warmup then cosine decay to ``lr · min_lr_ratio``."""
+
+    lr: float = 3e-4
+    min_lr_ratio: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1  # on matrices only (tensors of rank ≥ 2)
+    warmup_steps: int = 100
+    grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
+
+
+@dataclass
+class TrainConfig:
+    """[train]: the loop. One step = ``grad_accum`` micro-batches of ``micro_batch`` sequences per process."""
+
+    out_dir: str = "runs/default"
+    max_steps: int = 1000
+    micro_batch: int = 8
+    grad_accum: int = 1
+    seed: int = 1337
+    eval_every: int = 100
+    log_every: int = 10
+    device: str = "auto"  # "auto" = cuda if available, else cpu
+    precision: str = "auto"  # "auto" = bf16 autocast on cuda, fp32 on cpu; or "bf16", "fp32"
+    compile: bool = False
+    attn_backend: str = "auto"
+
+
+@dataclass
+class CheckpointConfig:
+    """[checkpoint]: written atomically every ``every`` steps and at the end; the last ``keep_last`` kept."""
+
+    every: int = 100
+    keep_last: int = 3
+
+
+@dataclass
+class RunConfig:
+    """A whole training recipe: ``[model]`` (a preset and field overrides) plus the sections above."""
+
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "shared_diff-tiny"})
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def validate(self) -> None:
+        positive = {
+            "data.seq_len": self.data.seq_len,
+            "data.val_tokens": self.data.val_tokens,
+            "train.max_steps": self.train.max_steps,
+            "train.micro_batch": self.train.micro_batch,
+            "train.grad_accum": self.train.grad_accum,
+            "train.eval_every": self.train.eval_every,
+            "train.log_every": self.train.log_every,
+            "checkpoint.every": self.checkpoint.every,
+            "checkpoint.keep_last": self.checkpoint.keep_last,
+            "optim.lr": self.optim.lr,
+        }
+        for name, value in positive.items():
+            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive number")
+        if self.train.precision not in ("auto", "bf16", "fp32"):
+            raise ValueError(f"train.precision={self.train.precision!r} must be 'auto', 'bf16' or 'fp32'")
+        if not 0 <= self.optim.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio={self.optim.min_lr_ratio} must be in [0, 1]")
+        if "preset" not in self.model:
+            raise ValueError('[model] needs a preset, e.g. preset = "shared_diff-small"')
+
+    def model_config(self, vocab_size: int | None = None) -> ModelConfig:
+        """The ModelConfig of ``[model]``; the vocabulary comes from the tokenizer unless set there."""
+        overrides = {k: v for k, v in self.model.items() if k != "preset"}
+        if vocab_size is not None and "vocab_size" not in overrides:
+            overrides["vocab_size"] = vocab_size
+        return ModelConfig.from_preset(self.model["preset"], **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(sections))
+        if unknown:
+            raise ValueError(f"unknown recipe section(s) {unknown}; valid sections are {sorted(sections)}")
+        kwargs: dict[str, Any] = {}
+        for name, value in data.items():
+            if name == "model":
+                kwargs[name] = dict(value)
+                continue
+            section_cls = type(getattr(cls(), name))
+            known = {f.name for f in dataclasses.fields(section_cls)}
+            bad = sorted(set(value) - known)
+            if bad:
+                raise ValueError(f"unknown key(s) {bad} in [{name}]; valid keys are {sorted(known)}")
+            kwargs[name] = section_cls(**value)
+        run = cls(**kwargs)
+        run.validate()
+        return run
+
+
+def parse_override_value(text: str) -> Any:
+    """A command-line value read as a TOML literal (``3e-4``, ``true``, ``"x"``), else as a plain string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_recipe(path: str | None = None, preset: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """A RunConfig from an optional TOML recipe, then ``--preset``, then ``section.key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except FileNotFoundError as err:
+            raise ValueError(f"recipe {path!r} does not exist") from err
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"recipe {path!r} is not valid TOML: {err}") from err
+    if preset is not None:
+        data.setdefault("model", {})["preset"] = preset
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=100")
+        data.setdefault(section, {})[name] = parse_override_value(value)
+    data.setdefault("model", {}).setdefault("preset", "shared_diff-tiny")
+    return RunConfig.from_dict(data)

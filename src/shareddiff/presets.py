@@ -29,6 +29,15 @@ SIZES: dict[str, dict[str, Any]] = {
         max_seq_len=256,
         notes="CPU tests: well under 1M parameters.",
     ),
+    "mini": dict(
+        d_model=128,
+        n_layers=4,
+        n_heads=2,
+        lowrank_rank=8,
+        vocab_size=4096,
+        max_seq_len=256,
+        notes="The CPU demo (`make demo`): about 1.9M parameters with the bundled 4K tokenizer.",
+    ),
     "small": dict(
         d_model=384,
         n_layers=6,

@@ -68,8 +68,15 @@ def test_backend_matches_float64_reference(seed, backend, shape, lam_shape, caus
     grad_out = torch.randn_like(ref)
     out.backward(grad_out.float())
     ref.backward(grad_out)
-    for name, t, t64 in zip(("q1", "q2", "k1", "k2", "v", "lam"), inputs, inputs64, strict=True):
+    for name, t, t64 in zip(("q1", "q2", "k1", "k2", "v"), inputs[:5], inputs64[:5], strict=True):
         assert rel_err(t.grad, t64.grad) <= TOL, f"grad of {name}"
+    # dλ = −Σ g·(A2 V) is a reduction with cancellation: its error is measured against the size of
+    # its terms (‖g‖·‖A2 V‖, the Cauchy–Schwarz bound of the sum), not against the sum itself.
+    o2 = reference(*[t.detach() for t in inputs64[:5]], torch.ones(()), causal=causal) - reference(
+        *[t.detach() for t in inputs64[:5]], torch.zeros(()), causal=causal
+    )
+    scale = grad_out.norm() * o2.norm()
+    assert (inputs[5].grad.double() - inputs64[5].grad).norm() / scale <= TOL, "grad of lam"
 
 
 def test_float_lambda_and_backend_agreement(seed):

@@ -1,0 +1,159 @@
+"""Training throughput (tokens/s, MFU) of the three variants side by side, on random tokens.
+
+    python benchmarks/train_throughput.py --sizes tiny small --seq-len 256 --batch 8           # CPU
+    python benchmarks/train_throughput.py --sizes small 125m --seq-len 2048 --batch 16 --compile  # GPU
+
+One step = forward + backward + AdamW on a (batch, seq_len) batch, bf16 autocast on CUDA. Median over
+``--steps`` timed steps after ``--warmup``. MFU = tokens/s × (6·non-embedding params + causal
+attention FLOPs per token) / peak, the definition of docs/performance.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import table, write_result
+
+from shareddiff import ModelConfig, build_model
+from shareddiff.params import count_parameters
+
+FAMILIES = ("transformer", "diff", "shared_diff")
+
+
+def attention_flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    """Causal attention FLOPs per token, forward + backward (3× forward), all layers.
+
+    Standard: QKᵀ and PV over width D → 4·N·D per token non-causal. Differential: two QKᵀ of width
+    D/2 and two PV of width D → 6·N·D. Causal halves both.
+    """
+    width_units = 6 if config.is_differential else 4
+    return 3 * config.n_layers * width_units * seq_len * config.d_model / 2
+
+
+def bench(
+    preset: str,
+    seq_len: int,
+    batch: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    compile_model: bool,
+    backend: str,
+) -> dict:
+    config = ModelConfig.from_preset(preset, max_seq_len=max(seq_len, ModelConfig.from_preset(preset).max_seq_len))
+    torch.manual_seed(0)
+    model = build_model(config, attn_backend=backend).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    step_model = torch.compile(model) if compile_model else model
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" else contextlib.nullcontext
+    )
+    x = torch.randint(0, config.vocab_size, (batch, seq_len + 1), device=device)
+
+    def step():
+        with autocast():
+            logits = step_model(x[:, :-1])
+        F.cross_entropy(logits.float().flatten(0, 1), x[:, 1:].flatten()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for i in range(warmup + steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    counts = count_parameters(config)
+    tokens_per_s = batch * seq_len / median
+    flops_per_token = 6 * counts.non_embedding + attention_flops_per_token(config, seq_len)
+    return {
+        "preset": preset,
+        "seq_len": seq_len,
+        "batch": batch,
+        "compile": compile_model,
+        "backend": backend,
+        "params": counts.total,
+        "params_non_embedding": counts.non_embedding,
+        "step_s_median": median,
+        "step_s_all": times,
+        "tokens_per_s": tokens_per_s,
+        "model_flops_per_token": flops_per_token,
+        "achieved_tflops": tokens_per_s * flops_per_token / 1e12,
+        "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--seq-len", type=int, nargs="+", default=[256])
+    parser.add_argument("--batch", type=int, nargs="+", default=[8], help="one per --seq-len, or one for all")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", choices=["off", "on", "both"], default="off")
+    parser.add_argument("--backend", default="auto")
+    parser.add_argument("--peak-tflops", type=float, default=800.0, help="for MFU (H100 bf16 dense: 800 measured)")
+    parser.add_argument("--out", help="results folder (default benchmarks/results)")
+    args = parser.parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batches = args.batch * len(args.seq_len) if len(args.batch) == 1 else args.batch
+    compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    results = []
+    for size in args.sizes:
+        for seq_len, batch in zip(args.seq_len, batches, strict=True):
+            for compile_model in compiles:
+                for family in FAMILIES:
+                    r = bench(
+                        f"{family}-{size}", seq_len, batch, args.steps, args.warmup, device, compile_model, args.backend
+                    )
+                    r["mfu"] = r["achieved_tflops"] / args.peak_tflops if device.type == "cuda" else None
+                    results.append(r)
+                    print(
+                        f"{r['preset']} seq {seq_len} batch {batch} compile {compile_model}: "
+                        f"{r['tokens_per_s']:,.0f} tok/s",
+                        flush=True,
+                    )
+    path = write_result("train_throughput", {"results": results, "peak_tflops": args.peak_tflops}, args.out)
+    rows = []
+    for r in results:
+        base = next(
+            b
+            for b in results
+            if b["preset"].startswith("transformer-")
+            and b["preset"].split("-", 1)[1] == r["preset"].split("-", 1)[1]
+            and (b["seq_len"], b["compile"]) == (r["seq_len"], r["compile"])
+        )
+        rows.append(
+            [
+                r["preset"],
+                r["seq_len"],
+                r["batch"],
+                "yes" if r["compile"] else "no",
+                f"{r['tokens_per_s']:,.0f}",
+                f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}",
+                "" if r["mfu"] is None else f"{r['mfu']:.1%}",
+                "" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}",
+            ]
+        )
+    print(table(["preset", "seq", "batch", "compile", "tokens/s", "vs Transformer", "MFU", "peak GiB"], rows))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Deterministic batches of fixed-length windows: batch ``step`` is a pure function of (seed, step).
+
+A resumed run therefore sees exactly the batches it would have seen, and the global batch does not
+depend on how many processes share it: rank ``r`` of ``W`` takes rows ``r::W`` of each micro-batch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from shareddiff.data.shards import TokenData
+
+
+class WindowLoader:
+    """Windows of ``seq_len + 1`` tokens at offsets drawn from a generator seeded by (seed, step)."""
+
+    def __init__(self, data: TokenData, seq_len: int, seed: int) -> None:
+        if len(data) < seq_len + 1:
+            raise ValueError(
+                f"split {data.split!r} has {len(data)} tokens, fewer than seq_len + 1 = {seq_len + 1}; "
+                "use a shorter data.seq_len or more data"
+            )
+        self.data, self.seq_len, self.seed = data, seq_len, seed
+
+    def offsets(self, step: int, count: int) -> np.ndarray:
+        """``count`` window starts for global step ``step``: the same on every rank, every run."""
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        high = len(self.data) - self.seq_len  # starts in [0, high) leave room for the +1 target
+        return torch.randint(0, high, (count,), generator=gen).numpy()
+
+    def batch(
+        self, step: int, micro_step: int, micro_batch: int, grad_accum: int, rank: int = 0, world: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs, targets), each (micro_batch, seq_len), for one rank's share of one micro-step."""
+        global_micro = micro_batch * world
+        starts = self.offsets(step, global_micro * grad_accum)
+        mine = starts[micro_step * global_micro : (micro_step + 1) * global_micro][rank::world]
+        rows = np.stack([self.data.window(int(s), self.seq_len + 1) for s in mine])
+        rows = torch.from_numpy(rows)
+        return rows[:, :-1], rows[:, 1:]
+
+
+def eval_windows(data: TokenData, seq_len: int, max_tokens: int) -> torch.Tensor:
+    """Fixed validation windows (rows of seq_len + 1), evenly spaced over the split, at most ``max_tokens``."""
+    if len(data) < seq_len + 1:
+        raise ValueError(
+            f"validation split has {len(data)} tokens, fewer than seq_len + 1 = {seq_len + 1}; "
+            "use a shorter data.seq_len or a larger validation split"
+        )
+    n = max(1, min(max_tokens // seq_len, (len(data) - 1) // seq_len))
+    starts = np.linspace(0, len(data) - seq_len - 1, n).astype(np.int64)
+    return torch.from_numpy(np.stack([data.window(int(s), seq_len + 1) for s in starts]))

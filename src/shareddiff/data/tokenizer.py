@@ -1,0 +1,76 @@
+"""Byte-level BPE tokenizer (Hugging Face ``tokenizers``), the bundled one trained on the bundled corpus."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+BUNDLED_TOKENIZER = Path(__file__).parent / "tokenizer.json"
+# Named tokenizers shipped with the package, both trained on the bundled corpus's training split.
+BUNDLED_TOKENIZERS = {
+    "bundled": BUNDLED_TOKENIZER,  # vocab 16384, the default
+    "bundled-4k": Path(__file__).parent / "tokenizer-4k.json",  # vocab 4096, for tiny CPU models
+}
+EOS_TOKEN = "<|endoftext|>"
+
+
+class Tokenizer:
+    """A thin wrapper: ``encode``, ``decode``, ``eos_id``, ``vocab_size`` and a content hash."""
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        from tokenizers import Tokenizer as HFTokenizer
+
+        spec = "bundled" if path is None else str(path)
+        self.path = BUNDLED_TOKENIZERS.get(spec, Path(spec))
+        if not self.path.is_file():
+            raise ValueError(
+                f"tokenizer file {str(self.path)!r} does not exist; "
+                f"train one with `shareddiff tokenizer train`, or use one of {sorted(BUNDLED_TOKENIZERS)}"
+            )
+        try:
+            self._tok = HFTokenizer.from_file(str(self.path))
+        except Exception as err:
+            raise ValueError(f"{self.path} is not a tokenizers JSON file ({err})") from err
+        eos = self._tok.token_to_id(EOS_TOKEN)
+        if eos is None:
+            raise ValueError(f"{self.path} has no {EOS_TOKEN} token; train it with `shareddiff tokenizer train`")
+        self.eos_id = eos
+        self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+
+    @property
+    def vocab_size(self) -> int:
+        return self._tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self._tok.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Encode many documents in parallel (the Rust library uses every core)."""
+        return [e.ids for e in self._tok.encode_batch(texts)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode(list(ids))
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | Path) -> Tokenizer:
+    """Train a byte-level BPE on ``texts`` and save it as ``out`` (a tokenizer.json)."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 257:
+        raise ValueError(f"vocab_size={vocab_size} must be at least 257 (256 bytes + {EOS_TOKEN})")
+    tok = HFTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out))
+    return Tokenizer(out)

@@ -1,0 +1,34 @@
+"""PNG plots (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def plot_loss_curves(runs: dict[str, list[dict]], out: str | Path, title: str = "Loss") -> Path:
+    """Training loss (thin) and validation loss (markers) per run, against tokens seen."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    for i, (label, rows) in enumerate(runs.items()):
+        color = f"C{i}"
+        train = [(r["tokens"], r["loss"]) for r in rows if "loss" in r]
+        val = [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
+        if train:
+            ax.plot(*zip(*train, strict=True), color=color, alpha=0.45, lw=1, label=f"{label} train")
+        if val:
+            ax.plot(*zip(*val, strict=True), color=color, marker="o", lw=2, label=f"{label} validation")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

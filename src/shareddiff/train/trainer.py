@@ -1,0 +1,263 @@
+"""The training loop: AdamW, warmup + cosine, clipping, accumulation, autocast, eval, checkpoints, resume.
+
+Batch ``step`` is a pure function of (seed, step) and the LR a function of step, so a run resumed from
+its checkpoint at step k continues exactly as the uninterrupted run would have (bitwise on the CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from shareddiff.config import ModelConfig, OptimConfig, RunConfig
+from shareddiff.data import Tokenizer, WindowLoader, eval_windows, load_split
+from shareddiff.data.bundled import prepare_bundled
+from shareddiff.model import build_model
+from shareddiff.train.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    load_state_into,
+    load_weights,
+    read_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from shareddiff.train.metrics import MetricsLogger
+
+RUN_CONFIG = "run_config.json"
+
+
+class TrainingDiverged(ValueError):
+    """The loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    checkpoint: Path | None
+    train_loss: float | None
+    val_loss: float | None
+
+
+def lr_at(step: int, optim: OptimConfig, max_steps: int) -> float:
+    """Linear warmup over ``warmup_steps`` (0-based ``step``), then cosine to ``lr · min_lr_ratio``."""
+    if step < optim.warmup_steps:
+        return optim.lr * (step + 1) / optim.warmup_steps
+    decay_steps = max(1, max_steps - optim.warmup_steps)
+    progress = min(1.0, (step - optim.warmup_steps) / decay_steps)
+    min_lr = optim.lr * optim.min_lr_ratio
+    return min_lr + 0.5 * (1 + math.cos(math.pi * progress)) * (optim.lr - min_lr)
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only: norms, λ vectors and other vectors are not decayed."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": optim.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(
+        groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=device.type == "cuda"
+    )
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu")
+    return torch.device(name)
+
+
+def autocast_for(precision: str, device: torch.device):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+@torch.no_grad()
+def evaluate(model, windows: torch.Tensor, micro_batch: int, device: torch.device, autocast) -> float:
+    """Mean next-token loss over every token of ``windows`` (rows of seq_len + 1)."""
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(windows), micro_batch):
+        rows = windows[i : i + micro_batch].to(device)
+        with autocast():
+            logits = model(rows[:, :-1])
+        total += F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").item()
+        count += rows[:, 1:].numel()
+    model.train()
+    return total / count
+
+
+def _check_resume_compatible(state: dict, model_config: ModelConfig, tokenizer: Tokenizer, ckpt: Path) -> None:
+    saved = state["model_config"]
+    diffs = [
+        f"model.{k}: checkpoint {saved.get(k)!r}, this run {v!r}"
+        for k, v in model_config.to_dict().items()
+        if k != "notes" and saved.get(k) != v
+    ]
+    if diffs:
+        raise ValueError(
+            f"checkpoint {ckpt} was trained with another model config ({'; '.join(diffs)}); "
+            "resume with the recipe it was made with, or start a new run folder"
+        )
+    if state["tokenizer_sha256"] != tokenizer.sha256:
+        raise ValueError(
+            f"checkpoint {ckpt} was trained with another tokenizer (sha256 "
+            f"{state['tokenizer_sha256'][:12]}…, this run's is {tokenizer.sha256[:12]}…); "
+            "set data.tokenizer to the one it was trained with"
+        )
+
+
+def prepare_data(run: RunConfig, tokenizer: Tokenizer):
+    """(train split, validation split) with the tokenizer check of their manifest."""
+    data_dir = Path(run.data.path) if run.data.path else prepare_bundled(tokenizer)
+    train_data = load_split(data_dir, "train")
+    if train_data.manifest["tokenizer_sha256"] != tokenizer.sha256:
+        raise ValueError(
+            f"data in {data_dir} was tokenized with another tokenizer than data.tokenizer "
+            f"({train_data.manifest['tokenizer_sha256'][:12]}… vs {tokenizer.sha256[:12]}…); prepare it again "
+            "with `shareddiff data prepare --tokenizer ...` or set data.tokenizer to the one it was made with"
+        )
+    return train_data, load_split(data_dir, "val")
+
+
+def train(run: RunConfig, resume: bool = False, progress: bool = True, echo=print) -> TrainResult:
+    """Train the model of ``run``; with ``resume`` continue from the latest good checkpoint of its folder."""
+    run.validate()
+    run_dir = Path(run.train.out_dir)
+    if list_checkpoints(run_dir) and not resume:
+        raise ValueError(
+            f"{run_dir} already holds checkpoints; pass --resume to continue that run "
+            "or set train.out_dir to a new folder"
+        )
+    tokenizer = Tokenizer(run.data.tokenizer)
+    model_config = run.model_config(vocab_size=tokenizer.vocab_size)
+    if model_config.vocab_size < tokenizer.vocab_size:
+        raise ValueError(
+            f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size}; remove model.vocab_size to take the tokenizer's"
+        )
+    if run.data.seq_len > model_config.max_seq_len:
+        raise ValueError(
+            f"data.seq_len={run.data.seq_len} exceeds model max_seq_len={model_config.max_seq_len}; "
+            "lower data.seq_len or raise model.max_seq_len"
+        )
+    train_data, val_data = prepare_data(run, tokenizer)
+    loader = WindowLoader(train_data, run.data.seq_len, run.train.seed)
+    val_rows = eval_windows(val_data, run.data.seq_len, run.data.val_tokens)
+
+    device = select_device(run.train.device)
+    autocast = autocast_for(run.train.precision, device)
+    torch.manual_seed(run.train.seed)
+    model = build_model(model_config, attn_backend=run.train.attn_backend).to(device)
+    optimizer = build_optimizer(model, run.optim, device)
+
+    start_step, tokens_seen = 0, 0
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        state = read_state(ckpt)
+        _check_resume_compatible(state, model_config, tokenizer, ckpt)
+        load_state_into(model, {k: v.to(device) for k, v in load_weights(ckpt).items()}, ckpt)
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=device))
+        set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True))
+        start_step, tokens_seen = state["step"], state["tokens"]
+        echo(f"resuming {run_dir} from {ckpt.name} (step {start_step})")
+    elif resume:
+        echo(f"no checkpoint in {run_dir}: starting from step 0")
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / RUN_CONFIG).write_text(
+        json.dumps({"run": run.to_dict(), "model_config": model_config.to_dict()}, indent=2)
+    )
+    metrics = MetricsLogger(run_dir, resume_step=start_step if ckpt is not None else None)
+    step_model = torch.compile(model) if run.train.compile else model
+    tokens_per_step = run.train.micro_batch * run.train.grad_accum * run.data.seq_len
+    last_ckpt, train_loss, val_loss = ckpt, None, None
+
+    def checkpoint(step: int) -> Path:
+        state = {
+            "tokens": tokens_seen,
+            "model_config": model_config.to_dict(),
+            "run": run.to_dict(),
+            "tokenizer_sha256": tokenizer.sha256,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+        }
+        return save_checkpoint(run_dir, step, model, optimizer, state, tokenizer.path, run.checkpoint.keep_last)
+
+    bar = _progress(run.train.max_steps, start_step, progress)
+    window_start, window_tokens = time.perf_counter(), 0
+    try:
+        for step in range(start_step, run.train.max_steps):
+            lr = lr_at(step, run.optim, run.train.max_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            loss_sum = torch.zeros((), device=device)
+            for micro in range(run.train.grad_accum):
+                x, y = loader.batch(step, micro, run.train.micro_batch, run.train.grad_accum)
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                with autocast():
+                    logits = step_model(x)
+                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / run.train.grad_accum
+                loss.backward()
+                loss_sum += loss.detach()
+            clip = run.optim.grad_clip if run.optim.grad_clip > 0 else float("inf")
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            train_loss, norm = loss_sum.item(), grad_norm.item()
+            if not (math.isfinite(train_loss) and math.isfinite(norm)):
+                good = f"{last_ckpt}" if last_ckpt else "none yet"
+                raise TrainingDiverged(
+                    f"training diverged at step {step + 1}: loss={train_loss}, grad norm={norm}. "
+                    f"The last good checkpoint is kept ({good}). Lower optim.lr or raise optim.warmup_steps, "
+                    "check the data, then continue with --resume"
+                )
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            done = step + 1
+            tokens_seen += tokens_per_step
+            window_tokens += tokens_per_step
+            if done % run.train.log_every == 0 or done == run.train.max_steps:
+                elapsed = time.perf_counter() - window_start
+                metrics.log(
+                    {
+                        "step": done,
+                        "loss": train_loss,
+                        "lr": lr,
+                        "grad_norm": norm,
+                        "tokens": tokens_seen,
+                        "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                    }
+                )
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{window_tokens / max(elapsed, 1e-9):,.0f}")
+                window_start, window_tokens = time.perf_counter(), 0
+            if done % run.train.eval_every == 0 or done == run.train.max_steps:
+                val_loss = evaluate(model, val_rows, run.train.micro_batch, device, autocast)
+                metrics.log(
+                    {"step": done, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "tokens": tokens_seen}
+                )
+                bar.write(f"step {done}: val loss {val_loss:.4f}")
+            if done % run.checkpoint.every == 0 or done == run.train.max_steps:
+                last_ckpt = checkpoint(done)
+            bar.update(1)
+    finally:
+        bar.close()
+        metrics.close()
+    return TrainResult(run_dir, run.train.max_steps, last_ckpt, train_loss, val_loss)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True)

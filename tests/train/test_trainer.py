@@ -1,0 +1,162 @@
+"""The trainer: it learns, logs, checkpoints, resumes exactly, and refuses bad input with clear errors."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from shareddiff.config import OptimConfig
+from shareddiff.train import TrainingDiverged, latest_checkpoint, load_model, lr_at, train
+from shareddiff.train.checkpoint import list_checkpoints
+from shareddiff.train.metrics import read_metrics
+from shareddiff.train.trainer import build_optimizer
+
+
+def losses(run_dir) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+
+def test_training_learns_and_writes_its_record(make_run):
+    run = make_run("train.max_steps=16", "checkpoint.keep_last=2")
+    result = train(run, progress=False)
+    curve = losses(run.train.out_dir)
+    assert sorted(curve) == list(range(1, 17))
+    assert curve[16] < curve[1] - 1.0, curve  # a tiny model on repetitive text learns fast
+    assert result.val_loss is not None and result.val_loss < math.log(300)
+    assert [p.name for p in list_checkpoints(run.train.out_dir)] == ["step_00000015", "step_00000016"]
+    state = json.loads((result.checkpoint / "state.json").read_text())
+    assert state["step"] == 16 and state["tokens"] == 16 * 4 * 32
+    model, tok, _ = load_model(result.checkpoint)
+    assert model.config.vocab_size == tok.vocab_size == 300  # the vocabulary comes from the tokenizer
+
+
+def test_resume_continues_the_same_curve_bitwise(make_run, monkeypatch):
+    from shareddiff.data import WindowLoader
+
+    full = make_run(out="full")
+    train(full, progress=False)
+    real_batch = WindowLoader.batch
+
+    def interrupted(self, step, *args, **kwargs):
+        if step == 7:  # killed during step 8; the last checkpoint is step 6
+            raise KeyboardInterrupt
+        return real_batch(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(WindowLoader, "batch", interrupted)
+    part = make_run(out="part")
+    with pytest.raises(KeyboardInterrupt):
+        train(part, progress=False)
+    monkeypatch.setattr(WindowLoader, "batch", real_batch)
+    train(part, resume=True, progress=False)
+    assert losses(part.train.out_dir) == losses(full.train.out_dir)
+    steps = [r["step"] for r in read_metrics(part.train.out_dir) if "loss" in r]
+    assert steps == list(range(1, 13))  # nothing lost, nothing repeated
+
+
+def test_truncated_checkpoint_is_never_loaded(make_run):
+    run = make_run()
+    train(run, progress=False)
+    ckpts = list_checkpoints(run.train.out_dir)
+    newest = ckpts[-1] / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
+    (ckpts[-1].parent / "step_00000099.tmp").mkdir()  # a write that never finished
+    with pytest.warns(UserWarning, match=r"skipping damaged checkpoint"):
+        assert latest_checkpoint(run.train.out_dir) == ckpts[-2]
+
+
+def test_resume_refuses_another_config(make_run):
+    train(make_run("train.max_steps=3"), progress=False)
+    with pytest.raises(ValueError, match=r"another model config \(model.lowrank_rank: checkpoint 8, this run 4"):
+        train(make_run("model.lowrank_rank=4"), resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"already holds checkpoints; pass --resume"):
+        train(make_run(), progress=False)
+
+
+def test_resume_refuses_another_tokenizer(make_run, tmp_path, tiny_data):
+    from shareddiff.data import train_tokenizer
+    from tests.conftest import synthetic_documents
+
+    train(make_run("train.max_steps=3"), progress=False)
+    other = train_tokenizer(synthetic_documents(30, 40, seed=9), 300, tmp_path / "other.json")
+    with pytest.raises(ValueError, match=r"tokenized with another tokenizer than data.tokenizer"):
+        train(make_run(f"data.tokenizer={other.path}"), resume=True, progress=False)
+
+
+def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(make_run, monkeypatch):
+    import shareddiff.train.trainer as trainer
+
+    real = trainer.F.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 5 else loss  # the 5th training step (no eval before)
+
+    monkeypatch.setattr(trainer.F, "cross_entropy", poisoned)
+    run = make_run("train.eval_every=100")
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"diverged at step 5: loss=nan.*last good checkpoint is kept "
+        r"\(.*step_00000003\).*--resume",
+    ):
+        train(run, progress=False)
+    assert [p.name for p in list_checkpoints(run.train.out_dir)] == ["step_00000003"]
+    assert latest_checkpoint(run.train.out_dir).name == "step_00000003"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.seq_len=300"], "data.seq_len=300 exceeds model max_seq_len=256"),
+        (["model.vocab_size=100"], "model.vocab_size=100 is smaller than the tokenizer's 300"),
+        (["train.micro_batch=0"], "train.micro_batch=0 must be a positive number"),
+        (["train.precision=fp8"], "train.precision='fp8' must be"),
+        (["model.attention=mamba"], "attention='mamba' is not a known variant"),
+    ],
+)
+def test_bad_recipes(make_run, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        train(make_run(*overrides), progress=False)
+
+
+def test_short_validation_split(make_run, tmp_path, tiny_tokenizer):
+    from shareddiff.data import prepare_splits
+
+    prepare_splits({"train": ["many words here " * 100], "val": ["short"]}, tmp_path / "d", tiny_tokenizer)
+    with pytest.raises(ValueError, match=r"validation split has .* tokens, fewer than seq_len"):
+        train(make_run(f"data.path={tmp_path / 'd'}"), progress=False)
+
+
+def test_lr_schedule():
+    optim = OptimConfig(lr=1.0, warmup_steps=4, min_lr_ratio=0.1)
+    assert [lr_at(s, optim, 14) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_at(9, optim, 14) == pytest.approx(0.1 + 0.9 * 0.5)  # half-way through the cosine
+    assert lr_at(14, optim, 14) == pytest.approx(0.1) and lr_at(100, optim, 14) == pytest.approx(0.1)
+
+
+def test_weight_decay_on_matrices_only():
+    from shareddiff import ModelConfig, build_model
+
+    model = build_model(ModelConfig(attention="shared_diff", base_sharing="heads"))
+    opt = build_optimizer(model, OptimConfig(), torch.device("cpu"))
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    for name, p in model.named_parameters():
+        is_matrix = p.dim() >= 2
+        assert (id(p) in decayed) == is_matrix, name
+        if "lambda_" in name or "norm" in name:
+            assert not is_matrix
+
+
+def test_load_model_names_damaged_or_foreign_checkpoints(make_run, tmp_path):
+    result = train(make_run("train.max_steps=3"), progress=False)
+    weights = result.checkpoint / "model.safetensors"
+    weights.write_bytes(b"not a safetensors file")
+    with pytest.raises(ValueError, match=r"has unreadable weights .* use an earlier checkpoint"):
+        load_model(result.checkpoint)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "state.json").write_text("{broken")
+    with pytest.raises(ValueError, match=r"is damaged: state.json is not valid JSON"):
+        load_model(foreign)
