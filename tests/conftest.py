@@ -5,6 +5,8 @@ import random
 import pytest
 import torch
 
+from shareddiff.config import load_recipe
+
 
 @pytest.fixture
 def seed() -> int:
@@ -90,3 +92,27 @@ def tiny_data(tmp_path_factory, tiny_tokenizer):
         tiny_tokenizer,
     )
     return out
+
+
+@pytest.fixture
+def make_run(tmp_path, tiny_data, tiny_tokenizer):
+    def make(*overrides: str, out: str = "run"):
+        base = [
+            f"data.path={tiny_data}",
+            f"data.tokenizer={tiny_tokenizer.path}",
+            "data.seq_len=32",
+            "data.val_tokens=512",
+            "optim.lr=1e-2",
+            "optim.warmup_steps=2",
+            "train.max_steps=12",
+            "train.micro_batch=4",
+            "train.eval_every=4",
+            "train.log_every=1",
+            "train.device=cpu",
+            f"train.out_dir={tmp_path / out}",
+            "checkpoint.every=3",
+            "checkpoint.keep_last=10",
+        ]
+        return load_recipe(None, "shared_diff-tiny", base + list(overrides))
+
+    return make

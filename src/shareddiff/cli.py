@@ -7,6 +7,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from shareddiff.presets import FAMILIES, PRESET_NAMES, SIZES, size_of
 
@@ -152,15 +153,19 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(checkpoint: str, to: str, out: str) -> str:
-    """Export a checkpoint's weights (safetensors, with the model config in its metadata)."""
+    """Export a checkpoint: safetensors weights, a Hugging Face folder, or a native DiffLlama folder."""
+    if to in ("hf", "diffllama"):
+        from shareddiff.hf import export
+
+        return f"wrote {export(checkpoint, out, to)} ({to})"
+    if to != "safetensors":
+        raise ValueError(f"--to {to!r} is not supported; use safetensors, hf or diffllama")
     import json
 
     from safetensors.torch import save_file
 
     from shareddiff.train.checkpoint import load_weights, read_state, resolve_checkpoint
 
-    if to != "safetensors":
-        raise ValueError(f"--to {to!r} is not supported; use --to safetensors")
     ckpt = resolve_checkpoint(checkpoint)
     state = read_state(ckpt)
     save_file(load_weights(ckpt), out, metadata={"model_config": json.dumps(state["model_config"])})
@@ -169,10 +174,53 @@ def cmd_export(checkpoint: str, to: str, out: str) -> str:
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
-    p.add_argument("checkpoint")
-    p.add_argument("--to", default="safetensors", help="safetensors")
-    p.add_argument("out", help="output file")
+    p.add_argument("checkpoint", help="a run folder or one of its checkpoints/step_* folders")
+    p.add_argument(
+        "--to",
+        default="safetensors",
+        choices=["safetensors", "hf", "diffllama"],
+        help="safetensors (a file), hf (a transformers folder), diffllama (DiffLlamaForCausalLM folder)",
+    )
+    p.add_argument("out", help="output file (safetensors) or folder (hf, diffllama)")
     p.set_defaults(func=cmd_export)
+
+
+def cmd_eval_harness(
+    checkpoint: str,
+    tasks: str,
+    include_path: str | None,
+    num_fewshot: int | None,
+    limit: int | None,
+    batch_size: int,
+    device: str,
+    out: str | None,
+) -> str:
+    """Run lm-evaluation-harness tasks on a checkpoint (offline; local YAML tasks via --include-path)."""
+    from shareddiff.hf.harness import run_harness
+
+    results = run_harness(checkpoint, tasks.split(","), include_path, num_fewshot, limit, batch_size, device)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(
+            json.dumps({"results": results["results"], "config": str(results.get("config"))}, indent=2, default=str)
+        )
+    from lm_eval.utils import make_table
+
+    return make_table(results)
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    evals = sub.add_parser("eval", help="evaluate a checkpoint").add_subparsers(dest="action", required=True)
+    p = evals.add_parser("harness", help=cmd_eval_harness.__doc__, description=cmd_eval_harness.__doc__)
+    p.add_argument("checkpoint")
+    p.add_argument("--tasks", required=True, help="comma-separated, e.g. arc_easy,piqa or a local task's name")
+    p.add_argument("--include-path", help="a folder of task YAML files")
+    p.add_argument("--num-fewshot", type=int)
+    p.add_argument("--limit", type=int, help="at most this many documents per task")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="write the results as JSON here")
+    p.set_defaults(func=cmd_eval_harness)
 
 
 def cmd_demo(out: str, steps: int, baseline: str, progress: bool) -> str:
@@ -202,6 +250,7 @@ VERBS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_generate,
     _add_data,
     _add_export,
+    _add_eval,
     _add_demo,
 ]
 

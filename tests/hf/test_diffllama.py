@@ -1,0 +1,69 @@
+"""DiffLlama export: transformers' own DiffLlamaForCausalLM gives the project model's logits."""
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from shareddiff import ModelConfig, build_model
+from shareddiff.hf import load_pretrained, to_diffllama
+from tests.conftest import rel_err
+
+CASES = {
+    "diff": dict(attention="diff"),
+    "diff-gqa": dict(attention="diff", n_heads=4, n_kv_heads=2),
+    "shared_diff-branches": dict(attention="shared_diff"),
+    "shared_diff-branches-gqa": dict(attention="shared_diff", n_heads=4, n_kv_heads=1),
+    "shared_diff-heads": dict(attention="shared_diff", base_sharing="heads"),
+    "shared_diff-heads-gqa": dict(attention="shared_diff", base_sharing="heads", n_heads=4, n_kv_heads=2),
+    "shared_diff-tied-weightless-norm": dict(attention="shared_diff", tie_embeddings=True, head_norm_weight=False),
+}
+
+
+def trained_looking(model):
+    """Move the parameters that start at constants (norm weights, λ) so the test sees them."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+            elif "lambda_" in name:
+                p.normal_(0, 0.3)
+    return model
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_diffllama_logits_equal(seed, case):
+    config = ModelConfig(d_model=64, vocab_size=120, max_seq_len=64, n_layers=3, **CASES[case])
+    model = trained_looking(build_model(config)).eval()
+    exported = to_diffllama(model)
+    assert type(exported).__name__ == "DiffLlamaForCausalLM"
+    ids = torch.randint(0, 120, (2, 41))
+    with torch.no_grad():
+        assert rel_err(exported(ids).logits, model(ids)) <= 1e-4
+
+
+def test_export_cli_round_trip(tmp_path, make_run):
+    from shareddiff.cli import main
+    from shareddiff.train import load_model, train
+
+    result = train(make_run("train.max_steps=2", "model.n_layers=1"), progress=False)
+    assert main(["export", str(result.checkpoint), "--to", "diffllama", str(tmp_path / "dl")]) == 0
+    exported, tok = load_pretrained(tmp_path / "dl")
+    model, ours, _ = load_model(result.checkpoint)
+    ids = torch.tensor([ours.encode("the module returns a value")])
+    assert tok("the module returns a value")["input_ids"] == ids[0].tolist()
+    with torch.no_grad():
+        assert rel_err(exported(ids).logits, model(ids)) <= 1e-4
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (dict(attention="standard", n_heads=4), "differential attention only"),
+        (dict(attention="diff", head_norm=False), "head_norm=False"),
+        (dict(attention="diff", lambda_init=0.8), "depth schedule"),
+    ],
+)
+def test_unexportable_models(fields, message):
+    with pytest.raises(ValueError, match=message):
+        to_diffllama(build_model(ModelConfig(vocab_size=50, **fields)))

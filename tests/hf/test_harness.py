@@ -1,0 +1,75 @@
+"""lm-evaluation-harness end to end on a local task; accuracy recomputed by hand from log-likelihoods."""
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("lm_eval")
+
+from shareddiff.cli import main
+from shareddiff.hf.harness import run_harness
+from shareddiff.train import load_model, train
+
+DOCS = [
+    {"question": "the module returns a", "choices": ["value", "class", "string"], "answer": 0},
+    {"question": "def f(x):\n    return", "choices": ["x", "data", "name"], "answer": 0},
+    {"question": "a list of", "choices": ["object", "type", "error", "python"], "answer": 2},
+    {"question": "the function is used with", "choices": ["data", "attribute"], "answer": 1},
+    {"question": "this that can be", "choices": ["new", "call"], "answer": 0},
+]
+
+
+@pytest.fixture
+def local_task(tmp_path):
+    data = tmp_path / "tiny_choice.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in DOCS))
+    (tmp_path / "tiny_choice.yaml").write_text(f"""task: tiny_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: answer
+metric_list:
+  - metric: acc
+""")
+    return tmp_path
+
+
+def loglikelihood(model, tokenizer, context: str, continuation: str) -> float:
+    """Σ log p(continuation tokens | context), splitting tokens as the harness does: encode the whole
+    string and the context, and score the tokens past the context's."""
+    whole = tokenizer.encode(context + continuation)
+    n_context = len(tokenizer.encode(context))
+    ids = torch.tensor([whole])
+    with torch.no_grad():
+        logprobs = model(ids[:, :-1]).log_softmax(-1)[0]
+    return sum(logprobs[i - 1, whole[i]].item() for i in range(n_context, len(whole)))
+
+
+@pytest.mark.slow
+def test_harness_accuracy_equals_hand_computation(make_run, local_task):
+    result = train(make_run("train.max_steps=6"), progress=False)
+    out = run_harness(result.checkpoint, ["tiny_choice"], include_path=str(local_task), batch_size=2, log_samples=True)
+    model, tokenizer, _ = load_model(result.checkpoint)
+    correct = []
+    for doc in DOCS:
+        scores = [loglikelihood(model, tokenizer, doc["question"], " " + c) for c in doc["choices"]]
+        correct.append(max(range(len(scores)), key=scores.__getitem__) == doc["answer"])
+        sample = next(s for s in out["samples"]["tiny_choice"] if s["doc"]["question"] == doc["question"])
+        harness_scores = [r[0] for r in sample["filtered_resps"]]
+        assert harness_scores == pytest.approx(scores, abs=1e-4)
+    assert out["results"]["tiny_choice"]["acc,none"] == pytest.approx(sum(correct) / len(DOCS))
+
+
+def test_unknown_task_is_named(make_run, local_task, capsys):
+    result = train(make_run("train.max_steps=1"), progress=False)
+    assert (
+        main(["eval", "harness", str(result.checkpoint), "--tasks", "no_such_task", "--include-path", str(local_task)])
+        == 2
+    )
+    assert "unknown harness task(s) ['no_such_task']" in capsys.readouterr().err
