@@ -94,7 +94,7 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
     assert "holds no usable checkpoint" in capsys.readouterr().err
     (tmp_path / "state.json").write_text('{"format": "something-else"}')
     assert main(["generate", str(tmp_path), "--prompt", "x"]) == 2
-    assert "is not a shareddiff-checkpoint/1 checkpoint" in capsys.readouterr().err
+    assert "is not a shareddiff-checkpoint/2 checkpoint" in capsys.readouterr().err
     assert main(["train", "--preset", "shared_diff-tiny", "train.max_steps"]) == 2
     assert "must look like section.key=value" in capsys.readouterr().err
     assert main(["train", "--config", str(tmp_path / "none.toml")]) == 2

@@ -231,6 +231,16 @@ class CheckpointConfig:
 
 
 @dataclass
+class ParallelConfig:
+    """[parallel]: used when launched by torchrun (several processes); ignored in one process."""
+
+    strategy: str = "ddp"  # "ddp" or "fsdp" (FSDP2: fully_shard per block, then the root)
+    activation_checkpointing: bool = False  # recompute each block in the backward (any process count)
+    param_dtype: str = "fp32"  # FSDP2 mixed precision: dtype of the gathered parameters ("fp32", "bf16")
+    reduce_dtype: str = "fp32"  # FSDP2 mixed precision: dtype of the gradient reduce-scatter
+
+
+@dataclass
 class RunConfig:
     """A whole training recipe: ``[model]`` (a preset and field overrides) plus the sections above."""
 
@@ -239,6 +249,7 @@ class RunConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def validate(self) -> None:
         positive = {
@@ -258,6 +269,11 @@ class RunConfig:
                 raise ValueError(f"{name}={value!r} must be a positive number")
         if self.train.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"train.precision={self.train.precision!r} must be 'auto', 'bf16' or 'fp32'")
+        if self.parallel.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"parallel.strategy={self.parallel.strategy!r} must be 'ddp' or 'fsdp'")
+        for name in ("param_dtype", "reduce_dtype"):
+            if getattr(self.parallel, name) not in ("fp32", "bf16"):
+                raise ValueError(f"parallel.{name}={getattr(self.parallel, name)!r} must be 'fp32' or 'bf16'")
         if not 0 <= self.optim.min_lr_ratio <= 1:
             raise ValueError(f"optim.min_lr_ratio={self.optim.min_lr_ratio} must be in [0, 1]")
         if "preset" not in self.model:

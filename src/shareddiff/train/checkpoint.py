@@ -1,18 +1,21 @@
-"""Checkpoints: one folder per step, written atomically, loaded safely (safetensors, weights_only).
+"""Checkpoints: one folder per step, written atomically; model + optimizer through PyTorch's
+distributed checkpoint (sharded, resumable on any number of processes), weights also as safetensors.
 
     OUT/checkpoints/step_00000100/
-        model.safetensors     weights (exportable as they are)
-        optimizer.pt          AdamW state            (torch.load(weights_only=True))
-        rng.pt                torch / CUDA / Python RNG states
+        dcp/                  model + AdamW state, torch.distributed.checkpoint (one shard per rank)
+        model.safetensors     the full weights, gathered on rank 0 (generate / export / eval read these)
+        rng_rank{R}.pt        each rank's torch / CUDA / Python RNG states (torch.load(weights_only=True))
         tokenizer.json        the tokenizer the run used
-        state.json            step, tokens, configs, tokenizer hash — written last
+        state.json            step, tokens, configs, tokenizer hash, world size — written last
 
-A checkpoint is written into a temporary folder, each file fsynced, then renamed into place, so a
-run killed mid-write leaves only a ``.tmp`` folder that is never loaded.
+Every rank writes into ``step_X.tmp``; once all have finished, rank 0 fsyncs the files and renames the
+folder, so a run killed mid-write (any rank, any moment) leaves only a ``.tmp`` folder, never loaded.
+A multi-node run needs the run folder on a filesystem every node sees.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -24,10 +27,13 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from shareddiff.train.distributed import DistInfo, barrier
+
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
-FORMAT = "shareddiff-checkpoint/1"
-FILES = ("model.safetensors", "optimizer.pt", "rng.pt", "tokenizer.json", STATE)
+FORMAT = "shareddiff-checkpoint/2"
+DCP_DIR = "dcp"
+FILES = ("model.safetensors", "rng_rank0.pt", "tokenizer.json", STATE, f"{DCP_DIR}/.metadata")
 
 
 def _fsync(path: Path) -> None:
@@ -36,6 +42,12 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in sorted(root.rglob("*")):
+        _fsync(path)
+    _fsync(root)
 
 
 def rng_state() -> dict[str, Any]:
@@ -48,45 +60,76 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def model_state_for_saving(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Contiguous CPU copies of the weights (safetensors wants no shared or strided storage)."""
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
+@contextlib.contextmanager
+def _single_process_is_fine():
+    """Silence DCP's notice that it runs without a process group: one process is a supported setup here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
 
 
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer | None,
+    optimizer: torch.optim.Optimizer,
     state: dict[str, Any],
     tokenizer_path: str | Path,
     keep_last: int,
+    dist: DistInfo | None = None,
 ) -> Path:
-    """Write ``run_dir/checkpoints/step_{step}`` atomically, then keep only the last ``keep_last``."""
+    """Write ``run_dir/checkpoints/step_{step}`` (a collective: every rank calls it), then prune to ``keep_last``."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
+    dist = dist or DistInfo()
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step_{step:08d}"
-    tmp = root / f"step_{step:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(model_state_for_saving(model), tmp / "model.safetensors", metadata={"format": FORMAT})
-    torch.save(optimizer.state_dict() if optimizer is not None else {}, tmp / "optimizer.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-    (tmp / STATE).write_text(json.dumps({"format": FORMAT, "step": step, **state}, indent=2))
-    for name in FILES:
-        _fsync(tmp / name)
-    if final.exists():  # re-saving a step after a resume: replace it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync(root)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
+    final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
+    if dist.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    barrier(dist)
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    with _single_process_is_fine():
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR))
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    torch.save(rng_state(), tmp / f"rng_rank{dist.rank}.pt")
+    barrier(dist)
+    if dist.is_main:
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in full.items()}
+        save_file(weights, tmp / "model.safetensors", metadata={"format": FORMAT})
+        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+        (tmp / STATE).write_text(json.dumps({"format": FORMAT, "step": step, "world_size": dist.world, **state},
+                                            indent=2))
+        _fsync_tree(tmp)
+        if final.exists():  # re-saving a step after a resume: replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(root)
+        for old in list_checkpoints(run_dir)[:-keep_last]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(dist)
     return final
+
+
+def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                        dist: DistInfo | None = None) -> None:
+    """Load model + optimizer from the checkpoint's DCP shards (any saving world size) and this rank's RNG."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    dist = dist or DistInfo()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    target = {"model": model_sd, "optim": optim_sd}
+    with _single_process_is_fine():
+        dcp.load(target, checkpoint_id=str(ckpt / DCP_DIR))
+    set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
+    rng_file = ckpt / f"rng_rank{dist.rank}.pt"
+    set_rng_state(torch.load(rng_file if rng_file.is_file() else ckpt / "rng_rank0.pt", weights_only=True))
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -127,11 +170,10 @@ def check_complete(ckpt: Path) -> dict[str, Any]:
     if missing:
         raise ValueError(f"checkpoint {ckpt} is incomplete: missing {missing}")
     load_weights(ckpt)
-    for name in ("optimizer.pt", "rng.pt"):
-        try:
-            torch.load(ckpt / name, weights_only=True)
-        except Exception as err:
-            raise ValueError(f"checkpoint {ckpt} has an unreadable {name} ({err})") from err
+    try:
+        torch.load(ckpt / "rng_rank0.pt", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"checkpoint {ckpt} has an unreadable rng_rank0.pt ({err})") from err
     return state
 
 

@@ -23,11 +23,18 @@ from shareddiff.model import build_model
 from shareddiff.train.checkpoint import (
     latest_checkpoint,
     list_checkpoints,
-    load_state_into,
-    load_weights,
+    load_training_state,
     read_state,
     save_checkpoint,
-    set_rng_state,
+)
+from shareddiff.train.distributed import (
+    DistInfo,
+    barrier,
+    check_same_recipe,
+    init_distributed,
+    mean_across_ranks,
+    parallelize,
+    shutdown,
 )
 from shareddiff.train.metrics import MetricsLogger
 
@@ -134,34 +141,49 @@ def prepare_data(run: RunConfig, tokenizer: Tokenizer):
 
 
 def train(run: RunConfig, resume: bool = False, progress: bool = True, echo=print) -> TrainResult:
-    """Train the model of ``run``; with ``resume`` continue from the latest good checkpoint of its folder."""
+    """Train the model of ``run``; with ``resume`` continue from the latest good checkpoint of its folder.
+
+    Under torchrun every process calls this; they train data-parallel (``run.parallel``), each on its
+    own rows of every global batch, so the loss curve does not depend on the number of processes.
+    """
     run.validate()
+    dist, device = init_distributed(run.train.device)
+    try:
+        return _train(run, resume, progress and dist.is_main, echo if dist.is_main else _silent, dist, device)
+    finally:
+        shutdown(dist)
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, device: torch.device) -> TrainResult:
+    check_same_recipe(run.to_dict(), dist)
     run_dir = Path(run.train.out_dir)
     if list_checkpoints(run_dir) and not resume:
-        raise ValueError(
-            f"{run_dir} already holds checkpoints; pass --resume to continue that run "
-            "or set train.out_dir to a new folder"
-        )
+        raise ValueError(f"{run_dir} already holds checkpoints; pass --resume to continue that run "
+                         "or set train.out_dir to a new folder")
     tokenizer = Tokenizer(run.data.tokenizer)
     model_config = run.model_config(vocab_size=tokenizer.vocab_size)
     if model_config.vocab_size < tokenizer.vocab_size:
-        raise ValueError(
-            f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
-            f"{tokenizer.vocab_size}; remove model.vocab_size to take the tokenizer's"
-        )
+        raise ValueError(f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
+                         f"{tokenizer.vocab_size}; remove model.vocab_size to take the tokenizer's")
     if run.data.seq_len > model_config.max_seq_len:
-        raise ValueError(
-            f"data.seq_len={run.data.seq_len} exceeds model max_seq_len={model_config.max_seq_len}; "
-            "lower data.seq_len or raise model.max_seq_len"
-        )
-    train_data, val_data = prepare_data(run, tokenizer)
+        raise ValueError(f"data.seq_len={run.data.seq_len} exceeds model max_seq_len={model_config.max_seq_len}; "
+                         "lower data.seq_len or raise model.max_seq_len")
+    if dist.is_main:
+        train_data, val_data = prepare_data(run, tokenizer)  # rank 0 tokenizes the bundled corpus first
+    barrier(dist)
+    if not dist.is_main:
+        train_data, val_data = prepare_data(run, tokenizer)
     loader = WindowLoader(train_data, run.data.seq_len, run.train.seed)
     val_rows = eval_windows(val_data, run.data.seq_len, run.data.val_tokens)
 
-    device = select_device(run.train.device)
     autocast = autocast_for(run.train.precision, device)
     torch.manual_seed(run.train.seed)
     model = build_model(model_config, attn_backend=run.train.attn_backend).to(device)
+    model = parallelize(model, run.parallel, dist, device)
     optimizer = build_optimizer(model, run.optim, device)
 
     start_step, tokens_seen = 0, 0
@@ -169,33 +191,28 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, echo=prin
     if ckpt is not None:
         state = read_state(ckpt)
         _check_resume_compatible(state, model_config, tokenizer, ckpt)
-        load_state_into(model, {k: v.to(device) for k, v in load_weights(ckpt).items()}, ckpt)
-        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=True, map_location=device))
-        set_rng_state(torch.load(ckpt / "rng.pt", weights_only=True))
+        load_training_state(ckpt, model, optimizer, dist)
         start_step, tokens_seen = state["step"], state["tokens"]
-        echo(f"resuming {run_dir} from {ckpt.name} (step {start_step})")
+        echo(f"resuming {run_dir} from {ckpt.name} (step {start_step}, saved by {state['world_size']} "
+             f"process(es), resumed on {dist.world})")
     elif resume:
         echo(f"no checkpoint in {run_dir}: starting from step 0")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / RUN_CONFIG).write_text(
-        json.dumps({"run": run.to_dict(), "model_config": model_config.to_dict()}, indent=2)
-    )
-    metrics = MetricsLogger(run_dir, resume_step=start_step if ckpt is not None else None)
+    metrics = None
+    if dist.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_CONFIG).write_text(json.dumps(
+            {"run": run.to_dict(), "model_config": model_config.to_dict(), "world_size": dist.world}, indent=2))
+        metrics = MetricsLogger(run_dir, resume_step=start_step if ckpt is not None else None)
     step_model = torch.compile(model) if run.train.compile else model
-    tokens_per_step = run.train.micro_batch * run.train.grad_accum * run.data.seq_len
+    tokens_per_step = run.train.micro_batch * run.train.grad_accum * run.data.seq_len * dist.world
     last_ckpt, train_loss, val_loss = ckpt, None, None
 
     def checkpoint(step: int) -> Path:
-        state = {
-            "tokens": tokens_seen,
-            "model_config": model_config.to_dict(),
-            "run": run.to_dict(),
-            "tokenizer_sha256": tokenizer.sha256,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-        }
-        return save_checkpoint(run_dir, step, model, optimizer, state, tokenizer.path, run.checkpoint.keep_last)
+        state = {"tokens": tokens_seen, "model_config": model_config.to_dict(), "run": run.to_dict(),
+                 "tokenizer_sha256": tokenizer.sha256, "train_loss": train_loss, "val_loss": val_loss}
+        return save_checkpoint(run_dir, step, model, optimizer, state, tokenizer.path, run.checkpoint.keep_last,
+                               dist)
 
     bar = _progress(run.train.max_steps, start_step, progress)
     window_start, window_tokens = time.perf_counter(), 0
@@ -206,16 +223,22 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, echo=prin
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
             for micro in range(run.train.grad_accum):
-                x, y = loader.batch(step, micro, run.train.micro_batch, run.train.grad_accum)
+                x, y = loader.batch(step, micro, run.train.micro_batch, run.train.grad_accum, dist.rank, dist.world)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                with autocast():
-                    logits = step_model(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / run.train.grad_accum
-                loss.backward()
+                last = micro == run.train.grad_accum - 1
+                sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+                with sync:
+                    with autocast():
+                        logits = step_model(x)
+                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / run.train.grad_accum
+                    loss.backward()
                 loss_sum += loss.detach()
             clip = run.optim.grad_clip if run.optim.grad_clip > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            train_loss, norm = loss_sum.item(), grad_norm.item()
+            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+                grad_norm = grad_norm.full_tensor()
+            train_loss = mean_across_ranks(loss_sum, dist).item()
+            norm = grad_norm.item()
             if not (math.isfinite(train_loss) and math.isfinite(norm)):
                 good = f"{last_ckpt}" if last_ckpt else "none yet"
                 raise TrainingDiverged(
@@ -228,32 +251,28 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, echo=prin
             done = step + 1
             tokens_seen += tokens_per_step
             window_tokens += tokens_per_step
-            if done % run.train.log_every == 0 or done == run.train.max_steps:
-                elapsed = time.perf_counter() - window_start
-                metrics.log(
-                    {
-                        "step": done,
-                        "loss": train_loss,
-                        "lr": lr,
-                        "grad_norm": norm,
-                        "tokens": tokens_seen,
-                        "tokens_per_s": window_tokens / max(elapsed, 1e-9),
-                    }
-                )
-                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{window_tokens / max(elapsed, 1e-9):,.0f}")
+            if metrics is not None and (done % run.train.log_every == 0 or done == run.train.max_steps):
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                record = {"step": done, "loss": train_loss, "lr": lr, "grad_norm": norm, "tokens": tokens_seen,
+                          "tokens_per_s": window_tokens / elapsed}
+                if device.type == "cuda":
+                    record["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+                metrics.log(record)
+                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{window_tokens / elapsed:,.0f}")
                 window_start, window_tokens = time.perf_counter(), 0
             if done % run.train.eval_every == 0 or done == run.train.max_steps:
                 val_loss = evaluate(model, val_rows, run.train.micro_batch, device, autocast)
-                metrics.log(
-                    {"step": done, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)), "tokens": tokens_seen}
-                )
-                bar.write(f"step {done}: val loss {val_loss:.4f}")
+                if metrics is not None:
+                    metrics.log({"step": done, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
+                                 "tokens": tokens_seen})
+                    bar.write(f"step {done}: val loss {val_loss:.4f}")
             if done % run.checkpoint.every == 0 or done == run.train.max_steps:
                 last_ckpt = checkpoint(done)
             bar.update(1)
     finally:
         bar.close()
-        metrics.close()
+        if metrics is not None:
+            metrics.close()
     return TrainResult(run_dir, run.train.max_steps, last_ckpt, train_loss, val_loss)
 
 
