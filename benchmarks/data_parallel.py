@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import table, write_result  # noqa: E402
+from common import table, write_result
 
 
 def run(preset: str, gpus: int, strategy: str, seq_len: int, global_batch: int, steps: int, out: Path) -> dict:
@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
-        configs = [(1, "ddp")] + [(args.gpus, s) for s in ("ddp", "fsdp")]
+        configs = [(1, "ddp")] + ([(args.gpus, s) for s in ("ddp", "fsdp")] if args.gpus > 1 else [])
         for gpus, strategy in configs:
             results.append(run(args.preset, gpus, strategy, args.seq_len, args.global_batch, args.steps,
                                Path(tmp) / f"{gpus}-{strategy}"))
