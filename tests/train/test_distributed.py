@@ -22,8 +22,19 @@ TOL = 1e-5  # relative, float32: a 2-process all-reduce sums the gradient in ano
 
 
 def torchrun(run, *extra: str, nproc: int = 2, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "shareddiff.cli", "train", "--no-progress", *recipe_args(run), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+        "-m",
+        "shareddiff.cli",
+        "train",
+        "--no-progress",
+        *recipe_args(run),
+        *extra,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
@@ -42,8 +53,9 @@ def assert_curves_close(a: dict[int, float], b: dict[int, float]) -> None:
 def test_two_processes_match_one(make_run, strategy):
     single = make_run("train.max_steps=8", "train.micro_batch=4", "train.grad_accum=2", out="single")
     train(single, progress=False)
-    double = make_run("train.max_steps=8", "train.micro_batch=2", "train.grad_accum=2",
-                      f"parallel.strategy={strategy}", out=strategy)
+    double = make_run(
+        "train.max_steps=8", "train.micro_batch=2", "train.grad_accum=2", f"parallel.strategy={strategy}", out=strategy
+    )
     torchrun(double)
     assert_curves_close(losses(double.train.out_dir), losses(single.train.out_dir))
     state = list_checkpoints(double.train.out_dir)[-1] / "state.json"
@@ -69,10 +81,21 @@ def test_save_on_two_resume_on_one(make_run, tmp_path):
 @pytest.mark.slow
 def test_a_dead_rank_leaves_the_last_checkpoint_loadable(make_run):
     run = make_run("train.max_steps=400", "train.micro_batch=2", "checkpoint.every=2", out="dies")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
-           "shareddiff.cli", "train", "--no-progress", *recipe_args(run)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "shareddiff.cli",
+        "train",
+        "--no-progress",
+        *recipe_args(run),
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not any(r.get("step", 0) >= 5 for r in read_metrics(run.train.out_dir)):
         time.sleep(0.05)

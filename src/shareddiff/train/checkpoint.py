@@ -103,8 +103,9 @@ def save_checkpoint(
         weights = {k: v.detach().to("cpu").contiguous() for k, v in full.items()}
         save_file(weights, tmp / "model.safetensors", metadata={"format": FORMAT})
         shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-        (tmp / STATE).write_text(json.dumps({"format": FORMAT, "step": step, "world_size": dist.world, **state},
-                                            indent=2))
+        (tmp / STATE).write_text(
+            json.dumps({"format": FORMAT, "step": step, "world_size": dist.world, **state}, indent=2)
+        )
         _fsync_tree(tmp)
         if final.exists():  # re-saving a step after a resume: replace it
             shutil.rmtree(final)
@@ -116,8 +117,9 @@ def save_checkpoint(
     return final
 
 
-def load_training_state(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        dist: DistInfo | None = None) -> None:
+def load_training_state(
+    ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: DistInfo | None = None
+) -> None:
     """Load model + optimizer from the checkpoint's DCP shards (any saving world size) and this rank's RNG."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict

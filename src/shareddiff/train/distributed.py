@@ -49,8 +49,9 @@ def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not torch_dist.is_initialized():
-        torch_dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=
-                                      device if device.type == "cuda" else None)
+        torch_dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None
+        )
     return DistInfo(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank), device
 
 
@@ -82,9 +83,11 @@ def check_same_recipe(recipe: dict, dist: DistInfo) -> None:
     torch_dist.all_gather_object(digests, digest)
     odd = [r for r, d in enumerate(digests) if d != digests[0]]
     if odd:
-        raise ValueError(f"ranks {odd} were launched with a recipe that differs from rank 0's "
-                         f"(sha256 {digests[0][:12]}… vs {digests[odd[0]][:12]}…); launch every rank with the "
-                         "same --config, --preset and overrides")
+        raise ValueError(
+            f"ranks {odd} were launched with a recipe that differs from rank 0's "
+            f"(sha256 {digests[0][:12]}… vs {digests[odd[0]][:12]}…); launch every rank with the "
+            "same --config, --preset and overrides"
+        )
 
 
 def parallelize(model: nn.Module, config: ParallelConfig, dist: DistInfo, device: torch.device) -> nn.Module:

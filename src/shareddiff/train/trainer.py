@@ -162,16 +162,22 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
     check_same_recipe(run.to_dict(), dist)
     run_dir = Path(run.train.out_dir)
     if list_checkpoints(run_dir) and not resume:
-        raise ValueError(f"{run_dir} already holds checkpoints; pass --resume to continue that run "
-                         "or set train.out_dir to a new folder")
+        raise ValueError(
+            f"{run_dir} already holds checkpoints; pass --resume to continue that run "
+            "or set train.out_dir to a new folder"
+        )
     tokenizer = Tokenizer(run.data.tokenizer)
     model_config = run.model_config(vocab_size=tokenizer.vocab_size)
     if model_config.vocab_size < tokenizer.vocab_size:
-        raise ValueError(f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
-                         f"{tokenizer.vocab_size}; remove model.vocab_size to take the tokenizer's")
+        raise ValueError(
+            f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
+            f"{tokenizer.vocab_size}; remove model.vocab_size to take the tokenizer's"
+        )
     if run.data.seq_len > model_config.max_seq_len:
-        raise ValueError(f"data.seq_len={run.data.seq_len} exceeds model max_seq_len={model_config.max_seq_len}; "
-                         "lower data.seq_len or raise model.max_seq_len")
+        raise ValueError(
+            f"data.seq_len={run.data.seq_len} exceeds model max_seq_len={model_config.max_seq_len}; "
+            "lower data.seq_len or raise model.max_seq_len"
+        )
     if dist.is_main:
         train_data, val_data = prepare_data(run, tokenizer)  # rank 0 tokenizes the bundled corpus first
     barrier(dist)
@@ -193,26 +199,36 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
         _check_resume_compatible(state, model_config, tokenizer, ckpt)
         load_training_state(ckpt, model, optimizer, dist)
         start_step, tokens_seen = state["step"], state["tokens"]
-        echo(f"resuming {run_dir} from {ckpt.name} (step {start_step}, saved by {state['world_size']} "
-             f"process(es), resumed on {dist.world})")
+        echo(
+            f"resuming {run_dir} from {ckpt.name} (step {start_step}, saved by {state['world_size']} "
+            f"process(es), resumed on {dist.world})"
+        )
     elif resume:
         echo(f"no checkpoint in {run_dir}: starting from step 0")
 
     metrics = None
     if dist.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RUN_CONFIG).write_text(json.dumps(
-            {"run": run.to_dict(), "model_config": model_config.to_dict(), "world_size": dist.world}, indent=2))
+        (run_dir / RUN_CONFIG).write_text(
+            json.dumps(
+                {"run": run.to_dict(), "model_config": model_config.to_dict(), "world_size": dist.world}, indent=2
+            )
+        )
         metrics = MetricsLogger(run_dir, resume_step=start_step if ckpt is not None else None)
     step_model = torch.compile(model) if run.train.compile else model
     tokens_per_step = run.train.micro_batch * run.train.grad_accum * run.data.seq_len * dist.world
     last_ckpt, train_loss, val_loss = ckpt, None, None
 
     def checkpoint(step: int) -> Path:
-        state = {"tokens": tokens_seen, "model_config": model_config.to_dict(), "run": run.to_dict(),
-                 "tokenizer_sha256": tokenizer.sha256, "train_loss": train_loss, "val_loss": val_loss}
-        return save_checkpoint(run_dir, step, model, optimizer, state, tokenizer.path, run.checkpoint.keep_last,
-                               dist)
+        state = {
+            "tokens": tokens_seen,
+            "model_config": model_config.to_dict(),
+            "run": run.to_dict(),
+            "tokenizer_sha256": tokenizer.sha256,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+        }
+        return save_checkpoint(run_dir, step, model, optimizer, state, tokenizer.path, run.checkpoint.keep_last, dist)
 
     bar = _progress(run.train.max_steps, start_step, progress)
     window_start, window_tokens = time.perf_counter(), 0
@@ -253,8 +269,14 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
             window_tokens += tokens_per_step
             if metrics is not None and (done % run.train.log_every == 0 or done == run.train.max_steps):
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {"step": done, "loss": train_loss, "lr": lr, "grad_norm": norm, "tokens": tokens_seen,
-                          "tokens_per_s": window_tokens / elapsed}
+                record = {
+                    "step": done,
+                    "loss": train_loss,
+                    "lr": lr,
+                    "grad_norm": norm,
+                    "tokens": tokens_seen,
+                    "tokens_per_s": window_tokens / elapsed,
+                }
                 if device.type == "cuda":
                     record["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 metrics.log(record)
@@ -263,8 +285,14 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
             if done % run.train.eval_every == 0 or done == run.train.max_steps:
                 val_loss = evaluate(model, val_rows, run.train.micro_batch, device, autocast)
                 if metrics is not None:
-                    metrics.log({"step": done, "val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50)),
-                                 "tokens": tokens_seen})
+                    metrics.log(
+                        {
+                            "step": done,
+                            "val_loss": val_loss,
+                            "val_ppl": math.exp(min(val_loss, 50)),
+                            "tokens": tokens_seen,
+                        }
+                    )
                     bar.write(f"step {done}: val loss {val_loss:.4f}")
             if done % run.checkpoint.every == 0 or done == run.train.max_steps:
                 last_ckpt = checkpoint(done)
