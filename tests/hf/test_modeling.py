@@ -13,6 +13,7 @@ from shareddiff import ModelConfig, build_model
 from shareddiff.generation import generate
 from shareddiff.hf import load_pretrained, wrap
 from shareddiff.hf.io import hf_tokenizer
+from tests.conftest import rel_err
 
 
 @pytest.mark.parametrize("attention", ["standard", "diff", "shared_diff"])
@@ -26,15 +27,17 @@ def test_round_trip_and_greedy_generate(seed, tmp_path, attention, tiny_tokenize
     hf_tokenizer(tiny_tokenizer.path).save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").is_file()
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    original = model.state_dict()
+    assert all(torch.equal(v, original[k.removeprefix("model.")]) for k, v in loaded.state_dict().items())
     ids = torch.randint(0, 300, (2, 17))
-    with torch.no_grad():
-        assert torch.equal(loaded(ids).logits, model(ids))
+    with torch.no_grad():  # same weights; BLAS may still round differently with other memory alignment
+        assert rel_err(loaded(ids).logits, model(ids)) <= 1e-6
     out = loaded.generate(ids, max_new_tokens=10, do_sample=False, attention_mask=torch.ones_like(ids))
     assert torch.equal(out, generate(model, ids, 10, temperature=0))
     reloaded, tok = load_pretrained(tmp_path)
     assert tok.decode(tok("the module")["input_ids"]) == "the module"
     with torch.no_grad():
-        assert torch.equal(reloaded(ids).logits, model(ids))
+        assert rel_err(reloaded(ids).logits, model(ids)) <= 1e-6
 
 
 def test_left_padding_is_refused(seed):
