@@ -210,6 +210,8 @@ def cmd_eval_harness(
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from shareddiff.eval import commands
+
     evals = sub.add_parser("eval", help="evaluate a checkpoint").add_subparsers(dest="action", required=True)
     p = evals.add_parser("harness", help=cmd_eval_harness.__doc__, description=cmd_eval_harness.__doc__)
     p.add_argument("checkpoint")
@@ -221,6 +223,70 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write the results as JSON here")
     p.set_defaults(func=cmd_eval_harness)
+
+    def common(p, seed=True):
+        p.add_argument("checkpoint", help="a run folder or one of its checkpoints/step_* folders")
+        p.add_argument("--device", default="auto")
+        p.add_argument("--out", help="output folder (default RUN/eval)")
+        if seed:
+            p.add_argument("--seed", type=int, default=0)
+
+    p = evals.add_parser("lm", help="validation loss, perplexity, AR-Hit / Others split")
+    common(p, seed=False)
+    p.add_argument("--seq-len", type=int, help="window length (default: the training length)")
+    p.add_argument("--max-tokens", type=int, default=262_144)
+    p.add_argument("--max-train-count", type=int, help="AR-Hit only for bigrams seen at most this often in training")
+    p.set_defaults(func=commands.run_lm)
+
+    depths = [0.0, 0.25, 0.5, 0.75, 1.0]
+    p = evals.add_parser("needle", help="multi-needle retrieval: accuracy per (length, depth) and a heatmap")
+    common(p)
+    p.add_argument("--lengths", type=int, nargs="+", help="context lengths (default 1K, 2K, ... up to max)")
+    p.add_argument("--depths", type=float, nargs="+", default=depths)
+    p.add_argument("--needles", type=int, default=1, help="N")
+    p.add_argument("--queries", type=int, default=1, help="R")
+    p.add_argument("--samples", type=int, default=50)
+    p.set_defaults(func=commands.run_needle)
+
+    p = evals.add_parser("attention", help="attention mass on the answer needle vs the rest, per depth")
+    common(p)
+    p.add_argument("--length", type=int, default=1024)
+    p.add_argument("--depths", type=float, nargs="+", default=depths)
+    p.add_argument("--needles", type=int, default=1)
+    p.add_argument("--samples", type=int, default=20)
+    p.set_defaults(func=commands.run_attention)
+
+    p = evals.add_parser("icl", help="many-shot in-context classification and its robustness to order")
+    common(p)
+    p.add_argument(
+        "--dataset",
+        help="JSONL/CSV (text, label), TREC .label or CLINC data_full.json; default: the bundled synthetic intent set",
+    )
+    p.add_argument("--test-dataset", help="test examples (default: the dataset's test part)")
+    p.add_argument("--shots", type=int, nargs="+", help="k values (default 1, 2, 4, ... up to the context)")
+    p.add_argument("--test-examples", type=int, default=100)
+    p.add_argument("--permutations", type=int, default=5)
+    p.set_defaults(func=commands.run_icl)
+
+    p = evals.add_parser("scaling", help="power-law fits of loss vs parameters and tokens over run folders")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--reference", default="diff", help="the variant to match (standard, diff, shared_diff)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=commands.run_scaling)
+
+
+def cmd_report(runs: list[str], out: str) -> str:
+    """Gather the runs' curves and evaluation results into one markdown page with the plots."""
+    from shareddiff.report import build_report
+
+    return f"wrote {build_report(runs, out)}"
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
+    p.add_argument("runs", nargs="+", help="run folders (and folders written by `eval scaling`)")
+    p.add_argument("--out", default="runs/report.md")
+    p.set_defaults(func=cmd_report)
 
 
 def cmd_demo(out: str, steps: int, baseline: str, progress: bool) -> str:
@@ -251,6 +317,7 @@ VERBS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_data,
     _add_export,
     _add_eval,
+    _add_report,
     _add_demo,
 ]
 

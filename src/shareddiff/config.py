@@ -189,6 +189,7 @@ class DataConfig:
     tokenizer: str | None = None  # "bundled" (16K), "bundled-4k", or a tokenizer.json path
     seq_len: int = 256
     val_tokens: int = 65_536  # validation loss over this many tokens of the validation split
+    mix: str = ""  # synthetic rows mixed into training batches, e.g. "needle:0.2" (retrieval)
 
 
 @dataclass

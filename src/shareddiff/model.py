@@ -40,6 +40,13 @@ class KVCache:
             buf[:, :, start:end] = t
         return tuple(buf[:, :, :end] for buf in stored)
 
+    def copy(self) -> KVCache:
+        """An independent cache with the same contents (to branch several continuations off one prefix)."""
+        other = KVCache(len(self._buffers), self.max_len)
+        other.length = self.length
+        other._buffers = [None if b is None else [t.clone() for t in b] for b in self._buffers]
+        return other
+
     def advance(self, n: int) -> None:
         self.length += n
 

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
 from shareddiff.layers import RMSNorm, apply_rope
-from shareddiff.ops import differential_attention
+from shareddiff.ops import differential_attention, eager_differential_attention
 
 HEAD_NORM_EPS = 1e-5
 
@@ -33,6 +33,7 @@ class DifferentialAttention(nn.Module):
         self.lambda_init = config.layer_lambda_init(layer_idx)
         self.head_norm = RMSNorm(2 * d, eps=HEAD_NORM_EPS, weight=config.head_norm_weight) if config.head_norm else None
         self.backend = "auto"
+        self.recorder: list | None = None  # set to a list to collect (A1 − λ·A2) maps (eager, analysis only)
 
     def project_qk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Q1, Q2: (B, N, h, d); K1, K2: (B, N, h_kv, d), before RoPE."""
@@ -50,7 +51,12 @@ class DifferentialAttention(nn.Module):
         v = self.wv(x).view(b, n, self.n_kv_heads, 2 * self.head_dim).transpose(1, 2)  # (B, h_kv, N, 2d)
         if cache is not None:
             k1, k2, v = cache.update(self.layer_idx, k1, k2, v)
-        out = differential_attention(q1, q2, k1, k2, v, self.lam(), causal=True, backend=self.backend)
+        if self.recorder is not None:
+            lam = self.lam()
+            out, a1, a2 = eager_differential_attention(q1, q2, k1, k2, v, lam, causal=True, return_maps=True)
+            self.recorder.append((a1 - lam * a2).detach())  # (B, h, N, N_k)
+        else:
+            out = differential_attention(q1, q2, k1, k2, v, self.lam(), causal=True, backend=self.backend)
         if self.head_norm is not None:
             out = self.head_norm(out) * (1.0 - self.lambda_init)  # each head normalised on its own
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
 from shareddiff.layers import apply_rope
-from shareddiff.ops import softmax_attention
+from shareddiff.ops import eager_softmax_attention, softmax_attention
 
 
 class StandardAttention(nn.Module):
@@ -22,6 +22,7 @@ class StandardAttention(nn.Module):
         self.wv = nn.Linear(d_model, kv_dim, bias=False)
         self.wo = nn.Linear(d_model, d_model, bias=False)
         self.backend = "auto"
+        self.recorder: list | None = None  # set to a list to collect softmax maps (eager, analysis only)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None) -> Tensor:
         b, n, _ = x.shape
@@ -30,7 +31,11 @@ class StandardAttention(nn.Module):
         v = self.wv(x).view(b, n, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        out = softmax_attention(q, k, v, causal=True, backend=self.backend)  # (B, h, N, dh)
+        if self.recorder is not None:
+            out, attn = eager_softmax_attention(q, k, v, causal=True)
+            self.recorder.append(attn.detach())  # (B, h, N, N_k)
+        else:
+            out = softmax_attention(q, k, v, causal=True, backend=self.backend)  # (B, h, N, dh)
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))
 
     def reset_parameters(self, std: float, out_std: float) -> None:

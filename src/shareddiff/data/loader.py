@@ -6,6 +6,8 @@ depend on how many processes share it: rank ``r`` of ``W`` takes rows ``r::W`` o
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import torch
 
@@ -15,13 +17,14 @@ from shareddiff.data.shards import TokenData
 class WindowLoader:
     """Windows of ``seq_len + 1`` tokens at offsets drawn from a generator seeded by (seed, step)."""
 
-    def __init__(self, data: TokenData, seq_len: int, seed: int) -> None:
+    def __init__(self, data: TokenData, seq_len: int, seed: int, mix=None) -> None:
         if len(data) < seq_len + 1:
             raise ValueError(
                 f"split {data.split!r} has {len(data)} tokens, fewer than seq_len + 1 = {seq_len + 1}; "
                 "use a shorter data.seq_len or more data"
             )
         self.data, self.seq_len, self.seed = data, seq_len, seed
+        self.mix = mix  # optional synthetic rows: an object with .fraction and .row(length, rng)
 
     def offsets(self, step: int, count: int) -> np.ndarray:
         """``count`` window starts for global step ``step``: the same on every rank, every run."""
@@ -35,10 +38,17 @@ class WindowLoader:
         """(inputs, targets), each (micro_batch, seq_len), for one rank's share of one micro-step."""
         global_micro = micro_batch * world
         starts = self.offsets(step, global_micro * grad_accum)
-        mine = starts[micro_step * global_micro : (micro_step + 1) * global_micro][rank::world]
-        rows = np.stack([self.data.window(int(s), self.seq_len + 1) for s in mine])
-        rows = torch.from_numpy(rows)
+        mine = range(micro_step * global_micro, (micro_step + 1) * global_micro)[rank::world]
+        rows = torch.from_numpy(np.stack([self._row(step, i, int(starts[i])) for i in mine]))
         return rows[:, :-1], rows[:, 1:]
+
+    def _row(self, step: int, index: int, start: int) -> np.ndarray:
+        """Row ``index`` of the global batch of ``step``: a corpus window, or (with a mix) a synthetic row."""
+        if self.mix is not None:
+            rng = random.Random(f"mix-{self.seed}-{step}-{index}")
+            if rng.random() < self.mix.fraction:
+                return np.asarray(self.mix.row(self.seq_len + 1, rng), dtype=np.int64)
+        return self.data.window(start, self.seq_len + 1)
 
 
 def eval_windows(data: TokenData, seq_len: int, max_tokens: int) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from shareddiff.config import ModelConfig, OptimConfig, RunConfig
 from shareddiff.data import Tokenizer, WindowLoader, eval_windows, load_split
 from shareddiff.data.bundled import prepare_bundled
+from shareddiff.eval.needle import parse_mix
 from shareddiff.model import build_model
 from shareddiff.train.checkpoint import (
     latest_checkpoint,
@@ -183,7 +184,7 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
     barrier(dist)
     if not dist.is_main:
         train_data, val_data = prepare_data(run, tokenizer)
-    loader = WindowLoader(train_data, run.data.seq_len, run.train.seed)
+    loader = WindowLoader(train_data, run.data.seq_len, run.train.seed, parse_mix(run.data.mix, tokenizer, train_data))
     val_rows = eval_windows(val_data, run.data.seq_len, run.data.val_tokens)
 
     autocast = autocast_for(run.train.precision, device)

@@ -1,0 +1,99 @@
+"""``shareddiff report RUN_DIR...``: one markdown page with every run's curves and evaluation results."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from shareddiff.plots import plot_loss_curves
+from shareddiff.train.metrics import read_metrics
+
+
+def _load(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def _eval_sections(run: Path, out_dir: Path) -> list[str]:
+    folder = run / "eval"
+    if not folder.is_dir():
+        return []
+    lines = []
+    for path in sorted(folder.glob("*.json")):
+        data = _load(path)
+        if path.stem == "lm":
+            lines += [
+                f"**Language modelling** (`{path.name}`): loss {data['loss']:.4f}, ppl {data['ppl']:.2f}, "
+                f"AR-Hit {data['ar_hit_loss']:.4f} ({data['ar_hit_fraction']:.1%} of tokens), "
+                f"Others {data['others_loss']:.4f}.",
+                "",
+            ]
+        elif path.stem.startswith("needle"):
+            lines += [
+                f"**Multi-needle retrieval** N={data['n_needles']}, R={data['n_queries']}, "
+                f"{data['samples']} samples per cell: mean accuracy {data['accuracy']:.3f}.",
+                "",
+            ]
+        elif path.stem == "attention":
+            lines += [
+                "**Attention mass** (answer / noise) by depth: "
+                + ", ".join(f"{r['depth']:.0%} {r['answer']:.3f} / {r['noise']:.3f}" for r in data["rows"]),
+                "",
+            ]
+        elif path.stem == "icl":
+            lines += [
+                f"**Many-shot ICL** on {data['dataset']}: "
+                + ", ".join(
+                    f"k={r['shots']} {r['accuracy']:.3f} (std over orders "
+                    f"{r['random_order']['std']:.3f} random, {r['class_alternating']['std']:.3f} "
+                    "alternating)"
+                    for r in data["rows"]
+                ),
+                "",
+            ]
+        png = path.with_suffix(".png") if path.with_suffix(".png").is_file() else None
+        if path.stem == "attention" and (folder / "attention_map.png").is_file():
+            png = folder / "attention_map.png"
+        if png is not None:
+            lines += [f"![{path.stem}]({os.path.relpath(png, out_dir)})", ""]
+    return lines
+
+
+def build_report(run_dirs: list[str], out: str) -> Path:
+    out_path = Path(out)
+    out_dir = out_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    lines = ["# shareddiff report", ""]
+    curves, table = {}, []
+    for run in map(Path, run_dirs):
+        config_file = run / "run_config.json"
+        if not config_file.is_file():
+            raise ValueError(f"{run} is not a training run folder (no run_config.json)")
+        config = _load(config_file)["model_config"]
+        rows = read_metrics(run)
+        curves[run.name] = rows
+        val = [r for r in rows if "val_loss" in r]
+        table.append(
+            f"| {run.name} | {config['attention']} | {config['d_model']} × {config['n_layers']} | "
+            f"{rows[-1]['tokens'] if rows else 0:,} | {val[-1]['val_loss'] if val else float('nan'):.4f} |"
+        )
+    png = plot_loss_curves(curves, out_dir / "report_loss_curves.png", title="Validation and training loss")
+    lines += [
+        "| run | attention | width × depth | tokens | validation loss |",
+        "|---|---|---|---|---|",
+        *table,
+        "",
+        f"![loss curves]({png.name})",
+        "",
+    ]
+    for run in map(Path, run_dirs):
+        section = _eval_sections(run, out_dir)
+        if section:
+            lines += [f"## {run.name}", "", *section]
+        scaling = run / "scaling.json"
+        if scaling.is_file():
+            shutil.copy(run / "scaling.png", out_dir / f"{run.name}_scaling.png")
+            lines += ["## Scaling", "", f"![scaling]({run.name}_scaling.png)", ""]
+    out_path.write_text("\n".join(lines))
+    return out_path

@@ -1,0 +1,81 @@
+"""Many-shot ICL: constrained decoding by hand, the protocol, datasets."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from shareddiff import ModelConfig, build_model
+from shareddiff.eval.icl import (
+    alternate_by_class,
+    classify,
+    demo_ids,
+    icl_eval,
+    label_scores,
+    load_examples,
+    query_ids,
+    synthetic_intents,
+)
+
+SHARED_ICL = Path(__file__).resolve().parents[3] / "shared" / "data" / "icl"
+
+
+@pytest.fixture
+def model():
+    return build_model(ModelConfig(vocab_size=300, max_seq_len=256)).eval()
+
+
+def test_constrained_decoding_picks_the_highest_total_loglikelihood(seed, model, tiny_tokenizer):
+    tok = tiny_tokenizer
+    demos = [("please check my data", "check_data"), ("find the module", "find_module")]
+    labels = ["check_data", "find_module", "open_file"]
+    prompt = [t for d in demos for t in demo_ids(tok, *d)] + query_ids(tok, "check the data")
+    by_hand = []
+    with torch.no_grad():
+        for label in labels:
+            ids = tok.encode(" " + label)
+            logp = model(torch.tensor([prompt + ids])).log_softmax(-1)[0]
+            by_hand.append(sum(logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(ids)))
+    assert label_scores(model, prompt, [tok.encode(" " + lb) for lb in labels]) == pytest.approx(by_hand, abs=1e-4)
+    assert classify(model, tok, demos, "check the data", labels) == max(range(3), key=by_hand.__getitem__)
+
+
+def test_protocol(model, tiny_tokenizer):
+    data = synthetic_intents(n_classes=4, per_class=10)
+    train, test = data[:20], data[20:26]
+    result = icl_eval(model, tiny_tokenizer, train, test, shots=None, permutations=2, seed=1)
+    shots = [r["shots"] for r in result["rows"]]
+    assert shots[0] == 1 and all(b == 2 * a for a, b in zip(shots, shots[1:], strict=False))
+    assert all(r["prompt_tokens"] <= 256 for r in result["rows"])
+    row = result["rows"][-1]
+    assert len(row["random_order"]["values"]) == 2 and 0 <= row["accuracy"] <= 1
+    with pytest.raises(ValueError, match="beyond max_seq_len=256; ask for fewer shots"):
+        icl_eval(model, tiny_tokenizer, train, test, shots=[20], permutations=1, seed=1)
+
+
+def test_alternating_order():
+    import random
+
+    demos = [("a", "x"), ("b", "x"), ("c", "y"), ("d", "y"), ("e", "z")]
+    labels = [d[1] for d in alternate_by_class(demos, random.Random(0))]
+    assert sorted(labels) == ["x", "x", "y", "y", "z"]
+    assert all(a != b for a, b in zip(labels[:3], labels[1:3], strict=False)) and len(set(labels[:3])) == 3
+
+
+def test_dataset_formats(tmp_path):
+    (tmp_path / "d.jsonl").write_text('{"text": "hi", "label": 1}\n')
+    (tmp_path / "d.csv").write_text("text,category\nhello,greet\n")
+    assert load_examples(tmp_path / "d.jsonl") == [("hi", "1")]
+    assert load_examples(tmp_path / "d.csv") == [("hello", "greet")]
+    with pytest.raises(ValueError, match="does not exist"):
+        load_examples(tmp_path / "none.jsonl")
+
+
+@pytest.mark.skipif(not SHARED_ICL.is_dir(), reason="the paper's ICL datasets are not beside this checkout")
+def test_paper_datasets_load():
+    trec = load_examples(SHARED_ICL / "trec" / "train_5500.label")
+    assert len(trec) > 5000 and len({label for _, label in trec}) == 6
+    clinc = load_examples(SHARED_ICL / "clinc150" / "data_full.json", split="test")
+    assert len({label for _, label in clinc}) == 150
+    banking = load_examples(SHARED_ICL / "banking77" / "test.csv")
+    assert len({label for _, label in banking}) == 77
