@@ -1,5 +1,6 @@
 """Many-shot ICL: constrained decoding by hand, the protocol, datasets."""
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -45,7 +46,7 @@ def test_protocol(model, tiny_tokenizer):
     train, test = data[:20], data[20:26]
     result = icl_eval(model, tiny_tokenizer, train, test, shots=None, permutations=2, seed=1)
     shots = [r["shots"] for r in result["rows"]]
-    assert shots[0] == 1 and all(b == 2 * a for a, b in zip(shots, shots[1:], strict=False))
+    assert shots[0] == 1 and all(b == 2 * a for a, b in itertools.pairwise(shots))
     assert all(r["prompt_tokens"] <= 256 for r in result["rows"])
     row = result["rows"][-1]
     assert len(row["random_order"]["values"]) == 2 and 0 <= row["accuracy"] <= 1
@@ -59,7 +60,7 @@ def test_alternating_order():
     demos = [("a", "x"), ("b", "x"), ("c", "y"), ("d", "y"), ("e", "z")]
     labels = [d[1] for d in alternate_by_class(demos, random.Random(0))]
     assert sorted(labels) == ["x", "x", "y", "y", "z"]
-    assert all(a != b for a, b in zip(labels[:3], labels[1:3], strict=False)) and len(set(labels[:3])) == 3
+    assert all(a != b for a, b in itertools.pairwise(labels)) and len(set(labels[:3])) == 3
 
 
 def test_dataset_formats(tmp_path):

@@ -71,5 +71,5 @@ def test_training_mix(builder, tiny_data):
     assert 2 <= len(replaced) <= 14  # about half of the 16 rows are needle prompts
     text = builder.tok.decode(x[replaced[0]].tolist())
     assert "The magic number of" in text and "Answer: The magic number of" in text
-    with pytest.raises(ValueError, match="data.mix='needle:2' is not understood"):
+    with pytest.raises(ValueError, match=r"data.mix='needle:2' is not understood"):
         parse_mix("needle:2", builder.tok, load_split(tiny_data, "train"))
