@@ -1,5 +1,7 @@
 """Attention ops behind a backend registry: eager reference, PyTorch SDPA, and fused kernels."""
 
+import contextlib
+
 from shareddiff.ops.differential import (
     available_backends,
     differential_attention,
@@ -9,6 +11,9 @@ from shareddiff.ops.differential import (
     sdpa_differential_attention,
 )
 from shareddiff.ops.softmax import eager_softmax_attention, softmax_attention
+
+with contextlib.suppress(ImportError):  # the fused kernel registers itself as "triton" where Triton exists
+    from shareddiff.ops import triton_diff  # noqa: F401
 
 __all__ = [
     "available_backends",

@@ -1,0 +1,260 @@
+"""Differential attention on the GPU: correctness of the fused kernel, then its speed against SDPA.
+
+    python3 benchmarks/attention.py [--quick]
+
+1. Checks (bf16 and fp32, fresh random inputs, output memory poisoned with NaN first): the "triton"
+   and "sdpa" backends against a float64 reference, forward and every gradient.
+2. Times, model width 2048 and 32K tokens per batch (B = 32768 / N), causal, bf16, with
+   ``triton.testing.do_bench`` (median): standard SDPA (h heads of 2d), DIFF as 2 SDPA calls (v of
+   width 2d), DIFF as 4 SDPA calls (v split), and the fused kernel; forward and forward+backward;
+   peak memory of each.
+3. Shared DIFF projections: separate GEMMs (W, A1, A2) vs one GEMM of X·[W | A1 | A2].
+Writes JSON to benchmarks/results/ (or --out) and prints the tables last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import table, write_result
+
+from shareddiff.ops import differential_attention
+
+WIDTH, TOKENS = 2048, 32768
+
+
+def rel(a, b) -> float:
+    """Relative error; absolute where the reference is exactly 0 (a query's gradient with one key)."""
+    denom = b.double().norm().item()
+    return (a.double() - b.double()).norm().item() / (denom if denom > 0 else 1.0)
+
+
+def reference(q1, q2, k1, k2, v, lam):
+    q1, q2, k1, k2, v = (t.double() for t in (q1, q2, k1, k2, v))
+    rep = q1.shape[1] // k1.shape[1]
+    k1, k2, v = (t.repeat_interleave(rep, 1) for t in (k1, k2, v))
+    n, d = q1.shape[2], q1.shape[3]
+    mask = torch.ones(n, n, dtype=torch.bool, device=q1.device).tril()
+
+    def attn(q, k):
+        return ((q @ k.transpose(-1, -2)) / math.sqrt(d)).masked_fill(~mask, float("-inf")).softmax(-1) @ v
+
+    return attn(q1, k1) - lam.double().view(1, -1, 1, 1) * attn(q2, k2)
+
+
+def poison() -> None:
+    """Fill the caching allocator's free memory with NaN so unwritten outputs show."""
+    free = torch.cuda.mem_get_info()[0]
+    blob = torch.empty(int(free * 0.5) // 4, dtype=torch.float32, device="cuda").fill_(float("nan"))
+    del blob
+
+
+def check(backend: str, dtype: torch.dtype, b: int, h: int, h_kv: int, n: int, d: int) -> dict:
+    dev = "cuda"
+    q1, q2 = (torch.randn(b, h, n, d, device=dev, dtype=dtype, requires_grad=True) for _ in range(2))
+    k1, k2 = (torch.randn(b, h_kv, n, d, device=dev, dtype=dtype, requires_grad=True) for _ in range(2))
+    v = torch.randn(b, h_kv, n, 2 * d, device=dev, dtype=dtype, requires_grad=True)
+    lam = (torch.rand(h, device=dev) * 0.8 + 0.1).requires_grad_(True)
+    poison()
+    out = differential_attention(q1, q2, k1, k2, v, lam, backend=backend)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    leaves = [q1, q2, k1, k2, v, lam]
+    ref_inputs = [t.detach().double().requires_grad_(True) for t in leaves]
+    ref = reference(*ref_inputs)
+    ref.backward(grad.double())
+    errors = {"out": rel(out, ref)}
+    for name, t, r in zip(("q1", "q2", "k1", "k2", "v", "lam"), leaves, ref_inputs, strict=True):
+        errors[name] = rel(t.grad, r.grad)
+    finite = bool(torch.isfinite(out).all()) and all(bool(torch.isfinite(t.grad).all()) for t in leaves)
+    tol = 1e-2 if dtype != torch.float32 else 1e-4
+    ok = finite and all(e <= tol for k, e in errors.items() if k != "lam") and errors["lam"] <= 10 * tol
+    return {
+        "backend": backend,
+        "dtype": str(dtype),
+        "shape": [b, h, h_kv, n, d],
+        "errors": errors,
+        "finite": finite,
+        "ok": ok,
+    }
+
+
+def four_call(q1, q2, k1, k2, v, lam):
+    d = q1.shape[-1]
+    va, vb = v[..., :d], v[..., d:]
+    o1 = torch.cat(
+        [
+            F.scaled_dot_product_attention(q1, k1, va, is_causal=True),
+            F.scaled_dot_product_attention(q1, k1, vb, is_causal=True),
+        ],
+        -1,
+    )
+    o2 = torch.cat(
+        [
+            F.scaled_dot_product_attention(q2, k2, va, is_causal=True),
+            F.scaled_dot_product_attention(q2, k2, vb, is_causal=True),
+        ],
+        -1,
+    )
+    return o1 - lam * o2
+
+
+def time_variant(fn, inputs, backward: bool) -> tuple[float, float]:
+    grad = torch.randn_like(fn(*inputs))
+
+    def run():
+        out = fn(*inputs)
+        if backward:
+            out.backward(grad)
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    ms = triton.testing.do_bench(run, warmup=100, rep=400, return_mode="median")
+    return ms, torch.cuda.max_memory_allocated() / 2**30
+
+
+def bench(n: int, d: int) -> list[dict]:
+    b, h = TOKENS // n, WIDTH // (2 * d)
+    dev, dt = "cuda", torch.bfloat16
+
+    def leaf(*shape):
+        return torch.randn(*shape, device=dev, dtype=dt, requires_grad=True)
+
+    q, k, vs = leaf(b, h, n, 2 * d), leaf(b, h, n, 2 * d), leaf(b, h, n, 2 * d)
+    q1, q2, k1, k2, v = leaf(b, h, n, d), leaf(b, h, n, d), leaf(b, h, n, d), leaf(b, h, n, d), leaf(b, h, n, 2 * d)
+    lam = torch.tensor(0.5, device=dev, requires_grad=True)
+    variants = {
+        "standard SDPA": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, vs)),
+        "DIFF 2 SDPA calls": (lambda *a: differential_attention(*a, backend="sdpa"), (q1, q2, k1, k2, v, lam)),
+        "DIFF 4 SDPA calls": (four_call, (q1, q2, k1, k2, v, lam)),
+        "fused kernel": (lambda *a: differential_attention(*a, backend="triton"), (q1, q2, k1, k2, v, lam)),
+    }
+    rows = []
+    for name, (fn, inputs) in variants.items():
+        fwd, mem_f = time_variant(fn, inputs, False)
+        both, mem_b = time_variant(fn, inputs, True)
+        rows.append(
+            {
+                "n": n,
+                "d": d,
+                "batch": b,
+                "heads": h,
+                "variant": name,
+                "fwd_ms": fwd,
+                "fwd_bwd_ms": both,
+                "peak_gib_fwd": mem_f,
+                "peak_gib_fwd_bwd": mem_b,
+            }
+        )
+    return rows
+
+
+def projections(n_tokens: int = 32768, width: int = 1024, rank: int = 64) -> list[dict]:
+    """Shared DIFF Q projections: X·W, X·A1, X·A2 as three GEMMs vs one GEMM of X·[W | A1 | A2]."""
+    dev, dt = "cuda", torch.bfloat16
+    x = torch.randn(n_tokens, width, device=dev, dtype=dt)
+    w = torch.randn(width // 2, width, device=dev, dtype=dt) * 0.02
+    a1, a2 = (torch.randn(rank, width, device=dev, dtype=dt) * 0.02 for _ in range(2))
+    b1, b2 = (torch.randn(width // 2, rank, device=dev, dtype=dt) * 0.1 for _ in range(2))
+    fused_w = torch.cat([w, a1, a2])
+
+    def separate():
+        base = x @ w.t()
+        return base + (x @ a1.t()) @ b1.t(), base + (x @ a2.t()) @ b2.t()
+
+    def fused():
+        y = x @ fused_w.t()
+        base, l1, l2 = y.split([width // 2, rank, rank], dim=-1)
+        return base + l1 @ b1.t(), base + l2 @ b2.t()
+
+    out = []
+    for name, fn in (("separate GEMMs", separate), ("one GEMM X·[W|A1|A2]", fused)):
+        out.append(
+            {
+                "variant": name,
+                "tokens": n_tokens,
+                "width": width,
+                "rank": rank,
+                "ms": triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median"),
+            }
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="N ∈ {8192, 16384} only")
+    parser.add_argument("--out", help="results folder (default benchmarks/results)")
+    args = parser.parse_args()
+    checks = [
+        check(backend, dt, 1, 4, h_kv, n, d)
+        for backend in ("triton", "sdpa")
+        for dt in (torch.bfloat16, torch.float32)
+        for (h_kv, n, d) in ((4, 1, 64), (2, 1031, 128), (4, 777, 32))
+    ]
+    for c in checks:
+        worst = max(c["errors"].items(), key=lambda kv: kv[1])
+        print(
+            f"check {c['backend']:6s} {c['dtype']:14s} {c['shape']}: worst {worst[0]} {worst[1]:.2e} "
+            f"{'ok' if c['ok'] else 'FAIL'}",
+            flush=True,
+        )
+    sizes = (
+        [(8192, 64), (16384, 64), (8192, 128)]
+        if args.quick
+        else [(2048, 64), (8192, 64), (16384, 64), (8192, 128), (16384, 128)]
+    )
+    rows = []
+    for n, d in sizes:
+        rows += bench(n, d)
+        print(f"timed N={n} d={d}", flush=True)
+    proj = projections()
+    path = write_result("attention", {"checks": checks, "timings": rows, "projections": proj}, args.out)
+    print(
+        table(
+            ["backend", "dtype", "B,h,h_kv,N,d", "out err", "worst grad err", "ok"],
+            [
+                [
+                    c["backend"],
+                    c["dtype"].replace("torch.", ""),
+                    ",".join(map(str, c["shape"])),
+                    f"{c['errors']['out']:.1e}",
+                    f"{max(v for k, v in c['errors'].items() if k != 'out'):.1e}",
+                    "yes" if c["ok"] else "NO",
+                ]
+                for c in checks
+            ],
+        )
+    )
+    table_rows = []
+    for r in rows:
+        two = next(x for x in rows if (x["n"], x["d"], x["variant"]) == (r["n"], r["d"], "DIFF 2 SDPA calls"))
+        table_rows.append(
+            [
+                r["n"],
+                r["d"],
+                r["variant"],
+                f"{r['fwd_ms']:.2f}",
+                f"{r['fwd_bwd_ms']:.2f}",
+                f"{r['fwd_ms'] / two['fwd_ms']:.2f}",
+                f"{r['fwd_bwd_ms'] / two['fwd_bwd_ms']:.2f}",
+                f"{r['peak_gib_fwd_bwd']:.2f}",
+            ]
+        )
+    print(
+        table(["N", "d", "variant", "fwd ms", "fwd+bwd ms", "fwd ÷ 2-call", "fwd+bwd ÷ 2-call", "peak GiB"], table_rows)
+    )
+    print(table(["projection", "ms"], [[p["variant"], f"{p['ms']:.3f}"] for p in proj]))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
