@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import statistics
 import sys
 import time
@@ -124,6 +125,8 @@ def main() -> None:
                     )
                     r["mfu"] = r["achieved_tflops"] / args.peak_tflops if device.type == "cuda" else None
                     results.append(r)
+                    if args.out:  # keep what is done if the run is cut short
+                        Path(args.out, "partial.json").write_text(json.dumps(results, indent=1))
                     print(
                         f"{r['preset']} seq {seq_len} batch {batch} compile {compile_model}: "
                         f"{r['tokens_per_s']:,.0f} tok/s",
