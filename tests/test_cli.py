@@ -101,3 +101,10 @@ def test_errors_are_one_line_messages(tmp_path, capsys):
     assert "recipe" in capsys.readouterr().err
     assert main(["data", "prepare", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_mix_flag_and_override_forms_agree():
+    from shareddiff.config import load_recipe
+
+    assert load_recipe(None, "shared_diff-tiny", ['data.mix="needle:0.3"']).data.mix == "needle:0.3"
+    assert load_recipe(None, "shared_diff-tiny", ["data.mix=needle:0.3"]).data.mix == "needle:0.3"

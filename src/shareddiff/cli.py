@@ -33,11 +33,15 @@ def _add_params(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_params)
 
 
-def cmd_train(preset: str | None, config: str | None, resume: bool, progress: bool, overrides: list[str]) -> str:
+def cmd_train(
+    preset: str | None, config: str | None, resume: bool, progress: bool, mix: str | None, overrides: list[str]
+) -> str:
     """Train a model (a preset and/or a TOML recipe, plus section.key=value overrides)."""
     from shareddiff.config import load_recipe
     from shareddiff.train import train
 
+    if mix is not None:
+        overrides = [*overrides, f'data.mix="{mix}"']
     result = train(load_recipe(config, preset, overrides), resume=resume, progress=progress)
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     return f"done: step {result.step}, validation loss {val}, checkpoint {result.checkpoint}"
@@ -55,6 +59,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="a TOML recipe (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of train.out_dir")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.add_argument("--mix", help='synthetic rows in training batches, e.g. needle:0.2 (same as data.mix="...")')
     p.add_argument("overrides", nargs="*", help="section.key=value")
     p.set_defaults(func=cmd_train)
 
@@ -263,6 +268,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
         help="JSONL/CSV (text, label), TREC .label or CLINC data_full.json; default: the bundled synthetic intent set",
     )
     p.add_argument("--test-dataset", help="test examples (default: the dataset's test part)")
+    p.add_argument("--fine-labels", action="store_true", help="TREC: the 50 fine labels (TREC-fine)")
     p.add_argument("--shots", type=int, nargs="+", help="k values (default 1, 2, 4, ... up to the context)")
     p.add_argument("--test-examples", type=int, default=100)
     p.add_argument("--permutations", type=int, default=5)

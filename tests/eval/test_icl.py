@@ -76,6 +76,8 @@ def test_dataset_formats(tmp_path):
 def test_paper_datasets_load():
     trec = load_examples(SHARED_ICL / "trec" / "train_5500.label")
     assert len(trec) > 5000 and len({label for _, label in trec}) == 6
+    fine = load_examples(SHARED_ICL / "trec" / "train_5500.label", fine_labels=True)
+    assert 45 <= len({label for _, label in fine}) <= 50
     clinc = load_examples(SHARED_ICL / "clinc150" / "data_full.json", split="test")
     assert len({label for _, label in clinc}) == 150
     banking = load_examples(SHARED_ICL / "banking77" / "test.csv")

@@ -123,6 +123,7 @@ def run_icl(
     checkpoint: str,
     dataset: str | None,
     test_dataset: str | None,
+    fine_labels: bool,
     shots: list[int] | None,
     test_examples: int,
     permutations: int,
@@ -138,12 +139,11 @@ def run_icl(
         train, test = examples[: len(examples) // 2], examples[len(examples) // 2 :]
         name = "synthetic intents"
     else:
-        train = load_examples(dataset)
-        test = (
-            load_examples(test_dataset or dataset, split="test")
-            if test_dataset or dataset.endswith("data_full.json")
-            else train[len(train) // 2 :]
-        )
+        train = load_examples(dataset, fine_labels=fine_labels)
+        if test_dataset or dataset.endswith("data_full.json"):
+            test = load_examples(test_dataset or dataset, split="test", fine_labels=fine_labels)
+        else:  # one file: its second half is the test pool, never shown as demonstrations
+            train, test = train[: len(train) // 2], train[len(train) // 2 :]
         name = Path(dataset).name
     test = random.Random(seed).sample(test, min(test_examples, len(test)))
     result = icl_eval(model, tok, train, test, shots, permutations, seed)

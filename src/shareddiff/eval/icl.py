@@ -89,9 +89,10 @@ def synthetic_intents(n_classes: int = 12, per_class: int = 40, seed: int = 0) -
     return data
 
 
-def load_examples(path: str | Path, split: str = "train") -> list[Example]:
+def load_examples(path: str | Path, split: str = "train", fine_labels: bool = False) -> list[Example]:
     """(text, label) pairs from JSONL/CSV (fields text, label or category), TREC ``*.label`` files
-    ("LABEL:fine text"; the coarse label), or CLINC-150's ``data_full.json`` (its ``split`` list)."""
+    ("COARSE:fine text"; the 6 coarse labels, or with ``fine_labels`` the 50 fine ones, TREC-fine),
+    or CLINC-150's ``data_full.json`` (its ``split`` list)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"dataset {path} does not exist")
@@ -99,7 +100,7 @@ def load_examples(path: str | Path, split: str = "train") -> list[Example]:
         rows = []
         for line in path.read_text(encoding="latin-1").splitlines():
             label, _, text = line.partition(" ")
-            rows.append((text.strip(), label.split(":")[0]))
+            rows.append((text.strip(), label if fine_labels else label.split(":")[0]))
         return rows
     if path.name == "data_full.json":
         return [(t, label) for t, label in json.loads(path.read_text())[split]]
