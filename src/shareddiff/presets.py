@@ -54,7 +54,7 @@ SIZES: dict[str, dict[str, Any]] = {
         lowrank_rank=48,
         vocab_size=32768,
         max_seq_len=2048,
-        notes="GPT-2-small shape (performance.md's 135M anchor).",
+        notes="GPT-2-small shape (D 768, L 12).",
     ),
     "350m": dict(
         d_model=1024,
@@ -63,7 +63,7 @@ SIZES: dict[str, dict[str, Any]] = {
         lowrank_rank=64,
         vocab_size=32768,
         max_seq_len=2048,
-        notes="GPT-2-medium shape (performance.md's 371M anchor).",
+        notes="GPT-2-medium shape (D 1024, L 24).",
     ),
     "830m": dict(
         d_model=1536,
