@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from shareddiff.data.documents import BUNDLED, iter_documents
-from shareddiff.data.shards import MANIFEST, prepare_splits
+from shareddiff.data.shards import MANIFEST, load_split, prepare_splits
 from shareddiff.data.tokenizer import Tokenizer
 
 
@@ -41,3 +41,16 @@ def prepare_bundled(tokenizer: Tokenizer) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def load_data_split(path: str | None, tokenizer: Tokenizer, split: str):
+    """``split`` of the prepared folder ``path`` (None: the bundled corpus), checked against ``tokenizer``."""
+    data_dir = Path(path) if path else prepare_bundled(tokenizer)
+    data = load_split(data_dir, split)
+    if data.manifest["tokenizer_sha256"] != tokenizer.sha256:
+        raise ValueError(
+            f"data in {data_dir} was tokenized with another tokenizer than data.tokenizer "
+            f"({data.manifest['tokenizer_sha256'][:12]}… vs {tokenizer.sha256[:12]}…); prepare it again "
+            "with `shareddiff data prepare --tokenizer ...` or set data.tokenizer to the one it was made with"
+        )
+    return data

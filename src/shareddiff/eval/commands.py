@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from shareddiff.data import Tokenizer, eval_windows, load_split
-from shareddiff.data.bundled import prepare_bundled
+from shareddiff.data import Tokenizer, eval_windows
+from shareddiff.data.bundled import load_data_split
 from shareddiff.eval.common import output_dir, write_json
 
 
@@ -19,11 +19,7 @@ def _load(checkpoint: str, device: str):
 
 
 def _split(state: dict, tokenizer: Tokenizer, split: str):
-    path = state["run"]["data"].get("path")
-    data = load_split(Path(path) if path else prepare_bundled(tokenizer), split)
-    if data.manifest["tokenizer_sha256"] != tokenizer.sha256:
-        raise ValueError("the checkpoint's data folder was tokenized with another tokenizer than the checkpoint's")
-    return data
+    return load_data_split(state["run"]["data"].get("path"), tokenizer, split)
 
 
 def _name(state: dict) -> str:

@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from shareddiff.config import ModelConfig, OptimConfig, RunConfig
-from shareddiff.data import Tokenizer, WindowLoader, eval_windows, load_split
-from shareddiff.data.bundled import prepare_bundled
+from shareddiff.data import Tokenizer, WindowLoader, eval_windows
+from shareddiff.data.bundled import load_data_split
 from shareddiff.eval.needle import parse_mix
 from shareddiff.model import build_model
 from shareddiff.train.checkpoint import (
@@ -130,15 +130,7 @@ def _check_resume_compatible(state: dict, model_config: ModelConfig, tokenizer: 
 
 def prepare_data(run: RunConfig, tokenizer: Tokenizer):
     """(train split, validation split) with the tokenizer check of their manifest."""
-    data_dir = Path(run.data.path) if run.data.path else prepare_bundled(tokenizer)
-    train_data = load_split(data_dir, "train")
-    if train_data.manifest["tokenizer_sha256"] != tokenizer.sha256:
-        raise ValueError(
-            f"data in {data_dir} was tokenized with another tokenizer than data.tokenizer "
-            f"({train_data.manifest['tokenizer_sha256'][:12]}… vs {tokenizer.sha256[:12]}…); prepare it again "
-            "with `shareddiff data prepare --tokenizer ...` or set data.tokenizer to the one it was made with"
-        )
-    return train_data, load_split(data_dir, "val")
+    return (load_data_split(run.data.path, tokenizer, "train"), load_data_split(run.data.path, tokenizer, "val"))
 
 
 def train(run: RunConfig, resume: bool = False, progress: bool = True, echo=print) -> TrainResult:
