@@ -123,7 +123,9 @@ def cmd_data_prepare(
         if not val_docs:
             raise ValueError(f"--val-fraction {val_fraction} left no validation document; raise it or pass --val FILES")
         splits = {"train": train_docs, "val": val_docs}
-    manifest = prepare_splits(splits, out, tok, shard_tokens=shard_tokens, sources=[*inputs, *(val or [])])
+    manifest = prepare_splits(
+        splits, out, tok, shard_tokens=shard_tokens, sources=[*inputs, *(val or [])], progress=True
+    )
     rows = [
         f"{s}: {m['documents']} documents, {m['tokens']:,} tokens in {len(m['shards'])} shard(s)"
         for s, m in manifest["splits"].items()

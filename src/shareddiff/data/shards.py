@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from shareddiff.data.tokenizer import Tokenizer
 
@@ -84,6 +85,7 @@ def prepare_splits(
     shard_tokens: int = 100_000_000,
     batch_documents: int = 256,
     sources: list[str] | None = None,
+    progress: bool = False,
 ) -> dict:
     """Tokenize each split's documents (in parallel batches) into shards under ``out_dir``; return the manifest."""
     out = Path(out_dir)
@@ -100,9 +102,12 @@ def prepare_splits(
     }
     for split, docs in splits.items():
         writer = _ShardWriter(out, split, dtype, shard_tokens)
+        bar = tqdm(desc=f"tokenizing {split}", unit="doc", disable=not progress)
         for batch in _batched((d for d in docs if d.strip()), batch_documents):
             for ids in tokenizer.encode_batch(batch):
                 writer.add([*ids, tokenizer.eos_id])
+            bar.update(len(batch))
+        bar.close()
         manifest["splits"][split] = writer.summary()
         if not manifest["splits"][split]["tokens"]:
             raise ValueError(f"split {split!r} has no text: the inputs hold no non-empty documents")
