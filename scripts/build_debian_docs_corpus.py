@@ -6,9 +6,9 @@
 
 Downloads Debian packages with `apt-get download` (run `apt-get update` first), extracts them and
 writes one JSONL file per package ({"id", "text"} per document): the Python 3.11 reST sources,
-Perl's POD manuals, the section 1-8 manual pages (roff markup stripped), and the Debian Reference
-(HTML to text). Each package keeps its own licence (see its /usr/share/doc/*/copyright, copied
-beside the JSONL).
+Perl's POD manuals, the section 1-8 manual pages (roff markup stripped), and the Debian Reference,
+the PostgreSQL 15, Git and SQLite manuals (HTML to text). Each package keeps its own licence (see
+its /usr/share/doc/*/copyright, copied beside the JSONL).
 """
 
 from __future__ import annotations
@@ -25,7 +25,16 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-PACKAGES = ["python3.11-doc", "perl-doc", "manpages", "manpages-dev", "debian-reference-en"]
+PACKAGES = [
+    "python3.11-doc",
+    "perl-doc",
+    "manpages",
+    "manpages-dev",
+    "debian-reference-en",
+    "postgresql-doc-15",
+    "git-doc",
+    "sqlite3-doc",
+]
 
 
 def rst_docs(root: Path) -> Iterator[tuple[str, str]]:
@@ -102,6 +111,9 @@ READERS = {
     "manpages": man_docs,
     "manpages-dev": man_docs,
     "debian-reference-en": html_docs,
+    "postgresql-doc-15": html_docs,
+    "git-doc": html_docs,
+    "sqlite3-doc": html_docs,
 }
 
 

@@ -318,6 +318,50 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_demo)
 
 
+def cmd_reproduce(
+    name: str | None,
+    runs: list[str] | None,
+    out: str,
+    keep_checkpoints: bool,
+    jobs: int,
+    summary_only: bool,
+    summary: bool,
+    list_only: bool,
+    progress: bool,
+    overrides: list[str],
+) -> str:
+    """Run a reproduction experiment of configs/repro/ (train + evaluate each run, then summarize)."""
+    from shareddiff.repro import experiment_names, load_experiment, reproduce
+
+    if name is None or list_only:
+        if name is None:
+            return "experiments: " + ", ".join(experiment_names())
+        exp = load_experiment(name)
+        return "\n".join([f"{exp.name}: {exp.description}", *(f"  {s.name}: {s.preset}" for s in exp.runs)])
+    return reproduce(name, runs, out, overrides, keep_checkpoints, jobs, summary_only, summary, progress)
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "reproduce",
+        help=cmd_reproduce.__doc__,
+        description=cmd_reproduce.__doc__,
+        epilog="Finished runs (RUN/record.json) are skipped and cut-off runs resume, so the same command "
+        "continues an interrupted experiment. Overrides (section.key=value) apply to every run.",
+    )
+    p.add_argument("name", nargs="?", help="experiment name (configs/repro/NAME.toml) or path; none: list them")
+    p.add_argument("--run", dest="runs", action="append", help="only this run (repeatable), e.g. shared_diff-s1")
+    p.add_argument("--out", default="results/repro", help="where run records and summaries go")
+    p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints after its evals")
+    p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (one GPU fits several)")
+    p.add_argument("--summary-only", action="store_true", help="only rewrite the summary from finished runs")
+    p.add_argument("--no-summary", dest="summary", action="store_false", help="skip the summary")
+    p.add_argument("--list", dest="list_only", action="store_true", help="list the experiment's runs")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("overrides", nargs="*", help="section.key=value for every run, e.g. train.max_steps=50")
+    p.set_defaults(func=cmd_reproduce)
+
+
 VERBS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_params,
     _add_train,
@@ -327,6 +371,7 @@ VERBS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_eval,
     _add_report,
     _add_demo,
+    _add_reproduce,
 ]
 
 
@@ -362,11 +407,12 @@ def _split_dashed_overrides(argv: list[str]) -> list[str]:
         else:
             out.append(arg)
         i += 1
-    if out and out[0] == "train":  # let overrides and options mix in any order
-        is_override = [bool(_OVERRIDE.match(a)) for a in out]
-        out = [a for a, o in zip(out, is_override, strict=True) if not o] + [
-            a for a, o in zip(out, is_override, strict=True) if o
-        ]
+    if out and out[0] in ("train", "reproduce"):  # let overrides and options mix in any order
+        overrides = [a for a in out if _OVERRIDE.match(a)]
+        rest = [a for a in out if not _OVERRIDE.match(a)]
+        # argparse fills positionals from one run of bare words: overrides go right after NAME
+        at = 2 if out[0] == "reproduce" and len(rest) > 1 and not rest[1].startswith("-") else len(rest)
+        out = rest[:at] + overrides + rest[at:]
     return out
 
 

@@ -138,7 +138,8 @@ def plot_scaling(result: dict, out, title: str) -> None:
     axes[1].set_xlabel("training tokens (largest run)")
     for ax in axes:
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out)
