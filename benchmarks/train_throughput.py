@@ -108,6 +108,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", choices=["off", "on", "both"], default="off")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--peak-tflops", type=float, default=800.0, help="for MFU (H100 bf16 dense: 800 measured)")
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
@@ -119,7 +120,7 @@ def main() -> None:
     for size in args.sizes:
         for seq_len, batch in zip(args.seq_len, batches, strict=True):
             for compile_model in compiles:
-                for family in FAMILIES:
+                for family in args.families:
                     r = bench(
                         f"{family}-{size}", seq_len, batch, args.steps, args.warmup, device, compile_model, args.backend
                     )
@@ -141,7 +142,7 @@ def main() -> None:
             if b["preset"].startswith("transformer-")
             and b["preset"].split("-", 1)[1] == r["preset"].split("-", 1)[1]
             and (b["seq_len"], b["compile"]) == (r["seq_len"], r["compile"])
-        )
+        ), None)
         rows.append(
             [
                 r["preset"],
@@ -149,7 +150,7 @@ def main() -> None:
                 r["batch"],
                 "yes" if r["compile"] else "no",
                 f"{r['tokens_per_s']:,.0f}",
-                f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}",
+                "" if base is None else f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}",
                 "" if r["mfu"] is None else f"{r['mfu']:.1%}",
                 "" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}",
             ]
