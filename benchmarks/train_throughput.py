@@ -137,12 +137,15 @@ def main() -> None:
     rows = []
     for r in results:
         base = next(
-            b
-            for b in results
-            if b["preset"].startswith("transformer-")
-            and b["preset"].split("-", 1)[1] == r["preset"].split("-", 1)[1]
-            and (b["seq_len"], b["compile"]) == (r["seq_len"], r["compile"])
-        ), None)
+            (
+                b
+                for b in results
+                if b["preset"].startswith("transformer-")
+                and b["preset"].split("-", 1)[1] == r["preset"].split("-", 1)[1]
+                and (b["seq_len"], b["compile"]) == (r["seq_len"], r["compile"])
+            ),
+            None,
+        )
         rows.append(
             [
                 r["preset"],
