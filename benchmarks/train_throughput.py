@@ -117,6 +117,8 @@ def main() -> None:
     batches = args.batch * len(args.seq_len) if len(args.batch) == 1 else args.batch
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     results = []
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
     for size in args.sizes:
         for seq_len, batch in zip(args.seq_len, batches, strict=True):
             for compile_model in compiles:
