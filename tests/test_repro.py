@@ -205,6 +205,14 @@ def test_summary_include_and_scaling(tmp_path, tiny_data, tiny_tokenizer):
     assert set(summary["scaling"]["variants"]) == {"standard", "shared_diff"}
     assert all("params_fit" in v for v in summary["scaling"]["variants"].values())
     assert [m["variant"] for m in summary["scaling"]["match"]] == ["shared_diff"] * 3
+    by_size = summary["scaling"]["match_by_size"]  # one reference run per size: the rows themselves
+    assert [(m["reference_params"], m["runs"]) for m in by_size] == [
+        (m["reference_params"], 1) for m in summary["scaling"]["match"]
+    ]
+    assert [m["params_needed_fraction"] for m in by_size] == pytest.approx(
+        [m["params_needed_fraction"] for m in summary["scaling"]["match"]]
+    )
+    assert all(isinstance(m["extrapolated"], bool) for m in by_size)
     assert (out / "scale" / "scaling.png").is_file() and "params needed" in (out / "scale" / "summary.md").read_text()
 
 

@@ -13,8 +13,9 @@ def plot_loss_curves(runs: dict[str, list[dict]], out: str | Path, title: str = 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    colors = [f"C{i}" for i in range(10)] if len(runs) <= 10 else [plt.cm.tab20(i % 20) for i in range(len(runs))]
     for i, (label, rows) in enumerate(runs.items()):
-        color = f"C{i}"
+        color = colors[i]
         train = [(r["tokens"], r["loss"]) for r in rows if "loss" in r]
         val = [(r["tokens"], r["val_loss"]) for r in rows if "val_loss" in r]
         if train:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import shutil
 import statistics
@@ -351,6 +352,9 @@ def summarize(exp: Experiment, out: Path) -> Path:
         summary["scaling"] = scaling_eval(run_dirs, references[0])
         for reference in references[1:]:
             summary["scaling"]["match"] += scaling_eval(run_dirs, reference)["match"]
+        summary["scaling"]["match_by_size"] = _match_by_size(
+            summary["scaling"]["match"], summary["scaling"]["variants"]
+        )
         plot_scaling(summary["scaling"], folder / "scaling.png", f"{exp.name}: loss vs parameters and tokens")
     _plot_curves(exp, folder, groups)
     if any("needle" in e for e in summary["groups"].values()):
@@ -358,6 +362,26 @@ def summarize(exp: Experiment, out: Path) -> Path:
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (folder / "summary.md").write_text(_summary_markdown(exp, summary, baseline))
     return folder / "summary.md"
+
+
+def _match_by_size(match: list[dict], variants: dict) -> list[dict]:
+    """The matching rows averaged over the seeds of each reference size (loss and parameter fraction);
+    ``extrapolated`` when the parameters needed lie outside the sizes the variant was trained at."""
+    cells: dict[tuple, list[dict]] = {}
+    for row in match:
+        cells.setdefault((row["reference"], row["reference_params"], row["variant"]), []).append(row)
+    out = []
+    for (reference, params, variant), rows in cells.items():
+        row = {"reference": reference, "reference_params": params, "variant": variant, "runs": len(rows)}
+        row["loss"] = statistics.fmean(r["loss"] for r in rows)
+        fractions = [r.get("params_needed_fraction") for r in rows]
+        row["params_needed_fraction"] = None if None in fractions else statistics.fmean(fractions)
+        if row["params_needed_fraction"] is not None:
+            sizes = [r["params"] for r in variants[variant]["runs"]]
+            needed = row["params_needed_fraction"] * params
+            row["extrapolated"] = not min(sizes) <= needed <= max(sizes)
+        out.append(row)
+    return out
 
 
 def _plot_curves(exp: Experiment, folder: Path, groups: dict[str, list[dict]]) -> None:
@@ -456,18 +480,19 @@ def _summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> s
     if "scaling" in summary:
         lines += [
             "",
-            "Parameters needed to match the reference's loss (from each variant's loss-vs-parameters fit):",
+            "Non-embedding parameters a variant needs to reach the reference's loss, as a multiple of the "
+            "reference's (from the variant's loss-vs-parameters fit; below 1 = fewer parameters; mean over "
+            "the reference's seeds):",
             "",
-        ]
-        lines += [
-            "| variant | reference | reference non-emb. params | loss | params needed (× ref) |",
+            "| reference | its non-emb. params | its loss | variant | params needed (× ref) |",
             "|---|---|---|---|---|",
         ]
-        for m in summary["scaling"]["match"]:
-            frac = m.get("params_needed_fraction")
+        for m in sorted(summary["scaling"]["match_by_size"], key=lambda m: (m["reference"], m["reference_params"])):
+            frac = m["params_needed_fraction"]
+            needed = "n/a" if frac is None else "beyond the fit" if math.isinf(frac) else f"{frac:.2f}"
+            needed += " (extrapolated)" if m.get("extrapolated") and not math.isinf(frac or 0) else ""
             lines.append(
-                f"| {m['variant']} | {m['reference']} | {m['reference_params']:,} | {m['loss']:.4f} | "
-                + (f"{frac:.2f} |" if frac is not None else "n/a |")
+                f"| {m['reference']} | {m['reference_params']:,} | {m['loss']:.4f} | {m['variant']} | {needed} |"
             )
         lines += ["", "![scaling](scaling.png)"]
     lines += ["", "![validation loss](loss_curves.png)"]
@@ -491,9 +516,9 @@ def reproduce(
     exp = load_experiment(name)
     out_path, overrides = Path(out), list(overrides or [])
     specs = [exp.run(r) for r in runs] if runs else exp.runs
-    for spec in specs:  # check every recipe before any training starts
-        run_recipe(exp, spec, out_path, overrides)
     if not summary_only:
+        for spec in specs:  # check every recipe before any training starts
+            run_recipe(exp, spec, out_path, overrides)
         if jobs <= 1:
             for spec in specs:
                 run_one(exp, spec, out_path, overrides, keep_checkpoints, progress)

@@ -90,6 +90,7 @@ def scaling_eval(run_dirs: list[str | Path], reference: str = "diff") -> dict:
         largest = max(runs, key=lambda r: r["params"])
         if len(largest["curve"]) >= 3:
             entry["tokens_fit"] = fit_power_law(*zip(*largest["curve"], strict=True))
+            entry["tokens_range"] = [largest["curve"][0][0], largest["curve"][-1][0]]
         out["variants"][variant] = entry
     if reference in out["variants"]:
         for ref in out["variants"][reference]["runs"]:
@@ -129,7 +130,7 @@ def plot_scaling(result: dict, out, title: str) -> None:
             grid = np.geomspace(min(params), max(params), 50)
             axes[0].plot(grid, predict(entry["params_fit"], grid), color=color)
         if "tokens_fit" in entry:
-            grid = np.geomspace(1e3, max(r["tokens"] for r in entry["runs"]), 50)
+            grid = np.geomspace(*entry.get("tokens_range", [1e3, max(r["tokens"] for r in entry["runs"])]), 50)
             axes[1].plot(grid, predict(entry["tokens_fit"], grid), color=color, label=variant)
     axes[0].set_xscale("log")
     axes[0].set_xlabel("non-embedding parameters")
