@@ -353,7 +353,12 @@ def _add_reproduce(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", dest="runs", action="append", help="only this run (repeatable), e.g. shared_diff-s1")
     p.add_argument("--out", default="results/repro", help="where run records and summaries go")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints after its evals")
-    p.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (one GPU fits several)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once, each in its own process (one GPU each when there are several)",
+    )
     p.add_argument("--summary-only", action="store_true", help="only rewrite the summary from finished runs")
     p.add_argument("--no-summary", dest="summary", action="store_false", help="skip the summary")
     p.add_argument("--list", dest="list_only", action="store_true", help="list the experiment's runs")
