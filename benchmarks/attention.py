@@ -6,8 +6,8 @@
    and "sdpa" backends against a float64 reference, forward and every gradient.
 2. Times, model width 2048 and 32K tokens per batch (B = 32768 / N), causal, bf16, with
    ``triton.testing.do_bench`` (median): standard SDPA (h heads of 2d), DIFF as 2 SDPA calls (v of
-   width 2d), DIFF as 4 SDPA calls (v split), and the fused kernel; forward and forward+backward;
-   peak memory of each.
+   width 2d), DIFF as 4 SDPA calls (v split), and the fused kernel (dQ by its own kernel, the
+   default, and by atomic adds); forward and forward+backward; peak memory of each.
 3. Shared DIFF projections: separate GEMMs (W, A1, A2) vs one GEMM of X·[W | A1 | A2].
 Writes JSON to benchmarks/results/ (or --out) and prints the tables last.
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -136,9 +137,15 @@ def bench(n: int, d: int) -> list[dict]:
         "DIFF 2 SDPA calls": (lambda *a: differential_attention(*a, backend="sdpa"), (q1, q2, k1, k2, v, lam)),
         "DIFF 4 SDPA calls": (four_call, (q1, q2, k1, k2, v, lam)),
         "fused kernel": (lambda *a: differential_attention(*a, backend="triton"), (q1, q2, k1, k2, v, lam)),
+        "fused kernel, dQ atomics": (
+            lambda *a: differential_attention(*a, backend="triton"),
+            (q1, q2, k1, k2, v, lam),
+        ),
     }
     rows = []
     for name, (fn, inputs) in variants.items():
+        # the backward reads SHAREDDIFF_TRITON_DQ when it runs: "split" (default) or "atomic"
+        os.environ["SHAREDDIFF_TRITON_DQ"] = "atomic" if "atomics" in name else "split"
         fwd, mem_f = time_variant(fn, inputs, False)
         both, mem_b = time_variant(fn, inputs, True)
         rows.append(

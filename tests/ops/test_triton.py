@@ -21,7 +21,9 @@ SHAPES = [  # (B, h, h_kv, N, N_k, d)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("lam_shape", [(), "per_head"])
-def test_kernel_float32_matches_float64(seed, shape, causal, lam_shape):
+@pytest.mark.parametrize("dq", ["split", "atomic"])
+def test_kernel_float32_matches_float64(seed, shape, causal, lam_shape, dq, monkeypatch):
+    monkeypatch.setenv("SHAREDDIFF_TRITON_DQ", dq)
     assert "triton" in available_backends()
     b, h, h_kv, n, n_k, d = shape
     inputs = make_inputs(b, h, h_kv, n, n_k, d, (h,) if lam_shape == "per_head" else ())
@@ -43,10 +45,24 @@ def test_kernel_float32_matches_float64(seed, shape, causal, lam_shape):
 
 
 def test_kernel_float16(seed):
-    inputs = [t.half() for t in make_inputs(1, 2, 2, 33, 33, 32, ())]
+    inputs = [t.half().requires_grad_(True) for t in make_inputs(1, 2, 2, 33, 33, 32, ())]
+    inputs64 = [t.detach().double().requires_grad_(True) for t in inputs]
     out = differential_attention(*inputs, backend="triton")
-    ref = reference(*[t.double() for t in inputs])
+    ref = reference(*inputs64)
     assert out.dtype == torch.float16 and rel_err(out, ref) <= 5e-3
+    grad = torch.randn_like(ref)
+    out.backward(grad.half())
+    ref.backward(grad)
+    for name, t, t64 in zip(("q1", "q2", "k1", "k2", "v"), inputs[:5], inputs64[:5], strict=True):
+        assert t.grad.dtype == torch.float16 and rel_err(t.grad, t64.grad) <= 1e-2, f"grad of {name}"
+
+
+def test_dq_mode_is_checked(monkeypatch):
+    from shareddiff.ops.triton_diff import dq_mode
+
+    monkeypatch.setenv("SHAREDDIFF_TRITON_DQ", "fast")
+    with pytest.raises(ValueError, match="use split or atomic"):
+        dq_mode()
 
 
 def test_model_with_triton_backend_matches_sdpa(seed):

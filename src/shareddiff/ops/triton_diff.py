@@ -3,7 +3,9 @@
 Forward: per block of queries, two running (max, sum) pairs and two accumulators over shared loads
 of V; writes out = O1 − λ·O2, the two log-sum-exps and O2 (for the backward), never an N×N tensor.
 Backward: one kernel per block of keys (all query heads of its GQA group): the two maps share
-dP = dO·Vᵀ and dV = (P1 − λP2)ᵀ·dO; dK accumulate in registers, dQ by atomic adds.
+dP = dO·Vᵀ and dV = (P1 − λP2)ᵀ·dO; dK accumulate in registers. dQ: by default a second kernel per
+block of queries recomputes the maps and accumulates dQ in registers (FlashAttention-2's split);
+``SHAREDDIFF_TRITON_DQ=atomic`` instead adds dQ from the key-block kernel with fp32 atomics.
 dλ = −Σ rowsum(dO ⊙ O2) is a cheap reduction done in PyTorch.
 
 Registered as backend "triton" (head half-dims 16/32/64/128; "auto" keeps SDPA until this kernel is
@@ -174,6 +176,7 @@ def _bwd_kernel(
     BN: tl.constexpr,
     CAUSAL: tl.constexpr,
     IEEE: tl.constexpr,
+    DQ_ATOMIC: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     bhk = tl.program_id(1)
@@ -232,22 +235,134 @@ def _bwd_kernel(
                 dv += tl.dot(tl.trans(pd), do, input_precision="ieee")
                 dk1 += tl.dot(tl.trans(ds1.to(q1.dtype)), q1, input_precision="ieee")
                 dk2 += tl.dot(tl.trans(ds2.to(q2.dtype)), q2, input_precision="ieee")
-                dq1 = tl.dot(ds1.to(k1.dtype), k1, input_precision="ieee")
-                dq2 = tl.dot(ds2.to(k2.dtype), k2, input_precision="ieee")
             else:
                 dv += tl.dot(tl.trans(pd), do)
                 dk1 += tl.dot(tl.trans(ds1.to(q1.dtype)), q1)
                 dk2 += tl.dot(tl.trans(ds2.to(q2.dtype)), q2)
-                dq1 = tl.dot(ds1.to(k1.dtype), k1)
-                dq2 = tl.dot(ds2.to(k2.dtype), k2)
-            dq_off = ((b * H + h) * N + offs_m[:, None]) * D + offs_d[None, :]
-            tl.atomic_add(DQ1 + dq_off, dq1 * sm_scale, mask=row_ok[:, None])
-            tl.atomic_add(DQ2 + dq_off, dq2 * sm_scale, mask=row_ok[:, None])
+            if DQ_ATOMIC:
+                if IEEE:
+                    dq1 = tl.dot(ds1.to(k1.dtype), k1, input_precision="ieee")
+                    dq2 = tl.dot(ds2.to(k2.dtype), k2, input_precision="ieee")
+                else:
+                    dq1 = tl.dot(ds1.to(k1.dtype), k1)
+                    dq2 = tl.dot(ds2.to(k2.dtype), k2)
+                dq_off = ((b * H + h) * N + offs_m[:, None]) * D + offs_d[None, :]
+                tl.atomic_add(DQ1 + dq_off, dq1 * sm_scale, mask=row_ok[:, None])
+                tl.atomic_add(DQ2 + dq_off, dq2 * sm_scale, mask=row_ok[:, None])
     kd_off = ((b * HKV + hk) * NK + offs_n[:, None]) * D + offs_d[None, :]
     tl.store(DK1 + kd_off, (dk1 * sm_scale).to(DK1.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DK2 + kd_off, (dk2 * sm_scale).to(DK2.dtype.element_ty), mask=col_ok[:, None])
     dv_off = ((b * HKV + hk) * NK + offs_n[:, None]) * (2 * D) + offs_v[None, :]
     tl.store(DV + dv_off, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+
+@triton.jit
+def _bwd_dq_kernel(
+    Q1,
+    Q2,
+    K1,
+    K2,
+    V,
+    Lam,
+    DO,
+    Lse1,
+    Lse2,
+    Del1,
+    Del2,
+    DQ1,
+    DQ2,
+    sqb,
+    sqh,
+    sqn,
+    skb,
+    skh,
+    skn,
+    svb,
+    svh,
+    svn,
+    sob,
+    soh,
+    son,
+    H,
+    GROUP,
+    N,
+    NK,
+    scale_log2,
+    sm_scale,
+    D: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    IEEE: tl.constexpr,
+):
+    """dQ1, dQ2 of one block of queries, accumulated in registers over the key blocks it sees (no atomics)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    hk = h // GROUP
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_d = tl.arange(0, D)
+    offs_v = tl.arange(0, 2 * D)
+    row_ok = offs_m < N
+    q_off = b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
+    q1 = tl.load(Q1 + q_off, mask=row_ok[:, None], other=0.0)
+    q2 = tl.load(Q2 + q_off, mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * son + offs_v[None, :], mask=row_ok[:, None], other=0.0)
+    stat = bh * N + offs_m
+    lse1 = tl.load(Lse1 + stat, mask=row_ok, other=0.0)
+    lse2 = tl.load(Lse2 + stat, mask=row_ok, other=0.0)
+    del1 = tl.load(Del1 + stat, mask=row_ok, other=0.0)
+    del2 = tl.load(Del2 + stat, mask=row_ok, other=0.0)
+    lam = tl.load(Lam + h)
+    dq1 = tl.zeros([BM, D], tl.float32)
+    dq2 = tl.zeros([BM, D], tl.float32)
+    shift = NK - N
+    hi = NK
+    if CAUSAL:
+        hi = tl.minimum(NK, (pid_m + 1) * BM + shift)
+    k_base = b * skb + hk * skh
+    v_base = b * svb + hk * svh
+    for start in range(0, hi, BN):
+        offs_n = start + tl.arange(0, BN)
+        col_ok = offs_n < NK
+        k_off = k_base + offs_n[:, None] * skn + offs_d[None, :]
+        k1 = tl.load(K1 + k_off, mask=col_ok[:, None], other=0.0)
+        k2 = tl.load(K2 + k_off, mask=col_ok[:, None], other=0.0)
+        v = tl.load(V + v_base + offs_n[:, None] * svn + offs_v[None, :], mask=col_ok[:, None], other=0.0)
+        valid = col_ok[None, :] & row_ok[:, None]
+        if CAUSAL:
+            valid = valid & (offs_n[None, :] <= offs_m[:, None] + shift)
+        if IEEE:
+            s1 = tl.dot(q1, tl.trans(k1), input_precision="ieee")
+            s2 = tl.dot(q2, tl.trans(k2), input_precision="ieee")
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        else:
+            s1 = tl.dot(q1, tl.trans(k1))
+            s2 = tl.dot(q2, tl.trans(k2))
+            dp = tl.dot(do, tl.trans(v))
+        p1 = tl.where(valid, tl.exp2(s1 * scale_log2 - lse1[:, None]), 0.0)
+        p2 = tl.where(valid, tl.exp2(s2 * scale_log2 - lse2[:, None]), 0.0)
+        ds1 = p1 * (dp - del1[:, None])
+        ds2 = -lam * p2 * (dp - del2[:, None])
+        if IEEE:
+            dq1 += tl.dot(ds1.to(k1.dtype), k1, input_precision="ieee")
+            dq2 += tl.dot(ds2.to(k2.dtype), k2, input_precision="ieee")
+        else:
+            dq1 += tl.dot(ds1.to(k1.dtype), k1)
+            dq2 += tl.dot(ds2.to(k2.dtype), k2)
+    dq_off = b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
+    tl.store(DQ1 + dq_off, (dq1 * sm_scale).to(DQ1.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(DQ2 + dq_off, (dq2 * sm_scale).to(DQ2.dtype.element_ty), mask=row_ok[:, None])
+
+
+def dq_mode() -> str:
+    """How the backward computes dQ: "split" (a second kernel per query block, the default) or "atomic"
+    (inside the key-block kernel with atomic adds); ``SHAREDDIFF_TRITON_DQ`` chooses, for benchmarks."""
+    mode = os.environ.get("SHAREDDIFF_TRITON_DQ", "split")
+    if mode not in ("split", "atomic"):
+        raise ValueError(f"SHAREDDIFF_TRITON_DQ={mode!r}; use split or atomic")
+    return mode
 
 
 def _fwd_blocks(d: int, wide: bool) -> dict:
@@ -331,8 +446,13 @@ class _DifferentialAttention(torch.autograd.Function):
         del2 = (g32 * o2_32).sum(-1)  # rowsum(dO ⊙ O2)
         del1 = (g32 * (out.float() + lam.view(1, h, 1, 1) * o2_32)).sum(-1)  # rowsum(dO ⊙ O1), O1 = out + λ·O2
         dlam = -del2.sum(dim=(0, 2))  # ∂/∂λ_h of Σ dO ⊙ (O1 − λ_h O2)
-        dq1 = torch.zeros(b, h, n, d, device=q1.device, dtype=torch.float32)
-        dq2 = torch.zeros_like(dq1)
+        atomic = dq_mode() == "atomic"
+        # atomic: fp32 buffers the key-block kernel adds into; split: written whole by the dQ kernel
+        dq1, dq2 = (
+            (torch.zeros(b, h, n, d, device=q1.device, dtype=torch.float32) for _ in range(2))
+            if atomic
+            else (torch.empty_like(q1), torch.empty_like(q2))
+        )
         dk1 = torch.empty(b, h_kv, n_k, d, device=q1.device, dtype=k1.dtype)
         dk2 = torch.empty_like(dk1)
         dv = torch.empty(b, h_kv, n_k, 2 * d, device=q1.device, dtype=v.dtype)
@@ -374,10 +494,17 @@ class _DifferentialAttention(torch.autograd.Function):
             sm_scale * LOG2E,
             sm_scale,
         )
+        ieee = q1.dtype == torch.float32
         blocks = _bwd_blocks(d, q1.element_size() == 4)
         _bwd_kernel[(triton.cdiv(n_k, blocks["BN"]), b * h_kv)](
-            *args, D=d, CAUSAL=ctx.causal, IEEE=q1.dtype == torch.float32, **blocks
+            *args, D=d, CAUSAL=ctx.causal, IEEE=ieee, DQ_ATOMIC=atomic, **blocks
         )
+        if not atomic:
+            dq_args = (*args[:13], *args[16:28], h, h // h_kv, n, n_k, sm_scale * LOG2E, sm_scale)
+            dq_blocks = _fwd_blocks(d, q1.element_size() == 4)  # query-block-major like the forward
+            _bwd_dq_kernel[(triton.cdiv(n, dq_blocks["BM"]), b * h)](
+                *dq_args, D=d, CAUSAL=ctx.causal, IEEE=ieee, **dq_blocks
+            )
         return dq1.to(q1.dtype), dq2.to(q2.dtype), dk1, dk2, dv, dlam, None
 
 
