@@ -1,6 +1,7 @@
 """`shareddiff reproduce`: the shipped experiments are well formed and matched; a tiny experiment runs end to end."""
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -157,6 +158,23 @@ def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_data, tiny_tokenize
     assert main(["reproduce", str(exp), "--out", str(out), "--no-progress"]) == 0
     assert capsys.readouterr().out.count("done before") == 5
     assert before == {n: (folder / n / "metrics.jsonl").read_text() for n in records}
+    # A finished run is never passed off as the result of another recipe.
+    with pytest.raises(ValueError, match=r"another recipe \(train\.max_steps: recorded 4, now 6\); pass --out"):
+        reproduce(str(exp), out=str(out), overrides=["train.max_steps=6"], progress=False)
+    assert before == {n: (folder / n / "metrics.jsonl").read_text() for n in records}
+
+
+def test_finished_runs_need_no_data(tmp_path, tiny_data, tiny_tokenizer):
+    """Rerunning a finished experiment where its data is absent (e.g. a fresh clone) only rewrites the summary."""
+    copy = tmp_path / "data-copy"
+    shutil.copytree(tiny_data, copy)
+    exp = _tiny_experiment(tmp_path, copy, tiny_tokenizer)
+    out = tmp_path / "out"
+    reproduce(str(exp), runs=["shared_diff-s1"], out=str(out), progress=False)
+    shutil.rmtree(copy)
+    assert "summary" in reproduce(str(exp), runs=["shared_diff-s1"], out=str(out), progress=False)
+    with pytest.raises(ValueError, match=r"does not exist\. Build it"):  # an unfinished run does need it
+        reproduce(str(exp), runs=["shared_diff-s2"], out=str(out), progress=False)
 
 
 def test_reproduce_resumes_a_cut_off_run(tmp_path, tiny_data, tiny_tokenizer):

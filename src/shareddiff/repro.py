@@ -150,14 +150,14 @@ def load_experiment(name: str) -> Experiment:
     )
 
 
-def run_recipe(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str]) -> RunConfig:
+def run_recipe(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str], check_data: bool = True) -> RunConfig:
     """The recipe of one run: the shared recipe, the run's preset, seed and overrides, then ``overrides``."""
     run = load_recipe(
         str(exp.recipe),
         spec.preset,
         [*spec.overrides, f"train.seed={spec.seed}", f"train.out_dir={out / exp.name / spec.name}", *overrides],
     )
-    if run.data.path and not Path(run.data.path).is_dir():
+    if check_data and run.data.path and not Path(run.data.path).is_dir():
         raise ValueError(
             f"data.path={run.data.path!r} does not exist. Build it with `python scripts/build_debian_docs_corpus.py "
             f"corpus/debian-docs` then `shareddiff data prepare corpus/debian-docs --out {run.data.path} "
@@ -165,6 +165,25 @@ def run_recipe(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str]) 
         )
     run.validate()
     return run
+
+
+def check_recorded_recipe(run: RunConfig, run_dir: Path) -> None:
+    """A finished run is reused only for the recipe it was trained with; otherwise name what differs."""
+    from shareddiff.train.trainer import RUN_CONFIG
+
+    recorded = json.loads((run_dir / RUN_CONFIG).read_text())["run"]
+    wanted = run.to_dict()
+    diffs = [
+        f"{section}.{key}: recorded {recorded.get(section, {}).get(key)!r}, now {value!r}"
+        for section, values in wanted.items()
+        for key, value in values.items()
+        if recorded.get(section, {}).get(key) != value
+    ]
+    if diffs:
+        raise ValueError(
+            f"{run_dir} holds a finished run of another recipe ({'; '.join(diffs)}); pass --out to keep "
+            "this variant apart, or delete that folder to redo the run"
+        )
 
 
 def _evaluate(exp: Experiment, run_dir: Path, echo) -> dict[str, Any]:
@@ -225,11 +244,13 @@ def run_one(
     from shareddiff.train import train
     from shareddiff.train.metrics import read_metrics
 
-    run = run_recipe(exp, spec, out, overrides)
+    run = run_recipe(exp, spec, out, overrides, check_data=False)
     run_dir = Path(run.train.out_dir)
     if (run_dir / RECORD).is_file():
+        check_recorded_recipe(run, run_dir)
         echo(f"{exp.name}/{spec.name}: done before ({run_dir / RECORD})")
         return json.loads((run_dir / RECORD).read_text())
+    run = run_recipe(exp, spec, out, overrides)
     echo(f"== {exp.name}/{spec.name}: {spec.preset}, seed {spec.seed}, {run.train.max_steps} steps")
     start = time.perf_counter()
     train(run, resume=True, progress=progress, echo=echo)
@@ -518,7 +539,11 @@ def reproduce(
     specs = [exp.run(r) for r in runs] if runs else exp.runs
     if not summary_only:
         for spec in specs:  # check every recipe before any training starts
-            run_recipe(exp, spec, out_path, overrides)
+            run = run_recipe(exp, spec, out_path, overrides, check_data=False)
+            if (Path(run.train.out_dir) / RECORD).is_file():
+                check_recorded_recipe(run, Path(run.train.out_dir))
+            else:
+                run_recipe(exp, spec, out_path, overrides)
         if jobs <= 1:
             for spec in specs:
                 run_one(exp, spec, out_path, overrides, keep_checkpoints, progress)
