@@ -63,6 +63,8 @@ def test_bad_experiments_are_refused(tmp_path):
         "not found beside it": '[experiment]\nrecipe = "missing.toml"\n[[run]]\ngroup="a"\npreset="diff-tiny"',
         "lists no": '[experiment]\nrecipe = "r.toml"',
         "needs an \\[experiment\\] table": "[[run]]\ngroup='a'",
+        "\\[needle\\] has unknown keys \\['sample'\\]": '[experiment]\nrecipe = "r.toml"\n[needle]\nsample = 3\n'
+        '[[run]]\ngroup="a"\npreset="diff-tiny"',
     }
     for message, text in bad.items():
         (tmp_path / "e.toml").write_text(text)

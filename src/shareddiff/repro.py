@@ -39,6 +39,9 @@ DEFAULT_NEEDLE = {
     "seed": 0,
 }
 DEFAULT_ATTENTION = {"length": 1024, "depths": [0.0, 0.25, 0.5, 0.75, 1.0], "needles": 4, "samples": 10, "seed": 0}
+# [summary]: baseline = a group to report deltas against; include = ["EXPERIMENT/RUN", ...] runs of other
+# experiments; scaling = fit loss vs parameters; references = the variants to match in that fit
+SUMMARY_KEYS = {"baseline", "include", "scaling", "references"}
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,11 @@ def load_experiment(name: str) -> Experiment:
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"{path}: runs {duplicates} appear twice; give each [[run]] its own group")
+    known = {"needle": set(DEFAULT_NEEDLE), "attention": set(DEFAULT_ATTENTION), "summary": SUMMARY_KEYS}
+    for table, keys in known.items():
+        extra = sorted(set(data.get(table, {})) - keys)
+        if extra:
+            raise ValueError(f"{path}: [{table}] has unknown keys {extra}; known keys are {sorted(keys)}")
     return Experiment(
         name=path.stem,
         path=path,
