@@ -17,19 +17,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_experiments_are_matched(tmp_path, tiny_data):
-    assert experiment_names() == ["ablations", "compare", "retrieval"]
+    assert experiment_names() == ["ablations", "compare", "norm_lr_cpu", "retrieval"]
     for name in experiment_names():
         exp = load_experiment(name)
         recipes = [run_recipe(exp, s, tmp_path, [f"data.path={tiny_data}"]) for s in exp.runs]
         for spec, run in zip(exp.runs, recipes, strict=True):
             assert run.train.seed == spec.seed and run.train.out_dir == str(tmp_path / name / spec.name)
             assert run.model["preset"] == spec.preset
-        # Everything but the model, the seed, the folder and the retrieval mixture is the shared recipe.
+        # Everything but the model, the seed, the folder and what a run overrides is the shared recipe.
         base = load_recipe(str(exp.recipe)).to_dict()
-        for run in recipes:
+        for spec, run in zip(exp.runs, recipes, strict=True):
             d = run.to_dict()
             d["train"].update(seed=base["train"]["seed"], out_dir=base["train"]["out_dir"])
-            d["data"].update(path=base["data"]["path"], mix=base["data"]["mix"])
+            d["data"]["path"] = base["data"]["path"]
+            for override in spec.overrides:
+                section, key = override.split("=")[0].split(".")
+                if section != "model":
+                    d[section][key] = base[section][key]
             assert {k: v for k, v in d.items() if k != "model"} == {k: v for k, v in base.items() if k != "model"}
     compare, data = load_experiment("compare"), [f"data.path={tiny_data}"]
     for size in ("8m", "13m", "23m", "42m"):  # each size: the three variants, only the attention differs
@@ -51,7 +55,7 @@ def test_shipped_experiments_are_matched(tmp_path, tiny_data):
 
 
 def test_bad_experiments_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="no experiment 'nope'; the experiments are: ablations, compare"):
+    with pytest.raises(ValueError, match="no experiment 'nope'; the experiments are: ablations, compare, norm_lr_cpu"):
         load_experiment("nope")
     (tmp_path / "r.toml").write_text("[train]\nmax_steps = 2\n")
     bad = {
