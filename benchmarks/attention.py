@@ -7,7 +7,8 @@
 2. Times, model width 2048 and 32K tokens per batch (B = 32768 / N), causal, bf16, with
    ``triton.testing.do_bench`` (median): standard SDPA (h heads of 2d), DIFF as 2 SDPA calls (v of
    width 2d), DIFF as 4 SDPA calls (v split), and the fused kernel (dQ by its own kernel, the
-   default, and by atomic adds); forward and forward+backward; peak memory of each.
+   default; dQ by atomic adds; V's columns over two forward programs); forward and forward+backward;
+   peak memory of each.
 3. Shared DIFF projections: separate GEMMs (W, A1, A2) vs one GEMM of X·[W | A1 | A2].
 Writes JSON to benchmarks/results/ (or --out) and prints the tables last.
 """
@@ -141,11 +142,16 @@ def bench(n: int, d: int) -> list[dict]:
             lambda *a: differential_attention(*a, backend="triton"),
             (q1, q2, k1, k2, v, lam),
         ),
+        "fused kernel, V split": (
+            lambda *a: differential_attention(*a, backend="triton"),
+            (q1, q2, k1, k2, v, lam),
+        ),
     }
     rows = []
     for name, (fn, inputs) in variants.items():
-        # the backward reads SHAREDDIFF_TRITON_DQ when it runs: "split" (default) or "atomic"
+        # read when the kernels launch: dQ "split" (default) or "atomic"; forward V columns 1 or 2 programs
         os.environ["SHAREDDIFF_TRITON_DQ"] = "atomic" if "atomics" in name else "split"
+        os.environ["SHAREDDIFF_TRITON_VSPLIT"] = "2" if "V split" in name else "1"
         fwd, mem_f = time_variant(fn, inputs, False)
         both, mem_b = time_variant(fn, inputs, True)
         rows.append(

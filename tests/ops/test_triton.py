@@ -21,9 +21,10 @@ SHAPES = [  # (B, h, h_kv, N, N_k, d)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("lam_shape", [(), "per_head"])
-@pytest.mark.parametrize("dq", ["split", "atomic"])
-def test_kernel_float32_matches_float64(seed, shape, causal, lam_shape, dq, monkeypatch):
+@pytest.mark.parametrize("dq,vsplit", [("split", "1"), ("atomic", "1"), ("split", "2")])
+def test_kernel_float32_matches_float64(seed, shape, causal, lam_shape, dq, vsplit, monkeypatch):
     monkeypatch.setenv("SHAREDDIFF_TRITON_DQ", dq)
+    monkeypatch.setenv("SHAREDDIFF_TRITON_VSPLIT", vsplit)
     assert "triton" in available_backends()
     b, h, h_kv, n, n_k, d = shape
     inputs = make_inputs(b, h, h_kv, n, n_k, d, (h,) if lam_shape == "per_head" else ())
@@ -57,12 +58,15 @@ def test_kernel_float16(seed):
         assert t.grad.dtype == torch.float16 and rel_err(t.grad, t64.grad) <= 1e-2, f"grad of {name}"
 
 
-def test_dq_mode_is_checked(monkeypatch):
-    from shareddiff.ops.triton_diff import dq_mode
+def test_kernel_switches_are_checked(monkeypatch):
+    from shareddiff.ops.triton_diff import dq_mode, v_split
 
     monkeypatch.setenv("SHAREDDIFF_TRITON_DQ", "fast")
     with pytest.raises(ValueError, match="use split or atomic"):
         dq_mode()
+    monkeypatch.setenv("SHAREDDIFF_TRITON_VSPLIT", "4")
+    with pytest.raises(ValueError, match="use 1 or 2"):
+        v_split()
 
 
 def test_model_with_triton_backend_matches_sdpa(seed):

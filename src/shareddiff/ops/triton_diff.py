@@ -6,7 +6,8 @@ Backward: one kernel per block of keys (all query heads of its GQA group): the t
 dP = dO·Vᵀ and dV = (P1 − λP2)ᵀ·dO; dK accumulate in registers. dQ: by default a second kernel per
 block of queries recomputes the maps and accumulates dQ in registers (FlashAttention-2's split);
 ``SHAREDDIFF_TRITON_DQ=atomic`` instead adds dQ from the key-block kernel with fp32 atomics.
-dλ = −Σ rowsum(dO ⊙ O2) is a cheap reduction done in PyTorch.
+dλ = −Σ rowsum(dO ⊙ O2) is a cheap reduction done in PyTorch. ``SHAREDDIFF_TRITON_VSPLIT=2`` splits
+the forward's V columns over two programs per query block (half-width accumulators).
 
 Registered as backend "triton" (head half-dims 16/32/64/128; "auto" keeps SDPA until this kernel is
 faster, see docs/performance.md); under ``TRITON_INTERPRET=1`` it runs on CPU tensors with fixed small
@@ -64,15 +65,19 @@ def _fwd_kernel(
     BN: tl.constexpr,
     CAUSAL: tl.constexpr,
     IEEE: tl.constexpr,
+    VW: tl.constexpr,
 ):
+    # VW: the V columns of this program (2D, or D when V's columns are split over two programs that
+    # each recompute both maps: half-width accumulators, for large d where two 2D-wide ones spill)
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
+    pid_v = tl.program_id(2)
     b = bh // H
     h = bh % H
     hk = h // GROUP
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_d = tl.arange(0, D)
-    offs_v = tl.arange(0, 2 * D)
+    offs_v = pid_v * VW + tl.arange(0, VW)
     row_ok = offs_m < N
     q_off = b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
     q1 = tl.load(Q1 + q_off, mask=row_ok[:, None], other=0.0)
@@ -81,8 +86,8 @@ def _fwd_kernel(
     m2 = tl.full([BM], float("-inf"), tl.float32)
     l1 = tl.zeros([BM], tl.float32)
     l2 = tl.zeros([BM], tl.float32)
-    acc1 = tl.zeros([BM, 2 * D], tl.float32)
-    acc2 = tl.zeros([BM, 2 * D], tl.float32)
+    acc1 = tl.zeros([BM, VW], tl.float32)
+    acc2 = tl.zeros([BM, VW], tl.float32)
     shift = NK - N  # queries are the last N of the NK positions
     hi = NK
     if CAUSAL:
@@ -130,8 +135,9 @@ def _fwd_kernel(
     tl.store(Out + o_off, (o1 - lam * o2).to(Out.dtype.element_ty), mask=row_ok[:, None])
     tl.store(O2 + o_off, o2.to(O2.dtype.element_ty), mask=row_ok[:, None])
     lse_off = bh * N + offs_m
-    tl.store(Lse1 + lse_off, m1 + tl.log2(l1), mask=row_ok)
-    tl.store(Lse2 + lse_off, m2 + tl.log2(l2), mask=row_ok)
+    if pid_v == 0:  # every column program has the same statistics: one writes them
+        tl.store(Lse1 + lse_off, m1 + tl.log2(l1), mask=row_ok)
+        tl.store(Lse2 + lse_off, m2 + tl.log2(l2), mask=row_ok)
 
 
 @triton.jit
@@ -365,6 +371,15 @@ def dq_mode() -> str:
     return mode
 
 
+def v_split() -> int:
+    """Programs per query block over V's 2d columns in the forward: 1 (default) or 2
+    (``SHAREDDIFF_TRITON_VSPLIT=2``, half-width accumulators at twice the QKᵀ work; for benchmarks)."""
+    split = os.environ.get("SHAREDDIFF_TRITON_VSPLIT", "1")
+    if split not in ("1", "2"):
+        raise ValueError(f"SHAREDDIFF_TRITON_VSPLIT={split!r}; use 1 or 2")
+    return int(split)
+
+
 def _fwd_blocks(d: int, wide: bool) -> dict:
     """Block shapes per head half-dim; ``wide`` (4-byte elements) halves the tiles to fit shared memory."""
     if INTERPRET:  # the CPU interpreter: small blocks, and no autotuning (no device to time on)
@@ -428,8 +443,9 @@ class _DifferentialAttention(torch.autograd.Function):
             sm_scale * LOG2E,
         )
         blocks = _fwd_blocks(d, q1.element_size() == 4)
-        _fwd_kernel[(triton.cdiv(n, blocks["BM"]), b * h)](
-            *args, D=d, CAUSAL=causal, IEEE=q1.dtype == torch.float32, **blocks
+        split = v_split()
+        _fwd_kernel[(triton.cdiv(n, blocks["BM"]), b * h, split)](
+            *args, D=d, CAUSAL=causal, IEEE=q1.dtype == torch.float32, VW=2 * d // split, **blocks
         )
         ctx.save_for_backward(q1, q2, k1, k2, v, lam, out, o2, lse1, lse2)
         ctx.causal = causal
