@@ -207,16 +207,24 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="N ∈ {8192, 16384} only")
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
     args = parser.parse_args()
-    checks = [
-        check(backend, dt, 1, 4, h_kv, n, d)
-        for backend in ("triton", "sdpa")
-        for dt in (torch.bfloat16, torch.float32)
-        for (h_kv, n, d) in ((4, 1, 64), (2, 1031, 128), (4, 777, 32))
-    ]
+    checks = []
+    for backend, dq, vsplit in (
+        ("triton", "split", "1"),
+        ("triton", "atomic", "1"),
+        ("triton", "split", "2"),
+        ("sdpa", "split", "1"),
+    ):
+        os.environ["SHAREDDIFF_TRITON_DQ"], os.environ["SHAREDDIFF_TRITON_VSPLIT"] = (
+            (dq, vsplit) if backend == "triton" else ("split", "1")
+        )
+        label = backend if backend == "sdpa" else f"triton (dQ {dq}, V programs {vsplit})"
+        for dt in (torch.bfloat16, torch.float32):
+            for h_kv, n, d in ((4, 1, 64), (2, 1031, 128), (4, 777, 32)):
+                checks.append(check(backend, dt, 1, 4, h_kv, n, d) | {"backend": label})
     for c in checks:
         worst = max(c["errors"].items(), key=lambda kv: kv[1])
         print(
-            f"check {c['backend']:6s} {c['dtype']:14s} {c['shape']}: worst {worst[0]} {worst[1]:.2e} "
+            f"check {c['backend']:34s} {c['dtype']:14s} {c['shape']}: worst {worst[0]} {worst[1]:.2e} "
             f"{'ok' if c['ok'] else 'FAIL'}",
             flush=True,
         )
