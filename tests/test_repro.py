@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from shareddiff.cli import main
-from shareddiff.config import load_recipe
+from shareddiff.config import ModelConfig, load_recipe
+from shareddiff.params import count_parameters
 from shareddiff.repro import experiment_names, load_experiment, reproduce, run_recipe
 from shareddiff.train import train
 from shareddiff.train.metrics import read_metrics
@@ -146,6 +147,9 @@ def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_data, tiny_tokenize
         assert (run_dir / "eval" / "lm.json").is_file() and (run_dir / "metrics.jsonl").is_file()
         vals = [r["val_loss"] for r in read_metrics(run_dir) if "val_loss" in r]
         assert len(vals) == 2 and rec["val_loss"] == vals[-1] and rec["tokens"] == 4 * 2 * 32
+        trained = ModelConfig.from_dict(json.loads((run_dir / "run_config.json").read_text())["model_config"])
+        assert trained.vocab_size == tiny_tokenizer.vocab_size == 300  # not the preset's 512
+        assert rec["params"] == count_parameters(trained).total
     # Seeds differ, so the runs differ; the summary's mean ± std is that of the records.
     assert records["shared_diff-s1"]["val_loss"] != records["shared_diff-s2"]["val_loss"]
     summary = json.loads((folder / "summary.json").read_text())

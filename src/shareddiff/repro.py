@@ -267,7 +267,10 @@ def run_one(
     rows = read_metrics(run_dir)
     vals = [r for r in rows if "val_loss" in r]
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-    config = run.model_config()
+    from shareddiff.config import ModelConfig
+    from shareddiff.train.trainer import RUN_CONFIG
+
+    config = ModelConfig.from_dict(json.loads((run_dir / RUN_CONFIG).read_text())["model_config"])  # as trained
     counts = count_parameters(config)
     record = {
         "experiment": exp.name,
@@ -285,7 +288,7 @@ def run_one(
         "tokens_per_s": statistics.median(speeds) if speeds else None,
         "concurrent_runs": int(os.environ.get(CONCURRENT_ENV, "1")),
         "peak_memory_gib": max((r.get("peak_memory_gib", 0.0) for r in rows), default=0.0) or None,
-        "seconds_train": trained,
+        "seconds_train": trained,  # of this invocation (a resumed run: the rest of its steps)
         "seconds_total": time.perf_counter() - start,
         "device": _device_name(),
         "torch": torch.__version__,
