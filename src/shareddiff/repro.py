@@ -194,6 +194,17 @@ def check_recorded_recipe(run: RunConfig, run_dir: Path) -> None:
         )
 
 
+def resolve_run(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str]) -> tuple[RunConfig, bool]:
+    """(the run's recipe, whether it is finished). A finished run must match its recorded recipe; an
+    unfinished one needs its data."""
+    run = run_recipe(exp, spec, out, overrides, check_data=False)
+    run_dir = Path(run.train.out_dir)
+    if (run_dir / RECORD).is_file():
+        check_recorded_recipe(run, run_dir)
+        return run, True
+    return run_recipe(exp, spec, out, overrides), False
+
+
 def _evaluate(exp: Experiment, run_dir: Path, echo) -> dict[str, Any]:
     from shareddiff.eval import commands
 
@@ -252,13 +263,11 @@ def run_one(
     from shareddiff.train import train
     from shareddiff.train.metrics import read_metrics
 
-    run = run_recipe(exp, spec, out, overrides, check_data=False)
+    run, finished = resolve_run(exp, spec, out, overrides)
     run_dir = Path(run.train.out_dir)
-    if (run_dir / RECORD).is_file():
-        check_recorded_recipe(run, run_dir)
+    if finished:
         echo(f"{exp.name}/{spec.name}: done before ({run_dir / RECORD})")
         return json.loads((run_dir / RECORD).read_text())
-    run = run_recipe(exp, spec, out, overrides)
     echo(f"== {exp.name}/{spec.name}: {spec.preset}, seed {spec.seed}, {run.train.max_steps} steps")
     start = time.perf_counter()
     train(run, resume=True, progress=progress, echo=echo)
@@ -455,78 +464,79 @@ def _plot_needle(summary: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(map(str, row)) + " |" for row in rows),
+    ]
+
+
 def _summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> str:
     groups = summary["groups"]
-    lines = [f"# {exp.name}", "", exp.description, ""]
-    header = "| group | preset | overrides | seeds | params | non-embedding | tokens | val loss | tokens/s¹ |"
-    if baseline in groups:
-        header += f" Δ vs {baseline} |"
-    lines += [header, "|" + "---|" * (header.count("|") - 1)]
-    for group, e in groups.items():
-        row = (
-            f"| {group} | {e['preset']} | {' '.join(e['overrides']) or '—'} | {len(e['seeds'])} | "
-            f"{e['params']:,} | {e['params_non_embedding']:,} | {e['tokens']:,} | {_fmt(e['val_loss'])} | "
-            f"{e['tokens_per_s']['mean']:,.0f} |"
-        )
-        if baseline in groups:
-            row += f" {e['delta_vs_baseline']:+.4f} |"
-        lines.append(row)
-    shared = max(e["concurrent_runs"] for e in groups.values())
-    lines += [
-        "",
-        "¹ training tokens/s of one run, median over its log windows"
-        + (
-            f"; up to {shared} runs shared the GPU at a time, so these are not speed measurements."
-            if shared > 1
-            else "."
-        ),
-    ]
-    if any("ar_hit_loss" in e for e in groups.values()):
-        lines += ["", "| group | AR-Hit loss | Others loss |", "|---|---|---|"]
-        lines += [
-            f"| {g} | {_fmt(e['ar_hit_loss'])} | {_fmt(e['others_loss'])} |"
-            for g, e in groups.items()
-            if "ar_hit_loss" in e
+    with_delta = baseline in groups
+    header = ["group", "preset", "overrides", "seeds", "params", "non-embedding", "tokens", "val loss", "tokens/s¹"]
+    rows = [
+        [
+            group,
+            e["preset"],
+            " ".join(e["overrides"]) or "—",
+            len(e["seeds"]),
+            f"{e['params']:,}",
+            f"{e['params_non_embedding']:,}",
+            f"{e['tokens']:,}",
+            _fmt(e["val_loss"]),
+            f"{e['tokens_per_s']['mean']:,.0f}",
+            *([f"{e['delta_vs_baseline']:+.4f}"] if with_delta else []),
         ]
+        for group, e in groups.items()
+    ]
+    lines = [f"# {exp.name}", "", exp.description, "", *_md_table(header + [f"Δ vs {baseline}"] * with_delta, rows)]
+    shared = max(e["concurrent_runs"] for e in groups.values())
+    note = (
+        f"; up to {shared} runs shared the GPU at a time, so these are not speed measurements." if shared > 1 else "."
+    )
+    lines += ["", "¹ training tokens/s of one run, median over its log windows" + note]
+    if any("ar_hit_loss" in e for e in groups.values()):
+        rows = [[g, _fmt(e["ar_hit_loss"]), _fmt(e["others_loss"])] for g, e in groups.items() if "ar_hit_loss" in e]
+        lines += ["", *_md_table(["group", "AR-Hit loss", "Others loss"], rows)]
     needle_groups = {g: e for g, e in groups.items() if "needle" in e}
     if needle_groups:
         first = next(iter(needle_groups.values()))["needle"]
         cols = [f"N={r['n_needles']} R={r['n_queries']}" for r in first]
-        lines += ["", "Multi-needle accuracy (mean over lengths and depths):", ""]
-        lines += ["| group | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-        for g, e in needle_groups.items():
-            lines.append(f"| {g} | " + " | ".join(_fmt(r["accuracy"], 3) for r in e["needle"]) + " |")
+        rows = [[g, *(_fmt(r["accuracy"], 3) for r in e["needle"])] for g, e in needle_groups.items()]
+        lines += ["", "Multi-needle accuracy (mean over lengths and depths):", "", *_md_table(["group", *cols], rows)]
         lengths = list(first[0]["by_length"])
+        rows = [
+            [g, *(f"{statistics.fmean(r['by_length'][n] for r in e['needle']):.3f}" for n in lengths)]
+            for g, e in needle_groups.items()
+        ]
         lines += ["", "By context length (mean over the N/R settings and depths):", ""]
-        lines += ["| group | " + " | ".join(lengths) + " |", "|---|" + "---|" * len(lengths)]
-        for g, e in needle_groups.items():
-            cells = [statistics.fmean(r["by_length"][n] for r in e["needle"]) for n in lengths]
-            lines.append(f"| {g} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+        lines += _md_table(["group", *lengths], rows)
     if any("attention" in e for e in groups.values()):
-        lines += ["", "| group | attention on the answer | attention on noise |", "|---|---|---|"]
-        lines += [
-            f"| {g} | {_fmt(e['attention']['answer'], 3)} | {_fmt(e['attention']['noise'], 3)} |"
+        rows = [
+            [g, _fmt(e["attention"]["answer"], 3), _fmt(e["attention"]["noise"], 3)]
             for g, e in groups.items()
             if "attention" in e
         ]
+        lines += ["", *_md_table(["group", "attention on the answer", "attention on noise"], rows)]
     if "scaling" in summary:
+        rows = []
+        for m in sorted(summary["scaling"]["match_by_size"], key=lambda m: (m["reference"], m["reference_params"])):
+            frac = m["params_needed_fraction"]
+            needed = "n/a" if frac is None else "beyond the fit" if math.isinf(frac) else f"{frac:.2f}"
+            needed += " (extrapolated)" if m.get("extrapolated") and not math.isinf(frac or 0) else ""
+            rows.append([m["reference"], f"{m['reference_params']:,}", f"{m['loss']:.4f}", m["variant"], needed])
         lines += [
             "",
             "Non-embedding parameters a variant needs to reach the reference's loss, as a multiple of the "
             "reference's (from the variant's loss-vs-parameters fit; below 1 = fewer parameters; mean over "
             "the reference's seeds):",
             "",
-            "| reference | its non-emb. params | its loss | variant | params needed (× ref) |",
-            "|---|---|---|---|---|",
+            *_md_table(["reference", "its non-emb. params", "its loss", "variant", "params needed (× ref)"], rows),
+            "",
+            "![scaling](scaling.png)",
         ]
-        for m in sorted(summary["scaling"]["match_by_size"], key=lambda m: (m["reference"], m["reference_params"])):
-            frac = m["params_needed_fraction"]
-            needed = "n/a" if frac is None else "beyond the fit" if math.isinf(frac) else f"{frac:.2f}"
-            needed += " (extrapolated)" if m.get("extrapolated") and not math.isinf(frac or 0) else ""
-            lines.append(
-                f"| {m['reference']} | {m['reference_params']:,} | {m['loss']:.4f} | {m['variant']} | {needed} |"
-            )
-        lines += ["", "![scaling](scaling.png)"]
     lines += ["", "![validation loss](loss_curves.png)"]
     if needle_groups:
         lines += ["", "![needle](needle.png)"]
@@ -550,11 +560,7 @@ def reproduce(
     specs = [exp.run(r) for r in runs] if runs else exp.runs
     if not summary_only:
         for spec in specs:  # check every recipe before any training starts
-            run = run_recipe(exp, spec, out_path, overrides, check_data=False)
-            if (Path(run.train.out_dir) / RECORD).is_file():
-                check_recorded_recipe(run, Path(run.train.out_dir))
-            else:
-                run_recipe(exp, spec, out_path, overrides)
+            resolve_run(exp, spec, out_path, overrides)
         if jobs <= 1:
             for spec in specs:
                 run_one(exp, spec, out_path, overrides, keep_checkpoints, progress)
