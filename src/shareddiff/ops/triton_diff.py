@@ -32,6 +32,28 @@ SUPPORTED_D = (16, 32, 64, 128)
 
 
 @triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """a·b; exact float32 products (no TF32) when IEEE."""
+    if IEEE:  # noqa: SIM108 (a statement-level branch on a constexpr: the form the kernels always used)
+        out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def _tile_grads(q1, q2, k1, k2, v, do, lse1, lse2, del1, del2, lam, valid, scale_log2, IEEE: tl.constexpr):
+    """For one (query block, key block) tile: both maps rebuilt from their log-sum-exps, and the score
+    gradients dS1 = P1 ⊙ (dP − δ1), dS2 = −λ·P2 ⊙ (dP − δ2) with the shared dP = dO·Vᵀ."""
+    p1 = tl.where(valid, tl.exp2(_dot(q1, tl.trans(k1), IEEE) * scale_log2 - lse1[:, None]), 0.0)
+    p2 = tl.where(valid, tl.exp2(_dot(q2, tl.trans(k2), IEEE) * scale_log2 - lse2[:, None]), 0.0)
+    dp = _dot(do, tl.trans(v), IEEE)
+    ds1 = p1 * (dp - del1[:, None])
+    ds2 = -lam * p2 * (dp - del2[:, None])
+    return p1, p2, ds1, ds2
+
+
+@triton.jit
 def _fwd_kernel(
     Q1,
     Q2,
@@ -104,14 +126,8 @@ def _fwd_kernel(
         valid = col_ok[None, :]
         if CAUSAL:
             valid = valid & (offs_n[None, :] <= offs_m[:, None] + shift)
-        if IEEE:
-            s1 = tl.dot(q1, tl.trans(k1), input_precision="ieee")
-            s2 = tl.dot(q2, tl.trans(k2), input_precision="ieee")
-        else:
-            s1 = tl.dot(q1, tl.trans(k1))
-            s2 = tl.dot(q2, tl.trans(k2))
-        s1 = tl.where(valid, s1 * scale_log2, float("-inf"))
-        s2 = tl.where(valid, s2 * scale_log2, float("-inf"))
+        s1 = tl.where(valid, _dot(q1, tl.trans(k1), IEEE) * scale_log2, float("-inf"))
+        s2 = tl.where(valid, _dot(q2, tl.trans(k2), IEEE) * scale_log2, float("-inf"))
         n1 = tl.maximum(m1, tl.max(s1, 1))
         n2 = tl.maximum(m2, tl.max(s2, 1))
         p1 = tl.exp2(s1 - n1[:, None])
@@ -120,12 +136,8 @@ def _fwd_kernel(
         a2 = tl.exp2(m2 - n2)
         l1 = l1 * a1 + tl.sum(p1, 1)
         l2 = l2 * a2 + tl.sum(p2, 1)
-        if IEEE:
-            acc1 = acc1 * a1[:, None] + tl.dot(p1.to(v.dtype), v, input_precision="ieee")
-            acc2 = acc2 * a2[:, None] + tl.dot(p2.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc1 = acc1 * a1[:, None] + tl.dot(p1.to(v.dtype), v)
-            acc2 = acc2 * a2[:, None] + tl.dot(p2.to(v.dtype), v)
+        acc1 = acc1 * a1[:, None] + _dot(p1.to(v.dtype), v, IEEE)
+        acc2 = acc2 * a2[:, None] + _dot(p2.to(v.dtype), v, IEEE)
         m1 = n1
         m2 = n2
     lam = tl.load(Lam + h)
@@ -224,34 +236,14 @@ def _bwd_kernel(
             valid = col_ok[None, :] & row_ok[:, None]
             if CAUSAL:
                 valid = valid & (offs_n[None, :] <= offs_m[:, None] + shift)
-            if IEEE:
-                s1 = tl.dot(q1, tl.trans(k1), input_precision="ieee")
-                s2 = tl.dot(q2, tl.trans(k2), input_precision="ieee")
-                dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-            else:
-                s1 = tl.dot(q1, tl.trans(k1))
-                s2 = tl.dot(q2, tl.trans(k2))
-                dp = tl.dot(do, tl.trans(v))
-            p1 = tl.where(valid, tl.exp2(s1 * scale_log2 - lse1[:, None]), 0.0)
-            p2 = tl.where(valid, tl.exp2(s2 * scale_log2 - lse2[:, None]), 0.0)
-            ds1 = p1 * (dp - del1[:, None])
-            ds2 = -lam * p2 * (dp - del2[:, None])
+            p1, p2, ds1, ds2 = _tile_grads(q1, q2, k1, k2, v, do, lse1, lse2, del1, del2, lam, valid, scale_log2, IEEE)
             pd = (p1 - lam * p2).to(do.dtype)
-            if IEEE:
-                dv += tl.dot(tl.trans(pd), do, input_precision="ieee")
-                dk1 += tl.dot(tl.trans(ds1.to(q1.dtype)), q1, input_precision="ieee")
-                dk2 += tl.dot(tl.trans(ds2.to(q2.dtype)), q2, input_precision="ieee")
-            else:
-                dv += tl.dot(tl.trans(pd), do)
-                dk1 += tl.dot(tl.trans(ds1.to(q1.dtype)), q1)
-                dk2 += tl.dot(tl.trans(ds2.to(q2.dtype)), q2)
+            dv += _dot(tl.trans(pd), do, IEEE)
+            dk1 += _dot(tl.trans(ds1.to(q1.dtype)), q1, IEEE)
+            dk2 += _dot(tl.trans(ds2.to(q2.dtype)), q2, IEEE)
             if DQ_ATOMIC:
-                if IEEE:
-                    dq1 = tl.dot(ds1.to(k1.dtype), k1, input_precision="ieee")
-                    dq2 = tl.dot(ds2.to(k2.dtype), k2, input_precision="ieee")
-                else:
-                    dq1 = tl.dot(ds1.to(k1.dtype), k1)
-                    dq2 = tl.dot(ds2.to(k2.dtype), k2)
+                dq1 = _dot(ds1.to(k1.dtype), k1, IEEE)
+                dq2 = _dot(ds2.to(k2.dtype), k2, IEEE)
                 dq_off = ((b * H + h) * N + offs_m[:, None]) * D + offs_d[None, :]
                 tl.atomic_add(DQ1 + dq_off, dq1 * sm_scale, mask=row_ok[:, None])
                 tl.atomic_add(DQ2 + dq_off, dq2 * sm_scale, mask=row_ok[:, None])
@@ -339,24 +331,9 @@ def _bwd_dq_kernel(
         valid = col_ok[None, :] & row_ok[:, None]
         if CAUSAL:
             valid = valid & (offs_n[None, :] <= offs_m[:, None] + shift)
-        if IEEE:
-            s1 = tl.dot(q1, tl.trans(k1), input_precision="ieee")
-            s2 = tl.dot(q2, tl.trans(k2), input_precision="ieee")
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-        else:
-            s1 = tl.dot(q1, tl.trans(k1))
-            s2 = tl.dot(q2, tl.trans(k2))
-            dp = tl.dot(do, tl.trans(v))
-        p1 = tl.where(valid, tl.exp2(s1 * scale_log2 - lse1[:, None]), 0.0)
-        p2 = tl.where(valid, tl.exp2(s2 * scale_log2 - lse2[:, None]), 0.0)
-        ds1 = p1 * (dp - del1[:, None])
-        ds2 = -lam * p2 * (dp - del2[:, None])
-        if IEEE:
-            dq1 += tl.dot(ds1.to(k1.dtype), k1, input_precision="ieee")
-            dq2 += tl.dot(ds2.to(k2.dtype), k2, input_precision="ieee")
-        else:
-            dq1 += tl.dot(ds1.to(k1.dtype), k1)
-            dq2 += tl.dot(ds2.to(k2.dtype), k2)
+        _, _, ds1, ds2 = _tile_grads(q1, q2, k1, k2, v, do, lse1, lse2, del1, del2, lam, valid, scale_log2, IEEE)
+        dq1 += _dot(ds1.to(k1.dtype), k1, IEEE)
+        dq2 += _dot(ds2.to(k2.dtype), k2, IEEE)
     dq_off = b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
     tl.store(DQ1 + dq_off, (dq1 * sm_scale).to(DQ1.dtype.element_ty), mask=row_ok[:, None])
     tl.store(DQ2 + dq_off, (dq2 * sm_scale).to(DQ2.dtype.element_ty), mask=row_ok[:, None])
