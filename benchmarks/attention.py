@@ -1,6 +1,6 @@
 """Differential attention on the GPU: correctness of the fused kernel, then its speed against SDPA.
 
-    python3 benchmarks/attention.py [--quick]
+    python3 benchmarks/attention.py [--quick] [--sweep]
 
 1. Checks (bf16 and fp32, fresh random inputs, output memory poisoned with NaN first): the "triton"
    and "sdpa" backends against a float64 reference, forward and every gradient.
@@ -9,7 +9,9 @@
    width 2d), DIFF as 4 SDPA calls (v split), and the fused kernel (dQ by its own kernel, the
    default; dQ by atomic adds; V's columns over two forward programs); forward and forward+backward;
    peak memory of each.
-3. Shared DIFF projections: separate GEMMs (W, A1, A2) vs one GEMM of X·[W | A1 | A2].
+3. With --sweep: the kernel's block shapes (``SHAREDDIFF_TRITON_{FWD,BWD,DQ}_BLOCKS``), one kernel at
+   a time.
+4. Shared DIFF projections: separate GEMMs (W, A1, A2) vs one GEMM of X·[W | A1 | A2].
 Writes JSON to benchmarks/results/ (or --out) and prints the tables last.
 """
 
@@ -154,6 +156,7 @@ def bench(n: int, d: int) -> list[dict]:
         os.environ["SHAREDDIFF_TRITON_VSPLIT"] = "2" if "V split" in name else "1"
         fwd, mem_f = time_variant(fn, inputs, False)
         both, mem_b = time_variant(fn, inputs, True)
+        print(f"N={n} d={d} {name}: fwd {fwd:.3f} ms, fwd+bwd {both:.3f} ms, peak {mem_b:.2f} GiB", flush=True)
         rows.append(
             {
                 "n": n,
@@ -168,6 +171,46 @@ def bench(n: int, d: int) -> list[dict]:
             }
         )
     return rows
+
+
+SWEEP = {  # block shapes "BM,BN,num_warps,num_stages" per kernel and head half-dim; the first is the default
+    ("FWD", 64): ["128,64,8,3", "64,64,4,3", "64,64,4,2", "128,128,8,2", "128,64,8,2"],
+    ("FWD", 128): ["64,64,8,2", "64,64,4,2", "128,64,8,2", "64,64,8,1", "32,64,4,2"],
+    ("BWD", 64): ["64,64,4,2", "32,128,8,2", "32,64,4,2", "64,64,8,2", "64,32,4,2", "64,64,4,3"],
+    ("BWD", 128): ["64,32,4,2", "32,64,8,1", "64,64,8,1", "64,32,8,2", "32,32,4,2", "64,32,4,1"],
+    ("DQ", 64): ["128,64,8,3", "64,64,4,2", "64,32,4,2", "128,32,8,2", "128,64,8,2"],
+    ("DQ", 128): ["128,32,8,2", "64,32,4,2", "64,64,4,2", "128,32,8,1", "64,32,8,2"],
+    ("BWD, dQ atomic", 64): ["32,128,8,2", "64,64,4,2", "64,128,8,2", "32,64,4,2"],
+    ("BWD, dQ atomic", 128): ["32,64,8,1", "64,32,4,2", "64,64,8,1"],
+}
+
+
+def sweep(n: int, d: int) -> list[dict]:
+    """The fused kernel (V in one program; dQ split unless the label says atomic) under each block shape
+    of SWEEP, one kernel at a time with the others at their defaults: forward time for FWD,
+    forward+backward for the rest."""
+    b, h = TOKENS // n, WIDTH // (2 * d)
+    os.environ["SHAREDDIFF_TRITON_VSPLIT"] = "1"
+    leaves = [torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(4)]
+    v = torch.randn(b, h, n, 2 * d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    inputs = (*leaves, v, torch.tensor(0.5, device="cuda", requires_grad=True))
+    out = []
+    for label in dict.fromkeys(k for k, _ in SWEEP):
+        kind = label.split(",")[0]
+        os.environ["SHAREDDIFF_TRITON_DQ"] = "atomic" if "atomic" in label else "split"
+        for blocks in SWEEP[(label, d)]:
+            os.environ[f"SHAREDDIFF_TRITON_{kind}_BLOCKS"] = blocks
+            try:
+                ms, _ = time_variant(lambda *a: differential_attention(*a, backend="triton"), inputs, kind != "FWD")
+            except Exception as exc:  # a shape that does not fit (shared memory, registers) is a finding
+                ms = float("nan")
+                print(f"sweep N={n} d={d} {label} {blocks}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
+            del os.environ[f"SHAREDDIFF_TRITON_{kind}_BLOCKS"]
+            timed = "fwd" if kind == "FWD" else "fwd+bwd"
+            out.append({"n": n, "d": d, "kernel": label, "blocks": blocks, "ms": ms, "timed": timed})
+            print(f"sweep N={n} d={d} {label} {blocks}: {ms:.3f} ms ({timed})", flush=True)
+    os.environ["SHAREDDIFF_TRITON_DQ"] = "split"
+    return out
 
 
 def projections(n_tokens: int = 32768, width: int = 1024, rank: int = 64) -> list[dict]:
@@ -205,6 +248,7 @@ def projections(n_tokens: int = 32768, width: int = 1024, rank: int = 64) -> lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N ∈ {8192, 16384} only")
+    parser.add_argument("--sweep", action="store_true", help="also time the kernel's block shapes (SWEEP)")
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
     args = parser.parse_args()
     checks = []
@@ -219,15 +263,14 @@ def main() -> None:
         )
         label = backend if backend == "sdpa" else f"triton (dQ {dq}, V programs {vsplit})"
         for dt in (torch.bfloat16, torch.float32):
-            for h_kv, n, d in ((4, 1, 64), (2, 1031, 128), (4, 777, 32)):
-                checks.append(check(backend, dt, 1, 4, h_kv, n, d) | {"backend": label})
-    for c in checks:
-        worst = max(c["errors"].items(), key=lambda kv: kv[1])
-        print(
-            f"check {c['backend']:34s} {c['dtype']:14s} {c['shape']}: worst {worst[0]} {worst[1]:.2e} "
-            f"{'ok' if c['ok'] else 'FAIL'}",
-            flush=True,
-        )
+            for h_kv, n, d in ((4, 1, 64), (2, 1031, 128), (4, 777, 32), (2, 2053, 64)):
+                checks.append(c := check(backend, dt, 1, 4, h_kv, n, d) | {"backend": label})
+                worst = max(c["errors"].items(), key=lambda kv: kv[1])
+                print(
+                    f"check {c['backend']:34s} {c['dtype']:14s} {c['shape']}: worst {worst[0]} {worst[1]:.2e} "
+                    f"{'ok' if c['ok'] else 'FAIL'}",
+                    flush=True,
+                )
     sizes = (
         [(8192, 64), (16384, 64), (8192, 128)]
         if args.quick
@@ -237,8 +280,9 @@ def main() -> None:
     for n, d in sizes:
         rows += bench(n, d)
         print(f"timed N={n} d={d}", flush=True)
+    swept = [row for n, d in (sizes if args.sweep else []) for row in sweep(n, d)]
     proj = projections()
-    path = write_result("attention", {"checks": checks, "timings": rows, "projections": proj}, args.out)
+    path = write_result("attention", {"checks": checks, "timings": rows, "sweep": swept, "projections": proj}, args.out)
     print(
         table(
             ["backend", "dtype", "B,h,h_kv,N,d", "out err", "worst grad err", "ok"],
@@ -273,6 +317,22 @@ def main() -> None:
     print(
         table(["N", "d", "variant", "fwd ms", "fwd+bwd ms", "fwd ÷ 2-call", "fwd+bwd ÷ 2-call", "peak GiB"], table_rows)
     )
+    if swept:
+        best = []
+        for key in dict.fromkeys((r["n"], r["d"], r["kernel"]) for r in swept):
+            group = [r for r in swept if (r["n"], r["d"], r["kernel"]) == key]
+            top = min((r for r in group if r["ms"] == r["ms"]), key=lambda r: r["ms"], default=group[0])
+            best += [
+                [
+                    *key,
+                    group[0]["timed"],
+                    group[0]["blocks"],
+                    f"{group[0]['ms']:.3f}",
+                    top["blocks"],
+                    f"{top['ms']:.3f}",
+                ]
+            ]
+        print(table(["N", "d", "kernel", "timed", "default blocks", "ms", "best blocks", "ms"], best))
     print(table(["projection", "ms"], [[p["variant"], f"{p['ms']:.3f}"] for p in proj]))
     print(f"wrote {path}")
 
