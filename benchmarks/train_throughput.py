@@ -49,10 +49,12 @@ def bench(
     device: torch.device,
     compile_model: bool,
     backend: str,
+    fused: bool = True,
 ) -> dict:
     config = ModelConfig.from_preset(preset, max_seq_len=max(seq_len, ModelConfig.from_preset(preset).max_seq_len))
     torch.manual_seed(0)
     model = build_model(config, attn_backend=backend).to(device)
+    model.set_fused_projections(fused)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step_model = torch.compile(model) if compile_model else model
     autocast = (
@@ -89,6 +91,7 @@ def bench(
         "batch": batch,
         "compile": compile_model,
         "backend": backend,
+        "fused_projections": fused,
         "params": counts.total,
         "params_non_embedding": counts.non_embedding,
         "step_s_median": median,
@@ -110,28 +113,44 @@ def main() -> None:
     parser.add_argument("--compile", choices=["off", "on", "both"], default="off")
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument("--backend", default="auto")
+    parser.add_argument(
+        "--projections",
+        choices=["fused", "separate", "both"],
+        default="fused",
+        help="attention input projections as one GEMM (default) or one per weight",
+    )
     parser.add_argument("--peak-tflops", type=float, default=800.0, help="for MFU (H100 bf16 dense: 800 measured)")
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batches = args.batch * len(args.seq_len) if len(args.batch) == 1 else args.batch
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+    fusings = {"fused": [True], "separate": [False], "both": [True, False]}[args.projections]
     results = []
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     for size in args.sizes:
         for seq_len, batch in zip(args.seq_len, batches, strict=True):
             for compile_model in compiles:
-                for family in args.families:
+                for family, fused in ((f, u) for f in args.families for u in fusings):
                     r = bench(
-                        f"{family}-{size}", seq_len, batch, args.steps, args.warmup, device, compile_model, args.backend
+                        f"{family}-{size}",
+                        seq_len,
+                        batch,
+                        args.steps,
+                        args.warmup,
+                        device,
+                        compile_model,
+                        args.backend,
+                        fused,
                     )
                     r["mfu"] = r["achieved_tflops"] / args.peak_tflops if device.type == "cuda" else None
                     results.append(r)
                     if args.out:  # keep what is done if the run is cut short
                         Path(args.out, "partial.json").write_text(json.dumps(results, indent=1))
                     print(
-                        f"{r['preset']} seq {seq_len} batch {batch} compile {compile_model}: "
+                        f"{r['preset']} seq {seq_len} batch {batch} compile {compile_model} "
+                        f"projections {'fused' if fused else 'separate'}: "
                         f"{r['tokens_per_s']:,.0f} tok/s",
                         flush=True,
                     )
@@ -145,6 +164,7 @@ def main() -> None:
                 if b["preset"].startswith("transformer-")
                 and b["preset"].split("-", 1)[1] == r["preset"].split("-", 1)[1]
                 and (b["seq_len"], b["compile"]) == (r["seq_len"], r["compile"])
+                and b.get("fused_projections") == r.get("fused_projections")
             ),
             None,
         )
@@ -154,13 +174,18 @@ def main() -> None:
                 r["seq_len"],
                 r["batch"],
                 "yes" if r["compile"] else "no",
+                "fused" if r["fused_projections"] else "separate",
                 f"{r['tokens_per_s']:,.0f}",
                 "" if base is None else f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}",
                 "" if r["mfu"] is None else f"{r['mfu']:.1%}",
                 "" if r["peak_memory_gib"] is None else f"{r['peak_memory_gib']:.1f}",
             ]
         )
-    print(table(["preset", "seq", "batch", "compile", "tokens/s", "vs Transformer", "MFU", "peak GiB"], rows))
+    print(
+        table(
+            ["preset", "seq", "batch", "compile", "projections", "tokens/s", "vs Transformer", "MFU", "peak GiB"], rows
+        )
+    )
     print(f"wrote {path}")
 
 

@@ -72,6 +72,29 @@ def test_eager_and_sdpa_models_agree(seed, name):
         assert rel_err(g_sdpa, g_eager) <= 1e-2
 
 
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_fused_projections_equal_separate_ones(seed, name):
+    """One GEMM over X·[W_Q | W_K | W_V (| A…)] gives the separate projections' logits and gradients
+    (float64), and the fused path really skips the separate Linear calls."""
+    model = tiny(name).double()
+    ids = torch.randint(0, 97, (2, 21))
+    calls = []
+    hook = model.layers[0].attention.wq.register_forward_hook(lambda *_: calls.append(1))
+    results = {}
+    for fused in (True, False):
+        model.set_fused_projections(fused)
+        calls.clear()
+        out = model(ids)
+        out.logsumexp(-1).mean().backward()
+        results[fused] = (out.detach(), [p.grad.clone() for p in model.parameters()])
+        model.zero_grad(set_to_none=True)
+        assert len(calls) == (0 if fused else 1)
+    hook.remove()
+    assert rel_err(results[True][0], results[False][0]) <= 1e-12
+    for g_fused, g_sep in zip(results[True][1], results[False][1], strict=True):
+        assert rel_err(g_fused, g_sep) <= 1e-10
+
+
 def test_too_long_input_is_refused():
     model = tiny("shared_diff")
     with pytest.raises(ValueError, match="exceeds the model's max_seq_len=64"):

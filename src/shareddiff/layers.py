@@ -43,6 +43,17 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return rotated.flatten(-2).to(x.dtype)
 
 
+def project_inputs(x: Tensor, linears: tuple[nn.Linear, ...], fused: bool = True) -> tuple[Tensor, ...]:
+    """``x`` through each bias-free Linear. Fused: one GEMM over the concatenated weights, so X is read
+    once and one large matmul replaces several thin ones (Shared DIFF's X·[W_Q | W_K | W_V | A…]), then
+    split; the parameters stay separate (checkpoints and exports are unchanged). The outputs are
+    views of one buffer, contiguous along the last dimension only."""
+    if not fused or len(linears) == 1:
+        return tuple(lin(x) for lin in linears)
+    weight = torch.cat([lin.weight for lin in linears])
+    return F.linear(x, weight).split([lin.out_features for lin in linears], dim=-1)
+
+
 class SwiGLU(nn.Module):
     """(swish(x W_g) ⊙ x W_1) W_2, no biases."""
 

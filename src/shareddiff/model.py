@@ -105,6 +105,12 @@ class LanguageModel(nn.Module):
         for block in self.layers:
             block.attention.backend = backend
 
+    def set_fused_projections(self, fused: bool) -> None:
+        """One GEMM for all projections of each attention input (default) or one per weight; same
+        parameters, same result up to rounding (for benchmarks and debugging)."""
+        for block in self.layers:
+            block.attention.fuse_projections = bool(fused)
+
     def new_cache(self, max_len: int | None = None) -> KVCache:
         return KVCache(self.config.n_layers, max_len or self.config.max_seq_len)
 

@@ -74,14 +74,16 @@ def test_layer_matches_reference(seed, name):
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
-def test_effective_qk_weights_reproduce_projections(seed, name):
+@pytest.mark.parametrize("fused", [True, False])
+def test_effective_qk_weights_reproduce_projections(seed, name, fused):
     config, module = make(name)
     x = torch.randn(2, 9, config.d_model, dtype=torch.float64)
     module.double()
+    module.fuse_projections = fused
     weights = module.effective_qk_weights()
     d, h, h_kv = config.head_dim, config.n_heads, config.n_kv_heads
     assert [tuple(w.shape) for w in weights] == [(48, h * d)] * 2 + [(48, h_kv * d)] * 2
-    for w, projected in zip(weights, module.project_qk(x), strict=True):
+    for w, projected in zip(weights, module.project_qkv(x)[:4], strict=True):
         heads = projected.shape[2]
         torch.testing.assert_close(x @ w, projected.reshape(2, 9, heads * d), rtol=1e-12, atol=1e-12)
 

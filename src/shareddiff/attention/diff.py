@@ -10,14 +10,14 @@ import torch
 from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
-from shareddiff.layers import RMSNorm, apply_rope
+from shareddiff.layers import RMSNorm, apply_rope, project_inputs
 from shareddiff.ops import differential_attention, eager_differential_attention
 
 HEAD_NORM_EPS = 1e-5
 
 
 class DifferentialAttention(nn.Module):
-    """Base of the differential variants; subclasses implement ``project_qk``."""
+    """Base of the differential variants; subclasses implement ``project_qkv``."""
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -33,10 +33,11 @@ class DifferentialAttention(nn.Module):
         self.lambda_init = config.layer_lambda_init(layer_idx)
         self.head_norm = RMSNorm(2 * d, eps=HEAD_NORM_EPS, weight=config.head_norm_weight) if config.head_norm else None
         self.backend = "auto"
+        self.fuse_projections = True  # one GEMM for every projection of X (project_inputs)
         self.recorder: list | None = None  # set to a list to collect (A1 − λ·A2) maps (eager, analysis only)
 
-    def project_qk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Q1, Q2: (B, N, h, d); K1, K2: (B, N, h_kv, d), before RoPE."""
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Q1, Q2: (B, N, h, d); K1, K2: (B, N, h_kv, d), before RoPE; V: (B, N, h_kv, 2d)."""
         raise NotImplementedError
 
     def lam(self) -> Tensor:
@@ -47,8 +48,9 @@ class DifferentialAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None) -> Tensor:
         b, n, _ = x.shape
-        q1, q2, k1, k2 = (apply_rope(t, *rope).transpose(1, 2) for t in self.project_qk(x))
-        v = self.wv(x).view(b, n, self.n_kv_heads, 2 * self.head_dim).transpose(1, 2)  # (B, h_kv, N, 2d)
+        *qk, v = self.project_qkv(x)
+        q1, q2, k1, k2 = (apply_rope(t, *rope).transpose(1, 2) for t in qk)
+        v = v.transpose(1, 2)  # (B, h_kv, N, 2d)
         if cache is not None:
             k1, k2, v = cache.update(self.layer_idx, k1, k2, v)
         if self.recorder is not None:
@@ -79,11 +81,13 @@ class DiffAttention(DifferentialAttention):
         self.wq = nn.Linear(d_model, d_model, bias=False)
         self.wk = nn.Linear(d_model, config.n_kv_heads * 2 * config.head_dim, bias=False)
 
-    def project_qk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         b, n, _ = x.shape
-        q = self.wq(x).view(b, n, self.n_heads, 2, self.head_dim)  # (B, N, h, {Q1, Q2}, d)
-        k = self.wk(x).view(b, n, self.n_kv_heads, 2, self.head_dim)
-        return q[..., 0, :], q[..., 1, :], k[..., 0, :], k[..., 1, :]
+        q, k, v = project_inputs(x, (self.wq, self.wk, self.wv), self.fuse_projections)
+        q = q.view(b, n, self.n_heads, 2, self.head_dim)  # (B, N, h, {Q1, Q2}, d)
+        k = k.view(b, n, self.n_kv_heads, 2, self.head_dim)
+        v = v.view(b, n, self.n_kv_heads, 2 * self.head_dim)
+        return q[..., 0, :], q[..., 1, :], k[..., 0, :], k[..., 1, :], v
 
     def reset_parameters(self, std: float, out_std: float) -> None:
         super().reset_parameters(std, out_std)

@@ -3,7 +3,8 @@
     Q1 = X (W_Q + A_Q1 B_Q1)    Q2 = X (W_Q + A_Q2 B_Q2)    (K likewise)
 
 ``W_Q + A B`` is never materialised: ``X W_Q`` is computed once and both branches add their
-``(X A) B``. Everything after the projections is the differential tail of ``diff.py``.
+``(X A) B``; by default one GEMM computes X·[W_Q | W_K | W_V | A_Q1 | A_Q2 | A_K1 | A_K2] and the four
+rank-r expansions follow. Everything after the projections is the differential tail of ``diff.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import Tensor, nn
 
 from shareddiff.attention.diff import DifferentialAttention
 from shareddiff.config import ModelConfig
+from shareddiff.layers import project_inputs
 
 BRANCHES = ("q1", "q2", "k1", "k2")
 
@@ -47,15 +49,17 @@ class SharedDiffAttention(DifferentialAttention):
             setattr(self, f"{name}_a", nn.Linear(d_model, r, bias=False))  # A: X → rank r
             setattr(self, f"{name}_b", nn.Linear(r, out_dim, bias=False))  # B: rank r → columns
 
-    def _branch(self, base: Tensor, x: Tensor, name: str) -> Tensor:
-        return base + getattr(self, f"{name}_b")(getattr(self, f"{name}_a")(x))
-
-    def project_qk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         b, n, _ = x.shape
-        q_base, k_base = self.wq(x), self.wk(x)  # computed once, shared by both branches
-        q1, q2 = (self._branch(q_base, x, f"q{i}").view(b, n, self.n_heads, self.head_dim) for i in (1, 2))
-        k1, k2 = (self._branch(k_base, x, f"k{i}").view(b, n, self.n_kv_heads, self.head_dim) for i in (1, 2))
-        return q1, q2, k1, k2
+        linears = (self.wq, self.wk, self.wv, *(getattr(self, f"{name}_a") for name in BRANCHES))
+        q_base, k_base, v, *low = project_inputs(x, linears, self.fuse_projections)  # bases computed once
+        q1, q2, k1, k2 = (
+            ((q_base if name[0] == "q" else k_base) + getattr(self, f"{name}_b")(xa)).view(
+                b, n, self.n_heads if name[0] == "q" else self.n_kv_heads, self.head_dim
+            )
+            for name, xa in zip(BRANCHES, low, strict=True)
+        )
+        return q1, q2, k1, k2, v.view(b, n, self.n_kv_heads, 2 * self.head_dim)
 
     def effective_qk_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Dense (W_Q1, W_Q2, W_K1, W_K2) in ``X W`` orientation, (D, h·d); head i in columns [i·d, (i+1)·d).
@@ -93,20 +97,19 @@ class SharedDiffHeadsAttention(DifferentialAttention):
             setattr(self, f"{name}_a", nn.Linear(d_model, heads * r, bias=False))  # all heads' A_i at once
             setattr(self, f"{name}_b", nn.Parameter(torch.empty(heads, r, d)))  # B_i stacked: (heads, r, d)
 
-    def _branch(self, base: Tensor, x: Tensor, name: str) -> Tensor:
+    def _branch(self, base: Tensor, xa: Tensor, name: str) -> Tensor:
         b_factors = getattr(self, f"{name}_b")
-        heads = b_factors.shape[0]
-        low = getattr(self, f"{name}_a")(x).unflatten(-1, (heads, self.rank))  # (B, N, heads, r)
+        low = xa.unflatten(-1, (b_factors.shape[0], self.rank))  # (B, N, heads, r)
         return base.unsqueeze(2) + torch.einsum("bnhr,hrd->bnhd", low, b_factors.to(low.dtype))
 
-    def project_qk(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        q_base, k_base = self.wq(x), self.wk(x)  # (B, N, d), shared by every head and both branches
-        return (
-            self._branch(q_base, x, "q1"),
-            self._branch(q_base, x, "q2"),
-            self._branch(k_base, x, "k1"),
-            self._branch(k_base, x, "k2"),
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        b, n, _ = x.shape
+        linears = (self.wq, self.wk, self.wv, *(getattr(self, f"{name}_a") for name in BRANCHES))
+        q_base, k_base, v, *low = project_inputs(x, linears, self.fuse_projections)  # bases: (B, N, d), shared
+        q1, q2, k1, k2 = (
+            self._branch(q_base if name[0] == "q" else k_base, xa, name) for name, xa in zip(BRANCHES, low, strict=True)
         )
+        return q1, q2, k1, k2, v.view(b, n, self.n_kv_heads, 2 * self.head_dim)
 
     def effective_qk_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Dense (W_Q1, W_Q2, W_K1, W_K2), (D, heads·d); head i's columns are W + A_i B_i."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
-from shareddiff.layers import apply_rope
+from shareddiff.layers import apply_rope, project_inputs
 from shareddiff.ops import eager_softmax_attention, softmax_attention
 
 
@@ -22,13 +22,15 @@ class StandardAttention(nn.Module):
         self.wv = nn.Linear(d_model, kv_dim, bias=False)
         self.wo = nn.Linear(d_model, d_model, bias=False)
         self.backend = "auto"
+        self.fuse_projections = True  # one GEMM for X·[W_Q | W_K | W_V] (project_inputs)
         self.recorder: list | None = None  # set to a list to collect softmax maps (eager, analysis only)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None) -> Tensor:
         b, n, _ = x.shape
-        q = apply_rope(self.wq(x).view(b, n, self.n_heads, self.head_dim), *rope).transpose(1, 2)
-        k = apply_rope(self.wk(x).view(b, n, self.n_kv_heads, self.head_dim), *rope).transpose(1, 2)
-        v = self.wv(x).view(b, n, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = project_inputs(x, (self.wq, self.wk, self.wv), self.fuse_projections)
+        q = apply_rope(q.view(b, n, self.n_heads, self.head_dim), *rope).transpose(1, 2)
+        k = apply_rope(k.view(b, n, self.n_kv_heads, self.head_dim), *rope).transpose(1, 2)
+        v = v.view(b, n, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         if self.recorder is not None:
