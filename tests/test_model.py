@@ -77,7 +77,7 @@ def test_fused_projections_equal_separate_ones(seed, name):
     """One GEMM over X·[W_Q | W_K | W_V (| A…)] gives the separate projections' logits and gradients
     (float64), and the fused path really skips the separate Linear calls."""
     model = tiny(name).double()
-    ids = torch.randint(0, 97, (2, 21))
+    ids = torch.randint(0, 97, (2, 64))  # 128 tokens: FUSE_MIN_TOKENS, the smallest fused input
     calls = []
     hook = model.layers[0].attention.wq.register_forward_hook(lambda *_: calls.append(1))
     results = {}
@@ -89,6 +89,10 @@ def test_fused_projections_equal_separate_ones(seed, name):
         results[fused] = (out.detach(), [p.grad.clone() for p in model.parameters()])
         model.zero_grad(set_to_none=True)
         assert len(calls) == (0 if fused else 1)
+    model.set_fused_projections(True)
+    calls.clear()
+    model(ids[:, :3])  # decoding-sized inputs keep the separate GEMMs (no weight copy per token)
+    assert len(calls) == 1
     hook.remove()
     assert rel_err(results[True][0], results[False][0]) <= 1e-12
     for g_fused, g_sep in zip(results[True][1], results[False][1], strict=True):

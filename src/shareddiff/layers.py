@@ -43,12 +43,17 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return rotated.flatten(-2).to(x.dtype)
 
 
+FUSE_MIN_TOKENS = 128  # below this, concatenating the weights costs more than the GEMMs it merges
+
+
 def project_inputs(x: Tensor, linears: tuple[nn.Linear, ...], fused: bool = True) -> tuple[Tensor, ...]:
     """``x`` through each bias-free Linear. Fused: one GEMM over the concatenated weights, so X is read
     once and one large matmul replaces several thin ones (Shared DIFF's X·[W_Q | W_K | W_V | A…]), then
     split; the parameters stay separate (checkpoints and exports are unchanged). The outputs are
-    views of one buffer, contiguous along the last dimension only."""
-    if not fused or len(linears) == 1:
+    views of one buffer, contiguous along the last dimension only. Inputs of fewer than
+    ``FUSE_MIN_TOKENS`` tokens (decoding) take the separate GEMMs: there the weight copy would cost
+    about as much memory traffic as the projections themselves."""
+    if not fused or len(linears) == 1 or x.numel() < FUSE_MIN_TOKENS * x.shape[-1]:
         return tuple(lin(x) for lin in linears)
     weight = torch.cat([lin.weight for lin in linears])
     return F.linear(x, weight).split([lin.out_features for lin in linears], dim=-1)
