@@ -116,6 +116,30 @@ def _fwd_inner(
 
 
 @triton.jit
+def _query_block(Q1, Q2, sqb, sqh, sqn, H, GROUP, N, NK, BN, BM: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr):
+    """What a query-block program (forward, dQ) starts from: its batch, head and KV head, row offsets,
+    its Q1/Q2 tiles, and the key range: blocks [0, full) need no mask (inside the keys and, if causal, at
+    or below the block's first query), [full, hi) are masked."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_d = tl.arange(0, D)
+    row_ok = offs_m < N
+    q_off = b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
+    q1 = tl.load(Q1 + q_off, mask=row_ok[:, None], other=0.0)
+    q2 = tl.load(Q2 + q_off, mask=row_ok[:, None], other=0.0)
+    shift = NK - N  # queries are the last N of the NK positions
+    hi = NK
+    full = NK // BN * BN
+    if CAUSAL:
+        hi = tl.minimum(NK, (pid_m + 1) * BM + shift)
+        full = tl.minimum(full, (pid_m * BM + shift + 1) // BN * BN)
+    return bh, b, h, h // GROUP, offs_m, offs_d, row_ok, q1, q2, shift, hi, full
+
+
+@triton.jit
 def _fwd_kernel(
     Q1,
     Q2,
@@ -155,32 +179,17 @@ def _fwd_kernel(
 ):
     # VW: the V columns of this program (2D, or D when V's columns are split over two programs that
     # each recompute both maps: half-width accumulators, for large d where two 2D-wide ones spill)
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh, b, h, hk, offs_m, offs_d, row_ok, q1, q2, shift, hi, full = _query_block(
+        Q1, Q2, sqb, sqh, sqn, H, GROUP, N, NK, BN, BM, D, CAUSAL
+    )
     pid_v = tl.program_id(2)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_d = tl.arange(0, D)
     offs_v = pid_v * VW + tl.arange(0, VW)
-    row_ok = offs_m < N
-    q_off = b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
-    q1 = tl.load(Q1 + q_off, mask=row_ok[:, None], other=0.0)
-    q2 = tl.load(Q2 + q_off, mask=row_ok[:, None], other=0.0)
     m1 = tl.full([BM], float("-inf"), tl.float32)
     m2 = tl.full([BM], float("-inf"), tl.float32)
     l1 = tl.zeros([BM], tl.float32)
     l2 = tl.zeros([BM], tl.float32)
     acc1 = tl.zeros([BM, VW], tl.float32)
     acc2 = tl.zeros([BM, VW], tl.float32)
-    shift = NK - N  # queries are the last N of the NK positions
-    hi = NK
-    # key blocks [0, full) need no test: inside the keys and, if causal, at or below the block's first query
-    full = NK // BN * BN
-    if CAUSAL:
-        hi = tl.minimum(NK, (pid_m + 1) * BM + shift)
-        full = tl.minimum(full, (pid_m * BM + shift + 1) // BN * BN)
     k_base = b * skb + hk * skh
     v_base = b * svb + hk * svh
     if not SPLIT:  # one masked loop over every tile (float32 on the GPU: a third of the compile time)
@@ -442,18 +451,10 @@ def _bwd_dq_kernel(
     SPLIT: tl.constexpr,
 ):
     """dQ1, dQ2 of one block of queries, accumulated in registers over the key blocks it sees (no atomics)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    hk = h // GROUP
-    offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_d = tl.arange(0, D)
+    bh, b, h, hk, offs_m, offs_d, row_ok, q1, q2, shift, hi, full = _query_block(
+        Q1, Q2, sqb, sqh, sqn, H, GROUP, N, NK, BN, BM, D, CAUSAL
+    )
     offs_v = tl.arange(0, 2 * D)
-    row_ok = offs_m < N
-    q_off = b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
-    q1 = tl.load(Q1 + q_off, mask=row_ok[:, None], other=0.0)
-    q2 = tl.load(Q2 + q_off, mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * son + offs_v[None, :], mask=row_ok[:, None], other=0.0)
     stat = bh * N + offs_m
     lse1 = tl.load(Lse1 + stat, mask=row_ok, other=0.0)
@@ -463,13 +464,6 @@ def _bwd_dq_kernel(
     lam = tl.load(Lam + h)
     dq1 = tl.zeros([BM, D], tl.float32)
     dq2 = tl.zeros([BM, D], tl.float32)
-    shift = NK - N
-    hi = NK
-    if CAUSAL:
-        hi = tl.minimum(NK, (pid_m + 1) * BM + shift)
-    full = NK // BN * BN  # as in the forward: key blocks [0, full) need no mask
-    if CAUSAL:
-        full = tl.minimum(full, (pid_m * BM + shift + 1) // BN * BN)
     k_base = b * skb + hk * skh
     v_base = b * svb + hk * svh
     if not SPLIT:  # as in the forward
