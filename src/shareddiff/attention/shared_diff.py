@@ -34,6 +34,13 @@ def _init_lowrank(a: Tensor, b: Tensor, rank: int, std: float, mode: str) -> Non
         nn.init.normal_(b, std=1.0 / math.sqrt(3 * rank))
 
 
+def _project_shared(module: DifferentialAttention, x: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
+    """X·W_Q, X·W_K, X·W_V and the four X·A (q1, q2, k1, k2), one GEMM when fused (either sharing)."""
+    linears = (module.wq, module.wk, module.wv, *(getattr(module, f"{name}_a") for name in BRANCHES))
+    q_base, k_base, v, *low = project_inputs(x, linears, module.fuse_projections)
+    return q_base, k_base, v, low
+
+
 class SharedDiffAttention(DifferentialAttention):
     """ "branches" sharing (default): W_Q, W_K cover all heads; A ∈ R^{D×r}, B ∈ R^{r×h·d} per branch."""
 
@@ -49,15 +56,15 @@ class SharedDiffAttention(DifferentialAttention):
             setattr(self, f"{name}_a", nn.Linear(d_model, r, bias=False))  # A: X → rank r
             setattr(self, f"{name}_b", nn.Linear(r, out_dim, bias=False))  # B: rank r → columns
 
+    def _branch(self, base: Tensor, xa: Tensor, name: str) -> Tensor:
+        heads = self.n_heads if name[0] == "q" else self.n_kv_heads
+        return (base + getattr(self, f"{name}_b")(xa)).unflatten(-1, (heads, self.head_dim))
+
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         b, n, _ = x.shape
-        linears = (self.wq, self.wk, self.wv, *(getattr(self, f"{name}_a") for name in BRANCHES))
-        q_base, k_base, v, *low = project_inputs(x, linears, self.fuse_projections)  # bases computed once
+        q_base, k_base, v, low = _project_shared(self, x)  # the bases computed once, shared by both branches
         q1, q2, k1, k2 = (
-            ((q_base if name[0] == "q" else k_base) + getattr(self, f"{name}_b")(xa)).view(
-                b, n, self.n_heads if name[0] == "q" else self.n_kv_heads, self.head_dim
-            )
-            for name, xa in zip(BRANCHES, low, strict=True)
+            self._branch(q_base if name[0] == "q" else k_base, xa, name) for name, xa in zip(BRANCHES, low, strict=True)
         )
         return q1, q2, k1, k2, v.view(b, n, self.n_kv_heads, 2 * self.head_dim)
 
@@ -104,8 +111,7 @@ class SharedDiffHeadsAttention(DifferentialAttention):
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         b, n, _ = x.shape
-        linears = (self.wq, self.wk, self.wv, *(getattr(self, f"{name}_a") for name in BRANCHES))
-        q_base, k_base, v, *low = project_inputs(x, linears, self.fuse_projections)  # bases: (B, N, d), shared
+        q_base, k_base, v, low = _project_shared(self, x)  # bases: (B, N, d), shared by every head
         q1, q2, k1, k2 = (
             self._branch(q_base if name[0] == "q" else k_base, xa, name) for name, xa in zip(BRANCHES, low, strict=True)
         )
