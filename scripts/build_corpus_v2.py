@@ -93,7 +93,8 @@ def source_files(source: Source, root: Path) -> list[str]:
     found = set()
     for pattern in source.files:
         for path in glob.glob(pattern, root_dir=root, recursive=True):
-            if (root / path).is_file() and not any(fnmatch.fnmatch(path, ex) for ex in source.exclude):
+            full = root / path
+            if full.is_file() and not full.is_symlink() and not any(fnmatch.fnmatch(path, ex) for ex in source.exclude):
                 found.add(path)
     return sorted(found)
 

@@ -142,7 +142,7 @@ SOURCES = [
            f"{DOC}/perl-doc/copyright"),
     Source("manpages", "deb", "manpages", ("usr/share/man/man[1-8]/*.gz",), "man", f"{DOC}/manpages/copyright"),
     Source("manpages-dev", "deb", "manpages-dev", ("usr/share/man/man[1-8]/*.gz",), "man",
-           f"{DOC}/manpages-dev/copyright"),
+           f"{DOC}/manpages/copyright", licence_package="manpages"),
     Source("debian-reference-en", "deb", "debian-reference-en", ("usr/share/debian-reference/*.en.html",),
            "html", f"{DOC}/debian-reference-en/copyright", exclude=("*/index.en.html",)),
     Source("postgresql-doc-15", "deb", "postgresql-doc-15", (f"{DOC}/postgresql-doc-15/html/*.html",), "html",
