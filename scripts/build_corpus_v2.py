@@ -211,7 +211,8 @@ def markdown_table(stats: dict) -> str:
         para = r["paragraph_chars_removed"] / max(r["chars_in"], 1)
         rows.append(
             f"| {name} | {r['package']} | {r['licence']} | {r['kept_documents']:,} "
-            f"| {dup:.1%} ({r['exact']} + {r['near']}) | {para:.1%} | {r['kept_bytes'] / 1e6:.1f} | {r.get('tokens_train', 0):,} | {r.get('tokens_val', 0):,} |"
+            f"| {dup:.1%} ({r['exact']} + {r['near']}) | {para:.1%} | {r['kept_bytes'] / 1e6:.1f} "
+            f"| {r.get('tokens_train', 0):,} | {r.get('tokens_val', 0):,} |"
         )
         for key in total:
             total[key] += r.get(key, 0)
