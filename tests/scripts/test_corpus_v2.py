@@ -1,5 +1,6 @@
 """The corpus-v2 build (scripts/build_corpus_v2.py) on a small fake package tree: extraction and de-duplication."""
 
+import argparse
 import gzip
 import json
 import multiprocessing
@@ -172,3 +173,27 @@ def test_brown_tokens_detokenized():
 def test_every_source_names_a_reader():
     assert {s.reader for s in sources.SOURCES} <= set(sources.READERS)
     assert len(sources.SOURCES_BY_NAME) == len(sources.SOURCES)
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="man pages need groff")
+def test_report_counts_tokens_per_split(package, tmp_path, monkeypatch):
+    """`report`'s per-source counts equal the tokens `data prepare` writes: each split's documents + one EOS each."""
+    from shareddiff.data import Tokenizer, split_by_hash
+
+    out = tmp_path / "out"
+    rows = build_fake(package, out, monkeypatch)
+    for source in FAKE:
+        (out / f"{source.name}.copyright").write_text("License: MIT\n")
+    rows = {name: {**row, "package": "fake"} for name, row in rows.items()}
+    (out / "stats.json").write_text(json.dumps({"sources": rows}))
+    build.cmd_report(argparse.Namespace(corpus=out, tokenizer="bundled-4k", val_fraction=0.5))
+    stats = json.loads((out / "stats.json").read_text())
+    tok = Tokenizer("bundled-4k")
+    for source in FAKE:
+        train, val = split_by_hash(read_jsonl(out / f"{source.name}.jsonl").values(), 0.5)
+        row = stats["sources"][source.name]
+        assert row["tokens_train"] == sum(len(tok.encode(d)) + 1 for d in train)
+        assert row["tokens_val"] == sum(len(tok.encode(d)) + 1 for d in val)
+        assert row["licence"] == "MIT"
+    table = build.markdown_table(stats)
+    assert table.count("\n") == 2 + len(FAKE) and "| fake-html | fake | MIT | 3 | 40.0% (1 + 1) |" in table
