@@ -333,6 +333,8 @@ SOURCES = [
     Source("fortunes-min", "deb", "fortunes-min", ("usr/share/games/fortunes/*",), "fortunes",
            f"{DOC}/fortunes-min/copyright", exclude=("*.dat", "*.u8"),
            licence_name=FORTUNES_LICENCE),
+    Source("dict-wn", "deb", "dict-wn", ("usr/share/dictd/wn.dict.dz",), "dictd", f"{DOC}/dict-wn/copyright",
+           note="WordNet 3.0's glosses, 200 entries to a document"),
 ]  # fmt: skip
 SOURCES_BY_NAME = {s.name: s for s in SOURCES}
 # Listed in ecosystem.md but left out, with the reason.
