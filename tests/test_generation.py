@@ -57,7 +57,7 @@ def test_prompts_of_different_lengths_equal_each_prompt_alone(seed, family):
 
 def test_bad_prompts_are_refused():
     model = build_model(ModelConfig(vocab_size=50, max_seq_len=40)).eval()
-    with pytest.raises(ValueError, match="padding after a token while a KV cache is in use.*Pad prompts on the left"):
+    with pytest.raises(ValueError, match=r"padding after a token while a KV cache is in use.*Pad prompts on the left"):
         generate(model, torch.ones(2, 4, dtype=torch.long), 3, attention_mask=torch.tensor([[1, 1, 0, 0], [1] * 4]))
     with pytest.raises(ValueError, match=r"prompt\(s\) \[1\] are empty"):
         generate(model, [torch.ones(3, dtype=torch.long), torch.ones(0, dtype=torch.long)], 3)
