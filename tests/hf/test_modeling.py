@@ -72,15 +72,16 @@ def test_generate_feeds_only_new_positions(seed, monkeypatch):
     """The cache reaches every step, under the argument name this transformers version uses."""
     model, wrapped = tiny_wrapped("shared_diff")
     lengths = []
-    forward = type(model).forward
-    monkeypatch.setattr(
-        type(model),
-        "forward",
-        lambda self, ids, *a, **k: (lengths.append(ids.shape[1]), forward(self, ids, *a, **k))[1],
-    )
+    forward = model.forward
+
+    def recording_forward(ids, *args, **kwargs):
+        lengths.append(ids.shape[1])
+        return forward(ids, *args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", recording_forward)
     ids = torch.randint(0, 512, (1, 10))
     out = wrapped.generate(ids, max_new_tokens=8, do_sample=False, attention_mask=torch.ones_like(ids))
-    assert lengths == [10, 1, 1, 1, 1, 1, 1, 1]
+    assert lengths == [10, 1, 1, 1, 1, 1, 1, 1]  # the prompt, then one new token per step
     monkeypatch.undo()
     assert torch.equal(out, generate(model, ids, 8, temperature=0))
 
