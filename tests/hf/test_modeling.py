@@ -39,6 +39,12 @@ def test_round_trip_and_greedy_generate(seed, tmp_path, attention, tiny_tokenize
     assert torch.equal(out, generate(model, ids, 10, temperature=0))
     reloaded, tok = load_pretrained(tmp_path)
     assert tok.decode(tok("the module")["input_ids"]) == "the module"
+    texts = ["the module returns a value", "a"]
+    batch = tok(texts, padding=True, return_tensors="pt")  # left padding: generation continues every row
+    out = reloaded.generate(**batch, max_new_tokens=5, do_sample=False)
+    for row, text in enumerate(texts):
+        alone = tok(text, return_tensors="pt")["input_ids"]
+        assert torch.equal(out[row, -alone.shape[1] - 5 :], generate(model, alone, 5, temperature=0)[0])
     with torch.no_grad():
         assert rel_err(reloaded(ids).logits, model(ids)) <= 1e-6
 
