@@ -179,6 +179,14 @@ def test_resize_token_embeddings_save_and_reload(seed, tmp_path, tied):
         with torch.no_grad():
             loaded.get_input_embeddings().weight[513].add_(1.0)
             assert not torch.allclose(loaded(ids).logits[..., 513], logits[..., 513])
+        with pytest.raises(ValueError, match="ties its LM head to the input embeddings"):
+            loaded.set_output_embeddings(torch.nn.Linear(64, 515, bias=False))
+
+
+def test_empty_input_is_refused_through_generate():
+    _, wrapped = tiny_wrapped("diff")
+    with pytest.raises(ValueError, match=r"input_ids has no positions \(shape \(B, 0\)\)"):
+        wrapped.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=2, do_sample=False)
 
 
 def test_trainer_gradient_accumulation_equals_one_large_batch(seed, tmp_path):
