@@ -131,8 +131,8 @@ class ShareddiffForCausalLM(PreTrainedModel, GenerationMixin):
     def prepare_inputs_for_generation(
         self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
     ) -> dict[str, Any]:
-        """The positions the cache has not seen yet; the cache arrives as ``cache`` (transformers ≥ 5.x with
-        that name) or ``past_key_values`` (earlier 5.x) and goes back under the name the output uses."""
+        """The positions the cache has not seen yet, and the cache, which ``generate`` hands over as ``cache``
+        (recent 5.x releases) or ``past_key_values`` (5.0); ``forward`` takes either name."""
         cache = kwargs.get("cache")
         if cache is None:
             cache = kwargs.get("past_key_values")
