@@ -59,5 +59,5 @@ def test_lora_b_stays_zero_and_lambda_vectors_keep_their_init_under_the_pytorch_
 
 
 def test_unknown_init_scheme_is_refused():
-    with pytest.raises(ValueError, match="init_scheme='xavier'.*nanogpt"):
+    with pytest.raises(ValueError, match=r"init_scheme='xavier'.*nanogpt"):
         ModelConfig.from_preset("shared_diff-tiny", init_scheme="xavier")
