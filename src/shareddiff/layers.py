@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -28,19 +30,30 @@ class RMSNorm(nn.Module):
 
 
 def rope_angles(positions: Tensor, dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos and sin of the rotary angles, each (N, dim/2) in float32, for integer ``positions`` (N,)."""
+    """cos and sin of the rotary angles, each (..., N, dim/2) in float32, for integer ``positions`` (N,)
+    shared by every row or (B, N) per row (padded batches)."""
     inv_freq = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
-    angles = positions.float()[:, None] * inv_freq[None, :]
+    angles = positions.float()[..., None] * inv_freq
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate interleaved pairs (x[2j], x[2j+1]) as the official DIFF code does. x: (B, N, H, dim)."""
+    """Rotate interleaved pairs (x[2j], x[2j+1]) as the official DIFF code does. x: (B, N, H, dim);
+    cos, sin: (N, dim/2) or (B, N, dim/2) from ``rope_angles``."""
     pairs = x.float().unflatten(-1, (-1, 2))  # (B, N, H, dim/2, 2)
     even, odd = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos[:, None, :], sin[:, None, :]  # (N, 1, dim/2) broadcast over heads
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (…, N, 1, dim/2) broadcast over heads
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.flatten(-2).to(x.dtype)
+
+
+def init_weight(weight: Tensor, std: float | None) -> None:
+    """Normal(0, std²), or PyTorch's default ``nn.Linear`` init (Kaiming-uniform, bound 1/√fan_in) when
+    ``std`` is None (the DIFF authors' code lineage; ``ModelConfig.init_scheme``)."""
+    if std is None:
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    else:
+        nn.init.normal_(weight, std=std)
 
 
 FUSE_MIN_TOKENS = 128  # below this, concatenating the weights costs more than the GEMMs it merges
@@ -71,7 +84,7 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
 
-    def reset_parameters(self, std: float, out_std: float) -> None:
-        nn.init.normal_(self.w_gate.weight, std=std)
-        nn.init.normal_(self.w_up.weight, std=std)
-        nn.init.normal_(self.w_down.weight, std=out_std)
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
+        init_weight(self.w_gate.weight, std)
+        init_weight(self.w_up.weight, std)
+        init_weight(self.w_down.weight, out_std)

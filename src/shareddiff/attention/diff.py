@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
-from shareddiff.layers import RMSNorm, apply_rope, project_inputs
+from shareddiff.layers import RMSNorm, apply_rope, init_weight, project_inputs
 from shareddiff.ops import differential_attention, eager_differential_attention
 
 HEAD_NORM_EPS = 1e-5
@@ -46,7 +46,7 @@ class DifferentialAttention(nn.Module):
         lam2 = torch.exp(torch.dot(self.lambda_q2.float(), self.lambda_k2.float()))
         return lam1 - lam2 + self.lambda_init
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None, mask: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape
         *qk, v = self.project_qkv(x)
         q1, q2, k1, k2 = (apply_rope(t, *rope).transpose(1, 2) for t in qk)
@@ -55,17 +55,23 @@ class DifferentialAttention(nn.Module):
             k1, k2, v = cache.update(self.layer_idx, k1, k2, v)
         if self.recorder is not None:
             lam = self.lam()
-            out, a1, a2 = eager_differential_attention(q1, q2, k1, k2, v, lam, causal=True, return_maps=True)
+            out, a1, a2 = eager_differential_attention(
+                q1, q2, k1, k2, v, lam, causal=mask is None, mask=mask, return_maps=True
+            )
             self.recorder.append((a1 - lam * a2).detach())  # (B, h, N, N_k)
         else:
-            out = differential_attention(q1, q2, k1, k2, v, self.lam(), causal=True, backend=self.backend)
+            out = differential_attention(
+                q1, q2, k1, k2, v, self.lam(), causal=mask is None, backend=self.backend, mask=mask
+            )
         if self.head_norm is not None:
             out = self.head_norm(out) * (1.0 - self.lambda_init)  # each head normalised on its own
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))
 
-    def reset_parameters(self, std: float, out_std: float) -> None:
-        nn.init.normal_(self.wv.weight, std=std)
-        nn.init.normal_(self.wo.weight, std=out_std)
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
+        """Linear weights Normal(0, std²) (W_O: out_std), or PyTorch's default init where None; λ vectors
+        N(0, 0.1²) as in the official DIFF code."""
+        init_weight(self.wv.weight, std)
+        init_weight(self.wo.weight, out_std)
         for p in (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2):
             nn.init.normal_(p, mean=0.0, std=0.1)
         if self.head_norm is not None:
@@ -89,7 +95,7 @@ class DiffAttention(DifferentialAttention):
         v = v.view(b, n, self.n_kv_heads, 2 * self.head_dim)
         return q[..., 0, :], q[..., 1, :], k[..., 0, :], k[..., 1, :], v
 
-    def reset_parameters(self, std: float, out_std: float) -> None:
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         super().reset_parameters(std, out_std)
-        nn.init.normal_(self.wq.weight, std=std)
-        nn.init.normal_(self.wk.weight, std=std)
+        init_weight(self.wq.weight, std)
+        init_weight(self.wk.weight, std)
