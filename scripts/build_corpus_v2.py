@@ -33,6 +33,8 @@ import zipfile
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from corpus_v2.dedup import Deduplicator, DedupStats, minhash_signature
@@ -180,20 +182,41 @@ def cmd_build(args: argparse.Namespace) -> None:
             )
 
 
+def _document_lengths(data) -> np.ndarray:
+    """Token count (with its EOS) of every document of a prepared split, in the order they were written."""
+    eos = data.manifest["eos_id"]
+    pairs = zip(data.parts, data.offsets[:-1], strict=True)
+    ends = [np.flatnonzero(np.asarray(part) == eos) + offset for part, offset in pairs]
+    return np.diff(np.concatenate(ends), prepend=-1)
+
+
 def cmd_report(args: argparse.Namespace) -> None:
-    from shareddiff.data import Tokenizer, split_by_hash
+    """Per-source token counts: by tokenizing each source, or (with --prepared) from the shards of
+    `shareddiff data prepare CORPUS ...`, whose documents follow the sorted JSONL files in order."""
+    from shareddiff.data import Tokenizer, load_split, split_by_hash
     from shareddiff.data.documents import iter_file
 
     tok = Tokenizer(args.tokenizer)
     stats_path = args.corpus / "stats.json"
     stats = json.loads(stats_path.read_text())
-    for name, row in stats["sources"].items():
+    lengths = {}
+    if args.prepared:
+        for split in ("train", "val"):
+            data = load_split(args.prepared, split, verify=False)
+            if data.manifest["tokenizer_sha256"] != tok.sha256:
+                raise ValueError(f"{args.prepared} was prepared with another tokenizer than {args.tokenizer}")
+            lengths[split] = iter(_document_lengths(data).tolist())
+    for name in sorted(stats["sources"], key=lambda n: str(args.corpus / f"{n}.jsonl")):
+        row = stats["sources"][name]
         row.setdefault(
             "licence", SOURCES_BY_NAME[name].licence_name or _licence_field(args.corpus / f"{name}.copyright")
         )
         train, val = split_by_hash(iter_file(args.corpus / f"{name}.jsonl"), args.val_fraction)
-        row["tokens_train"] = sum(len(ids) + 1 for ids in tok.encode_batch(train))
-        row["tokens_val"] = sum(len(ids) + 1 for ids in tok.encode_batch(val))
+        for split, docs in (("train", train), ("val", val)):
+            if args.prepared:
+                row[f"tokens_{split}"] = sum(next(lengths[split]) for _ in docs)
+            else:
+                row[f"tokens_{split}"] = sum(len(ids) + 1 for ids in tok.encode_batch(docs))
     stats["tokenizer"] = {"name": args.tokenizer, "sha256": tok.sha256, "val_fraction": args.val_fraction}
     stats_path.write_text(json.dumps(stats, indent=1))
     print(markdown_table(stats))
@@ -237,6 +260,7 @@ def main() -> None:
     p.add_argument("corpus", type=Path)
     p.add_argument("--tokenizer", default="docs-16k-digits")
     p.add_argument("--val-fraction", type=float, default=0.01)
+    p.add_argument("--prepared", type=Path, help="count from this `data prepare` output instead of tokenizing")
     p.set_defaults(func=cmd_report)
     args = parser.parse_args()
     args.func(args)

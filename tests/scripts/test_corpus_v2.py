@@ -186,8 +186,17 @@ def test_report_counts_tokens_per_split(package, tmp_path, monkeypatch):
         (out / f"{source.name}.copyright").write_text("License: MIT\n")
     rows = {name: {**row, "package": "fake"} for name, row in rows.items()}
     (out / "stats.json").write_text(json.dumps({"sources": rows}))
-    build.cmd_report(argparse.Namespace(corpus=out, tokenizer="bundled-4k", val_fraction=0.5))
+    build.cmd_report(argparse.Namespace(corpus=out, tokenizer="bundled-4k", val_fraction=0.5, prepared=None))
     stats = json.loads((out / "stats.json").read_text())
+    # The same counts read from the shards of `data prepare` (no second tokenization).
+    from shareddiff.cli import main
+
+    assert main(["data", "prepare", str(out), "--out", str(tmp_path / "prep"), "--tokenizer", "bundled-4k",
+                 "--val-fraction", "0.5"]) == 0  # fmt: skip
+    build.cmd_report(
+        argparse.Namespace(corpus=out, tokenizer="bundled-4k", val_fraction=0.5, prepared=tmp_path / "prep")
+    )
+    assert json.loads((out / "stats.json").read_text()) == stats
     tok = Tokenizer("bundled-4k")
     for source in FAKE:
         train, val = split_by_hash(read_jsonl(out / f"{source.name}.jsonl").values(), 0.5)
