@@ -32,6 +32,7 @@ import time
 import zipfile
 from dataclasses import asdict
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 
@@ -222,6 +223,15 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(markdown_table(stats))
 
 
+def _package_label(fetched: str) -> str:
+    """``dict-wn_1%3a3.0-37_all.deb`` → ``dict-wn 1:3.0-37``; npm and PyPI file names lose their suffix."""
+    name = unquote(fetched)
+    if name.endswith(".deb"):
+        package, version, _ = name.removesuffix(".deb").split("_")
+        return f"{package} {version}"
+    return name.removesuffix(".tgz").removesuffix("-py3-none-any.whl")
+
+
 def markdown_table(stats: dict) -> str:
     head = (
         "| source | package | licence | documents kept | duplicate documents (exact + near) "
@@ -233,7 +243,7 @@ def markdown_table(stats: dict) -> str:
         dup = (r["exact"] + r["near"]) / max(r["documents"], 1)
         para = r["paragraph_chars_removed"] / max(r["chars_in"], 1)
         rows.append(
-            f"| {name} | {r['package']} | {r['licence']} | {r['kept_documents']:,} "
+            f"| {name} | {_package_label(r['package'])} | {r['licence']} | {r['kept_documents']:,} "
             f"| {dup:.1%} ({r['exact']} + {r['near']}) | {para:.1%} | {r['kept_bytes'] / 1e6:.1f} "
             f"| {r.get('tokens_train', 0):,} | {r.get('tokens_val', 0):,} |"
         )
