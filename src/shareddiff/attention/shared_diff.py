@@ -21,7 +21,7 @@ from shareddiff.layers import project_inputs
 BRANCHES = ("q1", "q2", "k1", "k2")
 
 
-def _init_lowrank(a: Tensor, b: Tensor, rank: int, std: float, mode: str) -> None:
+def init_lowrank(a: Tensor, b: Tensor, rank: int, std: float, mode: str) -> None:
     """A ~ N(0, std²); B ~ N(0, 1/(3r)) ("random") or B = 0 ("lora").
 
     "random" gives the update ≈ 0.58× the base product's spread, the ratio PyTorch's default
@@ -86,7 +86,7 @@ class SharedDiffAttention(DifferentialAttention):
         nn.init.normal_(self.wk.weight, std=std)
         for name in BRANCHES:
             a, b = getattr(self, f"{name}_a").weight, getattr(self, f"{name}_b").weight
-            _init_lowrank(a, b, self.rank, std, self.lowrank_init)
+            init_lowrank(a, b, self.rank, std, self.lowrank_init)
 
 
 class SharedDiffHeadsAttention(DifferentialAttention):
@@ -133,6 +133,6 @@ class SharedDiffHeadsAttention(DifferentialAttention):
         nn.init.normal_(self.wq.weight, std=std)
         nn.init.normal_(self.wk.weight, std=std)
         for name in BRANCHES:
-            _init_lowrank(
+            init_lowrank(
                 getattr(self, f"{name}_a").weight, getattr(self, f"{name}_b"), self.rank, std, self.lowrank_init
             )
