@@ -16,7 +16,7 @@ from shareddiff.hf.io import hf_tokenizer
 from tests.conftest import rel_err
 
 
-@pytest.mark.parametrize("attention", ["standard", "diff", "shared_diff"])
+@pytest.mark.parametrize("attention", ["standard", "diff", "shared_diff", "diff_v2", "shared_diff_v2"])
 def test_round_trip_and_greedy_generate(seed, tmp_path, attention, tiny_tokenizer):
     config = ModelConfig(
         attention=attention, n_heads=4 if attention == "standard" else 2, vocab_size=300, max_seq_len=64
