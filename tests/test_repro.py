@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_experiments_are_matched(tmp_path, tiny_data):
-    assert experiment_names() == ["ablations", "compare", "norm_lr_cpu", "retrieval"]
+    assert experiment_names() == ["ablations", "compare", "norm_lr_cpu", "retrieval", "v2"]
     for name in experiment_names():
         exp = load_experiment(name)
         recipes = [run_recipe(exp, s, tmp_path, [f"data.path={tiny_data}"]) for s in exp.runs]
@@ -53,6 +53,9 @@ def test_shipped_experiments_are_matched(tmp_path, tiny_data):
     assert not c["no-head-norm"].head_norm and c["lambda-0.8"].lambda_init == 0.8 and c["lambda-0.5"].lambda_init == 0.5
     assert (c["rank-12"].lowrank_rank, c["rank-48"].lowrank_rank) == (12, 48)
     assert run_recipe(load_experiment("retrieval"), load_experiment("retrieval").runs[0], tmp_path, data).data.mix
+    v2 = load_experiment("v2")  # the V2 runs join compare's 23m runs: same shape, included by name
+    assert {s.preset for s in v2.runs} == {"diff_v2-23m", "shared_diff_v2-23m"}
+    assert {ref.split("/")[1] for ref in v2.summary["include"]} == {s.name for s in compare.runs if "23m" in s.preset}
 
 
 def test_bad_experiments_are_refused(tmp_path):
