@@ -107,12 +107,6 @@ class ModelConfig:
         """Any of the four differential variants (V1 and V2)."""
         return self.attention != "standard"
 
-    @property
-    def query_heads(self) -> int:
-        """Query heads of dim ``head_dim`` the attention call sees: ``2h`` for the V2 variants (a pair per
-        output head), ``h`` otherwise (DIFF's two sub-heads per head are two calls of ``h`` heads)."""
-        return 2 * self.n_heads if self.attention in DIFFERENTIAL_V2 else self.n_heads
-
     def layer_lambda_init(self, layer_idx: int) -> float:
         """λ_init of layer ``layer_idx`` (0-based): the constant if set, else the depth schedule."""
         return self.lambda_init if self.lambda_init is not None else lambda_init_schedule(layer_idx)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shareddiff.config import ModelConfig
+from shareddiff.config import DIFFERENTIAL_V2, ModelConfig
 from shareddiff.model import build_model
 
 COMPONENTS = ("embeddings", "attention_qk", "attention_vo", "ffn", "norms_lambda")
@@ -123,7 +123,7 @@ def attention_formula(config: ModelConfig) -> tuple[str, int]:
     vo = dm * kv * d * config.width_factor + h * d * config.width_factor * dm
     if config.attention == "standard":
         return "Q/K + D² + D·(D·h_kv/h)", qk + vo
-    if config.attention in ("diff_v2", "shared_diff_v2"):
+    if config.attention in DIFFERENTIAL_V2:
         return "Q/K + D² + D·(D·h_kv/h) + D·h", qk + vo + dm * h
     norm = 2 * d if config.head_norm and config.head_norm_weight else 0
     return f"Q/K + D² + D·(D·h_kv/h) + 4d{' + 2d' if norm else ''}", qk + vo + 4 * d + norm
@@ -140,7 +140,7 @@ def describe(config: ModelConfig) -> str:
     c = config
     extra = f", r={c.lowrank_rank} ({c.base_sharing})" if c.attention == "shared_diff" else ""
     extra += f", r={c.lowrank_rank}" if c.attention == "shared_diff_v2" else ""
-    pairs = f" ({2 * c.n_heads} query heads in pairs)" if c.attention in ("diff_v2", "shared_diff_v2") else ""
+    pairs = f" ({2 * c.n_heads} query heads in pairs)" if c.attention in DIFFERENTIAL_V2 else ""
     return (
         f"attention={c.attention}, D={c.d_model}, L={c.n_layers}, heads={c.n_heads}{pairs}, "
         f"kv_heads={c.n_kv_heads}, head_dim={c.head_dim}{extra}, ffn={c.ffn_dim}, vocab={c.vocab_size}, "

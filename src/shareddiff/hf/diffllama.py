@@ -17,12 +17,13 @@ from torch import Tensor
 from transformers import DiffLlamaConfig, DiffLlamaForCausalLM
 
 from shareddiff.attention.diff import HEAD_NORM_EPS
+from shareddiff.config import DIFFERENTIAL_V2
 from shareddiff.model import LanguageModel
 
 
 def _check_exportable(model: LanguageModel) -> None:
     c = model.config
-    if c.attention in ("diff_v2", "shared_diff_v2"):
+    if c.attention in DIFFERENTIAL_V2:
         raise ValueError(
             f"DiffLlama holds DIFF V1 attention (two sub-heads per head, one λ per layer, a per-head norm); "
             f"attention={c.attention!r} (2h query heads, λ = sigmoid(X W_λ) per token and head, no head norm) "
