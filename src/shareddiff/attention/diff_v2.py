@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
-from shareddiff.layers import apply_rope, project_inputs
+from shareddiff.layers import apply_rope, init_weight, project_inputs
 from shareddiff.ops import differential_v2_attention, eager_differential_v2_attention
 
 
@@ -55,10 +55,12 @@ class PairedDifferentialAttention(nn.Module):
             out = differential_v2_attention(q, k, v, lam, causal=True, backend=self.backend)  # (B, h, N, d)
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))
 
-    def reset_parameters(self, std: float, out_std: float) -> None:
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
+        """Linear weights Normal(0, std²) (W_O: out_std), or PyTorch's default init where None (W_λ too:
+        the reference code leaves it at that default)."""
         for lin in (self.wk, self.wv, self.lambda_proj):
-            nn.init.normal_(lin.weight, std=std)
-        nn.init.normal_(self.wo.weight, std=out_std)
+            init_weight(lin.weight, std)
+        init_weight(self.wo.weight, out_std)
 
 
 class DiffV2Attention(PairedDifferentialAttention):
@@ -74,6 +76,6 @@ class DiffV2Attention(PairedDifferentialAttention):
         heads = (b, n, -1, self.head_dim)
         return q.view(heads), k.view(heads), v.view(heads), lam_logits
 
-    def reset_parameters(self, std: float, out_std: float) -> None:
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         super().reset_parameters(std, out_std)
-        nn.init.normal_(self.wq.weight, std=std)
+        init_weight(self.wq.weight, std)

@@ -13,9 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from shareddiff.attention.diff_v2 import PairedDifferentialAttention
-from shareddiff.attention.shared_diff import init_lowrank
+from shareddiff.attention.shared_diff import _init_lowrank
 from shareddiff.config import ModelConfig
-from shareddiff.layers import project_inputs
+from shareddiff.layers import init_weight, project_inputs
 
 
 class SharedDiffV2Attention(PairedDifferentialAttention):
@@ -49,8 +49,8 @@ class SharedDiffV2Attention(PairedDifferentialAttention):
         d = self.head_dim
         return torch.stack((w1.unflatten(1, (-1, d)), w2.unflatten(1, (-1, d))), dim=2).flatten(1)
 
-    def reset_parameters(self, std: float, out_std: float) -> None:
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         super().reset_parameters(std, out_std)
-        nn.init.normal_(self.wq.weight, std=std)
-        init_lowrank(self.q1_a.weight, self.q1_b.weight, self.rank, std, self.lowrank_init)
-        init_lowrank(self.q2_a.weight, self.q2_b.weight, self.rank, std, self.lowrank_init)
+        init_weight(self.wq.weight, std)
+        _init_lowrank(self.q1_a.weight, self.q1_b.weight, self.rank, std, self.lowrank_init)
+        _init_lowrank(self.q2_a.weight, self.q2_b.weight, self.rank, std, self.lowrank_init)
