@@ -1,4 +1,4 @@
-"""DIFF V2 attention (architecture §DIFF V2; microsoft/unilm ``Diff-Transformer-V2/multihead_flashdiffv2.py``).
+"""DIFF V2 attention (docs/architecture.md, `diff_v2`; unilm `Diff-Transformer-V2/multihead_flashdiffv2.py`).
 
     Q = X W_Q ∈ R^{N×2h·d}: query heads 2i, 2i+1 are the pair of output head i; K, V = X W_K, X W_V
     O = causal softmax attention of the 2h query heads over h_kv key/value heads (one call, GQA ratio)

@@ -1,4 +1,4 @@
-"""Shared DIFF V2 attention (architecture §Shared DIFF V2): DIFF V2 with the pair's query projections
+"""Shared DIFF V2 attention (docs/architecture.md, `shared_diff_v2`): DIFF V2 with the pair's query projections
 built from one shared base plus low-rank updates, as Shared DIFF builds its branches.
 
     Q1 = X (W_Q + A1 B1)    Q2 = X (W_Q + A2 B2)    W_Q ∈ R^{D×h·d}, A ∈ R^{D×r}, B ∈ R^{r×h·d}
