@@ -13,6 +13,7 @@ import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 try:
@@ -355,15 +356,41 @@ class RunConfig:
             if name == "model":
                 kwargs[name] = dict(value)
                 continue
-            section_cls = type(getattr(cls(), name))
-            known = {f.name for f in dataclasses.fields(section_cls)}
-            bad = sorted(set(value) - known)
-            if bad:
-                raise ValueError(f"unknown key(s) {bad} in [{name}]; valid keys are {sorted(known)}")
-            kwargs[name] = section_cls(**value)
+            kwargs[name] = section_from_dict(type(getattr(cls(), name)), value, f"[{name}]")
         run = cls(**kwargs)
         run.validate()
         return run
+
+
+def section_from_dict(cls: type, data: dict[str, Any], where: str):
+    """The dataclass ``cls`` from one TOML table; unknown or missing keys raise ``ValueError`` naming
+    ``where`` (e.g. "[optim]") and the valid keys. Every recipe and experiment file is read this way."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a table of key = value pairs, got {data!r}")
+    fields_ = dataclasses.fields(cls)
+    known = {f.name for f in fields_}
+    bad = sorted(set(data) - known)
+    if bad:
+        raise ValueError(f"unknown key(s) {bad} in {where}; valid keys are {sorted(known)}")
+    required = [
+        f.name
+        for f in fields_
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data
+    ]
+    if required:
+        raise ValueError(f"{where} lacks {required}")
+    return cls(**data)
+
+
+def read_toml(path: str | Path, what: str = "recipe") -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file raises ``ValueError`` naming it."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as err:
+        raise ValueError(f"{what} {str(path)!r} does not exist") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{what} {str(path)!r} is not valid TOML: {err}") from err
 
 
 def parse_override_value(text: str) -> Any:
@@ -378,13 +405,7 @@ def load_recipe(path: str | None = None, preset: str | None = None, overrides: l
     """A RunConfig from an optional TOML recipe, then ``--preset``, then ``section.key=value`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError as err:
-            raise ValueError(f"recipe {path!r} does not exist") from err
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"recipe {path!r} is not valid TOML: {err}") from err
+        data = read_toml(path)
     if preset is not None:
         data.setdefault("model", {})["preset"] = preset
     for item in overrides or []:
