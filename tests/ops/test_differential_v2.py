@@ -9,8 +9,10 @@ from shareddiff.ops import differential_v2_attention, eager_differential_v2_atte
 from tests.conftest import rel_err
 
 
-def reference(q, k, v, lam, causal=True):
-    """O_j = softmax(q_j k_gᵀ/√d + M) v_g with g = j // (2h/h_kv); out_i = O_2i − λ_i·O_2i+1; float64 loops."""
+def reference(q, k, v, lam, causal=True, mask=None):
+    """O_j = softmax(q_j k_gᵀ/√d + M) v_g with g = j // (2h/h_kv); out_i = O_2i − λ_i·O_2i+1; float64 loops.
+
+    M is causal (queries are the last N keys), none, or ``mask`` (B, 1, N, N_k) where given."""
     b, q_heads, n, d = q.shape
     n_k, group = k.shape[2], q_heads // k.shape[1]
     allowed = torch.tensor([[not causal or j <= i + n_k - n for j in range(n_k)] for i in range(n)])
@@ -19,7 +21,7 @@ def reference(q, k, v, lam, causal=True):
         o = []
         for j in range(q_heads):
             s = q[batch, j].double() @ k[batch, j // group].double().T / math.sqrt(d)
-            s = s.masked_fill(~allowed, float("-inf"))
+            s = s.masked_fill(~(allowed if mask is None else mask[batch, 0]), float("-inf"))
             o.append(s.softmax(-1) @ v[batch, j // group].double())
         for i in range(q_heads // 2):
             out[batch, i] = o[2 * i] - lam[batch, i].double()[:, None] * o[2 * i + 1]
@@ -55,6 +57,29 @@ def test_backend_matches_float64_reference(seed, backend, shape, causal):
     expected.backward(grad)
     for got, want in zip((q, k, v, lam), inputs64, strict=True):
         assert rel_err(got.grad, want.grad) <= 1e-4
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("shape", [(2, 2, 2, 13, 13, 16), (3, 4, 2, 6, 19, 8), (2, 2, 1, 1, 9, 16)])
+def test_mask_matches_float64_reference(seed, backend, shape):
+    """A random boolean (B, 1, N, N_k) mask (each query keeps at least one key), forward and gradients."""
+    b, h, h_kv, n, n_k, d = shape
+    q = torch.randn(b, 2 * h, n, d, requires_grad=True)
+    k, v = (torch.randn(b, h_kv, n_k, d, requires_grad=True) for _ in range(2))
+    lam = (torch.rand(b, h, n) * 0.8 + 0.1).requires_grad_(True)
+    mask = torch.rand(b, 1, n, n_k) < 0.5
+    mask[..., torch.arange(n), torch.randint(0, n_k, (n,))] = True
+    inputs64 = [t.detach().double().requires_grad_(True) for t in (q, k, v, lam)]
+    out = differential_v2_attention(q, k, v, lam, causal=False, backend=backend, mask=mask)
+    expected = reference(*inputs64, causal=False, mask=mask)
+    assert rel_err(out, expected) <= 1e-5
+    grad = torch.randn_like(expected)
+    out.backward(grad.float())
+    expected.backward(grad)
+    for got, want in zip((q, k, v, lam), inputs64, strict=True):
+        assert rel_err(got.grad, want.grad) <= 1e-4
+    with pytest.raises(ValueError, match="either causal=True or a mask"):
+        differential_v2_attention(q, k, v, lam, mask=mask)
 
 
 def test_eager_maps_are_the_pair_differences(seed):

@@ -39,7 +39,7 @@ class PairedDifferentialAttention(nn.Module):
         """Q: (B, N, 2h, d), pairs (2i, 2i+1); K, V: (B, N, h_kv, d); λ logits X·W_λ: (B, N, h)."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None, mask: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape
         q, k, v, lam_logits = self.project(x)
         q = apply_rope(q, *rope).transpose(1, 2)  # (B, 2h, N, d)
@@ -49,10 +49,10 @@ class PairedDifferentialAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)
         lam = torch.sigmoid(lam_logits.float()).transpose(1, 2)  # (B, h, N)
         if self.recorder is not None:
-            out, maps = eager_differential_v2_attention(q, k, v, lam, causal=True)
+            out, maps = eager_differential_v2_attention(q, k, v, lam, causal=mask is None, mask=mask)
             self.recorder.append(maps.detach())  # (B, h, N, N_k)
         else:
-            out = differential_v2_attention(q, k, v, lam, causal=True, backend=self.backend)  # (B, h, N, d)
+            out = differential_v2_attention(q, k, v, lam, mask is None, self.backend, mask)  # (B, h, N, d)
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))
 
     def reset_parameters(self, std: float | None, out_std: float | None) -> None:

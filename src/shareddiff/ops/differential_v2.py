@@ -38,24 +38,31 @@ def _pair_difference(x: Tensor, lam: Tensor) -> Tensor:
 
 
 def differential_v2_attention(
-    q: Tensor, k: Tensor, v: Tensor, lam: Tensor, causal: bool = True, backend: str = "auto"
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lam: Tensor,
+    causal: bool = True,
+    backend: str = "auto",
+    mask: Tensor | None = None,
 ) -> Tensor:
     """DIFF V2 attention. q: (B, 2h, N, d), pairs (2i, 2i+1); k, v: (B, h_kv, N_k, d) with h_kv dividing h;
     lam: (B, h, N), the weight of each pair's second head (DIFF V2: sigmoid(X W_λ)). Returns (B, h, N, d).
 
-    With ``N < N_k`` (decoding with a cache) the queries are the last N positions. ``backend`` as for
-    ``softmax_attention`` (``"eager"`` or any other name for SDPA). Raises ``ValueError`` on shapes
-    that do not fit.
+    With ``N < N_k`` (decoding with a cache) the queries are the last N positions. ``backend`` and
+    ``mask`` (padded batches: bool (B or 1, 1, N, N_k), replacing the causal mask, so ``causal=False``)
+    as for ``softmax_attention`` (``"eager"`` or any other name for SDPA). Raises ``ValueError`` on
+    shapes that do not fit.
     """
     _check_shapes(q, k, v, lam)
-    return _pair_difference(softmax_attention(q, k, v, causal, backend), lam)
+    return _pair_difference(softmax_attention(q, k, v, causal, backend, mask), lam)
 
 
 def eager_differential_v2_attention(
-    q: Tensor, k: Tensor, v: Tensor, lam: Tensor, causal: bool = True
+    q: Tensor, k: Tensor, v: Tensor, lam: Tensor, causal: bool = True, mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Reference path returning ``(out, M)`` with the float32 differential maps M_i = A_{2i} − λ_i ⊙ A_{2i+1}:
     (B, h, N, N_k), λ applied per query row."""
     _check_shapes(q, k, v, lam)
-    out, maps = eager_softmax_attention(q, k, v, causal)
+    out, maps = eager_softmax_attention(q, k, v, causal, mask)
     return _pair_difference(out, lam), _pair_difference(maps, lam.float())
