@@ -66,7 +66,7 @@ def test_config_disagreeing_with_weights(tmp_path):
         load_pretrained(tmp_path)
 
 
-FAMILIES = ["transformer", "diff", "shared_diff"]
+FAMILIES = ["transformer", "diff", "shared_diff", "diff_v2", "shared_diff_v2"]
 
 
 def tiny_wrapped(family: str, **overrides):
