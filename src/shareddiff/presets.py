@@ -5,7 +5,7 @@ A size fixes width, depth, differential head count ``h``, rank and vocabulary; t
 size share all of them. The Transformer baseline uses ``2h`` heads so its head dimension equals
 the differential half-dim ``d`` (the official DIFF code's matching rule, architecture §2). The V2
 families take the Transformer's heads as their output heads and add a second query head to each
-(the DIFF V2 README: "we introduce additional parameters for Q2", W_O stays the Transformer's), so
+(DIFF V2 README: "we introduce additional parameters for Q2"; its blog post: W_O stays the baseline's), so
 they are not parameter-matched: see ``FAMILY_NOTES``.
 
 Paper rows (Table 3 and Table 1) keep width, depth and rank. Where the paper's head count does not
