@@ -90,6 +90,17 @@ def plot_sweep(select: dict[str, dict], out: str | Path, title: str) -> Path:
         ax.scatter([s["best"]], [s["best_val_loss"]["mean"]], s=120, facecolors="none", edgecolors=f"C{i}")
     if all(isinstance(v, int | float) and v > 0 for s in select.values() for v in s["values"]):
         ax.set_xscale("log")
+    means = [v["mean"] for s in select.values() for v in s["val_loss"]]
+    top = min(max(means), min(means) + 0.4)  # diverged points would flatten the region that matters
+    if top < max(means):
+        ax.set_ylim(min(means) - 0.02, top + 0.02)
+        stacked: dict = {}  # off-scale values at one x are listed downwards
+        for i, s in enumerate(select.values()):
+            for x, v in zip(s["values"], s["val_loss"], strict=True):
+                if v["mean"] > top:
+                    y = top - 0.03 * stacked.setdefault(x, [0])[0]
+                    stacked[x][0] += 1
+                    ax.annotate(f"↑ {v['mean']:.2f}", (x, y), color=f"C{i}", fontsize=7, ha="center", va="top")
     ax.set_xlabel(next(iter(select.values()))["key"] if select else "")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)
