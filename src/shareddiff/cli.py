@@ -343,7 +343,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     depths = [0.0, 0.25, 0.5, 0.75, 1.0]
     p = evals.add_parser("needle", help="multi-needle retrieval: accuracy per (length, depth) and a heatmap")
     common(p)
-    p.add_argument("--lengths", type=int, nargs="+", help="context lengths (default 1K, 2K, ... up to max)")
+    p.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        help="context lengths (default 1K, 2K, ... up to the model's context; below 1K, the longest that fits)",
+    )
     p.add_argument("--depths", type=float, nargs="+", default=depths)
     p.add_argument("--needles", type=int, default=1, help="N")
     p.add_argument("--queries", type=int, default=1, help="R")
@@ -352,7 +357,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
     p = evals.add_parser("attention", help="attention mass on the answer needle vs the rest, per depth")
     common(p)
-    p.add_argument("--length", type=int, default=1024)
+    p.add_argument("--length", type=int, help="context length (default 1024, or the model's context if shorter)")
     p.add_argument("--depths", type=float, nargs="+", default=depths)
     p.add_argument("--needles", type=int, default=1)
     p.add_argument("--samples", type=int, default=20)
@@ -362,7 +367,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.add_argument(
         "--dataset",
-        help="JSONL/CSV (text, label), TREC .label or CLINC data_full.json; default: the bundled synthetic intent set",
+        help="a bundled dataset (trec, banking77, clinc150), or a file: JSONL/CSV (text, label), TREC .label or "
+        "CLINC data_full.json; default: a synthetic intent set",
     )
     p.add_argument("--test-dataset", help="test examples (default: the dataset's test part)")
     p.add_argument("--fine-labels", action="store_true", help="TREC: the 50 fine labels (TREC-fine)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import math
 import os
 import shutil
 import statistics
@@ -228,7 +227,8 @@ def _evaluate(exp: Experiment, run_dir: Path, echo) -> dict[str, Any]:
                 None,
             )
             echo(f"  eval needle N={n_needles} R={n_queries}: {line}")
-            data = json.loads((run_dir / "eval" / f"needle_N{n_needles}_R{n_queries}.json").read_text())
+            stem = commands.needle_stem(n_needles, n_queries, cfg["lengths"], cfg["depths"])
+            data = json.loads((run_dir / "eval" / f"{stem}.json").read_text())
             by_length = {
                 str(n): statistics.fmean(c["accuracy"] for c in data["cells"] if c["length"] == n)
                 for n in cfg["lengths"]
@@ -417,6 +417,7 @@ def _match_by_size(match: list[dict], variants: dict) -> list[dict]:
         row["loss"] = statistics.fmean(r["loss"] for r in rows)
         fractions = [r.get("params_needed_fraction") for r in rows]
         row["params_needed_fraction"] = None if None in fractions else statistics.fmean(fractions)
+        row["params_note"] = next((r["params_note"] for r in rows if r.get("params_note")), None)
         if row["params_needed_fraction"] is not None:
             sizes = [r["params"] for r in variants[variant]["runs"]]
             needed = row["params_needed_fraction"] * params
@@ -524,8 +525,8 @@ def _summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> s
         rows = []
         for m in sorted(summary["scaling"]["match_by_size"], key=lambda m: (m["reference"], m["reference_params"])):
             frac = m["params_needed_fraction"]
-            needed = "n/a" if frac is None else "beyond the fit" if math.isinf(frac) else f"{frac:.2f}"
-            needed += " (extrapolated)" if m.get("extrapolated") and not math.isinf(frac or 0) else ""
+            needed = (m.get("params_note") or "n/a") if frac is None else f"{frac:.2f}"
+            needed += " (extrapolated)" if m.get("extrapolated") else ""
             rows.append([m["reference"], f"{m['reference_params']:,}", f"{m['loss']:.4f}", m["variant"], needed])
         lines += [
             "",
