@@ -297,9 +297,11 @@ def cmd_eval_harness(
     device: str,
     out: str | None,
 ) -> str:
-    """Run lm-evaluation-harness tasks on a checkpoint (offline; local YAML tasks via --include-path)."""
-    from shareddiff.hf.harness import run_harness
+    """Run lm-evaluation-harness tasks on a checkpoint (hub tasks online; local YAML tasks via --include-path,
+    offline)."""
+    from shareddiff.hf.harness import hub_mode, run_harness
 
+    _note(hub_mode(tasks.split(","), include_path)[1])
     results = run_harness(checkpoint, tasks.split(","), include_path, num_fewshot, limit, batch_size, device)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
