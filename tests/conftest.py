@@ -124,3 +124,18 @@ def make_run(tmp_path, tiny_data, tiny_tokenizer):
         return tiny_recipe(tiny_data, tiny_tokenizer, tmp_path / out, *overrides)
 
     return make
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The matplotlib figures plot functions save, kept open for inspection instead of closed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    real_close, figures = plt.close, []
+    monkeypatch.setattr(plt, "close", figures.append)
+    yield figures
+    for fig in figures:
+        real_close(fig)

@@ -102,3 +102,27 @@ def test_bundled_datasets_by_name(name, sizes, classes):
     assert len({label for _, label in test}) == classes and {lb for _, lb in test} <= {lb for _, lb in train}
     with pytest.raises(ValueError, match=r"no bundled ICL dataset 'sst2'; the bundled ones are \['banking77'"):
         load_bundled("sst2")
+
+
+def _spread(values):
+    return {"values": values, "mean": sum(values) / len(values), "std": 0.0, "min": min(values), "max": max(values)}
+
+
+def test_icl_plot_keeps_scale_shows_both_orders_and_chance(tmp_path, saved_figures):
+    from shareddiff.eval.icl import plot_icl
+
+    flat = [0.25] * 3  # every order gives the same accuracy: a flat result must look flat
+    rows = [
+        {"shots": k, "accuracy": 0.25, "random_order": _spread(flat), "class_alternating": _spread(flat)}
+        for k in (1, 2, 4)
+    ]
+    plot_icl({"labels": 6, "permutations": 3, "rows": rows}, tmp_path / "icl.png", "title")
+    means, spread = saved_figures[0].axes
+    assert means.get_ylim() == (0, 1)
+    low, high = spread.get_ylim()
+    assert high - low >= 0.1  # not zoomed to ±0.0075 around a flat line
+    lines = {line.get_label(): line for line in means.get_lines()}
+    assert set(lines) == {"random order", "class-alternating", "chance (1/6)"}
+    assert lines["chance (1/6)"].get_ydata()[0] == pytest.approx(1 / 6)
+    random_x, alternating_x = (lines[k].get_xdata() for k in ("random order", "class-alternating"))
+    assert all(a < b for a, b in zip(random_x, alternating_x, strict=True))  # side by side, none hidden
