@@ -30,6 +30,19 @@ def _name(state: dict) -> str:
 def run_lm(
     checkpoint: str, seq_len: int | None, max_tokens: int, max_train_count: int | None, device: str, out: str | None
 ) -> str:
+    """`eval lm`: :func:`lm_results` as one line."""
+    result = lm_results(checkpoint, seq_len, max_tokens, max_train_count, device, out)
+    return (
+        f"loss {result['loss']:.4f} (ppl {result['ppl']:.2f}); AR-Hit {result['ar_hit_loss']:.4f} "
+        f"on {result['ar_hit_fraction']:.1%} of tokens; Others {result['others_loss']:.4f} → "
+        f"{output_dir(checkpoint, out) / 'lm.json'}"
+    )
+
+
+def lm_results(
+    checkpoint: str, seq_len: int | None, max_tokens: int, max_train_count: int | None, device: str, out: str | None
+) -> dict:
+    """Validation loss, perplexity and the AR-Hit / Others split of ``checkpoint``; also written to lm.json."""
     from shareddiff.eval.lm import lm_loss, rare_bigrams
 
     model, tok, state = _load(checkpoint, device)
@@ -50,12 +63,8 @@ def run_lm(
         + (f", bigram seen ≤ {max_train_count}× in training" if rare is not None else ""),
         **lm_loss(model, windows, rare=rare),
     }
-    folder = output_dir(checkpoint, out)
-    write_json(folder / "lm.json", result)
-    return (
-        f"loss {result['loss']:.4f} (ppl {result['ppl']:.2f}); AR-Hit {result['ar_hit_loss']:.4f} "
-        f"on {result['ar_hit_fraction']:.1%} of tokens; Others {result['others_loss']:.4f} → {folder / 'lm.json'}"
-    )
+    write_json(output_dir(checkpoint, out) / "lm.json", result)
+    return result
 
 
 def check_probe_args(depths: list[float], samples: int, needles: int, queries: int = 1) -> None:
@@ -104,6 +113,26 @@ def run_needle(
     device: str,
     out: str | None,
 ) -> str:
+    """`eval needle`: :func:`needle_results` as one line (after a note when the lengths were chosen for it)."""
+    result = needle_results(checkpoint, lengths, depths, needles, queries, samples, seed, device, out)
+    stem = output_dir(checkpoint, out) / needle_stem(needles, queries, result["lengths"], result["depths"])
+    line = f"mean accuracy {result['accuracy']:.3f} over {len(result['cells'])} cells → {stem}.json/.png"
+    return f"{result['note']}\n{line}" if result.get("note") else line
+
+
+def needle_results(
+    checkpoint: str,
+    lengths: list[int] | None,
+    depths: list[float],
+    needles: int,
+    queries: int,
+    samples: int,
+    seed: int,
+    device: str,
+    out: str | None,
+) -> dict:
+    """Multi-needle retrieval accuracy per (length, depth); also written as JSON and a heatmap PNG, named by
+    the settings (:func:`needle_stem`). Lengths default to :func:`default_needle_lengths`."""
     from tqdm.auto import tqdm
 
     from shareddiff.eval.needle import NeedleBuilder, answer_room, needle_eval, plot_heatmap
@@ -118,13 +147,14 @@ def run_needle(
     builder = NeedleBuilder(tok, _split(state, tok, "val"))
     with tqdm(total=len(lengths) * len(depths) * samples, unit="sample") as bar:
         result = needle_eval(model, builder, lengths, depths, needles, queries, samples, seed, bar)
-    result.update(checkpoint=str(checkpoint), model=_name(state))
+    result.update(checkpoint=str(checkpoint), model=_name(state), lengths=lengths, depths=depths)
+    if note:
+        result["note"] = note
     folder = output_dir(checkpoint, out)
     stem = needle_stem(needles, queries, lengths, depths)
     write_json(folder / f"{stem}.json", result)
     plot_heatmap(result, folder / f"{stem}.png", f"{_name(state)}: N={needles}, R={queries}")
-    line = f"mean accuracy {result['accuracy']:.3f} over {len(result['cells'])} cells → {folder / stem}.json/.png"
-    return f"{note}\n{line}" if note else line
+    return result
 
 
 def run_attention(
@@ -137,6 +167,25 @@ def run_attention(
     device: str,
     out: str | None,
 ) -> str:
+    """`eval attention`: :func:`attention_results` as one line (after a note when the length was cut)."""
+    result = attention_results(checkpoint, length, depths, needles, samples, seed, device, out)
+    rows = ", ".join(f"{r['depth']:.0%}: {r['answer']:.3f}/{r['noise']:.3f}" for r in result["rows"])
+    line = f"answer/noise mass by depth: {rows} → {output_dir(checkpoint, out) / 'attention.json'}"
+    return f"{result['note']}\n{line}" if result.get("note") else line
+
+
+def attention_results(
+    checkpoint: str,
+    length: int | None,
+    depths: list[float],
+    needles: int,
+    samples: int,
+    seed: int,
+    device: str,
+    out: str | None,
+) -> dict:
+    """Attention mass on the answer needle vs the rest (the paper's Table 5); also JSON and a PNG. The
+    length defaults to 1024, or the model's context when that is shorter (with a note)."""
     from shareddiff.eval.attention import attention_eval, plot_example
     from shareddiff.eval.needle import NeedleBuilder
 
@@ -150,12 +199,12 @@ def run_attention(
     builder = NeedleBuilder(tok, _split(state, tok, "val"))
     result, example = attention_eval(model, builder, length, depths, needles, samples, seed)
     result.update(checkpoint=str(checkpoint), model=_name(state))
+    if note:
+        result["note"] = note
     folder = output_dir(checkpoint, out)
     write_json(folder / "attention.json", result)
     plot_example(example, folder / "attention_map.png", _name(state))
-    rows = ", ".join(f"{r['depth']:.0%}: {r['answer']:.3f}/{r['noise']:.3f}" for r in result["rows"])
-    line = f"answer/noise mass by depth: {rows} → {folder / 'attention.json'}"
-    return f"{note}\n{line}" if note else line
+    return result
 
 
 def run_icl(
