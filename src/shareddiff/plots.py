@@ -13,6 +13,15 @@ def count_label(x: float, _pos=None) -> str:
     return f"{x:g}"
 
 
+def log_count_axis(axis) -> None:
+    """A log axis of counts labelled 1, 2, 5 per decade as 200K, 1M, 2M, without crowded minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(count_label))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_loss_curves(runs: dict[str, list[dict]], out: str | Path, title: str = "Loss") -> Path:
     """Training loss (thin) and validation loss (markers) per run, against tokens seen; with many runs the
     legend sits beside the axes instead of over the curves."""
@@ -127,6 +136,7 @@ def plot_efficiency(result: dict, out: str | Path, xlabel: str) -> Path:
             grid = np.geomspace(min(xs), max(xs), 60)
             ax.plot(grid, predict(result["fits"][variant], grid), color=f"C{i}", lw=1.2)
     ax.set_xscale("log")
+    log_count_axis(ax.xaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("validation loss (nats/token)")
     ax.grid(alpha=0.3, which="both")

@@ -162,9 +162,8 @@ def plot_scaling(result: dict, out, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    from shareddiff.plots import count_label
+    from shareddiff.plots import log_count_axis
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
     for i, (variant, entry) in enumerate(sorted(result["variants"].items())):
@@ -194,9 +193,7 @@ def plot_scaling(result: dict, out, title: str) -> None:
     axes[1].set_title("validation loss of each variant's largest run, and the fit", fontsize=10)
     for ax in axes:
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(count_label))
-        ax.xaxis.set_minor_formatter(NullFormatter())
+        log_count_axis(ax.xaxis)
         ax.set_ylabel("validation loss (nats/token)")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
