@@ -69,3 +69,15 @@ def test_lock_refuses_a_second_holder_and_frees_on_release(tmp_path):
     first.release()
     with RunLock(tmp_path):
         pass
+
+
+def test_a_filesystem_without_locks_warns_and_runs(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning, match=r"cannot lock .*\.lock \(No locks available\): nothing stops a second run"):
+        RunLock(tmp_path).acquire()

@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from pathlib import Path
 
 LOCK_FILE = ".lock"
@@ -46,6 +47,14 @@ class RunLock:
                 f"{self.path.parent} is in use by another training run ({holder}); wait for it to finish, "
                 "stop it, or set train.out_dir to another folder"
             ) from None
+        except OSError as err:  # a filesystem without locks (some network mounts): run, but say so
+            os.close(fd)
+            warnings.warn(
+                f"cannot lock {self.path} ({err.strerror}): nothing stops a second run from writing into "
+                f"{self.path.parent} at the same time",
+                stacklevel=2,
+            )
+            return
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder_info()).encode(), 0)
         self._fd = fd

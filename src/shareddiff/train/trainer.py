@@ -50,6 +50,14 @@ class TrainingDiverged(ValueError):
     """The loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
 
 
+class ScheduleChanged(ValueError):
+    """``--resume`` with other learning-rate schedule values than the checkpoint's (``changes``), not asked for."""
+
+    def __init__(self, message: str, changes: list[str]) -> None:
+        super().__init__(message)
+        self.changes = changes
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped the run after ``step`` steps; ``checkpoint`` is the newest one to resume from."""
 
@@ -246,10 +254,11 @@ def _check_same_schedule(state: dict, run: RunConfig, ckpt: Path, new_schedule: 
     if not diffs:
         return
     if not new_schedule:
-        raise ValueError(
+        raise ScheduleChanged(
             f"checkpoint {ckpt.name} was trained on another learning-rate schedule ({'; '.join(diffs)}); "
             "resuming with these values changes the learning rate of every remaining step. Resume with "
-            "the run's own values, or pass --new-schedule to continue on the new schedule"
+            "the run's own values, or pass --new-schedule to continue on the new schedule",
+            diffs,
         )
     echo(f"continuing on a new learning-rate schedule from step {state['step']}: {'; '.join(diffs)}")
 
