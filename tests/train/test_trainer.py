@@ -188,6 +188,7 @@ def test_ctrl_c_on_the_command_line_is_one_line(make_run, monkeypatch, capsys):
     )
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_changed_schedule_unless_asked(make_run):
     train(make_run("train.max_steps=6"), progress=False)
     longer = make_run("train.max_steps=9", "optim.lr=2e-2")
