@@ -199,12 +199,24 @@ def test_finished_runs_need_no_data(tmp_path, tiny_data, tiny_tokenizer):
         reproduce(str(exp), runs=["shared_diff-s2"], out=str(out), progress=False)
 
 
-def test_reproduce_resumes_a_cut_off_run(tmp_path, tiny_data, tiny_tokenizer):
+def test_reproduce_resumes_a_cut_off_run(tmp_path, tiny_data, tiny_tokenizer, monkeypatch):
+    from shareddiff.data import WindowLoader
+
     exp_path = _tiny_experiment(tmp_path, tiny_data, tiny_tokenizer)
     exp, out = load_experiment(str(exp_path)), tmp_path / "out"
     spec = exp.run("shared_diff-s1")
     # The run was cut off after its step-2 checkpoint (before its record): the same command resumes it.
-    train(run_recipe(exp, spec, out, ["train.max_steps=2"]), progress=False)
+    real_batch = WindowLoader.batch
+
+    def cut_off(self, step, *args, **kwargs):
+        if step == 2:  # during step 3
+            raise KeyboardInterrupt
+        return real_batch(self, step, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WindowLoader, "batch", cut_off)
+        with pytest.raises(KeyboardInterrupt):
+            train(run_recipe(exp, spec, out, []), progress=False)
     (out / "tiny" / spec.name / "metrics.jsonl").open("a").write('{"step": 3, "loss": 99.0}\n')  # written after it
     reproduce(str(exp_path), runs=[spec.name], out=str(out), progress=False)
     rows = read_metrics(out / "tiny" / spec.name)

@@ -36,3 +36,13 @@ def test_probe_runs_and_records_every_layer(seed, tiny_tokenizer, tiny_data, att
     if attention == "standard":  # a softmax row puts all its (positive) mass on context or question
         assert all(0 <= r["answer"] <= 1 and r["answer"] + r["noise"] <= 1 + 1e-6 for r in result["rows"])
     assert example["map"].shape[0] == example["map"].shape[1] == 200
+
+
+def test_attention_map_labels_its_colour_bar(tmp_path, saved_figures):
+    from shareddiff.eval.attention import plot_example
+
+    example = {"map": torch.rand(16, 16).tril(), "answer": (4, 8), "depth": 0.5}
+    plot_example(example, tmp_path / "map.png", "title")
+    main_ax, colour_bar = saved_figures[0].axes
+    assert colour_bar.get_ylabel().startswith("attention weight, mean over layers and heads")
+    assert "answer needle at 50%" in main_ax.get_title()

@@ -73,3 +73,13 @@ def test_training_mix(builder, tiny_data):
     assert "The magic number of" in text and "Answer: The magic number of" in text
     with pytest.raises(ValueError, match=r"data.mix='needle:2' is not understood"):
         parse_mix("needle:2", builder.tok, load_split(tiny_data, "train"))
+
+
+def test_heatmap_labels_its_colour_bar(tmp_path, saved_figures):
+    from shareddiff.eval.needle import plot_heatmap
+
+    cells = [{"length": n, "depth": d, "accuracy": 0.5, "n": 2} for n in (1024, 2048) for d in (0.0, 1.0)]
+    plot_heatmap({"cells": cells}, tmp_path / "needle.png", "title")
+    colour_bar = saved_figures[0].axes[1]
+    assert colour_bar.get_ylabel() == "retrieval accuracy (queried numbers right)"
+    assert (tmp_path / "needle.png").stat().st_size > 5000

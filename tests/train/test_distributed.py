@@ -107,7 +107,7 @@ def test_a_dead_rank_leaves_the_last_checkpoint_loadable(make_run):
     assert state["step"] >= 4 and model.config.attention == "shared_diff"
     end = state["step"] + 4
     finish = make_run(f"train.max_steps={end}", "train.micro_batch=4", out="dies")  # the rest on one process
-    train(finish, resume=True, progress=False)
+    train(finish, resume=True, progress=False, new_schedule=True)  # a shorter run than the one started
     assert [r["step"] for r in read_metrics(run.train.out_dir) if "loss" in r] == list(range(1, end + 1))
 
 

@@ -65,6 +65,24 @@ def barrier(dist: DistInfo) -> None:
         torch_dist.barrier()
 
 
+def all_gather_objects(obj, dist: DistInfo) -> list:
+    """``obj`` of every rank, in rank order (a collective; ``[obj]`` in one process)."""
+    if not dist.enabled:
+        return [obj]
+    out: list = [None] * dist.world
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, dist: DistInfo, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (a collective; ``obj`` itself in one process)."""
+    if not dist.enabled:
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 def mean_across_ranks(value: torch.Tensor, dist: DistInfo) -> torch.Tensor:
     if dist.enabled:
         value = value.clone()
