@@ -102,10 +102,10 @@ def test_fsdp_options_two_processes_match_one(make_run, options):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_compiled_blocks_two_processes_match_one(make_run, strategy, monkeypatch):
-    """parallel.compile_unit=block: each block compiled before wrapping (torchtitan's order); the same
-    shapes on one and two processes (micro-batch 2), so the second run reuses the first's compiled code."""
+def test_compiled_blocks_two_processes_match_one(make_run, monkeypatch):
+    """parallel.compile_unit=block: each block compiled before wrapping (torchtitan's order), under DDP and
+    FSDP2. Micro-batches of 2 on one and on two processes: the same shapes, so the two-process runs reuse
+    the compiled code of the first (Inductor's cache) and the test stays short."""
     compiled = []
     real_compile = torch.compile
 
@@ -118,14 +118,15 @@ def test_compiled_blocks_two_processes_match_one(make_run, strategy, monkeypatch
     single = make_run(*common, "train.grad_accum=2", out="single")
     train(single, progress=False)
     assert compiled == ["Block"] * single.model_config().n_layers  # the blocks, not the whole model
-    double = make_run(*common, f"parallel.strategy={strategy}", out=strategy)
-    torchrun(double)
-    assert_curves_close(losses(double.train.out_dir), losses(single.train.out_dir))
-    assert_ran_with(double, strategy=strategy, compile_unit="block")
-    ckpt = list_checkpoints(double.train.out_dir)[-1]
-    load_model(ckpt)  # strict: the safetensors names are the plain model's
-    saved = FileSystemReader(str(ckpt / "dcp")).read_metadata().state_dict_metadata
-    assert saved and not [k for k in saved if "_orig_mod" in k]
+    for strategy in ("ddp", "fsdp"):
+        double = make_run(*common, f"parallel.strategy={strategy}", out=strategy)
+        torchrun(double)
+        assert_curves_close(losses(double.train.out_dir), losses(single.train.out_dir))
+        assert_ran_with(double, strategy=strategy, compile_unit="block")
+        ckpt = list_checkpoints(double.train.out_dir)[-1]
+        load_model(ckpt)  # strict: the safetensors names are the plain model's
+        saved = FileSystemReader(str(ckpt / "dcp")).read_metadata().state_dict_metadata
+        assert saved and not [k for k in saved if "_orig_mod" in k]
 
 
 @pytest.mark.slow
