@@ -200,6 +200,7 @@ def measure(form: Form, args, dist: DistInfo, device: torch.device) -> tuple[dic
     from torch._dynamo.utils import counters
 
     row = {
+        "tag": args.tag,
         "form": form.text,
         "preset": args.preset,
         "gpus": dist.world,
@@ -305,7 +306,8 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 def table_of(rows: list[dict]) -> str:
-    """The rows with their scaling and memory against the 1-GPU row of the same preset, batch and compile."""
+    """The rows with their scaling and memory against the 1-GPU row of the same preset, batch and compile;
+    "state GiB" is the unsharded training state (16 B/param), what one GPU would hold without sharding."""
 
     def baseline(r: dict) -> dict | None:
         key = (r["preset"], r["seq_len"], r["global_batch"], r["compile"])
@@ -320,6 +322,7 @@ def table_of(rows: list[dict]) -> str:
         peak = max(r["peak_memory_gib"])
         lines.append(
             [
+                r.get("tag", ""),
                 r["preset"],
                 r["gpus"],
                 r["form"],
@@ -331,10 +334,12 @@ def table_of(rows: list[dict]) -> str:
                 f"{peak:.1f}",
                 "" if b is None or not max(b["peak_memory_gib"]) else f"{peak / max(b['peak_memory_gib']):.2f}",
                 f"{r['first_step_s']:.0f}",
+                f"{r['training_state_gib']:.1f}",
             ]
         )
     return table(
         [
+            "tag",
             "preset",
             "GPUs",
             "form",
@@ -346,6 +351,7 @@ def table_of(rows: list[dict]) -> str:
             "peak GiB/GPU",
             "× 1-GPU mem",
             "1st step s",
+            "state GiB",
         ],
         lines,
     )
@@ -365,6 +371,7 @@ def launch(args, gpus: int, forms: list[str], out: Path) -> None:
         f"--attn-backend={args.attn_backend}",
         f"--peak-tflops={args.peak_tflops}",
         f"--device={args.device}",
+        f"--tag={args.tag}",
         f"--out={out}",
         *(["--profile", f"--profile-steps={args.profile_steps}"] if args.profile else []),
         *([f"--deadline={args.deadline}", f"--reserve={args.reserve}"] if args.deadline else []),
@@ -402,6 +409,7 @@ def main() -> None:
     parser.add_argument("--profile-steps", type=int, default=2)
     parser.add_argument("--deadline", type=float, help="unix time after which no form starts (see --reserve)")
     parser.add_argument("--reserve", type=float, default=45.0, help="seconds a form needs at least before --deadline")
+    parser.add_argument("--tag", default="", help="a label stored in each row (e.g. table, profile, ablation)")
     parser.add_argument("--out", help="folder for rows.jsonl / profiles.json / the result JSON")
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
