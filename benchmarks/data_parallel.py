@@ -19,7 +19,10 @@ micro-batches under ``gradient_sync``, ``clip_grad_norm_`` (FSDP2's DTensor norm
 averaged across ranks and the loss and norm read with ``.item()`` as the trainer logs them, then fused
 AdamW from ``build_optimizer``. The tokens are random (the corpus loader is not on the GPU's clock), the
 same global batch on any number of processes (rank r takes rows r::W, as the trainer's loader does), so
-every form of a preset reports the same loss up to rounding; the model is initialised on the GPU.
+every form of a preset reports the same loss up to rounding; the model is initialised on the GPU. By
+default each process takes its share of the global batch in one micro-batch, as the earlier
+trainer-driven version of this benchmark did: the 1-GPU row holds the activations of the whole global
+batch, which is what the FSDP2 memory target compares against; ``--micro-batch`` accumulates instead.
 tokens/s = global batch tokens × steps / wall time of ``--steps`` steps after ``--warmup`` (the first
 step, compile included, is reported apart). MFU per GPU =
 tokens/s/GPU × (6 · non-embedding params + causal attention FLOPs per token) / ``--peak-tflops``
@@ -129,12 +132,13 @@ def measure(form: Form, args, dist: DistInfo, device: torch.device) -> tuple[dic
     config = ModelConfig.from_preset(
         args.preset, vocab_size=args.vocab_size, max_seq_len=max(args.seq_len, base.max_seq_len)
     )
-    if args.global_batch % (args.micro_batch * dist.world):
+    micro_batch = args.micro_batch or args.global_batch // dist.world
+    if args.global_batch % (micro_batch * dist.world):
         raise ValueError(
-            f"--global-batch {args.global_batch} is not a multiple of --micro-batch {args.micro_batch} × "
+            f"--global-batch {args.global_batch} is not a multiple of the micro-batch {micro_batch} × "
             f"{dist.world} processes"
         )
-    accum = args.global_batch // (args.micro_batch * dist.world)
+    accum = args.global_batch // (micro_batch * dist.world)
     counts = count_parameters(config)
     cuda = device.type == "cuda"
     torch.manual_seed(0)
@@ -145,7 +149,7 @@ def measure(form: Form, args, dist: DistInfo, device: torch.device) -> tuple[dic
     optimizer = build_optimizer(model, OptimConfig(lr=1e-4), device)
     autocast = autocast_for(args.precision, device)
     batch = torch.randint(0, config.vocab_size, (args.global_batch, args.seq_len + 1), generator=torch.Generator())
-    rows = batch[dist.rank :: dist.world].view(accum, args.micro_batch, args.seq_len + 1).to(device)
+    rows = batch[dist.rank :: dist.world].view(accum, micro_batch, args.seq_len + 1).to(device)
     inputs, targets = rows[..., :-1].contiguous(), rows[..., 1:].contiguous()  # each step trains on this batch
 
     def step() -> tuple[float, float]:
@@ -211,7 +215,7 @@ def measure(form: Form, args, dist: DistInfo, device: torch.device) -> tuple[dic
         "seq_len": args.seq_len,
         "vocab_size": config.vocab_size,
         "global_batch": args.global_batch,
-        "micro_batch": args.micro_batch,
+        "micro_batch": micro_batch,
         "grad_accum": accum,
         "warmup": args.warmup,
         "steps": args.steps,
@@ -363,7 +367,7 @@ def launch(args, gpus: int, forms: list[str], out: Path) -> None:
         f"--preset={args.preset}",
         f"--seq-len={args.seq_len}",
         f"--global-batch={args.global_batch}",
-        f"--micro-batch={args.micro_batch}",
+        *([f"--micro-batch={args.micro_batch}"] if args.micro_batch else []),
         f"--steps={args.steps}",
         f"--warmup={args.warmup}",
         f"--vocab-size={args.vocab_size}",
@@ -397,7 +401,11 @@ def main() -> None:
     parser.add_argument("--preset", default="shared_diff-350m")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--global-batch", type=int, default=32, help="sequences per optimizer step, all GPUs")
-    parser.add_argument("--micro-batch", type=int, default=16, help="sequences per GPU per forward")
+    parser.add_argument(
+        "--micro-batch",
+        type=int,
+        help="sequences per GPU per forward (default: the global batch ÷ GPUs, no accumulation)",
+    )
     parser.add_argument("--vocab-size", type=int, default=16384, help="16384: the bundled tokenizer's")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps, the first (compile) included")
