@@ -1,7 +1,9 @@
-"""Data parallelism on PyTorch's own engine: torchrun, DDP or FSDP2, activation checkpointing.
+"""Data parallelism on PyTorch's own engine: torchrun, DDP or FSDP2, activation checkpointing, per-block
+compile, gradient sync under accumulation.
 
-The model knows nothing of this: ``parallelize(model, config, dist)`` wraps a plain ``LanguageModel``
-the way torchtitan's ``parallelize_*`` functions do.
+The model knows nothing of this: ``parallelize(model, config, dist, device)`` wraps a plain
+``LanguageModel`` the way torchtitan's ``parallelize_*`` functions do; docs/distributed.md describes
+the options.
 """
 
 from __future__ import annotations
@@ -105,12 +107,13 @@ def parallelize(
     checkpointing per block, ``torch.compile`` per block, then DDP or FSDP2.
 
     ``compile`` is ``train.compile``; with ``config.compile_unit == "block"`` each block is compiled here,
-    before any wrapping (the blocks share one graph, so they compile once), and the caller compiles
-    nothing else. ``precision`` is the run's compute precision, "bf16" or "fp32" (already resolved from
-    "auto"): FSDP2's ``param_dtype="auto"`` gathers parameters in it. In one process only the first two
-    steps apply. FSDP2 units: one per block (``config.reshard_after_forward``, ``config.prefetch_blocks``),
-    then the root (embeddings, final norm, output head), whose parameters stay gathered from forward to
-    backward unless ``reshard_after_forward="always"``.
+    before any wrapping (identical blocks reuse the compiled code: compile time does not grow with
+    depth), and the caller compiles nothing else. ``precision`` is the run's compute precision, "bf16"
+    or "fp32" (already resolved from "auto"): FSDP2's ``param_dtype="auto"`` gathers parameters in it.
+    In one process only the first two steps apply. FSDP2 units: one per block
+    (``config.reshard_after_forward``, ``config.prefetch_blocks``), then the root (embeddings, final
+    norm, output head), whose parameters stay gathered from forward to backward unless
+    ``reshard_after_forward="always"``.
     """
     if config.activation_checkpointing:
         from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
