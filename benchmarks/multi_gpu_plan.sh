@@ -10,14 +10,14 @@
 # profile (profiler summaries of FSDP2 and DDP), ablations (FSDP2 options), accumulation (grad_sync under
 # gradient accumulation). Each row is printed as soon as it is measured; results go to $OUT (flat, at most
 # 6 files: rows.jsonl, profiles.json, resume_world_sizes.json, data_parallel-*.json, plan.log). No step
-# starts after $BUDGET seconds (default 560); a running step is stopped at that point, keeping its rows.
+# starts after $BUDGET seconds (default 550); a running step is stopped at that point, keeping its rows.
 # SMOKE=1 runs the same plan on the CPU (gloo, tiny model) to check the script.
 set -u
 cd "$(dirname "$0")/.."
 export PYTHONPATH=src NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 OUT=${OUT:-/tmp/multi_gpu_plan}
-BUDGET=${BUDGET:-560}
+BUDGET=${BUDGET:-550}
 mkdir -p "$OUT"
 START=$(date +%s)
 END=$((START + BUDGET))
