@@ -118,6 +118,11 @@ def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(make_run, monkeyp
         (["train.micro_batch=0"], "train.micro_batch=0 must be a positive number"),
         (["train.precision=fp8"], "train.precision='fp8' must be"),
         (["model.attention=mamba"], "attention='mamba' is not a known variant"),
+        (["parallel.compile_unit=layer"], "parallel.compile_unit='layer' must be one of 'model', 'block'"),
+        (["parallel.param_dtype=fp16"], "parallel.param_dtype='fp16' must be one of 'auto', 'fp32', 'bf16'"),
+        (["parallel.reshard_after_forward=sometimes"], "reshard_after_forward='sometimes' must be one of 'auto'"),
+        (["parallel.grad_sync=first"], "parallel.grad_sync='first' must be one of 'auto', 'last', 'every'"),
+        (["parallel.prefetch_blocks=-1"], r"parallel.prefetch_blocks=-1 must be an integer ≥ 0 \(0 = FSDP2's implicit"),
     ],
 )
 def test_bad_recipes(make_run, overrides, message):

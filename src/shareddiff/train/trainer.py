@@ -35,6 +35,7 @@ from shareddiff.train.distributed import (
     barrier,
     broadcast_object,
     check_same_recipe,
+    gradient_sync,
     init_distributed,
     mean_across_ranks,
     parallelize,
@@ -107,10 +108,15 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(precision: str, device: torch.device):
+def compute_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` made concrete: "auto" is "bf16" on CUDA, "fp32" elsewhere."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast_for(precision: str, device: torch.device):
+    if compute_precision(precision, device) == "bf16":
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -327,7 +333,8 @@ def _train(
     n_params = sum(p.numel() for p in model.parameters())
     run = run.sized(n_params, dist.world)  # a tokens-per-parameter budget becomes a step count
     budget = _budget(run, n_params, len(train_data), dist.world)
-    model = parallelize(model, run.parallel, dist, device)
+    precision = compute_precision(run.train.precision, device)
+    model = parallelize(model, run.parallel, dist, device, compile=run.train.compile, precision=precision)
     optimizer = build_optimizer(model, run.optim, device)
 
     start_step, tokens_seen = 0, 0
@@ -357,7 +364,7 @@ def _train(
             )
         )
         metrics = MetricsLogger(run_dir, resume_step=start_step if ckpt is not None else None)
-    step_model = torch.compile(model) if run.train.compile else model
+    step_model = torch.compile(model) if run.train.compile and run.parallel.compile_unit == "model" else model
     tokens_per_step = run.train.micro_batch * run.train.grad_accum * run.data.seq_len * dist.world
     last_ckpt, train_loss, val_loss = ckpt, None, None
 
@@ -385,7 +392,7 @@ def _train(
                 x, y = loader.batch(step, micro, run.train.micro_batch, run.train.grad_accum, dist.rank, dist.world)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 last = micro == run.train.grad_accum - 1
-                sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+                sync = gradient_sync(model, run.parallel, last)
                 with sync:
                     with autocast():
                         logits = step_model(x)
