@@ -147,7 +147,7 @@ class StaticDecoder:
             )
         if tuple(tokens.shape) != (self.batch_size,):
             raise ValueError(f"tokens must be (B,) = ({self.batch_size},), one per row, got {tuple(tokens.shape)}")
-        logits = self._step_fn(tokens[:, None])
+        logits = self._step_fn(tokens.contiguous()[:, None])  # one stride for every call: no recompilation
         self.cache.length += 1
         return logits
 
