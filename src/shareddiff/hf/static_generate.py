@@ -128,7 +128,7 @@ def _decoder(wrapper, max_len: int, config: GenerationConfig) -> StaticDecoder:
     compile_config = config.compile_config
     compile = not config.disable_compile and (on_cuda or compile_config is not None)
     backend = getattr(compile_config, "backend", "inductor") if compile_config is not None else "inductor"
-    mode = getattr(compile_config, "mode", None) if compile_config is not None else None
+    mode = getattr(compile_config, "mode", None) if compile_config is not None and backend == "inductor" else None
     key = (max_len, compile, backend, mode)
     decoders = wrapper.__dict__.setdefault("_static_decoders", {})
     if key not in decoders:
