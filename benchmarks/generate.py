@@ -3,7 +3,7 @@
 
     python benchmarks/generate.py --families transformer --out $OUT        # GPU: 350m, batch 1 and 32, bf16
     python benchmarks/generate.py --smoke                                  # CPU: tiny presets, a few tokens
-    python benchmarks/generate.py --profile --size small --batch 1         # where an eager step's time goes
+    python benchmarks/generate.py --profile --size small --batch 1         # where a decode step's time goes
 
 Greedy decoding of ``--new-tokens`` after a random prompt of ``--prompt-len`` tokens, no EOS. tokens/s =
 batch × new tokens / wall time of one whole ``generate`` call (prefill included), the median of
@@ -18,9 +18,10 @@ batch × new tokens / wall time of one whole ``generate`` call (prefill included
 
 Before timing a compiled decoder, its logits are checked against the reference decode on the same device
 (a left-padded batch at batch > 1, teacher-forced for up to ``CHECK_STEPS`` steps): relative error ≤ 2e-2 in
-bfloat16, 1e-4 in float32. Every row is printed when measured and the JSON result rewritten, so a run cut
-short keeps what it measured; ``--budget-s`` skips the rows that would start after that many seconds. The exit
-status is 1 if a check failed.
+bfloat16, 1e-4 in float32. On CUDA each row also records how many compiled graphs ran without CUDA graphs
+(``cudagraph_skips``; 0 expected). Every row is printed when measured and the JSON result rewritten, so a
+run cut short keeps what it measured; ``--budget-s`` skips the rows that would start after that many
+seconds. The exit status is 1 if a check failed.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import environment, table, write_result
@@ -133,6 +135,7 @@ def bench_row(family: str, size: str, mode: str, batch: int, args, device, dtype
         return None
     fn, decoder = call
     row = {"preset": f"{family}-{size}", "mode": mode, "batch": batch, "dtype": str(dtype).split(".")[-1]}
+    skips = counters["inductor"]["cudagraph_skips"]
     if mode == "compiled":  # the check compiles the step (the shapes the timing uses)
         start = time.perf_counter()
         row["check"] = check_decoder(model, decoder, batch, args.prompt_len)
@@ -147,6 +150,8 @@ def bench_row(family: str, size: str, mode: str, batch: int, args, device, dtype
         tokens_per_s=batch * args.new_tokens / median,
         ms_per_step=median / args.new_tokens * 1e3,
     )
+    if device.type == "cuda":  # compiled modes that fell back to launching kernels one by one
+        row["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips
     return row
 
 
@@ -156,50 +161,58 @@ def describe(row: dict) -> str:
     if check:
         verdict = f"  check rel err {check['max_rel_err']:.1e} {'ok' if check['ok'] else 'FAIL'}"
         verdict += f" (argmax agree {check['argmax_agree']:.0%}; compile + check {row['compile_and_check_s']:.0f} s)"
+    if row.get("cudagraph_skips"):
+        verdict += f"  CUDA graphs skipped {row['cudagraph_skips']}x (see the log above)"
     return (
         f"{row['preset']:18s} {row['mode']:9s} batch {row['batch']:3d}: {row['tokens_per_s']:10,.1f} tok/s  "
         f"{row['ms_per_step']:8.2f} ms/step  warm-up {row['warmup_s']:6.1f} s{verdict}"
     )
 
 
-def profile_eager_step(model, batch: int, prompt_len: int, device: torch.device, steps: int = 10) -> dict:
-    """PyTorch profiler over ``steps`` eager decode steps (the reference KVCache path): ops and kernels per
-    step, host syncs, and the share of the step's wall time spent inside operators."""
+def profile_generation(mode: str, model, batch: int, args, device: torch.device) -> dict:
+    """PyTorch profiler over one greedy ``generate`` call in ``mode`` (eager or compiled; an EOS id that never
+    comes, so that the stop check runs), after a warm-up call: per new token, the wall time, the operators
+    the host dispatches (leaf aten ops), CUDA kernels and graph launches, host syncs (item, nonzero, device
+    to host copies, stream syncs), and the share of the wall time spent inside aten operators."""
     from torch.profiler import ProfilerActivity, profile
 
-    prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device=device)
+    new = args.new_tokens
+    prompt = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), device=device)
+    decoder = None
+    if mode == "compiled":
+        decoder = StaticDecoder(model, args.prompt_len + new, compile=True, backend=args.compile_backend)
+    eos = model.config.vocab_size  # outside the vocabulary: never produced
+
+    def call():
+        return generate(model, prompt, new, temperature=0, eos_id=eos, decoder=decoder)
+
+    call()
+    sync(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch.no_grad():
-        cache = model.new_cache(prompt_len + 2 * steps + 5)
-        logits = model(prompt, cache)[:, -1]
-        for _ in range(steps):  # warm
-            logits = model(logits.argmax(-1)[:, None], cache)[:, -1]
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        call()
         sync(device)
-        with profile(activities=activities) as prof:
-            start = time.perf_counter()
-            for _ in range(steps):
-                logits = model(logits.argmax(-1)[:, None], cache)[:, -1]
-            sync(device)
-            wall = (time.perf_counter() - start) / steps
+        wall = time.perf_counter() - start
     events = prof.key_averages()
-    leaf_ops = sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children) / steps
-    kernels = sum(e.count for e in events if e.device_type.name == "CUDA") / steps if device.type == "cuda" else None
-    syncs = {
-        e.key: e.count / steps
-        for e in events
-        if e.key in ("aten::item", "aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize")
-        or e.key.startswith("cudaMemcpy")
-    }
-    op_time = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::")) / steps / 1e6
-    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15), flush=True)
+
+    def count(*names: str) -> float:
+        return sum(e.count for e in events if e.key in names or any(e.key.startswith(n) for n in names)) / new
+
+    leaf_ops = sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children) / new
+    op_time = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::")) / 1e6
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
     return {
-        "ms_per_step": wall * 1e3,
-        "aten_leaf_ops_per_step": leaf_ops,
-        "cuda_kernels_per_step": kernels,
-        "syncs_per_step": syncs,
-        "share_of_step_inside_aten_ops": op_time / wall,
-        "top_ops_self_ms_per_step": {e.key: e.self_cpu_time_total / steps / 1e3 for e in top},
+        "mode": mode,
+        "ms_per_token": wall / new * 1e3,
+        "aten_leaf_ops_per_token": leaf_ops,
+        "cuda_kernels_per_token": count("cudaLaunchKernel", "cuLaunchKernel") if device.type == "cuda" else None,
+        "cuda_graph_launches_per_token": count("cudaGraphLaunch") if device.type == "cuda" else None,
+        "syncs_per_token": count("aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize", "cudaMemcpy"),
+        "share_of_wall_inside_aten_ops": op_time / wall,
+        "top_ops_self_ms_per_token": {
+            e.key: e.self_cpu_time_total / new / 1e3 for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+        },
     }
 
 
@@ -216,7 +229,7 @@ def main() -> int:
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on the CPU")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled modes")
     parser.add_argument("--budget-s", type=float, default=None, help="start no row after this many seconds")
-    parser.add_argument("--profile", action="store_true", help="profile eager decode steps instead of timing")
+    parser.add_argument("--profile", action="store_true", help="profile the eager/compiled modes instead of timing")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs)")
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
     args = parser.parse_args()
@@ -243,11 +256,12 @@ def main() -> int:
         torch._dynamo.reset()  # every family's graphs count from zero against the recompile limit
         if args.profile:
             for batch in args.batch:
-                result = {"preset": f"{family}-{args.size}", "batch": batch}
-                result.update(profile_eager_step(model, batch, args.prompt_len, device))
-                rows.append(result)
-                print({k: v for k, v in result.items() if k != "top_ops_self_ms_per_step"}, flush=True)
-                path = write_result(name, payload, args.out) if path is None else _rewrite(path, payload)
+                for mode in [m for m in args.modes if m in ("eager", "compiled")]:
+                    result = {"preset": f"{family}-{args.size}", "batch": batch}
+                    result.update(profile_generation(mode, model, batch, args, device))
+                    rows.append(result)
+                    print({k: v for k, v in result.items() if k != "top_ops_self_ms_per_token"}, flush=True)
+                    path = write_result(name, payload, args.out) if path is None else _rewrite(path, payload)
             continue
         for batch in args.batch:
             for mode in args.modes:
