@@ -100,6 +100,7 @@ class StaticDecoder:
         for t in (self._position, self._pad, self._token_mask, self._key_positions, self._cos, self._sin):
             torch._dynamo.mark_static_address(t)
 
+    @torch.no_grad()
     def prefill(self, prompt: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 0) -> Tensor:
         """Run ``prompt`` (B, T), optionally left-padded with ``attention_mask`` (B, T) (1 on tokens), into a
         fresh cache; return the logits (B, vocab) of each row's last position. Raises ``ValueError`` if
@@ -132,6 +133,7 @@ class StaticDecoder:
         self.cache.write_at = self._position
         return logits
 
+    @torch.no_grad()
     def step(self, tokens: Tensor) -> Tensor:
         """Append ``tokens`` (B,) int64, one per row, at the next position; return the logits (B, vocab).
 
