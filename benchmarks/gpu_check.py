@@ -16,6 +16,7 @@ import torch
 from shareddiff import ModelConfig, build_model
 from shareddiff.ops import differential_attention
 from shareddiff.padding import left_pad
+from shareddiff.presets import FAMILIES
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
@@ -61,7 +62,7 @@ def main() -> int:
                 ok = err <= TOL[dtype]
                 failures += not ok
                 print(f"op {backend:5s} {dtype!s:14s} N={n:5d} d={d:3d}: rel err {err:.2e} {'ok' if ok else 'FAIL'}")
-    for family in ("transformer", "diff", "shared_diff"):
+    for family in FAMILIES:
         config = ModelConfig.from_preset(f"{family}-small")
         model = build_model(config).to(dev).eval()
         ids = torch.randint(0, config.vocab_size, (2, 300), device=dev)
@@ -81,7 +82,7 @@ def main() -> int:
         ):
             ok = value <= 2e-2
             failures += not ok
-            print(f"model {family:12s} bf16 {name}: rel err {value:.2e} {'ok' if ok else 'FAIL'}")
+            print(f"model {family:14s} bf16 {name}: rel err {value:.2e} {'ok' if ok else 'FAIL'}")
     print(f"{failures} failure(s)")
     return 1 if failures else 0
 

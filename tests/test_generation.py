@@ -41,7 +41,7 @@ def test_filters_by_hand():
     assert filter_logits(logits, top_p=0.9).tolist() == [[2.0, 1.0, 0.0, inf]]
 
 
-@pytest.mark.parametrize("family", ["transformer", "diff", "shared_diff"])
+@pytest.mark.parametrize("family", ["transformer", "diff", "shared_diff", "diff_v2", "shared_diff_v2"])
 def test_prompts_of_different_lengths_equal_each_prompt_alone(seed, family):
     """Reference: generate() on each prompt alone (batch of one, no padding): greedy tokens equal."""
     model = build_model(ModelConfig.from_preset(f"{family}-tiny")).eval()

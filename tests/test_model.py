@@ -17,6 +17,10 @@ VARIANTS = {
     "shared_diff-heads": dict(attention="shared_diff", base_sharing="heads"),
     "shared_diff-gqa": dict(attention="shared_diff", n_heads=4, n_kv_heads=1),
     "shared_diff-tied-lora": dict(attention="shared_diff", tie_embeddings=True, lowrank_init="lora"),
+    "diff_v2": dict(attention="diff_v2"),
+    "diff_v2-gqa": dict(attention="diff_v2", n_heads=4, n_kv_heads=2),
+    "shared_diff_v2": dict(attention="shared_diff_v2"),
+    "shared_diff_v2-mqa": dict(attention="shared_diff_v2", n_heads=4, n_kv_heads=1),
 }
 
 
@@ -143,7 +147,18 @@ def test_cache_bytes_per_token():
     assert cache.bytes_per_token() == 2 * (2 * 64) * 4
 
 
-FAMILIES = ["transformer", "diff", "shared_diff"]
+@pytest.mark.parametrize("name", ["diff_v2", "diff_v2-gqa"])
+def test_v2_cache_holds_standard_keys_and_values(name):
+    """DIFF V2 caches one K and one V of h_kv·d per layer: the Transformer's cache, not twice it."""
+    model = tiny(name)
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, dtype=torch.long), cache)
+    c = model.config
+    assert cache.bytes_per_token() == c.n_layers * 2 * c.n_kv_heads * c.head_dim * 4
+
+
+FAMILIES = ["transformer", "diff", "shared_diff", "diff_v2", "shared_diff_v2"]
 LENGTHS = (11, 4, 7)
 
 

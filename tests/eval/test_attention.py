@@ -20,7 +20,7 @@ def test_mass_on_hand_built_map():
     assert result["noise"] == pytest.approx((0.3 / 1.0 + 0.1 / 1.0) / 2)
 
 
-@pytest.mark.parametrize("attention", ["standard", "shared_diff"])
+@pytest.mark.parametrize("attention", ["standard", "shared_diff", "diff_v2"])
 def test_probe_runs_and_records_every_layer(seed, tiny_tokenizer, tiny_data, attention):
     model = build_model(
         ModelConfig(attention=attention, n_heads=4 if attention == "standard" else 2, vocab_size=300, max_seq_len=256)

@@ -19,7 +19,7 @@ from shareddiff.padding import left_pad
 from tests.conftest import rel_err
 
 
-@pytest.mark.parametrize("attention", ["standard", "diff", "shared_diff"])
+@pytest.mark.parametrize("attention", ["standard", "diff", "shared_diff", "diff_v2", "shared_diff_v2"])
 def test_round_trip_and_greedy_generate(seed, tmp_path, attention, tiny_tokenizer):
     config = ModelConfig(
         attention=attention, n_heads=4 if attention == "standard" else 2, vocab_size=300, max_seq_len=64
@@ -66,7 +66,7 @@ def test_config_disagreeing_with_weights(tmp_path):
         load_pretrained(tmp_path)
 
 
-FAMILIES = ["transformer", "diff", "shared_diff"]
+FAMILIES = ["transformer", "diff", "shared_diff", "diff_v2", "shared_diff_v2"]
 
 
 def tiny_wrapped(family: str, **overrides):

@@ -14,7 +14,9 @@ from __future__ import annotations
 from torch import nn
 
 from shareddiff.attention.diff import DiffAttention, DifferentialAttention
+from shareddiff.attention.diff_v2 import DiffV2Attention, PairedDifferentialAttention
 from shareddiff.attention.shared_diff import SharedDiffAttention, SharedDiffHeadsAttention
+from shareddiff.attention.shared_diff_v2 import SharedDiffV2Attention
 from shareddiff.attention.standard import StandardAttention
 from shareddiff.config import ModelConfig
 
@@ -23,6 +25,8 @@ ATTENTION_REGISTRY: dict[tuple[str, str | None], type[nn.Module]] = {
     ("diff", None): DiffAttention,
     ("shared_diff", "branches"): SharedDiffAttention,
     ("shared_diff", "heads"): SharedDiffHeadsAttention,
+    ("diff_v2", None): DiffV2Attention,
+    ("shared_diff_v2", None): SharedDiffV2Attention,
 }
 
 
@@ -38,9 +42,12 @@ def build_attention(config: ModelConfig, layer_idx: int) -> nn.Module:
 __all__ = [
     "ATTENTION_REGISTRY",
     "DiffAttention",
+    "DiffV2Attention",
     "DifferentialAttention",
+    "PairedDifferentialAttention",
     "SharedDiffAttention",
     "SharedDiffHeadsAttention",
+    "SharedDiffV2Attention",
     "StandardAttention",
     "build_attention",
 ]
