@@ -164,7 +164,7 @@ def describe(row: dict) -> str:
     if row.get("cudagraph_skips"):
         verdict += f"  CUDA graphs skipped {row['cudagraph_skips']}x (see the log above)"
     return (
-        f"{row['preset']:18s} {row['mode']:9s} batch {row['batch']:3d}: {row['tokens_per_s']:10,.1f} tok/s  "
+        f"{row['preset']:20s} {row['mode']:9s} batch {row['batch']:3d}: {row['tokens_per_s']:10,.1f} tok/s  "
         f"{row['ms_per_step']:8.2f} ms/step  warm-up {row['warmup_s']:6.1f} s{verdict}"
     )
 
