@@ -39,16 +39,14 @@ def _teacher_forced(model, decoder: StaticDecoder, ids, mask) -> tuple[torch.Ten
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_static_decode_equals_reference_decode(seed, family, padded):
     """Reference: the KVCache decode. Logits ≤ 1e-5 apart (float32) over a 13-token prefill and 40 steps, and
-    the same greedy tokens; the decoder is reused for a second batch of another size."""
+    the same greedy token at every step (each path fed the reference's tokens, so greedy decoding gives the
+    same sequence); the decoder is reused, through generate(), for a batch of another size."""
     model = build_model(ModelConfig.from_preset(f"{family}-tiny")).eval()
     decoder = StaticDecoder(model, max_len=64)
     ids, mask = _batch(model.config.vocab_size, padded)
     ref, got = _teacher_forced(model, decoder, ids, mask)
     assert (got - ref).abs().max().item() <= 1e-5
-    assert torch.equal(
-        generate(model, ids, STEPS, temperature=0, attention_mask=mask, decoder=decoder),
-        generate(model, ids, STEPS, temperature=0, attention_mask=mask),
-    )
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
     other = torch.randint(0, model.config.vocab_size, (1, 7))
     assert torch.equal(
         generate(model, other, 20, temperature=0, decoder=decoder), generate(model, other, 20, temperature=0)
@@ -131,6 +129,7 @@ def test_stop_check_every_few_steps_gives_what_a_check_every_step_gives():
     expected[0, 3:] = 0
     assert torch.equal(results[0], expected) and torch.equal(results[1], expected)
     assert len(calls) == 15  # the synced loop ran to step 16 (one more check) and dropped steps 11-15
+    assert decode_tokens(first, step, 0, lambda x: x.argmax(-1)).shape == (2, 0)
 
 
 def test_bad_input_is_refused():

@@ -159,6 +159,8 @@ def decode_tokens(
             break
         if i + 1 < max_new_tokens:
             logits = step(token)
+    if not tokens:
+        return torch.zeros(logits.shape[0], 0, dtype=torch.long, device=logits.device)
     new = torch.stack(tokens, dim=1)
     if all_finished:
         done = torch.stack(all_finished).nonzero()
