@@ -8,7 +8,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from transformers import CompileConfig
+from transformers import CompileConfig, GenerationConfig
 
 from shareddiff import ModelConfig, build_model
 from shareddiff.hf import wrap
@@ -47,6 +47,19 @@ def test_static_generate_equals_transformers_loop(seed, family, monkeypatch):
     reference = wrapped.generate(ids, **kwargs)
     assert (reference[0, 9 + 5 :] == 1).all()
     assert torch.equal(wrapped.generate(ids, **kwargs, **STATIC), reference)
+
+
+def test_static_requested_through_a_generation_config(seed, monkeypatch):
+    """cache_implementation="static" in a GenerationConfig given to generate(), or in the model's own, takes the
+    static path too (its steps run), with transformers' ids."""
+    wrapped, ids, mask = _wrapped_batch("shared_diff")
+    steps = _count_steps(monkeypatch)
+    reference = wrapped.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    config = GenerationConfig(max_new_tokens=6, do_sample=False, cache_implementation="static")
+    assert torch.equal(wrapped.generate(ids, config, attention_mask=mask), reference)
+    wrapped.generation_config.cache_implementation = "static"
+    assert torch.equal(wrapped.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False), reference)
+    assert len(steps) == 10
 
 
 def test_static_sampling_draws_transformers_tokens(seed):

@@ -66,6 +66,13 @@ def static_generate(wrapper, inputs: torch.Tensor | None, generation_config: Gen
     """The ids ``wrapper.generate(inputs, generation_config, **kwargs)`` returns, decoded by a ``StaticDecoder``;
     None where the call does not ask for ``cache_implementation="static"`` or asks for something only
     transformers' loop does (then logged)."""
+    requested = (
+        kwargs.get("cache_implementation")
+        or getattr(generation_config, "cache_implementation", None)
+        or wrapper.generation_config.cache_implementation
+    )
+    if requested != STATIC:  # the usual call: transformers' loop, untouched
+        return None
     config, model_kwargs = wrapper._prepare_generation_config(generation_config, **kwargs)
     if config.cache_implementation != STATIC:
         return None
