@@ -140,11 +140,16 @@ def cmd_data_prepare(
     return "\n".join([f"wrote {out} ({manifest['dtype']}, tokenizer {tok.sha256[:12]}…)", *rows])
 
 
-def cmd_tokenizer_train(inputs: list[str], out: str, vocab_size: int) -> str:
+def cmd_tokenizer_train(
+    inputs: list[str], out: str, vocab_size: int, split_digits: bool = False, val_fraction: float = 0.0
+) -> str:
     """Train a byte-level BPE tokenizer on text files, folders, .jsonl or .parquet."""
-    from shareddiff.data import iter_documents, train_tokenizer
+    from shareddiff.data import iter_documents, split_by_hash, train_tokenizer
 
-    tok = train_tokenizer(iter_documents(inputs), vocab_size, out)
+    docs = iter_documents(inputs)
+    if val_fraction:  # leave out the documents `data prepare --val-fraction` holds out
+        docs = split_by_hash(docs, val_fraction)[0]
+    tok = train_tokenizer(docs, vocab_size, out, split_digits=split_digits)
     return f"wrote {out}: vocab {tok.vocab_size}, sha256 {tok.sha256[:12]}…"
 
 
@@ -153,7 +158,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p = data.add_parser("prepare", help=cmd_data_prepare.__doc__, description=cmd_data_prepare.__doc__)
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True)
-    p.add_argument("--tokenizer", help="bundled (default), bundled-4k, or a tokenizer.json")
+    p.add_argument("--tokenizer", help="bundled (default), bundled-4k, docs-16k-digits, or a tokenizer.json")
     p.add_argument("--val", nargs="+", help="validation inputs (default: a hash split of the inputs)")
     p.add_argument("--val-fraction", type=float, default=0.01)
     p.add_argument("--shard-tokens", type=int, default=100_000_000)
@@ -163,6 +168,10 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--vocab-size", type=int, default=16384)
+    p.add_argument("--split-digits", action="store_true", help="one token per digit")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.0, help="train without the validation documents of data prepare"
+    )
     p.set_defaults(func=cmd_tokenizer_train)
 
 

@@ -209,7 +209,7 @@ class DataConfig:
     """[data]: what to train on. ``path`` None = the bundled corpus, tokenized on first use."""
 
     path: str | None = None  # a folder made by `shareddiff data prepare`
-    tokenizer: str | None = None  # "bundled" (16K), "bundled-4k", or a tokenizer.json path
+    tokenizer: str | None = None  # "bundled" (16K), "bundled-4k", "docs-16k-digits", or a tokenizer.json path
     seq_len: int = 256
     val_tokens: int = 65_536  # validation loss over this many tokens of the validation split
     mix: str = ""  # synthetic rows mixed into training batches, e.g. "needle:0.2" (retrieval)
