@@ -257,3 +257,22 @@ def test_a_closed_pipe_ends_quietly():
     )
     os.close(write_end)
     assert proc.returncode == 141 and proc.stderr == ""
+
+
+@pytest.mark.slow
+def test_generate_compile_gives_the_eager_tokens(tmp_path, capsys):
+    """`generate --compile` (a compiled StaticDecoder, inductor) prints the greedy text of the eager KV-cache path."""
+    from shareddiff import ModelConfig, build_model
+    from shareddiff.data.tokenizer import BUNDLED_TOKENIZERS
+    from shareddiff.train import save_checkpoint
+
+    model = build_model(ModelConfig.from_preset("diff-tiny", vocab_size=4096))
+    state = {"model_config": model.config.to_dict()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_checkpoint(tmp_path, 1, model, optimizer, state, BUNDLED_TOKENIZERS["bundled-4k"], keep_last=1)
+    args = ["generate", str(tmp_path), "--prompt", "def f(x):", "--max-new-tokens", "12", "--temperature", "0"]
+    outs = []
+    for extra in ([], ["--compile"]):
+        assert main([*args, "--device", "cpu", *extra]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].startswith("--- sample 1\ndef f(x):")

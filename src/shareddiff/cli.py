@@ -95,6 +95,7 @@ def cmd_generate(
     num_samples: int,
     seed: int,
     device: str,
+    compile: bool = False,
 ) -> str:
     """Sample continuations of a prompt from a checkpoint (or a run folder's latest) with the KV cache."""
     import torch
@@ -122,7 +123,9 @@ def cmd_generate(
     prompt_ids = torch.tensor([ids] * num_samples, device=dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
     start = time.perf_counter()
-    out = generate(model, prompt_ids, min(max_new_tokens, room), temperature, top_k, top_p, tokenizer.eos_id, gen)
+    out = generate(
+        model, prompt_ids, min(max_new_tokens, room), temperature, top_k, top_p, tokenizer.eos_id, gen, compile=compile
+    )
     seconds = time.perf_counter() - start
     new_tokens = [[t for t in row.tolist()[len(ids) :] if t != tokenizer.eos_id] for row in out]
     count = sum(map(len, new_tokens))
@@ -162,6 +165,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode with fixed shapes and a compiled step (CUDA graphs on a GPU); the first call compiles",
+    )
     p.set_defaults(func=cmd_generate)
 
 
