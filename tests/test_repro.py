@@ -59,6 +59,28 @@ def test_shipped_experiments_are_matched(tmp_path, tiny_data):
         rates = sorted(run_recipe(sweep, s, tmp_path, data).optim.lr for s in sweep.runs if s.family == family)
         assert len(rates) >= 4 and all(b == pytest.approx(2 * a) for a, b in itertools.pairwise(rates))
     assert {run_recipe(sweep, s, tmp_path, data).train.tokens_per_param for s in sweep.runs} == {5}
+    # The budget protocol (docs/results.md): every compute-adequate run at ≥ 5 tokens per parameter, the
+    # headline at ≥ 10 with three seeds, warmup a fraction of the steps, each variant at lr_sweep's best rate.
+    for name in ("compare", "tokens", "ablations"):
+        exp = load_experiment(name)
+        for spec in exp.runs:
+            run = run_recipe(exp, spec, tmp_path, data)
+            assert run.train.tokens_per_param >= 5 and 0.02 <= run.optim.warmup_fraction <= 0.05, spec.name
+    compare = load_experiment("compare")
+    for family in ("transformer", "diff", "shared_diff"):
+        specs = [s for s in compare.runs if s.group == f"{family}-23m"]
+        assert sorted(s.seed for s in specs) == [1, 2, 3]
+        runs = [run_recipe(compare, s, tmp_path, data) for s in specs]
+        assert all(r.train.tokens_per_param >= 10 for r in runs)
+        sweep_best = min(
+            (
+                json.loads((REPO / "results/repro/lr_sweep" / s.name / "record.json").read_text())
+                for s in sweep.runs
+                if s.family == f"{family}-23m"
+            ),
+            key=lambda r: r["val_loss"],
+        )["lr"]
+        assert {r.optim.lr for r in runs} == {sweep_best}
 
 
 def test_bad_experiments_are_refused(tmp_path):
