@@ -81,6 +81,21 @@ def _tile_grads(
 
 
 @triton.jit
+def _hand_over_dq(ds, k, DQ, dq_base, start, offs_m, offs_d, row_ok, sm_scale,
+                  D: tl.constexpr, BM: tl.constexpr, IEEE: tl.constexpr, DQ_MODE: tl.constexpr):  # fmt: skip
+    """One map's dQ tile dS·K from the key-block kernel, handed over as DQ_MODE says (``dq_base``: this
+    head's place in DQ). Called map after map, so one map's dQ tile is live at a time: on sm_90 that spilled
+    less than both tiles at once in 5 of the 6 atomic/reduce/tma shapes (benchmarks/kernel_resources.py)."""
+    dq = _dot(ds.to(k.dtype), k, IEEE)
+    if DQ_MODE == DQ_ATOMIC:
+        tl.atomic_add(DQ + dq_base + offs_m[:, None] * D + offs_d[None, :], dq * sm_scale, mask=row_ok[:, None])
+    elif DQ_MODE == DQ_WORKSPACE:  # rows padded to whole query blocks: no mask; summed and scaled later
+        tl.store(DQ + dq_base + offs_m[:, None] * D + offs_d[None, :], dq)
+    else:  # DQ_DESCRIPTOR: the tile's rows past N fall outside the descriptor's bounds and are dropped
+        DQ.atomic_add([dq_base, start, 0], tl.reshape(dq * sm_scale, [1, BM, D]))
+
+
+@triton.jit
 def _load_rows(P, off, offs_n, NK, MASKED: tl.constexpr):
     """Rows ``offs_n`` of a key-indexed tensor (K or V); when MASKED, rows past the keys read as 0."""
     if MASKED:  # noqa: SIM108 (as in _dot)
@@ -355,19 +370,8 @@ def _bwd_kv_inner(
         dk1 += _dot(tl.trans(ds1.to(q1.dtype)), q1, IEEE)
         dk2 += _dot(tl.trans(ds2.to(q2.dtype)), q2, IEEE)
         if DQ_MODE != DQ_NONE:
-            dq1 = _dot(ds1.to(k1.dtype), k1, IEEE)
-            dq2 = _dot(ds2.to(k2.dtype), k2, IEEE)
-            if DQ_MODE == DQ_ATOMIC:
-                dq_off = dq_base + offs_m[:, None] * D + offs_d[None, :]
-                tl.atomic_add(DQ1 + dq_off, dq1 * sm_scale, mask=row_ok[:, None])
-                tl.atomic_add(DQ2 + dq_off, dq2 * sm_scale, mask=row_ok[:, None])
-            elif DQ_MODE == DQ_WORKSPACE:  # rows padded to whole query blocks: no mask; summed and scaled later
-                dq_off = dq_base + offs_m[:, None] * D + offs_d[None, :]
-                tl.store(DQ1 + dq_off, dq1)
-                tl.store(DQ2 + dq_off, dq2)
-            else:  # DQ_DESCRIPTOR: the tile's rows past N fall outside the descriptor's bounds and are dropped
-                DQ1.atomic_add([dq_base, start, 0], tl.reshape(dq1 * sm_scale, [1, BM, D]))
-                DQ2.atomic_add([dq_base, start, 0], tl.reshape(dq2 * sm_scale, [1, BM, D]))
+            _hand_over_dq(ds1, k1, DQ1, dq_base, start, offs_m, offs_d, row_ok, sm_scale, D, BM, IEEE, DQ_MODE)
+            _hand_over_dq(ds2, k2, DQ2, dq_base, start, offs_m, offs_d, row_ok, sm_scale, D, BM, IEEE, DQ_MODE)
     return dk1, dk2, dv
 
 
