@@ -1,7 +1,8 @@
 """Differential attention on the GPU: correctness of the fused kernel, then its speed against SDPA.
 
     python3 benchmarks/attention.py [--quick] [--sweep] [--modes split atomic reduce tma vsplit maps]
-        [--sizes 8192x64 16384x128] [--checks-only] [--no-projections]
+        [--sizes 8192x64 16384x128] [--check-dtypes bf16 fp32] [--checks-only | --skip-checks]
+        [--no-projections] [--profile]
 
 1. Checks (bf16 and fp32, fresh random inputs, GPU memory poisoned with NaN first so an element a kernel
    leaves unwritten shows): the "sdpa" backend and the fused kernel in each of ``--modes`` (KernelSettings
@@ -14,7 +15,8 @@
 3. With --sweep: the kernel's block shapes (``fwd_blocks``, ``bwd_blocks``, ``dq_blocks``), one kernel at
    a time.
 4. Shared DIFF projections: separate GEMMs (W, A1, A2) vs one GEMM of X·[W | A1 | A2].
-Writes JSON to benchmarks/results/ (or --out) and prints the tables last.
+--profile instead runs one forward + backward per mode at the first size and nothing else (for Nsight
+Compute: ``benchmarks/kernel_plan.sh``). Writes JSON to benchmarks/results/ (or --out) and prints the tables last.
 """
 
 from __future__ import annotations
@@ -256,6 +258,18 @@ def projections(n_tokens: int = 32768, width: int = 1024, rank: int = 64) -> lis
     return out
 
 
+def profile_once(n: int, d: int, modes: list[str]) -> None:
+    """One forward + backward of the fused kernel per mode, in ``modes`` order, at the benchmark's shape."""
+    b, h = TOKENS // n, WIDTH // (2 * d)
+    leaves = [torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(4)]
+    v = torch.randn(b, h, n, 2 * d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    inputs = (*leaves, v, torch.tensor(0.5, device="cuda", requires_grad=True))
+    for mode in modes:
+        kernel(MODES[mode])(*inputs).sum().backward()
+        torch.cuda.synchronize()
+        print(f"profiled N={n} d={d} mode {mode}", flush=True)
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"8192x64"`` → (N, d): query length and head half-dim."""
     try:
@@ -272,12 +286,19 @@ def main() -> None:
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="fused-kernel modes")
     parser.add_argument("--sizes", nargs="+", type=parse_size, help="NxD pairs, e.g. 8192x64 (overrides --quick)")
+    parser.add_argument("--check-dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     parser.add_argument("--checks-only", action="store_true", help="run the checks, time nothing")
+    parser.add_argument("--skip-checks", action="store_true", help="time only (after a passing --checks-only run)")
+    parser.add_argument("--profile", action="store_true", help="one fwd+bwd per mode at the first size, no more")
     parser.add_argument("--no-projections", action="store_true", help="skip the projection GEMM timing")
     args = parser.parse_args()
+    if args.profile:
+        profile_once(*(args.sizes or [(8192, 64)])[0], args.modes)
+        return
     checks = []
+    dtypes = [{"bf16": torch.bfloat16, "fp32": torch.float32}[name] for name in args.check_dtypes]
     for label, fn in [("sdpa", sdpa)] + [(f"triton {mode}", kernel(MODES[mode])) for mode in args.modes]:
-        for dt in (torch.bfloat16, torch.float32):
+        for dt in dtypes if not args.skip_checks else []:
             for h_kv, n, d in ((4, 1, 64), (2, 1031, 128), (4, 777, 32), (2, 2053, 64)):
                 checks.append(c := check(label, fn, dt, 1, 4, h_kv, n, d))
                 worst = max(c["errors"].items(), key=lambda kv: kv[1])
