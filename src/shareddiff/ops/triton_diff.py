@@ -387,7 +387,9 @@ def _bwd_kernel(
     DQ_MODE says (DQ1/DQ2: a zeroed float32 (B, h, N, d) buffer for DQ_ATOMIC, the workspace
     (launch's key blocks, B·h, NP, d) for DQ_WORKSPACE, tensor descriptors over (B·h, N, d) for
     DQ_DESCRIPTOR)."""
-    pid_n = kb0 + tl.program_id(0)
+    pid_n = tl.program_id(0)
+    if DQ_MODE == DQ_WORKSPACE:  # only "reduce" launches key blocks in chunks (split: the PTX of before)
+        pid_n += kb0
     bhk = tl.program_id(1)
     b = bhk // HKV
     hk = bhk % HKV
