@@ -61,10 +61,11 @@ def test_needle_beyond_context_is_refused(builder):
 
 def test_training_mix(builder, tiny_data):
     mix = NeedleMix(builder, fraction=0.5, max_needles=2)
-    row = mix.row(257, random.Random(1))
-    assert len(row) == 257
+    row, weights = mix.row(257, random.Random(1))
+    assert len(row) == 257 and weights is None
     loader = WindowLoader(load_split(tiny_data, "train"), 256, seed=5, mix=mix)
-    x, _ = loader.batch(3, 0, 16, 1)
+    x, _, weights = loader.batch(3, 0, 16, 1)
+    assert weights is None  # no answer_weight: every target weighs 1
     assert torch.equal(x, WindowLoader(load_split(tiny_data, "train"), 256, seed=5, mix=mix).batch(3, 0, 16, 1)[0])
     plain = WindowLoader(load_split(tiny_data, "train"), 256, seed=5).batch(3, 0, 16, 1)[0]
     replaced = [i for i in range(16) if not torch.equal(x[i], plain[i])]

@@ -71,7 +71,7 @@ def run_needle(
 ) -> str:
     from tqdm.auto import tqdm
 
-    from shareddiff.eval.needle import NeedleBuilder, needle_eval, plot_heatmap
+    from shareddiff.eval.needle import builder_for_run, needle_eval, plot_heatmap
 
     model, tok, state = _load(checkpoint, device)
     if not lengths:
@@ -80,7 +80,7 @@ def run_needle(
             lengths.append(n)
             n *= 2
         lengths = lengths or [model.config.max_seq_len // 2]
-    builder = NeedleBuilder(tok, _split(state, tok, "val"))
+    builder = builder_for_run(state["run"], tok, _split(state, tok, "val"))
     with tqdm(total=len(lengths) * len(depths) * samples, unit="sample") as bar:
         result = needle_eval(model, builder, lengths, depths, needles, queries, samples, seed, bar)
     result.update(checkpoint=str(checkpoint), model=_name(state))
@@ -88,7 +88,10 @@ def run_needle(
     stem = f"needle_N{needles}_R{queries}"
     write_json(folder / f"{stem}.json", result)
     plot_heatmap(result, folder / f"{stem}.png", f"{_name(state)}: N={needles}, R={queries}")
-    return f"mean accuracy {result['accuracy']:.3f} over {len(result['cells'])} cells → {folder / stem}.json/.png"
+    return (
+        f"mean accuracy {result['accuracy']:.3f}, per-digit {result['digit_accuracy']:.3f}, answer log-prob "
+        f"{result['answer_logprob']:.2f} nats over {len(result['cells'])} cells → {folder / stem}.json/.png"
+    )
 
 
 def run_attention(
@@ -102,17 +105,20 @@ def run_attention(
     out: str | None,
 ) -> str:
     from shareddiff.eval.attention import attention_eval, plot_example
-    from shareddiff.eval.needle import NeedleBuilder
+    from shareddiff.eval.needle import builder_for_run
 
     model, tok, state = _load(checkpoint, device)
-    builder = NeedleBuilder(tok, _split(state, tok, "val"))
+    builder = builder_for_run(state["run"], tok, _split(state, tok, "val"))
     result, example = attention_eval(model, builder, length, depths, needles, samples, seed)
     result.update(checkpoint=str(checkpoint), model=_name(state))
     folder = output_dir(checkpoint, out)
     write_json(folder / "attention.json", result)
     plot_example(example, folder / "attention_map.png", _name(state))
-    rows = ", ".join(f"{r['depth']:.0%}: {r['answer']:.3f}/{r['noise']:.3f}" for r in result["rows"])
-    return f"answer/noise mass by depth: {rows} → {folder / 'attention.json'}"
+    rows = ", ".join(
+        f"{r['depth']:.0%}: {r['answer']:.3f}/{r['noise']:.3f}/{r['question']:.3f}" for r in result["rows"]
+    )
+    lambdas = ", ".join("—" if lam is None else f"{lam:.3f}" for lam in result["lambdas"])
+    return f"answer/noise/question mass by depth: {rows}; λ by layer: {lambdas} → {folder / 'attention.json'}"
 
 
 def run_icl(

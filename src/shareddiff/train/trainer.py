@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from shareddiff.config import ModelConfig, OptimConfig, RunConfig
 from shareddiff.data import Tokenizer, WindowLoader, eval_windows
 from shareddiff.data.bundled import load_data_split
+from shareddiff.data.mqar import MQARLoader
+from shareddiff.eval.mqar import MQARProbe
 from shareddiff.eval.needle import parse_mix
 from shareddiff.model import build_model
 from shareddiff.train.checkpoint import (
@@ -37,6 +39,7 @@ from shareddiff.train.distributed import (
     parallelize,
     shutdown,
 )
+from shareddiff.train.loss import token_loss
 from shareddiff.train.metrics import MetricsLogger
 
 RUN_CONFIG = "run_config.json"
@@ -160,24 +163,34 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
             "or set train.out_dir to a new folder"
         )
     tokenizer = Tokenizer(run.data.tokenizer)
-    model_config = run.model_config(vocab_size=tokenizer.vocab_size)
-    if model_config.vocab_size < tokenizer.vocab_size:
+    mqar = run.data.source == "mqar"  # the synthetic task: its own vocabulary, no corpus
+    vocab, vocab_of = (run.mqar.vocab_size, "mqar.vocab_size") if mqar else (tokenizer.vocab_size, "the tokenizer's")
+    model_config = run.model_config(vocab_size=vocab)
+    if model_config.vocab_size < vocab:
         raise ValueError(
-            f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
-            f"{tokenizer.vocab_size}; remove model.vocab_size to take the tokenizer's"
+            f"model.vocab_size={model_config.vocab_size} is smaller than {vocab_of} "
+            f"{vocab}; remove model.vocab_size to take {vocab_of}"
         )
     if run.data.seq_len > model_config.max_seq_len:
         raise ValueError(
             f"data.seq_len={run.data.seq_len} exceeds model max_seq_len={model_config.max_seq_len}; "
             "lower data.seq_len or raise model.max_seq_len"
         )
-    if dist.is_main:
-        train_data, val_data = prepare_data(run, tokenizer)  # rank 0 tokenizes the bundled corpus first
-    barrier(dist)
-    if not dist.is_main:
-        train_data, val_data = prepare_data(run, tokenizer)
-    loader = WindowLoader(train_data, run.data.seq_len, run.train.seed, parse_mix(run.data.mix, tokenizer, train_data))
-    val_rows = eval_windows(val_data, run.data.seq_len, run.data.val_tokens)
+    probe = None
+    if mqar:
+        loader = MQARLoader(run.mqar, run.data.seq_len, run.train.seed, device)
+        probe = MQARProbe(run.mqar, run.data.seq_len, model_config.max_seq_len)
+        if probe.skipped:
+            echo(probe.skipped)
+    else:
+        if dist.is_main:
+            train_data, val_data = prepare_data(run, tokenizer)  # rank 0 tokenizes the bundled corpus first
+        barrier(dist)
+        if not dist.is_main:
+            train_data, val_data = prepare_data(run, tokenizer)
+        mix = parse_mix(run.data.mix, tokenizer, train_data)
+        loader = WindowLoader(train_data, run.data.seq_len, run.train.seed, mix)
+        val_rows = eval_windows(val_data, run.data.seq_len, run.data.val_tokens)
 
     autocast = autocast_for(run.train.precision, device)
     torch.manual_seed(run.train.seed)
@@ -232,14 +245,16 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
             for micro in range(run.train.grad_accum):
-                x, y = loader.batch(step, micro, run.train.micro_batch, run.train.grad_accum, dist.rank, dist.world)
+                x, y, weights = loader.batch(
+                    step, micro, run.train.micro_batch, run.train.grad_accum, dist.rank, dist.world
+                )
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 last = micro == run.train.grad_accum - 1
                 sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
                 with sync:
                     with autocast():
                         logits = step_model(x)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / run.train.grad_accum
+                    loss = token_loss(logits, y, weights) / run.train.grad_accum
                     loss.backward()
                 loss_sum += loss.detach()
             clip = run.optim.grad_clip if run.optim.grad_clip > 0 else float("inf")
@@ -276,16 +291,14 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{window_tokens / elapsed:,.0f}")
                 window_start, window_tokens = time.perf_counter(), 0
             if done % run.train.eval_every == 0 or done == run.train.max_steps:
-                val_loss = evaluate(model, val_rows, run.train.micro_batch, device, autocast)
+                if probe is None:
+                    val_loss = evaluate(model, val_rows, run.train.micro_batch, device, autocast)
+                    scores = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+                else:  # MQAR: loss and accuracy at the answer positions, at the training length and 2x
+                    scores = probe(model, run.train.micro_batch, autocast)
+                    val_loss = scores["val_loss"]
                 if metrics is not None:
-                    metrics.log(
-                        {
-                            "step": done,
-                            "val_loss": val_loss,
-                            "val_ppl": math.exp(min(val_loss, 50)),
-                            "tokens": tokens_seen,
-                        }
-                    )
+                    metrics.log({"step": done, **scores, "tokens": tokens_seen})
                     bar.write(f"step {done}: val loss {val_loss:.4f}")
             if done % run.checkpoint.every == 0 or done == run.train.max_steps:
                 last_ckpt = checkpoint(done)

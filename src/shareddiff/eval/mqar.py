@@ -1,0 +1,184 @@
+"""MQAR accuracy (Zoology, Arora et al. 2023): on a model, along training, and summarised over a grid.
+
+Accuracy is Zoology's: the fraction of answer positions (the last token of each query) where the
+argmax of the logits is the key's value; the loss is the mean cross-entropy over the same positions.
+Evaluation sets are fixed (``mqar_eval_set``: the same sequences for every run and device). A model
+trained at length N is also evaluated at 2N (same pairs and queries, a longer stretch of blanks) when
+its ``max_seq_len`` allows: its length extrapolation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from shareddiff.config import MQARConfig
+from shareddiff.data.loader import IGNORE
+from shareddiff.data.mqar import mqar_eval_set
+
+THRESHOLDS = (0.5, 0.99)  # accuracy levels whose first step the summary reports
+
+
+@torch.no_grad()
+def mqar_scores(
+    model, inputs: Tensor, targets: Tensor, batch_size: int = 64, autocast: Callable = contextlib.nullcontext
+) -> dict[str, float]:
+    """Loss (mean cross-entropy, nats) and accuracy over the answer positions (targets ≠ IGNORE) of
+    ``inputs``/``targets`` (N, T); evaluated ``batch_size`` rows at a time on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for i in range(0, len(inputs), batch_size):
+        x, y = inputs[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
+        with autocast():
+            logits = model(x)
+        answer = y != IGNORE
+        picked = logits[answer].float()  # (answers, V)
+        loss_sum += F.cross_entropy(picked, y[answer], reduction="sum").item()
+        correct += int((picked.argmax(-1) == y[answer]).sum())
+        count += int(answer.sum())
+    model.train(was_training)
+    return {"loss": loss_sum / count, "accuracy": correct / count, "answers": count}
+
+
+class MQARProbe:
+    """The trainer's periodic MQAR evaluation: fixed sets at the training length N and, when the model's
+    ``max_seq_len`` allows, at 2N. Calling it gives the metrics record (``val_loss`` = the loss at N)."""
+
+    def __init__(self, config: MQARConfig, seq_len: int, max_seq_len: int) -> None:
+        self.sets = {"": mqar_eval_set(config, seq_len, config.eval_samples)}
+        self.skipped = ""
+        if 2 * seq_len <= max_seq_len:
+            self.sets["_2x"] = mqar_eval_set(config, 2 * seq_len, config.eval_samples)
+        else:
+            self.skipped = (
+                f"MQAR at 2x the training length ({2 * seq_len}) is not evaluated: model.max_seq_len={max_seq_len}; "
+                f"set model.max_seq_len={2 * seq_len} (RoPE has no position parameters) to measure it"
+            )
+
+    def __call__(self, model, batch_size: int, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
+        record: dict[str, float] = {}
+        for suffix, (inputs, targets) in self.sets.items():
+            scores = mqar_scores(model, inputs, targets, batch_size, autocast)
+            record[f"mqar_loss{suffix}"] = scores["loss"]
+            record[f"mqar_accuracy{suffix}"] = scores["accuracy"]
+        return {"val_loss": record["mqar_loss"], **record}
+
+
+def mqar_eval(
+    model, config: MQARConfig, lengths: Iterable[int], samples: int, seed: int = 0, batch_size: int = 64
+) -> dict[str, Any]:
+    """Loss and accuracy at each sequence length of ``lengths`` over ``samples`` fixed sequences (seed
+    ``seed``). Raises ``ValueError`` for a length beyond the model's context or too short for the task."""
+    from shareddiff.eval.common import check_context
+
+    rows = []
+    for length in lengths:
+        check_context(model, length, f"MQAR at length {length}")
+        scores = mqar_scores(model, *mqar_eval_set(config, length, samples, seed), batch_size)
+        rows.append({"seq_len": length, **scores})
+    return {"pairs": config.pairs, "queries": config.n_queries(), "samples": samples, "seed": seed, "rows": rows}
+
+
+def mqar_checkpoint_eval(
+    checkpoint: str | Path,
+    lengths: list[int] | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """``mqar_eval`` of a checkpoint trained on MQAR, with the task settings it was trained with; lengths
+    default to its training length N and 2N (2N only where ``max_seq_len`` allows)."""
+    from shareddiff.train import load_model
+    from shareddiff.train.trainer import select_device
+
+    model, _, state = load_model(checkpoint, device=select_device(device))
+    run = state["run"]
+    if run["data"].get("source") != "mqar":
+        raise ValueError(f"{checkpoint} was not trained on MQAR (data.source={run['data'].get('source')!r})")
+    config = MQARConfig(**run["mqar"])
+    n = run["data"]["seq_len"]
+    if not lengths:
+        lengths = [length for length in (n, 2 * n) if length <= model.config.max_seq_len]
+    result = mqar_eval(model, config, lengths, samples or config.eval_samples, seed)
+    return {"checkpoint": str(checkpoint), "train_seq_len": n, **result}
+
+
+def steps_to(curve: list[tuple[int, float]], level: float) -> int | None:
+    """The first step of ``curve`` ((step, accuracy) pairs, in step order) whose accuracy is ≥ ``level``."""
+    return next((step for step, accuracy in curve if accuracy >= level), None)
+
+
+def mqar_run_record(run_dir: str | Path) -> dict[str, Any]:
+    """One MQAR training run as the summary needs it, from its folder (run_config.json, metrics.jsonl):
+    variant, width, length, pairs, learning rate, the accuracy curve and the final accuracies."""
+    import json
+
+    from shareddiff.train.metrics import read_metrics
+    from shareddiff.train.trainer import RUN_CONFIG
+
+    run_dir = Path(run_dir)
+    saved = json.loads((run_dir / RUN_CONFIG).read_text())
+    run, model = saved["run"], saved["model_config"]
+    if run["data"].get("source") != "mqar":
+        raise ValueError(f"{run_dir} is not an MQAR run (data.source={run['data'].get('source')!r})")
+    evals = [r for r in read_metrics(run_dir) if "mqar_accuracy" in r]
+    if not evals:
+        raise ValueError(f"{run_dir} has no MQAR evaluation in its metrics.jsonl yet")
+    last = evals[-1]
+    return {
+        "run": run_dir.name,
+        "variant": model["attention"],
+        "d_model": model["d_model"],
+        "seq_len": run["data"]["seq_len"],
+        "pairs": run["mqar"]["pairs"],
+        "lr": run["optim"]["lr"],
+        "steps": last["step"],
+        "curve": [(r["step"], r["mqar_accuracy"]) for r in evals],
+        "accuracy": last["mqar_accuracy"],
+        "accuracy_2x": last.get("mqar_accuracy_2x"),
+    }
+
+
+def mqar_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Best accuracy per (cell, width, variant) over learning rates, with the best run's steps to 50 % and
+    99 % accuracy and its accuracy at 2× the training length. ``runs``: ``mqar_run_record`` dicts.
+
+    The best run is the one of highest final accuracy (ties: the one that reached 99 %, then 50 %,
+    first). Returns {"cells": [...], "variants": [...]}: one row per (seq_len, pairs, d_model, variant)
+    with ``lrs`` listing every learning rate's final accuracy.
+    """
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["seq_len"], run["pairs"], run["d_model"], run["variant"]), []).append(run)
+    cells = []
+    for (seq_len, pairs, d_model, variant), group in sorted(groups.items()):
+
+        def rank(run: dict) -> tuple:
+            firsts = [steps_to(run["curve"], level) for level in reversed(THRESHOLDS)]
+            return (-run["accuracy"], *(math.inf if s is None else s for s in firsts))
+
+        best = min(group, key=rank)
+        cells.append(
+            {
+                "seq_len": seq_len,
+                "pairs": pairs,
+                "d_model": d_model,
+                "variant": variant,
+                "accuracy": best["accuracy"],
+                "accuracy_2x": best["accuracy_2x"],
+                "lr": best["lr"],
+                "steps": best["steps"],
+                **{f"steps_to_{round(level * 100)}": steps_to(best["curve"], level) for level in THRESHOLDS},
+                "lrs": {f"{r['lr']:g}": r["accuracy"] for r in sorted(group, key=lambda r: r["lr"])},
+            }
+        )
+    return {"variants": sorted({c["variant"] for c in cells}), "cells": cells}
