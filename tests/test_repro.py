@@ -1,5 +1,6 @@
 """`shareddiff reproduce`: the shipped experiments are well formed and matched; a tiny experiment runs end to end."""
 
+import itertools
 import json
 import shutil
 import statistics
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_experiments_are_matched(tmp_path, tiny_data):
-    assert experiment_names() == ["ablations", "compare", "norm_lr_cpu", "retrieval"]
+    assert set(experiment_names()) >= {"early_ablations", "early_compare", "early_retrieval", "lr_sweep", "norm_lr_cpu"}
     for name in experiment_names():
         exp = load_experiment(name)
         recipes = [run_recipe(exp, s, tmp_path, [f"data.path={tiny_data}"]) for s in exp.runs]
@@ -36,7 +37,7 @@ def test_shipped_experiments_are_matched(tmp_path, tiny_data):
                 if section != "model":
                     d[section][key] = base[section][key]
             assert {k: v for k, v in d.items() if k != "model"} == {k: v for k, v in base.items() if k != "model"}
-    compare, data = load_experiment("compare"), [f"data.path={tiny_data}"]
+    compare, data = load_experiment("early_compare"), [f"data.path={tiny_data}"]
     for size in ("8m", "13m", "23m", "42m"):  # each size: the three variants, only the attention differs
         configs = [
             run_recipe(compare, s, tmp_path, data).model_config() for s in compare.runs if s.preset.endswith(size)
@@ -46,17 +47,22 @@ def test_shipped_experiments_are_matched(tmp_path, tiny_data):
         ) + ["standard"] * (3 if size == "23m" else 1)
         assert len({(c.d_model, c.n_layers, c.head_dim, c.ffn_dim, c.vocab_size) for c in configs}) == 1
     assert sorted({s.seed for s in compare.runs if s.preset == "shared_diff-23m"}) == [1, 2, 3]
-    ablations = {
-        s.group: run_recipe(load_experiment("ablations"), s, tmp_path, data) for s in load_experiment("ablations").runs
-    }
+    early = load_experiment("early_ablations")
+    ablations = {s.group: run_recipe(early, s, tmp_path, data) for s in early.runs}
     c = {g: r.model_config() for g, r in ablations.items()}
     assert not c["no-head-norm"].head_norm and c["lambda-0.8"].lambda_init == 0.8 and c["lambda-0.5"].lambda_init == 0.5
     assert (c["rank-12"].lowrank_rank, c["rank-48"].lowrank_rank) == (12, 48)
-    assert run_recipe(load_experiment("retrieval"), load_experiment("retrieval").runs[0], tmp_path, data).data.mix
+    retrieval = load_experiment("early_retrieval")
+    assert run_recipe(retrieval, retrieval.runs[0], tmp_path, data).data.mix
+    sweep = load_experiment("lr_sweep")  # each variant at four learning rates 2x apart, 5 tokens per parameter
+    for family in ("transformer-23m", "diff-23m", "shared_diff-23m"):
+        rates = sorted(run_recipe(sweep, s, tmp_path, data).optim.lr for s in sweep.runs if s.family == family)
+        assert len(rates) >= 4 and all(b == pytest.approx(2 * a) for a, b in itertools.pairwise(rates))
+    assert {run_recipe(sweep, s, tmp_path, data).train.tokens_per_param for s in sweep.runs} == {5}
 
 
 def test_bad_experiments_are_refused(tmp_path):
-    with pytest.raises(ValueError, match="no experiment 'nope'; the experiments are: ablations, compare, norm_lr_cpu"):
+    with pytest.raises(ValueError, match=r"no experiment 'nope'; the experiments are: .*early_compare.*lr_sweep"):
         load_experiment("nope")
     (tmp_path / "r.toml").write_text("[train]\nmax_steps = 2\n")
     bad = {
@@ -64,18 +70,24 @@ def test_bad_experiments_are_refused(tmp_path):
         '[[run]]\ngroup="a"\npreset="shared_diff-tiny"',
         "appear twice": '[experiment]\nrecipe = "r.toml"\n[[run]]\ngroup="a"\npreset="diff-tiny"\n'
         '[[run]]\ngroup="a"\npreset="shared_diff-tiny"',
-        "lacks": '[experiment]\nrecipe = "r.toml"\n[[run]]\ngroup="a"',
+        "lacks \\['preset'\\]": '[experiment]\nrecipe = "r.toml"\n[[run]]\ngroup="a"',
         "not found beside it": '[experiment]\nrecipe = "missing.toml"\n[[run]]\ngroup="a"\npreset="diff-tiny"',
         "lists no": '[experiment]\nrecipe = "r.toml"',
         "needs an \\[experiment\\] table": "[[run]]\ngroup='a'",
-        "\\[needle\\] has unknown keys \\['sample'\\]": '[experiment]\nrecipe = "r.toml"\n[needle]\nsample = 3\n'
+        "unknown key\\(s\\) \\['sample'\\] in .*\\[needle\\]; valid keys are": '[experiment]\nrecipe = "r.toml"\n'
+        '[needle]\nsample = 3\n[[run]]\ngroup="a"\npreset="diff-tiny"',
+        "unknown table\\(s\\) \\['nedle'\\]": '[experiment]\nrecipe = "r.toml"\n[nedle]\n'
         '[[run]]\ngroup="a"\npreset="diff-tiny"',
+        "sweep key 'lr' needs the form \"section.key\"": '[experiment]\nrecipe = "r.toml"\n'
+        '[[run]]\ngroup="a"\npreset="diff-tiny"\nsweep = { lr = [1, 2] }',
+        "needs seeds = \\[integers": '[experiment]\nrecipe = "r.toml"\n[[run]]\ngroup="a"\npreset="diff-tiny"\n'
+        "seeds = []",
     }
     for message, text in bad.items():
         (tmp_path / "e.toml").write_text(text)
         with pytest.raises(ValueError, match=message):
             load_experiment(str(tmp_path / "e.toml"))
-    exp = load_experiment("compare")
+    exp = load_experiment("early_compare")
     with pytest.raises(ValueError, match=r"build_debian_docs_corpus\.py.*data prepare"):
         run_recipe(exp, exp.runs[0], tmp_path, ["data.path=does/not/exist"])
     with pytest.raises(ValueError, match="no run 'x'; its runs are: transformer-23m-s1"):
@@ -230,18 +242,25 @@ def test_summary_include_and_scaling(tmp_path, tiny_data, tiny_tokenizer):
     )
     reproduce(str(tmp_path / "scale.toml"), out=str(out), progress=False)
     summary = json.loads((out / "scale" / "summary.json").read_text())
-    assert set(summary["scaling"]["variants"]) == {"standard", "shared_diff"}
-    assert all("params_fit" in v for v in summary["scaling"]["variants"].values())
-    assert [m["variant"] for m in summary["scaling"]["match"]] == ["shared_diff"] * 3
-    by_size = summary["scaling"]["match_by_size"]  # one reference run per size: the rows themselves
-    assert [(m["reference_params"], m["runs"]) for m in by_size] == [
-        (m["reference_params"], 1) for m in summary["scaling"]["match"]
-    ]
-    assert [m["params_needed_fraction"] for m in by_size] == pytest.approx(
-        [m["params_needed_fraction"] for m in summary["scaling"]["match"]]
-    )
-    assert all(isinstance(m["extrapolated"], bool) for m in by_size)
-    assert (out / "scale" / "scaling.png").is_file() and "params needed" in (out / "scale" / "summary.md").read_text()
+    fit = summary["params_fit"]
+    assert set(fit["points"]) == {"standard", "shared_diff"} and set(fit["fits"]) == {"standard", "shared_diff"}
+    groups = summary["groups"]
+    for variant, points in fit["points"].items():  # one seed per size: the points are the groups' losses
+        expected = sorted(
+            (e["params_non_embedding"], e["val_loss"]["mean"]) for e in groups.values() if e["variant"] == variant
+        )
+        assert [p[0] for p in points] == [x for x, _ in expected]
+        assert [p[1] for p in points] == pytest.approx([y for _, y in expected], rel=1e-12)
+    assert [m["variant"] for m in fit["match"]] == ["shared_diff"] * 3
+    for m in fit["match"]:  # the multiple is where shared_diff's fitted curve reaches the reference's loss
+        from shareddiff.eval.scaling import needed_for_loss
+
+        need = needed_for_loss(fit["fits"]["shared_diff"], m["loss"])
+        assert m["needed_fraction"] == pytest.approx(need / m["reference_x"])
+        assert isinstance(m["extrapolated"], bool)
+    assert fit["exact"]  # three sizes per variant: the summary says the fit has no residual
+    md = (out / "scale" / "summary.md").read_text()
+    assert (out / "scale" / "scaling.png").is_file() and "needed (× ref)" in md and "passes through every point" in md
 
 
 @pytest.mark.slow
@@ -282,3 +301,91 @@ def test_reproduce_parallel_jobs_with_needle_evals(tmp_path, tiny_data, tiny_tok
         out / "tiny" / "summary.md"
     ).read_text()
     assert (out / "tiny" / "transformer-s1" / "reproduce.log").is_file()
+
+
+def test_sweep_expands_into_named_groups(tmp_path):
+    (tmp_path / "r.toml").write_text("[train]\nmax_steps = 2\n")
+    (tmp_path / "s.toml").write_text(
+        '[experiment]\nrecipe = "r.toml"\n[[run]]\ngroup = "t"\npreset = "transformer-tiny"\nseeds = [1, 2]\n'
+        'overrides = ["train.micro_batch=2"]\nsweep = { "optim.lr" = [1e-3, 0.002], "model.d_model" = [32, 64] }\n'
+    )
+    exp = load_experiment(str(tmp_path / "s.toml"))
+    assert exp.run_names() == ", ".join(
+        f"t-lr{lr}-d_model{d}-s{s}" for lr in ("0.001", "0.002") for d in (32, 64) for s in (1, 2)
+    )
+    spec = exp.run("t-lr0.002-d_model64-s2")
+    assert (spec.family, spec.group, dict(spec.point)) == (
+        "t",
+        "t-lr0.002-d_model64",
+        {"optim.lr": 0.002, "model.d_model": 64},
+    )
+    run = run_recipe(exp, spec, tmp_path, [])
+    assert (run.optim.lr, run.model["d_model"], run.train.micro_batch, run.train.seed) == (0.002, 64, 2, 2)
+
+
+def test_tiny_lr_sweep_with_a_budget_end_to_end(tmp_path, tiny_data, tiny_tokenizer):
+    """Two learning rates of one variant, sized by tokens per parameter: records, the best rate, the summary."""
+    exp_path = _tiny_experiment(tmp_path, tiny_data, tiny_tokenizer)
+    (tmp_path / "sweep.toml").write_text(
+        '[experiment]\nrecipe = "recipe.toml"\n[summary]\nselect = "optim.lr"\n'
+        '[[run]]\ngroup = "sd"\npreset = "shared_diff-tiny"\n'
+        'overrides = ["train.tokens_per_param=0.004", "optim.warmup_fraction=0.25"]\n'
+        'sweep = { "optim.lr" = [1e-3, 1e-2] }\n'
+    )
+    out = tmp_path / "out"
+    assert exp_path.is_file()
+    reproduce(str(tmp_path / "sweep.toml"), out=str(out), progress=False)
+    folder = out / "sweep"
+    records = {p.parent.name: json.loads(p.read_text()) for p in folder.glob("*/record.json")}
+    assert sorted(records) == ["sd-lr0.001-s1", "sd-lr0.01-s1"]
+    for rec in records.values():
+        steps = -(-0.004 * rec["params"] // (2 * 32))  # ⌈tokens_per_param · params / tokens per step⌉
+        assert rec["max_steps"] == steps and rec["tokens"] == steps * 2 * 32
+        assert rec["tokens_per_param"] == pytest.approx(rec["tokens"] / rec["params"])
+        assert rec["passes"] == pytest.approx(rec["tokens"] / rec["train_tokens_unique"])
+        assert len(rec["lambda"]) == 2 and rec["grad_norm"] > 0
+        rows = read_metrics(folder / rec["run"])
+        assert all("lambda" in r and "grad_norm" in r for r in rows if "loss" in r)
+    summary = json.loads((folder / "summary.json").read_text())
+    select = summary["select"]["sd"]
+    best = min(records.values(), key=lambda r: r["val_loss"])
+    assert select["values"] == [1e-3, 1e-2] and select["best"] == best["lr"] and not select["interior"]
+    md = (folder / "summary.md").read_text()
+    assert "extend the sweep" in md and "Final λ per layer" in md and (folder / "sweep.png").is_file()
+    # The records are reused although the recipe's max_steps (1000 by default) is not what was trained:
+    # with a tokens-per-parameter budget the step count is derived.
+    assert "done before" in main_output(["reproduce", str(tmp_path / "sweep.toml"), "--out", str(out), "--no-progress"])
+
+
+def main_output(argv):
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert main(argv) == 0
+    return buffer.getvalue()
+
+
+def test_efficiency_fit_recovers_a_known_token_multiple():
+    """Variant B reaches every loss with 1/1.5 of A's tokens (an exact power law): the fit says 0.667×."""
+    from shareddiff.repro.summary import efficiency
+
+    def loss(tokens):
+        return 2.0 + 30.0 * tokens**-0.2
+
+    groups = {}
+    for variant, scale in (("standard", 1.0), ("shared_diff", 1.5)):
+        for tokens in (1e6, 3e6, 9e6, 27e6):
+            groups[f"{variant}-{tokens:g}"] = {
+                "variant": variant,
+                "tokens": tokens,
+                "val_loss": {"mean": loss(tokens * scale), "std": 0.0, "n": 1},
+            }
+    result = efficiency(groups, "tokens", ["standard"], sigma=0.0)
+    assert [m["needed_fraction"] for m in result["match"]] == pytest.approx([1 / 1.5] * 4, rel=2e-3)
+    assert [m["extrapolated"] for m in result["match"]] == [True, False, False, False]  # 1e6/1.5 < 1e6
+    noisy = efficiency(groups, "tokens", ["standard"], sigma=0.01)
+    for m in noisy["match"]:
+        lo, hi = m["interval"]
+        assert lo < m["needed_fraction"] < hi  # the seed spread widens the multiple into an interval

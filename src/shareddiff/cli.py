@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 from collections.abc import Callable
@@ -421,7 +422,26 @@ def _split_dashed_overrides(argv: list[str]) -> list[str]:
     return out
 
 
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stdout`` is at the time of each record (so redirections are honoured)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stdout
+        super().emit(record)
+
+
+def configure_logging() -> None:
+    """The package's log records (``logging.getLogger(__name__)`` in each module) as plain lines on stdout."""
+    logger = logging.getLogger("shareddiff")
+    if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
+        handler = _StdoutHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
+    configure_logging()
     argv = _split_dashed_overrides(list(sys.argv[1:] if argv is None else argv))
     args = vars(build_parser().parse_args(argv))
     func = args.pop("func")

@@ -8,9 +8,11 @@ Transformer uses ``2h`` heads, so its head dimension equals ``d``).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 try:
@@ -21,6 +23,10 @@ except ImportError:  # Python 3.10
 ATTENTION_VARIANTS = ("standard", "diff", "shared_diff")
 BASE_SHARING = ("branches", "heads")
 LOWRANK_INIT = ("random", "lora")
+# "nanogpt": Normal(0, init_std) everywhere, residual-output projections scaled by 1/√(2L) (this project's
+# default); "pytorch": the DIFF authors' code lineage — PyTorch's default nn.Linear init (Kaiming-uniform,
+# bound 1/√fan_in) for every Linear, embeddings N(0, D^-1/2), no depth scaling (docs/results.md)
+INIT_SCHEMES = ("nanogpt", "pytorch")
 DIFFERENTIAL = ("diff", "shared_diff")
 
 
@@ -62,7 +68,8 @@ class ModelConfig:
     tie_embeddings: bool = False
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
-    init_std: float = 0.02
+    init_std: float = 0.02  # the "nanogpt" init's std
+    init_scheme: str = "nanogpt"  # see INIT_SCHEMES
     # Differential attention (diff and shared_diff).
     lambda_init: float | None = None  # None → depth schedule; a float → that constant in every layer
     head_norm: bool = True  # per-head RMSNorm then ×(1 − λ_init); off = the "−GroupNorm" ablation
@@ -134,6 +141,8 @@ class ModelConfig:
             )
         if self.lambda_init is not None and not 0.0 <= self.lambda_init < 1.0:
             raise ValueError(f"lambda_init={self.lambda_init} must be in [0, 1) or None for the depth schedule")
+        if self.init_scheme not in INIT_SCHEMES:
+            raise ValueError(f"init_scheme={self.init_scheme!r} is not known; use one of {list(INIT_SCHEMES)}")
         for name in ("rope_theta", "norm_eps", "init_std"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
@@ -262,6 +271,7 @@ class OptimConfig:
     eps: float = 1e-8
     weight_decay: float = 0.1  # on matrices only (tensors of rank ≥ 2)
     warmup_steps: int = 100
+    warmup_fraction: float = 0.0  # > 0: warmup = this fraction of the run's steps (replaces warmup_steps)
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
 
 
@@ -271,6 +281,7 @@ class TrainConfig:
 
     out_dir: str = "runs/default"
     max_steps: int = 1000
+    tokens_per_param: float = 0.0  # > 0: max_steps = ⌈tokens_per_param · total parameters / tokens per step⌉
     micro_batch: int = 8
     grad_accum: int = 1
     seed: int = 1337
@@ -341,10 +352,40 @@ class RunConfig:
         for name in ("param_dtype", "reduce_dtype"):
             if getattr(self.parallel, name) not in ("fp32", "bf16"):
                 raise ValueError(f"parallel.{name}={getattr(self.parallel, name)!r} must be 'fp32' or 'bf16'")
+        if not isinstance(self.train.tokens_per_param, int | float) or self.train.tokens_per_param < 0:
+            raise ValueError(
+                f"train.tokens_per_param={self.train.tokens_per_param!r} must be ≥ 0 (0 = train.max_steps decides)"
+            )
+        if not 0 <= self.optim.warmup_fraction < 0.5:
+            raise ValueError(
+                f"optim.warmup_fraction={self.optim.warmup_fraction} must be in [0, 0.5), e.g. 0.03 for 3 % of the "
+                "steps (0 = optim.warmup_steps decides)"
+            )
         if not 0 <= self.optim.min_lr_ratio <= 1:
             raise ValueError(f"optim.min_lr_ratio={self.optim.min_lr_ratio} must be in [0, 1]")
         if "preset" not in self.model:
             raise ValueError('[model] needs a preset, e.g. preset = "shared_diff-small"')
+
+    def tokens_per_step(self, world_size: int = 1) -> int:
+        """Training tokens per optimizer step over all ``world_size`` processes."""
+        return self.train.micro_batch * self.train.grad_accum * self.data.seq_len * world_size
+
+    def sized(self, n_params: int, world_size: int = 1) -> RunConfig:
+        """This recipe with its step count and warmup made concrete for a model of ``n_params`` parameters.
+
+        ``train.tokens_per_param`` > 0 sets ``train.max_steps`` = ⌈tokens_per_param · n_params / tokens per
+        step⌉ (the budget protocol of docs/results.md: every run its own full cosine schedule);
+        ``optim.warmup_fraction`` > 0 sets ``optim.warmup_steps`` = ⌈fraction · max_steps⌉. Either left at
+        0 keeps the recipe's own value. Raises ``ValueError`` if the budget is under one step.
+        """
+        run = copy.deepcopy(self)
+        if run.train.tokens_per_param > 0:
+            steps = math.ceil(run.train.tokens_per_param * n_params / self.tokens_per_step(world_size))
+            run.train.max_steps = steps
+        if run.optim.warmup_fraction > 0:
+            run.optim.warmup_steps = max(1, math.ceil(run.optim.warmup_fraction * run.train.max_steps))
+        run.validate()
+        return run
 
     def model_config(self, vocab_size: int | None = None) -> ModelConfig:
         """The ModelConfig of ``[model]``; the vocabulary comes from the tokenizer unless set there."""
@@ -367,15 +408,41 @@ class RunConfig:
             if name == "model":
                 kwargs[name] = dict(value)
                 continue
-            section_cls = type(getattr(cls(), name))
-            known = {f.name for f in dataclasses.fields(section_cls)}
-            bad = sorted(set(value) - known)
-            if bad:
-                raise ValueError(f"unknown key(s) {bad} in [{name}]; valid keys are {sorted(known)}")
-            kwargs[name] = section_cls(**value)
+            kwargs[name] = section_from_dict(type(getattr(cls(), name)), value, f"[{name}]")
         run = cls(**kwargs)
         run.validate()
         return run
+
+
+def section_from_dict(cls: type, data: dict[str, Any], where: str):
+    """The dataclass ``cls`` from one TOML table; unknown or missing keys raise ``ValueError`` naming
+    ``where`` (e.g. "[optim]") and the valid keys. Every recipe and experiment file is read this way."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must be a table of key = value pairs, got {data!r}")
+    fields_ = dataclasses.fields(cls)
+    known = {f.name for f in fields_}
+    bad = sorted(set(data) - known)
+    if bad:
+        raise ValueError(f"unknown key(s) {bad} in {where}; valid keys are {sorted(known)}")
+    required = [
+        f.name
+        for f in fields_
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.name not in data
+    ]
+    if required:
+        raise ValueError(f"{where} lacks {required}")
+    return cls(**data)
+
+
+def read_toml(path: str | Path, what: str = "recipe") -> dict[str, Any]:
+    """A TOML file as a dict; a missing or malformed file raises ``ValueError`` naming it."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as err:
+        raise ValueError(f"{what} {str(path)!r} does not exist") from err
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{what} {str(path)!r} is not valid TOML: {err}") from err
 
 
 def parse_override_value(text: str) -> Any:
@@ -390,13 +457,7 @@ def load_recipe(path: str | None = None, preset: str | None = None, overrides: l
     """A RunConfig from an optional TOML recipe, then ``--preset``, then ``section.key=value`` overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        try:
-            with open(path, "rb") as f:
-                data = tomllib.load(f)
-        except FileNotFoundError as err:
-            raise ValueError(f"recipe {path!r} does not exist") from err
-        except tomllib.TOMLDecodeError as err:
-            raise ValueError(f"recipe {path!r} is not valid TOML: {err}") from err
+        data = read_toml(path)
     if preset is not None:
         data.setdefault("model", {})["preset"] = preset
     for item in overrides or []:

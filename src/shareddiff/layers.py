@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -43,6 +45,15 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return rotated.flatten(-2).to(x.dtype)
 
 
+def init_weight(weight: Tensor, std: float | None) -> None:
+    """Normal(0, std²), or PyTorch's default ``nn.Linear`` init (Kaiming-uniform, bound 1/√fan_in) when
+    ``std`` is None (the DIFF authors' code lineage; ``ModelConfig.init_scheme``)."""
+    if std is None:
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    else:
+        nn.init.normal_(weight, std=std)
+
+
 FUSE_MIN_TOKENS = 128  # below this, concatenating the weights costs more than the GEMMs it merges
 
 
@@ -71,7 +82,7 @@ class SwiGLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
 
-    def reset_parameters(self, std: float, out_std: float) -> None:
-        nn.init.normal_(self.w_gate.weight, std=std)
-        nn.init.normal_(self.w_up.weight, std=std)
-        nn.init.normal_(self.w_down.weight, std=out_std)
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
+        init_weight(self.w_gate.weight, std)
+        init_weight(self.w_up.weight, std)
+        init_weight(self.w_down.weight, out_std)

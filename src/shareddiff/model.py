@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from shareddiff.attention import build_attention
 from shareddiff.config import ModelConfig
-from shareddiff.layers import RMSNorm, SwiGLU, rope_angles
+from shareddiff.layers import RMSNorm, SwiGLU, init_weight, rope_angles
 from shareddiff.ops import available_backends
 
 
@@ -85,12 +85,19 @@ class LanguageModel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Normal(0, init_std) everywhere; residual-output projections scaled by 1/√(2L); same for all variants."""
-        std = self.config.init_std
-        out_std = std / math.sqrt(2 * self.config.n_layers)
-        nn.init.normal_(self.tok_embeddings.weight, std=std)
+        """The same scheme for all variants (``config.init_scheme``). "nanogpt": Normal(0, init_std)
+        everywhere, residual-output projections scaled by 1/√(2L). "pytorch" (the DIFF authors' code
+        lineage): PyTorch's default Linear init everywhere, embeddings N(0, 1/D), no depth scaling.
+        λ vectors N(0, 0.1²) and norms at 1 in both."""
+        if self.config.init_scheme == "pytorch":
+            std = out_std = None
+            embedding_std = self.config.d_model**-0.5
+        else:
+            std = embedding_std = self.config.init_std
+            out_std = std / math.sqrt(2 * self.config.n_layers)
+        nn.init.normal_(self.tok_embeddings.weight, std=embedding_std)
         if self.output is not None:
-            nn.init.normal_(self.output.weight, std=std)
+            init_weight(self.output.weight, std)
         self.norm.reset_parameters()
         for block in self.layers:
             block.attention_norm.reset_parameters()

@@ -35,6 +35,122 @@ def plot_loss_curves(runs: dict[str, list[dict]], out: str | Path, title: str = 
     return out
 
 
+def _figure(figsize=(7, 4.2)):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=figsize, dpi=120)
+    return plt, fig, ax
+
+
+def _save(plt, fig, out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_group_curves(groups: dict[str, list[str | Path]], out: str | Path, title: str) -> Path:
+    """Validation loss against tokens, averaged over the runs (seeds) of each group, with their spread."""
+    from shareddiff.train.metrics import read_metrics
+
+    plt, fig, ax = _figure()
+    for i, (label, run_dirs) in enumerate(groups.items()):
+        per_run = [[r for r in read_metrics(d) if "val_loss" in r] for d in run_dirs]
+        length = min(len(rows) for rows in per_run)
+        if not length:
+            continue
+        tokens = [per_run[0][j]["tokens"] for j in range(length)]
+        values = [[rows[j]["val_loss"] for rows in per_run] for j in range(length)]
+        mean = [sum(v) / len(v) for v in values]
+        color = plt.cm.tab20(i % 20) if len(groups) > 10 else f"C{i}"
+        ax.plot(tokens, mean, color=color, marker="o", ms=2.5, lw=1.5, label=label)
+        if len(run_dirs) > 1:
+            ax.fill_between(tokens, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.15)
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, ncol=2 if len(groups) > 8 else 1)
+    return _save(plt, fig, out)
+
+
+def plot_sweep(select: dict[str, dict], out: str | Path, title: str) -> Path:
+    """Validation loss (mean ± seed std) against a swept value per family, the best point ringed."""
+    plt, fig, ax = _figure((6.4, 4.0))
+    for i, (family, s) in enumerate(select.items()):
+        means = [v["mean"] for v in s["val_loss"]]
+        stds = [v["std"] for v in s["val_loss"]]
+        ax.errorbar(s["values"], means, yerr=stds, color=f"C{i}", marker="o", capsize=3, label=family)
+        ax.scatter([s["best"]], [s["best_val_loss"]["mean"]], s=120, facecolors="none", edgecolors=f"C{i}")
+    if all(isinstance(v, int | float) and v > 0 for s in select.values() for v in s["values"]):
+        ax.set_xscale("log")
+    ax.set_xlabel(next(iter(select.values()))["key"] if select else "")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, out)
+
+
+def plot_efficiency(result: dict, out: str | Path, xlabel: str) -> Path:
+    """Mean validation loss per variant against parameters or tokens: the points and their power-law fit."""
+    import numpy as np
+
+    from shareddiff.eval.scaling import predict
+
+    plt, fig, ax = _figure((6.4, 4.0))
+    for i, (variant, points) in enumerate(sorted(result["points"].items())):
+        xs, ys = zip(*points, strict=True)
+        ax.scatter(xs, ys, color=f"C{i}", label=variant, zorder=3)
+        if variant in result["fits"]:
+            grid = np.geomspace(min(xs), max(xs), 60)
+            ax.plot(grid, predict(result["fits"][variant], grid), color=f"C{i}", lw=1.2)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    return _save(plt, fig, out)
+
+
+def plot_lambdas(lambdas: dict[str, list[float]], out: str | Path) -> Path:
+    """Final λ of every layer per group (the differential variants' learned weight of the second map)."""
+    plt, fig, ax = _figure((6.4, 3.8))
+    for i, (group, values) in enumerate(lambdas.items()):
+        color = plt.cm.tab20(i % 20) if len(lambdas) > 10 else f"C{i}"
+        ax.plot(range(1, len(values) + 1), values, marker="o", color=color, label=group)
+    ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("λ at the end of training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(plt, fig, out)
+
+
+def plot_needle_bars(summary: dict, out: str | Path) -> Path:
+    """Multi-needle accuracy per (N, R) setting and group (mean over lengths and depths)."""
+    groups = {g: e for g, e in summary["groups"].items() if "needle" in e}
+    labels = [f"N={r['n_needles']}\nR={r['n_queries']}" for r in next(iter(groups.values()))["needle"]]
+    plt, fig, ax = _figure((max(6, len(labels) * 1.1), 3.6))
+    width = 0.8 / len(groups)
+    for i, (group, entry) in enumerate(groups.items()):
+        xs = [j + (i - (len(groups) - 1) / 2) * width for j in range(len(labels))]
+        ax.bar(xs, [r["accuracy"]["mean"] for r in entry["needle"]], width, label=group, color=f"C{i}")
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (all lengths and depths)")
+    ax.set_title(f"{summary['experiment']}: multi-needle retrieval")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(plt, fig, out)
+
+
 VARIANT_NAMES = {"standard": "Transformer", "diff": "DIFF", "shared_diff": "Shared DIFF"}
 
 

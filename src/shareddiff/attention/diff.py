@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
-from shareddiff.layers import RMSNorm, apply_rope, project_inputs
+from shareddiff.layers import RMSNorm, apply_rope, init_weight, project_inputs
 from shareddiff.ops import differential_attention, eager_differential_attention
 
 HEAD_NORM_EPS = 1e-5
@@ -63,9 +63,11 @@ class DifferentialAttention(nn.Module):
             out = self.head_norm(out) * (1.0 - self.lambda_init)  # each head normalised on its own
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))
 
-    def reset_parameters(self, std: float, out_std: float) -> None:
-        nn.init.normal_(self.wv.weight, std=std)
-        nn.init.normal_(self.wo.weight, std=out_std)
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
+        """Linear weights Normal(0, std²) (W_O: out_std), or PyTorch's default init where None; λ vectors
+        N(0, 0.1²) as in the official DIFF code."""
+        init_weight(self.wv.weight, std)
+        init_weight(self.wo.weight, out_std)
         for p in (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2):
             nn.init.normal_(p, mean=0.0, std=0.1)
         if self.head_norm is not None:
@@ -89,7 +91,7 @@ class DiffAttention(DifferentialAttention):
         v = v.view(b, n, self.n_kv_heads, 2 * self.head_dim)
         return q[..., 0, :], q[..., 1, :], k[..., 0, :], k[..., 1, :], v
 
-    def reset_parameters(self, std: float, out_std: float) -> None:
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         super().reset_parameters(std, out_std)
-        nn.init.normal_(self.wq.weight, std=std)
-        nn.init.normal_(self.wk.weight, std=std)
+        init_weight(self.wq.weight, std)
+        init_weight(self.wk.weight, std)

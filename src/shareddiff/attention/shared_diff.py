@@ -16,20 +16,23 @@ from torch import Tensor, nn
 
 from shareddiff.attention.diff import DifferentialAttention
 from shareddiff.config import ModelConfig
-from shareddiff.layers import project_inputs
+from shareddiff.layers import init_weight, project_inputs
 
 BRANCHES = ("q1", "q2", "k1", "k2")
 
 
-def _init_lowrank(a: Tensor, b: Tensor, rank: int, std: float, mode: str) -> None:
-    """A ~ N(0, std²); B ~ N(0, 1/(3r)) ("random") or B = 0 ("lora").
+def _init_lowrank(a: Tensor, b: Tensor, rank: int, std: float | None, mode: str) -> None:
+    """A ~ N(0, std²); B ~ N(0, 1/(3r)) ("random") or B = 0 ("lora"). With ``std`` None (PyTorch's
+    default init) A is Kaiming-uniform and a random B ~ U(±1/√r), the default of a Linear of fan-in r.
 
     "random" gives the update ≈ 0.58× the base product's spread, the ratio PyTorch's default
     Linear init gives (architecture §4, Initialisation), so the two branches differ from step 0.
     """
-    nn.init.normal_(a, std=std)
+    init_weight(a, std)
     if mode == "lora":
         nn.init.zeros_(b)
+    elif std is None:
+        nn.init.uniform_(b, -(rank**-0.5), rank**-0.5)
     else:
         nn.init.normal_(b, std=1.0 / math.sqrt(3 * rank))
 
@@ -80,10 +83,10 @@ class SharedDiffAttention(DifferentialAttention):
             out.append(base + a @ b)
         return tuple(out)
 
-    def reset_parameters(self, std: float, out_std: float) -> None:
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         super().reset_parameters(std, out_std)
-        nn.init.normal_(self.wq.weight, std=std)
-        nn.init.normal_(self.wk.weight, std=std)
+        init_weight(self.wq.weight, std)
+        init_weight(self.wk.weight, std)
         for name in BRANCHES:
             a, b = getattr(self, f"{name}_a").weight, getattr(self, f"{name}_b").weight
             _init_lowrank(a, b, self.rank, std, self.lowrank_init)
@@ -128,10 +131,10 @@ class SharedDiffHeadsAttention(DifferentialAttention):
             out.append(per_head.flatten(1))
         return tuple(out)
 
-    def reset_parameters(self, std: float, out_std: float) -> None:
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         super().reset_parameters(std, out_std)
-        nn.init.normal_(self.wq.weight, std=std)
-        nn.init.normal_(self.wk.weight, std=std)
+        init_weight(self.wq.weight, std)
+        init_weight(self.wk.weight, std)
         for name in BRANCHES:
             _init_lowrank(
                 getattr(self, f"{name}_a").weight, getattr(self, f"{name}_b"), self.rank, std, self.lowrank_init

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
-from shareddiff.layers import apply_rope, project_inputs
+from shareddiff.layers import apply_rope, init_weight, project_inputs
 from shareddiff.ops import eager_softmax_attention, softmax_attention
 
 
@@ -40,7 +40,7 @@ class StandardAttention(nn.Module):
             out = softmax_attention(q, k, v, causal=True, backend=self.backend)  # (B, h, N, dh)
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))
 
-    def reset_parameters(self, std: float, out_std: float) -> None:
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         for lin in (self.wq, self.wk, self.wv):
-            nn.init.normal_(lin.weight, std=std)
-        nn.init.normal_(self.wo.weight, std=out_std)
+            init_weight(lin.weight, std)
+        init_weight(self.wo.weight, out_std)

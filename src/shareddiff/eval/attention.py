@@ -43,11 +43,6 @@ def recording(model):
             att.recorder = None
 
 
-def layer_lambdas(model) -> list[float | None]:
-    """λ of every layer (None for ``standard`` attention, which has none)."""
-    return [float(b.attention.lam().detach()) if hasattr(b.attention, "lam") else None for b in model.layers]
-
-
 def bucket_sums(rows: Tensor, answer: tuple[int, int], context_end: int) -> Tensor:
     """(…, 3): the sums of ``rows`` (…, N_k) over the answer span, the rest of [0, context_end) and
     [context_end, N_k) (the question)."""
@@ -103,10 +98,11 @@ def attention_eval(
     """Per depth, the mean bucket masses over ``samples`` needle prompts (and per layer: λ, and the
     unnormalised masses of A1, A2 and the net map); also one example's map for the plot."""
     from shareddiff.eval.common import check_context
+    from shareddiff.train.trainer import layer_lambdas
 
     check_context(model, length, f"the attention probe at length {length}")
     device = next(model.parameters()).device
-    lambdas = layer_lambdas(model)
+    lambdas = layer_lambdas(model) or [None] * len(model.layers)  # None: softmax attention has no λ
     rows, example = [], {}
     for depth in depths:
         rng = random.Random(f"attention-{seed}-{length}-{depth}-{n_needles}")

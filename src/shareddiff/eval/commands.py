@@ -30,6 +30,19 @@ def _name(state: dict) -> str:
 def run_lm(
     checkpoint: str, seq_len: int | None, max_tokens: int, max_train_count: int | None, device: str, out: str | None
 ) -> str:
+    """`eval lm`: :func:`lm_results` as one line."""
+    result = lm_results(checkpoint, seq_len, max_tokens, max_train_count, device, out)
+    return (
+        f"loss {result['loss']:.4f} (ppl {result['ppl']:.2f}); AR-Hit {result['ar_hit_loss']:.4f} "
+        f"on {result['ar_hit_fraction']:.1%} of tokens; Others {result['others_loss']:.4f} → "
+        f"{output_dir(checkpoint, out) / 'lm.json'}"
+    )
+
+
+def lm_results(
+    checkpoint: str, seq_len: int | None, max_tokens: int, max_train_count: int | None, device: str, out: str | None
+) -> dict:
+    """Validation loss, perplexity and the AR-Hit / Others split of ``checkpoint``; also written to lm.json."""
     from shareddiff.eval.lm import lm_loss, rare_bigrams
 
     model, tok, state = _load(checkpoint, device)
@@ -50,12 +63,8 @@ def run_lm(
         + (f", bigram seen ≤ {max_train_count}× in training" if rare is not None else ""),
         **lm_loss(model, windows, rare=rare),
     }
-    folder = output_dir(checkpoint, out)
-    write_json(folder / "lm.json", result)
-    return (
-        f"loss {result['loss']:.4f} (ppl {result['ppl']:.2f}); AR-Hit {result['ar_hit_loss']:.4f} "
-        f"on {result['ar_hit_fraction']:.1%} of tokens; Others {result['others_loss']:.4f} → {folder / 'lm.json'}"
-    )
+    write_json(output_dir(checkpoint, out) / "lm.json", result)
+    return result
 
 
 def run_needle(
@@ -69,6 +78,27 @@ def run_needle(
     device: str,
     out: str | None,
 ) -> str:
+    """`eval needle`: :func:`needle_results` as one line."""
+    result = needle_results(checkpoint, lengths, depths, needles, queries, samples, seed, device, out)
+    stem = output_dir(checkpoint, out) / f"needle_N{needles}_R{queries}"
+    return (
+        f"mean accuracy {result['accuracy']:.3f}, per-digit {result['digit_accuracy']:.3f}, answer log-prob "
+        f"{result['answer_logprob']:.2f} nats over {len(result['cells'])} cells → {stem}.json/.png"
+    )
+
+
+def needle_results(
+    checkpoint: str,
+    lengths: list[int] | None,
+    depths: list[float],
+    needles: int,
+    queries: int,
+    samples: int,
+    seed: int,
+    device: str,
+    out: str | None,
+) -> dict:
+    """Multi-needle retrieval accuracy per (length, depth); also written as JSON and a heatmap PNG."""
     from tqdm.auto import tqdm
 
     from shareddiff.eval.needle import builder_for_run, needle_eval, plot_heatmap
@@ -88,10 +118,7 @@ def run_needle(
     stem = f"needle_N{needles}_R{queries}"
     write_json(folder / f"{stem}.json", result)
     plot_heatmap(result, folder / f"{stem}.png", f"{_name(state)}: N={needles}, R={queries}")
-    return (
-        f"mean accuracy {result['accuracy']:.3f}, per-digit {result['digit_accuracy']:.3f}, answer log-prob "
-        f"{result['answer_logprob']:.2f} nats over {len(result['cells'])} cells → {folder / stem}.json/.png"
-    )
+    return result
 
 
 def run_attention(
@@ -104,6 +131,27 @@ def run_attention(
     device: str,
     out: str | None,
 ) -> str:
+    """`eval attention`: :func:`attention_results` as one line."""
+    result = attention_results(checkpoint, length, depths, needles, samples, seed, device, out)
+    rows = ", ".join(
+        f"{r['depth']:.0%}: {r['answer']:.3f}/{r['noise']:.3f}/{r['question']:.3f}" for r in result["rows"]
+    )
+    lambdas = ", ".join("—" if lam is None else f"{lam:.3f}" for lam in result["lambdas"])
+    path = output_dir(checkpoint, out) / "attention.json"
+    return f"answer/noise/question mass by depth: {rows}; λ by layer: {lambdas} → {path}"
+
+
+def attention_results(
+    checkpoint: str,
+    length: int,
+    depths: list[float],
+    needles: int,
+    samples: int,
+    seed: int,
+    device: str,
+    out: str | None,
+) -> dict:
+    """Attention mass on the answer needle vs the rest (the paper's Table 5); also JSON and a PNG."""
     from shareddiff.eval.attention import attention_eval, plot_example
     from shareddiff.eval.needle import builder_for_run
 
@@ -114,11 +162,7 @@ def run_attention(
     folder = output_dir(checkpoint, out)
     write_json(folder / "attention.json", result)
     plot_example(example, folder / "attention_map.png", _name(state))
-    rows = ", ".join(
-        f"{r['depth']:.0%}: {r['answer']:.3f}/{r['noise']:.3f}/{r['question']:.3f}" for r in result["rows"]
-    )
-    lambdas = ", ".join("—" if lam is None else f"{lam:.3f}" for lam in result["lambdas"])
-    return f"answer/noise/question mass by depth: {rows}; λ by layer: {lambdas} → {folder / 'attention.json'}"
+    return result
 
 
 def run_icl(

@@ -111,6 +111,22 @@ def evaluate(model, windows: torch.Tensor, micro_batch: int, device: torch.devic
     return total / count
 
 
+@torch.no_grad()
+def layer_lambdas(model: torch.nn.Module) -> list[float] | None:
+    """λ of every layer of a DIFF or Shared DIFF model (architecture §3: exp(λ_q1·λ_k1) − exp(λ_q2·λ_k2) +
+    λ_init), None for variants without one scalar λ per layer. Under FSDP2 every rank must call it (the
+    sharded λ vectors are gathered)."""
+    layers = getattr(model, "module", model).layers  # DDP keeps the model in .module
+    values = []
+    for block in layers:
+        lam = getattr(block.attention, "lam", None)
+        if lam is None:
+            return None
+        value = lam()
+        values.append(float(value.full_tensor() if hasattr(value, "full_tensor") else value))
+    return values
+
+
 def _check_resume_compatible(state: dict, model_config: ModelConfig, tokenizer: Tokenizer, ckpt: Path) -> None:
     saved = state["model_config"]
     diffs = [
@@ -195,6 +211,9 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
     autocast = autocast_for(run.train.precision, device)
     torch.manual_seed(run.train.seed)
     model = build_model(model_config, attn_backend=run.train.attn_backend).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    run = run.sized(n_params, dist.world)  # a tokens-per-parameter budget becomes a step count
+    budget = _budget(run, n_params, None if mqar else len(train_data), dist.world)
     model = parallelize(model, run.parallel, dist, device)
     optimizer = build_optimizer(model, run.optim, device)
 
@@ -217,7 +236,8 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / RUN_CONFIG).write_text(
             json.dumps(
-                {"run": run.to_dict(), "model_config": model_config.to_dict(), "world_size": dist.world}, indent=2
+                {"run": run.to_dict(), "model_config": model_config.to_dict(), "world_size": dist.world, **budget},
+                indent=2,
             )
         )
         metrics = MetricsLogger(run_dir, resume_step=start_step if ckpt is not None else None)
@@ -275,7 +295,9 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
             done = step + 1
             tokens_seen += tokens_per_step
             window_tokens += tokens_per_step
-            if metrics is not None and (done % run.train.log_every == 0 or done == run.train.max_steps):
+            log_now = done % run.train.log_every == 0 or done == run.train.max_steps
+            lambdas = layer_lambdas(model) if log_now else None  # every rank: FSDP2 gathers the λ vectors
+            if metrics is not None and log_now:
                 elapsed = max(time.perf_counter() - window_start, 1e-9)
                 record = {
                     "step": done,
@@ -285,6 +307,10 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
                     "tokens": tokens_seen,
                     "tokens_per_s": window_tokens / elapsed,
                 }
+                if "train_tokens" in budget:  # a corpus (MQAR draws new sequences every step)
+                    record["passes"] = tokens_seen / budget["train_tokens"]
+                if lambdas is not None:
+                    record["lambda"] = lambdas
                 if device.type == "cuda":
                     record["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 metrics.log(record)
@@ -308,6 +334,22 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
         if metrics is not None:
             metrics.close()
     return TrainResult(run_dir, run.train.max_steps, last_ckpt, train_loss, val_loss)
+
+
+def _budget(run: RunConfig, n_params: int, train_tokens: int | None, world: int) -> dict:
+    """The run's size in the terms of the budget protocol (docs/results.md): parameters, tokens per
+    parameter and passes over the training split (neither for MQAR: every batch is new), recorded in
+    run_config.json."""
+    tokens = run.train.max_steps * run.tokens_per_step(world)
+    budget = {
+        "params": n_params,
+        "tokens_per_step": run.tokens_per_step(world),
+        "planned_tokens": tokens,
+        "tokens_per_param": tokens / n_params,
+    }
+    if train_tokens is not None:
+        budget |= {"train_tokens": train_tokens, "passes": tokens / train_tokens}
+    return budget
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -1,0 +1,58 @@
+"""``shareddiff reproduce NAME``: the reproduction experiments of ``configs/repro/``.
+
+``spec`` reads an experiment file (a shared recipe, runs with seeds and sweeps, evaluations), ``runner``
+trains and evaluates each run and keeps its record, ``summary`` turns the records into tables, fits
+and plots. A run with a ``record.json`` is done and skipped; a run killed before that resumes from its
+last checkpoint, so the same command continues an interrupted experiment.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from shareddiff.repro.runner import RECORD, check_recorded_recipe, resolve_run, run_one, run_parallel, run_recipe
+from shareddiff.repro.spec import Experiment, RunSpec, experiment_names, load_experiment
+from shareddiff.repro.summary import summarize
+
+__all__ = [
+    "RECORD",
+    "Experiment",
+    "RunSpec",
+    "check_recorded_recipe",
+    "experiment_names",
+    "load_experiment",
+    "reproduce",
+    "run_recipe",
+    "summarize",
+]
+
+log = logging.getLogger(__name__)
+
+
+def reproduce(
+    name: str,
+    runs: list[str] | None = None,
+    out: str = "results/repro",
+    overrides: list[str] | None = None,
+    keep_checkpoints: bool = False,
+    jobs: int = 1,
+    summary_only: bool = False,
+    summary: bool = True,
+    progress: bool = True,
+) -> str:
+    """Run (or resume) the experiment's runs, ``jobs`` at a time, then write its summary."""
+    exp = load_experiment(name)
+    out_path, overrides = Path(out), list(overrides or [])
+    specs = [exp.run(r) for r in runs] if runs else exp.runs
+    if not summary_only:
+        for spec in specs:  # check every recipe before any training starts
+            resolve_run(exp, spec, out_path, overrides)
+        if jobs <= 1:
+            for spec in specs:
+                run_one(exp, spec, out_path, overrides, keep_checkpoints, progress)
+        else:
+            run_parallel(exp, specs, out_path, overrides, keep_checkpoints, jobs)
+    if not summary:
+        return f"{len(specs)} run(s) of {exp.name} done under {out_path / exp.name}"
+    return f"summary: {summarize(exp, out_path)}"

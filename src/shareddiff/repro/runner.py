@@ -1,0 +1,259 @@
+"""Training and evaluating the runs of an experiment: one at a time, or several processes at once.
+
+Each run trains (resuming if it was cut off), evaluates, writes ``record.json`` atomically, then drops its
+checkpoints; ``metrics.jsonl``, ``run_config.json`` and ``eval/`` stay as its record. A finished run is
+reused only for the recipe it was trained with.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from shareddiff.config import RunConfig, load_recipe
+from shareddiff.repro.spec import Experiment, RunSpec
+
+RECORD = "record.json"
+CONCURRENT_ENV = "SHAREDDIFF_REPRO_JOBS"  # set for runs launched by --jobs: their speed is a shared GPU's
+DATA_HINT = (
+    "Build it with `python scripts/build_debian_docs_corpus.py corpus/debian-docs` then `shareddiff data prepare "
+    "corpus/debian-docs --out {path} --val-fraction 0.01` (docs/data.md), or point data.path=... at a prepared folder"
+)
+# Fields a run's record may differ in from the recipe without being another run: where it was written,
+# and what a budget derives (train.tokens_per_param sets max_steps, optim.warmup_fraction warmup_steps).
+_DERIVED = {("train", "out_dir")}
+log = logging.getLogger(__name__)
+
+
+def run_recipe(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str], check_data: bool = True) -> RunConfig:
+    """The recipe of one run: the shared recipe, the run's preset, seed and overrides, then ``overrides``."""
+    run = load_recipe(
+        str(exp.recipe),
+        spec.preset,
+        [*spec.overrides, f"train.seed={spec.seed}", f"train.out_dir={out / exp.name / spec.name}", *overrides],
+    )
+    if check_data and run.data.path and not Path(run.data.path).is_dir():
+        raise ValueError(f"data.path={run.data.path!r} does not exist. " + DATA_HINT.format(path=run.data.path))
+    run.validate()
+    return run
+
+
+def check_recorded_recipe(run: RunConfig, run_dir: Path) -> None:
+    """A finished run is reused only for the recipe it was trained with; otherwise name what differs."""
+    from shareddiff.train.trainer import RUN_CONFIG
+
+    recorded = json.loads((run_dir / RUN_CONFIG).read_text())["run"]
+    wanted = run.to_dict()
+    derived = set(_DERIVED)
+    if wanted["train"].get("tokens_per_param", 0) > 0:
+        derived.add(("train", "max_steps"))
+    if wanted["optim"].get("warmup_fraction", 0) > 0:
+        derived.add(("optim", "warmup_steps"))
+    diffs = [
+        f"{section}.{key}: recorded {recorded.get(section, {}).get(key)!r}, now {value!r}"
+        for section, values in wanted.items()
+        for key, value in values.items()
+        if (section, key) not in derived and recorded.get(section, {}).get(key, _default(section, key)) != value
+    ]
+    if diffs:
+        raise ValueError(
+            f"{run_dir} holds a finished run of another recipe ({'; '.join(diffs)}); pass --out to keep "
+            "this variant apart, or delete that folder to redo the run"
+        )
+
+
+def _default(section: str, key: str) -> Any:
+    """A recipe field's default: what a record made before the field existed was trained with."""
+    defaults = RunConfig().to_dict()
+    return defaults.get(section, {}).get(key)
+
+
+def resolve_run(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str]) -> tuple[RunConfig, bool]:
+    """(the run's recipe, whether it is finished). A finished run must match its recorded recipe; an
+    unfinished one needs its data."""
+    run = run_recipe(exp, spec, out, overrides, check_data=False)
+    run_dir = Path(run.train.out_dir)
+    if (run_dir / RECORD).is_file():
+        check_recorded_recipe(run, run_dir)
+        return run, True
+    return run_recipe(exp, spec, out, overrides), False
+
+
+def evaluate_run(exp: Experiment, run_dir: Path) -> dict[str, Any]:
+    """The experiment's evaluations of one trained run, as the evaluation functions return them."""
+    from shareddiff.eval import commands
+
+    results: dict[str, Any] = {}
+    if "lm" in exp.evals:
+        results["lm"] = commands.lm_results(str(run_dir), None, 262_144, None, "auto", None)
+        log.info("  eval lm: loss %.4f, AR-Hit %.4f", results["lm"]["loss"], results["lm"]["ar_hit_loss"])
+    if "needle" in exp.evals:
+        cfg, rows = exp.needle, []
+        for n_needles, n_queries in cfg["configs"]:
+            data = commands.needle_results(
+                str(run_dir),
+                cfg["lengths"],
+                cfg["depths"],
+                n_needles,
+                n_queries,
+                cfg["samples"],
+                cfg["seed"],
+                "auto",
+                None,
+            )
+            by_length = {
+                str(n): statistics.fmean(c["accuracy"] for c in data["cells"] if c["length"] == n)
+                for n in cfg["lengths"]
+            }
+            rows.append(
+                {"n_needles": n_needles, "n_queries": n_queries, "accuracy": data["accuracy"], "by_length": by_length}
+            )
+            log.info("  eval needle N=%d R=%d: accuracy %.3f", n_needles, n_queries, data["accuracy"])
+        results["needle"] = rows
+    if "attention" in exp.evals:
+        cfg = exp.attention
+        results["attention"] = commands.attention_results(
+            str(run_dir), cfg["length"], cfg["depths"], cfg["needles"], cfg["samples"], cfg["seed"], "auto", None
+        )
+        log.info("  eval attention: done")
+    return results
+
+
+def _device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+
+
+def build_record(exp: Experiment, spec: RunSpec, run_dir: Path, overrides: list[str], evals: dict) -> dict[str, Any]:
+    """What a finished run leaves for the summaries: its budget, final losses, λ, speed, device."""
+    import torch
+
+    from shareddiff.config import ModelConfig
+    from shareddiff.params import count_parameters
+    from shareddiff.train.metrics import read_metrics
+    from shareddiff.train.trainer import RUN_CONFIG
+
+    rows = read_metrics(run_dir)
+    vals = [r for r in rows if "val_loss" in r]
+    train_rows = [r for r in rows if "loss" in r]
+    speeds = [r["tokens_per_s"] for r in train_rows if "tokens_per_s" in r]
+    run_config = json.loads((run_dir / RUN_CONFIG).read_text())
+    config = ModelConfig.from_dict(run_config["model_config"])  # as trained
+    counts = count_parameters(config)
+    last = train_rows[-1]
+    return {
+        "experiment": exp.name,
+        "run": spec.name,
+        "group": spec.group,
+        "family": spec.family or spec.group,
+        "point": dict(spec.point),
+        "preset": spec.preset,
+        "variant": config.attention,
+        "seed": spec.seed,
+        "overrides": [*spec.overrides, *overrides],
+        "lr": run_config["run"]["optim"]["lr"],
+        "max_steps": run_config["run"]["train"]["max_steps"],
+        "params": counts.total,
+        "params_non_embedding": counts.non_embedding,
+        "val_loss": vals[-1]["val_loss"],
+        "train_loss": last["loss"],
+        "tokens": vals[-1]["tokens"],
+        "tokens_per_param": vals[-1]["tokens"] / counts.total,
+        "passes": vals[-1]["tokens"] / run_config["train_tokens"] if "train_tokens" in run_config else None,
+        "train_tokens_unique": run_config.get("train_tokens"),
+        "lambda": last.get("lambda"),
+        "grad_norm": last.get("grad_norm"),
+        "tokens_per_s": statistics.median(speeds) if speeds else None,
+        "concurrent_runs": int(os.environ.get(CONCURRENT_ENV, "1")),
+        "peak_memory_gib": max((r.get("peak_memory_gib", 0.0) for r in rows), default=0.0) or None,
+        "device": _device_name(),
+        "torch": torch.__version__,
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "evals": evals,
+    }
+
+
+def run_one(
+    exp: Experiment, spec: RunSpec, out: Path, overrides: list[str], keep_checkpoints: bool, progress: bool
+) -> dict[str, Any]:
+    """Train and evaluate one run (resuming it if it was cut off); its record, also in RUN/record.json."""
+    from shareddiff.train import train
+
+    run, finished = resolve_run(exp, spec, out, overrides)
+    run_dir = Path(run.train.out_dir)
+    if finished:
+        log.info("%s/%s: done before (%s)", exp.name, spec.name, run_dir / RECORD)
+        return json.loads((run_dir / RECORD).read_text())
+    log.info("== %s/%s: %s, seed %d", exp.name, spec.name, spec.preset, spec.seed)
+    start = time.perf_counter()
+    train(run, resume=True, progress=progress)
+    trained = time.perf_counter() - start
+    record = build_record(exp, spec, run_dir, overrides, evaluate_run(exp, run_dir))
+    record["seconds_train"] = trained  # of this invocation (a resumed run: the rest of its steps)
+    record["seconds_total"] = time.perf_counter() - start
+    tmp = run_dir / (RECORD + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=float))
+    tmp.replace(run_dir / RECORD)
+    if not keep_checkpoints:  # the record is complete: the weights are no longer needed
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    log.info(
+        "   %s: val loss %.4f after %s tokens (%.1f per parameter), %.0f s",
+        spec.name,
+        record["val_loss"],
+        f"{record['tokens']:,}",
+        record["tokens_per_param"],
+        trained,
+    )
+    return record
+
+
+def run_parallel(exp: Experiment, specs: list[RunSpec], out: Path, overrides: list[str], keep: bool, jobs: int) -> None:
+    """Each run in its own process, logging to RUN/reproduce.log. With several GPUs, each process gets one
+    (CUDA_VISIBLE_DEVICES), ``jobs`` at a time; on one GPU the runs share it (for the 23m models on one
+    H100, three at a time took 1.4x longer in all than one after another: docs/results.md)."""
+    import queue
+
+    import torch
+
+    slots: queue.Queue[str | None] = queue.Queue()
+    gpus = torch.cuda.device_count()
+    for i in range(jobs):
+        slots.put(str(i % gpus) if gpus > 1 else None)
+
+    def launch(spec: RunSpec) -> tuple[str, int]:
+        run_dir = out / exp.name / spec.name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "shareddiff.cli", "reproduce", str(exp.path), "--run", spec.name]
+        cmd += ["--out", str(out), "--no-progress", "--no-summary", *(["--keep-checkpoints"] if keep else [])]
+        cmd += overrides
+        gpu = slots.get()
+        env = {**os.environ, CONCURRENT_ENV: str(jobs if gpu is None else -(-jobs // gpus))}
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        try:
+            with (run_dir / "reproduce.log").open("a") as f:
+                code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        finally:
+            slots.put(gpu)
+        outcome = "finished" if code == 0 else f"failed (exit {code}), see {run_dir}/reproduce.log"
+        print(f"{exp.name}/{spec.name}: {outcome}", flush=True)
+        return spec.name, code
+
+    with ThreadPoolExecutor(jobs) as pool:
+        failed = [n for n, code in pool.map(launch, specs) if code != 0]
+    if failed:
+        raise ValueError(
+            f"runs {failed} failed; see their reproduce.log, then run the same command again to resume them"
+        )

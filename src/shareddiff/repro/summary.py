@@ -1,0 +1,373 @@
+"""Summaries of an experiment from its runs' records: ``summary.json``, ``summary.md`` and plots.
+
+Per group (runs that differ only in their seed): mean ± std of the losses, the budget (tokens per
+parameter, passes over the data), λ per layer, speed. Per sweep family: the best value of the swept key
+and whether it lies inside the swept range. Fits of loss against parameters (``scaling``) and against
+training tokens (``tokens_fit``), each with a parametric-bootstrap interval from the seed spread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shareddiff.repro.runner import RECORD
+from shareddiff.repro.spec import Experiment
+
+BOOTSTRAP = 200  # refits per variant for the fits' intervals
+
+
+def _mean_std(values: list[float]) -> dict[str, float]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"mean": math.nan, "std": 0.0, "n": 0, "sem": 0.0}
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": statistics.fmean(values), "std": std, "n": len(values), "sem": std / math.sqrt(len(values))}
+
+
+def _fmt(stat: dict[str, float], digits: int = 4) -> str:
+    return f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["n"] > 1 else "")
+
+
+def load_records(exp: Experiment, out: Path) -> list[dict]:
+    """The records of the experiment's finished runs and of the runs it includes from other experiments."""
+    folder = out / exp.name
+    run_dirs = [folder / s.name for s in exp.runs]
+    for ref in exp.summary.get("include", []):  # "EXPERIMENT/RUN": a run another experiment already made
+        if not (out / ref / RECORD).is_file():
+            raise ValueError(
+                f"{exp.name} includes {ref}, which has not run yet; run `shareddiff reproduce {ref.split('/')[0]} "
+                f"--run {ref.split('/')[-1]}` first"
+            )
+        run_dirs.append(out / ref)
+    records = [json.loads((d / RECORD).read_text()) | {"dir": str(d)} for d in run_dirs if (d / RECORD).is_file()]
+    if not records:
+        raise ValueError(f"no finished runs under {folder}; run `shareddiff reproduce {exp.name}` first")
+    return records
+
+
+def group_entry(recs: list[dict]) -> dict[str, Any]:
+    """One group's statistics over its seeds."""
+    first = recs[0]
+    entry: dict[str, Any] = {
+        "family": first.get("family", first["group"]),
+        "point": first.get("point", {}),
+        "preset": first["preset"],
+        "variant": first["variant"],
+        "overrides": first["overrides"],
+        "seeds": [r["seed"] for r in recs],
+        "params": first["params"],
+        "params_non_embedding": first["params_non_embedding"],
+        "tokens": first["tokens"],
+        "tokens_per_param": first.get("tokens_per_param", first["tokens"] / first["params"]),
+        "passes": first.get("passes"),
+        "lr": first.get("lr"),
+        "val_loss": _mean_std([r["val_loss"] for r in recs]),
+        "train_loss": _mean_std([r.get("train_loss") for r in recs]),
+        "tokens_per_s": _mean_std([r["tokens_per_s"] for r in recs if r.get("tokens_per_s")]),
+        "concurrent_runs": max(r.get("concurrent_runs", 1) for r in recs),
+        "device": first["device"],
+    }
+    lambdas = [r["lambda"] for r in recs if r.get("lambda")]
+    if lambdas:
+        entry["lambda"] = [statistics.fmean(layer) for layer in zip(*lambdas, strict=True)]
+    if all("lm" in r["evals"] for r in recs):
+        for key in ("ar_hit_loss", "others_loss"):
+            entry[key] = _mean_std([r["evals"]["lm"][key] for r in recs])
+    if all("needle" in r["evals"] for r in recs):
+        entry["needle"] = [
+            {
+                "n_needles": row["n_needles"],
+                "n_queries": row["n_queries"],
+                "accuracy": _mean_std([r["evals"]["needle"][i]["accuracy"] for r in recs]),
+                "by_length": {
+                    n: statistics.fmean(r["evals"]["needle"][i]["by_length"][n] for r in recs) for n in row["by_length"]
+                },
+            }
+            for i, row in enumerate(first["evals"]["needle"])
+        ]
+    if all("attention" in r["evals"] for r in recs):
+        entry["attention"] = {
+            key: _mean_std([statistics.fmean(row[key] for row in r["evals"]["attention"]["rows"]) for r in recs])
+            for key in ("answer", "noise")
+        }
+    return entry
+
+
+def select_best(groups: dict[str, dict], key: str) -> dict[str, dict]:
+    """Per sweep family, the value of ``key`` (e.g. "optim.lr") with the lowest mean validation loss, and
+    whether it is interior (not at either end of the swept values: else the sweep must be extended)."""
+    families: dict[str, list[tuple[Any, str, dict]]] = {}
+    for group, e in groups.items():
+        if key in e["point"]:
+            families.setdefault(e["family"], []).append((e["point"][key], group, e))
+    out = {}
+    for family, points in families.items():
+        points.sort(key=lambda p: p[0])
+        best = min(points, key=lambda p: p[2]["val_loss"]["mean"])
+        out[family] = {
+            "key": key,
+            "values": [p[0] for p in points],
+            "val_loss": [p[2]["val_loss"] for p in points],
+            "best": best[0],
+            "best_group": best[1],
+            "best_val_loss": best[2]["val_loss"],
+            "interior": points[0][0] != best[0] != points[-1][0] and len(points) >= 3,
+            "variant": best[2]["variant"],
+        }
+    return out
+
+
+def fit_with_interval(x: list[float], y: list[float], sigma: float, seed: int = 0) -> dict[str, Any]:
+    """The power-law fit of y over x (``eval.scaling.fit_power_law``) plus ``BOOTSTRAP`` refits with each
+    y drawn from N(y, sigma²): the seed spread carried into the fit."""
+    from shareddiff.eval.scaling import fit_power_law
+
+    fit = fit_power_law(x, y)
+    rng = np.random.default_rng(seed)
+    draws = []
+    if sigma > 0:
+        for _ in range(BOOTSTRAP):
+            noisy = np.asarray(y) + rng.normal(0, sigma, len(y))
+            try:
+                draws.append(fit_power_law(x, noisy))
+            except (ValueError, np.linalg.LinAlgError):
+                continue
+    return {**fit, "draws": draws, "sigma": sigma}
+
+
+def needed_with_interval(fit: dict, loss: float, sigma: float, seed: int = 1) -> tuple[float, float, float]:
+    """(x needed to reach ``loss``, 16th and 84th percentiles over the bootstrap, the loss itself drawn
+    from N(loss, sigma²)); inf where the curve never gets there."""
+    from shareddiff.eval.scaling import needed_for_loss
+
+    point = needed_for_loss(fit, loss)
+    if not fit["draws"]:
+        return point, math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    needs = [needed_for_loss(d, loss + rng.normal(0, sigma)) for d in fit["draws"]]
+    lo, hi = np.percentile(needs, [16, 84])
+    return point, float(lo), float(hi)
+
+
+def seed_sigma(groups: dict[str, dict]) -> float:
+    """The pooled seed standard deviation of the groups with several seeds (0 if none)."""
+    spreads = [e["val_loss"]["std"] ** 2 for e in groups.values() if e["val_loss"]["n"] > 1]
+    return math.sqrt(statistics.fmean(spreads)) if spreads else 0.0
+
+
+def efficiency(groups: dict[str, dict], x_key: str, references: list[str], sigma: float) -> dict[str, Any]:
+    """Per variant a fit of mean validation loss against ``x_key`` ("params_non_embedding" or "tokens")
+    over its groups, and for every reference group the x each other variant needs to reach its loss, as
+    a multiple of the reference's x (with a 16–84 % bootstrap interval)."""
+    by_variant: dict[str, list[dict]] = {}
+    for e in groups.values():
+        by_variant.setdefault(e["variant"], []).append(e)
+    fits, points = {}, {}
+    for variant, entries in by_variant.items():
+        xs = sorted({e[x_key] for e in entries})
+        means = [statistics.fmean(e["val_loss"]["mean"] for e in entries if e[x_key] == x) for x in xs]
+        points[variant] = list(zip(xs, means, strict=True))
+        if len(xs) >= 3:
+            fits[variant] = fit_with_interval(xs, means, sigma)
+    rows = []
+    for reference in references:
+        for x, loss in points.get(reference, []):
+            for variant, fit in fits.items():
+                if variant == reference:
+                    continue
+                need, lo, hi = needed_with_interval(fit, loss, sigma)
+                xs = [p[0] for p in points[variant]]
+                rows.append(
+                    {
+                        "reference": reference,
+                        "variant": variant,
+                        "reference_x": x,
+                        "loss": loss,
+                        "needed_fraction": need / x,
+                        "interval": [lo / x, hi / x],
+                        "extrapolated": not min(xs) <= need <= max(xs),
+                    }
+                )
+    clean = {v: {k: f[k] for k in ("a", "b", "c", "sse")} for v, f in fits.items()}
+    exact = bool(fits) and all(len(points[v]) == 3 for v in fits)
+    return {"x": x_key, "points": points, "fits": clean, "match": rows, "sigma": sigma, "exact": exact}
+
+
+def summarize(exp: Experiment, out: Path) -> Path:
+    """``summary.json``, ``summary.md`` and plots from the records of the experiment's finished runs."""
+    from shareddiff import plots
+
+    folder = out / exp.name
+    records = load_records(exp, out)
+    by_group: dict[str, list[dict]] = {}
+    for record in records:
+        by_group.setdefault(record["group"], []).append(record)
+    groups = {group: group_entry(recs) for group, recs in by_group.items()}
+    summary: dict[str, Any] = {"experiment": exp.name, "description": exp.description, "groups": groups}
+    baseline = exp.summary.get("baseline")
+    if baseline in groups:
+        ref = groups[baseline]["val_loss"]["mean"]
+        for entry in groups.values():
+            entry["delta_vs_baseline"] = entry["val_loss"]["mean"] - ref
+    sigma = seed_sigma(groups)
+    summary["seed_sigma"] = sigma
+    references = exp.summary.get("references", ["standard", "diff"])
+    if exp.summary.get("select"):
+        summary["select"] = select_best(groups, exp.summary["select"])
+        plots.plot_sweep(
+            summary["select"], folder / "sweep.png", f"{exp.name}: validation loss by {exp.summary['select']}"
+        )
+    if exp.summary.get("scaling"):
+        summary["params_fit"] = efficiency(groups, "params_non_embedding", references, sigma)
+        plots.plot_efficiency(summary["params_fit"], folder / "scaling.png", "non-embedding parameters")
+    if exp.summary.get("tokens_fit"):
+        summary["tokens_fit"] = efficiency(groups, "tokens", references, sigma)
+        plots.plot_efficiency(summary["tokens_fit"], folder / "tokens.png", "training tokens (each its own schedule)")
+    plots.plot_group_curves(
+        {f"{g} (n={len(recs)})": [r["dir"] for r in recs] for g, recs in by_group.items()},
+        folder / "loss_curves.png",
+        f"{exp.name}: validation loss (mean over seeds)",
+    )
+    if any("lambda" in e for e in groups.values()):
+        plots.plot_lambdas({g: e["lambda"] for g, e in groups.items() if "lambda" in e}, folder / "lambda.png")
+    if any("needle" in e for e in groups.values()):
+        plots.plot_needle_bars(summary, folder / "needle.png")
+    (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    (folder / "summary.md").write_text(summary_markdown(exp, summary, baseline))
+    return folder / "summary.md"
+
+
+def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return [
+        "| " + " | ".join(map(str, header)) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(map(str, row)) + " |" for row in rows),
+    ]
+
+
+def _efficiency_rows(result: dict, unit: str) -> list[str]:
+    rows = []
+    for m in sorted(result["match"], key=lambda m: (m["reference"], m["reference_x"], m["variant"])):
+        frac, (lo, hi) = m["needed_fraction"], m["interval"]
+        if math.isinf(frac):
+            needed = "beyond the fit"
+        else:
+            needed = f"{frac:.2f}" + ("" if math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]")
+            needed += " (extrapolated)" if m["extrapolated"] else ""
+        rows.append([m["reference"], f"{m['reference_x']:,}", f"{m['loss']:.4f}", m["variant"], needed])
+    lines = [
+        "",
+        f"{unit.capitalize()} a variant needs to reach the reference's loss, as a multiple of the reference's "
+        "(from the variant's power-law fit; below 1 = fewer; in brackets the 16–84 % interval of a bootstrap "
+        f"that redraws every mean loss with the seed spread σ = {result['sigma']:.4f}):",
+        "",
+        *md_table(["reference", f"its {unit}", "its loss", "variant", "needed (× ref)"], rows),
+    ]
+    if result.get("exact"):
+        lines += ["", "With three points per variant the fit passes through every point: no residual checks it."]
+    return lines
+
+
+def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> str:
+    groups = summary["groups"]
+    with_delta = baseline in groups
+    header = ["group", "params", "tokens", "tokens/param", "passes", "lr", "seeds", "val loss", "train loss"]
+    header += ["tokens/s¹"] + [f"Δ vs {baseline}"] * with_delta
+    rows = [
+        [
+            group,
+            f"{e['params']:,}",
+            f"{e['tokens']:,}",
+            f"{e['tokens_per_param']:.1f}",
+            "—" if e["passes"] is None else f"{e['passes']:.2f}",
+            "—" if e["lr"] is None else f"{e['lr']:g}",
+            len(e["seeds"]),
+            _fmt(e["val_loss"]),
+            _fmt(e["train_loss"]),
+            f"{e['tokens_per_s']['mean']:,.0f}" if e["tokens_per_s"]["n"] else "—",
+            *([f"{e['delta_vs_baseline']:+.4f}"] if with_delta else []),
+        ]
+        for group, e in groups.items()
+    ]
+    lines = [f"# {exp.name}", "", exp.description, "", *md_table(header, rows)]
+    shared = max(e["concurrent_runs"] for e in groups.values())
+    note = f"; up to {shared} runs shared a GPU at a time, so these are not speed measurements." if shared > 1 else "."
+    lines += ["", "¹ training tokens/s of one run, median over its log windows" + note]
+    overrides = {g: " ".join(e["overrides"]) for g, e in groups.items() if e["overrides"]}
+    if overrides:
+        lines += [
+            "",
+            *md_table(["group", "preset", "overrides"], [[g, groups[g]["preset"], o] for g, o in overrides.items()]),
+        ]
+    if summary["seed_sigma"]:
+        lines += ["", f"Pooled seed standard deviation of the validation loss: {summary['seed_sigma']:.4f} nats."]
+    if "select" in summary:
+        rows = [
+            [
+                family,
+                ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in s["values"]),
+                s["best"],
+                _fmt(s["best_val_loss"]),
+                "yes" if s["interior"] else "**no: extend the sweep**",
+            ]
+            for family, s in summary["select"].items()
+        ]
+        key = next(iter(summary["select"].values()))["key"]
+        lines += [
+            "",
+            f"Best {key} per family:",
+            "",
+            *md_table(["family", "swept", "best", "val loss", "interior"], rows),
+        ]
+        lines += ["", "![sweep](sweep.png)"]
+    if any("ar_hit_loss" in e for e in groups.values()):
+        rows = [[g, _fmt(e["ar_hit_loss"]), _fmt(e["others_loss"])] for g, e in groups.items() if "ar_hit_loss" in e]
+        lines += ["", *md_table(["group", "AR-Hit loss", "Others loss"], rows)]
+    lambdas = {g: e["lambda"] for g, e in groups.items() if "lambda" in e}
+    if lambdas:
+        depth = max(len(v) for v in lambdas.values())
+        rows = [[g, *(f"{x:.3f}" for x in v)] for g, v in lambdas.items()]
+        lines += ["", "Final λ per layer (mean over seeds):", "", *md_table(["group", *range(1, depth + 1)], rows)]
+        lines += ["", "![lambda](lambda.png)"]
+    lines += _needle_lines(groups)
+    if any("attention" in e for e in groups.values()):
+        rows = [
+            [g, _fmt(e["attention"]["answer"], 3), _fmt(e["attention"]["noise"], 3)]
+            for g, e in groups.items()
+            if "attention" in e
+        ]
+        lines += ["", *md_table(["group", "attention on the answer", "attention on noise"], rows)]
+    if "params_fit" in summary:
+        lines += [*_efficiency_rows(summary["params_fit"], "non-embedding parameters"), "", "![scaling](scaling.png)"]
+    if "tokens_fit" in summary:
+        lines += [*_efficiency_rows(summary["tokens_fit"], "training tokens"), "", "![tokens](tokens.png)"]
+    lines += ["", "![validation loss](loss_curves.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _needle_lines(groups: dict) -> list[str]:
+    needle_groups = {g: e for g, e in groups.items() if "needle" in e}
+    if not needle_groups:
+        return []
+    first = next(iter(needle_groups.values()))["needle"]
+    cols = [f"N={r['n_needles']} R={r['n_queries']}" for r in first]
+    rows = [[g, *(_fmt(r["accuracy"], 3) for r in e["needle"])] for g, e in needle_groups.items()]
+    lines = ["", "Multi-needle accuracy (mean over lengths and depths):", "", *md_table(["group", *cols], rows)]
+    lengths = list(first[0]["by_length"])
+    rows = [
+        [g, *(f"{statistics.fmean(r['by_length'][n] for r in e['needle']):.3f}" for n in lengths)]
+        for g, e in needle_groups.items()
+    ]
+    lines += [
+        "",
+        "By context length (mean over the N/R settings and depths):",
+        "",
+        *md_table(["group", *lengths], rows),
+    ]
+    return [*lines, "", "![needle](needle.png)"]

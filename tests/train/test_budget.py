@@ -1,0 +1,87 @@
+"""Runs sized by tokens per parameter, and what every run records (budget protocol, docs/results.md)."""
+
+import json
+import math
+
+import pytest
+
+from shareddiff.config import load_recipe
+from shareddiff.model import build_model
+from shareddiff.train import train
+from shareddiff.train.metrics import read_metrics
+from shareddiff.train.trainer import RUN_CONFIG, layer_lambdas
+
+
+def test_tokens_per_param_sets_the_step_count_and_warmup_fraction():
+    run = load_recipe(
+        None,
+        "shared_diff-tiny",
+        ["train.tokens_per_param=10", "optim.warmup_fraction=0.03", "data.seq_len=128", "train.micro_batch=8"],
+    )
+    sized = run.sized(n_params=1_000_003, world_size=2)
+    per_step = 8 * 1 * 128 * 2
+    assert sized.train.max_steps == math.ceil(10 * 1_000_003 / per_step) == 4883
+    assert sized.optim.warmup_steps == math.ceil(0.03 * 4883) == 147
+    assert run.train.max_steps == 1000 and run.optim.warmup_steps == 100  # the recipe itself is unchanged
+
+
+def test_without_a_budget_the_recipe_decides():
+    run = load_recipe(None, "shared_diff-tiny", ["train.max_steps=77", "optim.warmup_steps=5"])
+    sized = run.sized(n_params=10**9)
+    assert (sized.train.max_steps, sized.optim.warmup_steps) == (77, 5)
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [("train.tokens_per_param=-1", "train.tokens_per_param"), ("optim.warmup_fraction=0.7", "optim.warmup_fraction")],
+)
+def test_bad_budget_fields_are_named(override, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        load_recipe(None, "shared_diff-tiny", [override])
+
+
+def test_a_sized_run_records_budget_lambda_and_grad_norm(make_run):
+    run = make_run("train.tokens_per_param=0.05", "optim.warmup_fraction=0.05", "train.log_every=2")
+    result = train(run, progress=False)
+    config = json.loads((result.run_dir / RUN_CONFIG).read_text())
+    params = config["params"]
+    per_step = 4 * 32
+    steps = math.ceil(0.05 * params / per_step)
+    assert config["run"]["train"]["max_steps"] == steps == result.step
+    assert config["run"]["optim"]["warmup_steps"] == math.ceil(0.05 * steps)
+    assert config["tokens_per_param"] == pytest.approx(steps * per_step / params)
+    assert config["passes"] == pytest.approx(steps * per_step / config["train_tokens"])
+    rows = [r for r in read_metrics(result.run_dir) if "loss" in r]
+    assert [r["step"] for r in rows][-1] == steps
+    model, _, _ = _load(result.checkpoint)
+    final = rows[-1]
+    assert final["lambda"] == pytest.approx(layer_lambdas(model), abs=1e-6)  # the trained model's λ per layer
+    assert len(final["lambda"]) == model.config.n_layers
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in rows)
+    assert final["passes"] == pytest.approx(final["tokens"] / config["train_tokens"])
+    first = rows[0]["lambda"]
+    assert first != final["lambda"]  # λ moves during training, and the record shows it
+
+
+def _load(checkpoint):
+    from shareddiff.train import load_model
+
+    return load_model(checkpoint)
+
+
+def test_lambdas_equal_the_closed_form():
+    import torch
+
+    from shareddiff.config import ModelConfig
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_preset("diff-tiny"))
+    for block, value in zip(model.layers, layer_lambdas(model), strict=True):
+        a = block.attention
+        expected = (
+            math.exp(torch.dot(a.lambda_q1.double(), a.lambda_k1.double()).item())
+            - math.exp(torch.dot(a.lambda_q2.double(), a.lambda_k2.double()).item())
+            + a.lambda_init
+        )
+        assert value == pytest.approx(expected, abs=1e-6)
+    assert layer_lambdas(build_model(ModelConfig.from_preset("transformer-tiny"))) is None
