@@ -165,6 +165,44 @@ def attention_results(
     return result
 
 
+def run_mqar(
+    checkpoint: str, lengths: list[int] | None, samples: int | None, seed: int, device: str, out: str | None
+) -> str:
+    """`eval mqar`: :func:`mqar_results` as one line."""
+    result = mqar_results(checkpoint, lengths, samples, seed, device, out)
+    rows = ", ".join(f"N={r['seq_len']}: {r['accuracy']:.3f}" for r in result["rows"])
+    return f"MQAR accuracy ({result['pairs']} pairs) {rows} → {output_dir(checkpoint, out) / 'mqar.json'}"
+
+
+def mqar_results(
+    checkpoint: str, lengths: list[int] | None, samples: int | None, seed: int, device: str, out: str | None
+) -> dict:
+    """MQAR loss and accuracy of a checkpoint trained on MQAR (data.source = "mqar"), with the task settings
+    it was trained with, at ``lengths`` (default: its training length N and 2N where max_seq_len allows);
+    also written to mqar.json."""
+    from shareddiff.config import MQARConfig
+    from shareddiff.eval.mqar import mqar_eval
+
+    model, _, state = _load(checkpoint, device)
+    run = state["run"]
+    if run["data"].get("source") != "mqar":
+        raise ValueError(
+            f"{checkpoint} was not trained on MQAR (data.source={run['data'].get('source', 'corpus')!r}); "
+            "`eval mqar` needs a run trained with data.source=mqar"
+        )
+    config = MQARConfig(**run["mqar"])
+    n = run["data"]["seq_len"]
+    lengths = lengths or [length for length in (n, 2 * n) if length <= model.config.max_seq_len]
+    result = {
+        "checkpoint": str(checkpoint),
+        "model": _name(state),
+        "train_seq_len": n,
+        **mqar_eval(model, config, lengths, samples or config.eval_samples, seed),
+    }
+    write_json(output_dir(checkpoint, out) / "mqar.json", result)
+    return result
+
+
 def run_icl(
     checkpoint: str,
     dataset: str | None,

@@ -88,30 +88,6 @@ def mqar_eval(
     return {"pairs": config.pairs, "queries": config.n_queries(), "samples": samples, "seed": seed, "rows": rows}
 
 
-def mqar_checkpoint_eval(
-    checkpoint: str | Path,
-    lengths: list[int] | None = None,
-    samples: int | None = None,
-    seed: int = 0,
-    device: str = "auto",
-) -> dict[str, Any]:
-    """``mqar_eval`` of a checkpoint trained on MQAR, with the task settings it was trained with; lengths
-    default to its training length N and 2N (2N only where ``max_seq_len`` allows)."""
-    from shareddiff.train import load_model
-    from shareddiff.train.trainer import select_device
-
-    model, _, state = load_model(checkpoint, device=select_device(device))
-    run = state["run"]
-    if run["data"].get("source") != "mqar":
-        raise ValueError(f"{checkpoint} was not trained on MQAR (data.source={run['data'].get('source')!r})")
-    config = MQARConfig(**run["mqar"])
-    n = run["data"]["seq_len"]
-    if not lengths:
-        lengths = [length for length in (n, 2 * n) if length <= model.config.max_seq_len]
-    result = mqar_eval(model, config, lengths, samples or config.eval_samples, seed)
-    return {"checkpoint": str(checkpoint), "train_seq_len": n, **result}
-
-
 def steps_to(curve: list[tuple[int, float]], level: float) -> int | None:
     """The first step of ``curve`` ((step, accuracy) pairs, in step order) whose accuracy is ≥ ``level``."""
     return next((step for step, accuracy in curve if accuracy >= level), None)
