@@ -176,3 +176,27 @@ def _digits_of(text: str) -> str:
 
     match = re.search(r"\d+", text)
     return match.group(0) if match else ""
+
+
+@pytest.mark.parametrize("split_digits", [True, False])
+def test_probe_matches_one_prompt_at_a_time(seed, tiny_tokenizer, tiny_data, split_digits):
+    """The trainer's batched, padded probe equals an unbatched float64 reference per prompt."""
+    from shareddiff import ModelConfig, build_model
+    from shareddiff.eval.needle import NeedleProbe
+
+    builder = NeedleBuilder(tiny_tokenizer, load_split(tiny_data, "val"), split_digits=split_digits)
+    probe = NeedleProbe(builder, 200, max_needles=2, samples=5, seed=seed)
+    model = build_model(ModelConfig(attention="shared_diff", vocab_size=300, max_seq_len=256)).eval()
+    scores = probe(model, batch_size=3)
+    logprobs, hits, exact = [], [], []
+    for prompt, answer in probe.rows:
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + answer])).double().log_softmax(-1)[0, len(prompt) - 1 : -1]
+        logprobs.append(sum(logits[j, t].item() for j, t in enumerate(answer)))
+        right = [int(logits[j].argmax()) == t for j, t in enumerate(answer)]
+        hits += right
+        exact.append(all(right))
+    assert scores["needle_answer_logprob"] == pytest.approx(sum(logprobs) / 5, rel=1e-4)
+    assert scores["needle_token_accuracy"] == sum(hits) / len(hits)
+    assert scores["needle_accuracy"] == sum(exact) / 5
+    assert model.training is False

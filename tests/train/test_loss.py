@@ -74,3 +74,20 @@ def test_mix_row_weights_follow_the_answer(tiny_tokenizer, tiny_data):
     assert len(ids) == len(weights) == 300
     zero = (weights == 0).nonzero()[0]
     assert mix.builder.tok.decode([ids[i] for i in zero]).strip().isdigit() and len(zero) == 8
+
+
+def test_trainer_with_a_weighted_needle_mix_logs_the_probe(make_run):
+    from shareddiff.train import train
+    from shareddiff.train.metrics import read_metrics
+
+    run = make_run(
+        "data.seq_len=256",
+        'data.mix="needle:0.5:1:answer_weight=5"',
+        "train.max_steps=2",
+        "train.eval_every=2",
+        "train.micro_batch=2",
+    )
+    train(run, progress=False)
+    final = [r for r in read_metrics(run.train.out_dir) if "val_loss" in r][-1]
+    assert {"needle_accuracy", "needle_token_accuracy", "needle_answer_logprob"} <= set(final)
+    assert final["needle_answer_logprob"] < 0 and 0 <= final["needle_token_accuracy"] <= 1

@@ -356,6 +356,64 @@ def _greedy(model, logits: Tensor, cache, steps: int) -> list[int]:
     return tokens
 
 
+PROBE_SAMPLES = 64  # prompts of the trainer's needle probe
+
+
+class NeedleProbe:
+    """The trainer's periodic needle measurement (the learning curve of a run with a needle mix): a fixed
+    set of prompts of ``length`` tokens (1 to ``max_needles`` needles, filler from the validation split),
+    each followed by its answer, scored teacher-forced in one forward pass per batch.
+
+    Calling it gives ``needle_accuracy`` (every answer token is the argmax: greedy decoding would give
+    the number, the exact match of ``needle_eval``), ``needle_token_accuracy`` (the fraction of answer
+    tokens that are the argmax given the true ones before them; per digit with split digits) and
+    ``needle_answer_logprob`` (mean log p(" <number>" | prompt), nats).
+    """
+
+    def __init__(
+        self, builder: NeedleBuilder, length: int, max_needles: int, samples: int = PROBE_SAMPLES, seed: int = 0
+    ) -> None:
+        rng = random.Random(f"needle-probe-{seed}-{length}-{max_needles}")
+        answer_len = len(builder.answer_ids("1234567"))
+        self.rows: list[tuple[list[int], list[int]]] = []  # (prompt, answer)
+        for _ in range(samples):
+            sample = builder.sample(length - answer_len, rng.randint(1, max_needles), 1, rng.random(), rng)
+            self.rows.append((sample.ids, builder.answer_ids(sample.numbers[sample.queries[0]])))
+        self.pad = builder.tok.eos_id
+
+    @torch.no_grad()
+    def __call__(self, model, batch_size: int, autocast=None) -> dict[str, float]:
+        import contextlib
+
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        exact, token_hits, tokens, logprob = 0, 0, 0, 0.0
+        for i in range(0, len(self.rows), batch_size):
+            chunk = self.rows[i : i + batch_size]
+            width = max(len(p) + len(a) for p, a in chunk) - 1
+            ids = torch.full((len(chunk), width), self.pad, dtype=torch.long)
+            for row, (prompt, answer) in enumerate(chunk):
+                full = prompt + answer[:-1]
+                ids[row, : len(full)] = torch.tensor(full)
+            with (autocast or contextlib.nullcontext)():
+                logits = model(ids.to(device))
+            for row, (prompt, answer) in enumerate(chunk):
+                at = logits[row, len(prompt) - 1 : len(prompt) - 1 + len(answer)].double().log_softmax(-1)
+                target = torch.tensor(answer, device=at.device)
+                hits = at.argmax(-1) == target
+                exact += int(hits.all())
+                token_hits, tokens = token_hits + int(hits.sum()), tokens + len(answer)
+                logprob += at.gather(1, target[:, None]).sum().item()
+        model.train(was_training)
+        n = len(self.rows)
+        return {
+            "needle_accuracy": exact / n,
+            "needle_token_accuracy": token_hits / tokens,
+            "needle_answer_logprob": logprob / n,
+        }
+
+
 def needle_eval(
     model,
     builder: NeedleBuilder,

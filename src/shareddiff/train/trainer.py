@@ -21,7 +21,7 @@ from shareddiff.data import Tokenizer, WindowLoader, eval_windows
 from shareddiff.data.bundled import load_data_split
 from shareddiff.data.mqar import MQARLoader
 from shareddiff.eval.mqar import MQARProbe
-from shareddiff.eval.needle import parse_mix
+from shareddiff.eval.needle import NeedleBuilder, NeedleProbe, parse_mix
 from shareddiff.model import build_model
 from shareddiff.train.checkpoint import (
     latest_checkpoint,
@@ -207,6 +207,9 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
         mix = parse_mix(run.data.mix, tokenizer, train_data)
         loader = WindowLoader(train_data, run.data.seq_len, run.train.seed, mix)
         val_rows = eval_windows(val_data, run.data.seq_len, run.data.val_tokens)
+        if mix is not None:  # the needle task's learning curve, on prompts from the validation split
+            builder = NeedleBuilder(tokenizer, val_data, split_digits=mix.builder.split_digits)
+            probe = NeedleProbe(builder, run.data.seq_len, mix.max_needles)
 
     autocast = autocast_for(run.train.precision, device)
     torch.manual_seed(run.train.seed)
@@ -317,12 +320,14 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{window_tokens / elapsed:,.0f}")
                 window_start, window_tokens = time.perf_counter(), 0
             if done % run.train.eval_every == 0 or done == run.train.max_steps:
-                if probe is None:
-                    val_loss = evaluate(model, val_rows, run.train.micro_batch, device, autocast)
-                    scores = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
-                else:  # MQAR: loss and accuracy at the answer positions, at the training length and 2x
+                if mqar:  # loss and accuracy at the answer positions, at the training length and 2x
                     scores = probe(model, run.train.micro_batch, autocast)
                     val_loss = scores["val_loss"]
+                else:
+                    val_loss = evaluate(model, val_rows, run.train.micro_batch, device, autocast)
+                    scores = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+                    if probe is not None:  # a needle mix: exact match, per-token accuracy, answer log-prob
+                        scores |= probe(model, run.train.micro_batch, autocast)
                 if metrics is not None:
                     metrics.log({"step": done, **scores, "tokens": tokens_seen})
                     bar.write(f"step {done}: val loss {val_loss:.4f}")
