@@ -10,6 +10,7 @@ its ``max_seq_len`` allows: its length extrapolation.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -96,8 +97,6 @@ def steps_to(curve: list[tuple[int, float]], level: float) -> int | None:
 def mqar_run_record(run_dir: str | Path) -> dict[str, Any]:
     """One MQAR training run as the summary needs it, from its folder (run_config.json, metrics.jsonl):
     variant, width, length, pairs, learning rate, the accuracy curve and the final accuracies."""
-    import json
-
     from shareddiff.train.metrics import read_metrics
     from shareddiff.train.trainer import RUN_CONFIG
 
@@ -124,25 +123,27 @@ def mqar_run_record(run_dir: str | Path) -> dict[str, Any]:
     }
 
 
+def _rank(run: dict) -> tuple:
+    """Sort key of the best run: highest final accuracy, then first to 99 %, then first to 50 %."""
+    firsts = [steps_to(run["curve"], level) for level in reversed(THRESHOLDS)]
+    return (-run["accuracy"], *(math.inf if s is None else s for s in firsts))
+
+
 def mqar_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Best accuracy per (cell, width, variant) over learning rates, with the best run's steps to 50 % and
     99 % accuracy and its accuracy at 2× the training length. ``runs``: ``mqar_run_record`` dicts.
 
     The best run is the one of highest final accuracy (ties: the one that reached 99 %, then 50 %,
     first). Returns {"cells": [...], "variants": [...]}: one row per (seq_len, pairs, d_model, variant)
-    with ``lrs`` listing every learning rate's final accuracy.
+    with ``lrs`` listing every learning rate's final accuracy (one seed per rate: a second seed of a
+    rate would count as another candidate and replace the first in ``lrs``).
     """
     groups: dict[tuple, list[dict]] = {}
     for run in runs:
         groups.setdefault((run["seq_len"], run["pairs"], run["d_model"], run["variant"]), []).append(run)
     cells = []
     for (seq_len, pairs, d_model, variant), group in sorted(groups.items()):
-
-        def rank(run: dict) -> tuple:
-            firsts = [steps_to(run["curve"], level) for level in reversed(THRESHOLDS)]
-            return (-run["accuracy"], *(math.inf if s is None else s for s in firsts))
-
-        best = min(group, key=rank)
+        best = min(group, key=_rank)
         cells.append(
             {
                 "seq_len": seq_len,

@@ -11,8 +11,10 @@ are token-id sequences built from pieces, so their length is exact and a seed fi
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -331,7 +333,7 @@ def score_sample(model, builder: NeedleBuilder, sample: NeedleSample) -> list[di
         answer = builder.answer_ids(number)
         cache = model.new_cache(len(prompt) + max(max_new, len(answer)))
         last = model(torch.tensor([prompt], device=device), cache)[0, -1]  # predicts the first answer token
-        teacher = last[None, :0]  # (0, V): a one-token answer has nothing to teacher-force
+        teacher = last[None][:0]  # (0, V): a one-token answer has nothing to teacher-force
         if len(answer) > 1:
             teacher = model(torch.tensor([answer[:-1]], device=device), cache.copy())[0]
         greedy = builder.tok.decode(_greedy(model, last, cache, max_new))
@@ -382,9 +384,7 @@ class NeedleProbe:
         self.pad = builder.tok.eos_id
 
     @torch.no_grad()
-    def __call__(self, model, batch_size: int, autocast=None) -> dict[str, float]:
-        import contextlib
-
+    def __call__(self, model, batch_size: int, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
         device = next(model.parameters()).device
         was_training = model.training
         model.eval()
@@ -396,7 +396,7 @@ class NeedleProbe:
             for row, (prompt, answer) in enumerate(chunk):
                 full = prompt + answer[:-1]
                 ids[row, : len(full)] = torch.tensor(full)
-            with (autocast or contextlib.nullcontext)():
+            with autocast():
                 logits = model(ids.to(device))
             for row, (prompt, answer) in enumerate(chunk):
                 at = logits[row, len(prompt) - 1 : len(prompt) - 1 + len(answer)].double().log_softmax(-1)
