@@ -1,4 +1,5 @@
-"""Correctness on a GPU: the op's backends against float64, and each model's backends and KV cache.
+"""Correctness on a GPU: the op's backends against float64, and each model's backends, KV cache and
+left-padded batches.
 
     python benchmarks/gpu_check.py
 
@@ -14,6 +15,8 @@ import torch
 
 from shareddiff import ModelConfig, build_model
 from shareddiff.ops import differential_attention
+from shareddiff.padding import left_pad
+from shareddiff.presets import FAMILIES
 
 TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
@@ -34,6 +37,17 @@ def rel(a, b) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
+def padded_batch_error(model, vocab_size: int, dev: torch.device) -> float:
+    """Worst relative error of a left-padded batch (prompts of 320/140/220 tokens; the first 300 columns
+    prefilled into the cache, then 20 decoding steps) against each prompt's full forward alone."""
+    prompts = [torch.randint(0, vocab_size, (n,), device=dev) for n in (320, 140, 220)]
+    ids, mask = left_pad(prompts)
+    cache = model.new_cache()
+    steps = [model(ids[:, :-20], cache, mask[:, :-20])] + [model(ids[:, i : i + 1], cache) for i in range(300, 320)]
+    batched = torch.cat(steps, 1).float()
+    return max(rel(batched[row, -len(p) :], model(p[None]).float()[0]) for row, p in enumerate(prompts))
+
+
 def main() -> int:
     dev = torch.device("cuda")
     failures = 0
@@ -48,7 +62,7 @@ def main() -> int:
                 ok = err <= TOL[dtype]
                 failures += not ok
                 print(f"op {backend:5s} {dtype!s:14s} N={n:5d} d={d:3d}: rel err {err:.2e} {'ok' if ok else 'FAIL'}")
-    for family in ("transformer", "diff", "shared_diff"):
+    for family in FAMILIES:
         config = ModelConfig.from_preset(f"{family}-small")
         model = build_model(config).to(dev).eval()
         ids = torch.randint(0, config.vocab_size, (2, 300), device=dev)
@@ -60,10 +74,15 @@ def main() -> int:
             cache = model.new_cache()
             steps = [model(ids[:, :200], cache)] + [model(ids[:, i : i + 1], cache) for i in range(200, 300)]
             cached = torch.cat(steps, 1).float()
-        for name, value in (("sdpa vs eager", rel(sdpa, eager)), ("cache vs full", rel(cached, sdpa))):
+            padded = padded_batch_error(model, config.vocab_size, dev)
+        for name, value in (
+            ("sdpa vs eager", rel(sdpa, eager)),
+            ("cache vs full", rel(cached, sdpa)),
+            ("padded vs alone", padded),
+        ):
             ok = value <= 2e-2
             failures += not ok
-            print(f"model {family:12s} bf16 {name}: rel err {value:.2e} {'ok' if ok else 'FAIL'}")
+            print(f"model {family:14s} bf16 {name}: rel err {value:.2e} {'ok' if ok else 'FAIL'}")
     print(f"{failures} failure(s)")
     return 1 if failures else 0
 

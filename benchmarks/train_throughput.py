@@ -1,4 +1,4 @@
-"""Training throughput (tokens/s, MFU) of the three variants side by side, on random tokens.
+"""Training throughput (tokens/s, MFU) of the variants side by side, on random tokens.
 
     python benchmarks/train_throughput.py --sizes tiny small --seq-len 256 --batch 8           # CPU
     python benchmarks/train_throughput.py --sizes small 125m --seq-len 2048 --batch 16 --compile  # GPU
@@ -26,18 +26,19 @@ from common import table, write_result
 
 from shareddiff import ModelConfig, build_model
 from shareddiff.params import count_parameters
+from shareddiff.presets import FAMILIES
 
-FAMILIES = ("transformer", "diff", "shared_diff")
+WIDTH_UNITS = {"standard": 4, "diff": 6, "shared_diff": 6, "diff_v2": 8, "shared_diff_v2": 8}
 
 
 def attention_flops_per_token(config: ModelConfig, seq_len: int) -> float:
     """Causal attention FLOPs per token, forward + backward (3× forward), all layers.
 
-    Standard: QKᵀ and PV over width D → 4·N·D per token non-causal. Differential: two QKᵀ of width
-    D/2 and two PV of width D → 6·N·D. Causal halves both.
+    Standard: QKᵀ and PV over width D → 4·N·D per token non-causal. DIFF, Shared DIFF: two QKᵀ of
+    width D/2 and two PV of width D → 6·N·D. The V2 variants: QKᵀ and PV over 2h query heads of
+    width d = D/h → 8·N·D. Causal halves all of them.
     """
-    width_units = 6 if config.is_differential else 4
-    return 3 * config.n_layers * width_units * seq_len * config.d_model / 2
+    return 3 * config.n_layers * WIDTH_UNITS[config.attention] * seq_len * config.d_model / 2
 
 
 def bench(

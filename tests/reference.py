@@ -44,3 +44,25 @@ def differential_heads(
             o = o * (1 - lambda_init)
         heads.append(o)
     return torch.cat(heads, dim=-1) @ w_o.double()
+
+
+def causal_softmax_head(q, k, v, theta: float) -> torch.Tensor:
+    """softmax(RoPE(q) RoPE(k)ᵀ/√d + causal mask) v for one head of one sequence, float64; q, k, v: (N, d)."""
+    n, d = q.shape
+    mask = torch.full((n, n), float("-inf"), dtype=torch.float64).triu(1)
+    scores = rope_complex(q, theta) @ rope_complex(k, theta).T / math.sqrt(d) + mask
+    return torch.softmax(scores, -1) @ v.double()
+
+
+def diff_v2_heads(x, q, k, v, w_lambda, w_o, *, theta):
+    """DIFF V2 after the projections (unilm Diff-Transformer-V2 README), one sequence, float64, a loop over heads.
+
+    q: 2h query heads (N, d), head pair i = (2i, 2i+1); k, v: h_kv heads (N, d); query head j reads
+    key/value head j // (2h / h_kv) (GQA groups of consecutive heads). λ_i = sigmoid(x W_λ)[:, i] per
+    token; out_i = O_2i − λ_i·O_2i+1; w_lambda: (D, h) and w_o: (h·d, D) in X·W form.
+    """
+    h, group = len(q) // 2, len(q) // len(k)
+    lam = torch.sigmoid(x.double() @ w_lambda.double())  # (N, h)
+    o = [causal_softmax_head(q[j], k[j // group], v[j // group], theta) for j in range(2 * h)]
+    heads = [o[2 * i] - lam[:, i : i + 1] * o[2 * i + 1] for i in range(h)]
+    return torch.cat(heads, dim=-1) @ w_o.double()

@@ -25,6 +25,24 @@ from shareddiff.presets import SIZES
         (dict(attention="standard", n_heads=4, n_kv_heads=8), r"n_kv_heads=8 must divide n_heads=4"),
         (dict(attention="shared_diff", base_sharing="layers"), r"base_sharing='layers' is not known"),
         (dict(attention="shared_diff", lowrank_init="xavier"), r"lowrank_init='xavier' is not known"),
+        (dict(attention="diff_v2", d_model=100, n_heads=3), r"d_model=100 is not divisible by n_heads = 3"),
+        (dict(attention="diff_v2", d_model=60, n_heads=4), r"head dim 15 .* is odd"),
+        (
+            dict(attention="diff_v2", n_heads=4, n_kv_heads=3),
+            r"n_kv_heads=3 must divide n_heads=4 .*both query heads of a DIFF V2 pair must share one.*divisor of 4",
+        ),
+        (dict(attention="shared_diff_v2", n_heads=2, n_kv_heads=4), r"n_kv_heads=4 must divide n_heads=2"),
+        (
+            dict(attention="shared_diff_v2", d_model=64, lowrank_rank=0),
+            r"lowrank_rank=0 must satisfy 0 < lowrank_rank < d_model \(the width of W_Q\) = 64 .*e\.g\. 8",
+        ),
+        (dict(attention="shared_diff_v2", d_model=64, lowrank_rank=64), r"lowrank_rank=64 must satisfy"),
+        (dict(attention="shared_diff_v2", lowrank_rank=2.5), r"lowrank_rank=2.5 must satisfy"),
+        (
+            dict(attention="shared_diff_v2", base_sharing="heads"),
+            r"base_sharing='heads' is defined for shared_diff only.*leave base_sharing='branches'",
+        ),
+        (dict(attention="shared_diff_v2", lowrank_init="xavier"), r"lowrank_init='xavier' is not known"),
         (dict(d_model=0), r"d_model=0 must be a positive integer"),
         (dict(lambda_init=1.5), r"lambda_init=1.5 must be in \[0, 1\)"),
     ],
@@ -56,20 +74,29 @@ def test_defaults():
     assert ModelConfig(attention="shared_diff", d_model=2880, n_heads=15).ffn_dim == 7680
     heads = ModelConfig(attention="shared_diff", d_model=64, n_heads=2, base_sharing="heads")
     assert heads.lowrank_rank == heads.head_dim // 4 == 4
+    v2 = ModelConfig(attention="shared_diff_v2", d_model=1536, n_heads=16)
+    assert (v2.lowrank_rank, v2.head_dim) == (96, 96)  # D/16; V2 heads are D/h wide
 
 
 def test_every_preset_is_valid_and_families_match():
-    assert len(PRESET_NAMES) == 3 * len(SIZES)
+    assert len(PRESET_NAMES) == 5 * len(SIZES)
     for size in SIZES:
-        t, d, s = (ModelConfig.from_preset(f"{f}-{size}") for f in ("transformer", "diff", "shared_diff"))
-        assert t.d_model == d.d_model == s.d_model and t.n_layers == d.n_layers == s.n_layers
+        t, d, s, v2, sv2 = (
+            ModelConfig.from_preset(f"{f}-{size}")
+            for f in ("transformer", "diff", "shared_diff", "diff_v2", "shared_diff_v2")
+        )
+        assert t.d_model == d.d_model == s.d_model == v2.d_model == sv2.d_model
+        assert t.n_layers == d.n_layers == s.n_layers == v2.n_layers == sv2.n_layers
         assert t.n_heads == 2 * d.n_heads and t.head_dim == d.head_dim == s.head_dim  # architecture §2
+        # V2 (README): the Transformer's heads as output heads, each with a pair of query heads of dim d
+        assert v2.n_heads == sv2.n_heads == t.n_heads and v2.head_dim == sv2.head_dim == t.head_dim
+        assert sv2.lowrank_rank == s.lowrank_rank and "README" in v2.notes
         assert d.head_dim % 2 == 0
 
 
 @pytest.mark.parametrize(("size", "low", "high"), [("tiny", 0, 1e6), ("small", 10e6, 30e6)])
 def test_small_preset_sizes(size, low, high):
-    for family in ("transformer", "diff", "shared_diff"):
+    for family in ("transformer", "diff", "shared_diff", "diff_v2", "shared_diff_v2"):
         total = count_parameters(ModelConfig.from_preset(f"{family}-{size}")).total
         assert low < total < high, (family, total)
 

@@ -1,9 +1,12 @@
-"""Sampling: cache-based generation against a naive loop, and the top-k / top-p filters by hand."""
+"""Sampling: cache-based generation against a naive loop, padded batches against each prompt alone, and the
+top-k / top-p filters by hand."""
 
+import pytest
 import torch
 
 from shareddiff import ModelConfig, build_model
 from shareddiff.generation import filter_logits, generate
+from shareddiff.padding import left_pad
 
 
 def test_greedy_generation_equals_naive_argmax_loop(seed):
@@ -36,3 +39,27 @@ def test_filters_by_hand():
     assert filter_logits(logits, top_p=0.7).tolist() == [[2.0, 1.0, inf, inf]]
     assert filter_logits(logits, top_p=0.5).tolist() == [[2.0, inf, inf, inf]]
     assert filter_logits(logits, top_p=0.9).tolist() == [[2.0, 1.0, 0.0, inf]]
+
+
+@pytest.mark.parametrize("family", ["transformer", "diff", "shared_diff", "diff_v2", "shared_diff_v2"])
+def test_prompts_of_different_lengths_equal_each_prompt_alone(seed, family):
+    """Reference: generate() on each prompt alone (batch of one, no padding): greedy tokens equal."""
+    model = build_model(ModelConfig.from_preset(f"{family}-tiny")).eval()
+    prompts = [torch.randint(0, 512, (n,)) for n in (11, 4, 7)]
+    batched = generate(model, prompts, 9, temperature=0, pad_id=3)
+    ids, mask = left_pad(prompts, pad_id=3)
+    padded = generate(model, ids, 9, temperature=0, attention_mask=mask)
+    for row, prompt in enumerate(prompts):
+        alone = generate(model, prompt[None], 9, temperature=0)[0]
+        assert torch.equal(batched[row], alone)
+        assert torch.equal(padded[row, 11 - len(prompt) :], alone)
+
+
+def test_bad_prompts_are_refused():
+    model = build_model(ModelConfig(vocab_size=50, max_seq_len=40)).eval()
+    with pytest.raises(ValueError, match=r"padding after a token while a KV cache is in use.*Pad prompts on the left"):
+        generate(model, torch.ones(2, 4, dtype=torch.long), 3, attention_mask=torch.tensor([[1, 1, 0, 0], [1] * 4]))
+    with pytest.raises(ValueError, match=r"prompt\(s\) \[1\] are empty"):
+        generate(model, [torch.ones(3, dtype=torch.long), torch.ones(0, dtype=torch.long)], 3)
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        generate(model, torch.ones(2, 0, dtype=torch.long), 3)

@@ -9,7 +9,7 @@ from torch import nn
 from shareddiff.config import ModelConfig
 from shareddiff.model import build_model
 
-FAMILIES = ["transformer", "diff", "shared_diff"]
+FAMILIES = ["transformer", "diff", "shared_diff", "diff_v2", "shared_diff_v2"]
 
 
 def _linears(model):

@@ -1,9 +1,11 @@
-"""The language model: causality, KV-cache decoding, backend agreement, input limits."""
+"""The language model: causality, KV-cache decoding, backend agreement, padded batches, input limits."""
 
 import pytest
 import torch
 
-from shareddiff import ModelConfig, build_model
+import shareddiff.model
+from shareddiff import ModelConfig, build_model, layers
+from shareddiff.padding import left_pad
 from tests.conftest import rel_err
 
 VARIANTS = {
@@ -15,6 +17,10 @@ VARIANTS = {
     "shared_diff-heads": dict(attention="shared_diff", base_sharing="heads"),
     "shared_diff-gqa": dict(attention="shared_diff", n_heads=4, n_kv_heads=1),
     "shared_diff-tied-lora": dict(attention="shared_diff", tie_embeddings=True, lowrank_init="lora"),
+    "diff_v2": dict(attention="diff_v2"),
+    "diff_v2-gqa": dict(attention="diff_v2", n_heads=4, n_kv_heads=2),
+    "shared_diff_v2": dict(attention="shared_diff_v2"),
+    "shared_diff_v2-mqa": dict(attention="shared_diff_v2", n_heads=4, n_kv_heads=1),
 }
 
 
@@ -139,3 +145,122 @@ def test_cache_bytes_per_token():
         model(torch.zeros(1, 3, dtype=torch.long), cache)
     # per layer K1, K2 (h·d each) and V (h·2d): 4·h·d = 2·D floats, as a standard layer's K and V.
     assert cache.bytes_per_token() == 2 * (2 * 64) * 4
+
+
+@pytest.mark.parametrize("name", ["diff_v2", "diff_v2-gqa"])
+def test_v2_cache_holds_standard_keys_and_values(name):
+    """DIFF V2 caches one K and one V of h_kv·d per layer: the Transformer's cache, not twice it."""
+    model = tiny(name)
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(torch.zeros(1, 3, dtype=torch.long), cache)
+    c = model.config
+    assert cache.bytes_per_token() == c.n_layers * 2 * c.n_kv_heads * c.head_dim * 4
+
+
+FAMILIES = ["transformer", "diff", "shared_diff", "diff_v2", "shared_diff_v2"]
+LENGTHS = (11, 4, 7)
+
+
+def tiny_preset(family: str) -> torch.nn.Module:
+    return build_model(ModelConfig.from_preset(f"{family}-tiny")).eval()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("backend", ["sdpa", "eager"])
+def test_left_padded_batch_equals_each_prompt_alone(seed, family, backend, monkeypatch):
+    """Reference: each prompt run alone, unpadded. Full forward and cache decoding, logits ≤ 1e-5; RoPE
+    positions count from each row's first token (RoPE is shift-invariant, so the logits alone cannot
+    show it: the positions are read where the model computes the angles)."""
+    model = tiny_preset(family)
+    model.set_attention_backend(backend)
+    prompts = [torch.randint(0, 512, (n,)) for n in LENGTHS]
+    steps = torch.randint(0, 512, (3, 4))  # four decoding steps after the prompts
+    ids, mask = left_pad(prompts, pad_id=7)
+    positions = []
+
+    def recording_rope_angles(p, *args):
+        positions.append(p)
+        return layers.rope_angles(p, *args)
+
+    monkeypatch.setattr(shareddiff.model, "rope_angles", recording_rope_angles)
+    with torch.no_grad():
+        full = model(ids, attention_mask=mask)
+        cache = model.new_cache()
+        decoded = [model(ids, cache, mask)[:, -1:]] + [model(steps[:, i : i + 1], cache) for i in range(4)]
+        decoded = torch.cat(decoded, dim=1)
+    for row, n in enumerate(LENGTHS):
+        assert positions[0][row, -n:].tolist() == list(range(n))
+        assert [p[row].item() for p in positions[2:]] == [n, n + 1, n + 2, n + 3]
+    monkeypatch.undo()
+    with torch.no_grad():
+        for row, prompt in enumerate(prompts):
+            alone = model(torch.cat([prompt, steps[row]])[None])[0]
+            n = len(prompt)
+            assert rel_err(full[row, -n:], alone[:n]) <= 1e-5
+            assert rel_err(decoded[row], alone[n - 1 :]) <= 1e-5
+    assert torch.isfinite(full).all()  # padding queries attend to themselves: no NaN anywhere
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_right_padded_batch_without_cache_equals_each_alone(seed, family):
+    model = tiny_preset(family)
+    prompts = [torch.randint(0, 512, (n,)) for n in LENGTHS]
+    ids = torch.zeros(3, 11, dtype=torch.long)
+    mask = torch.zeros(3, 11, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, : len(p)], mask[row, : len(p)] = p, 1
+    with torch.no_grad():
+        logits = model(ids, attention_mask=mask)
+        for row, p in enumerate(prompts):
+            assert rel_err(logits[row, : len(p)], model(p[None])[0]) <= 1e-5
+
+
+def test_padded_inputs_that_are_refused():
+    model = tiny("diff")
+    ids = torch.randint(0, 97, (2, 5))
+    with pytest.raises(ValueError, match="padding between tokens"):
+        model(ids, attention_mask=torch.tensor([[1, 0, 1, 1, 1], [1, 1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match=r"attention_mask must be \(B, N\) = \(2, 5\)"):
+        model(ids, attention_mask=torch.ones(2, 6))
+    with pytest.raises(ValueError, match="padding after a token while a KV cache is in use"):  # right-padded prefill
+        model(ids, model.new_cache(), torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]))
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(ids, cache, torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="padding after a token while a KV cache is in use"):  # a decode-step hole
+        model(ids[:, :1], cache, torch.tensor([[0], [1]]))
+
+
+def test_empty_input_is_refused():
+    model = tiny("standard")
+    with pytest.raises(ValueError, match=r"input_ids has no positions \(shape \(B, 0\)\)"):
+        model(torch.zeros(2, 0, dtype=torch.long))
+
+
+def test_cache_overflow_names_the_cache():
+    model = tiny("shared_diff")
+    cache = model.new_cache(max_len=8)
+    with torch.no_grad():
+        model(torch.zeros(1, 6, dtype=torch.long), cache)
+    with pytest.raises(ValueError, match=r"sequence of 9 positions exceeds the KV cache's max_len=8; make the cache"):
+        model(torch.zeros(1, 3, dtype=torch.long), cache)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_cache_reorder_keeps_the_chosen_rows(seed, padded):
+    """Reference: decoding the reordered rows with a fresh cache."""
+    model = tiny("shared_diff")
+    ids = torch.randint(0, 97, (3, 6))
+    mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1] * 6, [0, 1, 1, 1, 1, 1]]) if padded else None
+    rows = torch.tensor([2, 0, 0])
+    nxt = torch.randint(0, 97, (3, 1))
+    with torch.no_grad():
+        cache = model.new_cache()
+        model(ids, cache, mask)
+        cache.reorder(rows)
+        got = model(nxt, cache)
+        fresh = model.new_cache()
+        model(ids[rows], fresh, None if mask is None else mask[rows])
+        expected = model(nxt, fresh)
+    assert rel_err(got, expected) <= 1e-6

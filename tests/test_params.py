@@ -6,7 +6,7 @@ import pytest
 
 from shareddiff import PRESET_NAMES, ModelConfig
 from shareddiff.cli import main
-from shareddiff.params import count_parameters
+from shareddiff.params import attention_formula, count_parameters, qk_formula
 
 
 def attention_closed_form(c: ModelConfig) -> tuple[int, int, int]:
@@ -14,6 +14,13 @@ def attention_closed_form(c: ModelConfig) -> tuple[int, int, int]:
     dm, h, d, kv = c.d_model, c.n_heads, c.head_dim, c.n_kv_heads
     if c.attention == "standard":
         return dm * dm + dm * kv * d, dm * kv * d + dm * dm, 0
+    # DIFF V2 (README): W_Q (D, 2h·d), W_K, W_V (D, h_kv·d), W_O (h·d, D), W_λ (D, h); Shared DIFF V2 replaces
+    # W_Q by a base (D, h·d) and two rank-r updates A (D, r) B (r, h·d).
+    if c.attention == "diff_v2":
+        return dm * 2 * h * d + dm * kv * d, dm * kv * d + h * d * dm, dm * h
+    if c.attention == "shared_diff_v2":
+        r = c.lowrank_rank
+        return dm * h * d + 2 * (dm * r + r * h * d) + dm * kv * d, dm * kv * d + h * d * dm, dm * h
     extras = 4 * d + (2 * d if c.head_norm and c.head_norm_weight else 0)
     vo = dm * kv * 2 * d + dm * dm
     if c.attention == "diff":
@@ -39,6 +46,10 @@ CUSTOM = [
     dict(attention="diff", d_model=128, n_heads=4, n_kv_heads=1, head_norm_weight=False),
     dict(attention="diff", head_norm=False),
     dict(attention="standard", d_model=128, n_heads=8, n_kv_heads=2),
+    dict(attention="diff_v2", d_model=128, n_heads=4, n_kv_heads=2),
+    dict(attention="diff_v2", d_model=96, n_heads=3, tie_embeddings=True),
+    dict(attention="shared_diff_v2", d_model=128, n_heads=8, n_kv_heads=1, lowrank_rank=12),
+    dict(attention="shared_diff_v2", d_model=96, n_heads=2, lowrank_rank=95, lowrank_init="lora"),
 ]
 
 
@@ -47,10 +58,12 @@ def test_counts_equal_closed_forms(fields):
     fields = dict(fields)
     config = ModelConfig.from_preset(fields.pop("preset")) if "preset" in fields else ModelConfig(**fields)
     report = count_parameters(config)
-    qk, vo, _ = attention_closed_form(config)
+    qk, vo, extras = attention_closed_form(config)
     assert report.total == total_closed_form(config)
     assert report.counts["attention_qk"] == config.n_layers * qk
     assert report.counts["attention_vo"] == config.n_layers * vo
+    assert report.attention_per_layer == qk + vo + extras
+    assert qk_formula(config)[1] == qk and attention_formula(config)[1] == qk + vo + extras
     assert report.counts["ffn"] == config.n_layers * 3 * config.d_model * config.ffn_dim
     assert report.non_embedding == report.total - report.counts["embeddings"]
 
@@ -63,18 +76,43 @@ def test_paper_section_2_3_example():
     assert shared == 2880**2 + 6 * 256 * 2880 == 12_718_080
 
 
+def test_v2_closed_forms_at_the_headline_size():
+    """23m (D 384, 6 heads of 64, r 24): DIFF V2 = Transformer + D² + D·h, Shared DIFF V2 = Transformer + 4rD + D·h
+    per layer (Q/K: 3D² and 2D² + 4rD)."""
+    t, v2, sv2 = (
+        count_parameters(ModelConfig.from_preset(f"{f}-23m")) for f in ("transformer", "diff_v2", "shared_diff_v2")
+    )
+    assert v2.qk_per_layer == 3 * 384**2 and sv2.qk_per_layer == 2 * 384**2 + 4 * 24 * 384
+    assert v2.attention_per_layer - t.attention_per_layer == 384**2 + 384 * 6
+    assert sv2.attention_per_layer - t.attention_per_layer == 4 * 24 * 384 + 384 * 6
+
+
 def test_cli_json(capsys):
     assert main(["params", "shared_diff-tiny", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     config = ModelConfig.from_preset("shared_diff-tiny")
     assert data["total"] == total_closed_form(config)
     assert data["qk_per_layer"]["counted"] == data["qk_per_layer"]["formula_value"]
+    assert data["attention_per_layer"]["counted"] == data["attention_per_layer"]["formula_value"]
 
 
 def test_cli_compare(capsys):
     assert main(["params", "830m", "--compare"]) == 0
     out = capsys.readouterr().out
-    for name in ("transformer-830m", "diff-830m", "shared_diff-830m", "D² + 6·r·D", "Q/K per layer, §2.3 formula"):
+    for name in (
+        "transformer-830m",
+        "diff-830m",
+        "shared_diff-830m",
+        "diff_v2-830m",
+        "shared_diff_v2-830m",
+        "D² + 6·r·D",
+        "2D² + D·(D·h_kv/h)",  # DIFF V2's Q/K
+        "D² + 4·r·D + D·(D·h_kv/h)",  # Shared DIFF V2's Q/K
+        "Q/K + D² + D·(D·h_kv/h) + D·h",  # a V2 attention layer
+        "Q/K per layer, closed form",
+        "attention per layer, closed form",
+        "shared_diff_v2-830m vs diff_v2-830m: 25.0% fewer",  # (2D² + 4rD) / 3D² with r = D/16
+    ):
         assert name in out
     assert "23.3% fewer" not in out and "fewer" in out
 

@@ -55,7 +55,7 @@ def test_shipped_experiments_are_matched(tmp_path, tiny_data):
     retrieval = load_experiment("early_retrieval")
     assert run_recipe(retrieval, retrieval.runs[0], tmp_path, data).data.mix
     sweep = load_experiment("lr_sweep")  # each variant at four learning rates 2x apart, 5 tokens per parameter
-    for family in ("transformer-23m", "diff-23m", "shared_diff-23m"):
+    for family in ("transformer-23m", "diff-23m", "shared_diff-23m", "diff_v2-23m", "shared_diff_v2-23m"):
         rates = sorted(run_recipe(sweep, s, tmp_path, data).optim.lr for s in sweep.runs if s.family == family)
         assert len(rates) >= 4 and all(b == pytest.approx(2 * a) for a, b in itertools.pairwise(rates))
     assert {run_recipe(sweep, s, tmp_path, data).train.tokens_per_param for s in sweep.runs} == {5}

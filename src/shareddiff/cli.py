@@ -14,7 +14,7 @@ from shareddiff.presets import FAMILIES, PRESET_NAMES, SIZES, size_of
 
 
 def cmd_params(preset: str, as_json: bool = False, compare: bool = False) -> str:
-    """Parameter counts by component for PRESET (or, with --compare, the three variants of its size)."""
+    """Parameter counts by component for PRESET (or, with --compare, every family at its size)."""
     from shareddiff.config import ModelConfig
     from shareddiff.params import count_parameters, format_comparison, format_report
 
@@ -30,7 +30,7 @@ def _add_params(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("params", help=cmd_params.__doc__, description=cmd_params.__doc__)
     p.add_argument("preset", help=f"a preset name, or with --compare a size ({', '.join(SIZES)})")
     p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--compare", action="store_true", help="the three variants of the preset's size side by side")
+    p.add_argument("--compare", action="store_true", help=f"every family ({', '.join(FAMILIES)}) side by side")
     p.set_defaults(func=cmd_params)
 
 

@@ -1,9 +1,10 @@
 """Model configuration, validation with clear errors, and the named presets.
 
-Symbols follow the architecture page: ``D`` = ``d_model``, ``h`` = ``n_heads``. For the two
-differential variants a head has two query/key sub-heads of half dimension ``d = D / (2h)`` and one
-value head of dimension ``2d``; for ``standard`` a head has dimension ``D / h`` (the matched
-Transformer uses ``2h`` heads, so its head dimension equals ``d``).
+Symbols follow the architecture page: ``D`` = ``d_model``, ``h`` = ``n_heads``. For DIFF and Shared
+DIFF a head has two query/key sub-heads of half dimension ``d = D / (2h)`` and one value head of
+dimension ``2d``; for ``standard`` a head has dimension ``D / h`` (the matched Transformer uses ``2h``
+heads, so its head dimension equals ``d``). For DIFF V2 and Shared DIFF V2 ``h`` counts output heads
+of dimension ``D / h``, each computed from a pair of query heads (``2h`` query heads in all).
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ try:
 except ImportError:  # Python 3.10
     import tomli as tomllib
 
-ATTENTION_VARIANTS = ("standard", "diff", "shared_diff")
+ATTENTION_VARIANTS = ("standard", "diff", "shared_diff", "diff_v2", "shared_diff_v2")
 BASE_SHARING = ("branches", "heads")
 LOWRANK_INIT = ("random", "lora")
 # "nanogpt": Normal(0, init_std) everywhere, residual-output projections scaled by 1/√(2L) (this project's
 # default); "pytorch": the DIFF authors' code lineage — PyTorch's default nn.Linear init (Kaiming-uniform,
 # bound 1/√fan_in) for every Linear, embeddings N(0, D^-1/2), no depth scaling (docs/results.md)
 INIT_SCHEMES = ("nanogpt", "pytorch")
-DIFFERENTIAL = ("diff", "shared_diff")
+SUB_HEADS = ("diff", "shared_diff")  # a head holds two d-dim query/key sub-heads and one 2d-dim value head
+DIFFERENTIAL_V2 = ("diff_v2", "shared_diff_v2")  # 2h query heads of dim D/h, paired after one attention call
+LOW_RANK = ("shared_diff", "shared_diff_v2")  # shared base plus low-rank updates
 
 
 def _round_up(x: float, multiple: int) -> int:
@@ -53,8 +56,9 @@ def lambda_init_schedule(layer_idx: int) -> float:
 class ModelConfig:
     """Everything that fixes a model's shape and math; the attention backend is chosen at run time.
 
-    Shared DIFF fields are ignored by the other variants; ``head_norm``, ``head_norm_weight`` and
-    ``lambda_init`` apply to both differential variants.
+    Shared DIFF fields (``lowrank_*``) apply to ``shared_diff`` and ``shared_diff_v2`` (``base_sharing``
+    to ``shared_diff`` only) and are ignored by the others; ``head_norm``, ``head_norm_weight`` and
+    ``lambda_init`` apply to DIFF and Shared DIFF (V2 has no head norm and a projected λ).
     """
 
     attention: str = "shared_diff"
@@ -74,7 +78,7 @@ class ModelConfig:
     lambda_init: float | None = None  # None → depth schedule; a float → that constant in every layer
     head_norm: bool = True  # per-head RMSNorm then ×(1 − λ_init); off = the "−GroupNorm" ablation
     head_norm_weight: bool = True  # learnable weight of size 2d shared by heads (official DIFF code)
-    # Shared DIFF only.
+    # Shared DIFF and Shared DIFF V2.
     lowrank_rank: int | None = None  # branches: r (None → D/16); heads: per-head r_h (None → d/4)
     base_sharing: str = "branches"  # "branches" (default reading) or "heads" (alternative reading)
     lowrank_init: str = "random"  # "random": both factors random; "lora": B = 0
@@ -85,8 +89,8 @@ class ModelConfig:
             self.ffn_dim = default_ffn_dim(self.d_model) if self.d_model > 0 else 0
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        if self.attention == "shared_diff" and self.lowrank_rank is None and self._shape_ok():
-            if self.base_sharing == "heads":
+        if self.attention in LOW_RANK and self.lowrank_rank is None and self._shape_ok():
+            if self.attention == "shared_diff" and self.base_sharing == "heads":
                 self.lowrank_rank = max(1, self.head_dim // 4)
             else:
                 self.lowrank_rank = default_lowrank_rank(self.d_model)
@@ -97,17 +101,18 @@ class ModelConfig:
 
     @property
     def width_factor(self) -> int:
-        """2 for differential variants (a head holds two d-dim sub-heads), 1 for standard."""
-        return 2 if self.attention in DIFFERENTIAL else 1
+        """2 for DIFF and Shared DIFF (a head holds two d-dim sub-heads), 1 for standard and the V2 variants."""
+        return 2 if self.attention in SUB_HEADS else 1
 
     @property
     def head_dim(self) -> int:
-        """Per-(sub-)head query/key dimension: ``d`` for differential variants, ``D/h`` for standard."""
+        """Per-(sub-)head query/key dimension: ``d = D/(2h)`` for DIFF and Shared DIFF, ``D/h`` otherwise."""
         return self.d_model // (self.n_heads * self.width_factor)
 
     @property
     def is_differential(self) -> bool:
-        return self.attention in DIFFERENTIAL
+        """Any of the four differential variants (V1 and V2)."""
+        return self.attention != "standard"
 
     def layer_lambda_init(self, layer_idx: int) -> float:
         """λ_init of layer ``layer_idx`` (0-based): the constant if set, else the depth schedule."""
@@ -124,7 +129,7 @@ class ModelConfig:
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.d_model % (self.n_heads * self.width_factor):
-            unit = "2·n_heads (each differential head holds two sub-heads)" if self.is_differential else "n_heads"
+            unit = "2·n_heads (each differential head holds two sub-heads)" if self.width_factor == 2 else "n_heads"
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by {unit} = {self.n_heads * self.width_factor}; "
                 f"choose n_heads so that d_model / {unit} is an integer"
@@ -135,9 +140,10 @@ class ModelConfig:
                 "rotates pairs of dimensions; choose n_heads so that the head dim is even"
             )
         if self.n_kv_heads > self.n_heads or self.n_heads % self.n_kv_heads:
+            pairs = "; both query heads of a DIFF V2 pair must share one" if self.attention in DIFFERENTIAL_V2 else ""
             raise ValueError(
                 f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} (GQA shares each key/value "
-                f"head among n_heads / n_kv_heads query heads); use a divisor of {self.n_heads}"
+                f"head among n_heads / n_kv_heads query heads{pairs}); use a divisor of {self.n_heads}"
             )
         if self.lambda_init is not None and not 0.0 <= self.lambda_init < 1.0:
             raise ValueError(f"lambda_init={self.lambda_init} must be in [0, 1) or None for the depth schedule")
@@ -146,24 +152,32 @@ class ModelConfig:
         for name in ("rope_theta", "norm_eps", "init_std"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}={getattr(self, name)} must be positive")
-        if self.attention == "shared_diff":
-            self._validate_shared_diff()
+        if self.attention in LOW_RANK:
+            self._validate_low_rank()
 
-    def _validate_shared_diff(self) -> None:
+    def _validate_low_rank(self) -> None:
         if self.base_sharing not in BASE_SHARING:
             raise ValueError(f"base_sharing={self.base_sharing!r} is not known; use one of {list(BASE_SHARING)}")
+        if self.attention == "shared_diff_v2" and self.base_sharing != "branches":
+            raise ValueError(
+                f"base_sharing={self.base_sharing!r} is defined for shared_diff only; shared_diff_v2 shares one "
+                "W_Q between the two query heads of every pair: leave base_sharing='branches'"
+            )
         if self.lowrank_init not in LOWRANK_INIT:
             raise ValueError(f"lowrank_init={self.lowrank_init!r} is not known; use one of {list(LOWRANK_INIT)}")
         r = self.lowrank_rank
-        if self.base_sharing == "branches":
+        if self.attention == "shared_diff_v2":
+            limit, what = self.d_model, "d_model (the width of W_Q)"
+        elif self.base_sharing == "branches":
             limit, what = self.d_model // 2, "d_model/2"
         else:
             limit, what = self.head_dim, "the head half-dim d"
         if not isinstance(r, int) or r <= 0 or r >= limit:
+            example = max(1, limit // 4) if self.base_sharing == "heads" else default_lowrank_rank(self.d_model)
             raise ValueError(
                 f"lowrank_rank={r!r} must satisfy 0 < lowrank_rank < {what} = {limit} for "
-                f"base_sharing={self.base_sharing!r} (a rank that large is not low-rank); "
-                f"e.g. {default_lowrank_rank(self.d_model) if self.base_sharing == 'branches' else max(1, limit // 4)}"
+                f"attention={self.attention!r}, base_sharing={self.base_sharing!r} (a rank that large is not "
+                f"low-rank); e.g. {example}"
             )
 
     def to_dict(self) -> dict[str, Any]:

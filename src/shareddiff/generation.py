@@ -1,11 +1,14 @@
-"""Sampling with the KV cache: temperature, top-k and top-p (nucleus)."""
+"""Sampling with the KV cache: temperature, top-k and top-p (nucleus); batches of prompts of any lengths."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from shareddiff.model import LanguageModel
+from shareddiff.padding import left_pad
 
 
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
@@ -25,15 +28,32 @@ def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None 
 @torch.no_grad()
 def generate(
     model: LanguageModel,
-    prompt: Tensor,
+    prompt: Tensor | Sequence[Tensor],
     max_new_tokens: int,
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
     eos_id: int | None = None,
     generator: torch.Generator | None = None,
-) -> Tensor:
-    """Continue ``prompt`` (B, T) by up to ``max_new_tokens``; temperature 0 is greedy. Returns (B, T + new)."""
+    attention_mask: Tensor | None = None,
+    pad_id: int = 0,
+) -> Tensor | list[Tensor]:
+    """Continue ``prompt`` by up to ``max_new_tokens``; temperature 0 is greedy.
+
+    ``prompt``: (B, T), optionally left-padded with ``attention_mask`` (B, T) (1 on tokens); returns
+    (B, T + new) with the padding kept. Or a list of 1-D prompts of any lengths, left-padded here
+    with ``pad_id``; returns a list with each prompt followed by its new tokens. Every row continues
+    with the logits it would have alone (so greedy tokens are the same). Raises ``ValueError`` for an
+    empty prompt, a prompt that does not fit ``max_seq_len``, or a mask with padding anywhere but on
+    the left.
+    """
+    if not isinstance(prompt, Tensor):
+        empty = [i for i, p in enumerate(prompt) if len(p) == 0]
+        if empty:
+            raise ValueError(f"prompt(s) {empty} are empty; give at least one token each")
+        ids, mask = left_pad(prompt, pad_id)
+        out = generate(model, ids, max_new_tokens, temperature, top_k, top_p, eos_id, generator, mask)
+        return [row[ids.shape[1] - len(p) :] for row, p in zip(out, prompt, strict=True)]
     if prompt.shape[1] == 0:
         raise ValueError("the prompt is empty; give at least one token")
     total = prompt.shape[1] + max_new_tokens
@@ -43,7 +63,7 @@ def generate(
             f"max_seq_len={model.config.max_seq_len}; shorten one of them"
         )
     cache = model.new_cache(total)
-    logits = model(prompt, cache)[:, -1]
+    logits = model(prompt, cache, attention_mask)[:, -1]
     out = [prompt]
     finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
     for _ in range(max_new_tokens):

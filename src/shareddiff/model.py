@@ -16,6 +16,7 @@ from shareddiff.attention import build_attention
 from shareddiff.config import ModelConfig
 from shareddiff.layers import RMSNorm, SwiGLU, init_weight, rope_angles
 from shareddiff.ops import available_backends
+from shareddiff.padding import check_token_mask, padded_attention_mask, token_positions
 
 
 class KVCache:
@@ -23,11 +24,14 @@ class KVCache:
 
     Buffers of ``max_len`` positions are allocated at a layer's first update, shaped like what the
     layer stores (K, V for standard attention; K1, K2, V for the differential variants).
+    ``token_mask`` (B, max_len) bool records which positions hold tokens once a padded input arrives
+    (None while every position is a token).
     """
 
     def __init__(self, n_layers: int, max_len: int) -> None:
         self.max_len = max_len
         self.length = 0
+        self.token_mask: Tensor | None = None
         self._buffers: list[list[Tensor] | None] = [None] * n_layers
 
     def update(self, layer_idx: int, *new: Tensor) -> tuple[Tensor, ...]:
@@ -40,10 +44,26 @@ class KVCache:
             buf[:, :, start:end] = t
         return tuple(buf[:, :, :end] for buf in stored)
 
+    def record_tokens(self, new_mask: Tensor) -> Tensor:
+        """Note which of the next N positions hold tokens (``new_mask`` (B, N) bool); return the token mask
+        (B, length + N) of every position so far (earlier positions count as tokens if none was recorded)."""
+        if self.token_mask is None:
+            self.token_mask = new_mask.new_ones(new_mask.shape[0], self.max_len)
+        end = self.length + new_mask.shape[1]
+        self.token_mask[:, self.length : end] = new_mask
+        return self.token_mask[:, :end]
+
+    def reorder(self, rows: Tensor) -> None:
+        """Keep batch rows ``rows`` (B',) int64 of every buffer, in that order (beam search)."""
+        self._buffers = [None if b is None else [t.index_select(0, rows) for t in b] for b in self._buffers]
+        if self.token_mask is not None:
+            self.token_mask = self.token_mask.index_select(0, rows)
+
     def copy(self) -> KVCache:
         """An independent cache with the same contents (to branch several continuations off one prefix)."""
         other = KVCache(len(self._buffers), self.max_len)
         other.length = self.length
+        other.token_mask = None if self.token_mask is None else self.token_mask.clone()
         other._buffers = [None if b is None else [t.clone() for t in b] for b in self._buffers]
         return other
 
@@ -67,13 +87,16 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(config.d_model, config.norm_eps)
         self.feed_forward = SwiGLU(config.d_model, config.ffn_dim)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None = None) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), rope, cache)
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        x = x + self.attention(self.attention_norm(x), rope, cache, mask)
         return x + self.feed_forward(self.ffn_norm(x))
 
 
 class LanguageModel(nn.Module):
-    """``model(input_ids) -> logits``; pass a ``KVCache`` from ``new_cache()`` to decode incrementally."""
+    """``model(input_ids) -> logits``; pass a ``KVCache`` from ``new_cache()`` to decode incrementally and
+    an ``attention_mask`` for padded batches."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -121,23 +144,64 @@ class LanguageModel(nn.Module):
     def new_cache(self, max_len: int | None = None) -> KVCache:
         return KVCache(self.config.n_layers, max_len or self.config.max_seq_len)
 
-    def forward(self, input_ids: Tensor, cache: KVCache | None = None) -> Tensor:
-        """Logits (B, T, vocab) for ``input_ids`` (B, T) placed after the ``cache.length`` cached positions."""
-        start = cache.length if cache is not None else 0
-        end = start + input_ids.shape[1]
-        limit = min(self.config.max_seq_len, cache.max_len) if cache is not None else self.config.max_seq_len
-        if end > limit:
+    def _check_length(self, end: int, cache: KVCache | None) -> None:
+        if end > self.config.max_seq_len:
             raise ValueError(
-                f"sequence of {end} positions exceeds the model's max_seq_len={limit}; "
+                f"sequence of {end} positions exceeds the model's max_seq_len={self.config.max_seq_len}; "
                 "shorten the input or use a config with a larger max_seq_len"
             )
-        positions = torch.arange(start, end, device=input_ids.device)
+        if cache is not None and end > cache.max_len:
+            raise ValueError(
+                f"sequence of {end} positions exceeds the KV cache's max_len={cache.max_len}; "
+                "make the cache large enough (new_cache(max_len=...)) or shorten the input"
+            )
+
+    @staticmethod
+    def _token_mask(attention_mask: Tensor | None, cache: KVCache | None, b: int, n: int) -> Tensor | None:
+        """Which of the ``start + n`` positions hold tokens, (B, start + n) bool; None when all of them do."""
+        if attention_mask is not None and tuple(attention_mask.shape) != (b, n):
+            raise ValueError(
+                f"attention_mask must be (B, N) = {(b, n)} like input_ids (the new positions only; the cache "
+                f"keeps earlier ones), got {tuple(attention_mask.shape)}"
+            )
+        if cache is None:
+            token_mask = None if attention_mask is None else attention_mask.bool()
+        elif attention_mask is None and cache.token_mask is None:
+            token_mask = None
+        else:
+            new = attention_mask.bool() if attention_mask is not None else cache.token_mask.new_ones(b, n)
+            token_mask = cache.record_tokens(new)
+        if token_mask is not None and not torch.compiler.is_compiling():
+            check_token_mask(token_mask, cached=cache is not None)
+        return token_mask
+
+    def forward(self, input_ids: Tensor, cache: KVCache | None = None, attention_mask: Tensor | None = None) -> Tensor:
+        """Logits (B, N, vocab) for ``input_ids`` (B, N) placed after the ``cache.length`` cached positions.
+
+        ``attention_mask`` (B, N), padded batches: 1 on tokens, 0 on padding (transformers' convention),
+        for these N positions only (the cache remembers earlier ones). Rows are padded on the left, or
+        without a cache also on the right. Padding is never attended to and each row's RoPE positions
+        count its tokens only, so every row's logits are those of its tokens alone; logits at padding
+        positions mean nothing. Raises ``ValueError`` for an empty input, too many positions, or a mask
+        of the wrong shape, with holes, or with padding after a token while a cache is used.
+        """
+        b, n = input_ids.shape
+        if n == 0:
+            raise ValueError("input_ids has no positions (shape (B, 0)); give at least one token per row")
+        start = cache.length if cache is not None else 0
+        self._check_length(start + n, cache)
+        token_mask = self._token_mask(attention_mask, cache, b, n)  # (B, start + N) or None: all tokens
+        if token_mask is None:
+            positions, mask = torch.arange(start, start + n, device=input_ids.device), None
+        else:
+            positions = token_positions(token_mask)[:, start:]  # (B, N)
+            mask = padded_attention_mask(token_mask, start, n)  # (B, 1, N, start + N)
         rope = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
         x = self.tok_embeddings(input_ids)
         for block in self.layers:
-            x = block(x, rope, cache)
+            x = block(x, rope, cache, mask)
         if cache is not None:
-            cache.advance(input_ids.shape[1])
+            cache.advance(n)
         x = self.norm(x)
         return self.output(x) if self.output is not None else x @ self.tok_embeddings.weight.t()
 

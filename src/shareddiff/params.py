@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shareddiff.config import ModelConfig
+from shareddiff.config import DIFFERENTIAL_V2, ModelConfig
 from shareddiff.model import build_model
 
 COMPONENTS = ("embeddings", "attention_qk", "attention_vo", "ffn", "norms_lambda")
@@ -38,6 +38,7 @@ def component_of(param_name: str) -> str:
 class ParamReport:
     config: ModelConfig
     counts: dict[str, int]
+    attention: int = 0  # every parameter of the attention sub-layers (Q, K, V, O, λ, head norm), all layers
 
     @property
     def total(self) -> int:
@@ -57,15 +58,21 @@ class ParamReport:
     def qk_per_layer(self) -> int:
         return self.counts["attention_qk"] // self.config.n_layers
 
+    @property
+    def attention_per_layer(self) -> int:
+        return self.attention // self.config.n_layers
+
     def as_dict(self) -> dict:
-        expression, value = qk_formula(self.config)
+        qk_expression, qk_value = qk_formula(self.config)
+        expression, value = attention_formula(self.config)
         return {
             "config": self.config.to_dict(),
             "components": dict(self.counts),
             "total": self.total,
             "total_non_embedding": self.non_embedding,
             "total_if_tied": self.total_tied,
-            "qk_per_layer": {"counted": self.qk_per_layer, "formula": expression, "formula_value": value},
+            "qk_per_layer": {"counted": self.qk_per_layer, "formula": qk_expression, "formula_value": qk_value},
+            "attention_per_layer": {"counted": self.attention_per_layer, "formula": expression, "formula_value": value},
         }
 
 
@@ -73,21 +80,31 @@ def count_parameters(config: ModelConfig) -> ParamReport:
     """Count every parameter of the model ``config`` describes, by component, without allocating it."""
     model = build_model(config, device="meta")
     counts = dict.fromkeys(COMPONENTS, 0)
+    attention = 0
     for name, p in model.named_parameters():
         counts[component_of(name)] += p.numel()
-    return ParamReport(config, counts)
+        attention += p.numel() if "attention" in name.split(".") else 0
+    return ParamReport(config, counts, attention)
 
 
 def qk_formula(config: ModelConfig) -> tuple[str, int]:
-    """The paper's §2.3 closed form for Q/K parameters per layer: (expression, value).
+    """The closed form for Q/K parameters per layer: (expression, value). The paper's §2.3 for DIFF
+    and Shared DIFF; for the V2 variants, their layout: W_Q ∈ R^{D×2h·d} (V2) or W_Q ∈ R^{D×h·d} plus two
+    rank-r updates (Shared DIFF V2), and one W_K; h·d = D.
 
-    Written for plain multi-head attention; with GQA the key term scales by n_kv_heads / n_heads.
+    Expressions are written for plain multi-head attention unless they show h_kv; the values count
+    GQA exactly (the key term scales by n_kv_heads / n_heads).
     """
     dm, h, d, kv = config.d_model, config.n_heads, config.head_dim, config.n_kv_heads
     if config.attention == "standard":
         return "D² + D·(D·h_kv/h)", dm * dm + dm * d * kv
     if config.attention == "diff":
         return "2D² = 4·D·(D/2)", dm * dm + dm * 2 * d * kv
+    if config.attention == "diff_v2":
+        return "2D² + D·(D·h_kv/h)", dm * 2 * h * d + dm * kv * d
+    if config.attention == "shared_diff_v2":
+        r = config.lowrank_rank
+        return "D² + 4·r·D + D·(D·h_kv/h)", dm * h * d + 2 * r * (dm + h * d) + dm * kv * d
     r = config.lowrank_rank
     if config.base_sharing == "heads":
         return ("2·D·d + 4·h·r_h·(D + d)", 2 * dm * d + 2 * h * r * (dm + d) + 2 * kv * r * (dm + d))
@@ -95,6 +112,21 @@ def qk_formula(config: ModelConfig) -> tuple[str, int]:
         "D² + 6·r·D = 2·D·(D/2) + 4·r·(D + D/2)",
         dm * h * d + dm * kv * d + 2 * r * (dm + h * d) + 2 * r * (dm + kv * d),
     )
+
+
+def attention_formula(config: ModelConfig) -> tuple[str, int]:
+    """The closed form for all parameters of one attention layer: Q/K (``qk_formula``), then V and O,
+    D·(D·h_kv/h) + D² in every variant (the head dims make h_kv value heads cost D·h_kv/h columns), then
+    DIFF's λ vectors (4d) and head-norm weight (2d) or V2's W_λ (D·h)."""
+    dm, h, d, kv = config.d_model, config.n_heads, config.head_dim, config.n_kv_heads
+    qk = qk_formula(config)[1]
+    vo = dm * kv * d * config.width_factor + h * d * config.width_factor * dm
+    if config.attention == "standard":
+        return "Q/K + D² + D·(D·h_kv/h)", qk + vo
+    if config.attention in DIFFERENTIAL_V2:
+        return "Q/K + D² + D·(D·h_kv/h) + D·h", qk + vo + dm * h
+    norm = 2 * d if config.head_norm and config.head_norm_weight else 0
+    return f"Q/K + D² + D·(D·h_kv/h) + 4d{' + 2d' if norm else ''}", qk + vo + 4 * d + norm
 
 
 def human(n: int) -> str:
@@ -107,8 +139,10 @@ def human(n: int) -> str:
 def describe(config: ModelConfig) -> str:
     c = config
     extra = f", r={c.lowrank_rank} ({c.base_sharing})" if c.attention == "shared_diff" else ""
+    extra += f", r={c.lowrank_rank}" if c.attention == "shared_diff_v2" else ""
+    pairs = f" ({2 * c.n_heads} query heads in pairs)" if c.attention in DIFFERENTIAL_V2 else ""
     return (
-        f"attention={c.attention}, D={c.d_model}, L={c.n_layers}, heads={c.n_heads}, "
+        f"attention={c.attention}, D={c.d_model}, L={c.n_layers}, heads={c.n_heads}{pairs}, "
         f"kv_heads={c.n_kv_heads}, head_dim={c.head_dim}{extra}, ffn={c.ffn_dim}, vocab={c.vocab_size}, "
         f"{'tied' if c.tie_embeddings else 'untied'}"
     )
@@ -137,9 +171,13 @@ def _rows(reports: list[ParamReport]) -> list[list[str]]:
     rows.append(["total", *(cell(r.total) for r in reports)])
     rows.append(["total without embeddings", *(cell(r.non_embedding) for r in reports)])
     rows.append(["total with tied embeddings", *(cell(r.total_tied) for r in reports)])
-    rows.append(["Q/K per layer, counted", *(f"{r.qk_per_layer:,}" for r in reports)])
-    rows.append(["Q/K per layer, §2.3 formula", *(f"{qk_formula(r.config)[1]:,}" for r in reports)])
-    rows.append(["  formula", *(qk_formula(r.config)[0] for r in reports)])
+    for label, counted, formula in (
+        ("Q/K per layer", ParamReport.qk_per_layer, qk_formula),
+        ("attention per layer", ParamReport.attention_per_layer, attention_formula),
+    ):
+        rows.append([f"{label}, counted", *(f"{counted.fget(r):,}" for r in reports)])
+        rows.append([f"{label}, closed form", *(f"{formula(r.config)[1]:,}" for r in reports)])
+        rows.append(["  formula", *(formula(r.config)[0] for r in reports)])
     return rows
 
 
@@ -154,14 +192,15 @@ def format_comparison(names: list[str], reports: list[ParamReport]) -> str:
     table = format_table(["component", *names], _rows(reports))
     lines = [table, ""]
     lines += [f"{n}: {describe(r.config)}" for n, r in zip(names, reports, strict=True)]
-    base = next((r for n, r in zip(names, reports, strict=True) if n.startswith("diff-")), None)
-    if base is not None:
-        for n, r in zip(names, reports, strict=True):
-            if n.startswith("shared_diff-"):
-                saved = 1 - r.qk_per_layer / base.qk_per_layer
-                lines.append(
-                    f"Q/K per layer, {n} vs DIFF: {saved:.1%} fewer; total: {1 - r.total / base.total:.1%} fewer"
-                )
+    by_name = dict(zip(names, reports, strict=True))
+    for n, r in by_name.items():
+        unshared = n.removeprefix("shared_")  # shared_diff-830m vs diff-830m, shared_diff_v2-… vs diff_v2-…
+        base = by_name.get(unshared) if unshared != n else None
+        if base is not None:
+            saved = 1 - r.qk_per_layer / base.qk_per_layer
+            lines.append(
+                f"Q/K per layer, {n} vs {unshared}: {saved:.1%} fewer; total: {1 - r.total / base.total:.1%} fewer"
+            )
     if reports[0].config.notes:
         lines.append(f"note: {reports[0].config.notes}")
     return "\n".join(lines)

@@ -1,8 +1,12 @@
-"""Named presets: ``<family>-<size>`` for family ``transformer``, ``diff`` or ``shared_diff``.
+"""Named presets: ``<family>-<size>`` for family ``transformer``, ``diff``, ``shared_diff``, ``diff_v2`` or
+``shared_diff_v2``.
 
-A size fixes width, depth, differential head count ``h``, rank and vocabulary; the three families of
-one size share all of them. The Transformer baseline uses ``2h`` heads so its head dimension equals
-the differential half-dim ``d`` (the official DIFF code's matching rule, architecture §2).
+A size fixes width, depth, differential head count ``h``, rank and vocabulary; the families of one
+size share all of them. The Transformer baseline uses ``2h`` heads so its head dimension equals
+the differential half-dim ``d`` (the official DIFF code's matching rule, architecture §2). The V2
+families take the Transformer's heads as their output heads and add a second query head to each
+(DIFF V2 README: "we introduce additional parameters for Q2"; its blog post: W_O stays the baseline's), so
+they are not parameter-matched: see ``FAMILY_NOTES``.
 
 Paper rows (Table 3 and Table 1) keep width, depth and rank. Where the paper's head count does not
 divide the width into heads of even half-dim ``d`` (architecture §5), the nearest head count that
@@ -14,7 +18,19 @@ from __future__ import annotations
 
 from typing import Any
 
-FAMILIES = {"transformer": "standard", "diff": "diff", "shared_diff": "shared_diff"}
+FAMILIES = {
+    "transformer": "standard",
+    "diff": "diff",
+    "shared_diff": "shared_diff",
+    "diff_v2": "diff_v2",
+    "shared_diff_v2": "shared_diff_v2",
+}
+FAMILY_NOTES = {
+    "diff_v2": "DIFF V2 as its README matches it: the Transformer's heads (dim d) as output heads, its W_K, W_V, "
+    "W_O, plus a second query head per head (D² more) and W_λ (D·n_heads more) per layer.",
+    "shared_diff_v2": "Shared DIFF V2: DIFF V2's layout with Q1, Q2 = X(W_Q + A B) of rank r: the Transformer "
+    "plus 4·r·D + D·n_heads parameters per layer.",
+}
 
 PAPER_VOCAB = 100_288  # cl100k_base padded (architecture §4, "Protocol details")
 
@@ -185,10 +201,12 @@ def preset_dict(name: str) -> dict[str, Any]:
         raise ValueError(f"unknown preset {name!r}; valid presets are: {', '.join(PRESET_NAMES)}")
     values = dict(SIZES[size])
     values["attention"] = FAMILIES[family]
-    if family == "transformer":
-        values["n_heads"] *= 2
-    if family != "shared_diff":
-        values.pop("lowrank_rank", None)
+    if family in ("transformer", "diff_v2", "shared_diff_v2"):
+        values["n_heads"] *= 2  # heads of dim d = D / 2h
+    if family not in ("shared_diff", "shared_diff_v2"):
+        values.pop("lowrank_rank", None)  # sizes without it (mqar) take the D/16 rule for shared_diff
+    if family in FAMILY_NOTES:
+        values["notes"] = f"{values['notes']} {FAMILY_NOTES[family]}"
     return values
 
 

@@ -38,7 +38,8 @@ def test_buckets_on_hand_built_maps():
 
 
 @pytest.mark.parametrize(
-    ("attention", "lambda_above_one"), [("standard", False), ("diff", False), ("shared_diff", False), ("diff", True)]
+    ("attention", "lambda_above_one"),
+    [("standard", False), ("diff", False), ("shared_diff", False), ("diff", True), ("diff_v2", False)],
 )
 def test_three_buckets_sum_to_the_row(seed, tiny_tokenizer, tiny_data, attention, lambda_above_one):
     model = build_model(
@@ -50,7 +51,8 @@ def test_three_buckets_sum_to_the_row(seed, tiny_tokenizer, tiny_data, attention
                 getattr(block.attention, name).data.fill_(0.3)
             for name in ("lambda_q2", "lambda_k2"):
                 getattr(block.attention, name).data.zero_()
-    lambdas = [None] * 2 if attention == "standard" else [float(b.attention.lam().detach()) for b in model.layers]
+    scalar_lambda = attention in ("diff", "shared_diff")  # DIFF V2's λ depends on the token: no A1/A2 split
+    lambdas = [float(b.attention.lam().detach()) for b in model.layers] if scalar_lambda else [None] * 2
     assert all(lam > 1 for lam in lambdas) if lambda_above_one else True
     builder = NeedleBuilder(tiny_tokenizer, load_split(tiny_data, "val"))
     result, example = attention_eval(model, builder, 200, [0.0, 1.0], 2, 2, seed=seed % 1000)
@@ -61,7 +63,10 @@ def test_three_buckets_sum_to_the_row(seed, tiny_tokenizer, tiny_data, attention
             assert row["total"] == pytest.approx(1.0, abs=1e-6) and row["answer"] >= 0
         for layer, lam in zip(row["layers"], lambdas, strict=True):
             net = sum(layer["net"].values())
-            assert net == pytest.approx(1.0 if lam is None else 1.0 - lam, abs=1e-5)  # the whole row
+            if attention == "diff_v2":  # each head's row sums to 1 − λ_i(token), λ_i = sigmoid(·) ∈ (0, 1)
+                assert 0 < net < 1
+            else:
+                assert net == pytest.approx(1.0 if lam is None else 1.0 - lam, abs=1e-5)  # the whole row
             if lam is not None:
                 assert sum(layer["a1"].values()) == pytest.approx(1.0, abs=1e-5)
                 assert sum(layer["a2"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -73,11 +78,12 @@ def test_three_buckets_sum_to_the_row(seed, tiny_tokenizer, tiny_data, attention
 
 
 def test_recording_gives_the_maps_of_every_layer(seed):
-    for attention, parts in (("standard", 1), ("shared_diff", 2)):
+    for attention, parts in (("standard", 1), ("shared_diff", 2), ("diff_v2", 1)):
         model = build_model(ModelConfig(attention=attention, n_heads=4 if attention == "standard" else 2)).eval()
         with recording(model) as maps, torch.no_grad():
             model(torch.randint(0, 512, (1, 20)))
         assert len(maps) == 2 and all(len(layer) == parts for layer in maps)
         assert all(m.shape == (1, model.config.n_heads, 20, 20) for layer in maps for m in layer)
-        assert torch.allclose(maps[0][0].sum(-1), torch.ones(1, model.config.n_heads, 20))  # softmax rows
+        if attention != "diff_v2":  # softmax rows (A1 and A2 of the differential variants)
+            assert torch.allclose(maps[0][0].sum(-1), torch.ones(1, model.config.n_heads, 20))
         assert all(b.attention.recorder is None for b in model.layers)

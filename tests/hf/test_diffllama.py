@@ -62,6 +62,8 @@ def test_export_cli_round_trip(tmp_path, make_run):
         (dict(attention="standard", n_heads=4), "differential attention only"),
         (dict(attention="diff", head_norm=False), "head_norm=False"),
         (dict(attention="diff", lambda_init=0.8), "depth schedule"),
+        (dict(attention="diff_v2"), r"attention='diff_v2' .* has no DiffLlama form: export it with --to hf"),
+        (dict(attention="shared_diff_v2"), r"attention='shared_diff_v2' .* has no DiffLlama form"),
     ],
 )
 def test_unexportable_models(fields, message):

@@ -1,4 +1,5 @@
-"""lm-evaluation-harness end to end on a local task; accuracy recomputed by hand from log-likelihoods."""
+"""lm-evaluation-harness end to end on local tasks: accuracy recomputed by hand from log-likelihoods, and
+generation (generate_until) at batch size 4 equal to batch size 1."""
 
 import json
 
@@ -73,3 +74,53 @@ def test_unknown_task_is_named(make_run, local_task, capsys):
         == 2
     )
     assert "unknown harness task(s) ['no_such_task']" in capsys.readouterr().err
+
+
+GENERATION_DOCS = [
+    {"question": "the module returns a value of", "answer": "type"},
+    {"question": "def f(x):\n    return", "answer": "x"},
+    {"question": "a list", "answer": "of"},
+    {"question": "the function is used with the data in a file for this class and", "answer": "name"},
+    {"question": "this", "answer": "that"},
+]
+
+
+@pytest.fixture
+def generation_task(tmp_path):
+    data = tmp_path / "tiny_generation.jsonl"
+    data.write_text("".join(json.dumps(d) + "\n" for d in GENERATION_DOCS))
+    (tmp_path / "tiny_generation.yaml").write_text(f"""task: tiny_generation
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["\\n\\n"]
+  max_gen_toks: 6
+  do_sample: false
+metric_list:
+  - metric: exact_match
+""")
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_generate_until_batch_of_4_equals_batch_of_1(make_run, generation_task, tmp_path):
+    """The harness left-pads generation batches; every continuation must be the one generated alone."""
+    result = train(make_run("train.max_steps=2"), progress=False)
+    texts = {}
+    for batch_size in (1, 4):
+        out = run_harness(
+            result.checkpoint, ["tiny_generation"], str(generation_task), batch_size=batch_size, log_samples=True
+        )
+        texts[batch_size] = {s["doc"]["question"]: s["resps"][0][0] for s in out["samples"]["tiny_generation"]}
+    assert len(texts[4]) == len(GENERATION_DOCS) and len(set(texts[1].values())) > 1  # continuations differ by prompt
+    assert texts[4] == texts[1]
+    argv = ["eval", "harness", str(result.checkpoint), "--tasks", "tiny_generation"]
+    argv += ["--include-path", str(generation_task), "--batch-size", "4", "--out", str(tmp_path / "r.json")]
+    assert main(argv) == 0
+    assert "exact_match,none" in json.loads((tmp_path / "r.json").read_text())["results"]["tiny_generation"]

@@ -5,14 +5,16 @@ import math
 import pytest
 import torch
 
-from shareddiff.ops import differential_attention, eager_differential_attention, resolve_backend
+from shareddiff.ops import differential_attention, eager_differential_attention, resolve_backend, softmax_attention
 from tests.conftest import rel_err
 
 TOL = 1e-5  # float32 relative error against float64
 
 
-def reference(q1, q2, k1, k2, v, lam, causal=True):
-    """softmax(q1k1ᵀ/√d + M)v − λ·softmax(q2k2ᵀ/√d + M)v in float64; queries are the last N keys."""
+def reference(q1, q2, k1, k2, v, lam, causal=True, mask=None):
+    """softmax(q1k1ᵀ/√d + M)v − λ·softmax(q2k2ᵀ/√d + M)v in float64; queries are the last N keys.
+
+    M is causal, or ``mask`` (bool, broadcast to (B, h, N, N_k)) where given."""
     q1, q2, k1, k2, v = (t.double() for t in (q1, q2, k1, k2, v))
     h, n, d = q1.shape[1], q1.shape[2], q1.shape[3]
     rep = h // k1.shape[1]
@@ -21,6 +23,8 @@ def reference(q1, q2, k1, k2, v, lam, causal=True):
     allowed = torch.ones(n, n_k, dtype=torch.bool)
     if causal:
         allowed = torch.tensor([[j <= i + n_k - n for j in range(n_k)] for i in range(n)])
+    if mask is not None:
+        allowed = mask
 
     def attn(q, k):
         s = (q @ k.transpose(-1, -2)) / math.sqrt(d)
@@ -77,6 +81,50 @@ def test_backend_matches_float64_reference(seed, backend, shape, lam_shape, caus
     )
     scale = grad_out.norm() * o2.norm()
     assert (inputs[5].grad.double() - inputs64[5].grad).norm() / scale <= TOL, "grad of lam"
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("shape", [(2, 2, 2, 13, 13, 16), (3, 4, 2, 6, 19, 8), (2, 2, 1, 1, 9, 16)])
+def test_mask_matches_float64_reference(seed, backend, shape):
+    """A random boolean (B, 1, N, N_k) mask (each query keeps at least one key), forward and gradients."""
+    b, h, h_kv, n, n_k, d = shape
+    inputs = make_inputs(b, h, h_kv, n, n_k, d, (h,))
+    mask = torch.rand(b, 1, n, n_k) < 0.5
+    mask[..., torch.arange(n), torch.randint(0, n_k, (n,))] = True
+    for t in inputs:
+        t.requires_grad_(True)
+    inputs64 = [t.detach().double().requires_grad_(True) for t in inputs]
+    out = differential_attention(*inputs, causal=False, backend=backend, mask=mask)
+    ref = reference(*inputs64, causal=False, mask=mask)
+    assert rel_err(out, ref) <= TOL
+    grad_out = torch.randn_like(ref)
+    out.backward(grad_out.float())
+    ref.backward(grad_out)
+    for name, t, t64 in zip(("q1", "q2", "k1", "k2", "v"), inputs[:5], inputs64[:5], strict=True):
+        assert rel_err(t.grad, t64.grad) <= TOL, f"grad of {name}"
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_softmax_attention_mask_matches_float64_reference(seed, backend):
+    """Reference: the same math with one softmax (λ = 0 and one branch of the differential reference)."""
+    q, k = torch.randn(2, 4, 7, 8), torch.randn(2, 2, 12, 8)
+    v = torch.randn(2, 2, 12, 16)
+    mask = torch.rand(2, 1, 7, 12) < 0.5
+    mask[..., 0] = True
+    out = softmax_attention(q, k, v, causal=False, backend=backend, mask=mask)
+    ref = reference(q, q, k, k, v, 0.0, causal=False, mask=mask)
+    assert rel_err(out, ref) <= TOL
+
+
+def test_bad_masks_are_named(seed):
+    q1, q2, k1, k2, v, lam = make_inputs(2, 2, 2, 5, 5, 8, ())
+    mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
+    with pytest.raises(ValueError, match="either causal=True or a mask"):
+        differential_attention(q1, q2, k1, k2, v, lam, mask=mask)
+    with pytest.raises(ValueError, match=r"mask must be a bool tensor broadcastable to \(B, h, N, N_k\)"):
+        differential_attention(q1, q2, k1, k2, v, lam, causal=False, mask=mask.float())
+    with pytest.raises(ValueError, match=r"mask's last two dims must be \(N, N_k\) = \(5, 5\)"):
+        softmax_attention(q1, k1, v, causal=False, mask=mask[..., :4])
 
 
 def test_float_lambda_and_backend_agreement(seed):

@@ -132,3 +132,10 @@ def test_unsupported_head_dim_is_named():
     v = torch.randn(1, 1, 4, 48)
     with pytest.raises(ValueError, match="head half-dim in"):
         differential_attention(q, q, q, q, v, 0.5, backend="triton")
+
+
+def test_mask_is_refused_with_the_fix():
+    q1, q2, k1, k2, v, lam = make_inputs(1, 2, 2, 4, 4, 16, ())
+    mask = torch.ones(1, 1, 4, 4, dtype=torch.bool).tril()
+    with pytest.raises(ValueError, match=r"triton kernel takes no attention mask.*use the sdpa or eager backend"):
+        differential_attention(q1, q2, k1, k2, v, lam, causal=False, backend="triton", mask=mask)

@@ -1,11 +1,22 @@
-"""Attention variants behind a registry: ``build_attention(config, layer_idx)`` picks the class."""
+"""Attention variants behind a registry: ``build_attention(config, layer_idx)`` picks the class.
+
+Every variant is an ``nn.Module`` with one call signature::
+
+    forward(x, rope, cache=None, mask=None) -> out
+    x: (B, N, D) normed input; rope: (cos, sin) from ``layers.rope_angles``, (N, d/2) or per row
+    (B, N, d/2); cache: the model's ``KVCache`` (``cache.update(layer_idx, *new) -> all``) or None;
+    mask: None (plain causal attention) or the complete boolean mask (B, 1, N, N_k) of a padded batch
+    from ``padding.padded_attention_mask``, handed to the op as ``causal=mask is None, mask=mask``.
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
 from shareddiff.attention.diff import DiffAttention, DifferentialAttention
+from shareddiff.attention.diff_v2 import DiffV2Attention, PairedDifferentialAttention
 from shareddiff.attention.shared_diff import SharedDiffAttention, SharedDiffHeadsAttention
+from shareddiff.attention.shared_diff_v2 import SharedDiffV2Attention
 from shareddiff.attention.standard import StandardAttention
 from shareddiff.config import ModelConfig
 
@@ -14,6 +25,8 @@ ATTENTION_REGISTRY: dict[tuple[str, str | None], type[nn.Module]] = {
     ("diff", None): DiffAttention,
     ("shared_diff", "branches"): SharedDiffAttention,
     ("shared_diff", "heads"): SharedDiffHeadsAttention,
+    ("diff_v2", None): DiffV2Attention,
+    ("shared_diff_v2", None): SharedDiffV2Attention,
 }
 
 
@@ -29,9 +42,12 @@ def build_attention(config: ModelConfig, layer_idx: int) -> nn.Module:
 __all__ = [
     "ATTENTION_REGISTRY",
     "DiffAttention",
+    "DiffV2Attention",
     "DifferentialAttention",
+    "PairedDifferentialAttention",
     "SharedDiffAttention",
     "SharedDiffHeadsAttention",
+    "SharedDiffV2Attention",
     "StandardAttention",
     "build_attention",
 ]

@@ -46,7 +46,7 @@ class DifferentialAttention(nn.Module):
         lam2 = torch.exp(torch.dot(self.lambda_q2.float(), self.lambda_k2.float()))
         return lam1 - lam2 + self.lambda_init
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None, mask: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape
         *qk, v = self.project_qkv(x)
         q1, q2, k1, k2 = (apply_rope(t, *rope).transpose(1, 2) for t in qk)
@@ -55,10 +55,14 @@ class DifferentialAttention(nn.Module):
             k1, k2, v = cache.update(self.layer_idx, k1, k2, v)
         if self.recorder is not None:
             lam = self.lam()
-            out, a1, a2 = eager_differential_attention(q1, q2, k1, k2, v, lam, causal=True, return_maps=True)
+            out, a1, a2 = eager_differential_attention(
+                q1, q2, k1, k2, v, lam, causal=mask is None, mask=mask, return_maps=True
+            )
             self.recorder.append((a1.detach(), a2.detach()))  # each (B, h, N, N_k); the map is A1 − λ·A2
         else:
-            out = differential_attention(q1, q2, k1, k2, v, self.lam(), causal=True, backend=self.backend)
+            out = differential_attention(
+                q1, q2, k1, k2, v, self.lam(), causal=mask is None, backend=self.backend, mask=mask
+            )
         if self.head_norm is not None:
             out = self.head_norm(out) * (1.0 - self.lambda_init)  # each head normalised on its own
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))

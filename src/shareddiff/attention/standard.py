@@ -25,7 +25,7 @@ class StandardAttention(nn.Module):
         self.fuse_projections = True  # one GEMM for X·[W_Q | W_K | W_V] (project_inputs)
         self.recorder: list | None = None  # set to a list to collect (softmax map,) (eager, analysis only)
 
-    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None) -> Tensor:
+    def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None, mask: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape
         q, k, v = project_inputs(x, (self.wq, self.wk, self.wv), self.fuse_projections)
         q = apply_rope(q.view(b, n, self.n_heads, self.head_dim), *rope).transpose(1, 2)
@@ -34,10 +34,10 @@ class StandardAttention(nn.Module):
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         if self.recorder is not None:
-            out, attn = eager_softmax_attention(q, k, v, causal=True)
+            out, attn = eager_softmax_attention(q, k, v, causal=mask is None, mask=mask)
             self.recorder.append((attn.detach(),))  # (B, h, N, N_k)
         else:
-            out = softmax_attention(q, k, v, causal=True, backend=self.backend)  # (B, h, N, dh)
+            out = softmax_attention(q, k, v, causal=mask is None, backend=self.backend, mask=mask)  # (B, h, N, dh)
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))
 
     def reset_parameters(self, std: float | None, out_std: float | None) -> None:

@@ -1,4 +1,4 @@
-"""Export a ``diff`` or ``shared_diff`` model as transformers' native ``DiffLlamaForCausalLM``.
+"""Export a ``diff`` or ``shared_diff`` model (not the V2 variants) as transformers' native ``DiffLlamaForCausalLM``.
 
 Shared DIFF merges its low-rank updates (``effective_qk_weights()``), so any runtime that serves
 DiffLlama serves it. What the exporter reconciles (architecture notes):
@@ -17,11 +17,18 @@ from torch import Tensor
 from transformers import DiffLlamaConfig, DiffLlamaForCausalLM
 
 from shareddiff.attention.diff import HEAD_NORM_EPS
+from shareddiff.config import DIFFERENTIAL_V2
 from shareddiff.model import LanguageModel
 
 
 def _check_exportable(model: LanguageModel) -> None:
     c = model.config
+    if c.attention in DIFFERENTIAL_V2:
+        raise ValueError(
+            f"DiffLlama holds DIFF V1 attention (two sub-heads per head, one λ per layer, a per-head norm); "
+            f"attention={c.attention!r} (2h query heads, λ = sigmoid(X W_λ) per token and head, no head norm) "
+            "has no DiffLlama form: export it with --to hf (the shareddiff wrapper) instead"
+        )
     if not c.is_differential:
         raise ValueError("DiffLlama holds differential attention only: export a standard model with --to hf")
     if not c.head_norm:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,13 @@ def run_harness(
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
     except ImportError as err:
         raise ValueError("the harness needs lm-eval: pip install 'shareddiff[hf]'") from err
     from shareddiff.hf.io import hf_tokenizer, wrap
     from shareddiff.train import load_model
 
     model, tokenizer, _ = load_model(checkpoint, device=device)
-    manager = TaskManager(include_path=include_path)
+    manager = _task_manager(include_path)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise ValueError(
@@ -47,3 +47,11 @@ def run_harness(
     return lm_eval.simple_evaluate(
         model=lm, tasks=tasks, task_manager=manager, num_fewshot=num_fewshot, limit=limit, log_samples=log_samples
     )
+
+
+@functools.cache
+def _task_manager(include_path: str | None):
+    """The harness's task index (thousands of YAML files, seconds to build), built once per folder and process."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path)

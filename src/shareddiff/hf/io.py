@@ -14,9 +14,10 @@ from shareddiff.model import LanguageModel
 
 
 def hf_tokenizer(tokenizer_file: str | Path) -> PreTrainedTokenizerFast:
-    """The project's tokenizer.json as a ``PreTrainedTokenizerFast`` (EOS doubles as padding)."""
+    """The project's tokenizer.json as a ``PreTrainedTokenizerFast``; EOS doubles as padding, which goes on
+    the left, as batched generation needs (the model takes left-padded batches)."""
     return PreTrainedTokenizerFast(
-        tokenizer_file=str(tokenizer_file), eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, padding_side="right"
+        tokenizer_file=str(tokenizer_file), eos_token=EOS_TOKEN, pad_token=EOS_TOKEN, padding_side="left"
     )
 
 

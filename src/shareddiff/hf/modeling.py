@@ -1,21 +1,25 @@
 """Hugging Face ``transformers`` wrappers around the project's own model (no second implementation).
 
 ``import shareddiff.hf`` registers ``ShareddiffConfig`` / ``ShareddiffForCausalLM`` with ``AutoConfig`` and
-``AutoModelForCausalLM``, so ``save_pretrained`` / ``from_pretrained`` (safetensors) and ``generate()``
-(with the project's KV cache) work as for any causal LM.
+``AutoModelForCausalLM``, so ``save_pretrained`` / ``from_pretrained`` (safetensors), ``generate()`` (with
+the project's KV cache, left-padded batches and beam search), ``resize_token_embeddings`` and the
+``Trainer`` (gradient accumulation through ``num_items_in_batch``) work as for any causal LM.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from shareddiff.config import ModelConfig
 from shareddiff.model import KVCache, LanguageModel
+
+# transformers renamed the cache argument and output field from ``past_key_values`` to ``cache`` during 5.x
+CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 class ShareddiffConfig(PreTrainedConfig):
@@ -49,12 +53,19 @@ class ShareddiffConfig(PreTrainedConfig):
 
 
 class ShareddiffForCausalLM(PreTrainedModel, GenerationMixin):
-    """``PreTrainedModel`` + ``GenerationMixin`` holding a ``LanguageModel`` as ``self.model``."""
+    """``PreTrainedModel`` + ``GenerationMixin`` holding a ``LanguageModel`` as ``self.model``.
+
+    ``generate()`` decodes with the project's ``KVCache`` (under whichever name, ``cache`` or
+    ``past_key_values``, the installed transformers uses), left-padded batches included, and beam
+    search reorders it. The loss divides by ``num_items_in_batch`` when the ``Trainer`` gives it, so
+    gradient accumulation sums token losses as one large batch would.
+    """
 
     config_class = ShareddiffConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
     _supports_sdpa = True
+    accepts_loss_kwargs = True  # forward consumes num_items_in_batch (Trainer then leaves the loss unscaled)
 
     def __init__(self, config: ShareddiffConfig, model: LanguageModel | None = None) -> None:
         super().__init__(config)
@@ -63,45 +74,81 @@ class ShareddiffForCausalLM(PreTrainedModel, GenerationMixin):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the model keeps its own KVCache (returned as past_key_values)
+        return False  # the model keeps its own KVCache (returned in the output's cache field)
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         """The LanguageModel initialises itself; loading overwrites everything."""
 
-    def get_input_embeddings(self) -> torch.nn.Module:
+    def get_input_embeddings(self) -> torch.nn.Embedding:
         return self.model.tok_embeddings
 
-    def get_output_embeddings(self) -> torch.nn.Module | None:
+    def set_input_embeddings(self, value: torch.nn.Embedding) -> None:
+        """Swap the token embeddings (``resize_token_embeddings``); the model's config follows the new vocabulary."""
+        self.model.tok_embeddings = value
+        self.model.config = dataclasses.replace(self.model.config, vocab_size=value.num_embeddings)
+        self.config.shareddiff = self.model.config.to_dict()
+        self.config.vocab_size = value.num_embeddings
+
+    def get_output_embeddings(self) -> torch.nn.Linear | None:
+        """The LM head; None when tied (the logits then use the input embeddings' matrix itself)."""
         return self.model.output
+
+    def set_output_embeddings(self, value: torch.nn.Linear) -> None:
+        if self.model.output is None:
+            raise ValueError("this model ties its LM head to the input embeddings; set_input_embeddings sets both")
+        self.model.output = value
 
     def forward(
         self,
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
         past_key_values: KVCache | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
+        inputs_embeds: torch.Tensor | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        if attention_mask is not None and not bool(attention_mask[:, : input_ids.shape[1]].all()):
-            _check_right_padding(attention_mask)
-        if use_cache and past_key_values is None:
-            past_key_values = self.model.new_cache()
-        logits = self.model(input_ids, past_key_values if use_cache or past_key_values is not None else None)
+        """transformers' causal-LM forward. ``attention_mask`` (B, cached + N) covers every position so far,
+        1 on tokens; rows are left-padded (right padding too when no cache is used). The loss is the
+        shifted next-token cross-entropy, summed and divided by ``num_items_in_batch`` when given, else
+        averaged over tokens whose label is not -100."""
+        if inputs_embeds is not None:
+            raise ValueError("shareddiff models take input_ids only, not inputs_embeds")
+        cache = cache if cache is not None else past_key_values
+        if use_cache and cache is None:
+            cache = self.model.new_cache()
+        new_mask = None if attention_mask is None else _new_positions_mask(attention_mask, cache, input_ids.shape[1])
+        logits = self.model(input_ids, cache, new_mask)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=past_key_values)
+            loss = self.loss_function(
+                logits=logits, labels=labels, vocab_size=logits.shape[-1], num_items_in_batch=num_items_in_batch
+            )
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: cache})
 
-    def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None, **kwargs):
-        if past_key_values is not None and past_key_values.length:
-            input_ids = input_ids[:, past_key_values.length :]
+    def prepare_inputs_for_generation(
+        self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """The positions the cache has not seen yet, and the cache, which ``generate`` hands over as ``cache``
+        (recent 5.x releases) or ``past_key_values`` (5.0); ``forward`` takes either name."""
+        cache = kwargs.get("cache")
+        if cache is None:
+            cache = kwargs.get("past_key_values")
+        if cache is not None:
+            input_ids = input_ids[:, cache.length :]
         return {
             "input_ids": input_ids,
-            "past_key_values": past_key_values,
             "attention_mask": attention_mask,
+            "cache": cache,
             "use_cache": kwargs.get("use_cache", True),
         }
+
+    def _reorder_cache(self, cache: KVCache, beam_idx: torch.LongTensor) -> KVCache:
+        """Beam search: keep the cache rows of the beams that go on (``generate`` calls this by name)."""
+        cache.reorder(beam_idx.to(next(self.parameters()).device))
+        return cache
 
     @classmethod
     def from_pretrained(cls, *args: Any, **kwargs: Any):
@@ -124,16 +171,27 @@ def check_loading_info(info: dict, source: Any) -> None:
         raise ValueError(f"the weights in {source} do not match its config.json: {problems}")
 
 
-def _check_right_padding(attention_mask: torch.Tensor) -> None:
-    """Right padding is harmless to a causal model; anything else would need a padding mask it lacks."""
-    mask = attention_mask.bool()
-    lengths = mask.sum(-1, keepdim=True)
-    positions = torch.arange(mask.shape[1], device=mask.device)[None, :]
-    if not torch.equal(mask, positions < lengths):
+def _new_positions_mask(attention_mask: torch.Tensor, cache: KVCache | None, n: int) -> torch.Tensor | None:
+    """The core model's mask (B, n) of the new positions from transformers' mask of every position so far;
+    None when nothing is padding. Raises ``ValueError`` if the mask has the wrong length or rewrites
+    positions already in the cache (a decoding step may only add the new tokens' columns)."""
+    start = cache.length if cache is not None else 0
+    if attention_mask.dim() != 2 or attention_mask.shape[1] != start + n:
         raise ValueError(
-            "shareddiff models take no padding mask: pad on the right (padding_side='right') "
-            "or generate one sequence at a time"
+            f"attention_mask must be (B, cached + new) = (B, {start} + {n}), 1 on tokens, got shape "
+            f"{tuple(attention_mask.shape)}"
         )
+    mask = attention_mask.bool()
+    padded_before = cache is not None and cache.token_mask is not None
+    recorded = cache.token_mask[:, :start] if padded_before else torch.ones_like(mask[:, :start])
+    if not torch.equal(mask[:, :start], recorded):
+        raise ValueError(
+            f"attention_mask changes positions already in the KV cache (its first {start} columns differ from the "
+            "padding the cache was filled with): a decoding step's mask may only add 1s for the new tokens"
+        )
+    if not padded_before and bool(mask.all()):
+        return None  # no padding anywhere: the unmasked (fast) path
+    return mask[:, start:]
 
 
 AutoConfig.register(ShareddiffConfig.model_type, ShareddiffConfig, exist_ok=True)

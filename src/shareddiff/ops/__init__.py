@@ -10,6 +10,7 @@ from shareddiff.ops.differential import (
     resolve_backend,
     sdpa_differential_attention,
 )
+from shareddiff.ops.differential_v2 import differential_v2_attention, eager_differential_v2_attention
 from shareddiff.ops.softmax import eager_softmax_attention, softmax_attention
 
 with contextlib.suppress(ImportError):  # the fused kernel registers itself as "triton" where Triton exists
@@ -18,7 +19,9 @@ with contextlib.suppress(ImportError):  # the fused kernel registers itself as "
 __all__ = [
     "available_backends",
     "differential_attention",
+    "differential_v2_attention",
     "eager_differential_attention",
+    "eager_differential_v2_attention",
     "eager_softmax_attention",
     "register_backend",
     "resolve_backend",

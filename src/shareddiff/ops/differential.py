@@ -21,7 +21,8 @@ _AUTO_PREFERENCE: list[tuple[str, Callable[[Tensor], bool]]] = []
 
 
 def register_backend(name: str, auto_when: Callable[[Tensor], bool] | None = None):
-    """Register ``fn(q1, q2, k1, k2, v, lam, causal) -> out`` under ``name``.
+    """Register ``fn(q1, q2, k1, k2, v, lam, causal, mask) -> out`` under ``name`` (the arguments of
+    ``differential_attention``; a backend without mask support raises ``ValueError`` when given one).
 
     ``auto_when(q1)`` says whether ``"auto"`` may pick it for these inputs; later registrations with
     a predicate are preferred over earlier ones.
@@ -68,6 +69,21 @@ def _check_shapes(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Tensor) -> 
         raise ValueError(f"fewer keys ({n_k}) than queries ({n}): queries are the last N of the keys")
 
 
+def _check_mask(mask: Tensor | None, causal: bool, q: Tensor, n_k: int) -> None:
+    if mask is None:
+        return
+    if causal:
+        raise ValueError("give either causal=True or a mask (which must then hold causality itself), not both")
+    b, h, n = q.shape[:3]
+    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[0] not in (1, b) or mask.shape[1] not in (1, h):
+        raise ValueError(
+            f"mask must be a bool tensor broadcastable to (B, h, N, N_k) = {(b, h, n, n_k)}, "
+            f"got {mask.dtype} of shape {tuple(mask.shape)}"
+        )
+    if mask.shape[2:] != (n, n_k):
+        raise ValueError(f"mask's last two dims must be (N, N_k) = {(n, n_k)}, got {tuple(mask.shape[2:])}")
+
+
 def _lam_view(lam: Tensor | float, h: int, like: Tensor) -> Tensor | float:
     """λ as a scalar or broadcastable to (B, h, N, 2d)."""
     if isinstance(lam, Tensor):
@@ -100,18 +116,24 @@ def differential_attention(
     lam: Tensor | float,
     causal: bool = True,
     backend: str = "auto",
+    mask: Tensor | None = None,
 ) -> Tensor:
     """Differential attention (architecture §6): ``softmax(q1k1ᵀ/√d)v − λ·softmax(q2k2ᵀ/√d)v``.
 
     q1, q2: (B, h, N, d); k1, k2: (B, h_kv, N_k, d); v: (B, h_kv, N_k, 2d); λ: scalar or (h,).
-    With ``N < N_k`` (decoding with a cache) the queries are the last N positions. Returns (B, h, N, 2d).
+    With ``N < N_k`` (decoding with a cache) the queries are the last N positions. ``mask`` (padded
+    batches): bool, (B or 1, h or 1, N, N_k), True where a query may attend a key; it replaces the causal
+    mask (``causal`` must then be False, as in ``F.scaled_dot_product_attention``), must hold causality
+    itself, and must leave every query at least one key (see ``shareddiff.padding``). Returns (B, h, N, 2d).
+    Raises ``ValueError`` on inconsistent shapes, and from backends that take no mask ("triton").
     """
     _check_shapes(q1, q2, k1, k2, v)
-    return _BACKENDS[resolve_backend(backend, q1)](q1, q2, k1, k2, v, lam, causal)
+    _check_mask(mask, causal, q1, k1.shape[2])
+    return _BACKENDS[resolve_backend(backend, q1)](q1, q2, k1, k2, v, lam, causal, mask)
 
 
 @register_backend("eager")
-def eager_differential_attention(q1, q2, k1, k2, v, lam, causal=True, return_maps=False):
+def eager_differential_attention(q1, q2, k1, k2, v, lam, causal=True, mask=None, return_maps=False):
     """Reference: both attention maps materialised, softmax in float32.
 
     With ``return_maps=True`` returns ``(out, A1, A2)``, the maps of shape (B, h, N, N_k) in float32,
@@ -120,7 +142,8 @@ def eager_differential_attention(q1, q2, k1, k2, v, lam, causal=True, return_map
     h, d = q1.shape[1], q1.shape[-1]
     k1, k2, v = (_expand_kv(t, h) for t in (k1, k2, v))
     scale = 1.0 / math.sqrt(d)
-    mask = causal_mask(q1.shape[2], k1.shape[2], q1.device) if causal else None
+    if causal:
+        mask = causal_mask(q1.shape[2], k1.shape[2], q1.device)
 
     def attention_map(q: Tensor, k: Tensor) -> Tensor:
         scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # (B, h, N, N_k)
@@ -135,19 +158,19 @@ def eager_differential_attention(q1, q2, k1, k2, v, lam, causal=True, return_map
 
 
 @register_backend("sdpa")
-def sdpa_differential_attention(q1, q2, k1, k2, v, lam, causal=True):
+def sdpa_differential_attention(q1, q2, k1, k2, v, lam, causal=True, mask=None):
     """Two calls to PyTorch's fused scaled-dot-product attention: memory O(N), no N×N tensor.
 
     On the CPU the fused (flash) kernel needs equal q/k and v widths, so q and k are zero-padded from
     d to 2d (scores unchanged, scale kept at 1/√d); elsewhere the memory-efficient kernel takes
     v of width 2d as it is. A cache decode step (N = 1) needs no mask; other N < N_k use an explicit
-    (N, N_k) mask.
+    (N, N_k) mask; a given ``mask`` (padding) is passed on as SDPA's boolean ``attn_mask``.
     """
     h, n, n_k, d = q1.shape[1], q1.shape[2], k1.shape[2], q1.shape[3]
     k1, k2, v = (_expand_kv(t, h) for t in (k1, k2, v))
     if q1.device.type == "cpu":
         q1, q2, k1, k2 = (F.pad(t, (0, d)) for t in (q1, q2, k1, k2))
-    mask, is_causal = None, causal
+    is_causal = causal
     if causal and n != n_k:
         is_causal = False
         mask = None if n == 1 else causal_mask(n, n_k, q1.device)

@@ -7,31 +7,40 @@ import math
 import torch.nn.functional as F
 from torch import Tensor
 
-from shareddiff.ops.differential import _expand_kv, causal_mask
+from shareddiff.ops.differential import _check_mask, _expand_kv, causal_mask
 
 
-def softmax_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True, backend: str = "auto") -> Tensor:
+def softmax_attention(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, backend: str = "auto", mask: Tensor | None = None
+) -> Tensor:
     """softmax(q kᵀ/√d + mask) v. q: (B, h, N, d); k, v: (B, h_kv, N_k, ·); queries are the last N keys.
 
-    ``"eager"`` materialises the map (float32 softmax); every other backend name uses SDPA.
+    ``mask``: as in ``differential_attention`` (bool (B or 1, h or 1, N, N_k), True where allowed; it
+    replaces the causal mask, so ``causal`` must be False). ``"eager"`` materialises the map (float32
+    softmax); every other backend name uses SDPA.
     """
+    _check_mask(mask, causal, q, k.shape[2])
     if backend == "eager":
-        return eager_softmax_attention(q, k, v, causal)[0]
+        return eager_softmax_attention(q, k, v, causal, mask)[0]
     h, n, n_k = q.shape[1], q.shape[2], k.shape[2]
     k, v = _expand_kv(k, h), _expand_kv(v, h)
-    mask, is_causal = None, causal
+    is_causal = causal
     if causal and n != n_k:
         is_causal = False
         mask = None if n == 1 else causal_mask(n, n_k, q.device)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
 
 
-def eager_softmax_attention(q: Tensor, k: Tensor, v: Tensor, causal: bool = True) -> tuple[Tensor, Tensor]:
+def eager_softmax_attention(
+    q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Reference path returning ``(out, A)`` with the float32 attention map A: (B, h, N, N_k)."""
     h = q.shape[1]
     k, v = _expand_kv(k, h), _expand_kv(v, h)
     scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if causal:
-        scores = scores.masked_fill(~causal_mask(q.shape[2], k.shape[2], q.device), float("-inf"))
+        mask = causal_mask(q.shape[2], k.shape[2], q.device)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
     attn = scores.softmax(dim=-1)
     return (attn @ v.float()).to(v.dtype), attn

@@ -696,8 +696,15 @@ def triton_available_for(q: Tensor) -> bool:
 
 
 @register_backend("triton")  # not chosen by "auto": at parity with two SDPA calls, not faster (docs/performance.md)
-def triton_differential_attention(q1, q2, k1, k2, v, lam, causal=True):
-    """The fused kernel. λ (scalar or per head) may require grad; returns (B, h, N, 2d) in q's dtype."""
+def triton_differential_attention(q1, q2, k1, k2, v, lam, causal=True, mask=None):
+    """The fused kernel. λ (scalar or per head) may require grad; returns (B, h, N, 2d) in q's dtype.
+
+    The kernel has no mask input: a ``mask`` (padded batches) is refused with a ``ValueError``."""
+    if mask is not None:
+        raise ValueError(
+            "the triton kernel takes no attention mask, so it cannot run padded batches; use the sdpa or eager "
+            "backend for them (model.set_attention_backend('sdpa'))"
+        )
     if not triton_available_for(q1):
         raise ValueError(
             f"the triton backend needs CUDA tensors (or TRITON_INTERPRET=1) with head half-dim in "
