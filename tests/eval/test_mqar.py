@@ -164,7 +164,8 @@ def test_a_tiny_transformer_learns_mqar(tmp_path):
         "train.eval_every=400",
         "train.log_every=100",
         "optim.lr=3e-3",
-        "optim.warmup_steps=40",
+        "optim.warmup_steps=100",
+        "optim.min_lr_ratio=1.0",  # constant after warmup: no decay while the plateau is left (step 150-200)
         "mqar.eval_samples=256",
     )
     train(run, progress=False)
