@@ -97,25 +97,45 @@ def tiny_data(tmp_path_factory, tiny_tokenizer):
     return out
 
 
+def tiny_recipe(data, tokenizer, out_dir, *overrides: str):
+    """A tiny training recipe over ``data`` (a prepared folder) into ``out_dir``, with overrides."""
+    base = [
+        f"data.path={data}",
+        f"data.tokenizer={tokenizer.path}",
+        "data.seq_len=32",
+        "data.val_tokens=512",
+        "optim.lr=1e-2",
+        "optim.warmup_steps=2",
+        "train.max_steps=12",
+        "train.micro_batch=4",
+        "train.eval_every=4",
+        "train.log_every=1",
+        "train.device=cpu",
+        f"train.out_dir={out_dir}",
+        "checkpoint.every=3",
+        "checkpoint.keep_last=10",
+    ]
+    return load_recipe(None, "shared_diff-tiny", base + list(overrides))
+
+
 @pytest.fixture
 def make_run(tmp_path, tiny_data, tiny_tokenizer):
     def make(*overrides: str, out: str = "run"):
-        base = [
-            f"data.path={tiny_data}",
-            f"data.tokenizer={tiny_tokenizer.path}",
-            "data.seq_len=32",
-            "data.val_tokens=512",
-            "optim.lr=1e-2",
-            "optim.warmup_steps=2",
-            "train.max_steps=12",
-            "train.micro_batch=4",
-            "train.eval_every=4",
-            "train.log_every=1",
-            "train.device=cpu",
-            f"train.out_dir={tmp_path / out}",
-            "checkpoint.every=3",
-            "checkpoint.keep_last=10",
-        ]
-        return load_recipe(None, "shared_diff-tiny", base + list(overrides))
+        return tiny_recipe(tiny_data, tiny_tokenizer, tmp_path / out, *overrides)
 
     return make
+
+
+@pytest.fixture
+def saved_figures(monkeypatch):
+    """The matplotlib figures plot functions save, kept open for inspection instead of closed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    real_close, figures = plt.close, []
+    monkeypatch.setattr(plt, "close", figures.append)
+    yield figures
+    for fig in figures:
+        real_close(fig)

@@ -1,6 +1,11 @@
-"""The command line: data prepare, tokenizer train, train, generate, export."""
+"""The command line: data prepare, tokenizer train, train, generate, export; each bad input a one-line message."""
 
 import json
+import os
+import re
+import stat
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -108,3 +113,166 @@ def test_mix_flag_and_override_forms_agree():
 
     assert load_recipe(None, "shared_diff-tiny", ['data.mix="needle:0.3"']).data.mix == "needle:0.3"
     assert load_recipe(None, "shared_diff-tiny", ["data.mix=needle:0.3"]).data.mix == "needle:0.3"
+
+
+def test_data_prepare_says_what_it_read_and_which_suffixes_it_takes(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["data", "prepare", str(empty), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"no readable documents in {empty}: found no files" in err and "left no validation" not in err
+    code = tmp_path / "code"
+    code.mkdir()
+    for i, doc in enumerate(synthetic_documents(30, 40)):
+        (code / f"m{i}.py").write_text(doc)
+    (code / "notes.c").write_text("int x;")
+    assert main(["data", "prepare", str(code), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "found only files left out for their suffix (1 .c, 30 .py)" in err
+    assert "folders are read for .txt, .md, .rst, .text, files without a suffix, .jsonl and .parquet" in err
+    assert "name other files explicitly (e.g. corpus/*.py) to read them as plain text" in err
+    named = [str(p) for p in sorted(code.glob("*.py"))]
+    assert main(["data", "prepare", *named, "--out", str(tmp_path / "o"), "--val-fraction", "0.2"]) == 0
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["splits"]["train"]["documents"] + manifest["splits"]["val"]["documents"] == 30
+    (code / "doc.txt").write_text("some text")
+    assert main(["data", "prepare", str(code), "--out", str(tmp_path / "p"), "--val", str(code / "doc.txt")]) == 0
+    assert "read 1 file(s); left out 1 .c, 30 .py" in capsys.readouterr().err
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    (blank / "a.txt").write_text("  \n")
+    assert main(["data", "prepare", str(blank), "--out", str(tmp_path / "q")]) == 2
+    assert "the 1 file(s) read hold no text (every document is empty)" in capsys.readouterr().err
+
+
+def test_tokenizer_train_refuses_empty_input_and_says_when_the_vocabulary_falls_short(tmp_path, capsys):
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    (blank / "a.txt").write_text("")
+    out = tmp_path / "tok.json"
+    assert main(["tokenizer", "train", str(blank), "--out", str(out)]) == 2
+    assert "hold no text to learn a vocabulary from" in capsys.readouterr().err and not out.exists()
+    (blank / "a.txt").write_text("the module returns a value. " * 20)
+    assert main(["tokenizer", "train", str(blank), "--out", str(out), "--vocab-size", "16384"]) == 0
+    text = capsys.readouterr().out
+    reached = json.loads(out.read_text())["model"]["vocab"]
+    assert 257 < len(reached) < 16384
+    assert f"note: the corpus reached only {len(reached)} of the 16384 entries asked" in text
+    assert f"pass --vocab-size {len(reached)}" in text
+    assert main(["tokenizer", "train", str(blank), "--out", str(out), "--vocab-size", str(len(reached))]) == 0
+    assert "note:" not in capsys.readouterr().out  # the size the note suggests is reached
+
+
+@pytest.fixture
+def tiny_run(make_run):
+    from shareddiff.train import train
+
+    return train(make_run("train.max_steps=2", "checkpoint.every=2"), progress=False)
+
+
+def test_missing_checkpoint_tokenizer_names_the_one_to_copy(tiny_run, tiny_tokenizer, capsys):
+    (tiny_run.checkpoint / "tokenizer.json").unlink()
+    assert main(["generate", str(tiny_run.checkpoint), "--prompt", "the"]) == 2
+    err = capsys.readouterr().err
+    assert "tokenizer.json is missing; copy the tokenizer this run was trained with (data.tokenizer: " in err
+    assert f"{tiny_tokenizer.path}, sha256 {tiny_tokenizer.sha256[:12]}" in err
+    assert "train one with" not in err
+
+
+def test_data_path_at_raw_text_says_to_prepare_it_elsewhere(make_run, corpus):
+    from shareddiff.train import train
+
+    with pytest.raises(ValueError) as caught:
+        train(make_run(f"data.path={corpus}"), progress=False)
+    message = str(caught.value)
+    assert f"{corpus} holds text files, not prepared token shards" in message
+    assert f"--out {corpus}-tokens" in message and f"data.path={corpus}-tokens" in message
+    assert f"--out {corpus}`" not in message
+
+
+def test_generate_checks_its_flags_caps_aloud_and_reports_speed(tiny_run, capsys):
+    ckpt = str(tiny_run.checkpoint)
+    for flags, message in [
+        (["--temperature", "-1"], "--temperature -1.0 must be ≥ 0"),
+        (["--top-p", "0"], "--top-p 0.0 must be in (0, 1]"),
+        (["--top-k", "-2"], "--top-k -2 must be ≥ 0"),
+        (["--max-new-tokens", "0"], "--max-new-tokens 0 must be at least 1"),
+        (["--num-samples", "0"], "--num-samples 0 must be at least 1"),
+    ]:
+        assert main(["generate", ckpt, "--prompt", "the", *flags]) == 2
+        assert message in capsys.readouterr().err
+    assert main(["generate", ckpt, "--prompt", "the module", "--max-new-tokens", "1000", "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    prompt_len = len(load_model(ckpt)[1].encode("the module"))
+    assert f"--max-new-tokens 1000 capped at {256 - prompt_len}: the model's context is 256 tokens" in captured.err
+    assert re.search(r"^\d+ new tokens in \d+\.\d\d s: [\d,.]+ tokens/s$", captured.err.splitlines()[-1])
+    assert captured.out.startswith("--- sample 1\nthe module") and "tokens/s" not in captured.out
+
+
+def test_exported_weights_are_readable_by_others(tiny_run, tmp_path):
+    out = tmp_path / "w.safetensors"
+    old = os.umask(0o022)
+    try:
+        assert main(["export", str(tiny_run.checkpoint), "--to", "safetensors", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tiny_run.checkpoint / "model.safetensors").stat().st_mode) == 0o644
+
+
+@pytest.mark.slow
+def test_hf_export_weights_are_readable_by_others(tiny_run, tmp_path):
+    pytest.importorskip("transformers")
+    old = os.umask(0o022)
+    try:
+        assert main(["export", str(tiny_run.checkpoint), "--to", "hf", str(tmp_path / "hf")]) == 0
+    finally:
+        os.umask(old)
+    weights = list((tmp_path / "hf").glob("*.safetensors"))
+    assert weights and all(stat.S_IMODE(w.stat().st_mode) == 0o644 for w in weights)
+
+
+def test_params_explains_the_size_in_the_name(capsys):
+    assert main(["params", "shared_diff-830m"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^total +952,261,632 \(952.26M\)$", out, re.MULTILINE)
+    assert (
+        "size label: '830m' names the size row, it is not a count; this configuration has 952.26M in total, "
+        "798.22M with tied embeddings, 644.18M without embeddings; the closest to the label is with tied "
+        "embeddings (-3.8%)"
+    ) in out
+    assert main(["params", "shared_diff-tiny"]) == 0
+    assert "size label" not in capsys.readouterr().out
+
+
+def test_a_closed_pipe_ends_quietly():
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (`head`) has gone before anything is written
+    proc = subprocess.run(
+        [sys.executable, "-m", "shareddiff.cli", "params", "shared_diff-830m"],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == ""
+
+
+@pytest.mark.slow
+def test_generate_compile_gives_the_eager_tokens(tmp_path, capsys):
+    """`generate --compile` (a compiled StaticDecoder, inductor) prints the greedy text of the eager KV-cache path."""
+    from shareddiff import ModelConfig, build_model
+    from shareddiff.data.tokenizer import BUNDLED_TOKENIZERS
+    from shareddiff.train import save_checkpoint
+
+    model = build_model(ModelConfig.from_preset("diff-tiny", vocab_size=4096))
+    state = {"model_config": model.config.to_dict()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    save_checkpoint(tmp_path, 1, model, optimizer, state, BUNDLED_TOKENIZERS["bundled-4k"], keep_last=1)
+    args = ["generate", str(tmp_path), "--prompt", "def f(x):", "--max-new-tokens", "12", "--temperature", "0"]
+    outs = []
+    for extra in ([], ["--compile"]):
+        assert main([*args, "--device", "cpu", *extra]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].startswith("--- sample 1\ndef f(x):")

@@ -16,3 +16,5 @@ def test_demo_writes_report_and_plot(tmp_path, monkeypatch):
     assert "== samples (Shared DIFF)" in summary and "val loss" in summary
     again = run_demo(str(tmp_path / "demo"), steps=2, progress=False)  # a finished demo re-runs without training
     assert again.splitlines()[1] == summary.splitlines()[1]
+    with pytest.raises(ValueError, match=r"holds a demo run trained with other settings \(train.max_steps 2 → 3"):
+        run_demo(str(tmp_path / "demo"), steps=3, progress=False)  # not a silent change of its schedule

@@ -59,6 +59,28 @@ def test_shipped_experiments_are_matched(tmp_path, tiny_data):
         rates = sorted(run_recipe(sweep, s, tmp_path, data).optim.lr for s in sweep.runs if s.family == family)
         assert len(rates) >= 4 and all(b == pytest.approx(2 * a) for a, b in itertools.pairwise(rates))
     assert {run_recipe(sweep, s, tmp_path, data).train.tokens_per_param for s in sweep.runs} == {5}
+    # The budget protocol (docs/results.md): every compute-adequate run at ≥ 5 tokens per parameter, the
+    # headline at ≥ 10 with three seeds, warmup a fraction of the steps, each variant at lr_sweep's best rate.
+    for name in ("compare", "tokens", "ablations"):
+        exp = load_experiment(name)
+        for spec in exp.runs:
+            run = run_recipe(exp, spec, tmp_path, data)
+            assert run.train.tokens_per_param >= 5 and 0.02 <= run.optim.warmup_fraction <= 0.05, spec.name
+    compare = load_experiment("compare")
+    for family in ("transformer", "diff", "shared_diff"):
+        specs = [s for s in compare.runs if s.group == f"{family}-23m"]
+        assert sorted(s.seed for s in specs) == [1, 2, 3]
+        runs = [run_recipe(compare, s, tmp_path, data) for s in specs]
+        assert all(r.train.tokens_per_param >= 10 for r in runs)
+        sweep_best = min(
+            (
+                json.loads((REPO / "results/repro/lr_sweep" / s.name / "record.json").read_text())
+                for s in sweep.runs
+                if s.family == f"{family}-23m"
+            ),
+            key=lambda r: r["val_loss"],
+        )["lr"]
+        assert {r.optim.lr for r in runs} == {sweep_best}
 
 
 def test_bad_experiments_are_refused(tmp_path):
@@ -199,12 +221,24 @@ def test_finished_runs_need_no_data(tmp_path, tiny_data, tiny_tokenizer):
         reproduce(str(exp), runs=["shared_diff-s2"], out=str(out), progress=False)
 
 
-def test_reproduce_resumes_a_cut_off_run(tmp_path, tiny_data, tiny_tokenizer):
+def test_reproduce_resumes_a_cut_off_run(tmp_path, tiny_data, tiny_tokenizer, monkeypatch):
+    from shareddiff.data import WindowLoader
+
     exp_path = _tiny_experiment(tmp_path, tiny_data, tiny_tokenizer)
     exp, out = load_experiment(str(exp_path)), tmp_path / "out"
     spec = exp.run("shared_diff-s1")
     # The run was cut off after its step-2 checkpoint (before its record): the same command resumes it.
-    train(run_recipe(exp, spec, out, ["train.max_steps=2"]), progress=False)
+    real_batch = WindowLoader.batch
+
+    def cut_off(self, step, *args, **kwargs):
+        if step == 2:  # during step 3
+            raise KeyboardInterrupt
+        return real_batch(self, step, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(WindowLoader, "batch", cut_off)
+        with pytest.raises(KeyboardInterrupt):
+            train(run_recipe(exp, spec, out, []), progress=False)
     (out / "tiny" / spec.name / "metrics.jsonl").open("a").write('{"step": 3, "loss": 99.0}\n')  # written after it
     reproduce(str(exp_path), runs=[spec.name], out=str(out), progress=False)
     rows = read_metrics(out / "tiny" / spec.name)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,7 +37,13 @@ def _add_params(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(
-    preset: str | None, config: str | None, resume: bool, progress: bool, mix: str | None, overrides: list[str]
+    preset: str | None,
+    config: str | None,
+    resume: bool,
+    new_schedule: bool,
+    progress: bool,
+    mix: str | None,
+    overrides: list[str],
 ) -> str:
     """Train a model (a preset and/or a TOML recipe, plus section.key=value overrides)."""
     from shareddiff.config import load_recipe
@@ -43,8 +51,14 @@ def cmd_train(
 
     if mix is not None:
         overrides = [*overrides, f'data.mix="{mix}"']
-    result = train(load_recipe(config, preset, overrides), resume=resume, progress=progress)
+    run = load_recipe(config, preset, overrides)
+    result = train(run, resume=resume, progress=progress, new_schedule=new_schedule)
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
+    if result.already_complete:
+        return (
+            f"{result.run_dir} is already complete: step {result.step}, validation loss {val}, checkpoint "
+            f"{result.checkpoint}. Nothing to train; to train further, raise train.max_steps and pass --new-schedule"
+        )
     return f"done: step {result.step}, validation loss {val}, checkpoint {result.checkpoint}"
 
 
@@ -59,6 +73,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help="model preset, e.g. shared_diff-small")
     p.add_argument("--config", help="a TOML recipe (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of train.out_dir")
+    p.add_argument(
+        "--new-schedule",
+        action="store_true",
+        help="with --resume: accept a changed learning-rate schedule (train.max_steps, optim.lr, "
+        "optim.warmup_steps, optim.min_lr_ratio) for the remaining steps",
+    )
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--mix", help='synthetic rows in training batches, e.g. needle:0.2 (same as data.mix="...")')
     p.add_argument("overrides", nargs="*", help="section.key=value")
@@ -75,6 +95,7 @@ def cmd_generate(
     num_samples: int,
     seed: int,
     device: str,
+    compile: bool = False,
 ) -> str:
     """Sample continuations of a prompt from a checkpoint (or a run folder's latest) with the KV cache."""
     import torch
@@ -83,17 +104,54 @@ def cmd_generate(
     from shareddiff.train import load_model
     from shareddiff.train.trainer import select_device
 
+    _check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
     model, tokenizer, _ = load_model(checkpoint, device=select_device(device))
     ids = tokenizer.encode(prompt)
     if not ids:
         raise ValueError("the prompt is empty; give at least one character")
+    room = model.config.max_seq_len - len(ids)
+    if room < 1:
+        raise ValueError(
+            f"the prompt is {len(ids)} tokens, which fills the model's context ({model.config.max_seq_len}); shorten it"
+        )
+    if max_new_tokens > room:
+        _note(
+            f"--max-new-tokens {max_new_tokens} capped at {room}: the model's context is "
+            f"{model.config.max_seq_len} tokens and the prompt takes {len(ids)}"
+        )
     dev = next(model.parameters()).device
     prompt_ids = torch.tensor([ids] * num_samples, device=dev)
-    max_new = min(max_new_tokens, model.config.max_seq_len - len(ids))
     gen = torch.Generator(device=dev).manual_seed(seed)
-    out = generate(model, prompt_ids, max_new, temperature, top_k, top_p, tokenizer.eos_id, gen)
-    texts = [tokenizer.decode([t for t in row.tolist()[len(ids) :] if t != tokenizer.eos_id]) for row in out]
+    start = time.perf_counter()
+    out = generate(
+        model, prompt_ids, min(max_new_tokens, room), temperature, top_k, top_p, tokenizer.eos_id, gen, compile=compile
+    )
+    seconds = time.perf_counter() - start
+    new_tokens = [[t for t in row.tolist()[len(ids) :] if t != tokenizer.eos_id] for row in out]
+    count = sum(map(len, new_tokens))
+    _note(f"{count} new tokens in {seconds:.2f} s: {count / max(seconds, 1e-9):,.1f} tokens/s")
+    texts = [tokenizer.decode(row) for row in new_tokens]
     return "\n\n".join(f"--- sample {i + 1}\n{prompt}{text}" for i, text in enumerate(texts))
+
+
+def _check_sampling(
+    max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None, num_samples: int
+) -> None:
+    if not temperature >= 0:
+        raise ValueError(f"--temperature {temperature} must be ≥ 0 (0 = greedy; 1 = the model's own distribution)")
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens {max_new_tokens} must be at least 1")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"--top-k {top_k} must be ≥ 0 (0 = no top-k filter)")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"--top-p {top_p} must be in (0, 1] (1 = no nucleus filter)")
+    if num_samples < 1:
+        raise ValueError(f"--num-samples {num_samples} must be at least 1")
+
+
+def _note(text: str) -> None:
+    """A side remark on stderr, so that stdout holds only the command's result."""
+    print(text, file=sys.stderr)
 
 
 def _add_generate(sub: argparse._SubParsersAction) -> None:
@@ -107,6 +165,11 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="decode with fixed shapes and a compiled step (CUDA graphs on a GPU); the first call compiles",
+    )
     p.set_defaults(func=cmd_generate)
 
 
@@ -117,12 +180,18 @@ def cmd_data_prepare(
     from shareddiff.data import Tokenizer, iter_documents, prepare_splits, split_by_hash
 
     tok = Tokenizer(tokenizer)
+    files = _readable_files(inputs)
     if val:
-        splits = {"train": iter_documents(inputs), "val": iter_documents(val)}
+        splits = {"train": iter_documents(files), "val": iter_documents(_readable_files(val))}
     else:
-        train_docs, val_docs = split_by_hash(iter_documents(inputs), val_fraction)
+        train_docs, val_docs = split_by_hash((d for d in iter_documents(files) if d.strip()), val_fraction)
+        if not train_docs and not val_docs:
+            raise ValueError(f"the {len(files)} file(s) read hold no text (every document is empty)")
         if not val_docs:
-            raise ValueError(f"--val-fraction {val_fraction} left no validation document; raise it or pass --val FILES")
+            raise ValueError(
+                f"--val-fraction {val_fraction} left no validation document among {len(train_docs)}; "
+                "raise it or pass --val FILES"
+            )
         splits = {"train": train_docs, "val": val_docs}
     manifest = prepare_splits(
         splits, out, tok, shard_tokens=shard_tokens, sources=[*inputs, *(val or [])], progress=True
@@ -134,12 +203,49 @@ def cmd_data_prepare(
     return "\n".join([f"wrote {out} ({manifest['dtype']}, tokenizer {tok.sha256[:12]}…)", *rows])
 
 
-def cmd_tokenizer_train(inputs: list[str], out: str, vocab_size: int) -> str:
-    """Train a byte-level BPE tokenizer on text files, folders, .jsonl or .parquet."""
-    from shareddiff.data import iter_documents, train_tokenizer
+def _readable_files(inputs: list[str]) -> list:
+    """The files ``inputs`` name or hold; an error saying what was found when none is readable, and a note on
+    files left out of folders for their suffix."""
+    from shareddiff.data.documents import ACCEPTED, scan_inputs
 
-    tok = train_tokenizer(iter_documents(inputs), vocab_size, out)
-    return f"wrote {out}: vocab {tok.vocab_size}, sha256 {tok.sha256[:12]}…"
+    files, skipped = scan_inputs(inputs)
+    left_out = ", ".join(f"{n} {suffix or 'without suffix'}" for suffix, n in sorted(skipped.items()))
+    how = (
+        f"folders are read for {ACCEPTED} (also .gz/.xz compressed); name other files explicitly "
+        "(e.g. corpus/*.py) to read them as plain text"
+    )
+    if not files:
+        found = f"found only files left out for their suffix ({left_out})" if skipped else "found no files"
+        raise ValueError(f"no readable documents in {' '.join(inputs)}: {found}; {how}")
+    if skipped:
+        _note(f"read {len(files)} file(s); left out {left_out}: {how}")
+    return files
+
+
+def cmd_tokenizer_train(
+    inputs: list[str], out: str, vocab_size: int, split_digits: bool = False, val_fraction: float = 0.0
+) -> str:
+    """Train a byte-level BPE tokenizer on text files, folders, .jsonl or .parquet."""
+    import itertools
+
+    from shareddiff.data import iter_documents, split_by_hash, train_tokenizer
+
+    docs = iter_documents(_readable_files(inputs))
+    if val_fraction:  # leave out the documents `data prepare --val-fraction` holds out
+        docs = split_by_hash(docs, val_fraction)[0]
+    docs = (d for d in docs if d.strip())
+    first = next(docs, None)
+    if first is None:
+        raise ValueError(f"{' '.join(inputs)} hold no text to learn a vocabulary from (every document is empty)")
+    tok = train_tokenizer(itertools.chain([first], docs), vocab_size, out, split_digits=split_digits)
+    line = f"wrote {out}: vocab {tok.vocab_size}, sha256 {tok.sha256[:12]}…"
+    if tok.vocab_size < vocab_size:
+        line += (
+            f"\nnote: the corpus reached only {tok.vocab_size} of the {vocab_size} entries asked: it has too "
+            f"little text for more merges; give more text, or pass --vocab-size {tok.vocab_size} to ask for "
+            "what it supports"
+        )
+    return line
 
 
 def _add_data(sub: argparse._SubParsersAction) -> None:
@@ -147,7 +253,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p = data.add_parser("prepare", help=cmd_data_prepare.__doc__, description=cmd_data_prepare.__doc__)
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True)
-    p.add_argument("--tokenizer", help="bundled (default), bundled-4k, or a tokenizer.json")
+    p.add_argument("--tokenizer", help="bundled (default), bundled-4k, docs-16k-digits, or a tokenizer.json")
     p.add_argument("--val", nargs="+", help="validation inputs (default: a hash split of the inputs)")
     p.add_argument("--val-fraction", type=float, default=0.01)
     p.add_argument("--shard-tokens", type=int, default=100_000_000)
@@ -157,26 +263,32 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+")
     p.add_argument("--out", required=True)
     p.add_argument("--vocab-size", type=int, default=16384)
+    p.add_argument("--split-digits", action="store_true", help="one token per digit")
+    p.add_argument(
+        "--val-fraction", type=float, default=0.0, help="train without the validation documents of data prepare"
+    )
     p.set_defaults(func=cmd_tokenizer_train)
 
 
 def cmd_export(checkpoint: str, to: str, out: str) -> str:
     """Export a checkpoint: safetensors weights, a Hugging Face folder, or a native DiffLlama folder."""
+    from shareddiff.train.checkpoint import load_weights, make_readable, read_state, resolve_checkpoint
+
     if to in ("hf", "diffllama"):
         from shareddiff.hf import export
 
-        return f"wrote {export(checkpoint, out, to)} ({to})"
+        folder = export(checkpoint, out, to)
+        for weights in folder.glob("*.safetensors"):
+            make_readable(weights)
+        return f"wrote {folder} ({to})"
     if to != "safetensors":
         raise ValueError(f"--to {to!r} is not supported; use safetensors, hf or diffllama")
-    import json
-
     from safetensors.torch import save_file
-
-    from shareddiff.train.checkpoint import load_weights, read_state, resolve_checkpoint
 
     ckpt = resolve_checkpoint(checkpoint)
     state = read_state(ckpt)
     save_file(load_weights(ckpt), out, metadata={"model_config": json.dumps(state["model_config"])})
+    make_readable(out)
     return f"wrote {out} from {ckpt}"
 
 
@@ -203,9 +315,11 @@ def cmd_eval_harness(
     device: str,
     out: str | None,
 ) -> str:
-    """Run lm-evaluation-harness tasks on a checkpoint (offline; local YAML tasks via --include-path)."""
-    from shareddiff.hf.harness import run_harness
+    """Run lm-evaluation-harness tasks on a checkpoint (hub tasks online; local YAML tasks via --include-path,
+    offline)."""
+    from shareddiff.hf.harness import hub_mode, run_harness
 
+    _note(hub_mode(tasks.split(","), include_path)[1])
     results = run_harness(checkpoint, tasks.split(","), include_path, num_fewshot, limit, batch_size, device)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -249,7 +363,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     depths = [0.0, 0.25, 0.5, 0.75, 1.0]
     p = evals.add_parser("needle", help="multi-needle retrieval: accuracy per (length, depth) and a heatmap")
     common(p)
-    p.add_argument("--lengths", type=int, nargs="+", help="context lengths (default 1K, 2K, ... up to max)")
+    p.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        help="context lengths (default 1K, 2K, ... up to the model's context; below 1K, the longest that fits)",
+    )
     p.add_argument("--depths", type=float, nargs="+", default=depths)
     p.add_argument("--needles", type=int, default=1, help="N")
     p.add_argument("--queries", type=int, default=1, help="R")
@@ -258,7 +377,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 
     p = evals.add_parser("attention", help="attention mass on the answer needle vs the rest, per depth")
     common(p)
-    p.add_argument("--length", type=int, default=1024)
+    p.add_argument("--length", type=int, help="context length (default 1024, or the model's context if shorter)")
     p.add_argument("--depths", type=float, nargs="+", default=depths)
     p.add_argument("--needles", type=int, default=1)
     p.add_argument("--samples", type=int, default=20)
@@ -274,7 +393,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     common(p)
     p.add_argument(
         "--dataset",
-        help="JSONL/CSV (text, label), TREC .label or CLINC data_full.json; default: the bundled synthetic intent set",
+        help="a bundled dataset (trec, banking77, clinc150), or a file: JSONL/CSV (text, label), TREC .label or "
+        "CLINC data_full.json; default: a synthetic intent set",
     )
     p.add_argument("--test-dataset", help="test examples (default: the dataset's test part)")
     p.add_argument("--fine-labels", action="store_true", help="TREC: the 50 fine labels (TREC-fine)")
@@ -458,8 +578,23 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # a training run says where it stopped and how to continue
+        if os.environ.get("RANK", "0") == "0":
+            print(str(err) or "interrupted", file=sys.stderr)
+        return 130
     if out:
-        print(out)
+        return _print_result(out)
+    return 0
+
+
+def _print_result(text: str) -> int:
+    """Print ``text``; when the reader has gone (``shareddiff params ... | head``), stop quietly with 141."""
+    try:
+        print(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at interpreter exit
+        return 141  # 128 + SIGPIPE, what a shell tool killed by the closed pipe returns
     return 0
 
 

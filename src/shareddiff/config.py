@@ -209,7 +209,7 @@ class DataConfig:
     """[data]: what to train on. ``path`` None = the bundled corpus, tokenized on first use."""
 
     path: str | None = None  # a folder made by `shareddiff data prepare`
-    tokenizer: str | None = None  # "bundled" (16K), "bundled-4k", or a tokenizer.json path
+    tokenizer: str | None = None  # "bundled" (16K), "bundled-4k", "docs-16k-digits", or a tokenizer.json path
     seq_len: int = 256
     val_tokens: int = 65_536  # validation loss over this many tokens of the validation split
     mix: str = ""  # synthetic rows mixed into training batches, e.g. "needle:0.2" (retrieval)
@@ -321,8 +321,18 @@ class ParallelConfig:
 
     strategy: str = "ddp"  # "ddp" or "fsdp" (FSDP2: fully_shard per block, then the root)
     activation_checkpointing: bool = False  # recompute each block in the backward (any process count)
-    param_dtype: str = "fp32"  # FSDP2 mixed precision: dtype of the gathered parameters ("fp32", "bf16")
+    compile_unit: str = "model"  # with train.compile: "model" (the whole model) or "block" (each block, torchtitan)
+    # FSDP2 mixed precision: dtype of the gathered parameters; "auto" = bf16 when the run computes in bf16
+    # (train.precision bf16, or auto on CUDA), else fp32
+    param_dtype: str = "auto"
     reduce_dtype: str = "fp32"  # FSDP2 mixed precision: dtype of the gradient reduce-scatter
+    # FSDP2: free the gathered parameters after forward ("always"), keep them to backward ("never"), or
+    # "auto": free every block's but the last's (its backward starts at once; the root never frees them)
+    reshard_after_forward: str = "auto"
+    prefetch_blocks: int = 0  # FSDP2: 0 = implicit prefetch; N > 0 = gather the next N blocks explicitly
+    # under train.grad_accum > 1: reduce gradients across processes on the "last" micro-batch only, or
+    # "every" one; "auto" = "last" for DDP, "every" for FSDP2 (its gradients stay sharded in between)
+    grad_sync: str = "auto"
 
 
 @dataclass
@@ -363,9 +373,23 @@ class RunConfig:
             raise ValueError(f"train.precision={self.train.precision!r} must be 'auto', 'bf16' or 'fp32'")
         if self.parallel.strategy not in ("ddp", "fsdp"):
             raise ValueError(f"parallel.strategy={self.parallel.strategy!r} must be 'ddp' or 'fsdp'")
-        for name in ("param_dtype", "reduce_dtype"):
-            if getattr(self.parallel, name) not in ("fp32", "bf16"):
-                raise ValueError(f"parallel.{name}={getattr(self.parallel, name)!r} must be 'fp32' or 'bf16'")
+        choices = {
+            "compile_unit": ("model", "block"),
+            "param_dtype": ("auto", "fp32", "bf16"),
+            "reduce_dtype": ("fp32", "bf16"),
+            "reshard_after_forward": ("auto", "always", "never"),
+            "grad_sync": ("auto", "last", "every"),
+        }
+        for name, valid in choices.items():
+            if getattr(self.parallel, name) not in valid:
+                raise ValueError(
+                    f"parallel.{name}={getattr(self.parallel, name)!r} must be one of {', '.join(map(repr, valid))}"
+                )
+        prefetch = self.parallel.prefetch_blocks
+        if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
+            raise ValueError(
+                f"parallel.prefetch_blocks={prefetch!r} must be an integer ≥ 0 (0 = FSDP2's implicit prefetch)"
+            )
         if not isinstance(self.train.tokens_per_param, int | float) or self.train.tokens_per_param < 0:
             raise ValueError(
                 f"train.tokens_per_param={self.train.tokens_per_param!r} must be ≥ 0 (0 = train.max_steps decides)"

@@ -16,7 +16,7 @@ from shareddiff.config import load_recipe
 from shareddiff.generation import generate
 from shareddiff.params import count_parameters
 from shareddiff.plots import plot_loss_curves
-from shareddiff.train import load_model, train
+from shareddiff.train import ScheduleChanged, load_model, train
 from shareddiff.train.metrics import read_metrics
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -58,7 +58,13 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, baseline: str = "
         run = load_recipe(str(recipe), f"{family}-mini", overrides)
         print(f"== training {VARIANTS[family]} ({family}-mini) for {run.train.max_steps} steps")
         start = time.perf_counter()
-        train(run, resume=True, progress=progress)
+        try:
+            train(run, resume=True, progress=progress)
+        except ScheduleChanged as err:
+            raise ValueError(
+                f"{run.train.out_dir} holds a demo run trained with other settings ({'; '.join(err.changes)}); "
+                f"give --out another folder, or delete {run.train.out_dir} to train it again"
+            ) from None
         rows = read_metrics(run.train.out_dir)
         curves[VARIANTS[family]] = rows
         summaries.append(_summary(VARIANTS[family], rows, run, time.perf_counter() - start))

@@ -1,14 +1,20 @@
-"""Sampling with the KV cache: temperature, top-k and top-p (nucleus); batches of prompts of any lengths."""
+"""Sampling with the KV cache: temperature, top-k and top-p (nucleus); batches of prompts of any lengths;
+eager, or through a ``StaticDecoder`` whose decode step is compiled."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from shareddiff.model import LanguageModel
 from shareddiff.padding import left_pad
+from shareddiff.static_decode import StaticDecoder
+
+STATIC_LEN_STEP = 256  # compile=True: static cache lengths are multiples of this (fewer distinct compiled shapes)
+STOP_CHECK_EVERY = 8  # decoding steps between host syncs asking whether every row has finished
 
 
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:
@@ -37,22 +43,42 @@ def generate(
     generator: torch.Generator | None = None,
     attention_mask: Tensor | None = None,
     pad_id: int = 0,
+    compile: bool = False,
+    decoder: StaticDecoder | None = None,
 ) -> Tensor | list[Tensor]:
     """Continue ``prompt`` by up to ``max_new_tokens``; temperature 0 is greedy.
 
     ``prompt``: (B, T), optionally left-padded with ``attention_mask`` (B, T) (1 on tokens); returns
     (B, T + new) with the padding kept. Or a list of 1-D prompts of any lengths, left-padded here
     with ``pad_id``; returns a list with each prompt followed by its new tokens. Every row continues
-    with the logits it would have alone (so greedy tokens are the same). Raises ``ValueError`` for an
-    empty prompt, a prompt that does not fit ``max_seq_len``, or a mask with padding anywhere but on
-    the left.
+    with the logits it would have alone (so greedy tokens are the same). Generation stops early once
+    every row has produced ``eos_id``; a finished row repeats it.
+
+    Decoding paths (the same tokens up to float rounding): by default the model's ``KVCache``, eager;
+    ``decoder``, a ``StaticDecoder`` of ``model`` (fixed shapes, compiled if it was built so; keep it across
+    calls to reuse its compiled step); ``compile=True`` builds a compiled ``StaticDecoder`` for this call,
+    its cache rounded up to a multiple of ``STATIC_LEN_STEP`` positions so that calls of similar lengths
+    reuse the compiled code. Raises ``ValueError`` for an empty prompt, a prompt that does not fit
+    ``max_seq_len`` (or the decoder's ``max_len``), or a mask with padding anywhere but on the left.
     """
     if not isinstance(prompt, Tensor):
         empty = [i for i, p in enumerate(prompt) if len(p) == 0]
         if empty:
             raise ValueError(f"prompt(s) {empty} are empty; give at least one token each")
         ids, mask = left_pad(prompt, pad_id)
-        out = generate(model, ids, max_new_tokens, temperature, top_k, top_p, eos_id, generator, mask)
+        out = generate(
+            model,
+            ids,
+            max_new_tokens,
+            temperature,
+            top_k,
+            top_p,
+            eos_id,
+            generator,
+            mask,
+            compile=compile,
+            decoder=decoder,
+        )
         return [row[ids.shape[1] - len(p) :] for row, p in zip(out, prompt, strict=True)]
     if prompt.shape[1] == 0:
         raise ValueError("the prompt is empty; give at least one token")
@@ -62,21 +88,82 @@ def generate(
             f"prompt ({prompt.shape[1]}) + max_new_tokens ({max_new_tokens}) exceeds "
             f"max_seq_len={model.config.max_seq_len}; shorten one of them"
         )
-    cache = model.new_cache(total)
-    logits = model(prompt, cache, attention_mask)[:, -1]
-    out = [prompt]
-    finished = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
-    for _ in range(max_new_tokens):
-        if temperature == 0:
-            token = logits.argmax(-1)
-        else:
-            probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
-            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-        if eos_id is not None:
-            token = token.masked_fill(finished, eos_id)
-            finished |= token == eos_id
-        out.append(token[:, None])
-        if eos_id is not None and bool(finished.all()):
+    if decoder is None and compile:
+        decoder = StaticDecoder(model, static_cache_len(total, model.config.max_seq_len), compile=True)
+    if decoder is not None:
+        if decoder.model is not model:
+            raise ValueError("decoder was built for another model; build a StaticDecoder of this model")
+        logits = decoder.prefill(prompt, attention_mask, max_new_tokens)
+        step = decoder.step
+    else:
+        cache = model.new_cache(total)
+        logits = model(prompt, cache, attention_mask)[:, -1]
+
+        def step(token: Tensor) -> Tensor:
+            return model(token[:, None], cache)[:, -1]
+
+    eos_ids = None if eos_id is None else torch.tensor([eos_id], device=prompt.device)
+    sample = partial(next_token, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+    new = decode_tokens(logits, step, max_new_tokens, sample, eos_ids, eos_id)
+    return torch.cat([prompt, new], dim=1)
+
+
+def static_cache_len(total: int, max_seq_len: int) -> int:
+    """``total`` positions rounded up to a multiple of ``STATIC_LEN_STEP``, at most ``max_seq_len``."""
+    return min(max_seq_len, -(-total // STATIC_LEN_STEP) * STATIC_LEN_STEP)
+
+
+def next_token(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """One token (B,) per row of ``logits`` (B, vocab): argmax at temperature 0, else a sample of
+    softmax(logits / temperature) restricted by ``filter_logits``."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def decode_tokens(
+    logits: Tensor,
+    step: Callable[[Tensor], Tensor],
+    max_new_tokens: int,
+    sample: Callable[[Tensor], Tensor],
+    eos_ids: Tensor | None = None,
+    fill_id: int | None = None,
+    check_every: int = STOP_CHECK_EVERY,
+) -> Tensor:
+    """The decoding loop: (B, new) tokens, new ≤ ``max_new_tokens``, from the prompt's last ``logits``
+    (B, vocab), ``step(tokens (B,)) -> logits`` and ``sample(logits) -> tokens``.
+
+    A row is finished once it produced one of ``eos_ids`` (1-D); later tokens of a finished row are
+    ``fill_id``. The loop stops after the step that finishes the last row. It asks the device whether every
+    row has finished only every ``check_every`` steps (one host sync there instead of one per token),
+    then drops the steps past that point, so the result is what a check at every step gives.
+    """
+    tokens: list[Tensor] = []
+    all_finished: list[Tensor] = []
+    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    for i in range(max_new_tokens):
+        token = sample(logits)
+        if eos_ids is not None:
+            token = token.masked_fill(finished, fill_id)
+            finished = finished | torch.isin(token, eos_ids)
+            all_finished.append(finished.all())
+        tokens.append(token)
+        if eos_ids is not None and (i + 1) % check_every == 0 and bool(torch.stack(all_finished[-check_every:]).any()):
             break
-        logits = model(token[:, None], cache)[:, -1]
-    return torch.cat(out, dim=1)
+        if i + 1 < max_new_tokens:
+            logits = step(token)
+    if not tokens:
+        return torch.zeros(logits.shape[0], 0, dtype=torch.long, device=logits.device)
+    new = torch.stack(tokens, dim=1)
+    if all_finished:
+        done = torch.stack(all_finished).nonzero()
+        if len(done):
+            new = new[:, : int(done[0, 0]) + 1]
+    return new

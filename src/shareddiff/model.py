@@ -171,7 +171,7 @@ class LanguageModel(nn.Module):
         else:
             new = attention_mask.bool() if attention_mask is not None else cache.token_mask.new_ones(b, n)
             token_mask = cache.record_tokens(new)
-        if token_mask is not None and not torch.compiler.is_compiling():
+        if attention_mask is not None and not torch.compiler.is_compiling():  # new tokens only extend a checked mask
             check_token_mask(token_mask, cached=cache is not None)
         return token_mask
 
@@ -197,11 +197,20 @@ class LanguageModel(nn.Module):
             positions = token_positions(token_mask)[:, start:]  # (B, N)
             mask = padded_attention_mask(token_mask, start, n)  # (B, 1, N, start + N)
         rope = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
+        logits = self.forward_blocks(input_ids, rope, cache, mask)
+        if cache is not None:
+            cache.advance(n)
+        return logits
+
+    def forward_blocks(
+        self, input_ids: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None = None, mask: Tensor | None = None
+    ) -> Tensor:
+        """Logits (B, N, vocab) with the RoPE angles (cos, sin), each (N, d/2) or (B, N, d/2), and the attention
+        mask (None: causal; else bool (B, 1, N, N_k)) given: embedding, blocks, final norm, head. ``forward``
+        derives both from the cache's positions; ``StaticDecoder`` brings its own of fixed shapes."""
         x = self.tok_embeddings(input_ids)
         for block in self.layers:
             x = block(x, rope, cache, mask)
-        if cache is not None:
-            cache.advance(n)
         x = self.norm(x)
         return self.output(x) if self.output is not None else x @ self.tok_embeddings.weight.t()
 

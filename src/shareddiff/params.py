@@ -181,10 +181,37 @@ def _rows(reports: list[ParamReport]) -> list[list[str]]:
     return rows
 
 
+def size_label_note(name: str, report: ParamReport) -> str | None:
+    """What the size in a preset's name (``830m``, ``1.4b``) stands for next to the counts: a row label from
+    the paper or a reference shape, which no single count need match (docs/architecture.md §5)."""
+    label = name.rpartition("-")[2]
+    scale = {"m": 1e6, "b": 1e9}.get(label[-1:])
+    try:
+        labelled = float(label[:-1]) * scale if scale else None
+    except ValueError:
+        labelled = None
+    if labelled is None:
+        return None
+    counts = {
+        "in total": report.total,
+        "with tied embeddings": report.total_tied,
+        "without embeddings": report.non_embedding,
+    }
+    closest = min(counts, key=lambda k: abs(counts[k] - labelled))
+    listed = ", ".join(f"{human(n)} {how}" for how, n in counts.items())
+    return (
+        f"size label: {label!r} names the size row, it is not a count; this configuration has {listed}; "
+        f"the closest to the label is {closest} ({counts[closest] / labelled - 1:+.1%})"
+    )
+
+
 def format_report(name: str, report: ParamReport) -> str:
     text = f"{name}: {describe(report.config)}\n" + format_table(["component", "parameters"], _rows([report]))
     if report.config.notes:
         text += f"\nnote: {report.config.notes}"
+    label = size_label_note(name, report)
+    if label:
+        text += f"\n{label}"
     return text
 
 
@@ -203,4 +230,5 @@ def format_comparison(names: list[str], reports: list[ParamReport]) -> str:
             )
     if reports[0].config.notes:
         lines.append(f"note: {reports[0].config.notes}")
+    lines += [f"{n}: {note}" for n, r in zip(names, reports, strict=True) if (note := size_label_note(n, r))]
     return "\n".join(lines)

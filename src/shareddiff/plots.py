@@ -5,14 +5,34 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def count_label(x: float, _pos=None) -> str:
+    """2M, 10M, 300K: tick labels for counts (parameters, tokens), short enough not to run into each other."""
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:g}{unit}"
+    return f"{x:g}"
+
+
+def log_count_axis(axis) -> None:
+    """A log axis of counts labelled 1, 2, 5 per decade as 200K, 1M, 2M, without crowded minor labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(FuncFormatter(count_label))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def plot_loss_curves(runs: dict[str, list[dict]], out: str | Path, title: str = "Loss") -> Path:
-    """Training loss (thin) and validation loss (markers) per run, against tokens seen."""
+    """Training loss (thin) and validation loss (markers) per run, against tokens seen; with many runs the
+    legend sits beside the axes instead of over the curves."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    many = len(runs) > 4
+    fig, ax = plt.subplots(figsize=(10 if many else 7, 4.2), dpi=120)
     colors = [f"C{i}" for i in range(10)] if len(runs) <= 10 else [plt.cm.tab20(i % 20) for i in range(len(runs))]
     for i, (label, rows) in enumerate(runs.items()):
         color = colors[i]
@@ -23,10 +43,14 @@ def plot_loss_curves(runs: dict[str, list[dict]], out: str | Path, title: str = 
         if val:
             ax.plot(*zip(*val, strict=True), color=color, marker="o", lw=2, label=f"{label} validation")
     ax.set_xlabel("tokens seen")
+    ax.xaxis.set_major_formatter(FuncFormatter(count_label))
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if many:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    else:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +114,17 @@ def plot_sweep(select: dict[str, dict], out: str | Path, title: str) -> Path:
         ax.scatter([s["best"]], [s["best_val_loss"]["mean"]], s=120, facecolors="none", edgecolors=f"C{i}")
     if all(isinstance(v, int | float) and v > 0 for s in select.values() for v in s["values"]):
         ax.set_xscale("log")
+    means = [v["mean"] for s in select.values() for v in s["val_loss"]]
+    top = min(max(means), min(means) + 0.4)  # diverged points would flatten the region that matters
+    if top < max(means):
+        ax.set_ylim(min(means) - 0.02, top + 0.02)
+        stacked: dict = {}  # off-scale values at one x are listed downwards
+        for i, s in enumerate(select.values()):
+            for x, v in zip(s["values"], s["val_loss"], strict=True):
+                if v["mean"] > top:
+                    y = top - 0.03 * stacked.setdefault(x, [0])[0]
+                    stacked[x][0] += 1
+                    ax.annotate(f"↑ {v['mean']:.2f}", (x, y), color=f"C{i}", fontsize=7, ha="center", va="top")
     ax.set_xlabel(next(iter(select.values()))["key"] if select else "")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title(title)
@@ -112,6 +147,7 @@ def plot_efficiency(result: dict, out: str | Path, xlabel: str) -> Path:
             grid = np.geomspace(min(xs), max(xs), 60)
             ax.plot(grid, predict(result["fits"][variant], grid), color=f"C{i}", lw=1.2)
     ax.set_xscale("log")
+    log_count_axis(ax.xaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("validation loss (nats/token)")
     ax.grid(alpha=0.3, which="both")

@@ -60,16 +60,28 @@ def _eval_sections(run: Path, out_dir: Path) -> list[str]:
     return lines
 
 
+def _kind(folder: Path) -> str:
+    """ "run" (a training run folder) or "scaling" (a folder written by `eval scaling`)."""
+    if (folder / "run_config.json").is_file():
+        return "run"
+    if (folder / "scaling.json").is_file():
+        return "scaling"
+    raise ValueError(
+        f"{folder} is neither a training run folder (no run_config.json) nor an `eval scaling` folder (no scaling.json)"
+    )
+
+
 def build_report(run_dirs: list[str], out: str) -> Path:
+    """``out`` (markdown) from training run folders and `eval scaling` folders, in the order given."""
     out_path = Path(out)
     out_dir = out_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     lines = ["# shareddiff report", ""]
     curves, table = {}, []
-    for run in map(Path, run_dirs):
+    folders = [Path(d) for d in run_dirs]
+    kinds = {folder: _kind(folder) for folder in folders}
+    for run in (f for f in folders if kinds[f] == "run"):
         config_file = run / "run_config.json"
-        if not config_file.is_file():
-            raise ValueError(f"{run} is not a training run folder (no run_config.json)")
         config = _load(config_file)["model_config"]
         rows = read_metrics(run)
         curves[run.name] = rows
@@ -78,22 +90,47 @@ def build_report(run_dirs: list[str], out: str) -> Path:
             f"| {run.name} | {config['attention']} | {config['d_model']} × {config['n_layers']} | "
             f"{rows[-1]['tokens'] if rows else 0:,} | {val[-1]['val_loss'] if val else float('nan'):.4f} |"
         )
-    png = plot_loss_curves(curves, out_dir / "report_loss_curves.png", title="Validation and training loss")
-    lines += [
-        "| run | attention | width × depth | tokens | validation loss |",
-        "|---|---|---|---|---|",
-        *table,
-        "",
-        f"![loss curves]({png.name})",
-        "",
-    ]
-    for run in map(Path, run_dirs):
-        section = _eval_sections(run, out_dir)
-        if section:
-            lines += [f"## {run.name}", "", *section]
-        scaling = run / "scaling.json"
-        if scaling.is_file():
-            shutil.copy(run / "scaling.png", out_dir / f"{run.name}_scaling.png")
-            lines += ["## Scaling", "", f"![scaling]({run.name}_scaling.png)", ""]
+    if curves:
+        png = plot_loss_curves(curves, out_dir / "report_loss_curves.png", title="Validation and training loss")
+        lines += [
+            "| run | attention | width × depth | tokens | validation loss |",
+            "|---|---|---|---|---|",
+            *table,
+            "",
+            f"![loss curves]({png.name})",
+            "",
+        ]
+    for folder in folders:
+        if kinds[folder] == "run":
+            section = _eval_sections(folder, out_dir)
+            if section:
+                lines += [f"## {folder.name}", "", *section]
+        else:
+            lines += _scaling_section(folder, out_dir)
     out_path.write_text("\n".join(lines))
     return out_path
+
+
+def _scaling_section(folder: Path, out_dir: Path) -> list[str]:
+    """The fits and matches of an `eval scaling` folder, with its plot copied beside the report."""
+    data = _load(folder / "scaling.json")
+    lines = [f"## Scaling ({folder.name})", ""]
+    for variant, entry in sorted(data["variants"].items()):
+        sizes = len({r["params"] for r in entry["runs"]})
+        fit = entry.get("params_fit")
+        how = (
+            f"loss = {fit['a']:.3g}·N^(−{fit['b']:.3f}) + {fit['c']:.3f}"
+            if fit
+            else f"no fit ({sizes} size(s); a power law with offset needs 3)"
+        )
+        lines.append(f"- {variant}: {len(entry['runs'])} run(s), {how}")
+    for m in data["match"]:
+        fraction = m.get("params_needed_fraction")
+        text = f"{fraction:.2f}× its parameters" if fraction is not None else m.get("params_note", "n/a")
+        lines.append(f"- {m['variant']} vs {m['reference']} at {m['reference_params']:,} parameters: {text}")
+    lines += [*(f"- warning: {w}" for w in data.get("warnings", [])), ""]
+    png = folder / "scaling.png"
+    if png.is_file():
+        shutil.copy(png, out_dir / f"{folder.name}_scaling.png")
+        lines += [f"![scaling]({folder.name}_scaling.png)", ""]
+    return lines

@@ -40,7 +40,7 @@ def test_corrupt_shards_are_reported(tmp_path, tiny_tokenizer):
 
 
 def test_missing_or_foreign_folder(tmp_path):
-    with pytest.raises(ValueError, match=r"has no manifest.json: prepare it with `shareddiff data prepare"):
+    with pytest.raises(ValueError, match=r"has no manifest.json: prepare your text with `shareddiff data prepare"):
         load_split(tmp_path, "train")
 
 

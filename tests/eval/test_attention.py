@@ -87,3 +87,13 @@ def test_recording_gives_the_maps_of_every_layer(seed):
         if attention != "diff_v2":  # softmax rows (A1 and A2 of the differential variants)
             assert torch.allclose(maps[0][0].sum(-1), torch.ones(1, model.config.n_heads, 20))
         assert all(b.attention.recorder is None for b in model.layers)
+
+
+def test_attention_map_labels_its_colour_bar(tmp_path, saved_figures):
+    from shareddiff.eval.attention import plot_example
+
+    example = {"map": torch.rand(16, 16).tril(), "answer": (4, 8), "depth": 0.5}
+    plot_example(example, tmp_path / "map.png", "title")
+    main_ax, colour_bar = saved_figures[0].axes
+    assert colour_bar.get_ylabel().startswith("attention weight, mean over layers and heads")
+    assert "answer needle at 50%" in main_ax.get_title()

@@ -43,14 +43,18 @@ def test_eval_commands_and_report(make_run, tmp_path, capsys):
         )
         == 0
     )
-    needle = json.loads((ev / "needle_N2_R2.json").read_text())
+    needle = json.loads((ev / "needle_N2_R2_L300-400_D0-100.json").read_text())
     assert [(c["length"], c["depth"], c["n"]) for c in needle["cells"]] == [
         (300, 0.0, 4),
         (300, 1.0, 4),
         (400, 0.0, 4),
         (400, 1.0, 4),
     ]
-    assert (ev / "needle_N2_R2.png").stat().st_size > 5000
+    assert (ev / "needle_N2_R2_L300-400_D0-100.png").stat().st_size > 5000
+    assert main(["eval", "needle", ckpt, "--lengths", "300", "--depths", "0.5", "--needles", "2", "--queries", "2",
+                 "--samples", "1", "--device", "cpu"]) == 0  # fmt: skip
+    assert json.loads((ev / "needle_N2_R2_L300-400_D0-100.json").read_text()) == needle  # not overwritten
+    assert [c["length"] for c in json.loads((ev / "needle_N2_R2_L300_D50.json").read_text())["cells"]] == [300]
     assert (
         main(
             [
@@ -85,3 +89,39 @@ def test_eval_commands_and_report(make_run, tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     for part in ("Multi-needle retrieval", "Attention mass", "Many-shot ICL", "Language modelling", ".png"):
         assert part in report
+
+
+@pytest.mark.parametrize(
+    ("verb", "flags", "message"),
+    [
+        ("needle", ["--depths", "1.5"], "--depths 1.5: a depth is the answer needle's place as a fraction"),
+        ("needle", ["--depths", "0", "-0.1"], "--depths -0.1: a depth"),
+        ("needle", ["--samples", "0"], "--samples 0 must be at least 1"),
+        ("needle", ["--needles", "2", "--queries", "3"], "need 1 ≤ --queries (3) ≤ --needles (2)"),
+        ("needle", ["--lengths", "0"], "--lengths 0: every length must be a positive token count"),
+        ("attention", ["--depths", "2"], "--depths 2.0: a depth"),
+        ("attention", ["--samples", "0"], "--samples 0 must be at least 1"),
+    ],
+)
+def test_probe_flags_are_checked_before_anything_runs(tmp_path, capsys, verb, flags, message):
+    assert main(["eval", verb, str(tmp_path / "no-run"), *flags]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_needle_results_are_named_by_their_settings():
+    from shareddiff.eval.commands import needle_stem
+
+    assert needle_stem(4, 2, [1024, 2048], [0.0, 0.25, 0.5, 0.75, 1.0]) == "needle_N4_R2_L1024-2048_D0-25-50-75-100"
+    assert needle_stem(1, 1, [300], [0.125]) == "needle_N1_R1_L300_D12.5"
+
+
+def test_default_lengths_fit_the_context():
+    from shareddiff.eval.commands import default_needle_lengths
+
+    assert default_needle_lengths(4096, 46) == ([1024, 2048], None)
+    lengths, note = default_needle_lengths(256, 46)
+    assert lengths == [210]
+    assert note == (
+        "note: the model's context is 256 tokens, below 1K: testing at length 210, the longest that leaves room "
+        "for the answers (46 positions)"
+    )

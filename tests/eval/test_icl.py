@@ -1,24 +1,25 @@
 """Many-shot ICL: constrained decoding by hand, the protocol, datasets."""
 
+import hashlib
 import itertools
-from pathlib import Path
+import re
 
 import pytest
 import torch
 
 from shareddiff import ModelConfig, build_model
 from shareddiff.eval.icl import (
+    ICL_DATA,
     alternate_by_class,
     classify,
     demo_ids,
     icl_eval,
     label_scores,
+    load_bundled,
     load_examples,
     query_ids,
     synthetic_intents,
 )
-
-SHARED_ICL = Path(__file__).resolve().parents[3] / "shared" / "data" / "icl"
 
 
 @pytest.fixture
@@ -72,13 +73,56 @@ def test_dataset_formats(tmp_path):
         load_examples(tmp_path / "none.jsonl")
 
 
-@pytest.mark.skipif(not SHARED_ICL.is_dir(), reason="the paper's ICL datasets are not beside this checkout")
+def test_paper_datasets_ship_with_their_licences_unchanged():
+    listed = re.findall(r"^([0-9a-f]{64})  (\S+)$", (ICL_DATA / "README.md").read_text(), re.MULTILINE)
+    assert len(listed) == 8
+    for digest, name in listed:
+        assert hashlib.sha256((ICL_DATA / name).read_bytes()).hexdigest() == digest, name
+    assert (ICL_DATA / "banking77" / "LICENSE").is_file() and (ICL_DATA / "clinc150" / "LICENSE").is_file()
+
+
 def test_paper_datasets_load():
-    trec = load_examples(SHARED_ICL / "trec" / "train_5500.label")
-    assert len(trec) > 5000 and len({label for _, label in trec}) == 6
-    fine = load_examples(SHARED_ICL / "trec" / "train_5500.label", fine_labels=True)
+    trec = load_examples(ICL_DATA / "trec" / "train_5500.label")
+    assert len(trec) == 5452 and len({label for _, label in trec}) == 6
+    fine = load_examples(ICL_DATA / "trec" / "train_5500.label", fine_labels=True)
     assert 45 <= len({label for _, label in fine}) <= 50
-    clinc = load_examples(SHARED_ICL / "clinc150" / "data_full.json", split="test")
-    assert len({label for _, label in clinc}) == 150
-    banking = load_examples(SHARED_ICL / "banking77" / "test.csv")
-    assert len({label for _, label in banking}) == 77
+    clinc = load_examples(ICL_DATA / "clinc150" / "data_full.json", split="test")
+    assert len(clinc) == 4500 and len({label for _, label in clinc}) == 150
+    banking = load_examples(ICL_DATA / "banking77" / "test.csv")
+    assert len(banking) == 3080 and len({label for _, label in banking}) == 77
+
+
+@pytest.mark.parametrize(
+    ("name", "sizes", "classes"),
+    [("trec", (5452, 500), 6), ("banking77", (10003, 3080), 77), ("clinc150", (15000, 4500), 150)],
+)
+def test_bundled_datasets_by_name(name, sizes, classes):
+    train, test = load_bundled(name)
+    assert (len(train), len(test)) == sizes
+    assert len({label for _, label in test}) == classes and {lb for _, lb in test} <= {lb for _, lb in train}
+    with pytest.raises(ValueError, match=r"no bundled ICL dataset 'sst2'; the bundled ones are \['banking77'"):
+        load_bundled("sst2")
+
+
+def _spread(values):
+    return {"values": values, "mean": sum(values) / len(values), "std": 0.0, "min": min(values), "max": max(values)}
+
+
+def test_icl_plot_keeps_scale_shows_both_orders_and_chance(tmp_path, saved_figures):
+    from shareddiff.eval.icl import plot_icl
+
+    flat = [0.25] * 3  # every order gives the same accuracy: a flat result must look flat
+    rows = [
+        {"shots": k, "accuracy": 0.25, "random_order": _spread(flat), "class_alternating": _spread(flat)}
+        for k in (1, 2, 4)
+    ]
+    plot_icl({"labels": 6, "permutations": 3, "rows": rows}, tmp_path / "icl.png", "title")
+    means, spread = saved_figures[0].axes
+    assert means.get_ylim() == (0, 1)
+    low, high = spread.get_ylim()
+    assert high - low >= 0.1  # not zoomed to ±0.0075 around a flat line
+    lines = {line.get_label(): line for line in means.get_lines()}
+    assert set(lines) == {"random order", "class-alternating", "chance (1/6)"}
+    assert lines["chance (1/6)"].get_ydata()[0] == pytest.approx(1 / 6)
+    random_x, alternating_x = (lines[k].get_xdata() for k in ("random order", "class-alternating"))
+    assert all(a < b for a, b in zip(random_x, alternating_x, strict=True))  # side by side, none hidden

@@ -200,3 +200,13 @@ def test_probe_matches_one_prompt_at_a_time(seed, tiny_tokenizer, tiny_data, spl
     assert scores["needle_token_accuracy"] == sum(hits) / len(hits)
     assert scores["needle_accuracy"] == sum(exact) / 5
     assert model.training is False
+
+
+def test_heatmap_labels_its_colour_bar(tmp_path, saved_figures):
+    from shareddiff.eval.needle import plot_heatmap
+
+    cells = [{"length": n, "depth": d, "accuracy": 0.5, "n": 2} for n in (1024, 2048) for d in (0.0, 1.0)]
+    plot_heatmap({"cells": cells}, tmp_path / "needle.png", "title")
+    colour_bar = saved_figures[0].axes[1]
+    assert colour_bar.get_ylabel() == "retrieval accuracy (queried numbers right)"
+    assert (tmp_path / "needle.png").stat().st_size > 5000

@@ -1,6 +1,7 @@
 """Scaling fits recover known parameters; matching ratios on synthetic run folders."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,3 +43,38 @@ def test_scaling_eval_on_run_folders(tmp_path):
     assert fractions == pytest.approx([0.6, 0.6, 0.6], rel=0.02)
     with pytest.raises(ValueError, match="not a training run folder"):
         scaling_eval([tmp_path])
+
+
+def test_scaling_plot_shows_points_readable_ticks_and_warnings(tmp_path, saved_figures):
+    from matplotlib.ticker import NullFormatter
+
+    from shareddiff.eval.scaling import plot_scaling
+    from tests.test_report import synthetic_runs
+
+    runs = synthetic_runs(tmp_path / "runs", {"diff": [64, 128, 256], "shared_diff": [64, 128, 256, 512]})
+    result = scaling_eval(runs, reference="diff")
+    plot_scaling(result, tmp_path / "scaling.png", "title")
+    fig = saved_figures[0]
+    params_ax, tokens_ax = fig.axes
+    for ax in (params_ax, tokens_ax):
+        assert isinstance(ax.xaxis.get_minor_formatter(), NullFormatter)  # no crowded minor labels
+        fig.canvas.draw()
+        labels = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+        assert labels and all(len(text) <= 5 for text in labels), labels  # 200K, 1M, 2M...
+    # the tokens panel draws each variant's measured points, not only its fitted curve
+    assert [len(c.get_offsets()) for c in tokens_ax.collections] == [4, 4]
+    assert [len(c.get_offsets()) for c in params_ax.collections] == [3, 4]
+    assert "note: diff: 3 sizes for a 3-parameter fit" in " ".join(t.get_text() for t in fig.texts)
+
+
+def test_unreachable_loss_is_a_note_not_infinity(tmp_path):
+    from tests.test_report import synthetic_runs
+
+    runs = synthetic_runs(tmp_path / "runs", {"diff": [64, 128, 256], "shared_diff": [64, 128, 256]})
+    path = Path(runs[0]) / "metrics.jsonl"  # the smallest DIFF run reaches a loss below Shared DIFF's asymptote
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[-1]["val_loss"] = 1.0
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    row = scaling_eval(runs, reference="diff")["match"][0]
+    assert row["params_needed_fraction"] is None
+    assert row["params_note"].startswith("not reached: loss 1.0000 lies below shared_diff's fitted asymptote")

@@ -2,6 +2,7 @@
 generation (generate_until) at batch size 4 equal to batch size 1."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -124,3 +125,41 @@ def test_generate_until_batch_of_4_equals_batch_of_1(make_run, generation_task, 
     argv += ["--include-path", str(generation_task), "--batch-size", "4", "--out", str(tmp_path / "r.json")]
     assert main(argv) == 0
     assert "exact_match,none" in json.loads((tmp_path / "r.json").read_text())["results"]["tiny_generation"]
+
+
+@pytest.mark.parametrize(
+    ("tasks", "environ", "offline", "said"),
+    [
+        (["tiny_choice"], {}, True, "harness: offline, every task is defined under --include-path with local data"),
+        (["arc_easy"], {}, False, "harness: online, arc_easy come from the Hugging Face hub"),
+        (["tiny_choice", "arc_easy"], {}, False, "harness: online, arc_easy come from"),
+        (["arc_easy"], {"HF_HUB_OFFLINE": "1"}, True, "harness: offline, as HF_HUB_OFFLINE=1 asks"),
+        (["arc_easy"], {"HF_DATASETS_OFFLINE": "true"}, True, "harness: offline, as HF_DATASETS_OFFLINE=true asks"),
+        (["arc_easy"], {"HF_HUB_OFFLINE": "0"}, False, "harness: online"),
+    ],
+)
+def test_hub_is_reached_unless_asked_or_every_task_is_local(local_task, tasks, environ, offline, said):
+    from shareddiff.hf.harness import hub_mode
+
+    mode, why = hub_mode(tasks, str(local_task), environ)
+    assert mode is offline and why.startswith(said)
+
+
+def test_a_local_yaml_over_hub_data_is_not_local(tmp_path):
+    from shareddiff.hf.harness import local_tasks
+
+    (tmp_path / "hub_task.yaml").write_text("task: hub_task\ndataset_path: allenai/ai2_arc\n")
+    (tmp_path / "file_task.yaml").write_text("task: file_task\ndataset_path: json\n")
+    assert local_tasks(str(tmp_path)) == {"file_task"}
+
+
+def test_the_harness_leaves_the_environment_online_for_hub_tasks(make_run, monkeypatch, capsys):
+    import shareddiff.hf.harness as harness
+
+    for name in harness.OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    result = train(make_run("train.max_steps=1"), progress=False)
+    assert main(["eval", "harness", str(result.checkpoint), "--tasks", "no_such_task"]) == 2
+    err = capsys.readouterr().err
+    assert "harness: online, no_such_task come from the Hugging Face hub" in err
+    assert all(name not in os.environ for name in harness.OFFLINE_VARIABLES)

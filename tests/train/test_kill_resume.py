@@ -42,3 +42,37 @@ def test_sigkill_then_resume_matches_uninterrupted(make_run):
     steps = [r["step"] for r in read_metrics(killed.train.out_dir) if "loss" in r]
     assert steps == list(range(1, 21))
     assert losses(killed.train.out_dir) == losses(reference.train.out_dir)
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_ends_with_one_line_and_resumes_bitwise(make_run):
+    from shareddiff.train import train
+    from shareddiff.train.checkpoint import list_checkpoints
+
+    reference = make_run("train.max_steps=60", "checkpoint.every=100", out="reference")
+    train(reference, progress=False)
+    interrupted = make_run("train.max_steps=60", "checkpoint.every=100", out="interrupted")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        _cli(*recipe_args(interrupted)), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(r.get("step", 0) >= 3 for r in read_metrics(interrupted.train.out_dir)):
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    ckpts = list_checkpoints(interrupted.train.out_dir)
+    assert len(ckpts) == 1, "the first Ctrl-C saves a checkpoint at the end of the step"
+    step = int(ckpts[0].name.removeprefix("step_"))
+    assert 3 <= step < 60
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted at step {step} of 60; last checkpoint step {step} ({ckpts[0]}); continue with --resume"
+    )
+    assert "Ctrl-C: stopping after this step with a checkpoint" in out
+
+    train(interrupted, resume=True, progress=False)
+    assert losses(interrupted.train.out_dir) == losses(reference.train.out_dir)

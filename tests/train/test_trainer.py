@@ -45,7 +45,11 @@ def test_resume_continues_the_same_curve_bitwise(make_run, monkeypatch):
 
     monkeypatch.setattr(WindowLoader, "batch", interrupted)
     part = make_run(out="part")
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(
+        KeyboardInterrupt,
+        match=r"^interrupted at step 7 of 12; last checkpoint step 6 \(.*"
+        r"step_00000006\); continue with --resume$",
+    ):
         train(part, progress=False)
     monkeypatch.setattr(WindowLoader, "batch", real_batch)
     train(part, resume=True, progress=False)
@@ -114,6 +118,11 @@ def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(make_run, monkeyp
         (["train.micro_batch=0"], "train.micro_batch=0 must be a positive number"),
         (["train.precision=fp8"], "train.precision='fp8' must be"),
         (["model.attention=mamba"], "attention='mamba' is not a known variant"),
+        (["parallel.compile_unit=layer"], "parallel.compile_unit='layer' must be one of 'model', 'block'"),
+        (["parallel.param_dtype=fp16"], "parallel.param_dtype='fp16' must be one of 'auto', 'fp32', 'bf16'"),
+        (["parallel.reshard_after_forward=sometimes"], "reshard_after_forward='sometimes' must be one of 'auto'"),
+        (["parallel.grad_sync=first"], "parallel.grad_sync='first' must be one of 'auto', 'last', 'every'"),
+        (["parallel.prefetch_blocks=-1"], r"parallel.prefetch_blocks=-1 must be an integer ≥ 0 \(0 = FSDP2's implicit"),
     ],
 )
 def test_bad_recipes(make_run, overrides, message):
@@ -153,10 +162,66 @@ def test_load_model_names_damaged_or_foreign_checkpoints(make_run, tmp_path):
     result = train(make_run("train.max_steps=3"), progress=False)
     weights = result.checkpoint / "model.safetensors"
     weights.write_bytes(b"not a safetensors file")
-    with pytest.raises(ValueError, match=r"has unreadable weights .* use an earlier checkpoint"):
+    with pytest.raises(ValueError, match=r"model.safetensors has 22 bytes, the manifest says \d+; use an earlier"):
         load_model(result.checkpoint)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "state.json").write_text("{broken")
     with pytest.raises(ValueError, match=r"is damaged: state.json is not valid JSON"):
         load_model(foreign)
+
+
+def test_ctrl_c_on_the_command_line_is_one_line(make_run, monkeypatch, capsys):
+    from shareddiff.cli import main
+    from shareddiff.data import WindowLoader
+    from tests.train.conftest import recipe_args
+
+    real_batch = WindowLoader.batch
+
+    def interrupted(self, step, *args, **kwargs):
+        if step == 4:  # during step 5; the last checkpoint is step 3
+            raise KeyboardInterrupt
+        return real_batch(self, step, *args, **kwargs)
+
+    monkeypatch.setattr(WindowLoader, "batch", interrupted)
+    run = make_run()
+    assert main(["train", "--no-progress", *recipe_args(run)]) == 130
+    err = capsys.readouterr().err
+    assert err == (
+        f"interrupted at step 4 of 12; last checkpoint step 3 ({run.train.out_dir}/checkpoints/step_00000003); "
+        "continue with --resume\n"
+    )
+
+
+@pytest.mark.slow
+def test_resume_refuses_a_changed_schedule_unless_asked(make_run):
+    train(make_run("train.max_steps=6"), progress=False)
+    longer = make_run("train.max_steps=9", "optim.lr=2e-2")
+    with pytest.raises(
+        ValueError,
+        match=r"step_00000006 was trained on another learning-rate schedule \(train.max_steps 6 → 9; "
+        r"optim.lr 0.01 → 0.02\).*pass --new-schedule",
+    ):
+        train(longer, resume=True, progress=False)
+    said = []
+    result = train(longer, resume=True, progress=False, echo=said.append, new_schedule=True)
+    assert result.step == 9 and sorted(losses(longer.train.out_dir)) == list(range(1, 10))
+    assert "continuing on a new learning-rate schedule from step 6: train.max_steps 6 → 9; optim.lr 0.01 → 0.02" in said
+
+
+def test_resume_of_a_finished_run_says_it_is_complete(make_run, capsys):
+    from shareddiff.cli import main
+    from tests.train.conftest import recipe_args
+
+    run = make_run("train.max_steps=6")
+    first = train(run, progress=False)
+    again = train(run, resume=True, progress=False)
+    assert again.already_complete and again.step == 6 and again.val_loss == first.val_loss
+    assert again.checkpoint == first.checkpoint and sorted(losses(run.train.out_dir)) == list(range(1, 7))
+    capsys.readouterr()
+    assert main(["train", "--no-progress", "--resume", *recipe_args(run)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(
+        f"{run.train.out_dir} is already complete: step 6, validation loss {first.val_loss:.4f}, checkpoint "
+    )
+    assert "validation loss n/a" not in out and "raise train.max_steps and pass --new-schedule" in out

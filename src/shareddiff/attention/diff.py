@@ -49,7 +49,9 @@ class DifferentialAttention(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None, mask: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape
         *qk, v = self.project_qkv(x)
-        q1, q2, k1, k2 = (apply_rope(t, *rope).transpose(1, 2) for t in qk)
+        heads = [t.shape[2] for t in qk]
+        rotated = apply_rope(torch.cat(qk, dim=2), *rope).transpose(1, 2)  # one rotation of all four: fewer ops
+        q1, q2, k1, k2 = rotated.split(heads, dim=1)  # (B, h, N, d) twice, (B, h_kv, N, d) twice
         v = v.transpose(1, 2)  # (B, h_kv, N, 2d)
         if cache is not None:
             k1, k2, v = cache.update(self.layer_idx, k1, k2, v)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
@@ -28,8 +29,8 @@ class StandardAttention(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None, mask: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape
         q, k, v = project_inputs(x, (self.wq, self.wk, self.wv), self.fuse_projections)
-        q = apply_rope(q.view(b, n, self.n_heads, self.head_dim), *rope).transpose(1, 2)
-        k = apply_rope(k.view(b, n, self.n_kv_heads, self.head_dim), *rope).transpose(1, 2)
+        qk = torch.cat([q.view(b, n, self.n_heads, self.head_dim), k.view(b, n, self.n_kv_heads, self.head_dim)], 2)
+        q, k = apply_rope(qk, *rope).transpose(1, 2).split([self.n_heads, self.n_kv_heads], dim=1)  # one rotation
         v = v.view(b, n, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 CORPUS_DIR = Path(__file__).parent / "corpus"
 BUNDLED = {split: CORPUS_DIR / f"python311-docs.{split}.jsonl.xz" for split in ("train", "val")}
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text", ""}
+ACCEPTED = ".txt, .md, .rst, .text, files without a suffix, .jsonl and .parquet"
 
 
 def _open_text(path: Path):
@@ -68,24 +70,28 @@ def iter_file(path: Path) -> Iterator[str]:
                 raise ValueError(f"{path}: not UTF-8 text ({err.reason}); convert it or leave it out") from err
 
 
-def expand_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Files named, and for a folder every file under it with a text, JSONL or Parquet suffix, sorted."""
+def scan_inputs(inputs: list[str | Path]) -> tuple[list[Path], Counter[str]]:
+    """(files named, and for a folder every file under it with a text, JSONL or Parquet suffix, sorted;
+    the count of a folder's other files by suffix, which are left out)."""
     files: list[Path] = []
+    skipped: Counter[str] = Counter()
     for item in map(Path, inputs):
         if item.is_dir():
-            found = sorted(
-                p
-                for p in item.rglob("*")
-                if p.is_file()
-                and not p.name.startswith(".")
-                and (_base_suffix(p) in TEXT_SUFFIXES | {".jsonl", ".parquet"})
-            )
-            files.extend(found)
+            for p in sorted(p for p in item.rglob("*") if p.is_file() and not p.name.startswith(".")):
+                if _base_suffix(p) in TEXT_SUFFIXES | {".jsonl", ".parquet"}:
+                    files.append(p)
+                else:
+                    skipped[p.suffix] += 1
         elif item.is_file():
             files.append(item)
         else:
             raise ValueError(f"input {str(item)!r} does not exist; pass text files, folders, .jsonl or .parquet")
-    return files
+    return files, skipped
+
+
+def expand_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Files named, and for a folder every file under it with a text, JSONL or Parquet suffix, sorted."""
+    return scan_inputs(inputs)[0]
 
 
 def iter_documents(inputs: list[str | Path]) -> Iterator[str]:

@@ -149,12 +149,29 @@ class TokenData:
         return np.concatenate(out).astype(np.int64)
 
 
+def _not_prepared(root: Path) -> str:
+    """Why ``root`` cannot be loaded as token shards, and the command that makes it loadable."""
+    from shareddiff.data.documents import expand_inputs
+
+    if root.is_dir() and expand_inputs([root]):
+        tokens = root.with_name(root.name + "-tokens")
+        return (
+            f"{root} holds text files, not prepared token shards (no {MANIFEST}); tokenize them into another "
+            f"folder with `shareddiff data prepare {root} --out {tokens} --tokenizer <your data.tokenizer>`, "
+            f"then set data.path={tokens}"
+        )
+    return (
+        f"{root} has no {MANIFEST}: prepare your text with `shareddiff data prepare INPUT... --out {root}`, "
+        "or set data.path to a folder written by it"
+    )
+
+
 def load_split(data_dir: str | Path, split: str, verify: bool = True) -> TokenData:
     """Memory-map ``split`` of a prepared data folder, checking every shard against the manifest."""
     root = Path(data_dir)
     manifest_path = root / MANIFEST
     if not manifest_path.is_file():
-        raise ValueError(f"{root} has no {MANIFEST}: prepare it with `shareddiff data prepare INPUT... --out {root}`")
+        raise ValueError(_not_prepared(root))
     try:
         manifest = json.loads(manifest_path.read_text())
     except json.JSONDecodeError as err:

@@ -1,4 +1,4 @@
-"""Byte-level BPE tokenizer (Hugging Face ``tokenizers``), the bundled one trained on the bundled corpus."""
+"""Byte-level BPE tokenizers (Hugging Face ``tokenizers``): the bundled ones, and training new ones."""
 
 from __future__ import annotations
 
@@ -7,10 +7,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 BUNDLED_TOKENIZER = Path(__file__).parent / "tokenizer.json"
-# Named tokenizers shipped with the package, both trained on the bundled corpus's training split.
+# Named tokenizers shipped with the package, each trained on its corpus's training split.
 BUNDLED_TOKENIZERS = {
-    "bundled": BUNDLED_TOKENIZER,  # vocab 16384, the default
-    "bundled-4k": Path(__file__).parent / "tokenizer-4k.json",  # vocab 4096, for tiny CPU models
+    "bundled": BUNDLED_TOKENIZER,  # the bundled corpus, vocab 16384, the default
+    "bundled-4k": Path(__file__).parent / "tokenizer-4k.json",  # the bundled corpus, vocab 4096, for tiny CPU models
+    # corpus-v2 (docs/data.md), vocab 16384, one token per digit
+    "docs-16k-digits": Path(__file__).parent / "tokenizer-docs-16k-digits.json",
 }
 EOS_TOKEN = "<|endoftext|>"
 
@@ -64,15 +66,23 @@ class Tokenizer:
         return self._tok.decode(list(ids))
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | Path) -> Tokenizer:
-    """Train a byte-level BPE on ``texts`` and save it as ``out`` (a tokenizer.json)."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, out: str | Path, split_digits: bool = False) -> Tokenizer:
+    """Train a byte-level BPE on ``texts`` and save it as ``out`` (a tokenizer.json).
+
+    ``split_digits`` makes every digit a token of its own (the ``Digits(individual_digits=True)``
+    pre-tokenizer before the byte-level one, as LLaMA's tokenizer does), so that numbers are spelled
+    digit by digit. The same texts in the same order give a byte-identical file.
+    """
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 257:
         raise ValueError(f"vocab_size={vocab_size} must be at least 257 (256 bytes + {EOS_TOKEN})")
     tok = HFTokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        byte_level = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+    tok.pre_tokenizer = byte_level
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

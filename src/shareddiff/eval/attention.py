@@ -139,7 +139,7 @@ def plot_example(example: dict, out, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
     data = example["map"].numpy()
     limit = np.abs(data).max() or 1.0
     im = ax.imshow(data, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
@@ -147,8 +147,9 @@ def plot_example(example: dict, out, title: str) -> None:
         ax.axvline(x - 0.5, color="k", lw=0.6, ls="--")
     ax.set_xlabel("key position")
     ax.set_ylabel("query position")
-    ax.set_title(f"{title} (answer needle at {example['depth']:.0%}, between dashed lines)", fontsize=9)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(f"{title}\nanswer needle at {example['depth']:.0%} (between the dashed lines)", fontsize=9)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label("attention weight, mean over layers and heads\n(A1 − λ·A2 for DIFF and Shared DIFF)", fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

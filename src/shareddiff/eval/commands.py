@@ -67,6 +67,41 @@ def lm_results(
     return result
 
 
+def check_probe_args(depths: list[float], samples: int, needles: int, queries: int = 1) -> None:
+    """Bad flags of ``eval needle`` / ``eval attention`` as one clear error each."""
+    bad = [d for d in depths if not 0 <= d <= 1]
+    if bad:
+        raise ValueError(
+            f"--depths {' '.join(map(str, bad))}: a depth is the answer needle's place as a fraction of the "
+            "context, from 0 (start) to 1 (end)"
+        )
+    if samples < 1:
+        raise ValueError(f"--samples {samples} must be at least 1 (each cell's accuracy is a mean over samples)")
+    if not 1 <= queries <= needles:
+        raise ValueError(f"need 1 ≤ --queries ({queries}) ≤ --needles ({needles})")
+
+
+def needle_stem(needles: int, queries: int, lengths: list[int], depths: list[float]) -> str:
+    """The result's file name: N, R, the lengths and the depths (in %), so other settings never overwrite it."""
+    return f"needle_N{needles}_R{queries}_L{'-'.join(map(str, lengths))}_D{'-'.join(f'{d * 100:g}' for d in depths)}"
+
+
+def default_needle_lengths(max_seq_len: int, room: int) -> tuple[list[int], str | None]:
+    """1K, 2K, 4K ... while a prompt and its answers (``room`` positions) fit the context; for a context
+    below that, the longest length that fits, with a note saying so."""
+    lengths, n = [], 1024
+    while n + room <= max_seq_len:
+        lengths.append(n)
+        n *= 2
+    if lengths:
+        return lengths, None
+    longest = max_seq_len - room
+    return [longest], (
+        f"note: the model's context is {max_seq_len} tokens, below 1K: testing at length {longest}, the "
+        f"longest that leaves room for the answers ({room} positions)"
+    )
+
+
 def run_needle(
     checkpoint: str,
     lengths: list[int] | None,
@@ -78,13 +113,14 @@ def run_needle(
     device: str,
     out: str | None,
 ) -> str:
-    """`eval needle`: :func:`needle_results` as one line."""
+    """`eval needle`: :func:`needle_results` as one line (after a note when the lengths were chosen for it)."""
     result = needle_results(checkpoint, lengths, depths, needles, queries, samples, seed, device, out)
-    stem = output_dir(checkpoint, out) / f"needle_N{needles}_R{queries}"
-    return (
+    stem = output_dir(checkpoint, out) / needle_stem(needles, queries, result["lengths"], result["depths"])
+    line = (
         f"mean accuracy {result['accuracy']:.3f}, per-digit {result['digit_accuracy']:.3f}, answer log-prob "
         f"{result['answer_logprob']:.2f} nats over {len(result['cells'])} cells → {stem}.json/.png"
     )
+    return f"{result['note']}\n{line}" if result.get("note") else line
 
 
 def needle_results(
@@ -98,24 +134,27 @@ def needle_results(
     device: str,
     out: str | None,
 ) -> dict:
-    """Multi-needle retrieval accuracy per (length, depth); also written as JSON and a heatmap PNG."""
+    """Multi-needle retrieval accuracy per (length, depth); also written as JSON and a heatmap PNG, named by
+    the settings (:func:`needle_stem`). Lengths default to :func:`default_needle_lengths`."""
     from tqdm.auto import tqdm
 
-    from shareddiff.eval.needle import builder_for_run, needle_eval, plot_heatmap
+    from shareddiff.eval.needle import answer_room, builder_for_run, needle_eval, plot_heatmap
 
+    check_probe_args(depths, samples, needles, queries)
+    if lengths and min(lengths) < 1:
+        raise ValueError(f"--lengths {' '.join(map(str, lengths))}: every length must be a positive token count")
     model, tok, state = _load(checkpoint, device)
-    if not lengths:
-        lengths, n = [], 1024
-        while n <= model.config.max_seq_len - 64:
-            lengths.append(n)
-            n *= 2
-        lengths = lengths or [model.config.max_seq_len // 2]
     builder = builder_for_run(state["run"], tok, _split(state, tok, "val"))
+    note = None
+    if not lengths:
+        lengths, note = default_needle_lengths(model.config.max_seq_len, answer_room(builder.tok, queries))
     with tqdm(total=len(lengths) * len(depths) * samples, unit="sample") as bar:
         result = needle_eval(model, builder, lengths, depths, needles, queries, samples, seed, bar)
-    result.update(checkpoint=str(checkpoint), model=_name(state))
+    result.update(checkpoint=str(checkpoint), model=_name(state), lengths=lengths, depths=depths)
+    if note:
+        result["note"] = note
     folder = output_dir(checkpoint, out)
-    stem = f"needle_N{needles}_R{queries}"
+    stem = needle_stem(needles, queries, lengths, depths)
     write_json(folder / f"{stem}.json", result)
     plot_heatmap(result, folder / f"{stem}.png", f"{_name(state)}: N={needles}, R={queries}")
     return result
@@ -123,7 +162,7 @@ def needle_results(
 
 def run_attention(
     checkpoint: str,
-    length: int,
+    length: int | None,
     depths: list[float],
     needles: int,
     samples: int,
@@ -131,19 +170,20 @@ def run_attention(
     device: str,
     out: str | None,
 ) -> str:
-    """`eval attention`: :func:`attention_results` as one line."""
+    """`eval attention`: :func:`attention_results` as one line (after a note when the length was cut)."""
     result = attention_results(checkpoint, length, depths, needles, samples, seed, device, out)
     rows = ", ".join(
         f"{r['depth']:.0%}: {r['answer']:.3f}/{r['noise']:.3f}/{r['question']:.3f}" for r in result["rows"]
     )
     lambdas = ", ".join("—" if lam is None else f"{lam:.3f}" for lam in result["lambdas"])
-    path = output_dir(checkpoint, out) / "attention.json"
-    return f"answer/noise/question mass by depth: {rows}; λ by layer: {lambdas} → {path}"
+    line = f"answer/noise/question mass by depth: {rows}; λ by layer: {lambdas} → "
+    line += str(output_dir(checkpoint, out) / "attention.json")
+    return f"{result['note']}\n{line}" if result.get("note") else line
 
 
 def attention_results(
     checkpoint: str,
-    length: int,
+    length: int | None,
     depths: list[float],
     needles: int,
     samples: int,
@@ -151,14 +191,23 @@ def attention_results(
     device: str,
     out: str | None,
 ) -> dict:
-    """Attention mass on the answer needle vs the rest (the paper's Table 5); also JSON and a PNG."""
+    """Attention mass on the answer needle vs the rest (the paper's Table 5); also JSON and a PNG. The
+    length defaults to 1024, or the model's context when that is shorter (with a note)."""
     from shareddiff.eval.attention import attention_eval, plot_example
     from shareddiff.eval.needle import builder_for_run
 
+    check_probe_args(depths, samples, needles)
     model, tok, state = _load(checkpoint, device)
+    note = None
+    if length is None:
+        length = min(1024, model.config.max_seq_len)
+        if length < 1024:
+            note = f"note: the model's context is {length} tokens: probing at that length instead of 1024"
     builder = builder_for_run(state["run"], tok, _split(state, tok, "val"))
     result, example = attention_eval(model, builder, length, depths, needles, samples, seed)
     result.update(checkpoint=str(checkpoint), model=_name(state))
+    if note:
+        result["note"] = note
     folder = output_dir(checkpoint, out)
     write_json(folder / "attention.json", result)
     plot_example(example, folder / "attention_map.png", _name(state))
@@ -215,13 +264,16 @@ def run_icl(
     device: str,
     out: str | None,
 ) -> str:
-    from shareddiff.eval.icl import icl_eval, load_examples, plot_icl, synthetic_intents
+    from shareddiff.eval.icl import BUNDLED_DATASETS, icl_eval, load_bundled, load_examples, plot_icl, synthetic_intents
 
     model, tok, state = _load(checkpoint, device)
     if dataset is None:
         examples = synthetic_intents(seed=seed)
         train, test = examples[: len(examples) // 2], examples[len(examples) // 2 :]
         name = "synthetic intents"
+    elif dataset in BUNDLED_DATASETS and test_dataset is None:
+        train, test = load_bundled(dataset, fine_labels)
+        name = f"{dataset}-fine" if fine_labels else dataset
     else:
         train = load_examples(dataset, fine_labels=fine_labels)
         if test_dataset or dataset.endswith("data_full.json"):
@@ -249,7 +301,13 @@ def run_scaling(runs: list[str], reference: str, out: str) -> str:
     plot_scaling(result, folder / "scaling.png", "loss vs parameters and tokens")
     lines = [
         f"{m['variant']} vs {m['reference']} at {m['reference_params']:,} params: "
-        f"{m.get('params_needed_fraction', float('nan')):.2f}× the parameters"
+        + (
+            f"{m['params_needed_fraction']:.2f}× the parameters"
+            if m["params_needed_fraction"] is not None
+            else m["params_note"]
+        )
         for m in result["match"]
     ]
-    return "\n".join([*lines, f"→ {folder / 'scaling.json'}"])
+    if not result["match"]:
+        lines.append(f"no runs of the reference variant {reference!r} to match against; choose it with --reference")
+    return "\n".join([*lines, *(f"warning: {w}" for w in result["warnings"]), f"→ {folder / 'scaling.json'}"])

@@ -22,6 +22,24 @@ from shareddiff.data.tokenizer import Tokenizer
 
 Example = tuple[str, str]  # (text, label)
 
+ICL_DATA = Path(__file__).resolve().parents[1] / "data" / "icl"  # the paper's datasets, with their licences
+BUNDLED_DATASETS = {  # name: (demonstration pool, test items), files under ICL_DATA (see its README.md)
+    "trec": ("trec/train_5500.label", "trec/TREC_10.label"),
+    "banking77": ("banking77/train.csv", "banking77/test.csv"),
+    "clinc150": ("clinc150/data_full.json", "clinc150/data_full.json"),
+}
+
+
+def load_bundled(name: str, fine_labels: bool = False) -> tuple[list[Example], list[Example]]:
+    """(demonstration pool, test items) of a dataset shipped with the package: trec, banking77, clinc150."""
+    if name not in BUNDLED_DATASETS:
+        raise ValueError(f"no bundled ICL dataset {name!r}; the bundled ones are {sorted(BUNDLED_DATASETS)}")
+    train, test = (ICL_DATA / part for part in BUNDLED_DATASETS[name])
+    return (
+        load_examples(train, split="train", fine_labels=fine_labels),
+        load_examples(test, split="test", fine_labels=fine_labels),
+    )
+
 
 def synthetic_intents(n_classes: int = 12, per_class: int = 40, seed: int = 0) -> list[Example]:
     """A many-class intent set: each class has its own verb and object words in shared templates."""
@@ -95,7 +113,9 @@ def load_examples(path: str | Path, split: str = "train", fine_labels: bool = Fa
     or CLINC-150's ``data_full.json`` (its ``split`` list)."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"dataset {path} does not exist")
+        raise ValueError(
+            f"dataset {path} does not exist; give a file, or one of the bundled datasets {sorted(BUNDLED_DATASETS)}"
+        )
     if path.suffix == ".label":
         rows = []
         for line in path.read_text(encoding="latin-1").splitlines():
@@ -229,31 +249,61 @@ def _spread(values: list[float]) -> dict:
 
 
 def plot_icl(result: dict, out, title: str) -> None:
+    """Left: mean accuracy per k for both demonstration orders, on the full 0–1 scale with the chance level
+    (1 / classes); right: each order's accuracies over the permutations (boxes and every value), zoomed no
+    closer than a 0.1 span so a flat result does not look like a trend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
-    shots = [r["shots"] for r in result["rows"]]
-    axes[0].plot(shots, [r["accuracy"] for r in result["rows"]], marker="o")
+    rows = result["rows"]
+    shots = [r["shots"] for r in rows]
+    chance = 1 / result["labels"]
+    orders = {"random_order": ("random order", "o", -0.04), "class_alternating": ("class-alternating", "s", 0.04)}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for i, (key, (label, marker, shift)) in enumerate(orders.items()):
+        xs = [k * 2**shift for k in shots]  # side by side on the log axis, so equal values stay visible
+        axes[0].plot(xs, [r[key]["mean"] for r in rows], marker=marker, color=f"C{i}", label=label)
+    axes[0].axhline(chance, color="0.4", ls="--", lw=1, label=f"chance (1/{result['labels']})")
     axes[0].set_xscale("log", base=2)
+    axes[0].set_xticks(shots, [str(k) for k in shots])
+    axes[0].set_ylim(0, 1)
     axes[0].set_xlabel("demonstrations (k)")
     axes[0].set_ylabel("accuracy")
-    axes[0].set_title("many-shot accuracy")
-    for i, key in enumerate(("random_order", "class_alternating")):
+    axes[0].set_title("mean accuracy over orders", fontsize=10)
+    axes[0].legend(fontsize=8)
+    values = []
+    for i, key in enumerate(orders):
+        positions = np.arange(len(shots)) * 3 + i
+        data = [r[key]["values"] for r in rows]
+        values += [v for vs in data for v in vs]
         axes[1].boxplot(
-            [r[key]["values"] for r in result["rows"]],
-            positions=np.arange(len(shots)) * 3 + i,
+            data,
+            positions=positions,
             widths=0.8,
             patch_artist=True,
-            boxprops={"facecolor": f"C{i}", "alpha": 0.5},
+            boxprops={"facecolor": f"C{i}", "alpha": 0.35},
+            medianprops={"color": "k"},
+            showfliers=False,
         )
-        axes[1].plot([], [], color=f"C{i}", label=key.replace("_", " "))
-    axes[1].set_xticks(np.arange(len(shots)) * 3 + 0.5, shots)
+        for x, vs in zip(positions, data, strict=True):
+            jitter = np.linspace(-0.25, 0.25, len(vs)) if len(vs) > 1 else np.zeros(1)
+            axes[1].scatter(x + jitter, vs, s=9, color=f"C{i}", zorder=3)
+    low, high = min([*values, chance]), max([*values, chance])
+    pad = max(0.0, 0.1 - (high - low)) / 2 + 0.02
+    axes[1].set_ylim(max(0.0, low - pad), min(1.0, high + pad))
+    axes[1].axhline(chance, color="0.4", ls="--", lw=1)
+    axes[1].set_xticks(np.arange(len(shots)) * 3 + 0.5, [str(k) for k in shots])
     axes[1].set_xlabel("demonstrations (k)")
-    axes[1].set_title("spread over orders")
-    axes[1].legend(fontsize=8)
+    axes[1].set_ylabel("accuracy")
+    axes[1].set_title(f"spread over {result['permutations']} orders of the same demonstrations", fontsize=10)
+    axes[1].legend(
+        handles=[Patch(facecolor=f"C{i}", alpha=0.6, label=label) for i, (label, _, _) in enumerate(orders.values())]
+        + [plt.Line2D([], [], color="0.4", ls="--", label="chance")],
+        fontsize=8,
+    )
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(out)

@@ -414,6 +414,11 @@ class NeedleProbe:
         }
 
 
+def answer_room(tok: Tokenizer, n_queries: int) -> int:
+    """Positions a prompt of length N needs beyond N: the answers and follow-ups of ``n_queries`` queries."""
+    return n_queries * (len(tok.encode(" 12345678.")) + 10) + 16
+
+
 def needle_eval(
     model,
     builder: NeedleBuilder,
@@ -427,7 +432,7 @@ def needle_eval(
 ) -> dict:
     """Exact-match accuracy, per-digit accuracy and mean answer log-probability (nats) per (length, depth)
     cell over ``samples`` samples each, and their means over the cells."""
-    extra = n_queries * (len(builder.tok.encode(" 12345678.")) + 10) + 16
+    extra = answer_room(builder.tok, n_queries)
     check_context(model, max(lengths) + extra, f"needle retrieval at length {max(lengths)}")
     cells = []
     for length in lengths:
@@ -472,11 +477,12 @@ def plot_heatmap(result: dict, out, title: str) -> None:
     ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
     for i in range(len(depths)):
         for j in range(len(lengths)):
-            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8)
+            dark = grid[i, j] < 0.15 or grid[i, j] > 0.85  # the ends of RdYlGn
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8, color="w" if dark else "k")
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("answer needle depth")
     ax.set_title(title)
-    fig.colorbar(im, ax=ax, fraction=0.05)
+    fig.colorbar(im, ax=ax, fraction=0.05, label="retrieval accuracy (queried numbers right)")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

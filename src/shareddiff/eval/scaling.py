@@ -48,7 +48,7 @@ def needed_for_loss(fit: dict, loss: float) -> float:
 
 
 def collect_runs(run_dirs: list[str | Path]) -> list[dict]:
-    """(variant, non-embedding parameters, validation curve) of each run folder."""
+    """(variant, non-embedding parameters, validation curve, data) of each run folder."""
     from shareddiff.config import ModelConfig
     from shareddiff.params import count_parameters
     from shareddiff.train.metrics import read_metrics
@@ -58,10 +58,12 @@ def collect_runs(run_dirs: list[str | Path]) -> list[dict]:
         config_file = run_dir / "run_config.json"
         if not config_file.is_file():
             raise ValueError(f"{run_dir} is not a training run folder (no run_config.json)")
-        config = ModelConfig.from_dict(json.loads(config_file.read_text())["model_config"])
+        recorded = json.loads(config_file.read_text())
+        config = ModelConfig.from_dict(recorded["model_config"])
         curve = [(r["tokens"], r["val_loss"]) for r in read_metrics(run_dir) if "val_loss" in r]
         if not curve:
             raise ValueError(f"{run_dir} has no validation loss in metrics.jsonl")
+        data = recorded.get("run", {}).get("data", {})
         runs.append(
             {
                 "run": str(run_dir),
@@ -70,78 +72,136 @@ def collect_runs(run_dirs: list[str | Path]) -> list[dict]:
                 "curve": curve,
                 "final_loss": curve[-1][1],
                 "tokens": curve[-1][0],
+                "data": {k: data.get(k) for k in ("path", "tokenizer", "seq_len")},
+                "vocab_size": config.vocab_size,
             }
         )
     return runs
 
 
+def _comparability_warnings(runs: list[dict]) -> list[str]:
+    """Losses compare only on the same data, tokenizer and window: say when runs differ there."""
+    warnings = []
+    for key in ("path", "tokenizer", "seq_len"):
+        values = {json.dumps(r["data"][key]) for r in runs}
+        if len(values) > 1:
+            warnings.append(
+                f"runs differ in data.{key} ({', '.join(sorted(values))}): their losses are not comparable, "
+                "so fits and matches across them mean little"
+            )
+    if len({r["vocab_size"] for r in runs}) > 1:
+        warnings.append("runs differ in vocabulary size: their losses (nats/token) are not comparable")
+    return warnings
+
+
 def scaling_eval(run_dirs: list[str | Path], reference: str = "diff") -> dict:
     """Per variant: loss-vs-parameters fit (over its runs' final losses) and loss-vs-tokens fit (over the
     validation curve of its largest run); for each reference run, the parameters (tokens) every other
-    variant needs to match its loss, as a fraction of the reference's."""
+    variant needs to match its loss, as a fraction of the reference's.
+
+    Where a number cannot be given (no fit: fewer than 3 sizes; the loss lies below a fit's asymptote)
+    the fraction is None and ``params_note`` / ``tokens_note`` say why; ``warnings`` lists what weakens
+    the result (fits through only 3 sizes are exact, runs trained on other data)."""
+    runs = collect_runs(run_dirs)
     by_variant: dict[str, list[dict]] = defaultdict(list)
-    for run in collect_runs(run_dirs):
+    for run in runs:
         by_variant[run["variant"]].append(run)
-    out: dict = {"variants": {}, "match": []}
-    for variant, runs in by_variant.items():
-        entry: dict = {"runs": [{k: r[k] for k in ("run", "params", "final_loss", "tokens")} for r in runs]}
-        if len({r["params"] for r in runs}) >= 3:
-            entry["params_fit"] = fit_power_law([r["params"] for r in runs], [r["final_loss"] for r in runs])
-        largest = max(runs, key=lambda r: r["params"])
-        if len(largest["curve"]) >= 3:
-            entry["tokens_fit"] = fit_power_law(*zip(*largest["curve"], strict=True))
-            entry["tokens_range"] = [largest["curve"][0][0], largest["curve"][-1][0]]
+    out: dict = {"variants": {}, "match": [], "warnings": _comparability_warnings(runs)}
+    for variant, variant_runs in by_variant.items():
+        entry: dict = {"runs": [{k: r[k] for k in ("run", "params", "final_loss", "tokens")} for r in variant_runs]}
+        sizes = len({r["params"] for r in variant_runs})
+        if sizes >= 3:
+            entry["params_fit"] = fit_power_law(
+                [r["params"] for r in variant_runs], [r["final_loss"] for r in variant_runs]
+            )
+        if sizes < 3:
+            out["warnings"].append(f"{variant}: {sizes} size(s), no loss-vs-parameters fit (a · N^(−b) + c needs 3)")
+        elif sizes == 3:
+            out["warnings"].append(
+                f"{variant}: 3 sizes for a 3-parameter fit, which passes through every point exactly; "
+                "nothing checks it, so read its matches as rough"
+            )
+        largest = max(variant_runs, key=lambda r: r["params"])
+        largest_curve = largest["curve"]
+        entry["largest_curve"] = [list(point) for point in largest_curve]
+        if len(largest_curve) >= 3:
+            entry["tokens_fit"] = fit_power_law(*zip(*largest_curve, strict=True))
+            entry["tokens_range"] = [largest_curve[0][0], largest_curve[-1][0]]
         out["variants"][variant] = entry
     if reference in out["variants"]:
         for ref in out["variants"][reference]["runs"]:
             for variant, entry in out["variants"].items():
-                if variant == reference:
-                    continue
-                row = {
-                    "reference": reference,
-                    "variant": variant,
-                    "reference_params": ref["params"],
-                    "loss": ref["final_loss"],
-                }
-                if "params_fit" in entry:
-                    row["params_needed_fraction"] = (
-                        needed_for_loss(entry["params_fit"], ref["final_loss"]) / ref["params"]
-                    )
-                if "tokens_fit" in entry:
-                    row["tokens_needed_fraction"] = (
-                        needed_for_loss(entry["tokens_fit"], ref["final_loss"]) / ref["tokens"]
-                    )
-                out["match"].append(row)
+                if variant != reference:
+                    out["match"].append(_match_row(reference, ref, variant, entry))
     return out
 
 
+def _match_row(reference: str, ref: dict, variant: str, entry: dict) -> dict:
+    row = {"reference": reference, "variant": variant, "reference_params": ref["params"], "loss": ref["final_loss"]}
+    for axis, size in (("params", ref["params"]), ("tokens", ref["tokens"])):
+        fit = entry.get(f"{axis}_fit")
+        if fit is None:
+            row[f"{axis}_needed_fraction"] = None
+            row[f"{axis}_note"] = f"no {axis} fit for {variant}"
+            continue
+        needed = needed_for_loss(fit, ref["final_loss"])
+        if math.isinf(needed):
+            row[f"{axis}_needed_fraction"] = None
+            row[f"{axis}_note"] = (
+                f"not reached: loss {ref['final_loss']:.4f} lies below {variant}'s fitted asymptote {fit['c']:.4f}"
+            )
+        else:
+            row[f"{axis}_needed_fraction"] = needed / size
+    return row
+
+
 def plot_scaling(result: dict, out, title: str) -> None:
+    """Left: each run's final loss against its parameters, with the variant's fit; right: the largest run's
+    validation losses against tokens, with their fit. Warnings go under the plots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=120)
+    from shareddiff.plots import log_count_axis
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
     for i, (variant, entry) in enumerate(sorted(result["variants"].items())):
         color = f"C{i}"
         params = [r["params"] for r in entry["runs"]]
-        axes[0].scatter(params, [r["final_loss"] for r in entry["runs"]], color=color, label=variant)
-        if "params_fit" in entry:
+        fitted = "params_fit" in entry
+        axes[0].scatter(
+            params,
+            [r["final_loss"] for r in entry["runs"]],
+            color=color,
+            zorder=3,
+            label=variant if fitted else f"{variant} (no fit: {len(set(params))} size(s))",
+        )
+        if fitted:
             grid = np.geomspace(min(params), max(params), 50)
             axes[0].plot(grid, predict(entry["params_fit"], grid), color=color)
+        curve = entry.get("largest_curve", [])
+        if curve:
+            tokens, losses = zip(*curve, strict=True)
+            axes[1].scatter(tokens, losses, color=color, s=14, zorder=3, label=variant)
         if "tokens_fit" in entry:
-            grid = np.geomspace(*entry.get("tokens_range", [1e3, max(r["tokens"] for r in entry["runs"])]), 50)
-            axes[1].plot(grid, predict(entry["tokens_fit"], grid), color=color, label=variant)
-    axes[0].set_xscale("log")
+            grid = np.geomspace(*entry["tokens_range"], 50)
+            axes[1].plot(grid, predict(entry["tokens_fit"], grid), color=color)
     axes[0].set_xlabel("non-embedding parameters")
-    axes[0].set_ylabel("validation loss")
-    axes[1].set_xscale("log")
-    axes[1].set_xlabel("training tokens (largest run)")
+    axes[0].set_title("final loss of each run, and the fit", fontsize=10)
+    axes[1].set_xlabel("training tokens")
+    axes[1].set_title("validation loss of each variant's largest run, and the fit", fontsize=10)
     for ax in axes:
+        ax.set_xscale("log")
+        log_count_axis(ax.xaxis)
+        ax.set_ylabel("validation loss (nats/token)")
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
+    notes = result.get("warnings", [])
+    if notes:
+        fig.text(0.01, 0.01, "\n".join(f"note: {n}" for n in notes), fontsize=7, va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.035 * len(notes), 1, 1))
     fig.savefig(out)
     plt.close(fig)

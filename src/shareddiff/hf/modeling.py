@@ -2,8 +2,9 @@
 
 ``import shareddiff.hf`` registers ``ShareddiffConfig`` / ``ShareddiffForCausalLM`` with ``AutoConfig`` and
 ``AutoModelForCausalLM``, so ``save_pretrained`` / ``from_pretrained`` (safetensors), ``generate()`` (with
-the project's KV cache, left-padded batches and beam search), ``resize_token_embeddings`` and the
-``Trainer`` (gradient accumulation through ``num_items_in_batch``) work as for any causal LM.
+the project's KV cache, left-padded batches and beam search; with ``cache_implementation="static"``, its
+compiled static decoder), ``resize_token_embeddings`` and the ``Trainer`` (gradient accumulation through
+``num_items_in_batch``) work as for any causal LM.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreT
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from shareddiff.config import ModelConfig
+from shareddiff.hf.static_generate import static_generate
 from shareddiff.model import KVCache, LanguageModel
 
 # transformers renamed the cache argument and output field from ``past_key_values`` to ``cache`` during 5.x
@@ -144,6 +146,13 @@ class ShareddiffForCausalLM(PreTrainedModel, GenerationMixin):
             "cache": cache,
             "use_cache": kwargs.get("use_cache", True),
         }
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any):
+        """transformers' ``generate``. With ``cache_implementation="static"``, greedy decoding and sampling
+        (temperature, top-k, top-p) run the project's ``StaticDecoder``, compiled on CUDA as transformers
+        compiles its static cache; other arguments fall back to transformers' loop (``hf/static_generate.py``)."""
+        out = static_generate(self, inputs, generation_config, kwargs)
+        return out if out is not None else super().generate(inputs, generation_config, **kwargs)
 
     def _reorder_cache(self, cache: KVCache, beam_idx: torch.LongTensor) -> KVCache:
         """Beam search: keep the cache rows of the beams that go on (``generate`` calls this by name)."""

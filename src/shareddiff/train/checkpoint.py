@@ -6,34 +6,44 @@ distributed checkpoint (sharded, resumable on any number of processes), weights 
         model.safetensors     the full weights, gathered on rank 0 (generate / export / eval read these)
         rng_rank{R}.pt        each rank's torch / CUDA / Python RNG states (torch.load(weights_only=True))
         tokenizer.json        the tokenizer the run used
-        state.json            step, tokens, configs, tokenizer hash, world size — written last
+        state.json            step, tokens, configs, tokenizer hash, world size
+        manifest.json         every other file's size and sha256 — written last
 
-Every rank writes into ``step_X.tmp``; once all have finished, rank 0 fsyncs the files and renames the
-folder, so a run killed mid-write (any rank, any moment) leaves only a ``.tmp`` folder, never loaded.
+Every rank writes into ``step_X.tmp``; once all have finished, rank 0 writes the manifest, fsyncs the
+files and renames the folder, so a run killed mid-write (any rank, any moment) leaves only a ``.tmp``
+folder, never loaded. A checkpoint is trusted only once each file it needs matches the manifest: a
+truncated or altered file (weights or distributed state alike) makes it skipped, by name, for the
+previous one. A write that fails (a full disk) removes its ``.tmp`` folder and says why.
 A multi-node run needs the run folder on a filesystem every node sees.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import json
 import os
 import random
 import shutil
 import warnings
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from shareddiff.train.distributed import DistInfo, barrier
+from shareddiff.train.distributed import DistInfo, all_gather_objects, broadcast_object
 
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
+MANIFEST = "manifest.json"
 FORMAT = "shareddiff-checkpoint/2"
 DCP_DIR = "dcp"
 FILES = ("model.safetensors", "rng_rank0.pt", "tokenizer.json", STATE, f"{DCP_DIR}/.metadata")
+WEIGHT_FILES = (STATE, "model.safetensors", "tokenizer.json")  # what generate / eval / export read
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _fsync(path: Path) -> None:
@@ -72,6 +82,18 @@ def _single_process_is_fine():
         yield
 
 
+class CheckpointWriteError(ValueError):
+    """A checkpoint could not be written (e.g. the disk is full); its partial folder is removed, earlier ones kept."""
+
+
+class _PeerWriteFailed(OSError):
+    """Another rank's part of a checkpoint write failed; carries that rank's message."""
+
+    def __init__(self, rank: int, message: str, no_space: bool) -> None:
+        super().__init__(f"rank {rank}: {message}")
+        self.no_space = no_space
+
+
 def save_checkpoint(
     run_dir: str | Path,
     step: int,
@@ -82,39 +104,197 @@ def save_checkpoint(
     keep_last: int,
     dist: DistInfo | None = None,
 ) -> Path:
-    """Write ``run_dir/checkpoints/step_{step}`` (a collective: every rank calls it), then prune to ``keep_last``."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+    """Write ``run_dir/checkpoints/step_{step}`` (a collective: every rank calls it), then prune to ``keep_last``.
+
+    Raises CheckpointWriteError on every rank when any rank's write fails, naming the cause (for a full
+    disk: the device, the path and the free space); the ``.tmp`` folder is removed, earlier checkpoints
+    are untouched.
+    """
+    from torch.distributed.checkpoint.api import CheckpointException
 
     dist = dist or DistInfo()
     root = Path(run_dir) / CHECKPOINTS
     final, tmp = root / f"step_{step:08d}", root / f"step_{step:08d}.tmp"
-    if dist.is_main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    barrier(dist)
+    try:
+        _on_every_rank(dist, root, _fresh_folder, tmp, main_only=True)
+        full = _on_every_rank(dist, root, _write_sharded, tmp, model, optimizer, dist)
+        _on_every_rank(dist, root, _write_main_files, tmp, full, step, state, tokenizer_path, dist, main_only=True)
+        names = broadcast_object(_relative_files(tmp) if dist.is_main else None, dist)
+        share = _on_every_rank(dist, root, _hash_files, tmp, names[dist.rank :: dist.world])
+        listed = {name: entry for part in all_gather_objects(share, dist) for name, entry in part.items()}
+        _on_every_rank(dist, root, _finish, tmp, final, listed, run_dir, keep_last, main_only=True)
+    except (OSError, RuntimeError, CheckpointException) as err:
+        no_space = _no_space(err, root)
+        if dist.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if any(isinstance(e, KeyboardInterrupt) for e in _causes(err)):  # DCP wraps a Ctrl-C in its own error
+            raise KeyboardInterrupt from None
+        raise CheckpointWriteError(_write_failure_message(err, no_space, root, final, run_dir)) from None
+    return final
+
+
+def _fresh_folder(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+
+
+def _write_sharded(tmp: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: DistInfo) -> dict:
+    """Every rank: its DCP shards of model + optimizer and its RNG state; returns the full weights (rank 0's use)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_state_dict
+
     model_sd, optim_sd = get_state_dict(model, optimizer)
     with _single_process_is_fine():
         dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp / DCP_DIR))
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     torch.save(rng_state(), tmp / f"rng_rank{dist.rank}.pt")
-    barrier(dist)
-    if dist.is_main:
-        weights = {k: v.detach().to("cpu").contiguous() for k, v in full.items()}
-        save_file(weights, tmp / "model.safetensors", metadata={"format": FORMAT})
-        shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
-        (tmp / STATE).write_text(
-            json.dumps({"format": FORMAT, "step": step, "world_size": dist.world, **state}, indent=2)
+    return full
+
+
+def _write_main_files(
+    tmp: Path, full: dict, step: int, state: dict[str, Any], tokenizer_path: str | Path, dist: DistInfo
+) -> None:
+    """Rank 0: the gathered weights as safetensors, the tokenizer and ``state.json``."""
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in full.items()}
+    save_file(weights, tmp / "model.safetensors", metadata={"format": FORMAT})
+    make_readable(tmp / "model.safetensors")
+    shutil.copyfile(tokenizer_path, tmp / "tokenizer.json")
+    (tmp / STATE).write_text(json.dumps({"format": FORMAT, "step": step, "world_size": dist.world, **state}, indent=2))
+
+
+def _finish(tmp: Path, final: Path, listed: dict, run_dir: str | Path, keep_last: int) -> None:
+    """Rank 0: the manifest last, fsync everything, rename into place, prune old checkpoints."""
+    (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": dict(sorted(listed.items()))}, indent=2))
+    _fsync_tree(tmp)
+    if final.exists():  # re-saving a step after a resume: replace it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+    for old in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _on_every_rank(dist: DistInfo, root: Path, fn: Callable[..., Any], *args: Any, main_only: bool = False) -> Any:
+    """``fn(*args)`` here (on rank 0 only with ``main_only``); when it failed on any rank, raise on every
+    rank, so that none is left waiting in a collective."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    result, error = None, None
+    try:
+        if dist.is_main or not main_only:
+            result = fn(*args)
+    except (OSError, RuntimeError, CheckpointException) as err:
+        error = err
+    report = None if error is None else (dist.rank, _first_line(error), _no_space(error, root))
+    failures = [r for r in all_gather_objects(report, dist) if r is not None]
+    if error is not None:
+        raise error
+    if failures:
+        raise _PeerWriteFailed(*failures[0])
+    return result
+
+
+def _causes(err: BaseException) -> Iterable[BaseException]:
+    """``err``, its causes and contexts, and the per-rank failures a DCP CheckpointException carries."""
+    seen, stack = set(), [err]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        stack += [e.__cause__, e.__context__]
+        stack += [pair[0] for pair in getattr(e, "failures", {}).values()]
+
+
+def _no_space(err: BaseException, root: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC/EDQUOT anywhere in ``err``, or (for writers that hide
+    the errno, like torch.save's "unexpected pos") less than 64 MiB left where ``root`` lies."""
+    if any(getattr(e, "no_space", False) for e in _causes(err)):
+        return True
+    if any(isinstance(e, OSError) and e.errno in NO_SPACE for e in _causes(err)):
+        return True
+    try:
+        return shutil.disk_usage(root).free < 64 * 2**20
+    except OSError:
+        return False
+
+
+def _first_line(err: BaseException) -> str:
+    """A one-line description of ``err``, looking through DCP's CheckpointException to the rank's own error."""
+    inner = [pair[0] for pair in getattr(err, "failures", {}).values()]
+    err = inner[0] if inner else err
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}"
+
+
+def _write_failure_message(err: BaseException, no_space: bool, root: Path, final: Path, run_dir: str | Path) -> str:
+    previous = list_checkpoints(run_dir)
+    kept = f"the last checkpoint ({previous[-1].name}) is intact" if previous else "there is no earlier checkpoint"
+    if no_space:
+        free = shutil.disk_usage(root).free if root.exists() else 0
+        return (
+            f"could not write checkpoint {final.name}: no space left on device {filesystem_of(root)}, "
+            f"{_bytes(free)} free at {root}. The partial folder was removed and {kept}. Free space on that "
+            "device (or move the run folder to a larger one), then continue with --resume"
         )
-        _fsync_tree(tmp)
-        if final.exists():  # re-saving a step after a resume: replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(root)
-        for old in list_checkpoints(run_dir)[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
-    barrier(dist)
-    return final
+    return (
+        f"could not write checkpoint {final.name} in {root} ({_first_line(err)}). The partial folder was "
+        f"removed and {kept}; fix the cause, then continue with --resume"
+    )
+
+
+def filesystem_of(path: Path) -> str:
+    """'DEVICE (mounted on MOUNT POINT)' for the filesystem holding ``path``, from /proc/self/mounts on Linux."""
+    path = Path(path).resolve()
+    best: tuple[str, str] | None = None
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/mounts").read_text().splitlines():
+            device, mount = line.split()[:2]
+            mount = mount.replace("\\040", " ")
+            if (path == Path(mount) or Path(mount) in path.parents) and (best is None or len(mount) > len(best[1])):
+                best = (device, mount)
+    if best is not None:
+        return f"{best[0]} (mounted on {best[1]})"
+    dev = os.stat(path).st_dev
+    return f"{os.major(dev)}:{os.minor(dev)}"
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def _relative_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def _sha256(path: Path) -> tuple[int, str]:
+    """(size in bytes, sha256 hex digest) of a file, read in 4 MiB blocks."""
+    h, size = hashlib.sha256(), 0
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def _hash_files(root: Path, names: list[str]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for name in names:
+        size, digest = _sha256(root / name)
+        out[name] = {"bytes": size, "sha256": digest}
+    return out
+
+
+def make_readable(path: str | Path) -> None:
+    """Give a written file the mode the user's umask asks for (safetensors writes 0600 files), so that another
+    user (a server) can read exported weights."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def load_training_state(
@@ -122,13 +302,20 @@ def load_training_state(
 ) -> None:
     """Load model + optimizer from the checkpoint's DCP shards (any saving world size) and this rank's RNG."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
     dist = dist or DistInfo()
     model_sd, optim_sd = get_state_dict(model, optimizer)
     target = {"model": model_sd, "optim": optim_sd}
-    with _single_process_is_fine():
-        dcp.load(target, checkpoint_id=str(ckpt / DCP_DIR))
+    try:
+        with _single_process_is_fine():
+            dcp.load(target, checkpoint_id=str(ckpt / DCP_DIR))
+    except (Exception, CheckpointException) as err:
+        raise ValueError(
+            f"checkpoint {ckpt}: its distributed state ({DCP_DIR}/) does not load ({_first_line(err)}); "
+            "move that checkpoint folder aside to resume from the one before"
+        ) from None
     set_state_dict(model, optimizer, model_state_dict=target["model"], optim_state_dict=target["optim"])
     rng_file = ckpt / f"rng_rank{dist.rank}.pt"
     set_rng_state(torch.load(rng_file if rng_file.is_file() else ckpt / "rng_rank0.pt", weights_only=True))
@@ -165,25 +352,78 @@ def load_weights(ckpt: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"checkpoint {ckpt} has unreadable weights ({err}); use an earlier checkpoint") from err
 
 
-def check_complete(ckpt: Path) -> dict[str, Any]:
-    """Read and verify every file of ``ckpt``; raise ValueError naming what is wrong."""
-    state = read_state(ckpt)
-    missing = [name for name in FILES if not (ckpt / name).is_file()]
-    if missing:
-        raise ValueError(f"checkpoint {ckpt} is incomplete: missing {missing}")
-    load_weights(ckpt)
+def read_manifest(ckpt: Path) -> dict[str, dict[str, Any]] | None:
+    """``{file: {"bytes", "sha256"}}`` from the checkpoint's manifest; None for a checkpoint written before
+    manifests existed."""
+    path = ckpt / MANIFEST
+    if not path.is_file():
+        return None
     try:
-        torch.load(ckpt / "rng_rank0.pt", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"checkpoint {ckpt} has an unreadable rng_rank0.pt ({err})") from err
+        files = json.loads(path.read_text())["files"]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {ckpt} is damaged: {MANIFEST} is not a valid manifest ({err})") from None
+    return files
+
+
+def verify_checkpoint(ckpt: Path, files: Iterable[str] | None = None) -> dict[str, Any]:
+    """Check ``files`` of ``ckpt`` (default: every file) against its manifest's sizes and sha256, and return
+    its state; ValueError naming the first missing, truncated or altered file."""
+    state = read_state(ckpt)
+    manifest = read_manifest(ckpt)
+    if manifest is None:
+        return _verify_without_manifest(ckpt, state, files)
+    wanted = sorted(set(manifest) | set(FILES)) if files is None else list(files)
+    for name in wanted:
+        path = ckpt / name
+        entry = manifest.get(name)
+        if entry is None:
+            raise ValueError(_damaged(ckpt, state, name, f"is not listed in {MANIFEST}"))
+        if not path.is_file():
+            raise ValueError(_damaged(ckpt, state, name, "is missing"))
+        size = path.stat().st_size
+        if size != entry["bytes"]:
+            raise ValueError(_damaged(ckpt, state, name, f"has {size} bytes, the manifest says {entry['bytes']}"))
+        if _sha256(path)[1] != entry["sha256"]:
+            raise ValueError(_damaged(ckpt, state, name, "differs from the manifest (sha256)"))
     return state
 
 
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint of ``run_dir`` that reads back whole; damaged newer ones are skipped with a warning."""
+def _verify_without_manifest(ckpt: Path, state: dict[str, Any], files: Iterable[str] | None) -> dict[str, Any]:
+    """A checkpoint from before manifests: every file present, the weights and RNG state readable."""
+    wanted = FILES if files is None else tuple(files)
+    for name in wanted:
+        if not (ckpt / name).is_file():
+            raise ValueError(_damaged(ckpt, state, name, "is missing"))
+    if "model.safetensors" in wanted:
+        load_weights(ckpt)
+    if "rng_rank0.pt" in wanted:
+        try:
+            torch.load(ckpt / "rng_rank0.pt", weights_only=True)
+        except Exception as err:
+            raise ValueError(_damaged(ckpt, state, "rng_rank0.pt", f"is unreadable ({err})")) from err
+    return state
+
+
+def _damaged(ckpt: Path, state: dict[str, Any], name: str, what: str) -> str:
+    message = f"checkpoint {ckpt} is damaged: {name} {what}"
+    if name != "tokenizer.json":
+        return f"{message}; use an earlier checkpoint of the run"
+    from shareddiff.data.tokenizer import BUNDLED_TOKENIZERS
+
+    spec = state.get("run", {}).get("data", {}).get("tokenizer") or "bundled"
+    source = BUNDLED_TOKENIZERS.get(spec, spec)
+    return (
+        f"{message}; copy the tokenizer this run was trained with (data.tokenizer: {source}, sha256 "
+        f"{state.get('tokenizer_sha256', '?')[:12]}…) to {ckpt / 'tokenizer.json'}, or use an earlier checkpoint"
+    )
+
+
+def latest_checkpoint(run_dir: str | Path, files: Iterable[str] | None = None) -> Path | None:
+    """The newest checkpoint of ``run_dir`` whose ``files`` (default: all) match its manifest; damaged newer
+    ones are skipped with a warning that names them and the damaged file."""
     for ckpt in reversed(list_checkpoints(run_dir)):
         try:
-            check_complete(ckpt)
+            verify_checkpoint(ckpt, files)
             return ckpt
         except ValueError as err:
             warnings.warn(f"skipping damaged checkpoint: {err}", stacklevel=2)
@@ -191,13 +431,14 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or the latest good checkpoint of a run folder."""
+    """A checkpoint folder, or the latest checkpoint of a run folder, whose weights and tokenizer are intact."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path} does not exist; pass a run folder or one of its checkpoints/step_* folders")
     if (path / STATE).is_file():
+        verify_checkpoint(path, WEIGHT_FILES)
         return path
-    ckpt = latest_checkpoint(path)
+    ckpt = latest_checkpoint(path, WEIGHT_FILES)
     if ckpt is None:
         raise ValueError(f"{path} holds no usable checkpoint; pass a run folder with checkpoints/ or a step_* folder")
     return ckpt

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +35,9 @@ from shareddiff.train.checkpoint import (
 from shareddiff.train.distributed import (
     DistInfo,
     barrier,
+    broadcast_object,
     check_same_recipe,
+    gradient_sync,
     init_distributed,
     mean_across_ranks,
     parallelize,
@@ -41,12 +45,30 @@ from shareddiff.train.distributed import (
 )
 from shareddiff.train.loss import token_loss
 from shareddiff.train.metrics import MetricsLogger
+from shareddiff.train.runlock import RunLock
 
 RUN_CONFIG = "run_config.json"
 
 
 class TrainingDiverged(ValueError):
     """The loss or gradient norm became NaN/inf; the last good checkpoint is kept."""
+
+
+class ScheduleChanged(ValueError):
+    """``--resume`` with other learning-rate schedule values than the checkpoint's (``changes``), not asked for."""
+
+    def __init__(self, message: str, changes: list[str]) -> None:
+        super().__init__(message)
+        self.changes = changes
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run after ``step`` steps; ``checkpoint`` is the newest one to resume from."""
+
+    def __init__(self, step: int, max_steps: int, checkpoint: Path | None) -> None:
+        self.step, self.max_steps, self.checkpoint = step, max_steps, checkpoint
+        last = f"step {int(checkpoint.name.removeprefix('step_'))} ({checkpoint})" if checkpoint else "none yet"
+        super().__init__(f"interrupted at step {step} of {max_steps}; last checkpoint {last}; continue with --resume")
 
 
 @dataclass
@@ -56,6 +78,7 @@ class TrainResult:
     checkpoint: Path | None
     train_loss: float | None
     val_loss: float | None
+    already_complete: bool = False  # --resume of a run that had reached train.max_steps: nothing was trained
 
 
 def lr_at(step: int, optim: OptimConfig, max_steps: int) -> float:
@@ -88,10 +111,15 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_for(precision: str, device: torch.device):
+def compute_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` made concrete: "auto" is "bf16" on CUDA, "fp32" elsewhere."""
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    if precision == "bf16":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def autocast_for(precision: str, device: torch.device):
+    if compute_precision(precision, device) == "bf16":
         return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext
 
@@ -152,16 +180,24 @@ def prepare_data(run: RunConfig, tokenizer: Tokenizer):
     return (load_data_split(run.data.path, tokenizer, "train"), load_data_split(run.data.path, tokenizer, "val"))
 
 
-def train(run: RunConfig, resume: bool = False, progress: bool = True, echo=print) -> TrainResult:
+def train(
+    run: RunConfig, resume: bool = False, progress: bool = True, echo=print, new_schedule: bool = False
+) -> TrainResult:
     """Train the model of ``run``; with ``resume`` continue from the latest good checkpoint of its folder.
 
     Under torchrun every process calls this; they train data-parallel (``run.parallel``), each on its
     own rows of every global batch, so the loss curve does not depend on the number of processes.
+    The run holds its folder's lock throughout (a second run into it is refused, naming this one).
+    ``--resume`` refuses a changed learning-rate schedule (max_steps, lr, warmup, min_lr_ratio) unless
+    ``new_schedule``. Ctrl-C raises TrainingInterrupted; in one process the first Ctrl-C finishes the
+    step and saves a checkpoint first.
     """
     run.validate()
     dist, device = init_distributed(run.train.device)
     try:
-        return _train(run, resume, progress and dist.is_main, echo if dist.is_main else _silent, dist, device)
+        with _run_folder_lock(Path(run.train.out_dir), dist):
+            echo_main = echo if dist.is_main else _silent
+            return _train(run, resume, new_schedule, progress and dist.is_main, echo_main, dist, device)
     finally:
         shutdown(dist)
 
@@ -170,7 +206,103 @@ def _silent(*args, **kwargs) -> None:
     pass
 
 
-def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, device: torch.device) -> TrainResult:
+@contextlib.contextmanager
+def _run_folder_lock(run_dir: Path, dist: DistInfo):
+    """Rank 0 holds ``run_dir``'s lock for the run; when another run holds it, every rank raises its message."""
+    lock = RunLock(run_dir)
+    refusal = None
+    if dist.is_main:
+        try:
+            lock.acquire()
+        except ValueError as err:
+            refusal = str(err)
+    refusal = broadcast_object(refusal, dist)
+    if refusal is not None:
+        raise ValueError(refusal)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _resume_point(run_dir: Path, dist: DistInfo) -> Path | None:
+    """The newest checkpoint whose every file matches its manifest, chosen on rank 0 (damaged newer ones
+    are skipped with a warning naming the file); an error when checkpoints exist but none is intact."""
+    choice: tuple[Path | None, str | None] = (None, None)
+    if dist.is_main:
+        ckpt = latest_checkpoint(run_dir)
+        existing = list_checkpoints(run_dir)
+        if ckpt is None and existing:
+            names = ", ".join(p.name for p in existing)
+            choice = (
+                None,
+                f"no checkpoint of {run_dir} is intact ({names}; see the warnings above); move "
+                f"{run_dir / 'checkpoints'} aside to start over, or start a new run folder",
+            )
+        else:
+            choice = (ckpt, None)
+    ckpt, error = broadcast_object(choice, dist)
+    if error is not None:
+        raise ValueError(error)
+    return ckpt
+
+
+SCHEDULE_FIELDS = ("train.max_steps", "optim.lr", "optim.warmup_steps", "optim.min_lr_ratio")
+
+
+def _check_same_schedule(state: dict, run: RunConfig, ckpt: Path, new_schedule: bool, echo) -> None:
+    """Resuming with other schedule values silently bends the learning rate of the rest of the run: refuse
+    that unless asked (``new_schedule``), then say what changes."""
+    saved, now = state["run"], run.to_dict()
+    diffs = []
+    for key in SCHEDULE_FIELDS:
+        section, name = key.split(".")
+        before, after = saved.get(section, {}).get(name), now[section][name]
+        if before != after:
+            diffs.append(f"{key} {before!r} → {after!r}")
+    if not diffs:
+        return
+    if not new_schedule:
+        raise ScheduleChanged(
+            f"checkpoint {ckpt.name} was trained on another learning-rate schedule ({'; '.join(diffs)}); "
+            "resuming with these values changes the learning rate of every remaining step. Resume with "
+            "the run's own values, or pass --new-schedule to continue on the new schedule",
+            diffs,
+        )
+    echo(f"continuing on a new learning-rate schedule from step {state['step']}: {'; '.join(diffs)}")
+
+
+def _already_complete(run_dir: Path, ckpt: Path, state: dict) -> TrainResult:
+    return TrainResult(
+        run_dir, state["step"], ckpt, state.get("train_loss"), state.get("val_loss"), already_complete=True
+    )
+
+
+class _CtrlC:
+    """The first Ctrl-C lets the current step finish (the loop then saves a checkpoint and stops); a second
+    one interrupts at once. Only in one process, on the main thread: under torchrun every rank gets the
+    signal and stops where it is."""
+
+    def __init__(self, enabled: bool, echo) -> None:
+        self.pressed, self.echo, self._previous = False, echo, None
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+        self.echo("\nCtrl-C: stopping after this step with a checkpoint (press Ctrl-C again to stop at once)")
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+def _train(
+    run: RunConfig, resume: bool, new_schedule: bool, progress: bool, echo, dist: DistInfo, device: torch.device
+) -> TrainResult:
     check_same_recipe(run.to_dict(), dist)
     run_dir = Path(run.train.out_dir)
     if list_checkpoints(run_dir) and not resume:
@@ -217,14 +349,18 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
     n_params = sum(p.numel() for p in model.parameters())
     run = run.sized(n_params, dist.world)  # a tokens-per-parameter budget becomes a step count
     budget = _budget(run, n_params, None if mqar else len(train_data), dist.world)
-    model = parallelize(model, run.parallel, dist, device)
+    precision = compute_precision(run.train.precision, device)
+    model = parallelize(model, run.parallel, dist, device, compile=run.train.compile, precision=precision)
     optimizer = build_optimizer(model, run.optim, device)
 
     start_step, tokens_seen = 0, 0
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    ckpt = _resume_point(run_dir, dist) if resume else None
     if ckpt is not None:
         state = read_state(ckpt)
         _check_resume_compatible(state, model_config, tokenizer, ckpt)
+        _check_same_schedule(state, run, ckpt, new_schedule, echo)
+        if state["step"] >= run.train.max_steps:
+            return _already_complete(run_dir, ckpt, state)
         load_training_state(ckpt, model, optimizer, dist)
         start_step, tokens_seen = state["step"], state["tokens"]
         echo(
@@ -244,7 +380,7 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
             )
         )
         metrics = MetricsLogger(run_dir, resume_step=start_step if ckpt is not None else None)
-    step_model = torch.compile(model) if run.train.compile else model
+    step_model = torch.compile(model) if run.train.compile and run.parallel.compile_unit == "model" else model
     tokens_per_step = run.train.micro_batch * run.train.grad_accum * run.data.seq_len * dist.world
     last_ckpt, train_loss, val_loss = ckpt, None, None
 
@@ -261,6 +397,7 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
 
     bar = _progress(run.train.max_steps, start_step, progress)
     window_start, window_tokens = time.perf_counter(), 0
+    done, ctrl_c = start_step, _CtrlC(not dist.enabled, bar.write if progress else echo)
     try:
         for step in range(start_step, run.train.max_steps):
             lr = lr_at(step, run.optim, run.train.max_steps)
@@ -273,7 +410,7 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
                 )
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 last = micro == run.train.grad_accum - 1
-                sync = contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync()
+                sync = gradient_sync(model, run.parallel, last)
                 with sync:
                     with autocast():
                         logits = step_model(x)
@@ -331,10 +468,18 @@ def _train(run: RunConfig, resume: bool, progress: bool, echo, dist: DistInfo, d
                 if metrics is not None:
                     metrics.log({"step": done, **scores, "tokens": tokens_seen})
                     bar.write(f"step {done}: val loss {val_loss:.4f}")
-            if done % run.checkpoint.every == 0 or done == run.train.max_steps:
+            stopping = ctrl_c.pressed and done < run.train.max_steps
+            if done % run.checkpoint.every == 0 or done == run.train.max_steps or stopping:
                 last_ckpt = checkpoint(done)
             bar.update(1)
+            if stopping:
+                raise TrainingInterrupted(done, run.train.max_steps, last_ckpt)
+    except KeyboardInterrupt as err:
+        if isinstance(err, TrainingInterrupted):
+            raise
+        raise TrainingInterrupted(done, run.train.max_steps, last_ckpt) from None
     finally:
+        ctrl_c.restore()
         bar.close()
         if metrics is not None:
             metrics.close()

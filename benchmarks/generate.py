@@ -1,0 +1,304 @@
+"""Generation speed (tokens/s): the eager KV-cache decode, the compiled static decode, and transformers' own
+``generate`` on the exported DiffLlama with the same weights.
+
+    python benchmarks/generate.py --families transformer --out $OUT        # GPU: 350m, batch 1 and 32, bf16
+    python benchmarks/generate.py --smoke                                  # CPU: tiny presets, a few tokens
+    python benchmarks/generate.py --profile --size small --batch 1         # where a decode step's time goes
+
+Greedy decoding of ``--new-tokens`` after a random prompt of ``--prompt-len`` tokens, no EOS. tokens/s =
+batch × new tokens / wall time of one whole ``generate`` call (prefill included), the median of
+``--repeats`` calls after a warm-up call (which compiles; its time is reported as ``warmup_s``). Modes:
+
+- eager: ``shareddiff.generation.generate`` with the model's ``KVCache`` (the reference decode);
+- static: the ``StaticDecoder`` without compiling (fixed shapes, eager);
+- compiled: the ``StaticDecoder`` compiled (inductor, ``mode="reduce-overhead"``: CUDA graphs on a GPU);
+- wrapper: the transformers wrapper's ``generate(cache_implementation="static")`` (compiled on a GPU);
+- hf, hf-static: ``DiffLlamaForCausalLM.generate`` of the exported model (diff and shared_diff only), with
+  transformers' dynamic cache, or its ``cache_implementation="static"`` (which transformers compiles on a GPU).
+
+Before timing a compiled decoder, its logits are checked against the reference decode on the same device
+(a left-padded batch at batch > 1, teacher-forced for up to ``CHECK_STEPS`` steps): relative error ≤ 2e-2 in
+bfloat16, 1e-4 in float32. On CUDA each row also records how many compiled graphs ran without CUDA graphs
+(``cudagraph_skips``; 0 expected). Every row is printed when measured and the JSON result rewritten, so a
+run cut short keeps what it measured; ``--budget-s`` skips the rows that would start after that many
+seconds. The exit status is 1 if a check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch._dynamo.utils import counters
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import environment, table, write_result
+
+from shareddiff import ModelConfig, build_model
+from shareddiff.generation import generate
+from shareddiff.padding import left_pad
+from shareddiff.presets import FAMILIES
+from shareddiff.static_decode import StaticDecoder
+
+MODES = ("eager", "static", "compiled", "wrapper", "hf", "hf-static")
+CHECK_STEPS = 32
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@torch.no_grad()
+def check_decoder(model, decoder: StaticDecoder, batch: int, prompt_len: int) -> dict:
+    """The decoder's logits against the reference decode (model.forward with a KVCache), both fed the
+    reference's greedy tokens: worst relative error of a step, and how often the argmaxes agree."""
+    dev = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    lengths = [prompt_len - (i * 7) % max(1, prompt_len // 2) for i in range(batch)]  # left-padded when batch > 1
+    ids, mask = left_pad([torch.randint(0, vocab, (n,), device=dev) for n in lengths])
+    mask = None if bool(mask.all()) else mask
+    steps = min(CHECK_STEPS, decoder.max_len - prompt_len)
+    cache = model.new_cache(prompt_len + steps)
+    ref, got = model(ids, cache, mask)[:, -1], decoder.prefill(ids, mask, steps)
+    errors, agree = [rel(got, ref)], [(got.argmax(-1) == ref.argmax(-1)).float().mean().item()]
+    for _ in range(steps):
+        token = ref.argmax(-1)
+        ref, got = model(token[:, None], cache)[:, -1], decoder.step(token)
+        errors.append(rel(got, ref))
+        agree.append((got.argmax(-1) == ref.argmax(-1)).float().mean().item())
+    tol = TOLERANCE[next(model.parameters()).dtype]
+    return {"max_rel_err": max(errors), "tolerance": tol, "ok": max(errors) <= tol, "argmax_agree": min(agree)}
+
+
+def timed(fn, device: torch.device, repeats: int) -> tuple[float, list[float]]:
+    """(warm-up seconds, timed seconds per call): one warm-up call, then up to ``repeats`` calls (fewer once
+    10 s have been spent timing)."""
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    warmup = time.perf_counter() - start
+    times: list[float] = []
+    while len(times) < repeats and sum(times) < 10:
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return warmup, times
+
+
+def generation_call(mode: str, model, prompt: torch.Tensor, new: int, compile_backend: str):
+    """(a function running one greedy generation of ``new`` tokens in ``mode``, its StaticDecoder or None), or
+    None where ``mode`` does not apply to the model (the DiffLlama export of a non-differential model)."""
+    total = prompt.shape[1] + new
+    if mode == "eager":
+        return (lambda: generate(model, prompt, new, temperature=0)), None
+    if mode in ("static", "compiled"):
+        decoder = StaticDecoder(model, total, compile=mode == "compiled", backend=compile_backend)
+        return (lambda: generate(model, prompt, new, temperature=0, decoder=decoder)), decoder
+    from shareddiff.hf import to_diffllama, wrap
+
+    if mode == "wrapper":
+        hf_model = wrap(model)
+        kwargs = {"cache_implementation": "static"}
+        if compile_backend != "inductor" or prompt.device.type != "cuda":
+            from transformers import CompileConfig
+
+            kwargs["compile_config"] = CompileConfig(backend=compile_backend)
+    else:
+        try:
+            hf_model = to_diffllama(model).to(prompt.device, next(model.parameters()).dtype)
+        except ValueError:
+            return None
+        hf_model.generation_config.eos_token_id = None
+        hf_model.generation_config.pad_token_id = 0
+        kwargs = {"cache_implementation": "static"} if mode == "hf-static" else {}
+    mask = torch.ones_like(prompt)
+    return (lambda: hf_model.generate(prompt, attention_mask=mask, max_new_tokens=new, do_sample=False, **kwargs)), None
+
+
+def bench_row(family: str, size: str, mode: str, batch: int, args, device, dtype, model) -> dict | None:
+    prompt = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), device=device)
+    call = generation_call(mode, model, prompt, args.new_tokens, args.compile_backend)
+    if call is None:
+        return None
+    fn, decoder = call
+    row = {"preset": f"{family}-{size}", "mode": mode, "batch": batch, "dtype": str(dtype).split(".")[-1]}
+    skips = counters["inductor"]["cudagraph_skips"]
+    if mode == "compiled":  # the check compiles the step (the shapes the timing uses)
+        start = time.perf_counter()
+        row["check"] = check_decoder(model, decoder, batch, args.prompt_len)
+        row["compile_and_check_s"] = time.perf_counter() - start
+    warmup, times = timed(fn, device, args.repeats)
+    median = statistics.median(times)
+    row.update(
+        prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens,
+        warmup_s=warmup,
+        call_s=times,
+        tokens_per_s=batch * args.new_tokens / median,
+        ms_per_step=median / args.new_tokens * 1e3,
+    )
+    if device.type == "cuda":  # compiled modes that fell back to launching kernels one by one
+        row["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips
+    return row
+
+
+def describe(row: dict) -> str:
+    check = row.get("check")
+    verdict = ""
+    if check:
+        verdict = f"  check rel err {check['max_rel_err']:.1e} {'ok' if check['ok'] else 'FAIL'}"
+        verdict += f" (argmax agree {check['argmax_agree']:.0%}; compile + check {row['compile_and_check_s']:.0f} s)"
+    if row.get("cudagraph_skips"):
+        verdict += f"  CUDA graphs skipped {row['cudagraph_skips']}x (see the log above)"
+    return (
+        f"{row['preset']:20s} {row['mode']:9s} batch {row['batch']:3d}: {row['tokens_per_s']:10,.1f} tok/s  "
+        f"{row['ms_per_step']:8.2f} ms/step  warm-up {row['warmup_s']:6.1f} s{verdict}"
+    )
+
+
+def profile_generation(mode: str, model, batch: int, args, device: torch.device) -> dict:
+    """PyTorch profiler over one greedy ``generate`` call in ``mode`` (eager or compiled; an EOS id that never
+    comes, so that the stop check runs), after a warm-up call: per new token, the wall time, the operators
+    the host dispatches (leaf aten ops), CUDA kernel and graph launches, host syncs (reads of a device value,
+    nonzero, stream syncs), and the share of the wall time spent inside aten operators."""
+    from torch.profiler import ProfilerActivity, profile
+
+    new = args.new_tokens
+    prompt = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), device=device)
+    decoder = None
+    if mode == "compiled":
+        decoder = StaticDecoder(model, args.prompt_len + new, compile=True, backend=args.compile_backend)
+    eos = model.config.vocab_size  # outside the vocabulary: never produced
+
+    def call():
+        return generate(model, prompt, new, temperature=0, eos_id=eos, decoder=decoder)
+
+    call()
+    sync(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        call()
+        sync(device)
+        wall = time.perf_counter() - start
+    events = prof.key_averages()
+
+    def count(*names: str) -> float:
+        return sum(e.count for e in events if e.key in names or any(e.key.startswith(n) for n in names)) / new
+
+    leaf_ops = sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children) / new
+    op_time = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::")) / 1e6
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
+    return {
+        "mode": mode,
+        "ms_per_token": wall / new * 1e3,
+        "aten_leaf_ops_per_token": leaf_ops,
+        "cuda_kernels_per_token": count("cudaLaunchKernel", "cuLaunchKernel") if device.type == "cuda" else None,
+        "cuda_graph_launches_per_token": count("cudaGraphLaunch") if device.type == "cuda" else None,
+        "syncs_per_token": count("aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize"),
+        "share_of_wall_inside_aten_ops": op_time / wall,
+        "top_ops_self_ms_per_token": {
+            e.key: e.self_cpu_time_total / new / 1e3 for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+        },
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="CPU smoke run: tiny presets, every mode, few tokens")
+    parser.add_argument("--size", default="350m")
+    parser.add_argument("--families", nargs="+", default=sorted(FAMILIES), choices=sorted(FAMILIES))
+    parser.add_argument("--modes", nargs="+", default=["eager", "compiled", "hf"], choices=MODES)
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--prompt-len", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on the CPU")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled modes")
+    parser.add_argument("--budget-s", type=float, default=None, help="start no row after this many seconds")
+    parser.add_argument("--profile", action="store_true", help="profile the eager/compiled modes instead of timing")
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs)")
+    parser.add_argument("--out", help="results folder (default benchmarks/results)")
+    args = parser.parse_args()
+    if args.smoke:
+        args.size, args.batch, args.prompt_len, args.new_tokens, args.repeats = "tiny", [1, 3], 9, 6, 1
+        args.modes = list(MODES) if args.modes == parser.get_default("modes") else args.modes
+        if args.compile_backend == parser.get_default("compile_backend"):
+            args.compile_backend = "aot_eager"  # seconds instead of a minute of C++ compiles per graph
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    payload = {"settings": {k: v for k, v in vars(args).items() if k != "out"}, "environment": environment()}
+    payload["settings"]["dtype"] = str(dtype).split(".")[-1]
+    rows: list[dict] = []
+    payload["results"] = rows
+    failures, began = 0, time.perf_counter()
+    print(f"device {payload['environment']['device']}, {payload['settings']['dtype']}", flush=True)
+    name = "generate-profile" if args.profile else "generate-smoke" if args.smoke else "generate"
+    path = None
+    for family in args.families:
+        torch.manual_seed(0)
+        model = build_model(ModelConfig.from_preset(f"{family}-{args.size}"), device=device, dtype=dtype).eval()
+        torch._dynamo.reset()  # every family's graphs count from zero against the recompile limit
+        if args.profile:
+            for batch in args.batch:
+                for mode in [m for m in args.modes if m in ("eager", "compiled")]:
+                    result = {"preset": f"{family}-{args.size}", "batch": batch}
+                    result.update(profile_generation(mode, model, batch, args, device))
+                    rows.append(result)
+                    print({k: v for k, v in result.items() if k != "top_ops_self_ms_per_token"}, flush=True)
+                    path = write_result(name, payload, args.out) if path is None else _rewrite(path, payload)
+            continue
+        for batch in args.batch:
+            for mode in args.modes:
+                if args.budget_s is not None and time.perf_counter() - began > args.budget_s:
+                    print(f"{family}-{args.size} {mode} batch {batch}: skipped (--budget-s)", flush=True)
+                    continue
+                row = bench_row(family, args.size, mode, batch, args, device, dtype, model)
+                if row is None:
+                    continue
+                failures += bool(row.get("check") and not row["check"]["ok"])
+                rows.append(row)
+                print(describe(row), flush=True)
+                path = write_result(name, payload, args.out) if path is None else _rewrite(path, payload)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    if not args.profile and rows:
+        print(_summary(rows))
+    print(f"wrote {path}" if path else "nothing measured", flush=True)
+    return 1 if failures else 0
+
+
+def _rewrite(path: Path, payload: dict) -> Path:
+    import json
+
+    path.write_text(json.dumps(payload, indent=2))
+    return path
+
+
+def _summary(rows: list[dict]) -> str:
+    """tokens/s per preset and batch (rows) and mode (columns)."""
+    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    keys = list(dict.fromkeys((r["preset"], r["batch"]) for r in rows))
+    speed = {(r["preset"], r["batch"], r["mode"]): r["tokens_per_s"] for r in rows}
+    lines = [[p, b, *(f"{speed[(p, b, m)]:,.1f}" if (p, b, m) in speed else "" for m in modes)] for p, b in keys]
+    return table(["preset", "batch", *modes], lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

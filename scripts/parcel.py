@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Carry a prepared data folder (`shareddiff data prepare --out DIR`) in compressed parts of at most 60 MB.
+
+    python scripts/parcel.py pack /work/data/prepared-v2 parcels/ [--codec xz|zstd] [--part-bytes 60000000]
+    python scripts/parcel.py unpack parcels/ data/prepared-v2
+
+`pack` writes the folder as one tar stream (sorted names, zeroed times and owners, so the same folder
+gives the same bytes), compresses it (xz: Python's lzma at preset 9, no tool needed to unpack; zstd:
+the `zstd -19 --long=27` command) and cuts it into NAME.tar.xz.000, .001, ... next to NAME.parts.json
+(each part's size and sha256). `unpack` checks every part against NAME.parts.json, decompresses and
+extracts them, then checks every shard against the folder's manifest.json (size and sha256), and fails
+with the name of the first part or shard that differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import lzma
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+PART_BYTES = 60_000_000
+SUFFIX = {"xz": ".tar.xz", "zstd": ".tar.zst"}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _normalised(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+    return info
+
+
+def _tar(folder: Path, out: Path) -> None:
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(folder, arcname=folder.name, recursive=False, filter=_normalised)
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            tar.add(path, arcname=f"{folder.name}/{path.relative_to(folder)}", filter=_normalised)
+
+
+def _compress(tar_path: Path, out: Path, codec: str) -> None:
+    if codec == "xz":
+        with tar_path.open("rb") as src, lzma.open(out, "wb", preset=9) as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+    else:
+        subprocess.run(["zstd", "-q", "-19", "--long=27", "-f", str(tar_path), "-o", str(out)], check=True)
+
+
+def pack(folder: Path, out_dir: Path, codec: str = "xz", part_bytes: int = PART_BYTES) -> dict:
+    """Tar, compress and split ``folder``; return the parts manifest written as NAME.parts.json."""
+    if not (folder / "manifest.json").is_file():
+        raise ValueError(f"{folder} has no manifest.json: pack a folder made by `shareddiff data prepare`")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = folder.name + SUFFIX[codec]
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        tar_path, packed = Path(tmp) / "folder.tar", Path(tmp) / name
+        _tar(folder, tar_path)
+        _compress(tar_path, packed, codec)
+        parts = []
+        with packed.open("rb") as f:
+            for index, chunk in enumerate(iter(lambda: f.read(part_bytes), b"")):
+                part = out_dir / f"{name}.{index:03d}"
+                part.write_bytes(chunk)
+                parts.append({"file": part.name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
+        manifest = {"folder": folder.name, "codec": codec, "tar_bytes": tar_path.stat().st_size, "parts": parts}
+    (out_dir / f"{folder.name}.parts.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _verify_shards(folder: Path) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for split in manifest["splits"].values():
+        for shard in split["shards"]:
+            path = folder / shard["file"]
+            if not path.is_file() or _sha256(path) != shard["sha256"]:
+                raise ValueError(f"{path}: missing or its sha256 differs from manifest.json")
+
+
+def unpack(parts_dir: Path, dest: Path) -> Path:
+    """Check, join, decompress and extract the parts in ``parts_dir`` into ``dest``; check the shards."""
+    found = sorted(parts_dir.glob("*.parts.json"))
+    if len(found) != 1:
+        raise ValueError(f"{parts_dir} must hold exactly one *.parts.json (found {len(found)})")
+    manifest = json.loads(found[0].read_text())
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        joined = Path(tmp) / "joined"
+        with joined.open("wb") as out:
+            for part in manifest["parts"]:
+                data = (parts_dir / part["file"]).read_bytes()
+                if len(data) != part["bytes"] or hashlib.sha256(data).hexdigest() != part["sha256"]:
+                    raise ValueError(f"part {part['file']} is corrupt or incomplete: fetch it again")
+                out.write(data)
+        tar_path = Path(tmp) / "folder.tar"
+        if manifest["codec"] == "xz":
+            with lzma.open(joined) as src, tar_path.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+        else:
+            subprocess.run(["zstd", "-q", "-d", "--long=27", str(joined), "-o", str(tar_path)], check=True)
+        with tarfile.open(tar_path) as tar:
+            tar.extractall(dest, filter="data")
+    folder = dest / manifest["folder"]
+    _verify_shards(folder)
+    return folder
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="tar, compress and split a prepared folder")
+    p.add_argument("folder", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--codec", choices=sorted(SUFFIX), default="xz")
+    p.add_argument("--part-bytes", type=int, default=PART_BYTES)
+    p = sub.add_parser("unpack", help="check, join and extract parts; check the shards")
+    p.add_argument("parts_dir", type=Path)
+    p.add_argument("dest", type=Path, help="the folder to extract into (the data lands in DEST/NAME)")
+    args = parser.parse_args()
+    if args.command == "pack":
+        manifest = pack(args.folder, args.out_dir, args.codec, args.part_bytes)
+        total = sum(p["bytes"] for p in manifest["parts"])
+        print(f"{len(manifest['parts'])} parts, {total:,} bytes ({manifest['tar_bytes']:,} before compression)")
+    else:
+        print(f"unpacked and checked {unpack(args.parts_dir, args.dest)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Decoding with fixed shapes, so that one compiled decode step serves every position (gpt-fast's static KV
+cache; transformers' ``StaticCache``).
+
+A decode step writes its keys and values at a position held in a device tensor and attends over the whole
+cache buffer, the positions not written yet (and each row's left padding) masked out; its RoPE angles are
+rows of a table indexed by that position tensor. No shape and no Python number in the step changes from one
+position to the next, and nothing in it reads back from the device, so ``torch.compile`` traces it once and,
+with ``mode="reduce-overhead"`` on CUDA, replays it as one CUDA graph per token. The prefill runs eagerly
+through ``LanguageModel.forward``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from shareddiff.layers import rope_angles
+from shareddiff.model import KVCache, LanguageModel
+
+
+class StaticKVCache(KVCache):
+    """A ``KVCache`` whose decode steps keep every shape fixed.
+
+    While ``write_at`` is None it is a plain ``KVCache`` (the prefill: ``update`` returns views of the filled
+    positions). Once ``write_at`` holds a position tensor (1,) int64, ``update`` writes the new (B, H, 1, ·)
+    tensors of a layer there and returns that layer's whole buffers (B, H, max_len, ·), whatever tensors the
+    layer stores (K, V; K1, K2, V; ...): the caller's attention mask hides the positions not filled.
+    """
+
+    def __init__(self, n_layers: int, max_len: int) -> None:
+        super().__init__(n_layers, max_len)
+        self.write_at: Tensor | None = None
+
+    def update(self, layer_idx: int, *new: Tensor) -> tuple[Tensor, ...]:
+        if self.write_at is None:
+            return super().update(layer_idx, *new)
+        stored = self._buffers[layer_idx]
+        for buf, t in zip(stored, new, strict=True):
+            buf.index_copy_(2, self.write_at, t)
+        return tuple(stored)
+
+    def reset(self) -> None:
+        """Empty the cache for a new prompt, keeping the buffers (and their addresses)."""
+        self.length, self.token_mask, self.write_at = 0, None, None
+
+    def tensors(self) -> list[Tensor]:
+        """Every buffer allocated so far."""
+        return [t for layer in self._buffers if layer for t in layer]
+
+
+class StaticDecoder:
+    """Prefill, then single-token decode steps of fixed shapes, for ``model``, up to ``max_len`` positions a row.
+
+    Keep one across calls: its cache buffers and compiled step serve every later batch of the same size (a
+    new batch size allocates and compiles once more). ``compile=True`` compiles the step with
+    ``torch.compile(backend, mode, fullgraph=True, dynamic=False)``; ``mode`` defaults to "reduce-overhead"
+    (CUDA graphs) for the inductor backend on CUDA. Batches may be left-padded (``attention_mask``), as in
+    ``LanguageModel.forward``; every row then decodes as it would alone. Works with every attention variant
+    whose layers store their keys/values through ``cache.update`` and take a boolean mask.
+
+    Raises ``ValueError`` if ``max_len`` exceeds the model's ``max_seq_len``, and from ``prefill``/``step``
+    when a prompt or a step does not fit ``max_len``.
+    """
+
+    def __init__(
+        self,
+        model: LanguageModel,
+        max_len: int | None = None,
+        compile: bool = False,
+        backend: str = "inductor",
+        mode: str | None = None,
+    ) -> None:
+        limit = model.config.max_seq_len
+        max_len = limit if max_len is None else max_len
+        if not 1 <= max_len <= limit:
+            raise ValueError(f"max_len={max_len} must be between 1 and the model's max_seq_len={limit}")
+        self.model, self.max_len = model, max_len
+        self.cache: StaticKVCache | None = None
+        self._step_fn = self._step
+        if compile:
+            on_cuda = next(model.parameters()).is_cuda
+            if mode is None and backend == "inductor" and on_cuda:
+                mode = "reduce-overhead"
+            options = {"mode": mode} if mode is not None else {}
+            self._step_fn = torch.compile(self._step, backend=backend, fullgraph=True, dynamic=False, **options)
+
+    @property
+    def batch_size(self) -> int | None:
+        return None if self.cache is None else self._pad.shape[0]
+
+    def _allocate(self, batch_size: int, device: torch.device) -> None:
+        """The per-batch-size state: cache, position, padding, token mask and RoPE table (fixed addresses)."""
+        c = self.model.config
+        self.cache = StaticKVCache(c.n_layers, self.max_len)
+        self._position = torch.zeros(1, dtype=torch.long, device=device)  # the column the next step writes
+        self._pad = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # left padding of each row
+        self._token_mask = torch.ones(batch_size, self.max_len, dtype=torch.bool, device=device)
+        self._key_positions = torch.arange(self.max_len, device=device)
+        self._cos, self._sin = rope_angles(self._key_positions, c.head_dim, c.rope_theta)  # (max_len, d/2) each
+        for t in (self._position, self._pad, self._token_mask, self._key_positions, self._cos, self._sin):
+            torch._dynamo.mark_static_address(t)
+
+    @torch.no_grad()
+    def prefill(self, prompt: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 0) -> Tensor:
+        """Run ``prompt`` (B, T), optionally left-padded with ``attention_mask`` (B, T) (1 on tokens), into a
+        fresh cache; return the logits (B, vocab) of each row's last position. Raises ``ValueError`` if
+        T + ``max_new_tokens`` exceeds ``max_len``."""
+        b, t = prompt.shape
+        if t == 0:
+            raise ValueError("the prompt is empty; give at least one token")
+        if t + max_new_tokens > self.max_len:
+            raise ValueError(
+                f"prompt ({t}) + max_new_tokens ({max_new_tokens}) = {t + max_new_tokens} positions exceed the "
+                f"static cache's max_len={self.max_len}; build the StaticDecoder with a larger max_len (at most "
+                f"max_seq_len={self.model.config.max_seq_len}) or shorten the prompt or the continuation"
+            )
+        if self.cache is None or self.batch_size != b or self._position.device != prompt.device:
+            self._allocate(b, prompt.device)
+        fresh = not self.cache.tensors()
+        self.cache.reset()
+        logits = self.model(prompt, self.cache, attention_mask)[:, -1]
+        token_mask = self.cache.token_mask  # (B, max_len): the prompt's mask, then True; None without padding
+        if token_mask is None:
+            self._token_mask.fill_(True)
+            self._pad.zero_()
+        else:
+            self._token_mask.copy_(token_mask)
+            self._pad.copy_(t - token_mask[:, :t].sum(-1, keepdim=True))
+        self._position.fill_(t)
+        if fresh:
+            for buf in self.cache.tensors():
+                torch._dynamo.mark_static_address(buf)
+        self.cache.write_at = self._position
+        return logits
+
+    @torch.no_grad()
+    def step(self, tokens: Tensor) -> Tensor:
+        """Append ``tokens`` (B,) int64, one per row, at the next position; return the logits (B, vocab).
+
+        Compiled with CUDA graphs, the returned tensor is overwritten by the next step: use or clone it
+        before. Raises ``ValueError`` when the cache is full or ``tokens`` has the wrong shape, and
+        ``RuntimeError`` before a ``prefill``.
+        """
+        if self.cache is None or self.cache.write_at is None:
+            raise RuntimeError("call prefill() before step()")
+        if self.cache.length >= self.max_len:
+            raise ValueError(
+                f"the static cache's {self.max_len} positions are full; build the StaticDecoder with a larger max_len"
+            )
+        if tuple(tokens.shape) != (self.batch_size,):
+            raise ValueError(f"tokens must be (B,) = ({self.batch_size},), one per row, got {tuple(tokens.shape)}")
+        logits = self._step_fn(tokens.contiguous()[:, None])  # one stride for every call: no recompilation
+        self.cache.length += 1
+        return logits
+
+    def _step(self, tokens: Tensor) -> Tensor:
+        """The compiled decode step: (B, 1) tokens at column ``_position`` → logits (B, vocab); advances it."""
+        position = self._position
+        positions = position - self._pad  # (B, 1): each row's RoPE position counts its tokens only
+        rope = self._cos[positions], self._sin[positions]  # (B, 1, d/2) each
+        visible = self._token_mask & (self._key_positions <= position)  # (B, max_len): filled tokens
+        logits = self.model.forward_blocks(tokens, rope, self.cache, visible[:, None, None, :])
+        position.add_(1)
+        return logits[:, -1]

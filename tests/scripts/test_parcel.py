@@ -1,0 +1,59 @@
+"""scripts/parcel.py: a prepared data folder packed into small compressed parts and back, checked."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from shareddiff.data import Tokenizer, load_split, prepare_splits
+from tests.conftest import synthetic_documents
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+
+import parcel
+
+
+@pytest.fixture
+def prepared(tmp_path: Path) -> Path:
+    docs = synthetic_documents(40, 200)
+    prepare_splits(
+        {"train": docs[:30], "val": docs[30:]}, tmp_path / "prep", Tokenizer("bundled-4k"), shard_tokens=2000
+    )
+    return tmp_path / "prep"
+
+
+@pytest.mark.parametrize("codec", ["xz", "zstd"])
+def test_pack_unpack_round_trip(prepared, tmp_path, codec):
+    if codec == "zstd" and shutil.which("zstd") is None:
+        pytest.skip("the zstd command is not installed")
+    manifest = parcel.pack(prepared, tmp_path / "parcels", codec=codec, part_bytes=1000)
+    assert len(manifest["parts"]) > 1 and all(p["bytes"] <= 1000 for p in manifest["parts"])
+    again = parcel.pack(prepared, tmp_path / "again", codec=codec, part_bytes=1000)
+    assert again["parts"] == manifest["parts"]  # deterministic bytes
+    folder = parcel.unpack(tmp_path / "parcels", tmp_path / "dest")
+    assert folder == tmp_path / "dest" / "prep"
+    for path in prepared.iterdir():
+        assert (folder / path.name).read_bytes() == path.read_bytes()
+    assert len(load_split(folder, "val")) == len(load_split(prepared, "val"))
+
+
+def test_unpack_names_a_corrupt_part(prepared, tmp_path):
+    manifest = parcel.pack(prepared, tmp_path / "parcels", part_bytes=1000)
+    part = tmp_path / "parcels" / manifest["parts"][1]["file"]
+    part.write_bytes(part.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ValueError, match=f"part {part.name} is corrupt or incomplete"):
+        parcel.unpack(tmp_path / "parcels", tmp_path / "dest")
+
+
+def test_pack_needs_a_prepared_folder(tmp_path):
+    with pytest.raises(ValueError, match=r"has no manifest\.json"):
+        parcel.pack(tmp_path, tmp_path / "out")
+
+
+def test_unpack_checks_shards_against_the_data_manifest(prepared, tmp_path):
+    shard = next(prepared.glob("train-*.bin"))
+    shard.write_bytes(b"\0\0" + shard.read_bytes()[2:])  # altered after `data prepare`
+    parcel.pack(prepared, tmp_path / "parcels")
+    with pytest.raises(ValueError, match=f"{shard.name}: missing or its sha256 differs from manifest.json"):
+        parcel.unpack(tmp_path / "parcels", tmp_path / "dest")

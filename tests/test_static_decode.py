@@ -1,0 +1,159 @@
+"""The static-shape decode (StaticDecoder) against the reference decode (LanguageModel.forward with a KVCache):
+logits per step, greedy tokens, left-padded batches, recompilation under torch.compile, and bad input."""
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+from shareddiff import ModelConfig, build_model
+from shareddiff.generation import decode_tokens, generate
+from shareddiff.padding import left_pad
+from shareddiff.presets import FAMILIES
+from shareddiff.static_decode import StaticDecoder
+
+STEPS = 40
+LENGTHS = (13, 6, 9)  # the prefill is 13 columns wide: odd, and not a multiple of anything the step uses
+
+
+def _batch(vocab_size: int, padded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if not padded:
+        return torch.randint(0, vocab_size, (2, LENGTHS[0])), None
+    return left_pad([torch.randint(0, vocab_size, (n,)) for n in LENGTHS], pad_id=1)
+
+
+@torch.no_grad()
+def _teacher_forced(model, decoder: StaticDecoder, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, 1 + STEPS, vocab) of the reference decode and of ``decoder``, both fed the reference's greedy
+    tokens (so a difference in one step cannot change the next step's input)."""
+    cache = model.new_cache(ids.shape[1] + STEPS)
+    ref = [model(ids, cache, mask)[:, -1]]
+    got = [decoder.prefill(ids, mask, STEPS).clone()]
+    for _ in range(STEPS):
+        token = ref[-1].argmax(-1)
+        ref.append(model(token[:, None], cache)[:, -1])
+        got.append(decoder.step(token).clone())
+    return torch.stack(ref, 1), torch.stack(got, 1)
+
+
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_static_decode_equals_reference_decode(seed, family, padded):
+    """Reference: the KVCache decode. Logits ≤ 1e-5 apart (float32) over a 13-token prefill and 40 steps, and
+    the same greedy token at every step (each path fed the reference's tokens, so greedy decoding gives the
+    same sequence); the decoder is reused, through generate(), for a batch of another size."""
+    model = build_model(ModelConfig.from_preset(f"{family}-tiny")).eval()
+    decoder = StaticDecoder(model, max_len=64)
+    ids, mask = _batch(model.config.vocab_size, padded)
+    ref, got = _teacher_forced(model, decoder, ids, mask)
+    assert (got - ref).abs().max().item() <= 1e-5
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    other = torch.randint(0, model.config.vocab_size, (1, 7))
+    assert torch.equal(
+        generate(model, other, 20, temperature=0, decoder=decoder), generate(model, other, 20, temperature=0)
+    )
+
+
+def test_sampling_through_the_decoder_equals_the_reference(seed):
+    """Same generator seed, same filters: the static path draws the same tokens as the reference path."""
+    model = build_model(ModelConfig.from_preset("shared_diff-tiny")).eval()
+    prompts = [torch.randint(0, 512, (n,)) for n in LENGTHS]
+    kwargs = dict(temperature=0.9, top_k=40, top_p=0.9)
+    ref = generate(model, prompts, 30, generator=torch.Generator().manual_seed(seed), **kwargs)
+    got = generate(
+        model, prompts, 30, generator=torch.Generator().manual_seed(seed), decoder=StaticDecoder(model, 64), **kwargs
+    )
+    for a, b in zip(ref, got, strict=True):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+def test_compiled_step_compiles_once(seed):
+    """torch.compile ("aot_eager": the graph without inductor's compile time) traces the step once: no new graph
+    after the first two steps, none for a left-padded batch of the same size, none for a new decoder of the
+    same shapes; the logits equal the reference ≤ 1e-5."""
+    model = build_model(ModelConfig.from_preset("diff-tiny")).eval()
+    decoder = StaticDecoder(model, max_len=64, compile=True, backend="aot_eager")
+    ids, mask = _batch(model.config.vocab_size, padded=True)
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.no_grad():
+        decoder.prefill(ids, mask, STEPS)
+        token = ids[:, -1]
+        for i in range(STEPS):
+            token = decoder.step(token).argmax(-1)
+            if i == 1:
+                after_two = counters["stats"]["unique_graphs"]
+    assert after_two == graphs + 1
+    assert counters["stats"]["unique_graphs"] == after_two
+    ids = torch.randint(0, model.config.vocab_size, ids.shape)
+    ref, got = _teacher_forced(model, decoder, ids, None)
+    assert (got - ref).abs().max().item() <= 1e-5
+    second = StaticDecoder(model, max_len=64, compile=True, backend="aot_eager")
+    ref, got = _teacher_forced(model, second, ids, mask)
+    assert (got - ref).abs().max().item() <= 1e-5
+    assert counters["stats"]["unique_graphs"] == after_two
+
+
+@pytest.mark.slow
+def test_inductor_compiled_decode_equals_reference(seed):
+    """The default backend (inductor, C++ on the CPU): logits ≤ 1e-5 from the reference over 40 steps of a
+    left-padded batch, the same greedy tokens, and ``generate(compile=True)`` reuses the compiled step."""
+    model = build_model(ModelConfig.from_preset("shared_diff-tiny")).eval()
+    decoder = StaticDecoder(model, compile=True)  # max_len = max_seq_len = 256, as compile=True rounds up to
+    ids, mask = _batch(model.config.vocab_size, padded=True)
+    ref, got = _teacher_forced(model, decoder, ids, mask)
+    assert (got - ref).abs().max().item() <= 1e-5
+    graphs = counters["stats"]["unique_graphs"]
+    expected = generate(model, ids, STEPS, temperature=0, attention_mask=mask)
+    assert torch.equal(generate(model, ids, STEPS, temperature=0, attention_mask=mask, decoder=decoder), expected)
+    assert torch.equal(generate(model, ids, STEPS, temperature=0, attention_mask=mask, compile=True), expected)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_stop_check_every_few_steps_gives_what_a_check_every_step_gives():
+    """Rows finish (produce EOS = 0) at steps 3 and 10 of scripted logits: both loops return 11 tokens, each row
+    EOS-filled after its end, though the loop below only syncs every 8 steps."""
+    script = torch.full((2, 20), 5)
+    script[0, 3], script[1, 10] = 0, 0
+    calls = []
+
+    def step(token):
+        calls.append(token)
+        return torch.nn.functional.one_hot(script[:, len(calls)], 8).float()
+
+    first = torch.nn.functional.one_hot(script[:, 0], 8).float()
+    results = []
+    for every in (1, 8):
+        calls.clear()
+        results.append(decode_tokens(first, step, 20, lambda x: x.argmax(-1), torch.tensor([0]), 0, every))
+    expected = script[:, :11].clone()
+    expected[0, 3:] = 0
+    assert torch.equal(results[0], expected) and torch.equal(results[1], expected)
+    assert len(calls) == 15  # the synced loop ran to step 16 (one more check) and dropped steps 11-15
+    assert decode_tokens(first, step, 0, lambda x: x.argmax(-1)).shape == (2, 0)
+
+
+def test_bad_input_is_refused():
+    model = build_model(ModelConfig(vocab_size=50, max_seq_len=40)).eval()
+    with pytest.raises(ValueError, match=r"max_len=41 must be between 1 and the model's max_seq_len=40"):
+        StaticDecoder(model, max_len=41)
+    decoder = StaticDecoder(model, max_len=16)
+    with pytest.raises(RuntimeError, match=r"call prefill\(\) before step\(\)"):
+        decoder.step(torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"prompt \(17\) \+ max_new_tokens \(0\) = 17 positions exceed .* max_len=16"):
+        decoder.prefill(torch.ones(1, 17, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"prompt \(10\) \+ max_new_tokens \(7\) = 17 positions exceed"):
+        generate(model, torch.ones(1, 10, dtype=torch.long), 7, decoder=decoder)
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        decoder.prefill(torch.ones(1, 0, dtype=torch.long))
+    with torch.no_grad():
+        decoder.prefill(torch.ones(2, 15, dtype=torch.long))
+        with pytest.raises(ValueError, match=r"tokens must be \(B,\) = \(2,\)"):
+            decoder.step(torch.ones(2, 1, dtype=torch.long))
+        decoder.step(torch.ones(2, dtype=torch.long))
+        with pytest.raises(ValueError, match="the static cache's 16 positions are full"):
+            decoder.step(torch.ones(2, dtype=torch.long))
+    other = build_model(ModelConfig(vocab_size=50, max_seq_len=40)).eval()
+    with pytest.raises(ValueError, match="decoder was built for another model"):
+        generate(other, torch.ones(1, 3, dtype=torch.long), 2, decoder=decoder)
+    with pytest.raises(ValueError, match="padding after a token while a KV cache is in use"):
+        decoder.prefill(torch.ones(2, 4, dtype=torch.long), torch.tensor([[1, 1, 0, 0], [1] * 4]))

@@ -1,0 +1,177 @@
+"""Checkpoints are trusted only when every file matches the manifest; a damaged one is skipped by name for the
+one before; a write that runs out of space says so, cleans up, and leaves the previous checkpoint loadable."""
+
+import errno
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import shareddiff.train.checkpoint as checkpoint
+from shareddiff.train import latest_checkpoint, load_model, train
+from shareddiff.train.checkpoint import CheckpointWriteError, filesystem_of, list_checkpoints, verify_checkpoint
+from tests.conftest import tiny_recipe
+from tests.train.test_trainer import losses
+
+# Every kind of file a one-process checkpoint holds.
+KINDS = [
+    "model.safetensors",
+    "rng_rank0.pt",
+    "tokenizer.json",
+    "state.json",
+    "manifest.json",
+    "dcp/.metadata",
+    "dcp/__0_0.distcp",
+]
+
+
+def test_manifest_lists_every_file_with_size_and_sha256(make_run):
+    result = train(make_run("train.max_steps=3"), progress=False)
+    ckpt = result.checkpoint
+    files = json.loads((ckpt / "manifest.json").read_text())["files"]
+    on_disk = sorted(p.relative_to(ckpt).as_posix() for p in ckpt.rglob("*") if p.is_file())
+    assert sorted(files) == [f for f in on_disk if f != "manifest.json"]
+    assert sorted(files) == sorted(k for k in KINDS if k != "manifest.json")
+    for name, entry in files.items():
+        assert entry == {"bytes": (ckpt / name).stat().st_size, "sha256": checkpoint._sha256(ckpt / name)[1]}
+
+
+@pytest.fixture(scope="module")
+def nine_steps(tmp_path_factory, tiny_data, tiny_tokenizer):
+    """A run of 9 steps with checkpoints at 3, 6 and 9, trained once for the module."""
+    run = tiny_recipe(tiny_data, tiny_tokenizer, tmp_path_factory.mktemp("full") / "run", "train.max_steps=9")
+    train(run, progress=False)
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_truncated_file_of_each_kind_is_skipped_and_resume_uses_the_previous(nine_steps, make_run, tmp_path, kind):
+    full = nine_steps
+    damaged_dir = tmp_path / "damaged"
+    shutil.copytree(full.train.out_dir, damaged_dir)
+    newest = list_checkpoints(damaged_dir)[-1]
+    assert newest.name == "step_00000009"
+    path = newest / kind
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    resumed = make_run("train.max_steps=9", out="damaged")
+    with pytest.warns(UserWarning, match=rf"skipping damaged checkpoint: checkpoint .*step_00000009 .*{kind}"):
+        result = train(resumed, resume=True, progress=False)
+    assert result.step == 9 and not result.already_complete
+    assert losses(damaged_dir) == losses(full.train.out_dir)  # steps 7-9 retrained from step 6, bitwise
+    verify_checkpoint(list_checkpoints(damaged_dir)[-1])  # the re-written step 9 is whole again
+
+
+def test_every_checkpoint_damaged_is_refused_not_restarted(make_run):
+    run = make_run("train.max_steps=6")
+    train(run, progress=False)
+    for ckpt in list_checkpoints(run.train.out_dir):
+        shard = ckpt / "dcp" / "__0_0.distcp"
+        shard.write_bytes(shard.read_bytes()[:10])
+    with (
+        pytest.warns(UserWarning, match="__0_0.distcp has 10 bytes"),
+        pytest.raises(ValueError, match=r"no checkpoint of .* is intact \(step_00000003, step_00000006"),
+    ):
+        train(run, resume=True, progress=False)
+
+
+def test_an_altered_file_of_the_same_size_is_caught_by_its_sha256(make_run):
+    result = train(make_run("train.max_steps=3"), progress=False)
+    shard = result.checkpoint / "dcp" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"dcp/__0_0.distcp differs from the manifest \(sha256\)"):
+        verify_checkpoint(result.checkpoint)
+    load_model(result.checkpoint)  # the weights, tokenizer and state are intact: generate and eval still work
+
+
+def test_checkpoint_without_manifest_from_before_still_resumes(make_run):
+    run = make_run("train.max_steps=6")
+    train(run, progress=False)
+    for ckpt in list_checkpoints(run.train.out_dir):
+        (ckpt / "manifest.json").unlink()
+    assert latest_checkpoint(run.train.out_dir).name == "step_00000006"
+    train(make_run("train.max_steps=9", out="run"), resume=True, progress=False, new_schedule=True)
+    assert max(losses(run.train.out_dir)) == 9
+
+
+def _fail_second(real, error):
+    calls = {"n": 0}
+
+    def writer(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first checkpoint is written, the second hits the full disk
+            raise error
+        return real(*args, **kwargs)
+
+    return writer
+
+
+def _patch_safetensors(monkeypatch):
+    monkeypatch.setattr(
+        checkpoint, "save_file", _fail_second(checkpoint.save_file, OSError(errno.ENOSPC, "No space left on device"))
+    )
+
+
+def _patch_dcp_writer(monkeypatch):
+    from torch.distributed.checkpoint.filesystem import FileSystemWriter
+
+    monkeypatch.setattr(
+        FileSystemWriter,
+        "write_data",
+        _fail_second(FileSystemWriter.write_data, OSError(errno.ENOSPC, "No space left on device")),
+    )
+
+
+def _patch_torch_save_without_errno(monkeypatch):
+    """torch.save's zip writer reports a full disk as a bare RuntimeError; the free space tells."""
+    real = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if str(f).endswith("rng_rank0.pt") and "step_00000006" in str(f):
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    usage = shutil.disk_usage("/")
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage._replace(free=4096))
+
+
+@pytest.mark.parametrize("patch", [_patch_safetensors, _patch_dcp_writer, _patch_torch_save_without_errno])
+def test_full_disk_is_named_cleaned_up_and_the_previous_checkpoint_loads(make_run, monkeypatch, patch):
+    run = make_run("train.max_steps=6")
+    patch(monkeypatch)
+    root = run.train.out_dir + "/checkpoints"
+    with pytest.raises(CheckpointWriteError) as caught:
+        train(run, progress=False)
+    message = str(caught.value)
+    assert "could not write checkpoint step_00000006: no space left on device" in message
+    assert filesystem_of(root) in message and f"free at {root}" in message
+    assert "the last checkpoint (step_00000003) is intact" in message and "--resume" in message
+    assert "\n" not in message
+    assert sorted(os.listdir(root)) == ["step_00000003"]  # no step_00000006.tmp left behind
+    monkeypatch.undo()
+    model, _, state = load_model(run.train.out_dir)
+    assert state["step"] == 3 and model.config.attention == "shared_diff"
+    train(run, resume=True, progress=False)
+    assert sorted(losses(run.train.out_dir)) == list(range(1, 7))
+
+
+def test_other_write_errors_are_one_line_with_their_cause(make_run, monkeypatch):
+    monkeypatch.setattr(checkpoint, "save_file", _fail_second(checkpoint.save_file, PermissionError(13, "denied")))
+    run = make_run("train.max_steps=6")
+    with pytest.raises(CheckpointWriteError, match=r"step_00000006 in .* \(PermissionError: \[Errno 13\] denied\)"):
+        train(run, progress=False)
+
+
+def test_filesystem_is_named_by_device_and_mount_point(tmp_path):
+    name = filesystem_of(tmp_path)
+    mounts = [line.split()[:2] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    device, mount = name.split(" (mounted on ")
+    assert [device, mount.rstrip(")")] in mounts
+    assert str(tmp_path.resolve()).startswith(mount.rstrip(")"))
