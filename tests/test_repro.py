@@ -423,3 +423,22 @@ def test_efficiency_fit_recovers_a_known_token_multiple():
     for m in noisy["match"]:
         lo, hi = m["interval"]
         assert lo < m["needed_fraction"] < hi  # the seed spread widens the multiple into an interval
+
+
+def test_delta_standard_error_and_a_missing_fit_is_stated():
+    """Δ's standard error is Welch's from the seed spreads; with fewer than three sizes the summary says so."""
+    from shareddiff.repro.summary import _efficiency_rows, delta_standard_error, efficiency
+
+    a = {"mean": 2.40, "std": 0.003, "n": 3}
+    b = {"mean": 2.42, "std": 0.004, "n": 2}
+    assert delta_standard_error(a, b) == pytest.approx((0.003**2 / 3 + 0.004**2 / 2) ** 0.5, rel=1e-12)
+    assert delta_standard_error(a, {"mean": 2.4, "std": 0.0, "n": 1}) is None
+    groups = {
+        f"{v}-{n}": {"variant": v, "params_non_embedding": n, "val_loss": {"mean": 3.0 - n / 1e7, "std": 0.0, "n": 1}}
+        for v in ("standard", "diff")
+        for n in (1e6, 2e6)
+    }
+    result = efficiency(groups, "params_non_embedding", ["standard"], sigma=0.0)
+    assert result["match"] == [] and result["fits"] == {}
+    text = "\n".join(_efficiency_rows(result, "non-embedding parameters"))
+    assert "No fit of loss against non-embedding parameters yet" in text and "diff: 2, standard: 2" in text

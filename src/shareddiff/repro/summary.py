@@ -161,6 +161,14 @@ def seed_sigma(groups: dict[str, dict]) -> float:
     return math.sqrt(statistics.fmean(spreads)) if spreads else 0.0
 
 
+def delta_standard_error(a: dict, b: dict) -> float | None:
+    """Standard error of the difference of two groups' mean losses from their seed spreads (Welch:
+    sqrt(s_a²/n_a + s_b²/n_b)); None unless both groups have two seeds or more."""
+    if a["n"] < 2 or b["n"] < 2:
+        return None
+    return math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+
+
 def efficiency(groups: dict[str, dict], x_key: str, references: list[str], sigma: float) -> dict[str, Any]:
     """Per variant a fit of mean validation loss against ``x_key`` ("params_non_embedding" or "tokens")
     over its groups, and for every reference group the x each other variant needs to reach its loss, as
@@ -212,9 +220,10 @@ def summarize(exp: Experiment, out: Path) -> Path:
     summary: dict[str, Any] = {"experiment": exp.name, "description": exp.description, "groups": groups}
     baseline = exp.summary.get("baseline")
     if baseline in groups:
-        ref = groups[baseline]["val_loss"]["mean"]
+        ref = groups[baseline]["val_loss"]
         for entry in groups.values():
-            entry["delta_vs_baseline"] = entry["val_loss"]["mean"] - ref
+            entry["delta_vs_baseline"] = entry["val_loss"]["mean"] - ref["mean"]
+            entry["delta_se"] = None if entry is groups[baseline] else delta_standard_error(entry["val_loss"], ref)
     sigma = seed_sigma(groups)
     summary["seed_sigma"] = sigma
     references = exp.summary.get("references", ["standard", "diff"])
@@ -225,10 +234,14 @@ def summarize(exp: Experiment, out: Path) -> Path:
         )
     if exp.summary.get("scaling"):
         summary["params_fit"] = efficiency(groups, "params_non_embedding", references, sigma)
-        plots.plot_efficiency(summary["params_fit"], folder / "scaling.png", "non-embedding parameters")
+        if summary["params_fit"]["match"]:
+            plots.plot_efficiency(summary["params_fit"], folder / "scaling.png", "non-embedding parameters")
     if exp.summary.get("tokens_fit"):
         summary["tokens_fit"] = efficiency(groups, "tokens", references, sigma)
-        plots.plot_efficiency(summary["tokens_fit"], folder / "tokens.png", "training tokens (each its own schedule)")
+        if summary["tokens_fit"]["match"]:
+            plots.plot_efficiency(
+                summary["tokens_fit"], folder / "tokens.png", "training tokens (each its own schedule)"
+            )
     plots.plot_group_curves(
         {f"{g} (n={len(recs)})": [r["dir"] for r in recs] for g, recs in by_group.items()},
         folder / "loss_curves.png",
@@ -251,7 +264,19 @@ def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     ]
 
 
+def _fmt_delta(entry: dict) -> str:
+    se = entry.get("delta_se")
+    return f"{entry['delta_vs_baseline']:+.4f}" + ("" if not se else f" ± {se:.4f}")
+
+
 def _efficiency_rows(result: dict, unit: str) -> list[str]:
+    if not result["match"]:
+        have = ", ".join(f"{v}: {len(p)}" for v, p in sorted(result["points"].items()))
+        return [
+            "",
+            f"No fit of loss against {unit} yet: it needs a reference variant and another with three sizes or more "
+            f"each (sizes so far: {have}).",
+        ]
     rows = []
     for m in sorted(result["match"], key=lambda m: (m["reference"], m["reference_x"], m["variant"])):
         frac, (lo, hi) = m["needed_fraction"], m["interval"]
@@ -291,7 +316,7 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
             _fmt(e["val_loss"]),
             _fmt(e["train_loss"]),
             f"{e['tokens_per_s']['mean']:,.0f}" if e["tokens_per_s"]["n"] else "—",
-            *([f"{e['delta_vs_baseline']:+.4f}"] if with_delta else []),
+            *([_fmt_delta(e)] if with_delta else []),
         ]
         for group, e in groups.items()
     ]
@@ -299,6 +324,12 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
     shared = max(e["concurrent_runs"] for e in groups.values())
     note = f"; up to {shared} runs shared a GPU at a time, so these are not speed measurements." if shared > 1 else "."
     lines += ["", "¹ training tokens/s of one run, median over its log windows" + note]
+    if with_delta and any(e.get("delta_se") for e in groups.values()):
+        lines += [
+            "",
+            "Δ ± its standard error from the two groups' seed spreads (Welch), where both have two seeds or more; "
+            "with three seeds each, |Δ| below about three standard errors is not a separation.",
+        ]
     overrides = {g: " ".join(e["overrides"]) for g, e in groups.items() if e["overrides"]}
     if overrides:
         lines += [
@@ -344,9 +375,11 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
         ]
         lines += ["", *md_table(["group", "attention on the answer", "attention on noise"], rows)]
     if "params_fit" in summary:
-        lines += [*_efficiency_rows(summary["params_fit"], "non-embedding parameters"), "", "![scaling](scaling.png)"]
+        lines += _efficiency_rows(summary["params_fit"], "non-embedding parameters")
+        lines += ["", "![scaling](scaling.png)"] if summary["params_fit"]["match"] else []
     if "tokens_fit" in summary:
-        lines += [*_efficiency_rows(summary["tokens_fit"], "training tokens"), "", "![tokens](tokens.png)"]
+        lines += _efficiency_rows(summary["tokens_fit"], "training tokens")
+        lines += ["", "![tokens](tokens.png)"] if summary["tokens_fit"]["match"] else []
     lines += ["", "![validation loss](loss_curves.png)"]
     return "\n".join(lines) + "\n"
 
