@@ -129,6 +129,7 @@ def test_summary_picks_the_best_learning_rate_per_cell():
         run_row("standard", 64, 1e-2, [(100, 0.1), (200, 0.2), (300, 1.0)]),  # ties on accuracy, later to 99 %
         run_row("diff", 64, 1e-3, [(100, 0.1), (200, 0.2), (300, 0.3)]),
         run_row("standard", 128, 1e-3, [(100, 0.1), (200, 0.2), (300, 0.25)], seq_len=128, pairs=8),
+        run_row("standard", 128, 3e-3, [(100, 0.7), (200, 0.8), (300, 0.95)]),  # another width of the cell
     ]
     summary = mqar_summary(runs)
     assert summary["variants"] == ["diff", "standard"]
@@ -137,6 +138,11 @@ def test_summary_picks_the_best_learning_rate_per_cell():
     assert (best["accuracy"], best["lr"], best["steps_to_50"], best["steps_to_99"]) == (1.0, 3e-3, 100, 200)
     assert best["accuracy_2x"] == 0.4 and best["lrs"] == {"0.001": 0.9, "0.003": 1.0, "0.01": 1.0}
     assert cells[(64, 64, "diff")]["steps_to_50"] is None and cells[(128, 128, "standard")]["pairs"] == 8
+    assert cells[(64, 128, "standard")]["accuracy"] == 0.95
+    best = {(b["seq_len"], b["variant"]): b for b in summary["best"]}
+    assert sorted(best) == [(64, "diff"), (64, "standard"), (128, "standard")]
+    top = best[(64, "standard")]  # over widths and rates: width 64 at 3e-3 (1.0, and 99 % first)
+    assert (top["accuracy"], top["d_model"], top["lr"], top["steps_to_99"], top["runs"]) == (1.0, 64, 3e-3, 200, 4)
 
 
 def test_heatmap_is_written(tmp_path):

@@ -129,33 +129,41 @@ def _rank(run: dict) -> tuple:
     return (-run["accuracy"], *(math.inf if s is None else s for s in firsts))
 
 
+def _best_entry(group: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best run of ``group`` (``_rank``): its accuracies, width, rate and steps to each threshold."""
+    best = min(group, key=_rank)
+    return {
+        "seq_len": best["seq_len"],
+        "pairs": best["pairs"],
+        "d_model": best["d_model"],
+        "variant": best["variant"],
+        "accuracy": best["accuracy"],
+        "accuracy_2x": best["accuracy_2x"],
+        "lr": best["lr"],
+        "steps": best["steps"],
+        **{f"steps_to_{round(level * 100)}": steps_to(best["curve"], level) for level in THRESHOLDS},
+        "runs": len(group),
+    }
+
+
 def mqar_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Best accuracy per (cell, width, variant) over learning rates, with the best run's steps to 50 % and
-    99 % accuracy and its accuracy at 2× the training length. ``runs``: ``mqar_run_record`` dicts.
+    """The grid's summary from ``mqar_run_record`` dicts: per (cell, variant) the best run over widths and
+    learning rates (``best``), and per (cell, width, variant) the best over learning rates (``cells``),
+    each with its steps to 50 % and 99 % accuracy and its accuracy at 2× the training length.
 
     The best run is the one of highest final accuracy (ties: the one that reached 99 %, then 50 %,
-    first). Returns {"cells": [...], "variants": [...]}: one row per (seq_len, pairs, d_model, variant)
-    with ``lrs`` listing every learning rate's final accuracy (one seed per rate: a second seed of a
-    rate would count as another candidate and replace the first in ``lrs``).
+    first). A cell is (seq_len, pairs). ``cells`` rows also list every learning rate's final accuracy in
+    ``lrs`` (one seed per rate: a second seed of a rate would count as another candidate and replace the
+    first in ``lrs``). Returns {"variants": [...], "best": [...], "cells": [...]}.
     """
-    groups: dict[tuple, list[dict]] = {}
+    by_width: dict[tuple, list[dict]] = {}
+    by_cell: dict[tuple, list[dict]] = {}
     for run in runs:
-        groups.setdefault((run["seq_len"], run["pairs"], run["d_model"], run["variant"]), []).append(run)
-    cells = []
-    for (seq_len, pairs, d_model, variant), group in sorted(groups.items()):
-        best = min(group, key=_rank)
-        cells.append(
-            {
-                "seq_len": seq_len,
-                "pairs": pairs,
-                "d_model": d_model,
-                "variant": variant,
-                "accuracy": best["accuracy"],
-                "accuracy_2x": best["accuracy_2x"],
-                "lr": best["lr"],
-                "steps": best["steps"],
-                **{f"steps_to_{round(level * 100)}": steps_to(best["curve"], level) for level in THRESHOLDS},
-                "lrs": {f"{r['lr']:g}": r["accuracy"] for r in sorted(group, key=lambda r: r["lr"])},
-            }
-        )
-    return {"variants": sorted({c["variant"] for c in cells}), "cells": cells}
+        by_width.setdefault((run["seq_len"], run["pairs"], run["d_model"], run["variant"]), []).append(run)
+        by_cell.setdefault((run["seq_len"], run["pairs"], run["variant"]), []).append(run)
+    cells = [
+        _best_entry(group) | {"lrs": {f"{r['lr']:g}": r["accuracy"] for r in sorted(group, key=lambda r: r["lr"])}}
+        for _, group in sorted(by_width.items())
+    ]
+    best = [_best_entry(group) for _, group in sorted(by_cell.items())]
+    return {"variants": sorted({c["variant"] for c in cells}), "best": best, "cells": cells}
