@@ -383,6 +383,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--samples", type=int, default=20)
     p.set_defaults(func=commands.run_attention)
 
+    p = evals.add_parser("mqar", help="MQAR accuracy of a model trained on it, at its training length and 2x")
+    common(p)
+    p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default: the training length N and 2N)")
+    p.add_argument("--samples", type=int, help="sequences per length (default: the run's mqar.eval_samples)")
+    p.set_defaults(func=commands.run_mqar)
+
     p = evals.add_parser("icl", help="many-shot in-context classification and its robustness to order")
     common(p)
     p.add_argument(

@@ -3,7 +3,8 @@
 Per group (runs that differ only in their seed): mean ± std of the losses, the budget (tokens per
 parameter, passes over the data), λ per layer, speed. Per sweep family: the best value of the swept key
 and whether it lies inside the swept range. Fits of loss against parameters (``scaling``) and against
-training tokens (``tokens_fit``), each with a parametric-bootstrap interval from the seed spread.
+training tokens (``tokens_fit``), each with a parametric-bootstrap interval from the seed spread. MQAR
+runs (their records' ``evals.mqar``): ``eval.mqar.mqar_summary`` and its heatmap ``mqar.png``.
 """
 
 from __future__ import annotations
@@ -161,6 +162,14 @@ def seed_sigma(groups: dict[str, dict]) -> float:
     return math.sqrt(statistics.fmean(spreads)) if spreads else 0.0
 
 
+def delta_standard_error(a: dict, b: dict) -> float | None:
+    """Standard error of the difference of two groups' mean losses from their seed spreads (Welch:
+    sqrt(s_a²/n_a + s_b²/n_b)); None unless both groups have two seeds or more."""
+    if a["n"] < 2 or b["n"] < 2:
+        return None
+    return math.sqrt(a["std"] ** 2 / a["n"] + b["std"] ** 2 / b["n"])
+
+
 def efficiency(groups: dict[str, dict], x_key: str, references: list[str], sigma: float) -> dict[str, Any]:
     """Per variant a fit of mean validation loss against ``x_key`` ("params_non_embedding" or "tokens")
     over its groups, and for every reference group the x each other variant needs to reach its loss, as
@@ -202,6 +211,7 @@ def efficiency(groups: dict[str, dict], x_key: str, references: list[str], sigma
 def summarize(exp: Experiment, out: Path) -> Path:
     """``summary.json``, ``summary.md`` and plots from the records of the experiment's finished runs."""
     from shareddiff import plots
+    from shareddiff.eval.mqar import mqar_summary
 
     folder = out / exp.name
     records = load_records(exp, out)
@@ -212,9 +222,10 @@ def summarize(exp: Experiment, out: Path) -> Path:
     summary: dict[str, Any] = {"experiment": exp.name, "description": exp.description, "groups": groups}
     baseline = exp.summary.get("baseline")
     if baseline in groups:
-        ref = groups[baseline]["val_loss"]["mean"]
+        ref = groups[baseline]["val_loss"]
         for entry in groups.values():
-            entry["delta_vs_baseline"] = entry["val_loss"]["mean"] - ref
+            entry["delta_vs_baseline"] = entry["val_loss"]["mean"] - ref["mean"]
+            entry["delta_se"] = None if entry is groups[baseline] else delta_standard_error(entry["val_loss"], ref)
     sigma = seed_sigma(groups)
     summary["seed_sigma"] = sigma
     references = exp.summary.get("references", ["standard", "diff"])
@@ -225,10 +236,14 @@ def summarize(exp: Experiment, out: Path) -> Path:
         )
     if exp.summary.get("scaling"):
         summary["params_fit"] = efficiency(groups, "params_non_embedding", references, sigma)
-        plots.plot_efficiency(summary["params_fit"], folder / "scaling.png", "non-embedding parameters")
+        if summary["params_fit"]["match"]:
+            plots.plot_efficiency(summary["params_fit"], folder / "scaling.png", "non-embedding parameters")
     if exp.summary.get("tokens_fit"):
         summary["tokens_fit"] = efficiency(groups, "tokens", references, sigma)
-        plots.plot_efficiency(summary["tokens_fit"], folder / "tokens.png", "training tokens (each its own schedule)")
+        if summary["tokens_fit"]["match"]:
+            plots.plot_efficiency(
+                summary["tokens_fit"], folder / "tokens.png", "training tokens (each its own schedule)"
+            )
     plots.plot_group_curves(
         {f"{g} (n={len(recs)})": [r["dir"] for r in recs] for g, recs in by_group.items()},
         folder / "loss_curves.png",
@@ -238,6 +253,10 @@ def summarize(exp: Experiment, out: Path) -> Path:
         plots.plot_lambdas({g: e["lambda"] for g, e in groups.items() if "lambda" in e}, folder / "lambda.png")
     if any("needle" in e for e in groups.values()):
         plots.plot_needle_bars(summary, folder / "needle.png")
+    mqar_runs = [r["evals"]["mqar"] for r in records if "mqar" in r["evals"]]
+    if mqar_runs:
+        summary["mqar"] = mqar_summary(mqar_runs)
+        plots.plot_mqar_heatmap(summary["mqar"], folder / "mqar.png", exp.name)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (folder / "summary.md").write_text(summary_markdown(exp, summary, baseline))
     return folder / "summary.md"
@@ -251,7 +270,19 @@ def md_table(header: list[str], rows: list[list[Any]]) -> list[str]:
     ]
 
 
+def _fmt_delta(entry: dict) -> str:
+    se = entry.get("delta_se")
+    return f"{entry['delta_vs_baseline']:+.4f}" + ("" if not se else f" ± {se:.4f}")
+
+
 def _efficiency_rows(result: dict, unit: str) -> list[str]:
+    if not result["match"]:
+        have = ", ".join(f"{v}: {len(p)}" for v, p in sorted(result["points"].items()))
+        return [
+            "",
+            f"No fit of loss against {unit} yet: it needs a reference variant and another with three sizes or more "
+            f"each (sizes so far: {have}).",
+        ]
     rows = []
     for m in sorted(result["match"], key=lambda m: (m["reference"], m["reference_x"], m["variant"])):
         frac, (lo, hi) = m["needed_fraction"], m["interval"]
@@ -291,7 +322,7 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
             _fmt(e["val_loss"]),
             _fmt(e["train_loss"]),
             f"{e['tokens_per_s']['mean']:,.0f}" if e["tokens_per_s"]["n"] else "—",
-            *([f"{e['delta_vs_baseline']:+.4f}"] if with_delta else []),
+            *([_fmt_delta(e)] if with_delta else []),
         ]
         for group, e in groups.items()
     ]
@@ -299,6 +330,12 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
     shared = max(e["concurrent_runs"] for e in groups.values())
     note = f"; up to {shared} runs shared a GPU at a time, so these are not speed measurements." if shared > 1 else "."
     lines += ["", "¹ training tokens/s of one run, median over its log windows" + note]
+    if with_delta and any(e.get("delta_se") for e in groups.values()):
+        lines += [
+            "",
+            "Δ ± its standard error from the two groups' seed spreads (Welch), where both have two seeds or more; "
+            "with three seeds each, |Δ| below about three standard errors is not a separation.",
+        ]
     overrides = {g: " ".join(e["overrides"]) for g, e in groups.items() if e["overrides"]}
     if overrides:
         lines += [
@@ -336,6 +373,7 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
         lines += ["", "Final λ per layer (mean over seeds):", "", *md_table(["group", *range(1, depth + 1)], rows)]
         lines += ["", "![lambda](lambda.png)"]
     lines += _needle_lines(groups)
+    lines += _mqar_lines(summary.get("mqar"))
     if any("attention" in e for e in groups.values()):
         rows = [
             [g, _fmt(e["attention"]["answer"], 3), _fmt(e["attention"]["noise"], 3)]
@@ -344,9 +382,11 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
         ]
         lines += ["", *md_table(["group", "attention on the answer", "attention on noise"], rows)]
     if "params_fit" in summary:
-        lines += [*_efficiency_rows(summary["params_fit"], "non-embedding parameters"), "", "![scaling](scaling.png)"]
+        lines += _efficiency_rows(summary["params_fit"], "non-embedding parameters")
+        lines += ["", "![scaling](scaling.png)"] if summary["params_fit"]["match"] else []
     if "tokens_fit" in summary:
-        lines += [*_efficiency_rows(summary["tokens_fit"], "training tokens"), "", "![tokens](tokens.png)"]
+        lines += _efficiency_rows(summary["tokens_fit"], "training tokens")
+        lines += ["", "![tokens](tokens.png)"] if summary["tokens_fit"]["match"] else []
     lines += ["", "![validation loss](loss_curves.png)"]
     return "\n".join(lines) + "\n"
 
@@ -371,3 +411,37 @@ def _needle_lines(groups: dict) -> list[str]:
         *md_table(["group", *lengths], rows),
     ]
     return [*lines, "", "![needle](needle.png)"]
+
+
+def _mqar_lines(mqar: dict | None) -> list[str]:
+    """The MQAR tables: per (cell, variant) the best over widths and rates, then per width over rates."""
+    if not mqar:
+        return []
+
+    def steps(step: int | None) -> str:
+        return "—" if step is None else f"{step:,}"
+
+    def row(c: dict, *first: Any) -> list[Any]:
+        at_2x = "—" if c["accuracy_2x"] is None else f"{c['accuracy_2x']:.3f}"
+        return [*first, f"{c['accuracy']:.3f}", at_2x, f"{c['lr']:g}", steps(c["steps_to_50"]), steps(c["steps_to_99"])]
+
+    cell = ["length", "pairs", "variant"]
+    after = ["accuracy", "at 2x length", "lr", "steps to 50 %", "steps to 99 %"]
+    best = [row(c, c["seq_len"], c["pairs"], c["variant"], c["d_model"], c["runs"]) for c in mqar["best"]]
+    by_width = []
+    for c in mqar["cells"]:
+        rates = ", ".join(f"{lr}: {accuracy:.2f}" for lr, accuracy in c["lrs"].items())
+        by_width.append([*row(c, c["seq_len"], c["pairs"], c["variant"], c["d_model"]), rates])
+    return [
+        "",
+        "MQAR accuracy at the answer positions (fixed evaluation set, at the end of training), the best run over "
+        "widths and learning rates per cell and variant, with that run's first evaluated step at 50 % and 99 %:",
+        "",
+        *md_table([*cell, "width", "runs", *after], best),
+        "",
+        "![MQAR](mqar.png)",
+        "",
+        "Per width, the best over learning rates (and each rate's final accuracy):",
+        "",
+        *md_table([*cell, "width", *after, "accuracy by lr"], by_width),
+    ]

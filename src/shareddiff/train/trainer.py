@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from shareddiff.config import ModelConfig, OptimConfig, RunConfig
 from shareddiff.data import Tokenizer, WindowLoader, eval_windows
 from shareddiff.data.bundled import load_data_split
-from shareddiff.eval.needle import parse_mix
+from shareddiff.data.mqar import MQARLoader
+from shareddiff.eval.mqar import MQARProbe
+from shareddiff.eval.needle import NeedleBuilder, NeedleProbe, parse_mix
 from shareddiff.model import build_model
 from shareddiff.train.checkpoint import (
     latest_checkpoint,
@@ -41,6 +43,7 @@ from shareddiff.train.distributed import (
     parallelize,
     shutdown,
 )
+from shareddiff.train.loss import token_loss
 from shareddiff.train.metrics import MetricsLogger
 from shareddiff.train.runlock import RunLock
 
@@ -308,31 +311,44 @@ def _train(
             "or set train.out_dir to a new folder"
         )
     tokenizer = Tokenizer(run.data.tokenizer)
-    model_config = run.model_config(vocab_size=tokenizer.vocab_size)
-    if model_config.vocab_size < tokenizer.vocab_size:
+    mqar = run.data.source == "mqar"  # the synthetic task: its own vocabulary, no corpus
+    vocab, vocab_of = (run.mqar.vocab_size, "mqar.vocab_size") if mqar else (tokenizer.vocab_size, "the tokenizer's")
+    model_config = run.model_config(vocab_size=vocab)
+    if model_config.vocab_size < vocab:
         raise ValueError(
-            f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
-            f"{tokenizer.vocab_size}; remove model.vocab_size to take the tokenizer's"
+            f"model.vocab_size={model_config.vocab_size} is smaller than {vocab_of} "
+            f"{vocab}; remove model.vocab_size to take {vocab_of}"
         )
     if run.data.seq_len > model_config.max_seq_len:
         raise ValueError(
             f"data.seq_len={run.data.seq_len} exceeds model max_seq_len={model_config.max_seq_len}; "
             "lower data.seq_len or raise model.max_seq_len"
         )
-    if dist.is_main:
-        train_data, val_data = prepare_data(run, tokenizer)  # rank 0 tokenizes the bundled corpus first
-    barrier(dist)
-    if not dist.is_main:
-        train_data, val_data = prepare_data(run, tokenizer)
-    loader = WindowLoader(train_data, run.data.seq_len, run.train.seed, parse_mix(run.data.mix, tokenizer, train_data))
-    val_rows = eval_windows(val_data, run.data.seq_len, run.data.val_tokens)
+    probe = None
+    if mqar:
+        loader = MQARLoader(run.mqar, run.data.seq_len, run.train.seed, device)
+        probe = MQARProbe(run.mqar, run.data.seq_len, model_config.max_seq_len)
+        if probe.skipped:
+            echo(probe.skipped)
+    else:
+        if dist.is_main:
+            train_data, val_data = prepare_data(run, tokenizer)  # rank 0 tokenizes the bundled corpus first
+        barrier(dist)
+        if not dist.is_main:
+            train_data, val_data = prepare_data(run, tokenizer)
+        mix = parse_mix(run.data.mix, tokenizer, train_data)
+        loader = WindowLoader(train_data, run.data.seq_len, run.train.seed, mix)
+        val_rows = eval_windows(val_data, run.data.seq_len, run.data.val_tokens)
+        if mix is not None:  # the needle task's learning curve, on prompts from the validation split
+            builder = NeedleBuilder(tokenizer, val_data, split_digits=mix.builder.split_digits)
+            probe = NeedleProbe(builder, run.data.seq_len, mix.max_needles)
 
     autocast = autocast_for(run.train.precision, device)
     torch.manual_seed(run.train.seed)
     model = build_model(model_config, attn_backend=run.train.attn_backend).to(device)
     n_params = sum(p.numel() for p in model.parameters())
     run = run.sized(n_params, dist.world)  # a tokens-per-parameter budget becomes a step count
-    budget = _budget(run, n_params, len(train_data), dist.world)
+    budget = _budget(run, n_params, None if mqar else len(train_data), dist.world)
     precision = compute_precision(run.train.precision, device)
     model = parallelize(model, run.parallel, dist, device, compile=run.train.compile, precision=precision)
     optimizer = build_optimizer(model, run.optim, device)
@@ -389,14 +405,16 @@ def _train(
                 group["lr"] = lr
             loss_sum = torch.zeros((), device=device)
             for micro in range(run.train.grad_accum):
-                x, y = loader.batch(step, micro, run.train.micro_batch, run.train.grad_accum, dist.rank, dist.world)
+                x, y, weights = loader.batch(
+                    step, micro, run.train.micro_batch, run.train.grad_accum, dist.rank, dist.world
+                )
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
                 last = micro == run.train.grad_accum - 1
                 sync = gradient_sync(model, run.parallel, last)
                 with sync:
                     with autocast():
                         logits = step_model(x)
-                    loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / run.train.grad_accum
+                    loss = token_loss(logits, y, weights) / run.train.grad_accum
                     loss.backward()
                 loss_sum += loss.detach()
             clip = run.optim.grad_clip if run.optim.grad_clip > 0 else float("inf")
@@ -427,9 +445,10 @@ def _train(
                     "lr": lr,
                     "grad_norm": norm,
                     "tokens": tokens_seen,
-                    "passes": tokens_seen / budget["train_tokens"],
                     "tokens_per_s": window_tokens / elapsed,
                 }
+                if "train_tokens" in budget:  # a corpus (MQAR draws new sequences every step)
+                    record["passes"] = tokens_seen / budget["train_tokens"]
                 if lambdas is not None:
                     record["lambda"] = lambdas
                 if device.type == "cuda":
@@ -438,16 +457,16 @@ def _train(
                 bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{window_tokens / elapsed:,.0f}")
                 window_start, window_tokens = time.perf_counter(), 0
             if done % run.train.eval_every == 0 or done == run.train.max_steps:
-                val_loss = evaluate(model, val_rows, run.train.micro_batch, device, autocast)
+                if mqar:  # loss and accuracy at the answer positions, at the training length and 2x
+                    scores = probe(model, run.train.micro_batch, autocast)
+                    val_loss = scores["val_loss"]
+                else:
+                    val_loss = evaluate(model, val_rows, run.train.micro_batch, device, autocast)
+                    scores = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
+                    if probe is not None:  # a needle mix: exact match, per-token accuracy, answer log-prob
+                        scores |= probe(model, run.train.micro_batch, autocast)
                 if metrics is not None:
-                    metrics.log(
-                        {
-                            "step": done,
-                            "val_loss": val_loss,
-                            "val_ppl": math.exp(min(val_loss, 50)),
-                            "tokens": tokens_seen,
-                        }
-                    )
+                    metrics.log({"step": done, **scores, "tokens": tokens_seen})
                     bar.write(f"step {done}: val loss {val_loss:.4f}")
             stopping = ctrl_c.pressed and done < run.train.max_steps
             if done % run.checkpoint.every == 0 or done == run.train.max_steps or stopping:
@@ -467,18 +486,20 @@ def _train(
     return TrainResult(run_dir, run.train.max_steps, last_ckpt, train_loss, val_loss)
 
 
-def _budget(run: RunConfig, n_params: int, train_tokens: int, world: int) -> dict:
+def _budget(run: RunConfig, n_params: int, train_tokens: int | None, world: int) -> dict:
     """The run's size in the terms of the budget protocol (docs/results.md): parameters, tokens per
-    parameter and passes over the training split, recorded in run_config.json."""
+    parameter and passes over the training split (neither for MQAR: every batch is new), recorded in
+    run_config.json."""
     tokens = run.train.max_steps * run.tokens_per_step(world)
-    return {
+    budget = {
         "params": n_params,
-        "train_tokens": train_tokens,
         "tokens_per_step": run.tokens_per_step(world),
         "planned_tokens": tokens,
         "tokens_per_param": tokens / n_params,
-        "passes": tokens / train_tokens,
     }
+    if train_tokens is not None:
+        budget |= {"train_tokens": train_tokens, "passes": tokens / train_tokens}
+    return budget
 
 
 def _progress(total: int, initial: int, enabled: bool):
