@@ -139,7 +139,8 @@ def test_decode_step_masks_with_holes_are_refused(seed):
 @pytest.mark.parametrize("family", ["diff", "shared_diff"])
 def test_beam_search_with_cache_equals_without_and_diffllama(seed, family):
     """Reference: the same beam search without a cache, and on the exported DiffLlama (transformers' own code).
-    In float64, so that beams whose scores nearly tie on random weights rank the same on every path."""
+    In float64, so that beams whose scores nearly tie on random weights rank the same on every path
+    (DiffLlama's eager attention takes its softmax in float32, hence its looser score tolerance)."""
     model, wrapped = tiny_wrapped(family)
     model.double()
     ids = torch.randint(0, 512, (2, 7))
@@ -150,6 +151,7 @@ def test_beam_search_with_cache_equals_without_and_diffllama(seed, family):
         num_return_sequences=2,
         do_sample=False,
         pad_token_id=0,
+        eos_token_id=2,  # the exported config's end-of-text id, named for both so beams end alike
         return_dict_in_generate=True,
         output_scores=True,
     )
@@ -160,7 +162,7 @@ def test_beam_search_with_cache_equals_without_and_diffllama(seed, family):
     assert torch.equal(cached.sequences, uncached.sequences)
     assert torch.equal(cached.sequences, diffllama.sequences)
     assert rel_err(cached.sequences_scores, uncached.sequences_scores) <= 1e-10
-    assert rel_err(cached.sequences_scores, diffllama.sequences_scores) <= 1e-10
+    assert rel_err(cached.sequences_scores, diffllama.sequences_scores) <= 1e-6
 
 
 @pytest.mark.parametrize("tied", [False, True])
