@@ -102,7 +102,7 @@ def cmd_generate(
 
     from shareddiff.generation import generate
     from shareddiff.train import load_model
-    from shareddiff.train.trainer import select_device
+    from shareddiff.train.device import select_device
 
     _check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
     model, tokenizer, _ = load_model(checkpoint, device=select_device(device))

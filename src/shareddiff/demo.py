@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from shareddiff.generation import generate
 from shareddiff.params import count_parameters
 from shareddiff.plots import plot_loss_curves
 from shareddiff.train import ScheduleChanged, load_model, train
-from shareddiff.train.metrics import read_metrics
+from shareddiff.train.metrics import read_metrics, summarize_metrics
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PROMPTS = ["The ", "def ", "In Python, "]
@@ -32,15 +31,13 @@ def find_recipe(name: str) -> Path:
 
 
 def _summary(label: str, rows: list[dict], run, seconds: float | None) -> dict:
-    vals = [r for r in rows if "val_loss" in r]
-    speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-    config = run.model_config(vocab_size=None)
-    counts = count_parameters(config)
+    end = summarize_metrics(rows)
+    counts = count_parameters(run.model_config(vocab_size=None))
     return {
         "label": label,
-        "val_loss": vals[-1]["val_loss"] if vals else float("nan"),
-        "tokens": rows[-1]["tokens"] if rows else 0,
-        "tokens_per_s": statistics.median(speeds) if speeds else float("nan"),
+        "val_loss": float("nan") if end.val_loss is None else end.val_loss,
+        "tokens": end.tokens,
+        "tokens_per_s": float("nan") if end.tokens_per_s is None else end.tokens_per_s,
         "params": counts.total,
         "params_non_embedding": counts.non_embedding,
         "seconds": seconds,

@@ -12,7 +12,7 @@ from shareddiff.eval.common import output_dir, write_json
 
 def _load(checkpoint: str, device: str):
     from shareddiff.train import load_model
-    from shareddiff.train.trainer import select_device
+    from shareddiff.train.device import select_device
 
     model, tokenizer, state = load_model(checkpoint, device=select_device(device), attn_backend="auto")
     return model, tokenizer, state
