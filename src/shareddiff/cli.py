@@ -543,21 +543,27 @@ def _split_dashed_overrides(argv: list[str]) -> list[str]:
 
 
 class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stdout`` is at the time of each record (so redirections are honoured)."""
+    """Writes each record to whatever ``sys.stdout`` is at the time (so redirections are honoured), above a
+    progress bar when one is shown."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stdout
-        super().emit(record)
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:
+            self.handleError(record)
 
 
 def configure_logging() -> None:
-    """The package's log records (``logging.getLogger(__name__)`` in each module) as plain lines on stdout."""
+    """The package's log records (``logging.getLogger(__name__)`` in each module) as plain lines on stdout:
+    rank 0's from INFO up, the other ranks' of a torchrun launch from WARNING up."""
     logger = logging.getLogger("shareddiff")
     if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
         handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ Transformer trained the same way, sample from it, and write ``report.md`` with a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
 import time
@@ -21,6 +22,7 @@ from shareddiff.train.metrics import read_metrics, summarize_metrics
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PROMPTS = ["The ", "def ", "In Python, "]
 VARIANTS = {"shared_diff": "Shared DIFF", "transformer": "Transformer"}
+log = logging.getLogger(__name__)
 
 
 def find_recipe(name: str) -> Path:
@@ -53,7 +55,7 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, baseline: str = "
     for family in families:
         overrides = [f"train.out_dir={out_dir / family}"] + ([f"train.max_steps={steps}"] if steps else [])
         run = load_recipe(str(recipe), f"{family}-mini", overrides)
-        print(f"== training {VARIANTS[family]} ({family}-mini) for {run.train.max_steps} steps")
+        log.info("== training %s (%s-mini) for %d steps", VARIANTS[family], family, run.train.max_steps)
         start = time.perf_counter()
         try:
             train(run, resume=True, progress=progress)

@@ -244,7 +244,7 @@ def run_parallel(exp: Experiment, specs: list[RunSpec], out: Path, overrides: li
         finally:
             slots.put(gpu)
         outcome = "finished" if code == 0 else f"failed (exit {code}), see {run_dir}/reproduce.log"
-        print(f"{exp.name}/{spec.name}: {outcome}", flush=True)
+        log.info("%s/%s: %s", exp.name, spec.name, outcome)
         return spec.name, code
 
     with ThreadPoolExecutor(jobs) as pool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import signal
 import threading
@@ -46,6 +47,7 @@ from shareddiff.train.metrics import MetricsLogger
 from shareddiff.train.runlock import RunLock
 
 RUN_CONFIG = "run_config.json"
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(ValueError):
@@ -157,9 +159,7 @@ def prepare_data(run: RunConfig, tokenizer: Tokenizer):
     return (load_data_split(run.data.path, tokenizer, "train"), load_data_split(run.data.path, tokenizer, "val"))
 
 
-def train(
-    run: RunConfig, resume: bool = False, progress: bool = True, echo=print, new_schedule: bool = False
-) -> TrainResult:
+def train(run: RunConfig, resume: bool = False, progress: bool = True, new_schedule: bool = False) -> TrainResult:
     """Train the model of ``run``; with ``resume`` continue from the latest good checkpoint of its folder.
 
     Under torchrun every process calls this; they train data-parallel (``run.parallel``), each on its
@@ -167,14 +167,13 @@ def train(
     The run holds its folder's lock throughout (a second run into it is refused, naming this one).
     ``--resume`` refuses a changed learning-rate schedule (max_steps, lr, warmup, min_lr_ratio) unless
     ``new_schedule``. Ctrl-C raises TrainingInterrupted; in one process the first Ctrl-C finishes the
-    step and saves a checkpoint first.
+    step and saves a checkpoint first. Progress notes go to this module's logger (the CLI shows rank 0's).
     """
     run.validate()
     dist, device = init_distributed(run.train.device)
     try:
         with _run_folder_lock(Path(run.train.out_dir), dist):
-            echo_main = echo if dist.is_main else _silent
-            trainer = Trainer(run, dist, device, resume, progress and dist.is_main, echo_main)
+            trainer = Trainer(run, dist, device, resume, progress and dist.is_main)
             finished = trainer.resume_from_checkpoint(new_schedule) if resume else None
             return finished if finished is not None else trainer.train()
     finally:
@@ -186,17 +185,10 @@ class Trainer:
     parallelism, optimizer), :meth:`resume_from_checkpoint`, then :meth:`train`, a loop of
     :meth:`train_step` that calls :meth:`log_metrics`, :meth:`validate` and :meth:`save_checkpoint` when due."""
 
-    def __init__(
-        self, run: RunConfig, dist: DistInfo, device: torch.device, resume: bool, progress: bool, echo
-    ) -> None:
+    def __init__(self, run: RunConfig, dist: DistInfo, device: torch.device, resume: bool, progress: bool) -> None:
         check_same_recipe(run.to_dict(), dist)
-        self.run_dir, self.dist, self.device, self.progress, self.echo = (
-            Path(run.train.out_dir),
-            dist,
-            device,
-            progress,
-            echo,
-        )
+        self.run_dir = Path(run.train.out_dir)
+        self.dist, self.device, self.progress = dist, device, progress
         if list_checkpoints(self.run_dir) and not resume:
             raise ValueError(
                 f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
@@ -232,18 +224,22 @@ class Trainer:
         tokenizer and schedule); the run's result when that checkpoint already finished it, else None."""
         ckpt = _resume_point(self.run_dir, self.dist)
         if ckpt is None:
-            self.echo(f"no checkpoint in {self.run_dir}: starting from step 0")
+            log.info("no checkpoint in %s: starting from step 0", self.run_dir)
             return None
         state = read_state(ckpt)
         _check_resume_compatible(state, self.model_config, self.tokenizer, ckpt)
-        _check_same_schedule(state, self.run, ckpt, new_schedule, self.echo)
+        _check_same_schedule(state, self.run, ckpt, new_schedule)
         if state["step"] >= self.run.train.max_steps:
             return _already_complete(self.run_dir, ckpt, state)
         load_training_state(ckpt, self.model, self.optimizer, self.dist)
         self.step, self.tokens_seen, self.last_ckpt = state["step"], state["tokens"], ckpt
-        self.echo(
-            f"resuming {self.run_dir} from {ckpt.name} (step {self.step}, saved by {state['world_size']} "
-            f"process(es), resumed on {self.dist.world})"
+        log.info(
+            "resuming %s from %s (step %d, saved by %d process(es), resumed on %d)",
+            self.run_dir,
+            ckpt.name,
+            self.step,
+            state["world_size"],
+            self.dist.world,
         )
         return None
 
@@ -253,7 +249,7 @@ class Trainer:
         self._open_records()
         self.bar = bar = _progress(max_steps, self.step, self.progress)
         self.window_start = time.perf_counter()
-        ctrl_c = _CtrlC(not self.dist.enabled, bar.write if self.progress else self.echo)
+        ctrl_c = _CtrlC(not self.dist.enabled)
         try:
             for step in range(self.step, max_steps):
                 loss, grad_norm, lr = self.train_step(step)
@@ -346,7 +342,7 @@ class Trainer:
             self.metrics.log(
                 {"step": self.step, "val_loss": self.val_loss, "val_ppl": val_ppl, "tokens": self.tokens_seen}
             )
-            self.bar.write(f"step {self.step}: val loss {self.val_loss:.4f}")
+            log.info("step %d: val loss %.4f", self.step, self.val_loss)
 
     def save_checkpoint(self) -> Path:
         """A checkpoint of the step just done (model, optimizer, run and the losses so far)."""
@@ -409,10 +405,6 @@ def _load_data(run: RunConfig, tokenizer: Tokenizer, dist: DistInfo) -> tuple[Wi
     return loader, eval_windows(val_data, run.data.seq_len, run.data.val_tokens), len(train_data)
 
 
-def _silent(*args, **kwargs) -> None:
-    pass
-
-
 @contextlib.contextmanager
 def _run_folder_lock(run_dir: Path, dist: DistInfo):
     """Rank 0 holds ``run_dir``'s lock for the run; when another run holds it, every rank raises its message."""
@@ -457,7 +449,7 @@ def _resume_point(run_dir: Path, dist: DistInfo) -> Path | None:
 SCHEDULE_FIELDS = ("train.max_steps", "optim.lr", "optim.warmup_steps", "optim.min_lr_ratio")
 
 
-def _check_same_schedule(state: dict, run: RunConfig, ckpt: Path, new_schedule: bool, echo) -> None:
+def _check_same_schedule(state: dict, run: RunConfig, ckpt: Path, new_schedule: bool) -> None:
     """Resuming with other schedule values silently bends the learning rate of the rest of the run: refuse
     that unless asked (``new_schedule``), then say what changes."""
     saved, now = state["run"], run.to_dict()
@@ -476,7 +468,7 @@ def _check_same_schedule(state: dict, run: RunConfig, ckpt: Path, new_schedule: 
             "the run's own values, or pass --new-schedule to continue on the new schedule",
             diffs,
         )
-    echo(f"continuing on a new learning-rate schedule from step {state['step']}: {'; '.join(diffs)}")
+    log.info("continuing on a new learning-rate schedule from step %d: %s", state["step"], "; ".join(diffs))
 
 
 def _already_complete(run_dir: Path, ckpt: Path, state: dict) -> TrainResult:
@@ -490,8 +482,8 @@ class _CtrlC:
     one interrupts at once. Only in one process, on the main thread: under torchrun every rank gets the
     signal and stops where it is."""
 
-    def __init__(self, enabled: bool, echo) -> None:
-        self.pressed, self.echo, self._previous = False, echo, None
+    def __init__(self, enabled: bool) -> None:
+        self.pressed, self._previous = False, None
         if enabled and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
 
@@ -499,7 +491,7 @@ class _CtrlC:
         if self.pressed:
             raise KeyboardInterrupt
         self.pressed = True
-        self.echo("\nCtrl-C: stopping after this step with a checkpoint (press Ctrl-C again to stop at once)")
+        log.warning("\nCtrl-C: stopping after this step with a checkpoint (press Ctrl-C again to stop at once)")
 
     def restore(self) -> None:
         if self._previous is not None:
