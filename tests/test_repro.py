@@ -442,3 +442,94 @@ def test_delta_standard_error_and_a_missing_fit_is_stated():
     assert result["match"] == [] and result["fits"] == {}
     text = "\n".join(_efficiency_rows(result, "non-embedding parameters"))
     assert "No fit of loss against non-embedding parameters yet" in text and "diff: 2, standard: 2" in text
+
+
+def test_mqar_experiment_summary_end_to_end(tmp_path):
+    """A tiny MQAR grid through `shareddiff reproduce`: the summary's best run per (cell, variant) over widths
+    and rates, and per width over rates, is the records' maximum; its steps to 50 % / 99 % and its 2x-length
+    accuracy are that run's; `--summary-only` writes the same summary again, with the heatmap."""
+    from shareddiff.eval.mqar import steps_to
+
+    (tmp_path / "recipe.toml").write_text(
+        """
+[model]
+max_seq_len = 32
+[data]
+source = "mqar"
+seq_len = 16
+[mqar]
+vocab_size = 16
+pairs = 2
+eval_samples = 16
+[optim]
+lr = 1e-2
+warmup_steps = 1
+[train]
+max_steps = 4
+micro_batch = 8
+eval_every = 2
+log_every = 1
+device = "cpu"
+[checkpoint]
+every = 4
+keep_last = 1
+"""
+    )
+    (tmp_path / "mqar.toml").write_text(
+        """
+[experiment]
+description = "tiny MQAR"
+recipe = "recipe.toml"
+evals = []
+[[run]]
+group = "transformer-n16-p2"
+preset = "transformer-mqar"
+sweep = { "optim.lr" = [1e-3, 3e-2], "model.d_model" = [32, 64] }
+[[run]]
+group = "diff-n16-p2"
+preset = "diff-mqar"
+sweep = { "optim.lr" = [1e-3, 3e-2] }
+[[run]]
+group = "transformer-n24-p4"
+preset = "transformer-mqar"
+overrides = ["data.seq_len=24", "mqar.pairs=4", "model.max_seq_len=48"]
+"""
+    )
+    out = tmp_path / "out"
+    reproduce(str(tmp_path / "mqar.toml"), out=str(out), progress=False)
+    folder = out / "mqar"
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*/record.json"))]
+    assert len(records) == 7
+    for record in records:  # the record keeps what the trainer measured
+        evals = [r for r in read_metrics(folder / record["run"]) if "mqar_accuracy" in r]
+        mqar = record["evals"]["mqar"]
+        assert [tuple(p) for p in mqar["curve"]] == [(2, evals[0]["mqar_accuracy"]), (4, evals[1]["mqar_accuracy"])]
+        assert (mqar["accuracy"], mqar["accuracy_2x"]) == (evals[1]["mqar_accuracy"], evals[1]["mqar_accuracy_2x"])
+    summary = json.loads((folder / "summary.json").read_text())["mqar"]
+    runs = [r["evals"]["mqar"] for r in records]
+    assert summary["variants"] == ["diff", "standard"]
+    assert [(b["seq_len"], b["pairs"], b["variant"], b["runs"]) for b in summary["best"]] == [
+        (16, 2, "diff", 2),
+        (16, 2, "standard", 4),
+        (24, 4, "standard", 1),
+    ]
+    for best in summary["best"]:
+        group = [r for r in runs if (r["seq_len"], r["variant"]) == (best["seq_len"], best["variant"])]
+        assert best["accuracy"] == max(r["accuracy"] for r in group)
+        chosen = next(r for r in group if (r["lr"], r["d_model"]) == (best["lr"], best["d_model"]))
+        assert chosen["accuracy"] == best["accuracy"] and best["accuracy_2x"] == chosen["accuracy_2x"] is not None
+        assert best["steps_to_50"] == steps_to(chosen["curve"], 0.5)
+        assert best["steps_to_99"] == steps_to(chosen["curve"], 0.99)
+    widths = {(c["variant"], c["seq_len"], c["d_model"]): c for c in summary["cells"]}
+    assert sorted(widths) == [("diff", 16, 64), ("standard", 16, 32), ("standard", 16, 64), ("standard", 24, 64)]
+    for (variant, seq_len, d_model), cell in widths.items():
+        group = [r for r in runs if (r["variant"], r["seq_len"], r["d_model"]) == (variant, seq_len, d_model)]
+        assert cell["lrs"] == {f"{r['lr']:g}": r["accuracy"] for r in sorted(group, key=lambda r: r["lr"])}
+        assert cell["accuracy"] == max(cell["lrs"].values())
+    text = (folder / "summary.md").read_text()
+    assert "![MQAR](mqar.png)" in text and "| 16 | 2 | standard |" in text
+    png = (folder / "mqar.png").stat()
+    assert png.st_size > 10_000
+    (folder / "summary.json").unlink()
+    main_output(["reproduce", str(tmp_path / "mqar.toml"), "--out", str(out), "--summary-only"])
+    assert json.loads((folder / "summary.json").read_text())["mqar"] == summary

@@ -419,6 +419,7 @@ COMMANDS: dict[str, Callable[..., str] | tuple[str, dict[str, Callable[..., str]
             "lm": commands.run_lm,
             "needle": commands.run_needle,
             "attention": commands.run_attention,
+            "mqar": commands.run_mqar,
             "icl": commands.run_icl,
             "scaling": commands.run_scaling,
         },

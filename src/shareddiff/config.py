@@ -213,6 +213,65 @@ class DataConfig:
     seq_len: int = 256
     val_tokens: int = 65_536  # validation loss over this many tokens of the validation split
     mix: str = ""  # synthetic rows mixed into training batches, e.g. "needle:0.2" (retrieval)
+    source: str = "corpus"  # "corpus" (path/tokenizer above) or "mqar" (the synthetic task of [mqar])
+
+
+@dataclass
+class MQARConfig:
+    """[mqar]: multi-query associative recall (Zoology, Arora et al. 2023, §3), read when data.source = "mqar".
+
+    A sequence of ``data.seq_len`` tokens holds ``pairs`` key-value pairs, then blanks (token 0) with
+    ``queries`` of the keys placed among them; the target at a query's last key token is that key's value.
+    Keys come from tokens [1, V/2), values from [V/2, V); see ``shareddiff.data.mqar``.
+    """
+
+    vocab_size: int = 8192  # V, also the model's vocabulary
+    pairs: int = 8  # key-value pairs per sequence
+    queries: int | None = None  # keys queried per sequence (None: every key, as Zoology)
+    key_len: int = 1  # tokens per key
+    shared_prefix: bool = False  # distractor: keys come in twos sharing their first key_len − 1 tokens
+    updates: int = 0  # distractor: extra pairs giving an earlier key a new value; the last value is the answer
+    power_a: float = 0.01  # query slot i drawn ∝ i^(a − 1) (Zoology's power law; 1 = uniform)
+    eval_samples: int = 1000  # sequences of the fixed evaluation set, per evaluated length
+
+    def n_queries(self) -> int:
+        return self.pairs if self.queries is None else self.queries
+
+    def context_len(self) -> int:
+        """Tokens of the key-value part: (pairs + updates) · (key_len + 1)."""
+        return (self.pairs + self.updates) * (self.key_len + 1)
+
+    def validate(self, seq_len: int) -> None:
+        """Raise ``ValueError`` naming the field and the fix when sequences of ``seq_len`` cannot be built."""
+        for name in ("vocab_size", "pairs", "key_len", "eval_samples"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"mqar.{name}={value!r} must be a positive integer")
+        if not isinstance(self.updates, int) or self.updates < 0:
+            raise ValueError(f"mqar.updates={self.updates!r} must be a non-negative integer")
+        if not 1 <= self.n_queries() <= self.pairs:
+            raise ValueError(f"mqar.queries={self.queries!r} must be between 1 and mqar.pairs={self.pairs}")
+        if self.power_a <= 0:
+            raise ValueError(f"mqar.power_a={self.power_a} must be positive (1 = query slots drawn uniformly)")
+        if self.shared_prefix and (self.key_len < 2 or self.pairs < 2):
+            raise ValueError(
+                f"mqar.shared_prefix needs keys of at least 2 tokens and 2 pairs (key_len={self.key_len}, "
+                f"pairs={self.pairs}); set mqar.key_len=2"
+            )
+        key_tokens, value_tokens = self.vocab_size // 2 - 1, self.vocab_size - self.vocab_size // 2
+        distinct_firsts = -(-self.pairs // 2) if self.shared_prefix else self.pairs
+        if distinct_firsts > key_tokens or self.pairs + self.updates > value_tokens:
+            raise ValueError(
+                f"mqar.vocab_size={self.vocab_size} is too small for {self.pairs} keys and {self.pairs + self.updates} "
+                f"distinct values ({key_tokens} key tokens, {value_tokens} value tokens); raise mqar.vocab_size"
+            )
+        slots = (seq_len - self.context_len()) // (self.key_len + 1)
+        if slots < self.n_queries():
+            need = self.context_len() + self.n_queries() * (self.key_len + 1)
+            raise ValueError(
+                f"data.seq_len={seq_len} cannot hold {self.pairs + self.updates} key-value pairs and "
+                f"{self.n_queries()} queries (at least {need} tokens); raise data.seq_len or lower mqar.pairs"
+            )
 
 
 @dataclass
@@ -282,6 +341,7 @@ class RunConfig:
 
     model: dict[str, Any] = field(default_factory=lambda: {"preset": "shared_diff-tiny"})
     data: DataConfig = field(default_factory=DataConfig)
+    mqar: MQARConfig = field(default_factory=MQARConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -303,6 +363,12 @@ class RunConfig:
         for name, value in positive.items():
             if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name}={value!r} must be a positive number")
+        if self.data.source not in ("corpus", "mqar"):
+            raise ValueError(f"data.source={self.data.source!r} must be 'corpus' or 'mqar'")
+        if self.data.source == "mqar":
+            if self.data.mix:
+                raise ValueError(f"data.mix={self.data.mix!r} mixes in corpus rows; remove it with data.source=mqar")
+            self.mqar.validate(self.data.seq_len)
         if self.train.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"train.precision={self.train.precision!r} must be 'auto', 'bf16' or 'fp32'")
         if self.parallel.strategy not in ("ddp", "fsdp"):

@@ -185,3 +185,70 @@ def plot_needle_bars(summary: dict, out: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(plt, fig, out)
+
+
+VARIANT_NAMES = {"standard": "Transformer", "diff": "DIFF", "shared_diff": "Shared DIFF"}
+
+
+def plot_mqar_heatmap(summary: dict, out: str | Path, title: str = "MQAR") -> Path:
+    """MQAR accuracy heatmaps from ``eval.mqar.mqar_summary``: first the best over widths and learning
+    rates per (sequence length, pairs) row and variant column, then one panel per variant with the best
+    over learning rates per width; accuracy at 2× the length in brackets."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = sorted({(c["seq_len"], c["pairs"]) for c in summary["cells"]})
+    widths = sorted({c["d_model"] for c in summary["cells"]})
+    variants = [v for v in VARIANT_NAMES if v in summary["variants"]] + [
+        v for v in summary["variants"] if v not in VARIANT_NAMES
+    ]
+
+    def panel(ax, columns: list, cell_of, heading: str, xlabel: str, labels: list[str]):
+        grid = np.full((len(rows), len(columns)), np.nan)
+        for i, (n, p) in enumerate(rows):
+            for j, column in enumerate(columns):
+                cell = cell_of(n, p, column)
+                if cell is None:
+                    continue
+                grid[i, j] = cell["accuracy"]
+                extra = "" if cell.get("accuracy_2x") is None else f"\n({cell['accuracy_2x']:.2f})"
+                ax.text(j, i, f"{cell['accuracy']:.2f}{extra}", ha="center", va="center", fontsize=7)
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(columns)), labels, fontsize=7)
+        ax.set_yticks(range(len(rows)), [f"N={n}, {p} pairs" for n, p in rows])
+        ax.set_xlabel(xlabel)
+        ax.set_title(heading, fontsize=9)
+        return image
+
+    size = (1.0 * (len(widths) + 1) * len(variants) + 3.0, 0.6 * len(rows) + 1.8)
+    fig, axes = plt.subplots(1, len(variants) + 1, figsize=size, dpi=120, sharey=True, layout="constrained")
+    best = {(c["variant"], c["seq_len"], c["pairs"]): c for c in summary["best"]}
+    image = panel(
+        axes[0],
+        variants,
+        lambda n, p, v: best.get((v, n, p)),
+        "best over widths and rates",
+        "variant",
+        [VARIANT_NAMES.get(v, v) for v in variants],
+    )
+    by_width = {(c["variant"], c["seq_len"], c["pairs"], c["d_model"]): c for c in summary["cells"]}
+    for ax, variant in zip(axes[1:], variants, strict=True):
+        panel(
+            ax,
+            widths,
+            lambda n, p, d, v=variant: by_width.get((v, n, p, d)),
+            f"{VARIANT_NAMES.get(variant, variant)}: best over rates",
+            "model width",
+            [str(d) for d in widths],
+        )
+        ax.tick_params(axis="y", labelleft=False)
+    fig.suptitle(f"{title}: MQAR accuracy at the training length (in brackets: at 2x the length)", fontsize=10)
+    fig.colorbar(image, ax=list(axes), fraction=0.04)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

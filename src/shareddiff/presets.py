@@ -45,6 +45,16 @@ SIZES: dict[str, dict[str, Any]] = {
         max_seq_len=256,
         notes="CPU tests: well under 1M parameters.",
     ),
+    # MQAR (configs/repro/mqar.toml): Zoology's 2-layer models with one differential head (the
+    # Transformer: two); the experiment sweeps model.d_model, and the rank follows D/16 (at least 8).
+    "mqar": dict(
+        d_model=64,
+        n_layers=2,
+        n_heads=1,
+        vocab_size=8192,
+        max_seq_len=1024,
+        notes="MQAR grid: width swept (64-256), 1024 positions so that length 512 is also evaluated at 2x.",
+    ),
     "mini": dict(
         d_model=128,
         n_layers=4,
@@ -194,7 +204,7 @@ def preset_dict(name: str) -> dict[str, Any]:
     if family in ("transformer", "diff_v2", "shared_diff_v2"):
         values["n_heads"] *= 2  # heads of dim d = D / 2h
     if family not in ("shared_diff", "shared_diff_v2"):
-        values.pop("lowrank_rank")
+        values.pop("lowrank_rank", None)  # sizes without it (mqar) take the D/16 rule for shared_diff
     if family in FAMILY_NOTES:
         values["notes"] = f"{values['notes']} {FAMILY_NOTES[family]}"
     return values

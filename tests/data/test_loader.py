@@ -9,9 +9,9 @@ from shareddiff.data import WindowLoader, eval_windows, load_split
 def test_batches_are_a_function_of_seed_and_step(tiny_data):
     data = load_split(tiny_data, "train")
     a, b = WindowLoader(data, 16, seed=7), WindowLoader(data, 16, seed=7)
-    x1, y1 = a.batch(5, 1, 4, 2)
-    x2, y2 = b.batch(5, 1, 4, 2)
-    assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    x1, y1, weights = a.batch(5, 1, 4, 2)
+    x2, y2, _ = b.batch(5, 1, 4, 2)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and weights is None
     assert torch.equal(x1[:, 1:], y1[:, :-1])  # targets are inputs shifted by one
     assert not torch.equal(a.batch(6, 1, 4, 2)[0], x1)
     assert not torch.equal(WindowLoader(data, 16, seed=8).batch(5, 1, 4, 2)[0], x1)

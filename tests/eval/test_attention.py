@@ -1,4 +1,5 @@
-"""Attention mass on a hand-built map with a known answer, and the probe on a real model."""
+"""Attention mass: three buckets on hand-built maps with known sums, and on real models where the
+buckets must add up to the whole row (1 for softmax, 1 − λ per layer for A1 − λ·A2)."""
 
 import pytest
 import torch
@@ -9,33 +10,83 @@ from shareddiff.eval.attention import attention_eval, attention_mass, recording
 from shareddiff.eval.needle import NeedleBuilder
 
 
-def test_mass_on_hand_built_map():
-    # one layer, two heads, 6 positions; query row 5; answer span [1, 3); context [0, 5)
-    head0 = torch.zeros(6, 6)
-    head0[5, :5] = torch.tensor([0.1, 0.4, 0.3, 0.1, 0.1])  # a softmax-like row: answer 0.7, noise 0.3
-    head1 = torch.zeros(6, 6)
-    head1[5, :5] = torch.tensor([-0.1, 0.5, 0.2, 0.0, 0.2])  # a differential row: |.| sums to 1.0
-    result = attention_mass([torch.stack([head0, head1])], row=5, answer=(1, 3), context_end=5)
-    assert result["answer"] == pytest.approx((0.7 / 1.0 + 0.7 / 1.0) / 2)
-    assert result["noise"] == pytest.approx((0.3 / 1.0 + 0.1 / 1.0) / 2)
+def one_row(values: list[float]) -> torch.Tensor:
+    """A (1, 6, 6) map whose row 5 holds ``values`` (one head)."""
+    m = torch.zeros(1, 6, 6)
+    m[0, 5] = torch.tensor(values)
+    return m
 
 
-@pytest.mark.parametrize("attention", ["standard", "shared_diff", "diff_v2"])
-def test_probe_runs_and_records_every_layer(seed, tiny_tokenizer, tiny_data, attention):
+def test_buckets_on_hand_built_maps():
+    # query row 5; answer span [1, 3); context [0, 4); question [4, 6)
+    softmax = one_row([0.1, 0.3, 0.2, 0.1, 0.2, 0.1])  # answer 0.5, noise 0.2, question 0.3
+    a1 = one_row([0.1, 0.3, 0.2, 0.1, 0.2, 0.1])
+    a2 = one_row([0.4, 0.0, 0.0, 0.4, 0.1, 0.1])
+    # A1 − 0.5·A2 = [−0.1, 0.3, 0.2, −0.1, 0.15, 0.05]: sums 0.5 / −0.2 / 0.2 (total 1 − λ = 0.5), |.| sums to 0.9
+    result = attention_mass([(softmax,), (a1, a2)], [None, 0.5], row=5, answer=(1, 3), context_end=4)
+    assert result["answer"] == pytest.approx((0.5 + 0.5 / 0.9) / 2)
+    assert result["noise"] == pytest.approx((0.2 - 0.2 / 0.9) / 2)
+    assert result["question"] == pytest.approx((0.3 + 0.2 / 0.9) / 2)
+    assert result["total"] == pytest.approx((1 + 0.5 / 0.9) / 2)
+    soft, diff = result["layers"]
+    assert soft["lambda"] is None and "a1" not in soft
+    assert soft["net"] == pytest.approx({"answer": 0.5, "noise": 0.2, "question": 0.3})
+    assert diff["lambda"] == 0.5
+    assert diff["net"] == pytest.approx({"answer": 0.5, "noise": -0.2, "question": 0.2})
+    assert diff["a1"] == pytest.approx({"answer": 0.5, "noise": 0.2, "question": 0.3})
+    assert diff["a2"] == pytest.approx({"answer": 0.0, "noise": 0.8, "question": 0.2})
+
+
+@pytest.mark.parametrize(
+    ("attention", "lambda_above_one"),
+    [("standard", False), ("diff", False), ("shared_diff", False), ("diff", True), ("diff_v2", False)],
+)
+def test_three_buckets_sum_to_the_row(seed, tiny_tokenizer, tiny_data, attention, lambda_above_one):
     model = build_model(
         ModelConfig(attention=attention, n_heads=4 if attention == "standard" else 2, vocab_size=300, max_seq_len=256)
     ).eval()
-    with recording(model) as maps, torch.no_grad():
-        logits = model(torch.randint(0, 300, (1, 20)))
-    assert len(maps) == 2 and maps[0].shape == (1, model.config.n_heads, 20, 20)
-    model.set_attention_backend("eager")
-    assert torch.allclose(model(torch.randint(0, 300, (1, 3))).sum() * 0 + logits.sum(), logits.sum())
+    if lambda_above_one:  # λ = exp(λ_q1·λ_k1) − exp(λ_q2·λ_k2) + λ_init with λ_q1·λ_k1 = 16·0.09
+        for block in model.layers:
+            for name in ("lambda_q1", "lambda_k1"):
+                getattr(block.attention, name).data.fill_(0.3)
+            for name in ("lambda_q2", "lambda_k2"):
+                getattr(block.attention, name).data.zero_()
+    scalar_lambda = attention in ("diff", "shared_diff")  # DIFF V2's λ depends on the token: no A1/A2 split
+    lambdas = [float(b.attention.lam().detach()) for b in model.layers] if scalar_lambda else [None] * 2
+    assert all(lam > 1 for lam in lambdas) if lambda_above_one else True
     builder = NeedleBuilder(tiny_tokenizer, load_split(tiny_data, "val"))
-    result, example = attention_eval(model, builder, 200, [0.0, 1.0], 1, 2, seed=0)
-    assert [r["depth"] for r in result["rows"]] == [0.0, 1.0]
-    if attention == "standard":  # a softmax row puts all its (positive) mass on context or question
-        assert all(0 <= r["answer"] <= 1 and r["answer"] + r["noise"] <= 1 + 1e-6 for r in result["rows"])
-    assert example["map"].shape[0] == example["map"].shape[1] == 200
+    result, example = attention_eval(model, builder, 200, [0.0, 1.0], 2, 2, seed=seed % 1000)
+    assert result["lambdas"] == lambdas and [r["depth"] for r in result["rows"]] == [0.0, 1.0]
+    for row in result["rows"]:
+        assert row["answer"] + row["noise"] + row["question"] == pytest.approx(row["total"], abs=1e-9)
+        if attention == "standard":
+            assert row["total"] == pytest.approx(1.0, abs=1e-6) and row["answer"] >= 0
+        for layer, lam in zip(row["layers"], lambdas, strict=True):
+            net = sum(layer["net"].values())
+            if attention == "diff_v2":  # each head's row sums to 1 − λ_i(token), λ_i = sigmoid(·) ∈ (0, 1)
+                assert 0 < net < 1
+            else:
+                assert net == pytest.approx(1.0 if lam is None else 1.0 - lam, abs=1e-5)  # the whole row
+            if lam is not None:
+                assert sum(layer["a1"].values()) == pytest.approx(1.0, abs=1e-5)
+                assert sum(layer["a2"].values()) == pytest.approx(1.0, abs=1e-5)
+                for bucket in ("answer", "noise", "question"):
+                    assert layer["net"][bucket] == pytest.approx(layer["a1"][bucket] - lam * layer["a2"][bucket])
+        if lambda_above_one:
+            assert row["total"] < 0  # each row's net mass is 1 − λ < 0
+    assert example["map"].shape == (200, 200)
+
+
+def test_recording_gives_the_maps_of_every_layer(seed):
+    for attention, parts in (("standard", 1), ("shared_diff", 2), ("diff_v2", 1)):
+        model = build_model(ModelConfig(attention=attention, n_heads=4 if attention == "standard" else 2)).eval()
+        with recording(model) as maps, torch.no_grad():
+            model(torch.randint(0, 512, (1, 20)))
+        assert len(maps) == 2 and all(len(layer) == parts for layer in maps)
+        assert all(m.shape == (1, model.config.n_heads, 20, 20) for layer in maps for m in layer)
+        if attention != "diff_v2":  # softmax rows (A1 and A2 of the differential variants)
+            assert torch.allclose(maps[0][0].sum(-1), torch.ones(1, model.config.n_heads, 20))
+        assert all(b.attention.recorder is None for b in model.layers)
 
 
 def test_attention_map_labels_its_colour_bar(tmp_path, saved_figures):

@@ -34,7 +34,7 @@ class DifferentialAttention(nn.Module):
         self.head_norm = RMSNorm(2 * d, eps=HEAD_NORM_EPS, weight=config.head_norm_weight) if config.head_norm else None
         self.backend = "auto"
         self.fuse_projections = True  # one GEMM for every projection of X (project_inputs)
-        self.recorder: list | None = None  # set to a list to collect (A1 − λ·A2) maps (eager, analysis only)
+        self.recorder: list | None = None  # set to a list to collect (A1, A2) maps (eager, analysis only)
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Q1, Q2: (B, N, h, d); K1, K2: (B, N, h_kv, d), before RoPE; V: (B, N, h_kv, 2d)."""
@@ -60,7 +60,7 @@ class DifferentialAttention(nn.Module):
             out, a1, a2 = eager_differential_attention(
                 q1, q2, k1, k2, v, lam, causal=mask is None, mask=mask, return_maps=True
             )
-            self.recorder.append((a1 - lam * a2).detach())  # (B, h, N, N_k)
+            self.recorder.append((a1.detach(), a2.detach()))  # each (B, h, N, N_k); the map is A1 − λ·A2
         else:
             out = differential_attention(
                 q1, q2, k1, k2, v, self.lam(), causal=mask is None, backend=self.backend, mask=mask

@@ -33,7 +33,7 @@ class PairedDifferentialAttention(nn.Module):
         self.lambda_proj = nn.Linear(d_model, config.n_heads, bias=False)  # W_λ: X → one λ logit per head
         self.backend = "auto"
         self.fuse_projections = True  # one GEMM for every projection of X (project_inputs)
-        self.recorder: list | None = None  # set to a list to collect (A_2i − λ_i·A_2i+1) maps (eager, analysis only)
+        self.recorder: list | None = None  # set to a list to collect (A_2i − λ_i·A_2i+1,) (eager, analysis only)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Q: (B, N, 2h, d), pairs (2i, 2i+1); K, V: (B, N, h_kv, d); λ logits X·W_λ: (B, N, h)."""
@@ -51,7 +51,7 @@ class PairedDifferentialAttention(nn.Module):
         lam = torch.sigmoid(lam_logits.float()).transpose(1, 2)  # (B, h, N)
         if self.recorder is not None:
             out, maps = eager_differential_v2_attention(q, k, v, lam, causal=mask is None, mask=mask)
-            self.recorder.append(maps.detach())  # (B, h, N, N_k)
+            self.recorder.append((maps.detach(),))  # (B, h, N, N_k): λ depends on the token, the map is net
         else:
             out = differential_v2_attention(q, k, v, lam, mask is None, self.backend, mask)  # (B, h, N, d)
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))

@@ -24,7 +24,7 @@ class StandardAttention(nn.Module):
         self.wo = nn.Linear(d_model, d_model, bias=False)
         self.backend = "auto"
         self.fuse_projections = True  # one GEMM for X·[W_Q | W_K | W_V] (project_inputs)
-        self.recorder: list | None = None  # set to a list to collect softmax maps (eager, analysis only)
+        self.recorder: list | None = None  # set to a list to collect (softmax map,) (eager, analysis only)
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None, mask: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape
@@ -36,7 +36,7 @@ class StandardAttention(nn.Module):
             k, v = cache.update(self.layer_idx, k, v)
         if self.recorder is not None:
             out, attn = eager_softmax_attention(q, k, v, causal=mask is None, mask=mask)
-            self.recorder.append(attn.detach())  # (B, h, N, N_k)
+            self.recorder.append((attn.detach(),))  # (B, h, N, N_k)
         else:
             out = softmax_attention(q, k, v, causal=mask is None, backend=self.backend, mask=mask)  # (B, h, N, dh)
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))

@@ -13,6 +13,8 @@ import torch
 
 from shareddiff.data.shards import TokenData
 
+IGNORE = -100  # a target that carries no loss (F.cross_entropy's ignore_index)
+
 
 class WindowLoader:
     """Windows of ``seq_len + 1`` tokens at offsets drawn from a generator seeded by (seed, step)."""
@@ -24,7 +26,7 @@ class WindowLoader:
                 "use a shorter data.seq_len or more data"
             )
         self.data, self.seq_len, self.seed = data, seq_len, seed
-        self.mix = mix  # optional synthetic rows: an object with .fraction and .row(length, rng)
+        self.mix = mix  # optional synthetic rows: .fraction and .row(length, rng) -> (ids, weights or None)
 
     def offsets(self, step: int, count: int) -> np.ndarray:
         """``count`` window starts for global step ``step``: the same on every rank, every run."""
@@ -34,21 +36,32 @@ class WindowLoader:
 
     def batch(
         self, step: int, micro_step: int, micro_batch: int, grad_accum: int, rank: int = 0, world: int = 1
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(inputs, targets), each (micro_batch, seq_len), for one rank's share of one micro-step."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(inputs, targets, weights) for one rank's share of one micro-step, each (micro_batch, seq_len).
+
+        ``weights`` (float32, a loss weight per target) is None unless a row of the mix weighs its
+        targets (the needle mix's ``answer_weight``); corpus rows then weigh 1 everywhere.
+        """
         global_micro = micro_batch * world
         starts = self.offsets(step, global_micro * grad_accum)
         mine = range(micro_step * global_micro, (micro_step + 1) * global_micro)[rank::world]
-        rows = torch.from_numpy(np.stack([self._row(step, i, int(starts[i])) for i in mine]))
-        return rows[:, :-1], rows[:, 1:]
+        rows, weights = zip(*(self._row(step, i, int(starts[i])) for i in mine), strict=True)
+        tokens = torch.from_numpy(np.stack(rows))
+        weight = None
+        if any(w is not None for w in weights):
+            ones = np.ones(self.seq_len + 1, dtype=np.float32)
+            weight = torch.from_numpy(np.stack([ones if w is None else w for w in weights]))[:, 1:]
+        return tokens[:, :-1], tokens[:, 1:], weight
 
-    def _row(self, step: int, index: int, start: int) -> np.ndarray:
-        """Row ``index`` of the global batch of ``step``: a corpus window, or (with a mix) a synthetic row."""
+    def _row(self, step: int, index: int, start: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Row ``index`` of the global batch of ``step`` and its per-token loss weights (None: all 1): a
+        corpus window, or (with a mix) a synthetic row."""
         if self.mix is not None:
             rng = random.Random(f"mix-{self.seed}-{step}-{index}")
             if rng.random() < self.mix.fraction:
-                return np.asarray(self.mix.row(self.seq_len + 1, rng), dtype=np.int64)
-        return self.data.window(start, self.seq_len + 1)
+                ids, weights = self.mix.row(self.seq_len + 1, rng)
+                return np.asarray(ids, dtype=np.int64), weights
+        return self.data.window(start, self.seq_len + 1), None
 
 
 def eval_windows(data: TokenData, seq_len: int, max_tokens: int) -> torch.Tensor:

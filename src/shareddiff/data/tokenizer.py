@@ -18,10 +18,16 @@ EOS_TOKEN = "<|endoftext|>"
 
 
 class Tokenizer:
-    """A thin wrapper: ``encode``, ``decode``, ``eos_id``, ``vocab_size`` and a content hash."""
+    """A thin wrapper: ``encode``, ``decode``, ``eos_id``, ``vocab_size`` and a content hash.
 
-    def __init__(self, path: str | Path | None = None) -> None:
+    ``split_digits`` puts every digit in a token of its own (the ``tokenizers`` library's ``Digits``
+    pre-tokenizer before the file's own), whatever merges the BPE learned: " 5202798" becomes " ", "5",
+    "2", ... The vocabulary and ``sha256`` are the file's; only encoding changes (the needle task uses it).
+    """
+
+    def __init__(self, path: str | Path | None = None, split_digits: bool = False) -> None:
         from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import pre_tokenizers
 
         spec = "bundled" if path is None else str(path)
         self.path = BUNDLED_TOKENIZERS.get(spec, Path(spec))
@@ -39,6 +45,11 @@ class Tokenizer:
             raise ValueError(f"{self.path} has no {EOS_TOKEN} token; train it with `shareddiff tokenizer train`")
         self.eos_id = eos
         self.sha256 = hashlib.sha256(self.path.read_bytes()).hexdigest()
+        self.split_digits = split_digits
+        if split_digits:
+            digits = pre_tokenizers.Digits(individual_digits=True)
+            own = self._tok.pre_tokenizer
+            self._tok.pre_tokenizer = digits if own is None else pre_tokenizers.Sequence([digits, own])
 
     @property
     def vocab_size(self) -> int:

@@ -1,5 +1,5 @@
 """The paper's analyses as functions on any model: LM loss with the AR-Hit split, multi-needle
-retrieval, attention mass, many-shot ICL, scaling fits. ``shareddiff eval <analysis>`` runs them."""
+retrieval, attention mass, MQAR recall, many-shot ICL, scaling fits. ``shareddiff eval <analysis>`` runs them."""
 
 import importlib
 
@@ -12,6 +12,8 @@ _EXPORTS = {
     "icl_eval": "icl",
     "lm_loss": "lm",
     "load_examples": "icl",
+    "mqar_eval": "mqar",
+    "mqar_summary": "mqar",
     "needle_eval": "needle",
     "scaling_eval": "scaling",
     "synthetic_intents": "icl",

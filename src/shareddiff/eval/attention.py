@@ -1,11 +1,16 @@
-"""Where attention goes (the paper's Table 5): normalised attention mass on the answer needle and on
-the rest of the context, for the differential map A1 − λ·A2 (the softmax map for ``standard``).
+"""Where attention goes (the paper's Table 5): the attention mass of the position that predicts the
+answer, split into three buckets that partition its row: the answer needle, the rest of the context
+(noise) and the question tokens.
 
-For the last position of a needle prompt (the one that predicts the answer) in every layer and head,
-with a = that row restricted to the context (question tokens excluded):
-    answer = Σ_{j ∈ answer needle} a_j / Σ_j |a_j|        noise = Σ_{j ∉ answer needle} a_j / Σ_j |a_j|
-averaged over heads, layers and samples. For a softmax map answer + noise = 1; a differential map
-can put negative weight, so the two need not sum to 1.
+For a needle prompt the last position's row a_j, j ∈ [0, N), of every layer and head is read from the
+eager path: the softmax map for ``standard``, A = A1 − λ·A2 for the differential variants. Normalised
+by the row's absolute mass S = Σ_j |a_j|:
+    answer = Σ_{j ∈ answer needle} a_j / S      noise = Σ_{j ∈ context, ∉ answer} a_j / S
+    question = Σ_{j ∈ question} a_j / S         answer + noise + question = Σ_j a_j / S (1 for softmax)
+averaged over heads, layers and samples. Per layer, the same sums without normalisation for A1 and A2
+on their own (softmax maps: each sums to 1 over the row) and for A1 − λ·A2 (which sums to 1 − λ),
+and λ itself: the net context mass (answer + noise) of a layer is (1 − λ) − (its net question mass), so
+a negative one comes from λ > 1, from net weight on the question tokens, or both.
 """
 
 from __future__ import annotations
@@ -15,14 +20,19 @@ import random
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from shareddiff.eval.needle import NeedleBuilder
+
+BUCKETS = ("answer", "noise", "question")
 
 
 @contextlib.contextmanager
 def recording(model):
-    """Collect every layer's attention map (eager path) during the forwards inside the block."""
-    maps: list[torch.Tensor] = []
+    """Collect every layer's attention maps (eager path) during the forwards inside the block: one tuple
+    per layer and forward, (A1, A2) for the differential variants, (softmax map,) for ``standard``,
+    each (B, h, N, N_k)."""
+    maps: list[tuple[Tensor, ...]] = []
     attentions = [block.attention for block in model.layers]
     for att in attentions:
         att.recorder = maps
@@ -33,28 +43,66 @@ def recording(model):
             att.recorder = None
 
 
-def attention_mass(maps: list[torch.Tensor], row: int, answer: tuple[int, int], context_end: int) -> dict:
-    """Normalised mass of query ``row`` on ``answer`` and on the rest of [0, context_end), averaged over
-    layers and heads. ``maps``: one (h, N, N) map per layer."""
-    answers, noises = [], []
-    for layer_map in maps:
-        rows = layer_map[:, row, :context_end].double()  # (h, context)
-        norm = rows.abs().sum(-1).clamp_min(1e-30)
-        on_answer = rows[:, answer[0] : answer[1]].sum(-1)
-        answers.append((on_answer / norm).mean().item())
-        noises.append(((rows.sum(-1) - on_answer) / norm).mean().item())
-    return {"answer": float(np.mean(answers)), "noise": float(np.mean(noises))}
+def bucket_sums(rows: Tensor, answer: tuple[int, int], context_end: int) -> Tensor:
+    """(…, 3): the sums of ``rows`` (…, N_k) over the answer span, the rest of [0, context_end) and
+    [context_end, N_k) (the question)."""
+    on_answer = rows[..., answer[0] : answer[1]].sum(-1)
+    context = rows[..., :context_end].sum(-1)
+    return torch.stack([on_answer, context - on_answer, rows[..., context_end:].sum(-1)], dim=-1)
+
+
+def attention_mass(
+    layers: list[tuple[Tensor, ...]], lambdas: list[float | None], row: int, answer: tuple[int, int], context_end: int
+) -> dict:
+    """The three buckets of query ``row`` (keys [0, row]), averaged over layers and heads, and per layer.
+
+    ``layers``: per layer (A1, A2) with its λ (differential) or (A,) with λ None (softmax), each map
+    (h, N, N); ``answer``: the answer needle's token span; ``context_end``: where the question starts.
+    Returns {"answer", "noise", "question", "total", "layers": [...]}, see the module docstring.
+    """
+    normalised, per_layer = [], []
+    for maps, lam in zip(layers, lambdas, strict=True):
+        rows = [m[:, row, : row + 1].double() for m in maps]  # (h, keys)
+        net = rows[0] if lam is None else rows[0] - lam * rows[1]
+        norm = net.abs().sum(-1, keepdim=True).clamp_min(1e-30)
+        normalised.append(bucket_sums(net / norm, answer, context_end).mean(0))  # (3,) over heads
+        layer = {"lambda": lam, "net": _named(bucket_sums(net, answer, context_end).mean(0))}
+        if lam is not None:
+            layer["a1"] = _named(bucket_sums(rows[0], answer, context_end).mean(0))
+            layer["a2"] = _named(bucket_sums(rows[1], answer, context_end).mean(0))
+        per_layer.append(layer)
+    mean = torch.stack(normalised).mean(0)
+    return {**_named(mean), "total": float(mean.sum()), "layers": per_layer}
+
+
+def _named(sums: Tensor) -> dict[str, float]:
+    return {name: float(value) for name, value in zip(BUCKETS, sums.tolist(), strict=True)}
+
+
+def _mean_layers(samples: list[list[dict]]) -> list[dict]:
+    """Per layer, the mean over samples of every number of ``attention_mass``'s layer records."""
+    out = []
+    for records in zip(*samples, strict=True):
+        layer = {"lambda": records[0]["lambda"]}  # λ does not depend on the input
+        for part in ("net", "a1", "a2"):
+            if part in records[0]:
+                layer[part] = {b: float(np.mean([r[part][b] for r in records])) for b in BUCKETS}
+        out.append(layer)
+    return out
 
 
 @torch.no_grad()
 def attention_eval(
     model, builder: NeedleBuilder, length: int, depths: list[float], n_needles: int, samples: int, seed: int
 ) -> tuple[dict, dict]:
-    """Per depth, mean answer / noise mass over ``samples`` needle prompts; also one example's maps."""
+    """Per depth, the mean bucket masses over ``samples`` needle prompts (and per layer: λ, and the
+    unnormalised masses of A1, A2 and the net map); also one example's map for the plot."""
     from shareddiff.eval.common import check_context
+    from shareddiff.train.trainer import layer_lambdas
 
     check_context(model, length, f"the attention probe at length {length}")
     device = next(model.parameters()).device
+    lambdas = layer_lambdas(model) or [None] * len(model.layers)  # None: softmax attention has no λ
     rows, example = [], {}
     for depth in depths:
         rng = random.Random(f"attention-{seed}-{length}-{depth}-{n_needles}")
@@ -64,25 +112,24 @@ def attention_eval(
             question_len = len(builder.question_ids(sample.queries))
             with recording(model) as maps:
                 model(torch.tensor([sample.ids], device=device))
-            per_layer = [m[0].float().cpu() for m in maps]
+            per_layer = [tuple(m[0].float().cpu() for m in layer) for layer in maps]
             masses.append(
-                attention_mass(per_layer, len(sample.ids) - 1, sample.answer_span(), len(sample.ids) - question_len)
+                attention_mass(
+                    per_layer, lambdas, len(sample.ids) - 1, sample.answer_span(), len(sample.ids) - question_len
+                )
             )
             if not example and depth == depths[len(depths) // 2]:
-                example = {
-                    "map": torch.stack(per_layer).mean(dim=(0, 1)),
-                    "answer": sample.answer_span(),
-                    "depth": depth,
-                }
+                nets = [m[0] if lam is None else m[0] - lam * m[1] for m, lam in zip(per_layer, lambdas, strict=True)]
+                example = {"map": torch.stack(nets).mean(dim=(0, 1)), "answer": sample.answer_span(), "depth": depth}
         rows.append(
             {
                 "depth": depth,
-                "answer": float(np.mean([m["answer"] for m in masses])),
-                "noise": float(np.mean([m["noise"] for m in masses])),
+                **{key: float(np.mean([m[key] for m in masses])) for key in (*BUCKETS, "total")},
+                "layers": _mean_layers([m["layers"] for m in masses]),
                 "samples": samples,
             }
         )
-    return {"length": length, "n_needles": n_needles, "rows": rows}, example
+    return {"length": length, "n_needles": n_needles, "lambdas": lambdas, "rows": rows}, example
 
 
 def plot_example(example: dict, out, title: str) -> None:

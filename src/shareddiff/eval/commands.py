@@ -156,7 +156,10 @@ def run_needle(
     """
     result = needle_results(checkpoint, lengths, list(depths), needles, queries, samples, seed, device, out)
     stem = output_dir(checkpoint, out) / needle_stem(needles, queries, result["lengths"], result["depths"])
-    line = f"mean accuracy {result['accuracy']:.3f} over {len(result['cells'])} cells → {stem}.json/.png"
+    line = (
+        f"mean accuracy {result['accuracy']:.3f}, per-digit {result['digit_accuracy']:.3f}, answer log-prob "
+        f"{result['answer_logprob']:.2f} nats over {len(result['cells'])} cells → {stem}.json/.png"
+    )
     return f"{result['note']}\n{line}" if result.get("note") else line
 
 
@@ -175,16 +178,16 @@ def needle_results(
     the settings (:func:`needle_stem`). Lengths default to :func:`default_needle_lengths`."""
     from tqdm.auto import tqdm
 
-    from shareddiff.eval.needle import NeedleBuilder, answer_room, needle_eval, plot_heatmap
+    from shareddiff.eval.needle import answer_room, builder_for_run, needle_eval, plot_heatmap
 
     check_probe_args(depths, samples, needles, queries)
     if lengths and min(lengths) < 1:
         raise ValueError(f"--lengths {' '.join(map(str, lengths))}: every length must be a positive token count")
     model, tok, state = _load(checkpoint, device)
+    builder = builder_for_run(state["run"], tok, _split(state, tok, "val"))
     note = None
     if not lengths:
-        lengths, note = default_needle_lengths(model.config.max_seq_len, answer_room(tok, queries))
-    builder = NeedleBuilder(tok, _split(state, tok, "val"))
+        lengths, note = default_needle_lengths(model.config.max_seq_len, answer_room(builder.tok, queries))
     with tqdm(total=len(lengths) * len(depths) * samples, unit="sample") as bar:
         result = needle_eval(model, builder, lengths, depths, needles, queries, samples, seed, bar)
     result.update(checkpoint=str(checkpoint), model=_name(state), lengths=lengths, depths=depths)
@@ -223,8 +226,12 @@ def run_attention(
         out: output folder (default RUN/eval)
     """
     result = attention_results(checkpoint, length, list(depths), needles, samples, seed, device, out)
-    rows = ", ".join(f"{r['depth']:.0%}: {r['answer']:.3f}/{r['noise']:.3f}" for r in result["rows"])
-    line = f"answer/noise mass by depth: {rows} → {output_dir(checkpoint, out) / 'attention.json'}"
+    rows = ", ".join(
+        f"{r['depth']:.0%}: {r['answer']:.3f}/{r['noise']:.3f}/{r['question']:.3f}" for r in result["rows"]
+    )
+    lambdas = ", ".join("—" if lam is None else f"{lam:.3f}" for lam in result["lambdas"])
+    line = f"answer/noise/question mass by depth: {rows}; λ by layer: {lambdas} → "
+    line += str(output_dir(checkpoint, out) / "attention.json")
     return f"{result['note']}\n{line}" if result.get("note") else line
 
 
@@ -241,7 +248,7 @@ def attention_results(
     """Attention mass on the answer needle vs the rest (the paper's Table 5); also JSON and a PNG. The
     length defaults to 1024, or the model's context when that is shorter (with a note)."""
     from shareddiff.eval.attention import attention_eval, plot_example
-    from shareddiff.eval.needle import NeedleBuilder
+    from shareddiff.eval.needle import builder_for_run
 
     check_probe_args(depths, samples, needles)
     model, tok, state = _load(checkpoint, device)
@@ -250,7 +257,7 @@ def attention_results(
         length = min(1024, model.config.max_seq_len)
         if length < 1024:
             note = f"note: the model's context is {length} tokens: probing at that length instead of 1024"
-    builder = NeedleBuilder(tok, _split(state, tok, "val"))
+    builder = builder_for_run(state["run"], tok, _split(state, tok, "val"))
     result, example = attention_eval(model, builder, length, depths, needles, samples, seed)
     result.update(checkpoint=str(checkpoint), model=_name(state))
     if note:
@@ -258,6 +265,61 @@ def attention_results(
     folder = output_dir(checkpoint, out)
     write_json(folder / "attention.json", result)
     plot_example(example, folder / "attention_map.png", _name(state))
+    return result
+
+
+def run_mqar(
+    checkpoint: str,
+    *,
+    lengths: list[int] | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    out: str | None = None,
+) -> str:
+    """MQAR accuracy of a model trained on it, at its training length and 2x.
+
+    The command line's form of :func:`mqar_results`: its result as one line.
+
+    Args:
+        checkpoint: a run folder or one of its checkpoints/step_* folders
+        lengths: sequence lengths (default: the training length N and 2N)
+        samples: sequences per length (default: the run's mqar.eval_samples)
+        seed: the sequences' seed
+        device: auto, cpu or cuda
+        out: output folder (default RUN/eval)
+    """
+    result = mqar_results(checkpoint, lengths, samples, seed, device, out)
+    rows = ", ".join(f"N={r['seq_len']}: {r['accuracy']:.3f}" for r in result["rows"])
+    return f"MQAR accuracy ({result['pairs']} pairs) {rows} → {output_dir(checkpoint, out) / 'mqar.json'}"
+
+
+def mqar_results(
+    checkpoint: str, lengths: list[int] | None, samples: int | None, seed: int, device: str, out: str | None
+) -> dict:
+    """MQAR loss and accuracy of a checkpoint trained on MQAR (data.source = "mqar"), with the task settings
+    it was trained with, at ``lengths`` (default: its training length N and 2N where max_seq_len allows);
+    also written to mqar.json."""
+    from shareddiff.config import MQARConfig
+    from shareddiff.eval.mqar import mqar_eval
+
+    model, _, state = _load(checkpoint, device)
+    run = state["run"]
+    if run["data"].get("source") != "mqar":
+        raise ValueError(
+            f"{checkpoint} was not trained on MQAR (data.source={run['data'].get('source', 'corpus')!r}); "
+            "`eval mqar` needs a run trained with data.source=mqar"
+        )
+    config = MQARConfig(**run["mqar"])
+    n = run["data"]["seq_len"]
+    lengths = lengths or [length for length in (n, 2 * n) if length <= model.config.max_seq_len]
+    result = {
+        "checkpoint": str(checkpoint),
+        "model": _name(state),
+        "train_seq_len": n,
+        **mqar_eval(model, config, lengths, samples or config.eval_samples, seed),
+    }
+    write_json(output_dir(checkpoint, out) / "mqar.json", result)
     return result
 
 

@@ -3,23 +3,27 @@
 N needles "The magic number of <city> is <number>." sit in filler text taken from a corpus split;
 the answer needle at a requested depth, the others at random places. R of the cities are queried;
 the model must produce each number after "The magic number of <city> is" (greedy decoding, earlier
-answers given). Accuracy is over (sample, queried city) pairs. Samples are token-id sequences built
-from pieces, so their length is exact and a seed fixes them.
+answers given). Accuracy is over (sample, queried city) pairs; beside exact match, the fraction of
+the 7 digits right (per-digit accuracy) and the teacher-forced log-probability of the answer show
+partial progress. Numbers are tokenized one digit per token by default (``split_digits``). Samples
+are token-id sequences built from pieces, so their length is exact and a seed fixes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from shareddiff.data.shards import TokenData
 from shareddiff.data.tokenizer import Tokenizer
 from shareddiff.eval.common import check_context
-from shareddiff.generation import generate
 
 CITIES = [
     "Lisbon",
@@ -113,10 +117,16 @@ class NeedleSample:
 
 
 class NeedleBuilder:
-    """Builds samples from a tokenizer and a split to draw filler from (validation for eval, train for training)."""
+    """Builds samples from a tokenizer and a split to draw filler from (validation for eval, train for training).
 
-    def __init__(self, tokenizer: Tokenizer, filler: TokenData) -> None:
-        self.tok, self.filler = tokenizer, filler
+    ``split_digits`` (default) encodes every digit of the numbers as a token of its own, with any
+    tokenizer (``Tokenizer(split_digits=True)``); False keeps the tokenizer's own pieces.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, filler: TokenData, split_digits: bool = True) -> None:
+        if split_digits and not tokenizer.split_digits:
+            tokenizer = Tokenizer(tokenizer.path, split_digits=True)
+        self.tok, self.filler, self.split_digits = tokenizer, filler, split_digits
         boundary = [
             i
             for i in range(tokenizer.vocab_size)
@@ -133,6 +143,10 @@ class NeedleBuilder:
         return self.tok.encode(
             f"\nQuestion: What is the magic number of {names}?\nAnswer: The magic number of {queries[0]} is"
         )
+
+    def answer_ids(self, number: str) -> list[int]:
+        """The tokens the model must produce after "... is": " <number>" (the period after it not included)."""
+        return self.tok.encode(f" {number}")
 
     def follow_up_ids(self, number: str, next_city: str | None) -> list[int]:
         """The given answer, then the start of the next query's answer."""
@@ -172,38 +186,120 @@ class NeedleBuilder:
         ids.extend(question)
         return NeedleSample(ids, cities, numbers, queries, spans, depth, cuts.tolist(), positions[cities[0]])
 
-    def training_row(self, length: int, n_needles: int, rng: random.Random) -> list[int]:
-        """One training sequence of exactly ``length`` tokens: a sample with its first answer appended."""
+    def training_row(
+        self, length: int, n_needles: int, rng: random.Random, sample_len: int | None = None
+    ) -> tuple[list[int], tuple[int, int]]:
+        """One training sequence of exactly ``length`` tokens, a sample with its first answer appended, and
+        the answer's token span in it. With ``sample_len`` < ``length`` the sample (and its answer) fills
+        only the end of the row, after filler text closed by an end-of-text token."""
+        sample_len = length if sample_len is None else sample_len
         answer_len = len(self.follow_up_ids("1234567", None))
-        sample = self.sample(length - answer_len, n_needles, 1, rng.random(), rng)
-        row = sample.ids + self.follow_up_ids(sample.numbers[sample.queries[0]], None)
-        return (row + [self.tok.eos_id] * length)[:length]
+        sample = self.sample(sample_len - answer_len, n_needles, 1, rng.random(), rng)
+        number = sample.numbers[sample.queries[0]]
+        head: list[int] = []
+        if sample_len < length:
+            start = rng.randrange(0, max(1, len(self.filler) - length))
+            head = [*self.filler.window(start, length - sample_len - 1).tolist(), self.tok.eos_id]
+        row = head + sample.ids + self.follow_up_ids(number, None)
+        answer_start = len(head) + len(sample.ids)
+        span = (min(answer_start, length), min(answer_start + len(self.answer_ids(number)), length))
+        return (row + [self.tok.eos_id] * length)[:length], span
 
 
 class NeedleMix:
-    """The synthetic retrieval training mixture (``data.mix = "needle:FRACTION[:MAX_NEEDLES]"``): that
-    fraction of training rows are needle prompts with their answer, filler from the training split."""
+    """The synthetic retrieval training mixture: a fraction of training rows are needle prompts with
+    their answer, filler from the training split (``parse_mix`` reads ``data.mix``).
 
-    def __init__(self, builder: NeedleBuilder, fraction: float, max_needles: int = 4) -> None:
+    ``answer_weight``: the loss weight of the answer tokens " <number>" in those rows (1 elsewhere, see
+    ``shareddiff.train.loss.token_loss``); ``min_len``: sample lengths drawn uniformly from
+    [min_len, row length] (None: every sample fills its row), so that one training length covers
+    shorter evaluation lengths as well.
+    """
+
+    def __init__(
+        self,
+        builder: NeedleBuilder,
+        fraction: float,
+        max_needles: int = 4,
+        answer_weight: float = 1.0,
+        min_len: int | None = None,
+    ) -> None:
         self.builder, self.fraction, self.max_needles = builder, fraction, max_needles
+        self.answer_weight, self.min_len = answer_weight, min_len
 
-    def row(self, length: int, rng: random.Random) -> list[int]:
-        return self.builder.training_row(length, rng.randint(1, self.max_needles), rng)
+    def row(self, length: int, rng: random.Random) -> tuple[list[int], np.ndarray | None]:
+        """(ids, per-token loss weights or None when every token weighs 1) of one row of ``length`` tokens."""
+        sample_len = length if self.min_len is None else rng.randint(min(self.min_len, length), length)
+        ids, (start, end) = self.builder.training_row(length, rng.randint(1, self.max_needles), rng, sample_len)
+        if self.answer_weight == 1.0:
+            return ids, None
+        weights = np.ones(length, dtype=np.float32)
+        weights[start:end] = self.answer_weight
+        return ids, weights
+
+
+MIX_HELP = (
+    "use needle:FRACTION[:MAX_NEEDLES][:OPTION=VALUE...] with options answer_weight (loss weight of the "
+    "answer's tokens, ≥ 0, default 1), min_len (shortest sample, default: the row length) and digits "
+    "(split or bpe, default split), e.g. needle:0.2:6:answer_weight=10:min_len=256"
+)
+
+
+def mix_options(spec: str) -> dict:
+    """The fields of a ``data.mix`` spec: fraction, max_needles, answer_weight, min_len, split_digits.
+    Raises ``ValueError`` naming the spec and the grammar for anything else."""
+    name, _, rest = spec.partition(":")
+    positional, options = [], {}
+    for part in rest.split(":") if rest else []:
+        key, eq, value = part.partition("=")
+        if eq:
+            options[key] = value
+        else:
+            positional.append(part)
+    try:
+        if name != "needle" or not 1 <= len(positional) <= 2 or set(options) - {"answer_weight", "min_len", "digits"}:
+            raise ValueError
+        fields = {
+            "fraction": float(positional[0]),
+            "max_needles": int(positional[1]) if len(positional) > 1 else 4,
+            "answer_weight": float(options.get("answer_weight", 1.0)),
+            "min_len": int(options["min_len"]) if "min_len" in options else None,
+            "split_digits": {"split": True, "bpe": False}[options.get("digits", "split")],
+        }
+    except (ValueError, KeyError):
+        raise ValueError(f"data.mix={spec!r} is not understood; {MIX_HELP}") from None
+    if not 0 < fields["fraction"] <= 1 or fields["max_needles"] < 1 or fields["answer_weight"] < 0:
+        raise ValueError(
+            f"data.mix={spec!r} is not understood: it needs 0 < FRACTION ≤ 1, MAX_NEEDLES ≥ 1 and "
+            f"answer_weight ≥ 0; {MIX_HELP}"
+        )
+    return fields
 
 
 def parse_mix(spec: str, tokenizer: Tokenizer, train_data: TokenData) -> NeedleMix | None:
+    """The ``NeedleMix`` of a ``data.mix`` spec (see ``MIX_HELP``), or None for an empty spec."""
     if not spec:
         return None
-    name, _, rest = spec.partition(":")
-    parts = rest.split(":") if rest else []
-    try:
-        fraction = float(parts[0])
-        max_needles = int(parts[1]) if len(parts) > 1 else 4
-    except (IndexError, ValueError):
-        fraction, max_needles = -1.0, 0
-    if name != "needle" or not 0 < fraction <= 1 or max_needles < 1:
-        raise ValueError(f"data.mix={spec!r} is not understood; use needle:FRACTION[:MAX_NEEDLES], e.g. needle:0.2")
-    return NeedleMix(NeedleBuilder(tokenizer, train_data), fraction, max_needles)
+    fields = mix_options(spec)
+    builder = NeedleBuilder(tokenizer, train_data, split_digits=fields.pop("split_digits"))
+    mix = NeedleMix(builder, **fields)
+    if mix.min_len is not None:
+        try:
+            builder.training_row(mix.min_len + 1, mix.max_needles, random.Random(0))
+        except ValueError as err:
+            raise ValueError(f"data.mix={spec!r}: min_len={mix.min_len} is too short ({err}); raise it") from None
+    return mix
+
+
+def builder_for_run(run: dict, tokenizer: Tokenizer, filler: TokenData) -> NeedleBuilder:
+    """A builder that tokenizes numbers as the run (its recipe as a dict) was trained to: the digits
+    option of its needle mix, split digits when it had none."""
+    mix = run.get("data", {}).get("mix", "")
+    split = mix_options(mix)["split_digits"] if mix.startswith("needle") else True
+    return NeedleBuilder(tokenizer, filler, split_digits=split)
+
+
+SCORES = {"accuracy": "correct", "digit_accuracy": "digit_accuracy", "answer_logprob": "answer_logprob"}
 
 
 def _digits(text: str) -> str:
@@ -211,20 +307,111 @@ def _digits(text: str) -> str:
     return match.group(0) if match else ""
 
 
+def digit_accuracy(predicted: str, number: str) -> float:
+    """The fraction of ``number``'s digits that ``predicted`` has at the same place (a digit missing
+    from a short answer counts wrong; digits beyond ``number``'s length are ignored)."""
+    return sum(p == t for p, t in zip(predicted, number, strict=False)) / len(number)
+
+
+def answer_logprob(last_logits: Tensor, teacher_logits: Tensor, answer: list[int]) -> float:
+    """log p(answer | prompt) in nats: ``last_logits`` (V,) predict answer[0], ``teacher_logits``
+    (len(answer) − 1, V) are the logits at answer[0..−2] (teacher forcing) and predict the rest."""
+    logits = torch.cat([last_logits[None], teacher_logits]).double().log_softmax(-1)
+    return logits.gather(1, torch.tensor(answer, device=logits.device)[:, None]).sum().item()
+
+
 @torch.no_grad()
-def score_sample(model, builder: NeedleBuilder, sample: NeedleSample) -> list[bool]:
-    """Greedy answers for each queried city, earlier answers given (teacher forcing)."""
+def score_sample(model, builder: NeedleBuilder, sample: NeedleSample) -> list[dict]:
+    """Per queried city, earlier answers given: exact match and per-digit accuracy of the greedy answer,
+    and the teacher-forced log-probability (nats) of the answer tokens " <number>"."""
     device = next(model.parameters()).device
     prompt = list(sample.ids)
-    correct = []
+    scores = []
     max_new = len(builder.tok.encode(" 12345678.")) + 1
     for i, city in enumerate(sample.queries):
-        out = generate(model, torch.tensor([prompt], device=device), max_new, temperature=0)
-        answer = builder.tok.decode(out[0, len(prompt) :].tolist())
-        correct.append(_digits(answer) == sample.numbers[city])
+        number = sample.numbers[city]
+        answer = builder.answer_ids(number)
+        cache = model.new_cache(len(prompt) + max(max_new, len(answer)))
+        last = model(torch.tensor([prompt], device=device), cache)[0, -1]  # predicts the first answer token
+        teacher = last[None][:0]  # (0, V): a one-token answer has nothing to teacher-force
+        if len(answer) > 1:
+            teacher = model(torch.tensor([answer[:-1]], device=device), cache.copy())[0]
+        greedy = builder.tok.decode(_greedy(model, last, cache, max_new))
+        scores.append(
+            {
+                "correct": _digits(greedy) == number,
+                "digit_accuracy": digit_accuracy(_digits(greedy), number),
+                "answer_logprob": answer_logprob(last, teacher, answer),
+            }
+        )
         next_city = sample.queries[i + 1] if i + 1 < len(sample.queries) else None
-        prompt += builder.follow_up_ids(sample.numbers[city], next_city)
-    return correct
+        prompt += builder.follow_up_ids(number, next_city)
+    return scores
+
+
+def _greedy(model, logits: Tensor, cache, steps: int) -> list[int]:
+    """``steps`` greedy tokens from the next-token ``logits`` (V,) of the prompt held in ``cache``."""
+    tokens = [int(logits.argmax())]
+    while len(tokens) < steps:
+        logits = model(torch.tensor([[tokens[-1]]], device=logits.device), cache)[0, -1]
+        tokens.append(int(logits.argmax()))
+    return tokens
+
+
+PROBE_SAMPLES = 64  # prompts of the trainer's needle probe
+
+
+class NeedleProbe:
+    """The trainer's periodic needle measurement (the learning curve of a run with a needle mix): a fixed
+    set of prompts of ``length`` tokens (1 to ``max_needles`` needles, filler from the validation split),
+    each followed by its answer, scored teacher-forced in one forward pass per batch.
+
+    Calling it gives ``needle_accuracy`` (every answer token is the argmax: greedy decoding would give
+    the number, the exact match of ``needle_eval``), ``needle_token_accuracy`` (the fraction of answer
+    tokens that are the argmax given the true ones before them; per digit with split digits) and
+    ``needle_answer_logprob`` (mean log p(" <number>" | prompt), nats).
+    """
+
+    def __init__(
+        self, builder: NeedleBuilder, length: int, max_needles: int, samples: int = PROBE_SAMPLES, seed: int = 0
+    ) -> None:
+        rng = random.Random(f"needle-probe-{seed}-{length}-{max_needles}")
+        answer_len = len(builder.answer_ids("1234567"))
+        self.rows: list[tuple[list[int], list[int]]] = []  # (prompt, answer)
+        for _ in range(samples):
+            sample = builder.sample(length - answer_len, rng.randint(1, max_needles), 1, rng.random(), rng)
+            self.rows.append((sample.ids, builder.answer_ids(sample.numbers[sample.queries[0]])))
+        self.pad = builder.tok.eos_id
+
+    @torch.no_grad()
+    def __call__(self, model, batch_size: int, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        exact, token_hits, tokens, logprob = 0, 0, 0, 0.0
+        for i in range(0, len(self.rows), batch_size):
+            chunk = self.rows[i : i + batch_size]
+            width = max(len(p) + len(a) for p, a in chunk) - 1
+            ids = torch.full((len(chunk), width), self.pad, dtype=torch.long)
+            for row, (prompt, answer) in enumerate(chunk):
+                full = prompt + answer[:-1]
+                ids[row, : len(full)] = torch.tensor(full)
+            with autocast():
+                logits = model(ids.to(device))
+            for row, (prompt, answer) in enumerate(chunk):
+                at = logits[row, len(prompt) - 1 : len(prompt) - 1 + len(answer)].double().log_softmax(-1)
+                target = torch.tensor(answer, device=at.device)
+                hits = at.argmax(-1) == target
+                exact += int(hits.all())
+                token_hits, tokens = token_hits + int(hits.sum()), tokens + len(answer)
+                logprob += at.gather(1, target[:, None]).sum().item()
+        model.train(was_training)
+        n = len(self.rows)
+        return {
+            "needle_accuracy": exact / n,
+            "needle_token_accuracy": token_hits / tokens,
+            "needle_answer_logprob": logprob / n,
+        }
 
 
 def answer_room(tok: Tokenizer, n_queries: int) -> int:
@@ -243,26 +430,30 @@ def needle_eval(
     seed: int,
     progress=None,
 ) -> dict:
-    """Accuracy per (length, depth) cell over ``samples`` samples each."""
+    """Exact-match accuracy, per-digit accuracy and mean answer log-probability (nats) per (length, depth)
+    cell over ``samples`` samples each, and their means over the cells."""
     extra = answer_room(builder.tok, n_queries)
     check_context(model, max(lengths) + extra, f"needle retrieval at length {max(lengths)}")
     cells = []
     for length in lengths:
         for depth in depths:
             rng = random.Random(f"needle-{seed}-{length}-{depth}-{n_needles}-{n_queries}")
-            hits = []
+            scores = []
             for _ in range(samples):
-                hits += score_sample(model, builder, builder.sample(length, n_needles, n_queries, depth, rng))
+                scores += score_sample(model, builder, builder.sample(length, n_needles, n_queries, depth, rng))
                 if progress is not None:
                     progress.update(1)
-            cells.append({"length": length, "depth": depth, "accuracy": float(np.mean(hits)), "n": len(hits)})
+            cell = {"length": length, "depth": depth, "n": len(scores)}
+            cell |= {name: float(np.mean([s[key] for s in scores])) for name, key in SCORES.items()}
+            cells.append(cell)
     return {
         "n_needles": n_needles,
         "n_queries": n_queries,
         "samples": samples,
         "seed": seed,
+        "split_digits": builder.split_digits,
         "cells": cells,
-        "accuracy": float(np.mean([c["accuracy"] for c in cells])),
+        **{name: float(np.mean([c[name] for c in cells])) for name in SCORES},
     }
 
 

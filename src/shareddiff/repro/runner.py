@@ -90,10 +90,18 @@ def resolve_run(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str])
 
 
 def evaluate_run(exp: Experiment, run_dir: Path) -> dict[str, Any]:
-    """The experiment's evaluations of one trained run, as the evaluation functions return them."""
+    """The experiment's evaluations of one trained run, as the evaluation functions return them. An MQAR
+    run (data.source = "mqar") also keeps the accuracy its trainer measured along training (``mqar``)."""
     from shareddiff.eval import commands
+    from shareddiff.eval.mqar import mqar_run_record
+    from shareddiff.train.trainer import RUN_CONFIG
 
     results: dict[str, Any] = {}
+    if json.loads((run_dir / RUN_CONFIG).read_text())["run"]["data"].get("source") == "mqar":
+        results["mqar"] = mqar_run_record(run_dir)
+        log.info(
+            "  MQAR accuracy %.3f (2x the length: %s)", results["mqar"]["accuracy"], results["mqar"]["accuracy_2x"]
+        )
     if "lm" in exp.evals:
         results["lm"] = commands.lm_results(str(run_dir), None, 262_144, None, "auto", None)
         log.info("  eval lm: loss %.4f, AR-Hit %.4f", results["lm"]["loss"], results["lm"]["ar_hit_loss"])

@@ -3,7 +3,8 @@
 Per group (runs that differ only in their seed): mean ± std of the losses, the budget (tokens per
 parameter, passes over the data), λ per layer, speed. Per sweep family: the best value of the swept key
 and whether it lies inside the swept range. Fits of loss against parameters (``scaling``) and against
-training tokens (``tokens_fit``), each with a parametric-bootstrap interval from the seed spread.
+training tokens (``tokens_fit``), each with a parametric-bootstrap interval from the seed spread. MQAR
+runs (their records' ``evals.mqar``): ``eval.mqar.mqar_summary`` and its heatmap ``mqar.png``.
 """
 
 from __future__ import annotations
@@ -210,6 +211,7 @@ def efficiency(groups: dict[str, dict], x_key: str, references: list[str], sigma
 def summarize(exp: Experiment, out: Path) -> Path:
     """``summary.json``, ``summary.md`` and plots from the records of the experiment's finished runs."""
     from shareddiff import plots
+    from shareddiff.eval.mqar import mqar_summary
 
     folder = out / exp.name
     records = load_records(exp, out)
@@ -251,6 +253,10 @@ def summarize(exp: Experiment, out: Path) -> Path:
         plots.plot_lambdas({g: e["lambda"] for g, e in groups.items() if "lambda" in e}, folder / "lambda.png")
     if any("needle" in e for e in groups.values()):
         plots.plot_needle_bars(summary, folder / "needle.png")
+    mqar_runs = [r["evals"]["mqar"] for r in records if "mqar" in r["evals"]]
+    if mqar_runs:
+        summary["mqar"] = mqar_summary(mqar_runs)
+        plots.plot_mqar_heatmap(summary["mqar"], folder / "mqar.png", exp.name)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (folder / "summary.md").write_text(summary_markdown(exp, summary, baseline))
     return folder / "summary.md"
@@ -367,6 +373,7 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
         lines += ["", "Final λ per layer (mean over seeds):", "", *md_table(["group", *range(1, depth + 1)], rows)]
         lines += ["", "![lambda](lambda.png)"]
     lines += _needle_lines(groups)
+    lines += _mqar_lines(summary.get("mqar"))
     if any("attention" in e for e in groups.values()):
         rows = [
             [g, _fmt(e["attention"]["answer"], 3), _fmt(e["attention"]["noise"], 3)]
@@ -404,3 +411,37 @@ def _needle_lines(groups: dict) -> list[str]:
         *md_table(["group", *lengths], rows),
     ]
     return [*lines, "", "![needle](needle.png)"]
+
+
+def _mqar_lines(mqar: dict | None) -> list[str]:
+    """The MQAR tables: per (cell, variant) the best over widths and rates, then per width over rates."""
+    if not mqar:
+        return []
+
+    def steps(step: int | None) -> str:
+        return "—" if step is None else f"{step:,}"
+
+    def row(c: dict, *first: Any) -> list[Any]:
+        at_2x = "—" if c["accuracy_2x"] is None else f"{c['accuracy_2x']:.3f}"
+        return [*first, f"{c['accuracy']:.3f}", at_2x, f"{c['lr']:g}", steps(c["steps_to_50"]), steps(c["steps_to_99"])]
+
+    cell = ["length", "pairs", "variant"]
+    after = ["accuracy", "at 2x length", "lr", "steps to 50 %", "steps to 99 %"]
+    best = [row(c, c["seq_len"], c["pairs"], c["variant"], c["d_model"], c["runs"]) for c in mqar["best"]]
+    by_width = []
+    for c in mqar["cells"]:
+        rates = ", ".join(f"{lr}: {accuracy:.2f}" for lr, accuracy in c["lrs"].items())
+        by_width.append([*row(c, c["seq_len"], c["pairs"], c["variant"], c["d_model"]), rates])
+    return [
+        "",
+        "MQAR accuracy at the answer positions (fixed evaluation set, at the end of training), the best run over "
+        "widths and learning rates per cell and variant, with that run's first evaluated step at 50 % and 99 %:",
+        "",
+        *md_table([*cell, "width", "runs", *after], best),
+        "",
+        "![MQAR](mqar.png)",
+        "",
+        "Per width, the best over learning rates (and each rate's final accuracy):",
+        "",
+        *md_table([*cell, "width", *after, "accuracy by lr"], by_width),
+    ]

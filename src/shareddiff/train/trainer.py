@@ -22,7 +22,9 @@ import torch.nn.functional as F
 from shareddiff.config import ModelConfig, OptimConfig, RunConfig
 from shareddiff.data import Tokenizer, WindowLoader, eval_windows
 from shareddiff.data.bundled import load_data_split
-from shareddiff.eval.needle import parse_mix
+from shareddiff.data.mqar import MQARLoader
+from shareddiff.eval.mqar import MQARProbe
+from shareddiff.eval.needle import NeedleBuilder, NeedleProbe, parse_mix
 from shareddiff.model import build_model
 from shareddiff.train.checkpoint import (
     latest_checkpoint,
@@ -43,6 +45,7 @@ from shareddiff.train.distributed import (
     parallelize,
     shutdown,
 )
+from shareddiff.train.loss import token_loss
 from shareddiff.train.metrics import MetricsLogger
 from shareddiff.train.runlock import RunLock
 
@@ -196,7 +199,9 @@ class Trainer:
             )
         self.tokenizer = Tokenizer(run.data.tokenizer)
         self.model_config = _checked_model_config(run, self.tokenizer)
-        self.loader, self.val_rows, train_tokens = _load_data(run, self.tokenizer, dist)
+        self.mqar = run.data.source == "mqar"  # the synthetic task: its own vocabulary, no corpus
+        data = _load_data(run, self.tokenizer, dist, device, self.model_config.max_seq_len)
+        self.loader, self.val_rows, train_tokens, self.probe = data
 
         self.autocast = autocast_for(run.train.precision, device)
         torch.manual_seed(run.train.seed)
@@ -286,12 +291,14 @@ class Trainer:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=self.device)
         for micro in range(run.train.grad_accum):
-            x, y = self.loader.batch(step, micro, run.train.micro_batch, run.train.grad_accum, dist.rank, dist.world)
+            x, y, weights = self.loader.batch(
+                step, micro, run.train.micro_batch, run.train.grad_accum, dist.rank, dist.world
+            )
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with gradient_sync(self.model, run.parallel, micro == run.train.grad_accum - 1):
                 with self.autocast():
                     logits = self.step_model(x)
-                loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten()) / run.train.grad_accum
+                loss = token_loss(logits, y, weights) / run.train.grad_accum
                 loss.backward()
             loss_sum += loss.detach()
         clip = run.optim.grad_clip if run.optim.grad_clip > 0 else float("inf")
@@ -323,9 +330,10 @@ class Trainer:
             "lr": lr,
             "grad_norm": grad_norm,
             "tokens": self.tokens_seen,
-            "passes": self.tokens_seen / self.budget["train_tokens"],
             "tokens_per_s": self.window_tokens / elapsed,
         }
+        if "train_tokens" in self.budget:  # a corpus (MQAR draws new sequences every step)
+            record["passes"] = self.tokens_seen / self.budget["train_tokens"]
         if lambdas is not None:
             record["lambda"] = lambdas
         if self.device.type == "cuda":
@@ -335,13 +343,20 @@ class Trainer:
         self.window_start, self.window_tokens = time.perf_counter(), 0
 
     def validate(self) -> None:
-        """The validation loss on every rank, recorded by rank 0."""
-        self.val_loss = evaluate(self.model, self.val_rows, self.run.train.micro_batch, self.device, self.autocast)
+        """The validation loss on every rank (MQAR: loss and accuracy at the answer positions, at the training
+        length and 2x; a needle mix adds its probe's exact match, per-token accuracy and answer log-prob),
+        recorded by rank 0."""
+        micro_batch = self.run.train.micro_batch
+        if self.mqar:
+            scores = self.probe(self.model, micro_batch, self.autocast)
+            self.val_loss = scores["val_loss"]
+        else:
+            self.val_loss = evaluate(self.model, self.val_rows, micro_batch, self.device, self.autocast)
+            scores = {"val_loss": self.val_loss, "val_ppl": math.exp(min(self.val_loss, 50))}
+            if self.probe is not None:
+                scores |= self.probe(self.model, micro_batch, self.autocast)
         if self.metrics is not None:
-            val_ppl = math.exp(min(self.val_loss, 50))
-            self.metrics.log(
-                {"step": self.step, "val_loss": self.val_loss, "val_ppl": val_ppl, "tokens": self.tokens_seen}
-            )
+            self.metrics.log({"step": self.step, **scores, "tokens": self.tokens_seen})
             log.info("step %d: val loss %.4f", self.step, self.val_loss)
 
     def save_checkpoint(self) -> Path:
@@ -378,13 +393,15 @@ class Trainer:
 
 
 def _checked_model_config(run: RunConfig, tokenizer: Tokenizer) -> ModelConfig:
-    """The run's model config with the tokenizer's vocabulary; an error when the vocabulary or the training
-    length does not fit it."""
-    model_config = run.model_config(vocab_size=tokenizer.vocab_size)
-    if model_config.vocab_size < tokenizer.vocab_size:
+    """The run's model config with the vocabulary of its data (the tokenizer's, or MQAR's); an error when the
+    vocabulary or the training length does not fit it."""
+    mqar = run.data.source == "mqar"
+    vocab, vocab_of = (run.mqar.vocab_size, "mqar.vocab_size") if mqar else (tokenizer.vocab_size, "the tokenizer's")
+    model_config = run.model_config(vocab_size=vocab)
+    if model_config.vocab_size < vocab:
         raise ValueError(
-            f"model.vocab_size={model_config.vocab_size} is smaller than the tokenizer's "
-            f"{tokenizer.vocab_size}; remove model.vocab_size to take the tokenizer's"
+            f"model.vocab_size={model_config.vocab_size} is smaller than {vocab_of} "
+            f"{vocab}; remove model.vocab_size to take {vocab_of}"
         )
     if run.data.seq_len > model_config.max_seq_len:
         raise ValueError(
@@ -394,15 +411,27 @@ def _checked_model_config(run: RunConfig, tokenizer: Tokenizer) -> ModelConfig:
     return model_config
 
 
-def _load_data(run: RunConfig, tokenizer: Tokenizer, dist: DistInfo) -> tuple[WindowLoader, torch.Tensor, int]:
-    """(the training loader, the validation windows, the training split's token count)."""
+def _load_data(run: RunConfig, tokenizer: Tokenizer, dist: DistInfo, device: torch.device, max_seq_len: int):
+    """(the training loader, the validation windows, the training split's token count, the probe that
+    validation adds): MQAR has no corpus (neither windows nor a count); a needle mix has its needle probe."""
+    if run.data.source == "mqar":
+        probe = MQARProbe(run.mqar, run.data.seq_len, max_seq_len)
+        if probe.skipped:
+            log.info(probe.skipped)
+        return MQARLoader(run.mqar, run.data.seq_len, run.train.seed, device), None, None, probe
     if dist.is_main:
         train_data, val_data = prepare_data(run, tokenizer)  # rank 0 tokenizes the bundled corpus first
     barrier(dist)
     if not dist.is_main:
         train_data, val_data = prepare_data(run, tokenizer)
-    loader = WindowLoader(train_data, run.data.seq_len, run.train.seed, parse_mix(run.data.mix, tokenizer, train_data))
-    return loader, eval_windows(val_data, run.data.seq_len, run.data.val_tokens), len(train_data)
+    mix = parse_mix(run.data.mix, tokenizer, train_data)
+    loader = WindowLoader(train_data, run.data.seq_len, run.train.seed, mix)
+    val_rows = eval_windows(val_data, run.data.seq_len, run.data.val_tokens)
+    probe = None
+    if mix is not None:  # the needle task's learning curve, on prompts from the validation split
+        builder = NeedleBuilder(tokenizer, val_data, split_digits=mix.builder.split_digits)
+        probe = NeedleProbe(builder, run.data.seq_len, mix.max_needles)
+    return loader, val_rows, len(train_data), probe
 
 
 @contextlib.contextmanager
@@ -499,18 +528,20 @@ class _CtrlC:
             self._previous = None
 
 
-def _budget(run: RunConfig, n_params: int, train_tokens: int, world: int) -> dict:
+def _budget(run: RunConfig, n_params: int, train_tokens: int | None, world: int) -> dict:
     """The run's size in the terms of the budget protocol (docs/results.md): parameters, tokens per
-    parameter and passes over the training split, recorded in run_config.json."""
+    parameter and passes over the training split (neither for MQAR: every batch is new), recorded in
+    run_config.json."""
     tokens = run.train.max_steps * run.tokens_per_step(world)
-    return {
+    budget = {
         "params": n_params,
-        "train_tokens": train_tokens,
         "tokens_per_step": run.tokens_per_step(world),
         "planned_tokens": tokens,
         "tokens_per_param": tokens / n_params,
-        "passes": tokens / train_tokens,
     }
+    if train_tokens is not None:
+        budget |= {"train_tokens": train_tokens, "passes": tokens / train_tokens}
+    return budget
 
 
 def _progress(total: int, initial: int, enabled: bool):

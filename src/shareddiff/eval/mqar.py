@@ -1,0 +1,169 @@
+"""MQAR accuracy (Zoology, Arora et al. 2023): on a model, along training, and summarised over a grid.
+
+Accuracy is Zoology's: the fraction of answer positions (the last token of each query) where the
+argmax of the logits is the key's value; the loss is the mean cross-entropy over the same positions.
+Evaluation sets are fixed (``mqar_eval_set``: the same sequences for every run and device). A model
+trained at length N is also evaluated at 2N (same pairs and queries, a longer stretch of blanks) when
+its ``max_seq_len`` allows: its length extrapolation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from shareddiff.config import MQARConfig
+from shareddiff.data.loader import IGNORE
+from shareddiff.data.mqar import mqar_eval_set
+
+THRESHOLDS = (0.5, 0.99)  # accuracy levels whose first step the summary reports
+
+
+@torch.no_grad()
+def mqar_scores(
+    model, inputs: Tensor, targets: Tensor, batch_size: int = 64, autocast: Callable = contextlib.nullcontext
+) -> dict[str, float]:
+    """Loss (mean cross-entropy, nats) and accuracy over the answer positions (targets ≠ IGNORE) of
+    ``inputs``/``targets`` (N, T); evaluated ``batch_size`` rows at a time on the model's device."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for i in range(0, len(inputs), batch_size):
+        x, y = inputs[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
+        with autocast():
+            logits = model(x)
+        answer = y != IGNORE
+        picked = logits[answer].float()  # (answers, V)
+        loss_sum += F.cross_entropy(picked, y[answer], reduction="sum").item()
+        correct += int((picked.argmax(-1) == y[answer]).sum())
+        count += int(answer.sum())
+    model.train(was_training)
+    return {"loss": loss_sum / count, "accuracy": correct / count, "answers": count}
+
+
+class MQARProbe:
+    """The trainer's periodic MQAR evaluation: fixed sets at the training length N and, when the model's
+    ``max_seq_len`` allows, at 2N. Calling it gives the metrics record (``val_loss`` = the loss at N)."""
+
+    def __init__(self, config: MQARConfig, seq_len: int, max_seq_len: int) -> None:
+        self.sets = {"": mqar_eval_set(config, seq_len, config.eval_samples)}
+        self.skipped = ""
+        if 2 * seq_len <= max_seq_len:
+            self.sets["_2x"] = mqar_eval_set(config, 2 * seq_len, config.eval_samples)
+        else:
+            self.skipped = (
+                f"MQAR at 2x the training length ({2 * seq_len}) is not evaluated: model.max_seq_len={max_seq_len}; "
+                f"set model.max_seq_len={2 * seq_len} (RoPE has no position parameters) to measure it"
+            )
+
+    def __call__(self, model, batch_size: int, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
+        record: dict[str, float] = {}
+        for suffix, (inputs, targets) in self.sets.items():
+            scores = mqar_scores(model, inputs, targets, batch_size, autocast)
+            record[f"mqar_loss{suffix}"] = scores["loss"]
+            record[f"mqar_accuracy{suffix}"] = scores["accuracy"]
+        return {"val_loss": record["mqar_loss"], **record}
+
+
+def mqar_eval(
+    model, config: MQARConfig, lengths: Iterable[int], samples: int, seed: int = 0, batch_size: int = 64
+) -> dict[str, Any]:
+    """Loss and accuracy at each sequence length of ``lengths`` over ``samples`` fixed sequences (seed
+    ``seed``). Raises ``ValueError`` for a length beyond the model's context or too short for the task."""
+    from shareddiff.eval.common import check_context
+
+    rows = []
+    for length in lengths:
+        check_context(model, length, f"MQAR at length {length}")
+        scores = mqar_scores(model, *mqar_eval_set(config, length, samples, seed), batch_size)
+        rows.append({"seq_len": length, **scores})
+    return {"pairs": config.pairs, "queries": config.n_queries(), "samples": samples, "seed": seed, "rows": rows}
+
+
+def steps_to(curve: list[tuple[int, float]], level: float) -> int | None:
+    """The first step of ``curve`` ((step, accuracy) pairs, in step order) whose accuracy is ≥ ``level``."""
+    return next((step for step, accuracy in curve if accuracy >= level), None)
+
+
+def mqar_run_record(run_dir: str | Path) -> dict[str, Any]:
+    """One MQAR training run as the summary needs it, from its folder (run_config.json, metrics.jsonl):
+    variant, width, length, pairs, learning rate, the accuracy curve and the final accuracies."""
+    from shareddiff.train.metrics import read_metrics
+    from shareddiff.train.trainer import RUN_CONFIG
+
+    run_dir = Path(run_dir)
+    saved = json.loads((run_dir / RUN_CONFIG).read_text())
+    run, model = saved["run"], saved["model_config"]
+    if run["data"].get("source") != "mqar":
+        raise ValueError(f"{run_dir} is not an MQAR run (data.source={run['data'].get('source')!r})")
+    evals = [r for r in read_metrics(run_dir) if "mqar_accuracy" in r]
+    if not evals:
+        raise ValueError(f"{run_dir} has no MQAR evaluation in its metrics.jsonl yet")
+    last = evals[-1]
+    return {
+        "run": run_dir.name,
+        "variant": model["attention"],
+        "d_model": model["d_model"],
+        "seq_len": run["data"]["seq_len"],
+        "pairs": run["mqar"]["pairs"],
+        "lr": run["optim"]["lr"],
+        "steps": last["step"],
+        "curve": [(r["step"], r["mqar_accuracy"]) for r in evals],
+        "accuracy": last["mqar_accuracy"],
+        "accuracy_2x": last.get("mqar_accuracy_2x"),
+    }
+
+
+def _rank(run: dict) -> tuple:
+    """Sort key of the best run: highest final accuracy, then first to 99 %, then first to 50 %."""
+    firsts = [steps_to(run["curve"], level) for level in reversed(THRESHOLDS)]
+    return (-run["accuracy"], *(math.inf if s is None else s for s in firsts))
+
+
+def _best_entry(group: list[dict[str, Any]]) -> dict[str, Any]:
+    """The best run of ``group`` (``_rank``): its accuracies, width, rate and steps to each threshold."""
+    best = min(group, key=_rank)
+    return {
+        "seq_len": best["seq_len"],
+        "pairs": best["pairs"],
+        "d_model": best["d_model"],
+        "variant": best["variant"],
+        "accuracy": best["accuracy"],
+        "accuracy_2x": best["accuracy_2x"],
+        "lr": best["lr"],
+        "steps": best["steps"],
+        **{f"steps_to_{round(level * 100)}": steps_to(best["curve"], level) for level in THRESHOLDS},
+        "runs": len(group),
+    }
+
+
+def mqar_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The grid's summary from ``mqar_run_record`` dicts: per (cell, variant) the best run over widths and
+    learning rates (``best``), and per (cell, width, variant) the best over learning rates (``cells``),
+    each with its steps to 50 % and 99 % accuracy and its accuracy at 2× the training length.
+
+    The best run is the one of highest final accuracy (ties: the one that reached 99 %, then 50 %,
+    first). A cell is (seq_len, pairs). ``cells`` rows also list every learning rate's final accuracy in
+    ``lrs`` (one seed per rate: a second seed of a rate would count as another candidate and replace the
+    first in ``lrs``). Returns {"variants": [...], "best": [...], "cells": [...]}.
+    """
+    by_width: dict[tuple, list[dict]] = {}
+    by_cell: dict[tuple, list[dict]] = {}
+    for run in runs:
+        by_width.setdefault((run["seq_len"], run["pairs"], run["d_model"], run["variant"]), []).append(run)
+        by_cell.setdefault((run["seq_len"], run["pairs"], run["variant"]), []).append(run)
+    cells = [
+        _best_entry(group) | {"lrs": {f"{r['lr']:g}": r["accuracy"] for r in sorted(group, key=lambda r: r["lr"])}}
+        for _, group in sorted(by_width.items())
+    ]
+    best = [_best_entry(group) for _, group in sorted(by_cell.items())]
+    return {"variants": sorted({c["variant"] for c in cells}), "best": best, "cells": cells}
