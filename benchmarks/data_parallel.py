@@ -55,6 +55,7 @@ from train_throughput import attention_flops_per_token
 from shareddiff.config import ModelConfig, OptimConfig, ParallelConfig, RunConfig, parse_override_value
 from shareddiff.model import build_model
 from shareddiff.params import count_parameters
+from shareddiff.train.device import autocast_for, compute_precision
 from shareddiff.train.distributed import (
     DistInfo,
     barrier,
@@ -64,7 +65,7 @@ from shareddiff.train.distributed import (
     parallelize,
     shutdown,
 )
-from shareddiff.train.trainer import autocast_for, build_optimizer, compute_precision
+from shareddiff.train.trainer import build_optimizer
 
 STRATEGIES = ("single", "ddp", "fsdp")
 COMPILE_MODES = ("eager", "block", "model")

@@ -276,3 +276,58 @@ def test_generate_compile_gives_the_eager_tokens(tmp_path, capsys):
         assert main([*args, "--device", "cpu", *extra]) == 0
         outs.append(capsys.readouterr().out)
     assert outs[0] == outs[1] and outs[0].startswith("--- sample 1\ndef f(x):")
+
+
+@pytest.mark.parametrize("verb", [[], ["train"], ["generate"], ["eval"], ["eval", "needle"], ["reproduce"]])
+def test_help_does_not_import_torch(verb):
+    """`shareddiff [VERB] --help` reads the command table without loading torch (seconds otherwise)."""
+    script = (
+        "import sys\nfrom shareddiff.cli import main\ntry:\n"
+        f"    main({[*verb, '--help']!r})\nexcept SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
+        "print('torch' in sys.modules)"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"usage: shareddiff {' '.join(verb)}".rstrip())
+    assert proc.stdout.splitlines()[-1] == "False"
+
+
+def test_options_come_from_the_command_functions():
+    from shareddiff.cli import build_parser, cmd_generate, cmd_reproduce
+
+    parser = build_parser()
+    args = vars(parser.parse_args(["generate", "ckpt", "--prompt", "x", "--top-k", "3"]))
+    assert args.pop("func") is cmd_generate and args.pop("verb") == "generate"
+    assert args == {
+        "checkpoint": "ckpt",
+        "prompt": "x",
+        "max_new_tokens": 100,
+        "temperature": 0.8,
+        "top_k": 3,
+        "top_p": 0.95,
+        "num_samples": 1,
+        "seed": 0,
+        "device": "auto",
+        "compile": False,
+    }
+    args = vars(parser.parse_args(["reproduce", "exp", "--run", "a", "--run", "b", "--list", "--no-summary"]))
+    assert args["func"] is cmd_reproduce and args["runs"] == ["a", "b"] and args["list_only"] and not args["summary"]
+    needle = vars(parser.parse_args(["eval", "needle", "run", "--depths", "0.5", "1"]))
+    assert needle["depths"] == [0.5, 1.0] and needle["samples"] == 50 and needle["lengths"] is None
+    help_text = parser._subparsers._group_actions[0].choices["train"].format_help()
+    assert "--new-schedule" in help_text and "accept a changed learning-rate schedule" in help_text
+    with pytest.raises(SystemExit):
+        parser.parse_args(["export", "ckpt", "out", "--to", "onnx"])  # the Literal's choices
+
+
+def test_overrides_mix_with_options_in_any_order():
+    from shareddiff.cli import take_overrides
+
+    argv = ["reproduce", "a.b=1", "exp", "--out", "o", "--c.d", "2", "--no-progress", "--e.f=3", "g.h=x=y"]
+    assert take_overrides(argv) == (
+        ["reproduce", "exp", "--out", "o", "--no-progress"],
+        ["a.b=1", "c.d=2", "e.f=3", "g.h=x=y"],
+    )
+    with pytest.raises(SystemExit, match=r"--c\.d needs a value"):
+        take_overrides(["train", "--c.d"])

@@ -1,22 +1,51 @@
-"""``shareddiff <verb>``: one command-line entry point; each verb is a function listed in ``VERBS``."""
+"""``shareddiff <verb>``: one command-line entry point, a table of command functions (``COMMANDS``).
+
+Each verb's options are its function's signature and its help the function's docstring (litgpt's pattern,
+built here on argparse with ``inspect.signature``): parameters before ``*`` are positional, those after it
+options (``max_new_tokens`` is ``--max-new-tokens``; a bool defaulting to True is the switch ``--no-NAME``),
+and the docstring's ``Args:`` section is each option's help (of a ``--no-NAME`` switch: what it turns off).
+A verb with an ``overrides`` parameter also takes ``section.key=value`` (or ``--section.key value``) anywhere
+on its line. ``--help`` imports no torch: the command functions import what they run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import os
 import re
 import sys
 import time
-from collections.abc import Callable
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
+from shareddiff.eval import commands
 from shareddiff.presets import FAMILIES, PRESET_NAMES, SIZES, size_of
 
 
-def cmd_params(preset: str, as_json: bool = False, compare: bool = False) -> str:
-    """Parameter counts by component for PRESET (or, with --compare, every family at its size)."""
+@dataclass(frozen=True)
+class Flag:
+    """A parameter's option when its name alone does not give it: another ``name`` (``--json`` for
+    ``as_json``), or repeatable (``append``: ``--run a --run b``)."""
+
+    name: str | None = None
+    append: bool = False
+
+
+def cmd_params(preset: str, *, as_json: Annotated[bool, Flag("--json")] = False, compare: bool = False) -> str:
+    """Parameter counts by component for PRESET (or, with --compare, every family at its size).
+
+    Args:
+        preset: a preset name, or with --compare a size (see `shareddiff --help`)
+        as_json: print JSON instead of a table
+        compare: every family side by side
+    """
     from shareddiff.config import ModelConfig
     from shareddiff.params import count_parameters, format_comparison, format_report
 
@@ -28,30 +57,34 @@ def cmd_params(preset: str, as_json: bool = False, compare: bool = False) -> str
     return format_comparison(names, reports) if compare else format_report(preset, reports[0])
 
 
-def _add_params(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("params", help=cmd_params.__doc__, description=cmd_params.__doc__)
-    p.add_argument("preset", help=f"a preset name, or with --compare a size ({', '.join(SIZES)})")
-    p.add_argument("--json", dest="as_json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--compare", action="store_true", help=f"every family ({', '.join(FAMILIES)}) side by side")
-    p.set_defaults(func=cmd_params)
-
-
 def cmd_train(
-    preset: str | None,
-    config: str | None,
-    resume: bool,
-    new_schedule: bool,
-    progress: bool,
-    mix: str | None,
-    overrides: list[str],
+    *,
+    preset: str | None = None,
+    config: str | None = None,
+    resume: bool = False,
+    new_schedule: bool = False,
+    progress: bool = True,
+    mix: str | None = None,
+    overrides: list[str] | None = None,
 ) -> str:
-    """Train a model (a preset and/or a TOML recipe, plus section.key=value overrides)."""
+    """Train a model (a preset and/or a TOML recipe, plus section.key=value overrides).
+
+    Args:
+        preset: model preset, e.g. shared_diff-small
+        config: a TOML recipe (see configs/)
+        resume: continue from the latest checkpoint of train.out_dir
+        new_schedule: with --resume: accept a changed learning-rate schedule (train.max_steps, optim.lr,
+            optim.warmup_steps, optim.min_lr_ratio) for the remaining steps
+        progress: progress bar
+        mix: synthetic rows in training batches, e.g. needle:0.2 (same as data.mix="...")
+        overrides: section.key=value or --section.key value, e.g. train.max_steps=200 --model.lowrank_rank 16
+    """
     from shareddiff.config import load_recipe
     from shareddiff.train import train
 
     if mix is not None:
-        overrides = [*overrides, f'data.mix="{mix}"']
-    run = load_recipe(config, preset, overrides)
+        overrides = [*(overrides or []), f'data.mix="{mix}"']
+    run = load_recipe(config, preset, list(overrides or []))
     result = train(run, resume=resume, progress=progress, new_schedule=new_schedule)
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
     if result.already_complete:
@@ -62,47 +95,33 @@ def cmd_train(
     return f"done: step {result.step}, validation loss {val}, checkpoint {result.checkpoint}"
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help=cmd_train.__doc__,
-        description=cmd_train.__doc__,
-        epilog="overrides: section.key=value or --section.key value, e.g. train.max_steps=200 "
-        "--model.lowrank_rank 16 --data.path data/mine",
-    )
-    p.add_argument("--preset", help="model preset, e.g. shared_diff-small")
-    p.add_argument("--config", help="a TOML recipe (see configs/)")
-    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint of train.out_dir")
-    p.add_argument(
-        "--new-schedule",
-        action="store_true",
-        help="with --resume: accept a changed learning-rate schedule (train.max_steps, optim.lr, "
-        "optim.warmup_steps, optim.min_lr_ratio) for the remaining steps",
-    )
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("--mix", help='synthetic rows in training batches, e.g. needle:0.2 (same as data.mix="...")')
-    p.add_argument("overrides", nargs="*", help="section.key=value")
-    p.set_defaults(func=cmd_train)
-
-
 def cmd_generate(
     checkpoint: str,
+    *,
     prompt: str,
-    max_new_tokens: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    num_samples: int,
-    seed: int,
-    device: str,
+    max_new_tokens: int = 100,
+    temperature: float = 0.8,
+    top_k: int | None = 50,
+    top_p: float | None = 0.95,
+    num_samples: int = 1,
+    seed: int = 0,
+    device: str = "auto",
     compile: bool = False,
 ) -> str:
-    """Sample continuations of a prompt from a checkpoint (or a run folder's latest) with the KV cache."""
+    """Sample continuations of a prompt from a checkpoint (or a run folder's latest) with the KV cache.
+
+    Args:
+        checkpoint: a run folder or one of its checkpoints/step_* folders
+        temperature: 0 = greedy; 1 = the model's own distribution
+        top_k: 0 = no top-k filter
+        top_p: 1 = no nucleus filter
+        compile: decode with fixed shapes and a compiled step (CUDA graphs on a GPU); the first call compiles
+    """
     import torch
 
     from shareddiff.generation import generate
     from shareddiff.train import load_model
-    from shareddiff.train.trainer import select_device
+    from shareddiff.train.device import select_device
 
     _check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
     model, tokenizer, _ = load_model(checkpoint, device=select_device(device))
@@ -154,29 +173,25 @@ def _note(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def _add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help=cmd_generate.__doc__, description=cmd_generate.__doc__)
-    p.add_argument("checkpoint", help="a run folder or one of its checkpoints/step_* folders")
-    p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=100)
-    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
-    p.add_argument(
-        "--compile",
-        action="store_true",
-        help="decode with fixed shapes and a compiled step (CUDA graphs on a GPU); the first call compiles",
-    )
-    p.set_defaults(func=cmd_generate)
-
-
 def cmd_data_prepare(
-    inputs: list[str], out: str, tokenizer: str | None, val: list[str] | None, val_fraction: float, shard_tokens: int
+    inputs: list[str],
+    *,
+    out: str,
+    tokenizer: str | None = None,
+    val: list[str] | None = None,
+    val_fraction: float = 0.01,
+    shard_tokens: int = 100_000_000,
 ) -> str:
-    """Tokenize text files, folders, .jsonl (a "text" field) or .parquet into memory-mapped shards."""
+    """Tokenize text files, folders, .jsonl (a "text" field) or .parquet into memory-mapped shards.
+
+    Args:
+        inputs: text files, folders, .jsonl or .parquet files
+        out: the output folder
+        tokenizer: bundled (default), bundled-4k, docs-16k-digits, or a tokenizer.json
+        val: validation inputs (default: a hash split of the inputs)
+        val_fraction: the fraction of documents the hash split holds out for validation
+        shard_tokens: tokens per shard file
+    """
     from shareddiff.data import Tokenizer, iter_documents, prepare_splits, split_by_hash
 
     tok = Tokenizer(tokenizer)
@@ -223,9 +238,16 @@ def _readable_files(inputs: list[str]) -> list:
 
 
 def cmd_tokenizer_train(
-    inputs: list[str], out: str, vocab_size: int, split_digits: bool = False, val_fraction: float = 0.0
+    inputs: list[str], *, out: str, vocab_size: int = 16384, split_digits: bool = False, val_fraction: float = 0.0
 ) -> str:
-    """Train a byte-level BPE tokenizer on text files, folders, .jsonl or .parquet."""
+    """Train a byte-level BPE tokenizer on text files, folders, .jsonl or .parquet.
+
+    Args:
+        inputs: text files, folders, .jsonl or .parquet files
+        out: the tokenizer.json to write
+        split_digits: one token per digit
+        val_fraction: train without the validation documents of `data prepare` with this --val-fraction
+    """
     import itertools
 
     from shareddiff.data import iter_documents, split_by_hash, train_tokenizer
@@ -248,30 +270,14 @@ def cmd_tokenizer_train(
     return line
 
 
-def _add_data(sub: argparse._SubParsersAction) -> None:
-    data = sub.add_parser("data", help="prepare token shards").add_subparsers(dest="action", required=True)
-    p = data.add_parser("prepare", help=cmd_data_prepare.__doc__, description=cmd_data_prepare.__doc__)
-    p.add_argument("inputs", nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--tokenizer", help="bundled (default), bundled-4k, docs-16k-digits, or a tokenizer.json")
-    p.add_argument("--val", nargs="+", help="validation inputs (default: a hash split of the inputs)")
-    p.add_argument("--val-fraction", type=float, default=0.01)
-    p.add_argument("--shard-tokens", type=int, default=100_000_000)
-    p.set_defaults(func=cmd_data_prepare)
-    tok = sub.add_parser("tokenizer", help="train a tokenizer").add_subparsers(dest="action", required=True)
-    p = tok.add_parser("train", help=cmd_tokenizer_train.__doc__, description=cmd_tokenizer_train.__doc__)
-    p.add_argument("inputs", nargs="+")
-    p.add_argument("--out", required=True)
-    p.add_argument("--vocab-size", type=int, default=16384)
-    p.add_argument("--split-digits", action="store_true", help="one token per digit")
-    p.add_argument(
-        "--val-fraction", type=float, default=0.0, help="train without the validation documents of data prepare"
-    )
-    p.set_defaults(func=cmd_tokenizer_train)
+def cmd_export(checkpoint: str, out: str, *, to: Literal["safetensors", "hf", "diffllama"] = "safetensors") -> str:
+    """Export a checkpoint: safetensors weights, a Hugging Face folder, or a native DiffLlama folder.
 
-
-def cmd_export(checkpoint: str, to: str, out: str) -> str:
-    """Export a checkpoint: safetensors weights, a Hugging Face folder, or a native DiffLlama folder."""
+    Args:
+        checkpoint: a run folder or one of its checkpoints/step_* folders
+        out: output file (safetensors) or folder (hf, diffllama)
+        to: safetensors (a file), hf (a transformers folder), diffllama (DiffLlamaForCausalLM folder)
+    """
     from shareddiff.train.checkpoint import load_weights, make_readable, read_state, resolve_checkpoint
 
     if to in ("hf", "diffllama"):
@@ -292,31 +298,27 @@ def cmd_export(checkpoint: str, to: str, out: str) -> str:
     return f"wrote {out} from {ckpt}"
 
 
-def _add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help=cmd_export.__doc__, description=cmd_export.__doc__)
-    p.add_argument("checkpoint", help="a run folder or one of its checkpoints/step_* folders")
-    p.add_argument(
-        "--to",
-        default="safetensors",
-        choices=["safetensors", "hf", "diffllama"],
-        help="safetensors (a file), hf (a transformers folder), diffllama (DiffLlamaForCausalLM folder)",
-    )
-    p.add_argument("out", help="output file (safetensors) or folder (hf, diffllama)")
-    p.set_defaults(func=cmd_export)
-
-
 def cmd_eval_harness(
     checkpoint: str,
+    *,
     tasks: str,
-    include_path: str | None,
-    num_fewshot: int | None,
-    limit: int | None,
-    batch_size: int,
-    device: str,
-    out: str | None,
+    include_path: str | None = None,
+    num_fewshot: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    device: str = "cpu",
+    out: str | None = None,
 ) -> str:
     """Run lm-evaluation-harness tasks on a checkpoint (hub tasks online; local YAML tasks via --include-path,
-    offline)."""
+    offline).
+
+    Args:
+        checkpoint: a run folder or one of its checkpoints/step_* folders
+        tasks: comma-separated, e.g. arc_easy,piqa or a local task's name
+        include_path: a folder of task YAML files
+        limit: at most this many documents per task
+        out: write the results as JSON here
+    """
     from shareddiff.hf.harness import hub_mode, run_harness
 
     _note(hub_mode(tasks.split(","), include_path)[1])
@@ -331,133 +333,68 @@ def cmd_eval_harness(
     return make_table(results)
 
 
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from shareddiff.eval import commands
+def cmd_report(runs: list[str], *, out: str = "runs/report.md") -> str:
+    """Gather the runs' curves and evaluation results into one markdown page with the plots.
 
-    evals = sub.add_parser("eval", help="evaluate a checkpoint").add_subparsers(dest="action", required=True)
-    p = evals.add_parser("harness", help=cmd_eval_harness.__doc__, description=cmd_eval_harness.__doc__)
-    p.add_argument("checkpoint")
-    p.add_argument("--tasks", required=True, help="comma-separated, e.g. arc_easy,piqa or a local task's name")
-    p.add_argument("--include-path", help="a folder of task YAML files")
-    p.add_argument("--num-fewshot", type=int)
-    p.add_argument("--limit", type=int, help="at most this many documents per task")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", help="write the results as JSON here")
-    p.set_defaults(func=cmd_eval_harness)
-
-    def common(p, seed=True):
-        p.add_argument("checkpoint", help="a run folder or one of its checkpoints/step_* folders")
-        p.add_argument("--device", default="auto")
-        p.add_argument("--out", help="output folder (default RUN/eval)")
-        if seed:
-            p.add_argument("--seed", type=int, default=0)
-
-    p = evals.add_parser("lm", help="validation loss, perplexity, AR-Hit / Others split")
-    common(p, seed=False)
-    p.add_argument("--seq-len", type=int, help="window length (default: the training length)")
-    p.add_argument("--max-tokens", type=int, default=262_144)
-    p.add_argument("--max-train-count", type=int, help="AR-Hit only for bigrams seen at most this often in training")
-    p.set_defaults(func=commands.run_lm)
-
-    depths = [0.0, 0.25, 0.5, 0.75, 1.0]
-    p = evals.add_parser("needle", help="multi-needle retrieval: accuracy per (length, depth) and a heatmap")
-    common(p)
-    p.add_argument(
-        "--lengths",
-        type=int,
-        nargs="+",
-        help="context lengths (default 1K, 2K, ... up to the model's context; below 1K, the longest that fits)",
-    )
-    p.add_argument("--depths", type=float, nargs="+", default=depths)
-    p.add_argument("--needles", type=int, default=1, help="N")
-    p.add_argument("--queries", type=int, default=1, help="R")
-    p.add_argument("--samples", type=int, default=50)
-    p.set_defaults(func=commands.run_needle)
-
-    p = evals.add_parser("attention", help="attention mass on the answer needle vs the rest, per depth")
-    common(p)
-    p.add_argument("--length", type=int, help="context length (default 1024, or the model's context if shorter)")
-    p.add_argument("--depths", type=float, nargs="+", default=depths)
-    p.add_argument("--needles", type=int, default=1)
-    p.add_argument("--samples", type=int, default=20)
-    p.set_defaults(func=commands.run_attention)
-
-    p = evals.add_parser("mqar", help="MQAR accuracy of a model trained on it, at its training length and 2x")
-    common(p)
-    p.add_argument("--lengths", type=int, nargs="+", help="sequence lengths (default: the training length N and 2N)")
-    p.add_argument("--samples", type=int, help="sequences per length (default: the run's mqar.eval_samples)")
-    p.set_defaults(func=commands.run_mqar)
-
-    p = evals.add_parser("icl", help="many-shot in-context classification and its robustness to order")
-    common(p)
-    p.add_argument(
-        "--dataset",
-        help="a bundled dataset (trec, banking77, clinc150), or a file: JSONL/CSV (text, label), TREC .label or "
-        "CLINC data_full.json; default: a synthetic intent set",
-    )
-    p.add_argument("--test-dataset", help="test examples (default: the dataset's test part)")
-    p.add_argument("--fine-labels", action="store_true", help="TREC: the 50 fine labels (TREC-fine)")
-    p.add_argument("--shots", type=int, nargs="+", help="k values (default 1, 2, 4, ... up to the context)")
-    p.add_argument("--test-examples", type=int, default=100)
-    p.add_argument("--permutations", type=int, default=5)
-    p.set_defaults(func=commands.run_icl)
-
-    p = evals.add_parser("scaling", help="power-law fits of loss vs parameters and tokens over run folders")
-    p.add_argument("runs", nargs="+")
-    p.add_argument("--reference", default="diff", help="the variant to match (standard, diff, shared_diff)")
-    p.add_argument("--out", required=True, help="output folder")
-    p.set_defaults(func=commands.run_scaling)
-
-
-def cmd_report(runs: list[str], out: str) -> str:
-    """Gather the runs' curves and evaluation results into one markdown page with the plots."""
+    Args:
+        runs: run folders (and folders written by `eval scaling`)
+        out: the markdown file to write
+    """
     from shareddiff.report import build_report
 
     return f"wrote {build_report(runs, out)}"
 
 
-def _add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("report", help=cmd_report.__doc__, description=cmd_report.__doc__)
-    p.add_argument("runs", nargs="+", help="run folders (and folders written by `eval scaling`)")
-    p.add_argument("--out", default="runs/report.md")
-    p.set_defaults(func=cmd_report)
+def cmd_demo(
+    *,
+    out: str = "runs/demo",
+    steps: int | None = None,
+    baseline: Literal["train", "cached"] = "train",
+    progress: bool = True,
+) -> str:
+    """The main job: train a tiny Shared DIFF model on the bundled corpus, compare, sample, report.
 
-
-def cmd_demo(out: str, steps: int, baseline: str, progress: bool) -> str:
-    """The main job: train a tiny Shared DIFF model on the bundled corpus, compare, sample, report."""
+    Args:
+        out: the demo's folder
+        steps: training steps per model (default: the recipe's)
+        baseline: train the same-size Transformer too, or show the cached figure
+        progress: progress bar
+    """
     from shareddiff.demo import run_demo
 
     return run_demo(out, steps=steps, baseline=baseline, progress=progress)
 
 
-def _add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help=cmd_demo.__doc__, description=cmd_demo.__doc__)
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--steps", type=int, default=None, help="training steps per model (default: the recipe's)")
-    p.add_argument(
-        "--baseline",
-        choices=["train", "cached"],
-        default="train",
-        help="train the same-size Transformer too, or show the cached figure",
-    )
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.set_defaults(func=cmd_demo)
-
-
 def cmd_reproduce(
-    name: str | None,
-    runs: list[str] | None,
-    out: str,
-    keep_checkpoints: bool,
-    jobs: int,
-    summary_only: bool,
-    summary: bool,
-    list_only: bool,
-    progress: bool,
-    overrides: list[str],
+    name: str | None = None,
+    *,
+    runs: Annotated[list[str] | None, Flag("--run", append=True)] = None,
+    out: str = "results/repro",
+    keep_checkpoints: bool = False,
+    jobs: int = 1,
+    summary_only: bool = False,
+    summary: bool = True,
+    list_only: Annotated[bool, Flag("--list")] = False,
+    progress: bool = True,
+    overrides: list[str] | None = None,
 ) -> str:
-    """Run a reproduction experiment of configs/repro/ (train + evaluate each run, then summarize)."""
+    """Run a reproduction experiment of configs/repro/ (train + evaluate each run, then summarize).
+
+    Finished runs (RUN/record.json) are skipped and cut-off runs resume, so the same command continues an
+    interrupted experiment.
+
+    Args:
+        name: experiment name (configs/repro/NAME.toml) or path; none: list them
+        runs: only this run (repeatable), e.g. shared_diff-s1
+        out: where run records and summaries go
+        keep_checkpoints: keep each run's checkpoints after its evals
+        jobs: runs at once, each in its own process (one GPU each when there are several)
+        summary_only: only rewrite the summary from finished runs
+        summary: summary (written after the runs)
+        list_only: list the experiment's runs
+        progress: progress bar
+        overrides: section.key=value for every run, e.g. train.max_steps=50
+    """
     from shareddiff.repro import experiment_names, load_experiment, reproduce
 
     if name is None or list_only:
@@ -465,114 +402,187 @@ def cmd_reproduce(
             return "experiments: " + ", ".join(experiment_names())
         exp = load_experiment(name)
         return "\n".join([f"{exp.name}: {exp.description}", *(f"  {s.name}: {s.preset}" for s in exp.runs)])
-    return reproduce(name, runs, out, overrides, keep_checkpoints, jobs, summary_only, summary, progress)
+    return reproduce(name, runs, out, list(overrides or []), keep_checkpoints, jobs, summary_only, summary, progress)
 
 
-def _add_reproduce(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "reproduce",
-        help=cmd_reproduce.__doc__,
-        description=cmd_reproduce.__doc__,
-        epilog="Finished runs (RUN/record.json) are skipped and cut-off runs resume, so the same command "
-        "continues an interrupted experiment. Overrides (section.key=value) apply to every run.",
-    )
-    p.add_argument("name", nargs="?", help="experiment name (configs/repro/NAME.toml) or path; none: list them")
-    p.add_argument("--run", dest="runs", action="append", help="only this run (repeatable), e.g. shared_diff-s1")
-    p.add_argument("--out", default="results/repro", help="where run records and summaries go")
-    p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints after its evals")
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=1,
-        help="runs at once, each in its own process (one GPU each when there are several)",
-    )
-    p.add_argument("--summary-only", action="store_true", help="only rewrite the summary from finished runs")
-    p.add_argument("--no-summary", dest="summary", action="store_false", help="skip the summary")
-    p.add_argument("--list", dest="list_only", action="store_true", help="list the experiment's runs")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("overrides", nargs="*", help="section.key=value for every run, e.g. train.max_steps=50")
-    p.set_defaults(func=cmd_reproduce)
-
-
-VERBS: list[Callable[[argparse._SubParsersAction], None]] = [
-    _add_params,
-    _add_train,
-    _add_generate,
-    _add_data,
-    _add_export,
-    _add_eval,
-    _add_report,
-    _add_demo,
-    _add_reproduce,
-]
+COMMANDS: dict[str, Callable[..., str] | tuple[str, dict[str, Callable[..., str]]]] = {
+    "params": cmd_params,
+    "train": cmd_train,
+    "generate": cmd_generate,
+    "data": ("prepare token shards", {"prepare": cmd_data_prepare}),
+    "tokenizer": ("train a tokenizer", {"train": cmd_tokenizer_train}),
+    "export": cmd_export,
+    "eval": (
+        "evaluate a checkpoint",
+        {
+            "harness": cmd_eval_harness,
+            "lm": commands.run_lm,
+            "needle": commands.run_needle,
+            "attention": commands.run_attention,
+            "mqar": commands.run_mqar,
+            "icl": commands.run_icl,
+            "scaling": commands.run_scaling,
+        },
+    ),
+    "report": cmd_report,
+    "demo": cmd_demo,
+    "reproduce": cmd_reproduce,
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of every verb in ``COMMANDS``."""
     parser = argparse.ArgumentParser(
         prog="shareddiff",
         description="Shared DIFF Transformer, DIFF Transformer and Transformer language models.",
-        epilog=f"presets: {', '.join(PRESET_NAMES)}",
+        epilog=f"presets: {', '.join(PRESET_NAMES)} (sizes: {', '.join(SIZES)})",
     )
-    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for add in VERBS:
-        add(sub)
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    for verb, entry in COMMANDS.items():
+        if callable(entry):
+            add_command(verbs, verb, entry)
+            continue
+        help_text, actions = entry
+        group = verbs.add_parser(verb, help=help_text, description=help_text)
+        sub = group.add_subparsers(dest="action", required=True, metavar="ACTION")
+        for action, func in actions.items():
+            add_command(sub, action, func)
     return parser
+
+
+def add_command(sub: argparse._SubParsersAction, name: str, func: Callable[..., str]) -> None:
+    """A sub-parser for ``func``: one argument per parameter, help from its docstring."""
+    summary, description, helps = parse_docstring(inspect.getdoc(func) or "")
+    parser = sub.add_parser(name, help=summary, description=description)
+    hints = typing.get_type_hints(func, include_extras=True)
+    for param in inspect.signature(func).parameters.values():
+        _add_argument(parser, param, hints[param.name], helps.get(param.name))
+    parser.set_defaults(func=func)
+
+
+def parse_docstring(doc: str) -> tuple[str, str, dict[str, str]]:
+    """(first line, text before ``Args:``, {parameter: help}) of a Google-style docstring."""
+    text, _, args = doc.partition("\nArgs:\n")
+    helps: dict[str, str] = {}
+    name = None
+    for line in args.splitlines():
+        match = re.match(r"^ {4}(\w+): (.*)$", line)
+        if match:
+            name, helps[match[1]] = match[1], match[2]
+        elif line.startswith(" " * 8) and name is not None:
+            helps[name] += " " + line.strip()
+        else:
+            name = None
+    return text.split("\n\n")[0].replace("\n", " "), text.strip(), helps
+
+
+def _add_argument(parser: argparse.ArgumentParser, param: inspect.Parameter, hint, help_text: str | None) -> None:
+    """One parameter as an argparse argument (the rules of this module's docstring)."""
+    flag = Flag()
+    if typing.get_origin(hint) is Annotated:
+        hint, *extras = typing.get_args(hint)
+        flag = next((e for e in extras if isinstance(e, Flag)), flag)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):  # X | None: X, default None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    many = typing.get_origin(hint) in (list, Sequence)
+    item = typing.get_args(hint)[0] if many else hint
+    has_default = param.default is not inspect.Parameter.empty
+    if item is bool and param.default is True:  # the switch --no-NAME: the docstring names the thing it turns off
+        help_text = f"no {help_text}"
+    kwargs: dict[str, Any] = {"help": _help(help_text, param.default if item is not bool else None)}
+    if typing.get_origin(item) is Literal:
+        kwargs["choices"], item = list(typing.get_args(item)), str
+    if param.kind is not inspect.Parameter.KEYWORD_ONLY or param.name == "overrides":
+        nargs = ("*" if has_default else "+") if many else ("?" if has_default else None)
+        default = list(param.default or []) if many and has_default else param.default if has_default else None
+        parser.add_argument(param.name, type=item, nargs=nargs, default=default, **kwargs)
+    elif item is bool:  # a switch: --name turns on what defaults to off, --no-name turns off what defaults to on
+        option = flag.name or f"--{'no-' if param.default else ''}{param.name.replace('_', '-')}"
+        parser.add_argument(option, dest=param.name, action="store_false" if param.default else "store_true", **kwargs)
+    else:
+        if many:
+            kwargs["action" if flag.append else "nargs"] = "append" if flag.append else "+"
+        kwargs["default" if has_default else "required"] = param.default if has_default else True
+        option = flag.name or "--" + param.name.replace("_", "-")
+        parser.add_argument(option, dest=param.name, type=item, **kwargs)
+
+
+def _help(text: str | None, default: Any) -> str | None:
+    """An argument's help (argparse %-formats it) with its default when it has a telling one."""
+    text = (text or "").replace("%", "%%")
+    if default is not None and default is not inspect.Parameter.empty and default != ():
+        shown = " ".join(map(str, default)) if isinstance(default, tuple | list) else default
+        text = f"{text} (default: {shown})".strip()
+    return text or None
 
 
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*\.[A-Za-z_]\w*=")
 
 
-def _split_dashed_overrides(argv: list[str]) -> list[str]:
-    """Turn ``--section.key value`` and ``--section.key=value`` into ``section.key=value``."""
-    out, i = [], 0
+def take_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(``argv`` without its overrides, the overrides in their order): ``section.key=value``,
+    ``--section.key=value`` and ``--section.key value``, anywhere on the line."""
+    rest, overrides, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
         name = arg[2:].split("=", 1)[0]
         if arg.startswith("--") and "." in name:
             if "=" in arg:
-                out.append(arg[2:])
+                overrides.append(arg[2:])
             elif i + 1 < len(argv):
-                out.append(f"{name}={argv[i + 1]}")
+                overrides.append(f"{name}={argv[i + 1]}")
                 i += 1
             else:
                 raise SystemExit(f"error: {arg} needs a value")
+        elif _OVERRIDE.match(arg):
+            overrides.append(arg)
         else:
-            out.append(arg)
+            rest.append(arg)
         i += 1
-    if out and out[0] in ("train", "reproduce"):  # let overrides and options mix in any order
-        overrides = [a for a in out if _OVERRIDE.match(a)]
-        rest = [a for a in out if not _OVERRIDE.match(a)]
-        # argparse fills positionals from one run of bare words: overrides go right after NAME
-        at = 2 if out[0] == "reproduce" and len(rest) > 1 and not rest[1].startswith("-") else len(rest)
-        out = rest[:at] + overrides + rest[at:]
-    return out
+    return rest, overrides
+
+
+def _takes_overrides(argv: list[str]) -> bool:
+    entry = COMMANDS.get(argv[0]) if argv else None
+    return callable(entry) and "overrides" in inspect.signature(entry).parameters
 
 
 class _StdoutHandler(logging.StreamHandler):
-    """Writes to whatever ``sys.stdout`` is at the time of each record (so redirections are honoured)."""
+    """Writes each record to whatever ``sys.stdout`` is at the time (so redirections are honoured), above a
+    progress bar when one is shown."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stdout
-        super().emit(record)
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stdout)
+        except Exception:
+            self.handleError(record)
 
 
 def configure_logging() -> None:
-    """The package's log records (``logging.getLogger(__name__)`` in each module) as plain lines on stdout."""
+    """The package's log records (``logging.getLogger(__name__)`` in each module) as plain lines on stdout:
+    rank 0's from INFO up, the other ranks' of a torchrun launch from WARNING up."""
     logger = logging.getLogger("shareddiff")
     if not any(isinstance(h, _StdoutHandler) for h in logger.handlers):
         handler = _StdoutHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
     configure_logging()
-    argv = _split_dashed_overrides(list(sys.argv[1:] if argv is None else argv))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides: list[str] = []
+    if _takes_overrides(argv):
+        argv, overrides = take_overrides(argv)
     args = vars(build_parser().parse_args(argv))
     func = args.pop("func")
     args.pop("verb")
     args.pop("action", None)
+    if "overrides" in args:
+        args["overrides"] = [*overrides, *args["overrides"]]
     try:
         out = func(**args)
     except ValueError as err:

@@ -4,9 +4,9 @@ Transformer trained the same way, sample from it, and write ``report.md`` with a
 from __future__ import annotations
 
 import json
+import logging
 import math
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -17,11 +17,12 @@ from shareddiff.generation import generate
 from shareddiff.params import count_parameters
 from shareddiff.plots import plot_loss_curves
 from shareddiff.train import ScheduleChanged, load_model, train
-from shareddiff.train.metrics import read_metrics
+from shareddiff.train.metrics import read_metrics, summarize_metrics
 
 REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PROMPTS = ["The ", "def ", "In Python, "]
 VARIANTS = {"shared_diff": "Shared DIFF", "transformer": "Transformer"}
+log = logging.getLogger(__name__)
 
 
 def find_recipe(name: str) -> Path:
@@ -32,15 +33,13 @@ def find_recipe(name: str) -> Path:
 
 
 def _summary(label: str, rows: list[dict], run, seconds: float | None) -> dict:
-    vals = [r for r in rows if "val_loss" in r]
-    speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
-    config = run.model_config(vocab_size=None)
-    counts = count_parameters(config)
+    end = summarize_metrics(rows)
+    counts = count_parameters(run.model_config(vocab_size=None))
     return {
         "label": label,
-        "val_loss": vals[-1]["val_loss"] if vals else float("nan"),
-        "tokens": rows[-1]["tokens"] if rows else 0,
-        "tokens_per_s": statistics.median(speeds) if speeds else float("nan"),
+        "val_loss": float("nan") if end.val_loss is None else end.val_loss,
+        "tokens": end.tokens,
+        "tokens_per_s": float("nan") if end.tokens_per_s is None else end.tokens_per_s,
         "params": counts.total,
         "params_non_embedding": counts.non_embedding,
         "seconds": seconds,
@@ -56,7 +55,7 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, baseline: str = "
     for family in families:
         overrides = [f"train.out_dir={out_dir / family}"] + ([f"train.max_steps={steps}"] if steps else [])
         run = load_recipe(str(recipe), f"{family}-mini", overrides)
-        print(f"== training {VARIANTS[family]} ({family}-mini) for {run.train.max_steps} steps")
+        log.info("== training %s (%s-mini) for %d steps", VARIANTS[family], family, run.train.max_steps)
         start = time.perf_counter()
         try:
             train(run, resume=True, progress=progress)

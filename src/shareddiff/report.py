@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from shareddiff.plots import plot_loss_curves
-from shareddiff.train.metrics import read_metrics
+from shareddiff.train.metrics import read_metrics, summarize_metrics
 
 
 def _load(path: Path) -> dict:
@@ -85,10 +85,11 @@ def build_report(run_dirs: list[str], out: str) -> Path:
         config = _load(config_file)["model_config"]
         rows = read_metrics(run)
         curves[run.name] = rows
-        val = [r for r in rows if "val_loss" in r]
+        end = summarize_metrics(rows)
+        val_loss = float("nan") if end.val_loss is None else end.val_loss
         table.append(
             f"| {run.name} | {config['attention']} | {config['d_model']} × {config['n_layers']} | "
-            f"{rows[-1]['tokens'] if rows else 0:,} | {val[-1]['val_loss'] if val else float('nan'):.4f} |"
+            f"{end.tokens:,} | {val_loss:.4f} |"
         )
     if curves:
         png = plot_loss_curves(curves, out_dir / "report_loss_curves.png", title="Validation and training loss")

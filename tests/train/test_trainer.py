@@ -1,6 +1,7 @@
 """The trainer: it learns, logs, checkpoints, resumes exactly, and refuses bad input with clear errors."""
 
 import json
+import logging
 import math
 
 import pytest
@@ -194,7 +195,7 @@ def test_ctrl_c_on_the_command_line_is_one_line(make_run, monkeypatch, capsys):
 
 
 @pytest.mark.slow
-def test_resume_refuses_a_changed_schedule_unless_asked(make_run):
+def test_resume_refuses_a_changed_schedule_unless_asked(make_run, caplog):
     train(make_run("train.max_steps=6"), progress=False)
     longer = make_run("train.max_steps=9", "optim.lr=2e-2")
     with pytest.raises(
@@ -203,8 +204,9 @@ def test_resume_refuses_a_changed_schedule_unless_asked(make_run):
         r"optim.lr 0.01 → 0.02\).*pass --new-schedule",
     ):
         train(longer, resume=True, progress=False)
-    said = []
-    result = train(longer, resume=True, progress=False, echo=said.append, new_schedule=True)
+    with caplog.at_level(logging.INFO, logger="shareddiff"):
+        result = train(longer, resume=True, progress=False, new_schedule=True)
+    said = [r.getMessage() for r in caplog.records if r.name == "shareddiff.train.trainer"]
     assert result.step == 9 and sorted(losses(longer.train.out_dir)) == list(range(1, 10))
     assert "continuing on a new learning-rate schedule from step 6: train.max_steps 6 → 9; optim.lr 0.01 → 0.02" in said
 

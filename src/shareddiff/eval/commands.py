@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from shareddiff.data import Tokenizer, eval_windows
-from shareddiff.data.bundled import load_data_split
 from shareddiff.eval.common import output_dir, write_json
+
+if TYPE_CHECKING:
+    from shareddiff.data import Tokenizer
+
+DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the needle's place in the context, from its start (0) to its end (1)
 
 
 def _load(checkpoint: str, device: str):
     from shareddiff.train import load_model
-    from shareddiff.train.trainer import select_device
+    from shareddiff.train.device import select_device
 
     model, tokenizer, state = load_model(checkpoint, device=select_device(device), attn_backend="auto")
     return model, tokenizer, state
 
 
 def _split(state: dict, tokenizer: Tokenizer, split: str):
+    from shareddiff.data.bundled import load_data_split
+
     return load_data_split(state["run"]["data"].get("path"), tokenizer, split)
 
 
@@ -28,9 +35,26 @@ def _name(state: dict) -> str:
 
 
 def run_lm(
-    checkpoint: str, seq_len: int | None, max_tokens: int, max_train_count: int | None, device: str, out: str | None
+    checkpoint: str,
+    *,
+    seq_len: int | None = None,
+    max_tokens: int = 262_144,
+    max_train_count: int | None = None,
+    device: str = "auto",
+    out: str | None = None,
 ) -> str:
-    """`eval lm`: :func:`lm_results` as one line."""
+    """Validation loss, perplexity and the AR-Hit / Others split of a checkpoint.
+
+    The command line's form of :func:`lm_results`: its result as one line.
+
+    Args:
+        checkpoint: a run folder or one of its checkpoints/step_* folders
+        seq_len: window length (default: the training length)
+        max_tokens: validation tokens to score
+        max_train_count: AR-Hit only for bigrams seen at most this often in training
+        device: auto, cpu or cuda
+        out: output folder (default RUN/eval)
+    """
     result = lm_results(checkpoint, seq_len, max_tokens, max_train_count, device, out)
     return (
         f"loss {result['loss']:.4f} (ppl {result['ppl']:.2f}); AR-Hit {result['ar_hit_loss']:.4f} "
@@ -43,6 +67,7 @@ def lm_results(
     checkpoint: str, seq_len: int | None, max_tokens: int, max_train_count: int | None, device: str, out: str | None
 ) -> dict:
     """Validation loss, perplexity and the AR-Hit / Others split of ``checkpoint``; also written to lm.json."""
+    from shareddiff.data import eval_windows
     from shareddiff.eval.lm import lm_loss, rare_bigrams
 
     model, tok, state = _load(checkpoint, device)
@@ -104,17 +129,32 @@ def default_needle_lengths(max_seq_len: int, room: int) -> tuple[list[int], str 
 
 def run_needle(
     checkpoint: str,
-    lengths: list[int] | None,
-    depths: list[float],
-    needles: int,
-    queries: int,
-    samples: int,
-    seed: int,
-    device: str,
-    out: str | None,
+    *,
+    lengths: list[int] | None = None,
+    depths: Sequence[float] = DEPTHS,
+    needles: int = 1,
+    queries: int = 1,
+    samples: int = 50,
+    seed: int = 0,
+    device: str = "auto",
+    out: str | None = None,
 ) -> str:
-    """`eval needle`: :func:`needle_results` as one line (after a note when the lengths were chosen for it)."""
-    result = needle_results(checkpoint, lengths, depths, needles, queries, samples, seed, device, out)
+    """Multi-needle retrieval: accuracy per (length, depth) and a heatmap.
+
+    The command line's form of :func:`needle_results`: one line, after a note when the lengths were chosen for it.
+
+    Args:
+        checkpoint: a run folder or one of its checkpoints/step_* folders
+        lengths: context lengths (default 1K, 2K, ... up to the model's context; below 1K, the longest that fits)
+        depths: the answer needle's places, as fractions of the context
+        needles: N, the needles in the context
+        queries: R, the needles asked for
+        samples: prompts per (length, depth) cell
+        seed: the prompts' seed
+        device: auto, cpu or cuda
+        out: output folder (default RUN/eval)
+    """
+    result = needle_results(checkpoint, lengths, list(depths), needles, queries, samples, seed, device, out)
     stem = output_dir(checkpoint, out) / needle_stem(needles, queries, result["lengths"], result["depths"])
     line = (
         f"mean accuracy {result['accuracy']:.3f}, per-digit {result['digit_accuracy']:.3f}, answer log-prob "
@@ -162,16 +202,30 @@ def needle_results(
 
 def run_attention(
     checkpoint: str,
-    length: int | None,
-    depths: list[float],
-    needles: int,
-    samples: int,
-    seed: int,
-    device: str,
-    out: str | None,
+    *,
+    length: int | None = None,
+    depths: Sequence[float] = DEPTHS,
+    needles: int = 1,
+    samples: int = 20,
+    seed: int = 0,
+    device: str = "auto",
+    out: str | None = None,
 ) -> str:
-    """`eval attention`: :func:`attention_results` as one line (after a note when the length was cut)."""
-    result = attention_results(checkpoint, length, depths, needles, samples, seed, device, out)
+    """Attention mass on the answer needle vs the rest, per depth.
+
+    The command line's form of :func:`attention_results`: one line, after a note when the length was cut.
+
+    Args:
+        checkpoint: a run folder or one of its checkpoints/step_* folders
+        length: context length (default 1024, or the model's context if shorter)
+        depths: the answer needle's places, as fractions of the context
+        needles: the needles in the context
+        samples: prompts per depth
+        seed: the prompts' seed
+        device: auto, cpu or cuda
+        out: output folder (default RUN/eval)
+    """
+    result = attention_results(checkpoint, length, list(depths), needles, samples, seed, device, out)
     rows = ", ".join(
         f"{r['depth']:.0%}: {r['answer']:.3f}/{r['noise']:.3f}/{r['question']:.3f}" for r in result["rows"]
     )
@@ -215,9 +269,26 @@ def attention_results(
 
 
 def run_mqar(
-    checkpoint: str, lengths: list[int] | None, samples: int | None, seed: int, device: str, out: str | None
+    checkpoint: str,
+    *,
+    lengths: list[int] | None = None,
+    samples: int | None = None,
+    seed: int = 0,
+    device: str = "auto",
+    out: str | None = None,
 ) -> str:
-    """`eval mqar`: :func:`mqar_results` as one line."""
+    """MQAR accuracy of a model trained on it, at its training length and 2x.
+
+    The command line's form of :func:`mqar_results`: its result as one line.
+
+    Args:
+        checkpoint: a run folder or one of its checkpoints/step_* folders
+        lengths: sequence lengths (default: the training length N and 2N)
+        samples: sequences per length (default: the run's mqar.eval_samples)
+        seed: the sequences' seed
+        device: auto, cpu or cuda
+        out: output folder (default RUN/eval)
+    """
     result = mqar_results(checkpoint, lengths, samples, seed, device, out)
     rows = ", ".join(f"N={r['seq_len']}: {r['accuracy']:.3f}" for r in result["rows"])
     return f"MQAR accuracy ({result['pairs']} pairs) {rows} → {output_dir(checkpoint, out) / 'mqar.json'}"
@@ -254,16 +325,32 @@ def mqar_results(
 
 def run_icl(
     checkpoint: str,
-    dataset: str | None,
-    test_dataset: str | None,
-    fine_labels: bool,
-    shots: list[int] | None,
-    test_examples: int,
-    permutations: int,
-    seed: int,
-    device: str,
-    out: str | None,
+    *,
+    dataset: str | None = None,
+    test_dataset: str | None = None,
+    fine_labels: bool = False,
+    shots: list[int] | None = None,
+    test_examples: int = 100,
+    permutations: int = 5,
+    seed: int = 0,
+    device: str = "auto",
+    out: str | None = None,
 ) -> str:
+    """Many-shot in-context classification and its robustness to the order of the demonstrations.
+
+    Args:
+        checkpoint: a run folder or one of its checkpoints/step_* folders
+        dataset: a bundled dataset (trec, banking77, clinc150), or a file: JSONL/CSV (text, label), TREC .label
+            or CLINC data_full.json; default: a synthetic intent set
+        test_dataset: test examples (default: the dataset's test part)
+        fine_labels: TREC: the 50 fine labels (TREC-fine)
+        shots: k values (default 1, 2, 4, ... up to the context)
+        test_examples: test examples scored at each k
+        permutations: orders of the demonstrations at each k
+        seed: the seed of the demonstrations and their orders
+        device: auto, cpu or cuda
+        out: output folder (default RUN/eval)
+    """
     from shareddiff.eval.icl import BUNDLED_DATASETS, icl_eval, load_bundled, load_examples, plot_icl, synthetic_intents
 
     model, tok, state = _load(checkpoint, device)
@@ -291,7 +378,14 @@ def run_icl(
     return f"{rows} → {folder / 'icl.json'}"
 
 
-def run_scaling(runs: list[str], reference: str, out: str) -> str:
+def run_scaling(runs: list[str], *, reference: str = "diff", out: str) -> str:
+    """Power-law fits of loss vs parameters and tokens over run folders.
+
+    Args:
+        runs: training run folders
+        reference: the variant to match (standard, diff, shared_diff)
+        out: output folder
+    """
     from shareddiff.eval.scaling import plot_scaling, scaling_eval
 
     result = scaling_eval(runs, reference)

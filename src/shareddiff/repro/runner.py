@@ -149,17 +149,13 @@ def build_record(exp: Experiment, spec: RunSpec, run_dir: Path, overrides: list[
 
     from shareddiff.config import ModelConfig
     from shareddiff.params import count_parameters
-    from shareddiff.train.metrics import read_metrics
+    from shareddiff.train.metrics import read_metrics, summarize_metrics
     from shareddiff.train.trainer import RUN_CONFIG
 
-    rows = read_metrics(run_dir)
-    vals = [r for r in rows if "val_loss" in r]
-    train_rows = [r for r in rows if "loss" in r]
-    speeds = [r["tokens_per_s"] for r in train_rows if "tokens_per_s" in r]
+    end = summarize_metrics(read_metrics(run_dir))
     run_config = json.loads((run_dir / RUN_CONFIG).read_text())
     config = ModelConfig.from_dict(run_config["model_config"])  # as trained
     counts = count_parameters(config)
-    last = train_rows[-1]
     return {
         "experiment": exp.name,
         "run": spec.name,
@@ -174,17 +170,17 @@ def build_record(exp: Experiment, spec: RunSpec, run_dir: Path, overrides: list[
         "max_steps": run_config["run"]["train"]["max_steps"],
         "params": counts.total,
         "params_non_embedding": counts.non_embedding,
-        "val_loss": vals[-1]["val_loss"],
-        "train_loss": last["loss"],
-        "tokens": vals[-1]["tokens"],
-        "tokens_per_param": vals[-1]["tokens"] / counts.total,
-        "passes": vals[-1]["tokens"] / run_config["train_tokens"] if "train_tokens" in run_config else None,
+        "val_loss": end.val_loss,
+        "train_loss": end.train_loss,
+        "tokens": end.val_tokens,
+        "tokens_per_param": end.val_tokens / counts.total,
+        "passes": end.val_tokens / run_config["train_tokens"] if "train_tokens" in run_config else None,
         "train_tokens_unique": run_config.get("train_tokens"),
-        "lambda": last.get("lambda"),
-        "grad_norm": last.get("grad_norm"),
-        "tokens_per_s": statistics.median(speeds) if speeds else None,
+        "lambda": end.last_train.get("lambda"),
+        "grad_norm": end.last_train.get("grad_norm"),
+        "tokens_per_s": end.tokens_per_s,
         "concurrent_runs": int(os.environ.get(CONCURRENT_ENV, "1")),
-        "peak_memory_gib": max((r.get("peak_memory_gib", 0.0) for r in rows), default=0.0) or None,
+        "peak_memory_gib": end.peak_memory_gib,
         "device": _device_name(),
         "torch": torch.__version__,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
@@ -256,7 +252,7 @@ def run_parallel(exp: Experiment, specs: list[RunSpec], out: Path, overrides: li
         finally:
             slots.put(gpu)
         outcome = "finished" if code == 0 else f"failed (exit {code}), see {run_dir}/reproduce.log"
-        print(f"{exp.name}/{spec.name}: {outcome}", flush=True)
+        log.info("%s/%s: %s", exp.name, spec.name, outcome)
         return spec.name, code
 
     with ThreadPoolExecutor(jobs) as pool:

@@ -20,6 +20,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from shareddiff.config import ParallelConfig
+from shareddiff.train.device import select_device
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,6 @@ def launched_by_torchrun() -> bool:
 
 def init_distributed(device_name: str) -> tuple[DistInfo, torch.device]:
     """Join the process group torchrun set up (NCCL on CUDA, gloo on CPU); one process otherwise."""
-    from shareddiff.train.trainer import select_device
-
     device = select_device(device_name)
     if not launched_by_torchrun():
         return DistInfo(), device

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,35 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:  # a line cut by a kill mid-write
             continue
     return rows
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """A run's end as its metrics record it: what the demo, the reproduction records and the report show."""
+
+    val_loss: float | None  # the last validation loss (nats/token)
+    val_tokens: int | None  # tokens trained at that validation
+    tokens: int  # tokens trained at the last record
+    train_loss: float | None  # the last logged training loss
+    tokens_per_s: float | None  # training tokens/s, median over the log windows
+    peak_memory_gib: float | None  # the largest CUDA peak logged; None on the CPU
+    last_train: dict[str, Any] = field(default_factory=dict)  # the last training record (λ, grad norm ...)
+
+
+def summarize_metrics(rows: list[dict[str, Any]]) -> RunSummary:
+    """The :class:`RunSummary` of ``rows`` as :func:`read_metrics` returns them (None where nothing was logged)."""
+    vals = [r for r in rows if "val_loss" in r]
+    train_rows = [r for r in rows if "loss" in r]
+    speeds = [r["tokens_per_s"] for r in train_rows if "tokens_per_s" in r]
+    return RunSummary(
+        val_loss=vals[-1]["val_loss"] if vals else None,
+        val_tokens=vals[-1]["tokens"] if vals else None,
+        tokens=rows[-1]["tokens"] if rows else 0,
+        train_loss=train_rows[-1]["loss"] if train_rows else None,
+        tokens_per_s=statistics.median(speeds) if speeds else None,
+        peak_memory_gib=max((r.get("peak_memory_gib", 0.0) for r in rows), default=0.0) or None,
+        last_train=train_rows[-1] if train_rows else {},
+    )
 
 
 class MetricsLogger:

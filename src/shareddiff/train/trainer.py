@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import signal
 import threading
@@ -32,6 +33,7 @@ from shareddiff.train.checkpoint import (
     read_state,
     save_checkpoint,
 )
+from shareddiff.train.device import autocast_for, compute_precision
 from shareddiff.train.distributed import (
     DistInfo,
     barrier,
@@ -48,6 +50,7 @@ from shareddiff.train.metrics import MetricsLogger
 from shareddiff.train.runlock import RunLock
 
 RUN_CONFIG = "run_config.json"
+log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(ValueError):
@@ -101,27 +104,6 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, device: torch.de
     return torch.optim.AdamW(
         groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=device.type == "cuda"
     )
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu")
-    return torch.device(name)
-
-
-def compute_precision(precision: str, device: torch.device) -> str:
-    """``train.precision`` made concrete: "auto" is "bf16" on CUDA, "fp32" elsewhere."""
-    if precision == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return precision
-
-
-def autocast_for(precision: str, device: torch.device):
-    if compute_precision(precision, device) == "bf16":
-        return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext
 
 
 @torch.no_grad()
@@ -180,9 +162,7 @@ def prepare_data(run: RunConfig, tokenizer: Tokenizer):
     return (load_data_split(run.data.path, tokenizer, "train"), load_data_split(run.data.path, tokenizer, "val"))
 
 
-def train(
-    run: RunConfig, resume: bool = False, progress: bool = True, echo=print, new_schedule: bool = False
-) -> TrainResult:
+def train(run: RunConfig, resume: bool = False, progress: bool = True, new_schedule: bool = False) -> TrainResult:
     """Train the model of ``run``; with ``resume`` continue from the latest good checkpoint of its folder.
 
     Under torchrun every process calls this; they train data-parallel (``run.parallel``), each on its
@@ -190,20 +170,268 @@ def train(
     The run holds its folder's lock throughout (a second run into it is refused, naming this one).
     ``--resume`` refuses a changed learning-rate schedule (max_steps, lr, warmup, min_lr_ratio) unless
     ``new_schedule``. Ctrl-C raises TrainingInterrupted; in one process the first Ctrl-C finishes the
-    step and saves a checkpoint first.
+    step and saves a checkpoint first. Progress notes go to this module's logger (the CLI shows rank 0's).
     """
     run.validate()
     dist, device = init_distributed(run.train.device)
     try:
         with _run_folder_lock(Path(run.train.out_dir), dist):
-            echo_main = echo if dist.is_main else _silent
-            return _train(run, resume, new_schedule, progress and dist.is_main, echo_main, dist, device)
+            trainer = Trainer(run, dist, device, resume, progress and dist.is_main)
+            finished = trainer.resume_from_checkpoint(new_schedule) if resume else None
+            return finished if finished is not None else trainer.train()
     finally:
         shutdown(dist)
 
 
-def _silent(*args, **kwargs) -> None:
-    pass
+class Trainer:
+    """One training run in named phases, as torchtitan's trainer: setup (the constructor: data, model,
+    parallelism, optimizer), :meth:`resume_from_checkpoint`, then :meth:`train`, a loop of
+    :meth:`train_step` that calls :meth:`log_metrics`, :meth:`validate` and :meth:`save_checkpoint` when due."""
+
+    def __init__(self, run: RunConfig, dist: DistInfo, device: torch.device, resume: bool, progress: bool) -> None:
+        check_same_recipe(run.to_dict(), dist)
+        self.run_dir = Path(run.train.out_dir)
+        self.dist, self.device, self.progress = dist, device, progress
+        if list_checkpoints(self.run_dir) and not resume:
+            raise ValueError(
+                f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
+                "or set train.out_dir to a new folder"
+            )
+        self.tokenizer = Tokenizer(run.data.tokenizer)
+        self.model_config = _checked_model_config(run, self.tokenizer)
+        self.mqar = run.data.source == "mqar"  # the synthetic task: its own vocabulary, no corpus
+        data = _load_data(run, self.tokenizer, dist, device, self.model_config.max_seq_len)
+        self.loader, self.val_rows, train_tokens, self.probe = data
+
+        self.autocast = autocast_for(run.train.precision, device)
+        torch.manual_seed(run.train.seed)
+        model = build_model(self.model_config, attn_backend=run.train.attn_backend).to(device)
+        n_params = sum(p.numel() for p in model.parameters())
+        self.run = run = run.sized(n_params, dist.world)  # a tokens-per-parameter budget becomes a step count
+        self.budget = _budget(run, n_params, train_tokens, dist.world)
+        precision = compute_precision(run.train.precision, device)
+        self.model = parallelize(model, run.parallel, dist, device, compile=run.train.compile, precision=precision)
+        self.optimizer = build_optimizer(self.model, run.optim, device)
+        compile_model = run.train.compile and run.parallel.compile_unit == "model"
+        self.step_model = torch.compile(self.model) if compile_model else self.model
+        self.tokens_per_step = run.train.micro_batch * run.train.grad_accum * run.data.seq_len * dist.world
+
+        self.step, self.tokens_seen = 0, 0  # steps done, tokens trained
+        self.last_ckpt: Path | None = None
+        self.train_loss: float | None = None
+        self.val_loss: float | None = None
+        self.metrics: MetricsLogger | None = None  # rank 0's records
+        self.bar = None
+        self.window_start, self.window_tokens = 0.0, 0  # the tokens/s of the steps since the last record
+
+    def resume_from_checkpoint(self, new_schedule: bool) -> TrainResult | None:
+        """Load the newest intact checkpoint of the run folder (after checking it was trained with this model,
+        tokenizer and schedule); the run's result when that checkpoint already finished it, else None."""
+        ckpt = _resume_point(self.run_dir, self.dist)
+        if ckpt is None:
+            log.info("no checkpoint in %s: starting from step 0", self.run_dir)
+            return None
+        state = read_state(ckpt)
+        _check_resume_compatible(state, self.model_config, self.tokenizer, ckpt)
+        _check_same_schedule(state, self.run, ckpt, new_schedule)
+        if state["step"] >= self.run.train.max_steps:
+            return _already_complete(self.run_dir, ckpt, state)
+        load_training_state(ckpt, self.model, self.optimizer, self.dist)
+        self.step, self.tokens_seen, self.last_ckpt = state["step"], state["tokens"], ckpt
+        log.info(
+            "resuming %s from %s (step %d, saved by %d process(es), resumed on %d)",
+            self.run_dir,
+            ckpt.name,
+            self.step,
+            state["world_size"],
+            self.dist.world,
+        )
+        return None
+
+    def train(self) -> TrainResult:
+        """Steps from the current one to ``train.max_steps``; logging, validation and checkpoints when due."""
+        max_steps = self.run.train.max_steps
+        self._open_records()
+        self.bar = bar = _progress(max_steps, self.step, self.progress)
+        self.window_start = time.perf_counter()
+        ctrl_c = _CtrlC(not self.dist.enabled)
+        try:
+            for step in range(self.step, max_steps):
+                loss, grad_norm, lr = self.train_step(step)
+                self.step = step + 1
+                self.tokens_seen += self.tokens_per_step
+                self.window_tokens += self.tokens_per_step
+                if self._due(self.run.train.log_every):
+                    self.log_metrics(loss, grad_norm, lr)
+                if self._due(self.run.train.eval_every):
+                    self.validate()
+                stopping = ctrl_c.pressed and self.step < max_steps
+                if self._due(self.run.checkpoint.every) or stopping:
+                    self.last_ckpt = self.save_checkpoint()
+                bar.update(1)
+                if stopping:
+                    raise TrainingInterrupted(self.step, max_steps, self.last_ckpt)
+        except KeyboardInterrupt as err:
+            if isinstance(err, TrainingInterrupted):
+                raise
+            raise TrainingInterrupted(self.step, max_steps, self.last_ckpt) from None
+        finally:
+            ctrl_c.restore()
+            bar.close()
+            if self.metrics is not None:
+                self.metrics.close()
+        return TrainResult(self.run_dir, max_steps, self.last_ckpt, self.train_loss, self.val_loss)
+
+    def train_step(self, step: int) -> tuple[float, float, float]:
+        """One optimizer step (0-based ``step``) over ``grad_accum`` micro-batches of every rank: (loss averaged
+        over ranks, gradient norm before clipping, learning rate). Raises TrainingDiverged on NaN/inf."""
+        run, dist = self.run, self.dist
+        lr = lr_at(step, run.optim, run.train.max_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(run.train.grad_accum):
+            x, y, weights = self.loader.batch(
+                step, micro, run.train.micro_batch, run.train.grad_accum, dist.rank, dist.world
+            )
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with gradient_sync(self.model, run.parallel, micro == run.train.grad_accum - 1):
+                with self.autocast():
+                    logits = self.step_model(x)
+                loss = token_loss(logits, y, weights) / run.train.grad_accum
+                loss.backward()
+            loss_sum += loss.detach()
+        clip = run.optim.grad_clip if run.optim.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
+            grad_norm = grad_norm.full_tensor()
+        self.train_loss = train_loss = mean_across_ranks(loss_sum, dist).item()
+        norm = grad_norm.item()
+        if not (math.isfinite(train_loss) and math.isfinite(norm)):
+            good = f"{self.last_ckpt}" if self.last_ckpt else "none yet"
+            raise TrainingDiverged(
+                f"training diverged at step {step + 1}: loss={train_loss}, grad norm={norm}. "
+                f"The last good checkpoint is kept ({good}). Lower optim.lr or raise optim.warmup_steps, "
+                "check the data, then continue with --resume"
+            )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return train_loss, norm, lr
+
+    def log_metrics(self, loss: float, grad_norm: float, lr: float) -> None:
+        """The training record of the step just done (loss, lr, norm, tokens, tokens/s, λ) on rank 0."""
+        lambdas = layer_lambdas(self.model)  # every rank: FSDP2 gathers the λ vectors
+        if self.metrics is None:
+            return
+        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        record = {
+            "step": self.step,
+            "loss": loss,
+            "lr": lr,
+            "grad_norm": grad_norm,
+            "tokens": self.tokens_seen,
+            "tokens_per_s": self.window_tokens / elapsed,
+        }
+        if "train_tokens" in self.budget:  # a corpus (MQAR draws new sequences every step)
+            record["passes"] = self.tokens_seen / self.budget["train_tokens"]
+        if lambdas is not None:
+            record["lambda"] = lambdas
+        if self.device.type == "cuda":
+            record["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.metrics.log(record)
+        self.bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{self.window_tokens / elapsed:,.0f}")
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+
+    def validate(self) -> None:
+        """The validation loss on every rank (MQAR: loss and accuracy at the answer positions, at the training
+        length and 2x; a needle mix adds its probe's exact match, per-token accuracy and answer log-prob),
+        recorded by rank 0."""
+        micro_batch = self.run.train.micro_batch
+        if self.mqar:
+            scores = self.probe(self.model, micro_batch, self.autocast)
+            self.val_loss = scores["val_loss"]
+        else:
+            self.val_loss = evaluate(self.model, self.val_rows, micro_batch, self.device, self.autocast)
+            scores = {"val_loss": self.val_loss, "val_ppl": math.exp(min(self.val_loss, 50))}
+            if self.probe is not None:
+                scores |= self.probe(self.model, micro_batch, self.autocast)
+        if self.metrics is not None:
+            self.metrics.log({"step": self.step, **scores, "tokens": self.tokens_seen})
+            log.info("step %d: val loss %.4f", self.step, self.val_loss)
+
+    def save_checkpoint(self) -> Path:
+        """A checkpoint of the step just done (model, optimizer, run and the losses so far)."""
+        state = {
+            "tokens": self.tokens_seen,
+            "model_config": self.model_config.to_dict(),
+            "run": self.run.to_dict(),
+            "tokenizer_sha256": self.tokenizer.sha256,
+            "train_loss": self.train_loss,
+            "val_loss": self.val_loss,
+        }
+        keep = self.run.checkpoint.keep_last
+        return save_checkpoint(
+            self.run_dir, self.step, self.model, self.optimizer, state, self.tokenizer.path, keep, self.dist
+        )
+
+    def _due(self, every: int) -> bool:
+        return self.step % every == 0 or self.step == self.run.train.max_steps
+
+    def _open_records(self) -> None:
+        """Rank 0 writes run_config.json and opens metrics.jsonl (cut back to the resumed step)."""
+        if not self.dist.is_main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        record = {
+            "run": self.run.to_dict(),
+            "model_config": self.model_config.to_dict(),
+            "world_size": self.dist.world,
+            **self.budget,
+        }
+        (self.run_dir / RUN_CONFIG).write_text(json.dumps(record, indent=2))
+        self.metrics = MetricsLogger(self.run_dir, resume_step=self.step if self.last_ckpt is not None else None)
+
+
+def _checked_model_config(run: RunConfig, tokenizer: Tokenizer) -> ModelConfig:
+    """The run's model config with the vocabulary of its data (the tokenizer's, or MQAR's); an error when the
+    vocabulary or the training length does not fit it."""
+    mqar = run.data.source == "mqar"
+    vocab, vocab_of = (run.mqar.vocab_size, "mqar.vocab_size") if mqar else (tokenizer.vocab_size, "the tokenizer's")
+    model_config = run.model_config(vocab_size=vocab)
+    if model_config.vocab_size < vocab:
+        raise ValueError(
+            f"model.vocab_size={model_config.vocab_size} is smaller than {vocab_of} "
+            f"{vocab}; remove model.vocab_size to take {vocab_of}"
+        )
+    if run.data.seq_len > model_config.max_seq_len:
+        raise ValueError(
+            f"data.seq_len={run.data.seq_len} exceeds model max_seq_len={model_config.max_seq_len}; "
+            "lower data.seq_len or raise model.max_seq_len"
+        )
+    return model_config
+
+
+def _load_data(run: RunConfig, tokenizer: Tokenizer, dist: DistInfo, device: torch.device, max_seq_len: int):
+    """(the training loader, the validation windows, the training split's token count, the probe that
+    validation adds): MQAR has no corpus (neither windows nor a count); a needle mix has its needle probe."""
+    if run.data.source == "mqar":
+        probe = MQARProbe(run.mqar, run.data.seq_len, max_seq_len)
+        if probe.skipped:
+            log.info(probe.skipped)
+        return MQARLoader(run.mqar, run.data.seq_len, run.train.seed, device), None, None, probe
+    if dist.is_main:
+        train_data, val_data = prepare_data(run, tokenizer)  # rank 0 tokenizes the bundled corpus first
+    barrier(dist)
+    if not dist.is_main:
+        train_data, val_data = prepare_data(run, tokenizer)
+    mix = parse_mix(run.data.mix, tokenizer, train_data)
+    loader = WindowLoader(train_data, run.data.seq_len, run.train.seed, mix)
+    val_rows = eval_windows(val_data, run.data.seq_len, run.data.val_tokens)
+    probe = None
+    if mix is not None:  # the needle task's learning curve, on prompts from the validation split
+        builder = NeedleBuilder(tokenizer, val_data, split_digits=mix.builder.split_digits)
+        probe = NeedleProbe(builder, run.data.seq_len, mix.max_needles)
+    return loader, val_rows, len(train_data), probe
 
 
 @contextlib.contextmanager
@@ -250,7 +478,7 @@ def _resume_point(run_dir: Path, dist: DistInfo) -> Path | None:
 SCHEDULE_FIELDS = ("train.max_steps", "optim.lr", "optim.warmup_steps", "optim.min_lr_ratio")
 
 
-def _check_same_schedule(state: dict, run: RunConfig, ckpt: Path, new_schedule: bool, echo) -> None:
+def _check_same_schedule(state: dict, run: RunConfig, ckpt: Path, new_schedule: bool) -> None:
     """Resuming with other schedule values silently bends the learning rate of the rest of the run: refuse
     that unless asked (``new_schedule``), then say what changes."""
     saved, now = state["run"], run.to_dict()
@@ -269,7 +497,7 @@ def _check_same_schedule(state: dict, run: RunConfig, ckpt: Path, new_schedule: 
             "the run's own values, or pass --new-schedule to continue on the new schedule",
             diffs,
         )
-    echo(f"continuing on a new learning-rate schedule from step {state['step']}: {'; '.join(diffs)}")
+    log.info("continuing on a new learning-rate schedule from step %d: %s", state["step"], "; ".join(diffs))
 
 
 def _already_complete(run_dir: Path, ckpt: Path, state: dict) -> TrainResult:
@@ -283,8 +511,8 @@ class _CtrlC:
     one interrupts at once. Only in one process, on the main thread: under torchrun every rank gets the
     signal and stops where it is."""
 
-    def __init__(self, enabled: bool, echo) -> None:
-        self.pressed, self.echo, self._previous = False, echo, None
+    def __init__(self, enabled: bool) -> None:
+        self.pressed, self._previous = False, None
         if enabled and threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGINT, self._on_sigint)
 
@@ -292,198 +520,12 @@ class _CtrlC:
         if self.pressed:
             raise KeyboardInterrupt
         self.pressed = True
-        self.echo("\nCtrl-C: stopping after this step with a checkpoint (press Ctrl-C again to stop at once)")
+        log.warning("\nCtrl-C: stopping after this step with a checkpoint (press Ctrl-C again to stop at once)")
 
     def restore(self) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
             self._previous = None
-
-
-def _train(
-    run: RunConfig, resume: bool, new_schedule: bool, progress: bool, echo, dist: DistInfo, device: torch.device
-) -> TrainResult:
-    check_same_recipe(run.to_dict(), dist)
-    run_dir = Path(run.train.out_dir)
-    if list_checkpoints(run_dir) and not resume:
-        raise ValueError(
-            f"{run_dir} already holds checkpoints; pass --resume to continue that run "
-            "or set train.out_dir to a new folder"
-        )
-    tokenizer = Tokenizer(run.data.tokenizer)
-    mqar = run.data.source == "mqar"  # the synthetic task: its own vocabulary, no corpus
-    vocab, vocab_of = (run.mqar.vocab_size, "mqar.vocab_size") if mqar else (tokenizer.vocab_size, "the tokenizer's")
-    model_config = run.model_config(vocab_size=vocab)
-    if model_config.vocab_size < vocab:
-        raise ValueError(
-            f"model.vocab_size={model_config.vocab_size} is smaller than {vocab_of} "
-            f"{vocab}; remove model.vocab_size to take {vocab_of}"
-        )
-    if run.data.seq_len > model_config.max_seq_len:
-        raise ValueError(
-            f"data.seq_len={run.data.seq_len} exceeds model max_seq_len={model_config.max_seq_len}; "
-            "lower data.seq_len or raise model.max_seq_len"
-        )
-    probe = None
-    if mqar:
-        loader = MQARLoader(run.mqar, run.data.seq_len, run.train.seed, device)
-        probe = MQARProbe(run.mqar, run.data.seq_len, model_config.max_seq_len)
-        if probe.skipped:
-            echo(probe.skipped)
-    else:
-        if dist.is_main:
-            train_data, val_data = prepare_data(run, tokenizer)  # rank 0 tokenizes the bundled corpus first
-        barrier(dist)
-        if not dist.is_main:
-            train_data, val_data = prepare_data(run, tokenizer)
-        mix = parse_mix(run.data.mix, tokenizer, train_data)
-        loader = WindowLoader(train_data, run.data.seq_len, run.train.seed, mix)
-        val_rows = eval_windows(val_data, run.data.seq_len, run.data.val_tokens)
-        if mix is not None:  # the needle task's learning curve, on prompts from the validation split
-            builder = NeedleBuilder(tokenizer, val_data, split_digits=mix.builder.split_digits)
-            probe = NeedleProbe(builder, run.data.seq_len, mix.max_needles)
-
-    autocast = autocast_for(run.train.precision, device)
-    torch.manual_seed(run.train.seed)
-    model = build_model(model_config, attn_backend=run.train.attn_backend).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    run = run.sized(n_params, dist.world)  # a tokens-per-parameter budget becomes a step count
-    budget = _budget(run, n_params, None if mqar else len(train_data), dist.world)
-    precision = compute_precision(run.train.precision, device)
-    model = parallelize(model, run.parallel, dist, device, compile=run.train.compile, precision=precision)
-    optimizer = build_optimizer(model, run.optim, device)
-
-    start_step, tokens_seen = 0, 0
-    ckpt = _resume_point(run_dir, dist) if resume else None
-    if ckpt is not None:
-        state = read_state(ckpt)
-        _check_resume_compatible(state, model_config, tokenizer, ckpt)
-        _check_same_schedule(state, run, ckpt, new_schedule, echo)
-        if state["step"] >= run.train.max_steps:
-            return _already_complete(run_dir, ckpt, state)
-        load_training_state(ckpt, model, optimizer, dist)
-        start_step, tokens_seen = state["step"], state["tokens"]
-        echo(
-            f"resuming {run_dir} from {ckpt.name} (step {start_step}, saved by {state['world_size']} "
-            f"process(es), resumed on {dist.world})"
-        )
-    elif resume:
-        echo(f"no checkpoint in {run_dir}: starting from step 0")
-
-    metrics = None
-    if dist.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / RUN_CONFIG).write_text(
-            json.dumps(
-                {"run": run.to_dict(), "model_config": model_config.to_dict(), "world_size": dist.world, **budget},
-                indent=2,
-            )
-        )
-        metrics = MetricsLogger(run_dir, resume_step=start_step if ckpt is not None else None)
-    step_model = torch.compile(model) if run.train.compile and run.parallel.compile_unit == "model" else model
-    tokens_per_step = run.train.micro_batch * run.train.grad_accum * run.data.seq_len * dist.world
-    last_ckpt, train_loss, val_loss = ckpt, None, None
-
-    def checkpoint(step: int) -> Path:
-        state = {
-            "tokens": tokens_seen,
-            "model_config": model_config.to_dict(),
-            "run": run.to_dict(),
-            "tokenizer_sha256": tokenizer.sha256,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-        }
-        return save_checkpoint(run_dir, step, model, optimizer, state, tokenizer.path, run.checkpoint.keep_last, dist)
-
-    bar = _progress(run.train.max_steps, start_step, progress)
-    window_start, window_tokens = time.perf_counter(), 0
-    done, ctrl_c = start_step, _CtrlC(not dist.enabled, bar.write if progress else echo)
-    try:
-        for step in range(start_step, run.train.max_steps):
-            lr = lr_at(step, run.optim, run.train.max_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss_sum = torch.zeros((), device=device)
-            for micro in range(run.train.grad_accum):
-                x, y, weights = loader.batch(
-                    step, micro, run.train.micro_batch, run.train.grad_accum, dist.rank, dist.world
-                )
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                last = micro == run.train.grad_accum - 1
-                sync = gradient_sync(model, run.parallel, last)
-                with sync:
-                    with autocast():
-                        logits = step_model(x)
-                    loss = token_loss(logits, y, weights) / run.train.grad_accum
-                    loss.backward()
-                loss_sum += loss.detach()
-            clip = run.optim.grad_clip if run.optim.grad_clip > 0 else float("inf")
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            if hasattr(grad_norm, "full_tensor"):  # FSDP2: a replicated DTensor
-                grad_norm = grad_norm.full_tensor()
-            train_loss = mean_across_ranks(loss_sum, dist).item()
-            norm = grad_norm.item()
-            if not (math.isfinite(train_loss) and math.isfinite(norm)):
-                good = f"{last_ckpt}" if last_ckpt else "none yet"
-                raise TrainingDiverged(
-                    f"training diverged at step {step + 1}: loss={train_loss}, grad norm={norm}. "
-                    f"The last good checkpoint is kept ({good}). Lower optim.lr or raise optim.warmup_steps, "
-                    "check the data, then continue with --resume"
-                )
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            done = step + 1
-            tokens_seen += tokens_per_step
-            window_tokens += tokens_per_step
-            log_now = done % run.train.log_every == 0 or done == run.train.max_steps
-            lambdas = layer_lambdas(model) if log_now else None  # every rank: FSDP2 gathers the λ vectors
-            if metrics is not None and log_now:
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                record = {
-                    "step": done,
-                    "loss": train_loss,
-                    "lr": lr,
-                    "grad_norm": norm,
-                    "tokens": tokens_seen,
-                    "tokens_per_s": window_tokens / elapsed,
-                }
-                if "train_tokens" in budget:  # a corpus (MQAR draws new sequences every step)
-                    record["passes"] = tokens_seen / budget["train_tokens"]
-                if lambdas is not None:
-                    record["lambda"] = lambdas
-                if device.type == "cuda":
-                    record["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
-                metrics.log(record)
-                bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{window_tokens / elapsed:,.0f}")
-                window_start, window_tokens = time.perf_counter(), 0
-            if done % run.train.eval_every == 0 or done == run.train.max_steps:
-                if mqar:  # loss and accuracy at the answer positions, at the training length and 2x
-                    scores = probe(model, run.train.micro_batch, autocast)
-                    val_loss = scores["val_loss"]
-                else:
-                    val_loss = evaluate(model, val_rows, run.train.micro_batch, device, autocast)
-                    scores = {"val_loss": val_loss, "val_ppl": math.exp(min(val_loss, 50))}
-                    if probe is not None:  # a needle mix: exact match, per-token accuracy, answer log-prob
-                        scores |= probe(model, run.train.micro_batch, autocast)
-                if metrics is not None:
-                    metrics.log({"step": done, **scores, "tokens": tokens_seen})
-                    bar.write(f"step {done}: val loss {val_loss:.4f}")
-            stopping = ctrl_c.pressed and done < run.train.max_steps
-            if done % run.checkpoint.every == 0 or done == run.train.max_steps or stopping:
-                last_ckpt = checkpoint(done)
-            bar.update(1)
-            if stopping:
-                raise TrainingInterrupted(done, run.train.max_steps, last_ckpt)
-    except KeyboardInterrupt as err:
-        if isinstance(err, TrainingInterrupted):
-            raise
-        raise TrainingInterrupted(done, run.train.max_steps, last_ckpt) from None
-    finally:
-        ctrl_c.restore()
-        bar.close()
-        if metrics is not None:
-            metrics.close()
-    return TrainResult(run_dir, run.train.max_steps, last_ckpt, train_loss, val_loss)
 
 
 def _budget(run: RunConfig, n_params: int, train_tokens: int | None, world: int) -> dict:
