@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
 from shareddiff.layers import RMSNorm, apply_rope, init_weight, project_inputs
+from shareddiff.ops import available_backends as differential_backends
 from shareddiff.ops import differential_attention, eager_differential_attention
 
 HEAD_NORM_EPS = 1e-5
@@ -18,6 +19,8 @@ HEAD_NORM_EPS = 1e-5
 
 class DifferentialAttention(nn.Module):
     """Base of the differential variants; subclasses implement ``project_qkv``."""
+
+    available_backends = staticmethod(differential_backends)  # the names of differential_attention's registry
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()

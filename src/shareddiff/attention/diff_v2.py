@@ -16,11 +16,13 @@ from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
 from shareddiff.layers import apply_rope, init_weight, project_inputs
-from shareddiff.ops import differential_v2_attention, eager_differential_v2_attention
+from shareddiff.ops import differential_v2_attention, eager_differential_v2_attention, softmax_backends
 
 
 class PairedDifferentialAttention(nn.Module):
     """Base of the V2 variants; subclasses implement ``project``."""
+
+    available_backends = staticmethod(softmax_backends)  # the backend names its op runs (softmax attention)
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
