@@ -43,3 +43,27 @@ def test_needle_builder_moved_with_a_deprecated_alias():
 
     with pytest.warns(DeprecationWarning, match="import it from shareddiff.data"):
         assert shareddiff.eval.NeedleBuilder is NeedleBuilder
+
+
+def test_differential_attention_base_has_a_deprecated_alias():
+    import shareddiff.attention
+    from shareddiff.attention import DiffAttentionBase
+
+    with pytest.warns(DeprecationWarning, match="use DiffAttentionBase"):
+        assert shareddiff.attention.DifferentialAttention is DiffAttentionBase
+
+
+def test_each_attention_class_declares_its_qk_parameters():
+    """The names each class declares are exactly its Q/K parameters (params.py counts by them)."""
+    from shareddiff import ModelConfig
+    from shareddiff.attention import ATTENTION_REGISTRY
+
+    for (attention, sharing), cls in ATTENTION_REGISTRY.items():
+        config = ModelConfig(attention=attention, base_sharing=sharing or "branches", d_model=64, n_heads=2)
+        module = cls(config, 0)
+        own = {name.split(".")[0] for name, _ in module.named_parameters()}
+        assert set(cls.qk_param_names) <= own, cls.__name__
+        assert own - set(cls.qk_param_names) <= {"wv", "wo", "lambda_proj", "head_norm", *LAMBDAS}, cls.__name__
+
+
+LAMBDAS = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")

@@ -14,6 +14,7 @@ class StandardAttention(nn.Module):
     """Multi-head (optionally grouped-query) attention with head dim D / n_heads and RoPE."""
 
     available_backends = staticmethod(softmax_backends)  # the backend names its op runs
+    qk_param_names: tuple[str, ...] = ("wq", "wk")  # the attributes that hold Q/K parameters (params.py)
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()

@@ -196,7 +196,7 @@ def attention_results(
     """Attention mass on the answer needle vs the rest (the paper's Table 5); also JSON and a PNG. The
     length defaults to 1024, or the model's context when that is shorter (with a note)."""
     from shareddiff.data.needle import builder_for_run
-    from shareddiff.eval.attention import attention_eval
+    from shareddiff.eval.attention_allocation import attention_eval
     from shareddiff.plots import plot_attention_map
 
     check_probe_args(depths, samples, needles)

@@ -7,7 +7,7 @@ import torch
 from shareddiff import ModelConfig, build_model
 from shareddiff.data import load_split
 from shareddiff.data.needle import NeedleBuilder
-from shareddiff.eval.attention import attention_eval, attention_mass, recording
+from shareddiff.eval.attention_allocation import attention_eval, attention_mass, recording
 
 
 def one_row(values: list[float]) -> torch.Tensor:
