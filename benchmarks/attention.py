@@ -1,25 +1,28 @@
 """Differential attention on the GPU: correctness of the fused kernel, then its speed against SDPA.
 
-    python3 benchmarks/attention.py [--quick] [--sweep]
+    python3 benchmarks/attention.py [--quick] [--sweep] [--modes split atomic reduce tma vsplit maps]
+        [--sizes 8192x64 16384x128] [--check-dtypes bf16 fp32] [--checks-only | --skip-checks]
+        [--no-projections] [--profile]
 
-1. Checks (bf16 and fp32, fresh random inputs, output memory poisoned with NaN first): the "triton"
-   and "sdpa" backends against a float64 reference, forward and every gradient.
+1. Checks (bf16 and fp32, fresh random inputs, GPU memory poisoned with NaN first so an element a kernel
+   leaves unwritten shows): the "sdpa" backend and the fused kernel in each of ``--modes`` (KernelSettings
+   passed as keywords, see MODES) against a float64 reference, forward and every gradient. Any failure
+   stops the run before timing (exit status 1).
 2. Times, model width 2048 and 32K tokens per batch (B = 32768 / N), causal, bf16, with
    ``triton.testing.do_bench`` (median): standard SDPA (h heads of 2d), DIFF as 2 SDPA calls (v of
-   width 2d), DIFF as 4 SDPA calls (v split), and the fused kernel (dQ by its own kernel, the
-   default; dQ by atomic adds; V's columns over two forward programs); forward and forward+backward;
-   peak memory of each.
-3. With --sweep: the kernel's block shapes (``SHAREDDIFF_TRITON_{FWD,BWD,DQ}_BLOCKS``), one kernel at
+   width 2d), DIFF as 4 SDPA calls (v split), and the fused kernel in each of ``--modes``; forward and
+   forward+backward; peak memory of each.
+3. With --sweep: the kernel's block shapes (``fwd_blocks``, ``bwd_blocks``, ``dq_blocks``), one kernel at
    a time.
 4. Shared DIFF projections: separate GEMMs (W, A1, A2) vs one GEMM of X·[W | A1 | A2].
-Writes JSON to benchmarks/results/ (or --out) and prints the tables last.
+--profile instead runs one forward + backward per mode at the first size and nothing else (for Nsight
+Compute: ``benchmarks/kernel_plan.sh``). Writes JSON to benchmarks/results/ (or --out) and prints the tables last.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -31,8 +34,28 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_result
 
 from shareddiff.ops import differential_attention
+from shareddiff.ops.kernel_settings import Blocks, KernelSettings
+from shareddiff.ops.triton_diff import triton_differential_attention
 
 WIDTH, TOKENS = 2048, 32768
+DEVICE = "cuda"  # the checks' device (tests run them on the CPU interpreter)
+MODES = {  # the fused kernel's settings by name (KernelSettings); "split" is the default
+    "split": KernelSettings(),
+    "atomic": KernelSettings(dq="atomic"),
+    "reduce": KernelSettings(dq="reduce"),
+    "tma": KernelSettings(dq="tma"),
+    "vsplit": KernelSettings(forward="vsplit"),
+    "maps": KernelSettings(forward="maps"),
+}
+
+
+def kernel(settings: KernelSettings):
+    """The fused kernel with ``settings`` (keywords, not the environment), as differential_attention's call."""
+    return lambda *a: triton_differential_attention(*a, settings=settings)
+
+
+def sdpa(*a):
+    return differential_attention(*a, backend="sdpa")
 
 
 def rel(a, b) -> float:
@@ -61,14 +84,15 @@ def poison() -> None:
     del blob
 
 
-def check(backend: str, dtype: torch.dtype, b: int, h: int, h_kv: int, n: int, d: int) -> dict:
-    dev = "cuda"
+def check(label: str, fn, dtype: torch.dtype, b: int, h: int, h_kv: int, n: int, d: int) -> dict:
+    """``fn`` (differential_attention's arguments) against float64 on fresh inputs in poisoned memory."""
+    dev = DEVICE
     q1, q2 = (torch.randn(b, h, n, d, device=dev, dtype=dtype, requires_grad=True) for _ in range(2))
     k1, k2 = (torch.randn(b, h_kv, n, d, device=dev, dtype=dtype, requires_grad=True) for _ in range(2))
     v = torch.randn(b, h_kv, n, 2 * d, device=dev, dtype=dtype, requires_grad=True)
     lam = (torch.rand(h, device=dev) * 0.8 + 0.1).requires_grad_(True)
     poison()
-    out = differential_attention(q1, q2, k1, k2, v, lam, backend=backend)
+    out = fn(q1, q2, k1, k2, v, lam)
     grad = torch.randn_like(out)
     out.backward(grad)
     leaves = [q1, q2, k1, k2, v, lam]
@@ -82,7 +106,7 @@ def check(backend: str, dtype: torch.dtype, b: int, h: int, h_kv: int, n: int, d
     tol = 1e-2 if dtype != torch.float32 else 1e-4
     ok = finite and all(e <= tol for k, e in errors.items() if k != "lam") and errors["lam"] <= 10 * tol
     return {
-        "backend": backend,
+        "backend": label,
         "dtype": str(dtype),
         "shape": [b, h, h_kv, n, d],
         "errors": errors,
@@ -125,7 +149,7 @@ def time_variant(fn, inputs, backward: bool) -> tuple[float, float]:
     return ms, torch.cuda.max_memory_allocated() / 2**30
 
 
-def bench(n: int, d: int) -> list[dict]:
+def bench(n: int, d: int, modes: list[str]) -> list[dict]:
     b, h = TOKENS // n, WIDTH // (2 * d)
     dev, dt = "cuda", torch.bfloat16
 
@@ -139,21 +163,9 @@ def bench(n: int, d: int) -> list[dict]:
         "standard SDPA": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, vs)),
         "DIFF 2 SDPA calls": (lambda *a: differential_attention(*a, backend="sdpa"), (q1, q2, k1, k2, v, lam)),
         "DIFF 4 SDPA calls": (four_call, (q1, q2, k1, k2, v, lam)),
-        "fused kernel": (lambda *a: differential_attention(*a, backend="triton"), (q1, q2, k1, k2, v, lam)),
-        "fused kernel, dQ atomics": (
-            lambda *a: differential_attention(*a, backend="triton"),
-            (q1, q2, k1, k2, v, lam),
-        ),
-        "fused kernel, V split": (
-            lambda *a: differential_attention(*a, backend="triton"),
-            (q1, q2, k1, k2, v, lam),
-        ),
-    }
+    } | {f"fused kernel, {mode}": (kernel(MODES[mode]), (q1, q2, k1, k2, v, lam)) for mode in modes}
     rows = []
     for name, (fn, inputs) in variants.items():
-        # read when the kernels launch: dQ "split" (default) or "atomic"; forward V columns 1 or 2 programs
-        os.environ["SHAREDDIFF_TRITON_DQ"] = "atomic" if "atomics" in name else "split"
-        os.environ["SHAREDDIFF_TRITON_VSPLIT"] = "2" if "V split" in name else "1"
         fwd, mem_f = time_variant(fn, inputs, False)
         both, mem_b = time_variant(fn, inputs, True)
         print(f"N={n} d={d} {name}: fwd {fwd:.3f} ms, fwd+bwd {both:.3f} ms, peak {mem_b:.2f} GiB", flush=True)
@@ -182,34 +194,35 @@ SWEEP = {  # block shapes "BM,BN,num_warps,num_stages" per kernel and head half-
     ("DQ", 128): ["128,32,8,2", "64,32,4,2", "64,64,4,2", "128,32,8,1", "64,32,8,2"],
     ("BWD, dQ atomic", 64): ["32,128,8,2", "64,64,4,2", "64,128,8,2", "32,64,4,2"],
     ("BWD, dQ atomic", 128): ["32,64,8,1", "64,32,4,2", "64,64,8,1"],
+    ("BWD, dQ reduce", 64): ["64,128,8,2", "64,64,4,2", "64,64,8,2", "128,64,8,2"],
+    ("BWD, dQ reduce", 128): ["64,64,8,1", "64,32,4,2", "64,64,4,1", "128,32,8,1"],
+    ("BWD, dQ tma", 64): ["64,128,8,2", "64,64,4,2", "64,64,8,2", "128,64,8,2"],
+    ("BWD, dQ tma", 128): ["64,64,8,1", "64,32,4,2", "64,64,4,1", "128,32,8,1"],
 }
 
 
 def sweep(n: int, d: int) -> list[dict]:
-    """The fused kernel (V in one program; dQ split unless the label says atomic) under each block shape
+    """The fused kernel (forward fused; dQ split unless the label names a mode) under each block shape
     of SWEEP, one kernel at a time with the others at their defaults: forward time for FWD,
     forward+backward for the rest."""
     b, h = TOKENS // n, WIDTH // (2 * d)
-    os.environ["SHAREDDIFF_TRITON_VSPLIT"] = "1"
     leaves = [torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(4)]
     v = torch.randn(b, h, n, 2 * d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     inputs = (*leaves, v, torch.tensor(0.5, device="cuda", requires_grad=True))
     out = []
     for label in dict.fromkeys(k for k, _ in SWEEP):
         kind = label.split(",")[0]
-        os.environ["SHAREDDIFF_TRITON_DQ"] = "atomic" if "atomic" in label else "split"
+        dq = label.split()[-1] if "dQ" in label else "split"
         for blocks in SWEEP[(label, d)]:
-            os.environ[f"SHAREDDIFF_TRITON_{kind}_BLOCKS"] = blocks
+            settings = KernelSettings(dq=dq).replace(**{f"{kind.lower()}_blocks": Blocks.parse(blocks)})
             try:
-                ms, _ = time_variant(lambda *a: differential_attention(*a, backend="triton"), inputs, kind != "FWD")
+                ms, _ = time_variant(kernel(settings), inputs, kind != "FWD")
             except Exception as exc:  # a shape that does not fit (shared memory, registers) is a finding
                 ms = float("nan")
                 print(f"sweep N={n} d={d} {label} {blocks}: {type(exc).__name__}: {str(exc)[:120]}", flush=True)
-            del os.environ[f"SHAREDDIFF_TRITON_{kind}_BLOCKS"]
             timed = "fwd" if kind == "FWD" else "fwd+bwd"
             out.append({"n": n, "d": d, "kernel": label, "blocks": blocks, "ms": ms, "timed": timed})
             print(f"sweep N={n} d={d} {label} {blocks}: {ms:.3f} ms ({timed})", flush=True)
-    os.environ["SHAREDDIFF_TRITON_DQ"] = "split"
     return out
 
 
@@ -245,43 +258,67 @@ def projections(n_tokens: int = 32768, width: int = 1024, rank: int = 64) -> lis
     return out
 
 
+def profile_once(n: int, d: int, modes: list[str]) -> None:
+    """One forward + backward of the fused kernel per mode, in ``modes`` order, at the benchmark's shape."""
+    b, h = TOKENS // n, WIDTH // (2 * d)
+    leaves = [torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(4)]
+    v = torch.randn(b, h, n, 2 * d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    inputs = (*leaves, v, torch.tensor(0.5, device="cuda", requires_grad=True))
+    for mode in modes:
+        kernel(MODES[mode])(*inputs).sum().backward()
+        torch.cuda.synchronize()
+        print(f"profiled N={n} d={d} mode {mode}", flush=True)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"8192x64"`` → (N, d): query length and head half-dim."""
+    try:
+        n, d = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r}; use NxD, e.g. 8192x64") from None
+    return n, d
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N ∈ {8192, 16384} only")
     parser.add_argument("--sweep", action="store_true", help="also time the kernel's block shapes (SWEEP)")
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="fused-kernel modes")
+    parser.add_argument("--sizes", nargs="+", type=parse_size, help="NxD pairs, e.g. 8192x64 (overrides --quick)")
+    parser.add_argument("--check-dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
+    parser.add_argument("--checks-only", action="store_true", help="run the checks, time nothing")
+    parser.add_argument("--skip-checks", action="store_true", help="time only (after a passing --checks-only run)")
+    parser.add_argument("--profile", action="store_true", help="one fwd+bwd per mode at the first size, no more")
+    parser.add_argument("--no-projections", action="store_true", help="skip the projection GEMM timing")
     args = parser.parse_args()
+    if args.profile:
+        profile_once(*(args.sizes or [(8192, 64)])[0], args.modes)
+        return
     checks = []
-    for backend, dq, vsplit in (
-        ("triton", "split", "1"),
-        ("triton", "atomic", "1"),
-        ("triton", "split", "2"),
-        ("sdpa", "split", "1"),
-    ):
-        os.environ["SHAREDDIFF_TRITON_DQ"], os.environ["SHAREDDIFF_TRITON_VSPLIT"] = (
-            (dq, vsplit) if backend == "triton" else ("split", "1")
-        )
-        label = backend if backend == "sdpa" else f"triton (dQ {dq}, V programs {vsplit})"
-        for dt in (torch.bfloat16, torch.float32):
+    dtypes = [{"bf16": torch.bfloat16, "fp32": torch.float32}[name] for name in args.check_dtypes]
+    for label, fn in [("sdpa", sdpa)] + [(f"triton {mode}", kernel(MODES[mode])) for mode in args.modes]:
+        for dt in dtypes if not args.skip_checks else []:
             for h_kv, n, d in ((4, 1, 64), (2, 1031, 128), (4, 777, 32), (2, 2053, 64)):
-                checks.append(c := check(backend, dt, 1, 4, h_kv, n, d) | {"backend": label})
+                checks.append(c := check(label, fn, dt, 1, 4, h_kv, n, d))
                 worst = max(c["errors"].items(), key=lambda kv: kv[1])
                 print(
-                    f"check {c['backend']:34s} {c['dtype']:14s} {c['shape']}: worst {worst[0]} {worst[1]:.2e} "
+                    f"check {c['backend']:16s} {c['dtype']:14s} {c['shape']}: worst {worst[0]} {worst[1]:.2e} "
                     f"{'ok' if c['ok'] else 'FAIL'}",
                     flush=True,
                 )
-    sizes = (
+    failed = [c for c in checks if not c["ok"]]
+    sizes = args.sizes or (
         [(8192, 64), (16384, 64), (8192, 128)]
         if args.quick
         else [(2048, 64), (8192, 64), (16384, 64), (8192, 128), (16384, 128)]
     )
     rows = []
-    for n, d in sizes:
-        rows += bench(n, d)
+    for n, d in [] if failed or args.checks_only else sizes:
+        rows += bench(n, d, args.modes)
         print(f"timed N={n} d={d}", flush=True)
-    swept = [row for n, d in (sizes if args.sweep else []) for row in sweep(n, d)]
-    proj = projections()
+    swept = [row for n, d in (sizes if args.sweep and not failed else []) for row in sweep(n, d)]
+    proj = [] if args.no_projections or failed or args.checks_only else projections()
     path = write_result("attention", {"checks": checks, "timings": rows, "sweep": swept, "projections": proj}, args.out)
     print(
         table(
@@ -314,9 +351,9 @@ def main() -> None:
                 f"{r['peak_gib_fwd_bwd']:.2f}",
             ]
         )
-    print(
-        table(["N", "d", "variant", "fwd ms", "fwd+bwd ms", "fwd ÷ 2-call", "fwd+bwd ÷ 2-call", "peak GiB"], table_rows)
-    )
+    if table_rows:
+        headers = ["N", "d", "variant", "fwd ms", "fwd+bwd ms", "fwd ÷ 2-call", "fwd+bwd ÷ 2-call", "peak GiB"]
+        print(table(headers, table_rows))
     if swept:
         best = []
         for key in dict.fromkeys((r["n"], r["d"], r["kernel"]) for r in swept):
@@ -333,8 +370,11 @@ def main() -> None:
                 ]
             ]
         print(table(["N", "d", "kernel", "timed", "default blocks", "ms", "best blocks", "ms"], best))
-    print(table(["projection", "ms"], [[p["variant"], f"{p['ms']:.3f}"] for p in proj]))
+    if proj:
+        print(table(["projection", "ms"], [[p["variant"], f"{p['ms']:.3f}"] for p in proj]))
     print(f"wrote {path}")
+    if failed:
+        sys.exit(f"{len(failed)} checks failed: nothing timed")
 
 
 if __name__ == "__main__":

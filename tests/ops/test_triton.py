@@ -1,89 +1,125 @@
-"""The fused Triton kernel under TRITON_INTERPRET=1 (CPU) against the float64 reference: forward and
-gradients, odd N, GQA, causal and not, with a cache offset. Skipped where Triton is absent."""
+"""The fused Triton kernel under TRITON_INTERPRET=1 (CPU) against the float64 reference: forward and every
+gradient (q1, q2, k1, k2, v, λ) for every dQ mode (split, atomic, reduce in one launch and in several, tma)
+and every forward mode (fused, vsplit, maps), float32 and float16, odd N, GQA, a single key, causal and not,
+with a cache offset. Every output and workspace starts as NaN, so an element a kernel leaves unwritten shows.
+Skipped where Triton is absent."""
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from shareddiff.ops import available_backends, differential_attention
+import shareddiff.ops.triton_diff as kernels
+from shareddiff.ops import available_backends, differential_attention, resolve_backend
+from shareddiff.ops.kernel_settings import (
+    AUTO_RULES,
+    AutoRule,
+    Blocks,
+    KernelSettings,
+    auto_rule_for,
+    settings_from_env,
+)
+from shareddiff.ops.triton_diff import triton_differential_attention
 from tests.conftest import rel_err
 from tests.ops.test_differential import make_inputs, reference
 
 SHAPES = [  # (B, h, h_kv, N, N_k, d)
-    (1, 1, 1, 1, 1, 16),
-    (2, 2, 2, 37, 37, 16),
+    (1, 1, 1, 1, 1, 16),  # a single key
+    (2, 2, 2, 37, 37, 16),  # odd N
     (1, 4, 2, 45, 45, 32),  # GQA
     (1, 2, 2, 7, 30, 16),  # queries after a cache
     (1, 1, 1, 70, 70, 16),  # several unmasked blocks before the diagonal, partial last blocks
     (1, 2, 1, 21, 83, 16),  # GQA after a cache: unmasked key blocks beside masked ones
 ]
+MODES = {  # every dQ mode and every forward mode; "reduce, chunks": one key block per launch (running sums)
+    "split/fused": {"dq": "split", "forward": "fused"},
+    "atomic/vsplit": {"dq": "atomic", "forward": "vsplit"},
+    "reduce/maps": {"dq": "reduce", "forward": "maps"},
+    "reduce, chunks/fused": {"dq": "reduce", "forward": "fused", "dq_chunk": 1},
+    "tma/maps": {"dq": "tma", "forward": "maps"},
+}
+
+
+@pytest.fixture(autouse=True)
+def nan_outputs(monkeypatch):
+    """Outputs and workspaces start as NaN (the CPU analogue of the GPU checks' poisoned memory)."""
+
+    def alloc(*shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(kernels, "_alloc", alloc)
+
+
+@pytest.fixture(autouse=True)
+def descriptor_reduce(monkeypatch):
+    """An emulation of Hopper's tensor-descriptor reduce-add for Triton's CPU interpreter (which has none):
+    the tile's in-bounds elements added to memory, out-of-bounds ones dropped, as the TMA unit does. With
+    it, dq="tma" runs its own kernel path here instead of falling back to "atomic"."""
+    from triton._C.libtriton import ir
+    from triton.runtime.interpreter import InterpreterBuilder, TensorHandle
+
+    def create_descriptor_reduce(self, kind, desc, value, indices):
+        assert kind == ir.DESCRIPTOR_REDUCE_KIND.ADD, kind
+        ptrs, mask = desc.materialize_pointers(indices)
+        old = self.create_masked_load(ptrs, mask, None, None, False)
+        total = TensorHandle((old.data + value.data).astype(old.data.dtype), value.dtype)
+        self.create_masked_store(ptrs, total, mask, None)
+
+    monkeypatch.setattr(InterpreterBuilder, "create_descriptor_reduce", create_descriptor_reduce, raising=False)
+
+
+def check_against_float64(inputs, causal, tol_out, tol_grad, **options):
+    """The kernel's output and gradients (λ's included) against the float64 reference; returns them."""
+    inputs = [t.requires_grad_(True) for t in inputs]
+    inputs64 = [t.detach().double().requires_grad_(True) for t in inputs]
+    out = triton_differential_attention(*inputs, causal=causal, **options)
+    ref = reference(*inputs64, causal=causal)
+    assert out.dtype == inputs[0].dtype and torch.isfinite(out).all()
+    assert rel_err(out, ref) <= tol_out
+    grad = torch.randn_like(ref)
+    out.backward(grad.to(out.dtype))
+    ref.backward(grad)
+    for name, t, t64 in zip(("q1", "q2", "k1", "k2", "v"), inputs[:5], inputs64[:5], strict=True):
+        assert t.grad.dtype == t.dtype and torch.isfinite(t.grad).all(), f"grad of {name}"
+        assert rel_err(t.grad, t64.grad) <= tol_grad, f"grad of {name}"
+    # dλ = −Σ dO ⊙ O2: relative to ‖dO‖·‖O2‖ (the reference's dλ can be near 0)
+    o2 = reference(*[t.detach() for t in inputs64[:5]], torch.zeros(()), causal=causal) - reference(
+        *[t.detach() for t in inputs64[:5]], torch.ones(()), causal=causal
+    )
+    assert (inputs[5].grad.double() - inputs64[5].grad).norm() / (grad.norm() * o2.norm()) <= tol_grad
+    return out, [t.grad for t in inputs]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("lam_shape", [(), "per_head"])
-@pytest.mark.parametrize("dq,vsplit", [("split", "1"), ("atomic", "1"), ("split", "2")])
-def test_kernel_float32_matches_float64(seed, shape, causal, lam_shape, dq, vsplit, monkeypatch):
-    monkeypatch.setenv("SHAREDDIFF_TRITON_DQ", dq)
-    monkeypatch.setenv("SHAREDDIFF_TRITON_VSPLIT", vsplit)
-    assert "triton" in available_backends()
+@pytest.mark.parametrize("mode", MODES)
+def test_kernel_float32_matches_float64(seed, shape, causal, mode):
     b, h, h_kv, n, n_k, d = shape
-    inputs = make_inputs(b, h, h_kv, n, n_k, d, (h,) if lam_shape == "per_head" else ())
-    for t in inputs:
-        t.requires_grad_(True)
-    inputs64 = [t.detach().double().requires_grad_(True) for t in inputs]
-    out = differential_attention(*inputs, causal=causal, backend="triton")
-    ref = reference(*inputs64, causal=causal)
-    assert torch.isfinite(out).all() and rel_err(out, ref) <= 1e-5
-    grad = torch.randn_like(ref)
-    out.backward(grad.float())
-    ref.backward(grad)
-    for name, t, t64 in zip(("q1", "q2", "k1", "k2", "v"), inputs[:5], inputs64[:5], strict=True):
-        assert rel_err(t.grad, t64.grad) <= 1e-5, f"grad of {name}"
-    o2 = reference(*[t.detach() for t in inputs64[:5]], torch.ones(()), causal=causal) - reference(
-        *[t.detach() for t in inputs64[:5]], torch.zeros(()), causal=causal
-    )
-    assert (inputs[5].grad.double() - inputs64[5].grad).norm() / (grad.norm() * o2.norm()) <= 1e-5
+    lam_shape = (h,) if causal else ()  # per-head λ and scalar λ, each over every shape and mode
+    check_against_float64(make_inputs(b, h, h_kv, n, n_k, d, lam_shape), causal, 1e-5, 1e-5, **MODES[mode])
 
 
-@pytest.mark.parametrize("shape", SHAPES[1:])
+@pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[5]])
 @pytest.mark.parametrize("causal", [True, False])
-def test_kernel_all_masked_tiles_path(seed, shape, causal, monkeypatch):
+@pytest.mark.parametrize("mode", MODES)
+def test_kernel_all_masked_tiles_path(seed, shape, causal, mode, monkeypatch):
     """The single masked loop that float32 takes on the GPU (split_tiles False) against float64."""
-    import shareddiff.ops.triton_diff as kernels
-
     monkeypatch.setattr(kernels, "split_tiles", lambda dtype: False)
-    inputs = [t.requires_grad_(True) for t in make_inputs(*shape, ())]
-    inputs64 = [t.detach().double().requires_grad_(True) for t in inputs]
-    out = differential_attention(*inputs, causal=causal, backend="triton")
-    ref = reference(*inputs64, causal=causal)
-    assert rel_err(out, ref) <= 1e-5
-    grad = torch.randn_like(ref)
-    out.backward(grad.float())
-    ref.backward(grad)
-    for name, t, t64 in zip(("q1", "q2", "k1", "k2", "v"), inputs[:5], inputs64[:5], strict=True):
-        assert rel_err(t.grad, t64.grad) <= 1e-5, f"grad of {name}"
+    check_against_float64(make_inputs(*shape, (shape[1],)), causal, 1e-5, 1e-5, **MODES[mode])
 
 
-def test_kernel_float16(seed):
-    inputs = [t.half().requires_grad_(True) for t in make_inputs(1, 2, 2, 33, 33, 32, ())]
-    inputs64 = [t.detach().double().requires_grad_(True) for t in inputs]
-    out = differential_attention(*inputs, backend="triton")
-    ref = reference(*inputs64)
-    assert out.dtype == torch.float16 and rel_err(out, ref) <= 5e-3
-    grad = torch.randn_like(ref)
-    out.backward(grad.half())
-    ref.backward(grad)
-    for name, t, t64 in zip(("q1", "q2", "k1", "k2", "v"), inputs[:5], inputs64[:5], strict=True):
-        assert t.grad.dtype == torch.float16 and rel_err(t.grad, t64.grad) <= 1e-2, f"grad of {name}"
+@pytest.mark.parametrize("mode", MODES)
+def test_kernel_float16(seed, mode):
+    inputs = [t.half() for t in make_inputs(1, 4, 2, 33, 33, 32, (4,))]
+    check_against_float64(inputs, True, 5e-3, 1e-2, **MODES[mode])
 
 
-def test_single_key_query_gradient_is_zero_in_half_precision(seed):
+@pytest.mark.parametrize("mode", MODES)
+def test_single_key_query_gradient_is_zero_in_half_precision(seed, mode):
     """With one key both maps are 1, so dQ is exactly 0: the backward's δ comes from the stored O1 and
     O2 (not from out + λ·O2, whose rounding left 2.7e-2 in bf16 on the GPU, 5e-6 relative here)."""
     inputs = [t.half().requires_grad_(True) for t in make_inputs(1, 2, 2, 1, 1, 32, ())]
-    out = differential_attention(*inputs, backend="triton")
+    out = triton_differential_attention(*inputs, **MODES[mode])
     grad = torch.randn_like(out)
     out.backward(grad)
     scale = grad.float().norm() * inputs[4].float().norm()
@@ -92,32 +128,165 @@ def test_single_key_query_gradient_is_zero_in_half_precision(seed):
     assert inputs[4].grad.float().sub(grad.float() * (1 - inputs[5].float())).norm() <= 1e-2 * grad.float().norm()
 
 
-def test_kernel_switches_are_checked(monkeypatch):
-    from shareddiff.ops.triton_diff import dq_mode, v_split
+def test_modes_agree_with_the_default(seed):
+    """Every mode against the default (dq split, forward fused) on the same inputs: the same function, to
+    float32 rounding (the sums run in other orders)."""
+    inputs = make_inputs(1, 2, 1, 35, 35, 16, (2,))
+    results = {}
+    for mode, options in MODES.items():
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        out = triton_differential_attention(*leaves, **options)
+        out.backward(torch.ones_like(out))
+        results[mode] = [out.detach()] + [t.grad for t in leaves]
+    for mode, values in results.items():
+        for got, want in zip(values, results["split/fused"], strict=True):
+            assert rel_err(got, want) <= 1e-6, mode
 
-    monkeypatch.setenv("SHAREDDIFF_TRITON_DQ", "fast")
-    with pytest.raises(ValueError, match="use split or atomic"):
-        dq_mode()
-    monkeypatch.setenv("SHAREDDIFF_TRITON_VSPLIT", "4")
-    with pytest.raises(ValueError, match="use 1 or 2"):
-        v_split()
+
+def test_reduce_is_deterministic(seed):
+    """dq="reduce" sums the key blocks' dQ tiles in a fixed order: two runs agree bit for bit."""
+    inputs = make_inputs(1, 2, 1, 70, 70, 16, ())
+    grads = []
+    for _ in range(2):
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        triton_differential_attention(*leaves, dq="reduce", dq_chunk=2).sum().backward()
+        grads.append((leaves[0].grad, leaves[1].grad))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
 
 
-def test_block_overrides_are_parsed_and_checked(monkeypatch):
-    from shareddiff.ops.triton_diff import _blocks_override
+def test_tma_without_descriptor_reduce_runs_as_atomic_and_says_so(seed, monkeypatch):
+    """Where tensor descriptors cannot reduce (before Hopper; Triton 3.9's CPU interpreter) "tma" warns and
+    runs "atomic": the same gradients, bit for bit."""
+    from triton.runtime.interpreter import InterpreterBuilder
 
-    assert _blocks_override("FWD") is None
-    monkeypatch.setenv("SHAREDDIFF_TRITON_FWD_BLOCKS", "64,32,4,2")
-    assert _blocks_override("FWD") == {"BM": 64, "BN": 32, "num_warps": 4, "num_stages": 2}
-    for bad, match in (("64,32,4", "four integers"), ("48,32,4,2", "powers of two"), ("64,32,3,2", "num_warps")):
-        monkeypatch.setenv("SHAREDDIFF_TRITON_BWD_BLOCKS", bad)
+    monkeypatch.delattr(InterpreterBuilder, "create_descriptor_reduce")
+    assert not kernels.descriptor_reduce_available(torch.device("cpu"))
+    inputs = make_inputs(1, 2, 2, 37, 37, 16, ())
+    grads = {}
+    for dq in ("tma", "atomic"):
+        leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+        out = triton_differential_attention(*leaves, dq=dq)
+        if dq == "tma":
+            with pytest.warns(UserWarning, match=r"dq='tma' needs tensor descriptors.*running dq='atomic' instead"):
+                out.sum().backward()
+        else:
+            out.sum().backward()
+        grads[dq] = [t.grad for t in leaves]
+    assert all(torch.equal(a, b) for a, b in zip(grads["tma"], grads["atomic"], strict=True))
+
+
+def test_tma_runs_its_own_path_where_descriptors_reduce(seed, monkeypatch):
+    """With the emulated descriptor reduce installed, "tma" launches the descriptor path (no fallback)."""
+    import warnings
+
+    modes = []
+    launch = kernels._bwd_kernel.run
+
+    def spy(*args, **kwargs):
+        modes.append(kwargs["DQ_MODE"])
+        return launch(*args, **kwargs)
+
+    monkeypatch.setattr(kernels._bwd_kernel, "run", spy)
+    leaves = [t.requires_grad_(True) for t in make_inputs(1, 2, 2, 20, 20, 16, ())]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        triton_differential_attention(*leaves, dq="tma").sum().backward()
+    assert modes == [kernels._DQ_CODE["tma"]] == [3]
+
+
+def test_defaults_are_the_measured_algorithm(monkeypatch):
+    """Without keywords, environment or AUTO_RULES rows the kernel runs dq="split", forward="fused" with the
+    block shapes benchmarks/attention.py --sweep chose on an H100 (docs/performance.md), and "auto" is SDPA."""
+    for name in ("DQ", "VSPLIT", "FWD_BLOCKS", "BWD_BLOCKS", "DQ_BLOCKS"):
+        monkeypatch.delenv(f"SHAREDDIFF_TRITON_{name}", raising=False)
+    assert KernelSettings() == settings_from_env() == KernelSettings(dq="split", forward="fused")
+    seen = []
+    monkeypatch.setattr(kernels._DifferentialAttention, "apply", lambda *args: seen.append(args[-1]))
+    q = torch.randn(1, 2, 8, 16)
+    triton_differential_attention(q, q, q, q, torch.randn(1, 2, 8, 32), 0.5)
+    assert seen == [KernelSettings()]
+    assert AUTO_RULES == [] and resolve_backend("auto", q) == "sdpa"
+    monkeypatch.setattr(kernels, "INTERPRET", False)  # the GPU's shapes (bf16: wide=False)
+    assert [kernels.fwd_blocks(d, False) for d in (64, 128)] == [Blocks(128, 64, 8, 3), Blocks(64, 64, 8, 2)]
+    assert [kernels.bwd_blocks(d, False) for d in (64, 128)] == [Blocks(64, 64, 4, 2), Blocks(64, 32, 4, 2)]
+    assert [kernels.dq_blocks(d, False) for d in (64, 128)] == [Blocks(128, 64, 8, 3), Blocks(128, 32, 8, 2)]
+    assert kernels.bwd_blocks(64, False, "atomic") == Blocks(32, 128, 8, 2)
+    assert kernels.fwd_blocks(64, True) == Blocks(64, 32, 4, 1) and kernels.bwd_blocks(64, True) == Blocks(16, 64, 4, 1)
+
+
+def test_environment_still_sets_the_kernel_and_keywords_win(monkeypatch):
+    monkeypatch.setenv("SHAREDDIFF_TRITON_DQ", "reduce")
+    monkeypatch.setenv("SHAREDDIFF_TRITON_VSPLIT", "2")
+    monkeypatch.setenv("SHAREDDIFF_TRITON_BWD_BLOCKS", "32,64,4,2")
+    assert settings_from_env() == KernelSettings(dq="reduce", forward="vsplit", bwd_blocks=Blocks(32, 64, 4, 2))
+    seen = []
+    monkeypatch.setattr(kernels._DifferentialAttention, "apply", lambda *args: seen.append(args[-1]))
+    q, v = torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 32)
+    triton_differential_attention(q, q, q, q, v, 0.5, dq="tma")
+    triton_differential_attention(q, q, q, q, v, 0.5, settings=KernelSettings(forward="maps"))
+    assert seen[0] == KernelSettings(dq="tma", forward="vsplit", bwd_blocks=Blocks(32, 64, 4, 2))
+    assert seen[1] == KernelSettings(forward="maps")  # explicit settings: the environment is not read
+
+
+@pytest.mark.parametrize(
+    "env,value,match",
+    [
+        ("SHAREDDIFF_TRITON_DQ", "fast", "SHAREDDIFF_TRITON_DQ='fast'; use one of split, atomic, reduce, tma"),
+        ("SHAREDDIFF_TRITON_VSPLIT", "4", "use 1 or 2"),
+        ("SHAREDDIFF_TRITON_FWD_BLOCKS", "64,32,4", "SHAREDDIFF_TRITON_FWD_BLOCKS.*four integers"),
+        ("SHAREDDIFF_TRITON_BWD_BLOCKS", "48,32,4,2", "powers of two"),
+        ("SHAREDDIFF_TRITON_DQ_BLOCKS", "64,32,3,2", "num_warps"),
+    ],
+)
+def test_bad_environment_values_are_named(monkeypatch, env, value, match):
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValueError, match=match):
+        settings_from_env()
+
+
+def test_bad_settings_are_named():
+    q, v = torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 32)
+    with pytest.raises(ValueError, match=r"unknown kernel options \['dq_mode'\]"):
+        triton_differential_attention(q, q, q, q, v, 0.5, dq_mode="tma")
+    for kwargs, match in (
+        ({"dq": "fast"}, "use one of split, atomic, reduce, tma"),
+        ({"forward": "split"}, "use one of fused, vsplit, maps"),
+        ({"bwd_blocks": (64, 64, 4, 2)}, "must be a Blocks"),
+        ({"dq_workspace_mib": 0}, "at least 1"),
+        ({"dq_chunk": 0}, "at least 1 key block"),
+    ):
         with pytest.raises(ValueError, match=match):
-            _blocks_override("BWD")
+            KernelSettings(**kwargs)
+    assert Blocks.parse("64,32,4,2") == Blocks(64, 32, 4, 2)
+
+
+def test_reduce_plan_bounds_the_workspace():
+    blocks = Blocks(64, 128)
+    plan = kernels.dq_reduce_plan(4, 16, 8192, 8192, 64, blocks, KernelSettings(dq="reduce"))
+    per_block = 4 * 16 * 8192 * 64  # elements per map and key block
+    assert plan["chunk"] == 1024 * 2**20 // (2 * 4 * per_block) == 4
+    assert plan["launches"] == 16 and plan["workspace_bytes"] == 2 * 4 * 4 * per_block <= 2**30
+    assert plan["accumulator_bytes"] == 2 * 4 * per_block
+    one = kernels.dq_reduce_plan(1, 2, 100, 100, 16, Blocks(16, 16), KernelSettings(dq="reduce"))
+    assert one == {"chunk": 7, "launches": 1, "workspace_bytes": 2 * 4 * 7 * 2 * 112 * 16, "accumulator_bytes": 0}
+    assert kernels.dq_reduce_plan(1, 2, 100, 100, 16, Blocks(16, 16), KernelSettings(dq_chunk=3))["launches"] == 3
+    with pytest.raises(ValueError, match="32-bit indexing; use dq='split'"):
+        kernels.dq_reduce_plan(64, 64, 2**16, 2**16, 128, blocks, KernelSettings(dq="reduce"))
+
+
+def test_auto_rules_pick_the_kernel_only_where_a_row_matches():
+    q = torch.randn(1, 2, 100, 64, dtype=torch.bfloat16)
+    rule = AutoRule(64, torch.bfloat16, 64, 128, None, KernelSettings(dq="tma"), "test row")
+    assert auto_rule_for(q, [rule]) is rule
+    assert auto_rule_for(q[:, :, :50], [rule]) is None and auto_rule_for(q.float(), [rule]) is None
+    assert auto_rule_for(q, [AutoRule(64, torch.bfloat16, 64, None, (9, 0))]) is None  # a GPU row; q is on CPU
+    assert auto_rule_for(q) is None  # AUTO_RULES is empty until a GPU measurement fills it
 
 
 def test_model_with_triton_backend_matches_sdpa(seed):
     from shareddiff import ModelConfig, build_model
 
+    assert "triton" in available_backends()
     model = build_model(ModelConfig(attention="shared_diff", d_model=64, n_heads=2, vocab_size=50)).eval()
     ids = torch.randint(0, 50, (2, 19))
     with torch.no_grad():

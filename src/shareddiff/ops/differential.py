@@ -42,9 +42,12 @@ def available_backends() -> list[str]:
     return ["auto", *_BACKENDS]
 
 
-def resolve_backend(backend: str, q: Tensor) -> str:
-    """The concrete backend name ``backend`` stands for on inputs like ``q``."""
+def resolve_backend(backend: str, q: Tensor, mask: Tensor | None = None) -> str:
+    """The concrete backend name ``backend`` stands for on inputs like ``q``; with a ``mask`` (padded
+    batches) ``"auto"`` means SDPA, since the fused kernels take none."""
     if backend == "auto":
+        if mask is not None:
+            return "sdpa"
         return next((name for name, ok in _AUTO_PREFERENCE if ok(q)), "sdpa")
     if backend not in _BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r} (backend); use one of {available_backends()}")
@@ -103,7 +106,7 @@ def differential_attention(
     """
     _check_shapes(q1, q2, k1, k2, v)
     check_mask(mask, causal, q1, k1.shape[2])
-    return _BACKENDS[resolve_backend(backend, q1)](q1, q2, k1, k2, v, lam, causal, mask)
+    return _BACKENDS[resolve_backend(backend, q1, mask)](q1, q2, k1, k2, v, lam, causal, mask)
 
 
 @register_backend("eager")

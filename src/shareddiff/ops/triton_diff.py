@@ -1,37 +1,55 @@
 """Fused differential flash attention in Triton: both softmax maps in one pass over each K/V tile.
 
-Forward: per block of queries, two running (max, sum) pairs and two accumulators over shared loads
-of V; writes out = O1 − λ·O2, O1, O2 and the two log-sum-exps (for the backward), never an N×N tensor.
+Forward (``forward="fused"``, the default): per block of queries, two running (max, sum) pairs and two
+accumulators over shared loads of V; writes out = O1 − λ·O2, O1, O2 and the two log-sum-exps (for the
+backward), never an N×N tensor. ``"vsplit"`` splits V's 2d columns over two programs per query block
+(half-width accumulators, QKᵀ done twice); ``"maps"`` runs one program per (query block, map), each with
+one accumulator, and forms out = O1 − λ·O2 in a small second kernel.
 Backward: a small kernel computes δ1 = rowsum(dO ⊙ O1), δ2 = rowsum(dO ⊙ O2); one kernel per block of
-keys (all query heads of its GQA group) in which the two maps share dP = dO·Vᵀ and
-dV = (P1 − λP2)ᵀ·dO, dK accumulating in registers. dQ: by default a second kernel per block of
-queries recomputes the maps and accumulates dQ in registers (FlashAttention-2's split);
-``SHAREDDIFF_TRITON_DQ=atomic`` instead adds dQ from the key-block kernel with fp32 atomics.
+keys (all query heads of its GQA group) in which the two maps share dP = dO·Vᵀ and dV = (P1 − λP2)ᵀ·dO,
+dK accumulating in registers. dQ (``dq=``): ``"split"`` (default) a second kernel per block of queries
+recomputes the maps and accumulates dQ in registers (FlashAttention-2's split; 14 units of N²·d per head
+pair); the other modes take dQ from the key-block kernel (10 units) and differ in how its per-tile
+partial sums meet: ``"atomic"`` per-element float32 atomics, ``"reduce"`` a float32 workspace indexed by
+key block summed in a fixed order by a second kernel (deterministic), ``"tma"`` one bulk tensor reduction
+per tile through a tensor descriptor (Hopper's ``cp.reduce.async.bulk.tensor``, as FlashAttention-3).
 dλ = −Σ δ2 is a reduction done in PyTorch. Every kernel runs the tiles that need no mask (inside the
 keys, below the causal diagonal) through an unmasked loop body and masks only the rest.
-``SHAREDDIFF_TRITON_VSPLIT=2`` splits the forward's V columns over two programs per query block
-(half-width accumulators); ``SHAREDDIFF_TRITON_{FWD,BWD,DQ}_BLOCKS`` override block shapes (sweeps).
 
-Registered as backend "triton" (head half-dims 16/32/64/128; "auto" keeps SDPA: on an H100 this kernel
-is at parity with two SDPA calls, not faster, see docs/performance.md); under ``TRITON_INTERPRET=1``
-it runs on CPU tensors with fixed small blocks (tests).
+Settings (modes, block shapes) are keyword arguments of ``triton_differential_attention``
+(``shareddiff.ops.kernel_settings``); the ``SHAREDDIFF_TRITON_*`` environment variables still apply where
+no keyword is given. Registered as backend "triton" (head half-dims 16/32/64/128); "auto" picks it only
+where a row of ``kernel_settings.AUTO_RULES`` says so (none yet: on an H100/H200 the default modes are
+at parity with two SDPA calls, see docs/performance.md). Under ``TRITON_INTERPRET=1`` it runs on CPU
+tensors with small blocks (tests).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+import warnings
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from shareddiff.ops.differential import _lam_view, register_backend
+from shareddiff.ops.kernel_settings import Blocks, KernelSettings, auto_rule_for, settings_from_env
 
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 SUPPORTED_D = (16, 32, 64, 128)
+
+# how the key-block kernel hands over dQ (the DQ_MODE constexpr)
+DQ_NONE = tl.constexpr(0)  # not at all: the query-block kernel computes it ("split")
+DQ_ATOMIC = tl.constexpr(1)  # per-element float32 atomic adds into a zeroed (B, h, N, d) buffer
+DQ_WORKSPACE = tl.constexpr(2)  # plain stores into a workspace (key block, B·h, N', d), summed afterwards
+DQ_DESCRIPTOR = tl.constexpr(3)  # one bulk reduce-add per tile through a tensor descriptor (TMA)
+_DQ_CODE = {"split": 0, "atomic": 1, "reduce": 2, "tma": 3}
 
 
 @triton.jit
@@ -63,23 +81,50 @@ def _tile_grads(
 
 
 @triton.jit
-def _load_kv(K1, K2, V, k_off, v_off, offs_n, offs_m, NK, shift, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
-    """One key block's K1, K2, V and, when MASKED, which (query, key) pairs are valid (inside the keys
-    and, if causal, not after the query); unmasked blocks load without bounds and return valid = 1."""
+def _hand_over_dq(ds, k, DQ, dq_base, start, offs_m, offs_d, row_ok, sm_scale,
+                  D: tl.constexpr, BM: tl.constexpr, IEEE: tl.constexpr, DQ_MODE: tl.constexpr):  # fmt: skip
+    """One map's dQ tile dS·K from the key-block kernel, handed over as DQ_MODE says (``dq_base``: this
+    head's place in DQ). Called map after map, so one map's dQ tile is live at a time: on sm_90 that spilled
+    less than both tiles at once in 5 of the 6 atomic/reduce/tma shapes (benchmarks/kernel_resources.py)."""
+    dq = _dot(ds.to(k.dtype), k, IEEE)
+    if DQ_MODE == DQ_ATOMIC:
+        tl.atomic_add(DQ + dq_base + offs_m[:, None] * D + offs_d[None, :], dq * sm_scale, mask=row_ok[:, None])
+    elif DQ_MODE == DQ_WORKSPACE:  # rows padded to whole query blocks: no mask; summed and scaled later
+        tl.store(DQ + dq_base + offs_m[:, None] * D + offs_d[None, :], dq)
+    else:  # DQ_DESCRIPTOR: the tile's rows past N fall outside the descriptor's bounds and are dropped
+        DQ.atomic_add([dq_base, start, 0], tl.reshape(dq * sm_scale, [1, BM, D]))
+
+
+@triton.jit
+def _load_rows(P, off, offs_n, NK, MASKED: tl.constexpr):
+    """Rows ``offs_n`` of a key-indexed tensor (K or V); when MASKED, rows past the keys read as 0."""
+    if MASKED:  # noqa: SIM108 (as in _dot)
+        x = tl.load(P + off, mask=(offs_n < NK)[:, None], other=0.0)
+    else:
+        x = tl.load(P + off)
+    return x
+
+
+@triton.jit
+def _valid_pairs(offs_n, offs_m, NK, shift, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
+    """Which (query, key) pairs of a tile count: inside the keys and, if causal, not after the query;
+    unmasked tiles return 1 (every pair counts)."""
     if MASKED:
-        col_ok = offs_n < NK
-        k1 = tl.load(K1 + k_off, mask=col_ok[:, None], other=0.0)
-        k2 = tl.load(K2 + k_off, mask=col_ok[:, None], other=0.0)
-        v = tl.load(V + v_off, mask=col_ok[:, None], other=0.0)
-        valid = col_ok[None, :]
+        valid = (offs_n < NK)[None, :]
         if CAUSAL:
             valid = valid & (offs_n[None, :] <= offs_m[:, None] + shift)
     else:
-        k1 = tl.load(K1 + k_off)
-        k2 = tl.load(K2 + k_off)
-        v = tl.load(V + v_off)
         valid = 1
-    return k1, k2, v, valid
+    return valid
+
+
+@triton.jit
+def _load_kv(K1, K2, V, k_off, v_off, offs_n, offs_m, NK, shift, MASKED: tl.constexpr, CAUSAL: tl.constexpr):
+    """One key block's K1, K2, V and which of its (query, key) pairs are valid (see ``_valid_pairs``)."""
+    k1 = _load_rows(K1, k_off, offs_n, NK, MASKED)
+    k2 = _load_rows(K2, k_off, offs_n, NK, MASKED)
+    v = _load_rows(V, v_off, offs_n, NK, MASKED)
+    return k1, k2, v, _valid_pairs(offs_n, offs_m, NK, shift, MASKED, CAUSAL)
 
 
 @triton.jit
@@ -116,72 +161,60 @@ def _fwd_inner(
 
 
 @triton.jit
-def _query_block(Q1, Q2, sqb, sqh, sqn, H, GROUP, N, NK, BN, BM: tl.constexpr, D: tl.constexpr, CAUSAL: tl.constexpr):
-    """What a query-block program (forward, dQ) starts from: its batch, head and KV head, row offsets,
-    its Q1/Q2 tiles, and the key range: blocks [0, full) need no mask (inside the keys and, if causal, at
-    or below the block's first query), [full, hi) are masked."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+def _fwd_map_inner(
+    acc, row_sum, row_max, q, K, V, k_base, v_base, skn, svn, offs_m, offs_d, offs_v, lo, hi, NK, shift, scale_log2,
+    BN: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+):  # fmt: skip
+    """``_fwd_inner`` for one map: a standard flash-attention online softmax over key blocks [lo, hi)."""
+    for start in range(lo, hi, BN):
+        offs_n = start + tl.arange(0, BN)
+        k = _load_rows(K, k_base + offs_n[:, None] * skn + offs_d[None, :], offs_n, NK, MASKED)
+        v = _load_rows(V, v_base + offs_n[:, None] * svn + offs_v[None, :], offs_n, NK, MASKED)
+        s = _dot(q, tl.trans(k), IEEE) * scale_log2
+        if MASKED:
+            s = tl.where(_valid_pairs(offs_n, offs_m, NK, shift, MASKED, CAUSAL), s, float("-inf"))
+        new_max = tl.maximum(row_max, tl.max(s, 1))
+        p = tl.exp2(s - new_max[:, None])
+        alpha = tl.exp2(row_max - new_max)
+        row_sum = row_sum * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+        row_max = new_max
+    return acc, row_sum, row_max
+
+
+@triton.jit
+def _query_rows(pid_m, bh, H, GROUP, N, NK, BN, BM: tl.constexpr, CAUSAL: tl.constexpr):
+    """Where a query-block program (forward, dQ) stands: its batch, head and KV head, its rows, and the key
+    range: blocks [0, full) need no mask (inside the keys and, if causal, at or below the block's first
+    query), [full, hi) are masked."""
     b = bh // H
     h = bh % H
     offs_m = pid_m * BM + tl.arange(0, BM)
-    offs_d = tl.arange(0, D)
-    row_ok = offs_m < N
-    q_off = b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
-    q1 = tl.load(Q1 + q_off, mask=row_ok[:, None], other=0.0)
-    q2 = tl.load(Q2 + q_off, mask=row_ok[:, None], other=0.0)
     shift = NK - N  # queries are the last N of the NK positions
     hi = NK
     full = NK // BN * BN
     if CAUSAL:
         hi = tl.minimum(NK, (pid_m + 1) * BM + shift)
         full = tl.minimum(full, (pid_m * BM + shift + 1) // BN * BN)
-    return bh, b, h, h // GROUP, offs_m, offs_d, row_ok, q1, q2, shift, hi, full
+    return b, h, h // GROUP, offs_m, offs_m < N, shift, hi, full
 
 
 @triton.jit
 def _fwd_kernel(
-    Q1,
-    Q2,
-    K1,
-    K2,
-    V,
-    Lam,
-    Out,
-    O1,
-    O2,
-    Lse1,
-    Lse2,
-    sqb,
-    sqh,
-    sqn,
-    skb,
-    skh,
-    skn,
-    svb,
-    svh,
-    svn,
-    sob,
-    soh,
-    son,
-    H,
-    GROUP,
-    N,
-    NK,
-    scale_log2,
-    D: tl.constexpr,
-    BM: tl.constexpr,
-    BN: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    IEEE: tl.constexpr,
-    SPLIT: tl.constexpr,
-    VW: tl.constexpr,
-):
+    Q1, Q2, K1, K2, V, Lam, Out, O1, O2, Lse1, Lse2,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+    H, GROUP, N, NK, scale_log2,
+    D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+    SPLIT: tl.constexpr, VW: tl.constexpr,
+):  # fmt: skip
     # VW: the V columns of this program (2D, or D when V's columns are split over two programs that
     # each recompute both maps: half-width accumulators, for large d where two 2D-wide ones spill)
-    bh, b, h, hk, offs_m, offs_d, row_ok, q1, q2, shift, hi, full = _query_block(
-        Q1, Q2, sqb, sqh, sqn, H, GROUP, N, NK, BN, BM, D, CAUSAL
-    )
+    bh = tl.program_id(1)
+    b, h, hk, offs_m, row_ok, shift, hi, full = _query_rows(tl.program_id(0), bh, H, GROUP, N, NK, BN, BM, CAUSAL)
+    offs_d = tl.arange(0, D)
+    q_off = b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
+    q1 = tl.load(Q1 + q_off, mask=row_ok[:, None], other=0.0)
+    q2 = tl.load(Q2 + q_off, mask=row_ok[:, None], other=0.0)
     pid_v = tl.program_id(2)
     offs_v = pid_v * VW + tl.arange(0, VW)
     m1 = tl.full([BM], float("-inf"), tl.float32)
@@ -217,6 +250,68 @@ def _fwd_kernel(
 
 
 @triton.jit
+def _fwd_map_kernel(
+    Q1, Q2, K1, K2, V, O1, O2, Lse1, Lse2,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+    H, GROUP, N, NK, scale_log2,
+    D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+    SPLIT: tl.constexpr,
+):  # fmt: skip
+    """One map of one query block (``forward="maps"``): program 2i runs map 1 of query block i and program
+    2i + 1 map 2, so the two programs that read the same K/V tiles run side by side (shared in L2). Each
+    keeps one (BM, 2D) accumulator instead of two; writes O1 or O2 and its log-sum-exp."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b, h, hk, offs_m, row_ok, shift, hi, full = _query_rows(pid // 2, bh, H, GROUP, N, NK, BN, BM, CAUSAL)
+    if pid % 2 == 0:
+        Qm = Q1
+        Km = K1
+        Om = O1
+        Lsem = Lse1
+    else:
+        Qm = Q2
+        Km = K2
+        Om = O2
+        Lsem = Lse2
+    offs_d = tl.arange(0, D)
+    offs_v = tl.arange(0, 2 * D)
+    q = tl.load(Qm + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    row_max = tl.full([BM], float("-inf"), tl.float32)
+    row_sum = tl.zeros([BM], tl.float32)
+    acc = tl.zeros([BM, 2 * D], tl.float32)
+    k_base = b * skb + hk * skh
+    v_base = b * svb + hk * svh
+    if not SPLIT:
+        full = 0
+    else:
+        acc, row_sum, row_max = _fwd_map_inner(
+            acc, row_sum, row_max, q, Km, V, k_base, v_base, skn, svn, offs_m, offs_d, offs_v, 0, full, NK, shift,
+            scale_log2, BN, False, CAUSAL, IEEE,
+        )  # fmt: skip
+    acc, row_sum, row_max = _fwd_map_inner(
+        acc, row_sum, row_max, q, Km, V, k_base, v_base, skn, svn, offs_m, offs_d, offs_v, full, hi, NK, shift,
+        scale_log2, BN, True, CAUSAL, IEEE,
+    )  # fmt: skip
+    o_off = b * sob + h * soh + offs_m[:, None] * son + offs_v[None, :]
+    tl.store(Om + o_off, (acc / row_sum[:, None]).to(Om.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(Lsem + bh * N + offs_m, row_max + tl.log2(row_sum), mask=row_ok)
+
+
+@triton.jit
+def _combine_kernel(O1, O2, Lam, Out, H, N, BM: tl.constexpr, VW: tl.constexpr):
+    """out = O1 − λ_h·O2 in float32 from the stored maps' outputs (contiguous (B, h, N, VW))."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    row_ok = offs_m < N
+    off = (bh * N + offs_m[:, None]) * VW + tl.arange(0, VW)[None, :]
+    o1 = tl.load(O1 + off, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    o2 = tl.load(O2 + off, mask=row_ok[:, None], other=0.0).to(tl.float32)
+    lam = tl.load(Lam + bh % H)
+    tl.store(Out + off, (o1 - lam * o2).to(Out.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
 def _bwd_preprocess(DO, O1, O2, Del1, Del2, N, BM: tl.constexpr, VW: tl.constexpr):
     """δ1 = rowsum(dO ⊙ O1), δ2 = rowsum(dO ⊙ O2) in float32 from the stored outputs (contiguous rows)."""
     pid_m = tl.program_id(0)
@@ -233,21 +328,21 @@ def _bwd_preprocess(DO, O1, O2, Del1, Del2, N, BM: tl.constexpr, VW: tl.constexp
 
 @triton.jit
 def _bwd_kv_inner(
-    dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse1, Lse2, Del1, Del2, DQ1, DQ2,
+    dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse1, Lse2, Del1, Del2, DQ1, DQ2, dq_base,
     b, h, H, sqb, sqh, sqn, sob, soh, son, offs_n, offs_d, offs_v, col_ok, lam,
     lo, hi, N, shift, scale_log2, sm_scale,
     D: tl.constexpr, BM: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-    DQ_ATOMIC: tl.constexpr,
+    DQ_MODE: tl.constexpr,
 ):  # fmt: skip
-    """One key block's dK1, dK2, dV accumulated over the query blocks [lo, hi) of query head h (and,
-    with DQ_ATOMIC, those blocks' dQ added atomically)."""
+    """One key block's dK1, dK2, dV accumulated over the query blocks [lo, hi) of query head h, and those
+    blocks' dQ handed over as DQ_MODE says (``dq_base``: this head's place in DQ1/DQ2)."""
     for start in range(lo, hi, BM):
         offs_m = start + tl.arange(0, BM)
         q_off = b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
         do_off = b * sob + h * soh + offs_m[:, None] * son + offs_v[None, :]
         stat = (b * H + h) * N + offs_m
+        row_ok = offs_m < N  # all true in unmasked tiles; keeps the atomic add's mask below well defined
         if MASKED:
-            row_ok = offs_m < N
             q1 = tl.load(Q1 + q_off, mask=row_ok[:, None], other=0.0)
             q2 = tl.load(Q2 + q_off, mask=row_ok[:, None], other=0.0)
             do = tl.load(DO + do_off, mask=row_ok[:, None], other=0.0)
@@ -259,7 +354,6 @@ def _bwd_kv_inner(
             if CAUSAL:
                 valid = valid & (offs_n[None, :] <= offs_m[:, None] + shift)
         else:
-            row_ok = offs_m < N  # all true here; keeps the atomic add's mask below well defined
             q1 = tl.load(Q1 + q_off)
             q2 = tl.load(Q2 + q_off)
             do = tl.load(DO + do_off)
@@ -275,61 +369,27 @@ def _bwd_kv_inner(
         dv += _dot(tl.trans(pd), do, IEEE)
         dk1 += _dot(tl.trans(ds1.to(q1.dtype)), q1, IEEE)
         dk2 += _dot(tl.trans(ds2.to(q2.dtype)), q2, IEEE)
-        if DQ_ATOMIC:
-            dq1 = _dot(ds1.to(k1.dtype), k1, IEEE)
-            dq2 = _dot(ds2.to(k2.dtype), k2, IEEE)
-            dq_off = ((b * H + h) * N + offs_m[:, None]) * D + offs_d[None, :]
-            tl.atomic_add(DQ1 + dq_off, dq1 * sm_scale, mask=row_ok[:, None])
-            tl.atomic_add(DQ2 + dq_off, dq2 * sm_scale, mask=row_ok[:, None])
+        if DQ_MODE != DQ_NONE:
+            _hand_over_dq(ds1, k1, DQ1, dq_base, start, offs_m, offs_d, row_ok, sm_scale, D, BM, IEEE, DQ_MODE)
+            _hand_over_dq(ds2, k2, DQ2, dq_base, start, offs_m, offs_d, row_ok, sm_scale, D, BM, IEEE, DQ_MODE)
     return dk1, dk2, dv
 
 
 @triton.jit
 def _bwd_kernel(
-    Q1,
-    Q2,
-    K1,
-    K2,
-    V,
-    Lam,
-    DO,
-    Lse1,
-    Lse2,
-    Del1,
-    Del2,
-    DQ1,
-    DQ2,
-    DK1,
-    DK2,
-    DV,
-    sqb,
-    sqh,
-    sqn,
-    skb,
-    skh,
-    skn,
-    svb,
-    svh,
-    svn,
-    sob,
-    soh,
-    son,
-    H,
-    HKV,
-    GROUP,
-    N,
-    NK,
-    scale_log2,
-    sm_scale,
-    D: tl.constexpr,
-    BM: tl.constexpr,
-    BN: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    IEEE: tl.constexpr,
-    SPLIT: tl.constexpr,
-    DQ_ATOMIC: tl.constexpr,
-):
+    Q1, Q2, K1, K2, V, Lam, DO, Lse1, Lse2, Del1, Del2, DQ1, DQ2, DK1, DK2, DV,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+    H, HKV, GROUP, N, NK, NP, kb0, scale_log2, sm_scale,
+    D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
+    SPLIT: tl.constexpr, DQ_MODE: tl.constexpr,
+):  # fmt: skip
+    """dK1, dK2, dV of key block ``kb0 + program_id(0)`` over every query head of its GQA group; dQ as
+    DQ_MODE says (DQ1/DQ2: a zeroed float32 (B, h, N, d) buffer for DQ_ATOMIC, the workspace
+    (launch's key blocks, B·h, NP, d) for DQ_WORKSPACE, tensor descriptors over (B·h, N, d) for
+    DQ_DESCRIPTOR)."""
     pid_n = tl.program_id(0)
+    if DQ_MODE == DQ_WORKSPACE:  # only "reduce" launches key blocks in chunks (split: the PTX of before)
+        pid_n += kb0
     bhk = tl.program_id(1)
     b = bhk // HKV
     hk = bhk % HKV
@@ -365,27 +425,69 @@ def _bwd_kernel(
     for g in range(0, GROUP):
         h = hk * GROUP + g
         lam = tl.load(Lam + h)
+        dq_base = (b * H + h) * N * D  # DQ_ATOMIC
+        if DQ_MODE == DQ_WORKSPACE:
+            dq_base = ((pid_n - kb0) * (tl.num_programs(1) * GROUP) + b * H + h) * NP * D
+        elif DQ_MODE == DQ_DESCRIPTOR:
+            dq_base = b * H + h
         dk1, dk2, dv = _bwd_kv_inner(
-            dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse1, Lse2, Del1, Del2, DQ1, DQ2,
+            dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse1, Lse2, Del1, Del2, DQ1, DQ2, dq_base,
             b, h, H, sqb, sqh, sqn, sob, soh, son, offs_n, offs_d, offs_v, col_ok, lam,
-            lo, head_end, N, shift, scale_log2, sm_scale, D, BM, True, CAUSAL, IEEE, DQ_ATOMIC,
+            lo, head_end, N, shift, scale_log2, sm_scale, D, BM, True, CAUSAL, IEEE, DQ_MODE,
         )  # fmt: skip
         if SPLIT:
             dk1, dk2, dv = _bwd_kv_inner(
-                dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse1, Lse2, Del1, Del2, DQ1, DQ2,
+                dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse1, Lse2, Del1, Del2, DQ1, DQ2, dq_base,
                 b, h, H, sqb, sqh, sqn, sob, soh, son, offs_n, offs_d, offs_v, col_ok, lam,
-                head_end, mid_end, N, shift, scale_log2, sm_scale, D, BM, False, CAUSAL, IEEE, DQ_ATOMIC,
+                head_end, mid_end, N, shift, scale_log2, sm_scale, D, BM, False, CAUSAL, IEEE, DQ_MODE,
             )  # fmt: skip
             dk1, dk2, dv = _bwd_kv_inner(
-                dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse1, Lse2, Del1, Del2, DQ1, DQ2,
+                dk1, dk2, dv, k1, k2, v, Q1, Q2, DO, Lse1, Lse2, Del1, Del2, DQ1, DQ2, dq_base,
                 b, h, H, sqb, sqh, sqn, sob, soh, son, offs_n, offs_d, offs_v, col_ok, lam,
-                mid_end, N, N, shift, scale_log2, sm_scale, D, BM, True, CAUSAL, IEEE, DQ_ATOMIC,
+                mid_end, N, N, shift, scale_log2, sm_scale, D, BM, True, CAUSAL, IEEE, DQ_MODE,
             )  # fmt: skip
     kd_off = ((b * HKV + hk) * NK + offs_n[:, None]) * D + offs_d[None, :]
     tl.store(DK1 + kd_off, (dk1 * sm_scale).to(DK1.dtype.element_ty), mask=col_ok[:, None])
     tl.store(DK2 + kd_off, (dk2 * sm_scale).to(DK2.dtype.element_ty), mask=col_ok[:, None])
     dv_off = ((b * HKV + hk) * NK + offs_n[:, None]) * (2 * D) + offs_v[None, :]
     tl.store(DV + dv_off, dv.to(DV.dtype.element_ty), mask=col_ok[:, None])
+
+
+@triton.jit
+def _dq_reduce_kernel(
+    WS1, WS2, ACC1, ACC2, DQ1, DQ2, H, N, NK, NP, kb0, kb1, sm_scale,
+    D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr,
+    ACCUMULATE: tl.constexpr, LAST: tl.constexpr,
+):  # fmt: skip
+    """dQ of one query block (``dq="reduce"``): the partial sums the key blocks [kb0, kb1) wrote to the
+    workspace, added in key-block order (deterministic), only those of key blocks this query block sees
+    (the others wrote nothing there). ACCUMULATE adds them to the running float32 sums ACC of earlier
+    launches; LAST writes dQ·scale in DQ's dtype, else the running sums back to ACC."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    row_ok = offs_m < N
+    tile = offs_m[:, None] * D + tl.arange(0, D)[None, :]
+    hi = NK
+    if CAUSAL:
+        hi = tl.minimum(NK, (pid_m + 1) * BM + NK - N)  # as in the key-block kernel's first query row
+    kb_end = tl.minimum(kb1, tl.cdiv(hi, BN))
+    if ACCUMULATE:
+        acc1 = tl.load(ACC1 + bh * N * D + tile, mask=row_ok[:, None], other=0.0)
+        acc2 = tl.load(ACC2 + bh * N * D + tile, mask=row_ok[:, None], other=0.0)
+    else:
+        acc1 = tl.zeros([BM, D], tl.float32)
+        acc2 = tl.zeros([BM, D], tl.float32)
+    for kb in range(kb0, kb_end):
+        ws_off = ((kb - kb0) * tl.num_programs(1) + bh) * NP * D + tile
+        acc1 += tl.load(WS1 + ws_off)
+        acc2 += tl.load(WS2 + ws_off)
+    if LAST:
+        tl.store(DQ1 + bh * N * D + tile, (acc1 * sm_scale).to(DQ1.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(DQ2 + bh * N * D + tile, (acc2 * sm_scale).to(DQ2.dtype.element_ty), mask=row_ok[:, None])
+    else:
+        tl.store(ACC1 + bh * N * D + tile, acc1, mask=row_ok[:, None])
+        tl.store(ACC2 + bh * N * D + tile, acc2, mask=row_ok[:, None])
 
 
 @triton.jit
@@ -412,48 +514,19 @@ def _bwd_dq_inner(
 
 @triton.jit
 def _bwd_dq_kernel(
-    Q1,
-    Q2,
-    K1,
-    K2,
-    V,
-    Lam,
-    DO,
-    Lse1,
-    Lse2,
-    Del1,
-    Del2,
-    DQ1,
-    DQ2,
-    sqb,
-    sqh,
-    sqn,
-    skb,
-    skh,
-    skn,
-    svb,
-    svh,
-    svn,
-    sob,
-    soh,
-    son,
-    H,
-    GROUP,
-    N,
-    NK,
-    scale_log2,
-    sm_scale,
-    D: tl.constexpr,
-    BM: tl.constexpr,
-    BN: tl.constexpr,
-    CAUSAL: tl.constexpr,
-    IEEE: tl.constexpr,
+    Q1, Q2, K1, K2, V, Lam, DO, Lse1, Lse2, Del1, Del2, DQ1, DQ2,
+    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+    H, GROUP, N, NK, scale_log2, sm_scale,
+    D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
     SPLIT: tl.constexpr,
-):
+):  # fmt: skip
     """dQ1, dQ2 of one block of queries, accumulated in registers over the key blocks it sees (no atomics)."""
-    bh, b, h, hk, offs_m, offs_d, row_ok, q1, q2, shift, hi, full = _query_block(
-        Q1, Q2, sqb, sqh, sqn, H, GROUP, N, NK, BN, BM, D, CAUSAL
-    )
+    bh = tl.program_id(1)
+    b, h, hk, offs_m, row_ok, shift, hi, full = _query_rows(tl.program_id(0), bh, H, GROUP, N, NK, BN, BM, CAUSAL)
+    offs_d = tl.arange(0, D)
+    q_off = b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
+    q1 = tl.load(Q1 + q_off, mask=row_ok[:, None], other=0.0)
+    q2 = tl.load(Q2 + q_off, mask=row_ok[:, None], other=0.0)
     offs_v = tl.arange(0, 2 * D)
     do = tl.load(DO + b * sob + h * soh + offs_m[:, None] * son + offs_v[None, :], mask=row_ok[:, None], other=0.0)
     stat = bh * N + offs_m
@@ -477,27 +550,8 @@ def _bwd_dq_kernel(
         dq1, dq2, q1, q2, do, lse1, lse2, del1, del2, lam, K1, K2, V, k_base, v_base, skn, svn,
         offs_m, offs_d, offs_v, row_ok, full, hi, NK, shift, scale_log2, BN, True, CAUSAL, IEEE,
     )  # fmt: skip
-    dq_off = b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :]
-    tl.store(DQ1 + dq_off, (dq1 * sm_scale).to(DQ1.dtype.element_ty), mask=row_ok[:, None])
-    tl.store(DQ2 + dq_off, (dq2 * sm_scale).to(DQ2.dtype.element_ty), mask=row_ok[:, None])
-
-
-def dq_mode() -> str:
-    """How the backward computes dQ: "split" (a second kernel per query block, the default) or "atomic"
-    (inside the key-block kernel with atomic adds); ``SHAREDDIFF_TRITON_DQ`` chooses, for benchmarks."""
-    mode = os.environ.get("SHAREDDIFF_TRITON_DQ", "split")
-    if mode not in ("split", "atomic"):
-        raise ValueError(f"SHAREDDIFF_TRITON_DQ={mode!r}; use split or atomic")
-    return mode
-
-
-def v_split() -> int:
-    """Programs per query block over V's 2d columns in the forward: 1 (default) or 2
-    (``SHAREDDIFF_TRITON_VSPLIT=2``, half-width accumulators at twice the QKᵀ work; for benchmarks)."""
-    split = os.environ.get("SHAREDDIFF_TRITON_VSPLIT", "1")
-    if split not in ("1", "2"):
-        raise ValueError(f"SHAREDDIFF_TRITON_VSPLIT={split!r}; use 1 or 2")
-    return int(split)
+    tl.store(DQ1 + q_off, (dq1 * sm_scale).to(DQ1.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(DQ2 + q_off, (dq2 * sm_scale).to(DQ2.dtype.element_ty), mask=row_ok[:, None])
 
 
 def split_tiles(dtype: torch.dtype) -> bool:
@@ -507,184 +561,220 @@ def split_tiles(dtype: torch.dtype) -> bool:
     return INTERPRET or dtype != torch.float32
 
 
-def _blocks_override(kind: str) -> dict | None:
-    """``SHAREDDIFF_TRITON_{FWD,BWD,DQ}_BLOCKS="BM,BN,num_warps,num_stages"`` replaces a kernel's
-    block shapes (for benchmark sweeps); unset means the defaults below."""
-    name = f"SHAREDDIFF_TRITON_{kind}_BLOCKS"
-    raw = os.environ.get(name)
-    if not raw:
-        return None
-    try:
-        bm, bn, warps, stages = (int(x) for x in raw.split(","))
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}; use four integers BM,BN,num_warps,num_stages, e.g. 64,64,4,2") from None
-    if any(x < 16 or x & (x - 1) for x in (bm, bn)) or warps not in (1, 2, 4, 8, 16) or stages < 1:
-        raise ValueError(f"{name}={raw!r}: BM and BN must be powers of two ≥ 16, num_warps 1–16, num_stages ≥ 1")
-    return {"BM": bm, "BN": bn, "num_warps": warps, "num_stages": stages}
-
-
-def _fwd_blocks(d: int, wide: bool, kind: str = "FWD") -> dict:
-    """Block shapes per head half-dim; ``wide`` (4-byte elements) halves the tiles to fit shared memory."""
-    if INTERPRET:  # the CPU interpreter: small blocks, and no autotuning (no device to time on)
-        return {"BM": 16, "BN": 16}
-    if (override := _blocks_override(kind)) is not None:
-        return override
-    if wide:
-        return {"BM": 64, "BN": 32, "num_warps": 4, "num_stages": 1}
-    if d >= 128:
-        return {"BM": 64, "BN": 64, "num_warps": 8, "num_stages": 2}
-    return {"BM": 128, "BN": 64, "num_warps": 8, "num_stages": 3}
-
-
-def _bwd_blocks(d: int, wide: bool, atomic: bool = False) -> dict:
+def fwd_blocks(d: int, wide: bool, forward: str = "fused") -> Blocks:
+    """Default forward launch shape per head half-dim; ``wide`` (4-byte elements) halves the tiles to fit
+    shared memory. The CPU interpreter uses small blocks (no autotuning: no device to time on)."""
     if INTERPRET:
-        return {"BM": 16, "BN": 16}
-    if (override := _blocks_override("BWD")) is not None:
-        return override
+        return Blocks(16, 16)
     if wide:
-        return {"BM": 16, "BN": 64, "num_warps": 4, "num_stages": 1}
-    if atomic:  # wide key blocks: fewer dQ atomics (narrow ones made this mode 2.7× slower at d = 128)
-        return {"BM": 32, "BN": 64 if d >= 128 else 128, "num_warps": 8, "num_stages": 1 if d >= 128 else 2}
-    # the fastest of benchmarks/attention.py --sweep on an H100 (docs/performance.md)
+        return Blocks(64, 32, 4, 1)
+    if forward == "maps":  # one (BM, 2d) accumulator per program, as a standard forward of head dim 2d
+        return Blocks(128, 64, 8, 3) if d <= 64 else Blocks(64, 64, 4, 2)
     if d >= 128:
-        return {"BM": 64, "BN": 32, "num_warps": 4, "num_stages": 2}
-    return {"BM": 64, "BN": 64, "num_warps": 4, "num_stages": 2}
+        return Blocks(64, 64, 8, 2)
+    return Blocks(128, 64, 8, 3)
 
 
-def _dq_blocks(d: int, wide: bool) -> dict:
+def bwd_blocks(d: int, wide: bool, dq: str = "split") -> Blocks:
+    """Default key-block backward shape; the modes that take dQ from this kernel use wider key blocks (fewer
+    partial dQ tiles per query block: narrow ones made "atomic" 2.7× slower at d = 128 on an H100)."""
+    if INTERPRET:
+        return Blocks(16, 16)
+    if wide:
+        return Blocks(16, 64, 4, 1)
+    if dq == "atomic":
+        return Blocks(32, 64, 8, 1) if d >= 128 else Blocks(32, 128, 8, 2)
+    if dq in ("reduce", "tma"):  # not yet timed: the lead's sweep (benchmarks/attention.py --sweep) decides
+        return Blocks(64, 64, 8, 1) if d >= 128 else Blocks(64, 128, 8, 2)
+    # the fastest of benchmarks/attention.py --sweep on an H100 (docs/performance.md)
+    return Blocks(64, 32, 4, 2) if d >= 128 else Blocks(64, 64, 4, 2)
+
+
+def dq_blocks(d: int, wide: bool) -> Blocks:
     """The dQ kernel walks keys per query block like the forward; at d = 128 narrower key tiles won."""
-    if INTERPRET or wide or d < 128 or _blocks_override("DQ") is not None:
-        return _fwd_blocks(d, wide, "DQ")
-    return {"BM": 128, "BN": 32, "num_warps": 8, "num_stages": 2}
+    if INTERPRET or wide or d < 128:
+        return fwd_blocks(d, wide)
+    return Blocks(128, 32, 8, 2)
+
+
+def _alloc(*shape: int, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Every output and workspace the kernels must write in full (tests fill these with NaN, so an element
+    a kernel leaves unwritten shows)."""
+    return torch.empty(*shape, dtype=dtype, device=device)
+
+
+def descriptor_reduce_available(device: torch.device) -> bool:
+    """Whether a tile can be added through a tensor descriptor here: a GPU with TMA (compute capability
+    ≥ 9), or the CPU interpreter once an emulation of the reduction is installed (Triton 3.9's interpreter
+    has none; the tests install one)."""
+    if INTERPRET:
+        from triton.runtime.interpreter import InterpreterBuilder
+
+        return hasattr(InterpreterBuilder, "create_descriptor_reduce")
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def dq_reduce_plan(b: int, h: int, n: int, n_k: int, d: int, blocks: Blocks, settings: KernelSettings) -> dict:
+    """How ``dq="reduce"`` runs: key blocks per launch ``chunk``, ``launches``, and ``workspace_bytes``
+    (2 maps × chunk × B·h × N' × d float32, N' = N rounded up to BM; the O(N²·d/BN) per head that all key
+    blocks at once would take is bounded by ``settings.dq_workspace_mib`` or ``dq_chunk``). With more
+    than one launch, two float32 (B, h, N, d) running sums are added (``accumulator_bytes``). Raises
+    ``ValueError`` where one key block's workspace exceeds 32-bit indexing (B·h·N'·d ≥ 2³¹)."""
+    n_kb = triton.cdiv(n_k, blocks.bn)
+    per_block = b * h * triton.cdiv(n, blocks.bm) * blocks.bm * d  # elements per map and key block
+    limit = (2**31 - 1) // per_block
+    if limit < 1:
+        raise ValueError(
+            f"dq='reduce' at B·h·N·d = {b * h * n * d} exceeds the workspace's 32-bit indexing; use dq='split'"
+        )
+    chunk = settings.dq_chunk or max(1, settings.dq_workspace_mib * 2**20 // (2 * 4 * per_block))
+    chunk = min(chunk, n_kb, limit)
+    launches = triton.cdiv(n_kb, chunk)
+    return {
+        "chunk": chunk,
+        "launches": launches,
+        "workspace_bytes": 2 * 4 * chunk * per_block,
+        "accumulator_bytes": 2 * 4 * b * h * n * d if launches > 1 else 0,
+    }
+
+
+def _pick(kernel, values: dict) -> dict:
+    """The entries of ``values`` that are parameters of ``kernel`` (its arguments sliced by name)."""
+    return {name: values[name] for name in kernel.arg_names if name in values}
+
+
+def _strides(prefix: str, t: Tensor) -> dict:
+    """A (B, h, N, ·) tensor's batch, head and row strides as the kernels name them (``sqb, sqh, sqn``...)."""
+    return {f"{prefix}{axis}": t.stride(i) for i, axis in enumerate("bhn")}
 
 
 class _DifferentialAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q1, q2, k1, k2, v, lam, causal):
+    def forward(ctx, q1, q2, k1, k2, v, lam, causal, settings):
         q1, q2, k1, k2, v = (t.contiguous() for t in (q1, q2, k1, k2, v))
         lam = lam.contiguous()
         b, h, n, d = q1.shape
         h_kv, n_k = k1.shape[1], k1.shape[2]
-        out = torch.empty(b, h, n, 2 * d, device=q1.device, dtype=q1.dtype)
-        o1, o2 = torch.empty_like(out), torch.empty_like(out)  # both maps' outputs, for the backward's δ
-        lse1 = torch.empty(b, h, n, device=q1.device, dtype=torch.float32)
-        lse2 = torch.empty_like(lse1)
-        sm_scale = 1.0 / math.sqrt(d)
-        args = (
-            q1,
-            q2,
-            k1,
-            k2,
-            v,
-            lam,
-            out,
-            o1,
-            o2,
-            lse1,
-            lse2,
-            q1.stride(0),
-            q1.stride(1),
-            q1.stride(2),
-            k1.stride(0),
-            k1.stride(1),
-            k1.stride(2),
-            v.stride(0),
-            v.stride(1),
-            v.stride(2),
-            out.stride(0),
-            out.stride(1),
-            out.stride(2),
-            h,
-            h // h_kv,
-            n,
-            n_k,
-            sm_scale * LOG2E,
-        )
-        blocks = _fwd_blocks(d, q1.element_size() == 4)
-        split = v_split()
-        _fwd_kernel[(triton.cdiv(n, blocks["BM"]), b * h, split)](
-            *args,
-            D=d,
-            CAUSAL=causal,
-            IEEE=q1.dtype == torch.float32,
-            SPLIT=split_tiles(q1.dtype),
-            VW=2 * d // split,
-            **blocks,
-        )
+        dev = q1.device
+        out = _alloc(b, h, n, 2 * d, dtype=q1.dtype, device=dev)
+        o1 = _alloc(b, h, n, 2 * d, dtype=q1.dtype, device=dev)  # both maps' outputs, for the backward's δ
+        o2 = _alloc(b, h, n, 2 * d, dtype=q1.dtype, device=dev)
+        lse1 = _alloc(b, h, n, dtype=torch.float32, device=dev)
+        lse2 = _alloc(b, h, n, dtype=torch.float32, device=dev)
+        values = {
+            "Q1": q1, "Q2": q2, "K1": k1, "K2": k2, "V": v, "Lam": lam, "Out": out, "O1": o1, "O2": o2,
+            "Lse1": lse1, "Lse2": lse2, **_strides("sq", q1), **_strides("sk", k1), **_strides("sv", v),
+            **_strides("so", out), "H": h, "GROUP": h // h_kv, "N": n, "NK": n_k,
+            "scale_log2": LOG2E / math.sqrt(d),
+        }  # fmt: skip
+        flags = {"D": d, "CAUSAL": causal, "IEEE": q1.dtype == torch.float32, "SPLIT": split_tiles(q1.dtype)}
+        blocks = settings.fwd_blocks or fwd_blocks(d, q1.element_size() == 4, settings.forward)
+        if settings.forward == "maps":
+            grid = (2 * triton.cdiv(n, blocks.bm), b * h)
+            _fwd_map_kernel[grid](**_pick(_fwd_map_kernel, values), **flags, **blocks.launch(INTERPRET))
+            combine_bm = 16 if INTERPRET else 32
+            _combine_kernel[(triton.cdiv(n, combine_bm), b * h)](o1, o2, lam, out, h, n, BM=combine_bm, VW=2 * d)
+        else:
+            programs = 2 if settings.forward == "vsplit" else 1
+            grid = (triton.cdiv(n, blocks.bm), b * h, programs)
+            _fwd_kernel[grid](**_pick(_fwd_kernel, values), **flags, VW=2 * d // programs, **blocks.launch(INTERPRET))
         ctx.save_for_backward(q1, q2, k1, k2, v, lam, o1, o2, lse1, lse2)
         ctx.causal = causal
+        ctx.settings = settings
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q1, q2, k1, k2, v, lam, o1, o2, lse1, lse2 = ctx.saved_tensors
+        settings: KernelSettings = ctx.settings
         grad_out = grad_out.contiguous()
         b, h, n, d = q1.shape
         h_kv, n_k = k1.shape[1], k1.shape[2]
-        del1, del2 = torch.empty_like(lse1), torch.empty_like(lse2)  # rowsum(dO ⊙ O1), rowsum(dO ⊙ O2)
+        dev, wide = q1.device, q1.element_size() == 4
+        del1 = _alloc(b, h, n, dtype=torch.float32, device=dev)  # rowsum(dO ⊙ O1)
+        del2 = _alloc(b, h, n, dtype=torch.float32, device=dev)  # rowsum(dO ⊙ O2)
         pre_bm = 16 if INTERPRET else 64
         _bwd_preprocess[(triton.cdiv(n, pre_bm), b * h)](grad_out, o1, o2, del1, del2, n, BM=pre_bm, VW=2 * d)
         dlam = -del2.sum(dim=(0, 2))  # ∂/∂λ_h of Σ dO ⊙ (O1 − λ_h O2)
-        atomic = dq_mode() == "atomic"
-        # atomic: fp32 buffers the key-block kernel adds into; split: written whole by the dQ kernel
-        dq1, dq2 = (
-            (torch.zeros(b, h, n, d, device=q1.device, dtype=torch.float32) for _ in range(2))
-            if atomic
-            else (torch.empty_like(q1), torch.empty_like(q2))
-        )
-        dk1 = torch.empty(b, h_kv, n_k, d, device=q1.device, dtype=k1.dtype)
-        dk2 = torch.empty_like(dk1)
-        dv = torch.empty(b, h_kv, n_k, 2 * d, device=q1.device, dtype=v.dtype)
-        sm_scale = 1.0 / math.sqrt(d)
-        args = (
-            q1,
-            q2,
-            k1,
-            k2,
-            v,
-            lam,
-            grad_out,
-            lse1,
-            lse2,
-            del1,
-            del2,
-            dq1,
-            dq2,
-            dk1,
-            dk2,
-            dv,
-            q1.stride(0),
-            q1.stride(1),
-            q1.stride(2),
-            k1.stride(0),
-            k1.stride(1),
-            k1.stride(2),
-            v.stride(0),
-            v.stride(1),
-            v.stride(2),
-            grad_out.stride(0),
-            grad_out.stride(1),
-            grad_out.stride(2),
-            h,
-            h_kv,
-            h // h_kv,
-            n,
-            n_k,
-            sm_scale * LOG2E,
-            sm_scale,
-        )
-        ieee = q1.dtype == torch.float32
-        blocks = _bwd_blocks(d, q1.element_size() == 4, atomic)
-        _bwd_kernel[(triton.cdiv(n_k, blocks["BN"]), b * h_kv)](
-            *args, D=d, CAUSAL=ctx.causal, IEEE=ieee, SPLIT=split_tiles(q1.dtype), DQ_ATOMIC=atomic, **blocks
-        )
-        if not atomic:
-            dq_args = (*args[:13], *args[16:28], h, h // h_kv, n, n_k, sm_scale * LOG2E, sm_scale)
-            dq_blocks = _dq_blocks(d, q1.element_size() == 4)
-            _bwd_dq_kernel[(triton.cdiv(n, dq_blocks["BM"]), b * h)](
-                *dq_args, D=d, CAUSAL=ctx.causal, IEEE=ieee, SPLIT=split_tiles(q1.dtype), **dq_blocks
+        mode = settings.dq
+        if mode == "tma" and not descriptor_reduce_available(dev):
+            warnings.warn("dq='tma' needs tensor descriptors that reduce (a GPU of compute capability ≥ 9); "
+                          "running dq='atomic' instead", stacklevel=2)  # fmt: skip
+            mode = "atomic"
+        dk1 = _alloc(b, h_kv, n_k, d, dtype=k1.dtype, device=dev)
+        dk2 = _alloc(b, h_kv, n_k, d, dtype=k1.dtype, device=dev)
+        dv = _alloc(b, h_kv, n_k, 2 * d, dtype=v.dtype, device=dev)
+        blocks = settings.bwd_blocks or bwd_blocks(d, wide, mode)
+        n_p = triton.cdiv(n, blocks.bm) * blocks.bm
+        values = {
+            "Q1": q1, "Q2": q2, "K1": k1, "K2": k2, "V": v, "Lam": lam, "DO": grad_out, "Lse1": lse1,
+            "Lse2": lse2, "Del1": del1, "Del2": del2, "DK1": dk1, "DK2": dk2, "DV": dv,
+            **_strides("sq", q1), **_strides("sk", k1), **_strides("sv", v), **_strides("so", grad_out),
+            "H": h, "HKV": h_kv, "GROUP": h // h_kv, "N": n, "NK": n_k, "NP": n_p, "kb0": 0,
+            "scale_log2": LOG2E / math.sqrt(d), "sm_scale": 1.0 / math.sqrt(d),
+        }  # fmt: skip
+        flags = {"D": d, "CAUSAL": ctx.causal, "IEEE": q1.dtype == torch.float32, "SPLIT": split_tiles(q1.dtype)}
+        flags |= blocks.launch(INTERPRET)
+        n_kb = triton.cdiv(n_k, blocks.bn)
+
+        def key_blocks(first: int, count: int, dq1, dq2) -> None:
+            grid = (count, b * h_kv)
+            args = _pick(_bwd_kernel, values | {"DQ1": dq1, "DQ2": dq2, "kb0": first})
+            _bwd_kernel[grid](**args, **flags, DQ_MODE=_DQ_CODE[mode])
+
+        if mode == "split":
+            key_blocks(0, n_kb, dk1, dk2)  # (DQ1, DQ2 unused)
+            dq1 = _alloc(b, h, n, d, dtype=q1.dtype, device=dev)
+            dq2 = _alloc(b, h, n, d, dtype=q1.dtype, device=dev)
+            dq_shape = settings.dq_blocks or dq_blocks(d, wide)
+            dq_flags = flags | dq_shape.launch(INTERPRET)
+            _bwd_dq_kernel[(triton.cdiv(n, dq_shape.bm), b * h)](
+                **_pick(_bwd_dq_kernel, values | {"DQ1": dq1, "DQ2": dq2}), **dq_flags
             )
-        return dq1.to(q1.dtype), dq2.to(q2.dtype), dk1, dk2, dv, dlam, None
+        elif mode in ("atomic", "tma"):  # float32 sums the key-block kernel adds into, tile by tile
+            dq1, dq2 = (torch.zeros(b, h, n, d, device=dev, dtype=torch.float32) for _ in range(2))
+            if mode == "tma":
+                key_blocks(0, n_kb, *(_tile_descriptor(t, blocks.bm) for t in (dq1, dq2)))
+            else:
+                key_blocks(0, n_kb, dq1, dq2)
+            dq1, dq2 = dq1.to(q1.dtype), dq2.to(q2.dtype)
+        else:
+            dq1, dq2 = _reduce_dq(values, blocks, settings, key_blocks, q1, ctx.causal)
+        return dq1, dq2, dk1, dk2, dv, dlam, None, None
+
+
+def _tile_descriptor(t: Tensor, bm: int) -> TensorDescriptor:
+    """A descriptor over a contiguous (B, h, N, d) float32 tensor seen as (B·h, N, d), one (1, bm, d) tile
+    per access: rows past N are outside its bounds, so a tile's padding rows are dropped."""
+    b, h, n, d = t.shape
+    return TensorDescriptor(t, [b * h, n, d], [n * d, d, 1], [1, bm, d])
+
+
+def _reduce_dq(values: dict, blocks: Blocks, settings: KernelSettings, key_blocks, q1: Tensor, causal: bool) -> tuple:
+    """dq="reduce": per launch of ``chunk`` key blocks, each writes its partial dQ tiles to the workspace and
+    ``_dq_reduce_kernel`` sums them per query block in key-block order (deterministic)."""
+    b, h, n, d = q1.shape
+    n_k, n_p = values["NK"], values["NP"]
+    plan = dq_reduce_plan(b, h, n, n_k, d, blocks, settings)
+    chunk, dev = plan["chunk"], q1.device
+    workspace = _alloc(2, chunk, b * h, n_p, d, dtype=torch.float32, device=dev)
+    dq1 = _alloc(b, h, n, d, dtype=q1.dtype, device=dev)
+    dq2 = _alloc(b, h, n, d, dtype=q1.dtype, device=dev)
+    if plan["launches"] > 1:
+        acc1 = _alloc(b, h, n, d, dtype=torch.float32, device=dev)
+        acc2 = _alloc(b, h, n, d, dtype=torch.float32, device=dev)
+    else:
+        acc1, acc2 = dq1, dq2  # (unused)
+    n_kb = triton.cdiv(n_k, blocks.bn)
+    reduce_bm = blocks.bm  # the key-block kernel's query blocks: which ones a key block wrote
+    for first in range(0, n_kb, chunk):
+        last = min(first + chunk, n_kb)
+        key_blocks(first, last - first, workspace[0], workspace[1])
+        _dq_reduce_kernel[(triton.cdiv(n, reduce_bm), b * h)](
+            workspace[0], workspace[1], acc1, acc2, dq1, dq2, h, n, n_k, n_p, first, last, values["sm_scale"],
+            D=d, BM=reduce_bm, BN=blocks.bn, CAUSAL=causal, ACCUMULATE=first > 0, LAST=last == n_kb,
+        )  # fmt: skip
+    return dq1, dq2
 
 
 def triton_available_for(q: Tensor) -> bool:
@@ -695,11 +785,21 @@ def triton_available_for(q: Tensor) -> bool:
     )
 
 
-@register_backend("triton")  # not chosen by "auto": at parity with two SDPA calls, not faster (docs/performance.md)
-def triton_differential_attention(q1, q2, k1, k2, v, lam, causal=True, mask=None):
+_OPTIONS = {f.name for f in dataclasses.fields(KernelSettings)}
+
+
+@register_backend("triton", auto_when=lambda q: auto_rule_for(q) is not None)
+def triton_differential_attention(
+    q1, q2, k1, k2, v, lam, causal=True, mask=None, *, settings: KernelSettings | None = None, **options
+):
     """The fused kernel. λ (scalar or per head) may require grad; returns (B, h, N, 2d) in q's dtype.
 
-    The kernel has no mask input: a ``mask`` (padded batches) is refused with a ``ValueError``."""
+    ``settings`` / ``options``: how it runs (``KernelSettings``, or its fields as keywords, e.g.
+    ``dq="tma"``, ``forward="maps"``, ``bwd_blocks=Blocks(64, 128, 8, 2)``). A keyword wins over
+    ``settings``; without ``settings``, the ``SHAREDDIFF_TRITON_*`` environment variables, then the
+    ``AUTO_RULES`` row for these inputs, then the defaults decide. Every choice computes the same function.
+    The kernel has no mask input: a ``mask`` (padded batches) is refused with a ``ValueError``, as are
+    unknown options."""
     if mask is not None:
         raise ValueError(
             "the triton kernel takes no attention mask, so it cannot run padded batches; use the sdpa or eager "
@@ -710,8 +810,14 @@ def triton_differential_attention(q1, q2, k1, k2, v, lam, causal=True, mask=None
             f"the triton backend needs CUDA tensors (or TRITON_INTERPRET=1) with head half-dim in "
             f"{SUPPORTED_D}, got device {q1.device}, d={q1.shape[-1]}, dtype {q1.dtype}"
         )
+    if unknown := options.keys() - _OPTIONS:
+        raise ValueError(f"unknown kernel options {sorted(unknown)}; use {sorted(_OPTIONS)}")
+    if settings is None:
+        rule = auto_rule_for(q1)
+        settings = settings_from_env(rule.settings if rule else None)
+    settings = settings.replace(**options)
     h = q1.shape[1]
     lam_t = lam if isinstance(lam, Tensor) else torch.tensor(float(lam), device=q1.device)
     lam_view = _lam_view(lam_t.float(), h, lam_t.float())  # validates the shape
     lam_h = (lam_view.reshape(-1) if lam_view.dim() else lam_view.reshape(1)).expand(h).float()
-    return _DifferentialAttention.apply(q1, q2, k1, k2, v, lam_h, causal)
+    return _DifferentialAttention.apply(q1, q2, k1, k2, v, lam_h, causal, settings)

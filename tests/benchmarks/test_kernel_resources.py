@@ -1,0 +1,43 @@
+"""The pure parts of benchmarks/kernel_resources.py: its mode strings and its reading of ``ptxas -v``."""
+
+import pytest
+
+pytest.importorskip("triton")
+
+from kernel_resources import parse_mode, parse_ptxas
+
+from shareddiff.ops.kernel_settings import Blocks, KernelSettings
+
+
+def test_mode_strings_become_kernel_settings():
+    assert parse_mode("dq=split") == KernelSettings()
+    assert parse_mode("dq=tma;bwd_blocks=64,128,8,2") == KernelSettings(dq="tma", bwd_blocks=Blocks(64, 128, 8, 2))
+    assert parse_mode("forward=maps;fwd_blocks=128,64,8,3;dq=reduce;dq_chunk=3;dq_workspace_mib=8") == KernelSettings(
+        dq="reduce", forward="maps", fwd_blocks=Blocks(128, 64, 8, 3), dq_chunk=3, dq_workspace_mib=8
+    )
+
+
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ("dq", "name=value"),
+        ("dq=fast", "use one of split, atomic, reduce, tma"),
+        ("bwd=64,64,4,2", r"unknown fields \['bwd'\]"),
+        ("bwd_blocks=64,64,4", "four integers"),
+        ("dq_chunk=two", "invalid literal"),
+    ],
+)
+def test_bad_mode_strings_are_named(bad, match):
+    with pytest.raises(ValueError, match=match):
+        parse_mode(bad)
+
+
+def test_ptxas_report_is_read():
+    text = """ptxas-blackwell info    : Compiling entry function '_bwd_kernel' for 'sm_90a'
+ptxas-blackwell info    : Function properties for _bwd_kernel
+    1216 bytes stack frame, 1960 bytes spill stores, 3196 bytes spill loads
+ptxas-blackwell info    : Used 255 registers, used 1 barriers, 1216 bytes cumulative stack size"""
+    assert parse_ptxas(text) == {"registers": 255, "spill_stores": 1960, "spill_loads": 3196, "stack_frame": 1216}
+    assert parse_ptxas("ptxas info    : Used 48 registers") == {
+        "registers": 48, "spill_stores": None, "spill_loads": None, "stack_frame": None
+    }  # fmt: skip
