@@ -403,6 +403,19 @@ class RunConfig:
             raise ValueError(f"optim.min_lr_ratio={self.optim.min_lr_ratio} must be in [0, 1]")
         if "preset" not in self.model:
             raise ValueError('[model] needs a preset, e.g. preset = "shared_diff-small"')
+        self._check_attn_backend()
+
+    def _check_attn_backend(self) -> None:
+        """``train.attn_backend`` must be a backend of the model's attention op (``shareddiff.ops.backends``)."""
+        try:
+            model = self.model_config()
+        except (ValueError, TypeError):
+            return  # the [model] section's own error comes where the model is built
+        from shareddiff.attention import attention_class  # imports torch: only when a recipe is checked
+        from shareddiff.ops import check_backend
+
+        allowed = attention_class(model).available_backends()
+        check_backend(self.train.attn_backend, allowed, "train.attn_backend", f"model.attention={model.attention!r}")
 
     def tokens_per_step(self, world_size: int = 1) -> int:
         """Training tokens per optimizer step over all ``world_size`` processes."""

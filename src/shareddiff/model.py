@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from shareddiff.attention import build_attention
 from shareddiff.config import ModelConfig
 from shareddiff.layers import RMSNorm, SwiGLU, init_weight, rope_angles
-from shareddiff.ops import available_backends
+from shareddiff.ops import check_backend
 from shareddiff.padding import check_token_mask, padded_attention_mask, token_positions
 
 
@@ -129,9 +129,10 @@ class LanguageModel(nn.Module):
             block.feed_forward.reset_parameters(std, out_std)
 
     def set_attention_backend(self, backend: str) -> None:
-        """Choose the attention op backend ("auto", "eager", "sdpa", ...) for every layer."""
-        if backend not in available_backends():
-            raise ValueError(f"unknown attention backend {backend!r}; use one of {available_backends()}")
+        """Choose the attention op backend ("auto", "eager", "sdpa", ...) for every layer. Raises ``ValueError``
+        for a name the variant's op does not run (its attention class's ``available_backends()``)."""
+        allowed = self.layers[0].attention.available_backends()
+        check_backend(backend, allowed, "attn_backend", f"attention={self.config.attention!r}")
         for block in self.layers:
             block.attention.backend = backend
 

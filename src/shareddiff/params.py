@@ -15,11 +15,11 @@ COMPONENT_LABELS = {
     "ffn": "FFN (SwiGLU)",
     "norms_lambda": "norms and λ",
 }
-_QK_NAMES = ("wq", "wk", "q1_a", "q1_b", "q2_a", "q2_b", "k1_a", "k1_b", "k2_a", "k2_b")
 
 
-def component_of(param_name: str) -> str:
-    """Which component a parameter of ``LanguageModel`` belongs to, from its qualified name."""
+def component_of(param_name: str, qk_param_names: tuple[str, ...] = ()) -> str:
+    """Which component a parameter of ``LanguageModel`` belongs to, from its qualified name and the Q/K
+    parameter names its attention class declares (``qk_param_names``)."""
     parts = param_name.split(".")
     if parts[0] in ("tok_embeddings", "output"):
         return "embeddings"
@@ -27,11 +27,11 @@ def component_of(param_name: str) -> str:
         return "ffn"
     if "attention" in parts:
         leaf = parts[parts.index("attention") + 1]
-        if leaf in _QK_NAMES:
+        if leaf in qk_param_names:
             return "attention_qk"
         if leaf in ("wv", "wo"):
             return "attention_vo"
-    return "norms_lambda"  # RMSNorm weights, the per-head norm weight, the λ vectors
+    return "norms_lambda"  # RMSNorm weights, the per-head norm weight, the λ vectors (and DIFF V2's W_λ)
 
 
 @dataclass
@@ -81,8 +81,9 @@ def count_parameters(config: ModelConfig) -> ParamReport:
     model = build_model(config, device="meta")
     counts = dict.fromkeys(COMPONENTS, 0)
     attention = 0
+    qk_param_names = type(model.layers[0].attention).qk_param_names
     for name, p in model.named_parameters():
-        counts[component_of(name)] += p.numel()
+        counts[component_of(name, qk_param_names)] += p.numel()
         attention += p.numel() if "attention" in name.split(".") else 0
     return ParamReport(config, counts, attention)
 

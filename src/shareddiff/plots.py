@@ -252,3 +252,176 @@ def plot_mqar_heatmap(summary: dict, out: str | Path, title: str = "MQAR") -> Pa
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_needle_heatmap(result: dict, out, title: str) -> None:
+    """Retrieval accuracy per (context length, answer depth) cell of a ``needle_eval`` result, 0 red to 1 green."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({c["length"] for c in result["cells"]})
+    depths = sorted({c["depth"] for c in result["cells"]})
+    grid = np.array(
+        [
+            [next(c["accuracy"] for c in result["cells"] if c["length"] == n and c["depth"] == d) for n in lengths]
+            for d in depths
+        ]
+    )
+    fig, ax = plt.subplots(figsize=(1.2 * len(lengths) + 2.5, 0.6 * len(depths) + 1.8), dpi=120)
+    im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(len(lengths)), [f"{n // 1024}K" if n >= 1024 else str(n) for n in lengths])
+    ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+    for i in range(len(depths)):
+        for j in range(len(lengths)):
+            dark = grid[i, j] < 0.15 or grid[i, j] > 0.85  # the ends of RdYlGn
+            ax.text(j, i, f"{grid[i, j]:.2f}", ha="center", va="center", fontsize=8, color="w" if dark else "k")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("answer needle depth")
+    ax.set_title(title)
+    fig.colorbar(im, ax=ax, fraction=0.05, label="retrieval accuracy (queried numbers right)")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def plot_attention_map(example: dict, out, title: str) -> None:
+    """The layer- and head-averaged map of one prompt, with the answer needle's columns marked."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+    data = example["map"].numpy()
+    limit = np.abs(data).max() or 1.0
+    im = ax.imshow(data, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+    for x in example["answer"]:
+        ax.axvline(x - 0.5, color="k", lw=0.6, ls="--")
+    ax.set_xlabel("key position")
+    ax.set_ylabel("query position")
+    ax.set_title(f"{title}\nanswer needle at {example['depth']:.0%} (between the dashed lines)", fontsize=9)
+    bar = fig.colorbar(im, ax=ax, fraction=0.046)
+    bar.set_label("attention weight, mean over layers and heads\n(A1 − λ·A2 for DIFF and Shared DIFF)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def plot_icl(result: dict, out, title: str) -> None:
+    """Left: mean accuracy per k for both demonstration orders, on the full 0–1 scale with the chance level
+    (1 / classes); right: each order's accuracies over the permutations (boxes and every value), zoomed no
+    closer than a 0.1 span so a flat result does not look like a trend."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    rows = result["rows"]
+    shots = [r["shots"] for r in rows]
+    chance = 1 / result["labels"]
+    orders = {"random_order": ("random order", "o", -0.04), "class_alternating": ("class-alternating", "s", 0.04)}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), dpi=120)
+    for i, (key, (label, marker, shift)) in enumerate(orders.items()):
+        xs = [k * 2**shift for k in shots]  # side by side on the log axis, so equal values stay visible
+        axes[0].plot(xs, [r[key]["mean"] for r in rows], marker=marker, color=f"C{i}", label=label)
+    axes[0].axhline(chance, color="0.4", ls="--", lw=1, label=f"chance (1/{result['labels']})")
+    axes[0].set_xscale("log", base=2)
+    axes[0].set_xticks(shots, [str(k) for k in shots])
+    axes[0].set_ylim(0, 1)
+    axes[0].set_xlabel("demonstrations (k)")
+    axes[0].set_ylabel("accuracy")
+    axes[0].set_title("mean accuracy over orders", fontsize=10)
+    axes[0].legend(fontsize=8)
+    values = []
+    for i, key in enumerate(orders):
+        positions = np.arange(len(shots)) * 3 + i
+        data = [r[key]["values"] for r in rows]
+        values += [v for vs in data for v in vs]
+        axes[1].boxplot(
+            data,
+            positions=positions,
+            widths=0.8,
+            patch_artist=True,
+            boxprops={"facecolor": f"C{i}", "alpha": 0.35},
+            medianprops={"color": "k"},
+            showfliers=False,
+        )
+        for x, vs in zip(positions, data, strict=True):
+            jitter = np.linspace(-0.25, 0.25, len(vs)) if len(vs) > 1 else np.zeros(1)
+            axes[1].scatter(x + jitter, vs, s=9, color=f"C{i}", zorder=3)
+    low, high = min([*values, chance]), max([*values, chance])
+    pad = max(0.0, 0.1 - (high - low)) / 2 + 0.02
+    axes[1].set_ylim(max(0.0, low - pad), min(1.0, high + pad))
+    axes[1].axhline(chance, color="0.4", ls="--", lw=1)
+    axes[1].set_xticks(np.arange(len(shots)) * 3 + 0.5, [str(k) for k in shots])
+    axes[1].set_xlabel("demonstrations (k)")
+    axes[1].set_ylabel("accuracy")
+    axes[1].set_title(f"spread over {result['permutations']} orders of the same demonstrations", fontsize=10)
+    axes[1].legend(
+        handles=[Patch(facecolor=f"C{i}", alpha=0.6, label=label) for i, (label, _, _) in enumerate(orders.values())]
+        + [plt.Line2D([], [], color="0.4", ls="--", label="chance")],
+        fontsize=8,
+    )
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def plot_scaling(result: dict, out, title: str) -> None:
+    """Left: each run's final loss against its parameters, with the variant's fit; right: the largest run's
+    validation losses against tokens, with their fit. Warnings go under the plots."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from shareddiff.eval.scaling import predict
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), dpi=120)
+    for i, (variant, entry) in enumerate(sorted(result["variants"].items())):
+        color = f"C{i}"
+        params = [r["params"] for r in entry["runs"]]
+        fitted = "params_fit" in entry
+        axes[0].scatter(
+            params,
+            [r["final_loss"] for r in entry["runs"]],
+            color=color,
+            zorder=3,
+            label=variant if fitted else f"{variant} (no fit: {len(set(params))} size(s))",
+        )
+        if fitted:
+            grid = np.geomspace(min(params), max(params), 50)
+            axes[0].plot(grid, predict(entry["params_fit"], grid), color=color)
+        curve = entry.get("largest_curve", [])
+        if curve:
+            tokens, losses = zip(*curve, strict=True)
+            axes[1].scatter(tokens, losses, color=color, s=14, zorder=3, label=variant)
+        if "tokens_fit" in entry:
+            grid = np.geomspace(*entry["tokens_range"], 50)
+            axes[1].plot(grid, predict(entry["tokens_fit"], grid), color=color)
+    axes[0].set_xlabel("non-embedding parameters")
+    axes[0].set_title("final loss of each run, and the fit", fontsize=10)
+    axes[1].set_xlabel("training tokens")
+    axes[1].set_title("validation loss of each variant's largest run, and the fit", fontsize=10)
+    for ax in axes:
+        ax.set_xscale("log")
+        log_count_axis(ax.xaxis)
+        ax.set_ylabel("validation loss (nats/token)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title)
+    notes = result.get("warnings", [])
+    if notes:
+        fig.text(0.01, 0.01, "\n".join(f"note: {n}" for n in notes), fontsize=7, va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.035 * len(notes), 1, 1))
+    fig.savefig(out)
+    plt.close(fig)

@@ -109,7 +109,7 @@ def _spread(values):
 
 
 def test_icl_plot_keeps_scale_shows_both_orders_and_chance(tmp_path, saved_figures):
-    from shareddiff.eval.icl import plot_icl
+    from shareddiff.plots import plot_icl
 
     flat = [0.25] * 3  # every order gives the same accuracy: a flat result must look flat
     rows = [

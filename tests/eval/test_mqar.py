@@ -13,9 +13,10 @@ from shareddiff.config import MQARConfig, load_recipe
 from shareddiff.data.loader import IGNORE
 from shareddiff.data.mqar import mqar_eval_set
 from shareddiff.eval.commands import mqar_results
-from shareddiff.eval.mqar import MQARProbe, mqar_run_record, mqar_scores, mqar_summary, steps_to
+from shareddiff.eval.mqar import mqar_run_record, mqar_summary, steps_to
 from shareddiff.train import train
 from shareddiff.train.metrics import read_metrics
+from shareddiff.train.probes import MQARProbe, mqar_scores
 
 
 class FixedLogits(torch.nn.Module):

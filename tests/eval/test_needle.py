@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from shareddiff.data import WindowLoader, load_split
-from shareddiff.eval.needle import NeedleBuilder, NeedleMix, needle_eval, parse_mix
+from shareddiff.data.needle import NeedleBuilder, NeedleMix, parse_mix
+from shareddiff.eval.needle import needle_eval
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def test_numbers_one_digit_per_token(tiny_tokenizer):
 
 
 def test_mix_options():
-    from shareddiff.eval.needle import mix_options
+    from shareddiff.data.needle import mix_options
 
     assert mix_options("needle:0.2") == {
         "fraction": 0.2,
@@ -182,7 +183,7 @@ def _digits_of(text: str) -> str:
 def test_probe_matches_one_prompt_at_a_time(seed, tiny_tokenizer, tiny_data, split_digits):
     """The trainer's batched, padded probe equals an unbatched float64 reference per prompt."""
     from shareddiff import ModelConfig, build_model
-    from shareddiff.eval.needle import NeedleProbe
+    from shareddiff.train.probes import NeedleProbe
 
     builder = NeedleBuilder(tiny_tokenizer, load_split(tiny_data, "val"), split_digits=split_digits)
     probe = NeedleProbe(builder, 200, max_needles=2, samples=5, seed=seed)
@@ -203,10 +204,10 @@ def test_probe_matches_one_prompt_at_a_time(seed, tiny_tokenizer, tiny_data, spl
 
 
 def test_heatmap_labels_its_colour_bar(tmp_path, saved_figures):
-    from shareddiff.eval.needle import plot_heatmap
+    from shareddiff.plots import plot_needle_heatmap
 
     cells = [{"length": n, "depth": d, "accuracy": 0.5, "n": 2} for n in (1024, 2048) for d in (0.0, 1.0)]
-    plot_heatmap({"cells": cells}, tmp_path / "needle.png", "title")
+    plot_needle_heatmap({"cells": cells}, tmp_path / "needle.png", "title")
     colour_bar = saved_figures[0].axes[1]
     assert colour_bar.get_ylabel() == "retrieval accuracy (queried numbers right)"
     assert (tmp_path / "needle.png").stat().st_size > 5000

@@ -48,7 +48,7 @@ def test_scaling_eval_on_run_folders(tmp_path):
 def test_scaling_plot_shows_points_readable_ticks_and_warnings(tmp_path, saved_figures):
     from matplotlib.ticker import NullFormatter
 
-    from shareddiff.eval.scaling import plot_scaling
+    from shareddiff.plots import plot_scaling
     from tests.test_report import synthetic_runs
 
     runs = synthetic_runs(tmp_path / "runs", {"diff": [64, 128, 256], "shared_diff": [64, 128, 256, 512]})

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 from shareddiff import ModelConfig, build_model
 from shareddiff.generation import generate
 from shareddiff.hf import load_pretrained, to_diffllama, wrap
-from shareddiff.hf.io import hf_tokenizer
+from shareddiff.hf.folders import hf_tokenizer
 from shareddiff.hf.modeling import CACHE_FIELD
 from shareddiff.padding import left_pad
 from tests.conftest import rel_err

@@ -10,7 +10,7 @@ import torch
 from shareddiff import ModelConfig, build_model
 from shareddiff.data import WindowLoader, load_split
 from shareddiff.data.loader import IGNORE
-from shareddiff.eval.needle import parse_mix
+from shareddiff.data.needle import parse_mix
 from shareddiff.train.loss import token_loss
 
 

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from shareddiff.attention.diff import DiffAttention, DifferentialAttention
+from shareddiff.attention.diff import DiffAttention, DiffAttentionBase
 from shareddiff.attention.diff_v2 import DiffV2Attention, PairedDifferentialAttention
-from shareddiff.attention.shared_diff import SharedDiffAttention, SharedDiffHeadsAttention
+from shareddiff.attention.shared_diff import (
+    SharedDiffAttention,
+    SharedDiffBase,
+    SharedDiffHeadsAttention,
+    SharedLowRankProjection,
+)
 from shareddiff.attention.shared_diff_v2 import SharedDiffV2Attention
 from shareddiff.attention.standard import StandardAttention
 from shareddiff.config import ModelConfig
@@ -39,15 +44,28 @@ def build_attention(config: ModelConfig, layer_idx: int) -> nn.Module:
     return attention_class(config)(config, layer_idx)
 
 
+def __getattr__(name: str):
+    """``DifferentialAttention``, the old name of ``DiffAttentionBase`` (one letter from the op
+    ``differential_attention``), still imports, with a ``DeprecationWarning``."""
+    if name == "DifferentialAttention":
+        import warnings
+
+        warnings.warn("DifferentialAttention is deprecated; use DiffAttentionBase", DeprecationWarning, stacklevel=2)
+        return DiffAttentionBase
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "ATTENTION_REGISTRY",
     "DiffAttention",
+    "DiffAttentionBase",
     "DiffV2Attention",
-    "DifferentialAttention",
     "PairedDifferentialAttention",
     "SharedDiffAttention",
+    "SharedDiffBase",
     "SharedDiffHeadsAttention",
     "SharedDiffV2Attention",
+    "SharedLowRankProjection",
     "StandardAttention",
     "build_attention",
 ]

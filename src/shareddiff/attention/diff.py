@@ -11,13 +11,19 @@ from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
 from shareddiff.layers import RMSNorm, apply_rope, init_weight, project_inputs
+from shareddiff.ops import available_backends as differential_backends
 from shareddiff.ops import differential_attention, eager_differential_attention
 
 HEAD_NORM_EPS = 1e-5
 
 
-class DifferentialAttention(nn.Module):
-    """Base of the differential variants; subclasses implement ``project_qkv``."""
+class DiffAttentionBase(nn.Module):
+    """The differential tail of DIFF and Shared DIFF (V1): subclasses implement ``project_qkv`` and name their
+    Q/K parameters in ``qk_param_names``."""
+
+    qk_param_names: tuple[str, ...] = ()  # the attributes that hold Q/K parameters (params.py counts them)
+
+    available_backends = staticmethod(differential_backends)  # the names of differential_attention's registry
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -80,8 +86,10 @@ class DifferentialAttention(nn.Module):
             self.head_norm.reset_parameters()
 
 
-class DiffAttention(DifferentialAttention):
+class DiffAttention(DiffAttentionBase):
     """DIFF Transformer: dense W_Q, W_K ∈ R^{D×D}; sub-heads 2i and 2i+1 are Q1_i and Q2_i (interleaved)."""
+
+    qk_param_names = ("wq", "wk")
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)

@@ -16,11 +16,14 @@ from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
 from shareddiff.layers import apply_rope, init_weight, project_inputs
-from shareddiff.ops import differential_v2_attention, eager_differential_v2_attention
+from shareddiff.ops import differential_v2_attention, eager_differential_v2_attention, softmax_backends
 
 
 class PairedDifferentialAttention(nn.Module):
     """Base of the V2 variants; subclasses implement ``project``."""
+
+    available_backends = staticmethod(softmax_backends)  # the backend names its op runs (softmax attention)
+    qk_param_names: tuple[str, ...] = ("wk",)  # the attributes that hold Q/K parameters; subclasses add theirs
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()
@@ -66,6 +69,8 @@ class PairedDifferentialAttention(nn.Module):
 
 class DiffV2Attention(PairedDifferentialAttention):
     """DIFF V2: one dense W_Q ∈ R^{D×2h·d} whose query heads 2i and 2i+1 are Q1_i and Q2_i (interleaved)."""
+
+    qk_param_names = ("wq", "wk")
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)

@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from shareddiff.attention.diff import DifferentialAttention
+from shareddiff.attention.diff import DiffAttentionBase
 from shareddiff.config import ModelConfig
 from shareddiff.layers import init_weight, project_inputs
 
@@ -37,14 +37,59 @@ def _init_lowrank(a: Tensor, b: Tensor, rank: int, std: float | None, mode: str)
         nn.init.normal_(b, std=1.0 / math.sqrt(3 * rank))
 
 
-def _project_shared(module: DifferentialAttention, x: Tensor) -> tuple[Tensor, Tensor, Tensor, list[Tensor]]:
-    """X·W_Q, X·W_K, X·W_V and the four X·A (q1, q2, k1, k2), one GEMM when fused (either sharing)."""
-    linears = (module.wq, module.wk, module.wv, *(getattr(module, f"{name}_a") for name in BRANCHES))
-    q_base, k_base, v, *low = project_inputs(x, linears, module.fuse_projections)
-    return q_base, k_base, v, low
+def lowrank_param_names(branches: tuple[str, ...]) -> tuple[str, ...]:
+    """The attributes of the low-rank factors of ``branches``: q1_a, q1_b, q2_a, ..."""
+    return tuple(f"{name}_{factor}" for name in branches for factor in "ab")
 
 
-class SharedDiffAttention(DifferentialAttention):
+class SharedLowRankProjection:
+    """The shared-base-plus-low-rank projection of Shared DIFF (§4) and Shared DIFF V2, one implementation.
+
+    Branch ``b`` (q1, q2 and, in V1, k1, k2) projects ``X W + (X A_b) B_b``; ``X W`` is computed once for
+    every branch that shares the base (W_Q for q1, q2; W_K for k1, k2) and, with ``fuse_projections``, one
+    GEMM computes X·[the host's dense linears | every A_b]. The host module holds ``wq``, ``wk``,
+    ``{b}_a`` (nn.Linear) and ``{b}_b``, and overrides ``_branch`` where B_b is not one Linear.
+    """
+
+    branches: tuple[str, ...] = BRANCHES
+
+    def project_shared(self, x: Tensor, dense: tuple[nn.Linear, ...]) -> tuple[list[Tensor], list[Tensor]]:
+        """(X·L for each L of ``dense``, which starts with W_Q, W_K; every branch's projection (B, N, heads, d)
+        in ``branches`` order, the bases computed once)."""
+        factors = tuple(getattr(self, f"{name}_a") for name in self.branches)
+        outs = project_inputs(x, (*dense, *factors), self.fuse_projections)
+        projected, low = outs[: len(dense)], outs[len(dense) :]
+        bases = {"q": projected[0], "k": projected[1]}
+        return projected, [self._branch(bases[name[0]], xa, name) for name, xa in zip(self.branches, low, strict=True)]
+
+    def _branch(self, base: Tensor, xa: Tensor, name: str) -> Tensor:
+        """X·W + (X·A)·B of branch ``name`` as (B, N, heads, d), with B an nn.Linear over all heads."""
+        heads = self.n_heads if name[0] == "q" else self.n_kv_heads
+        return (base + getattr(self, f"{name}_b")(xa)).unflatten(-1, (heads, self.head_dim))
+
+
+class SharedDiffBase(SharedLowRankProjection, DiffAttentionBase):
+    """Shared DIFF (V1) with either sharing: Q1, Q2, K1, K2 from the shared bases W_Q, W_K; the subclasses
+    lay out the low-rank factors."""
+
+    qk_param_names = ("wq", "wk", *lowrank_param_names(BRANCHES))
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        b, n, _ = x.shape
+        (_, _, v), (q1, q2, k1, k2) = self.project_shared(x, (self.wq, self.wk, self.wv))
+        return q1, q2, k1, k2, v.view(b, n, self.n_kv_heads, 2 * self.head_dim)
+
+    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
+        super().reset_parameters(std, out_std)
+        init_weight(self.wq.weight, std)
+        init_weight(self.wk.weight, std)
+        for name in self.branches:
+            b_factor = getattr(self, f"{name}_b")
+            b_factor = b_factor.weight if isinstance(b_factor, nn.Linear) else b_factor
+            _init_lowrank(getattr(self, f"{name}_a").weight, b_factor, self.rank, std, self.lowrank_init)
+
+
+class SharedDiffAttention(SharedDiffBase):
     """ "branches" sharing (default): W_Q, W_K cover all heads; A ∈ R^{D×r}, B ∈ R^{r×h·d} per branch."""
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
@@ -59,18 +104,6 @@ class SharedDiffAttention(DifferentialAttention):
             setattr(self, f"{name}_a", nn.Linear(d_model, r, bias=False))  # A: X → rank r
             setattr(self, f"{name}_b", nn.Linear(r, out_dim, bias=False))  # B: rank r → columns
 
-    def _branch(self, base: Tensor, xa: Tensor, name: str) -> Tensor:
-        heads = self.n_heads if name[0] == "q" else self.n_kv_heads
-        return (base + getattr(self, f"{name}_b")(xa)).unflatten(-1, (heads, self.head_dim))
-
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        b, n, _ = x.shape
-        q_base, k_base, v, low = _project_shared(self, x)  # the bases computed once, shared by both branches
-        q1, q2, k1, k2 = (
-            self._branch(q_base if name[0] == "q" else k_base, xa, name) for name, xa in zip(BRANCHES, low, strict=True)
-        )
-        return q1, q2, k1, k2, v.view(b, n, self.n_kv_heads, 2 * self.head_dim)
-
     def effective_qk_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Dense (W_Q1, W_Q2, W_K1, W_K2) in ``X W`` orientation, (D, h·d); head i in columns [i·d, (i+1)·d).
 
@@ -83,16 +116,8 @@ class SharedDiffAttention(DifferentialAttention):
             out.append(base + a @ b)
         return tuple(out)
 
-    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
-        super().reset_parameters(std, out_std)
-        init_weight(self.wq.weight, std)
-        init_weight(self.wk.weight, std)
-        for name in BRANCHES:
-            a, b = getattr(self, f"{name}_a").weight, getattr(self, f"{name}_b").weight
-            _init_lowrank(a, b, self.rank, std, self.lowrank_init)
 
-
-class SharedDiffHeadsAttention(DifferentialAttention):
+class SharedDiffHeadsAttention(SharedDiffBase):
     """ "heads" sharing (alternative reading): one base W_Q, W_K ∈ R^{D×d} used by every head, and
     per-head factors A_i ∈ R^{D×r_h}, B_i ∈ R^{r_h×d} for each branch."""
 
@@ -112,14 +137,6 @@ class SharedDiffHeadsAttention(DifferentialAttention):
         low = xa.unflatten(-1, (b_factors.shape[0], self.rank))  # (B, N, heads, r)
         return base.unsqueeze(2) + torch.einsum("bnhr,hrd->bnhd", low, b_factors.to(low.dtype))
 
-    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        b, n, _ = x.shape
-        q_base, k_base, v, low = _project_shared(self, x)  # bases: (B, N, d), shared by every head
-        q1, q2, k1, k2 = (
-            self._branch(q_base if name[0] == "q" else k_base, xa, name) for name, xa in zip(BRANCHES, low, strict=True)
-        )
-        return q1, q2, k1, k2, v.view(b, n, self.n_kv_heads, 2 * self.head_dim)
-
     def effective_qk_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Dense (W_Q1, W_Q2, W_K1, W_K2), (D, heads·d); head i's columns are W + A_i B_i."""
         out = []
@@ -130,12 +147,3 @@ class SharedDiffHeadsAttention(DifferentialAttention):
             per_head = base.unsqueeze(1) + torch.einsum("Dhr,hrd->Dhd", a, b_factors)
             out.append(per_head.flatten(1))
         return tuple(out)
-
-    def reset_parameters(self, std: float | None, out_std: float | None) -> None:
-        super().reset_parameters(std, out_std)
-        init_weight(self.wq.weight, std)
-        init_weight(self.wk.weight, std)
-        for name in BRANCHES:
-            _init_lowrank(
-                getattr(self, f"{name}_a").weight, getattr(self, f"{name}_b"), self.rank, std, self.lowrank_init
-            )

@@ -4,7 +4,8 @@ built from one shared base plus low-rank updates, as Shared DIFF builds its bran
     Q1 = X (W_Q + A1 B1)    Q2 = X (W_Q + A2 B2)    W_Q ∈ R^{D×h·d}, A ∈ R^{D×r}, B ∈ R^{r×h·d}
 
 Keys, values, λ and the tail are DIFF V2's. ``X W_Q`` is computed once for both queries; by default
-one GEMM computes X·[W_Q | W_K | W_V | W_λ | A1 | A2] and the two rank-r expansions follow.
+one GEMM computes X·[W_Q | W_K | W_V | W_λ | A1 | A2] and the two rank-r expansions follow
+(``shared_diff.SharedLowRankProjection``, the projection both Shared DIFF versions share).
 """
 
 from __future__ import annotations
@@ -13,13 +14,17 @@ import torch
 from torch import Tensor, nn
 
 from shareddiff.attention.diff_v2 import PairedDifferentialAttention
-from shareddiff.attention.shared_diff import _init_lowrank
+from shareddiff.attention.shared_diff import SharedLowRankProjection, _init_lowrank, lowrank_param_names
 from shareddiff.config import ModelConfig
-from shareddiff.layers import init_weight, project_inputs
+from shareddiff.layers import init_weight
 
 
-class SharedDiffV2Attention(PairedDifferentialAttention):
-    """Shared W_Q for both query heads of every pair, low-rank updates A1 B1 and A2 B2 per pair member."""
+class SharedDiffV2Attention(SharedLowRankProjection, PairedDifferentialAttention):
+    """Shared W_Q for both query heads of every pair, low-rank updates A1 B1 and A2 B2 per pair member
+    (``SharedLowRankProjection``, as Shared DIFF builds its branches)."""
+
+    branches = ("q1", "q2")
+    qk_param_names = ("wq", "wk", *lowrank_param_names(branches))
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__(config, layer_idx)
@@ -33,10 +38,8 @@ class SharedDiffV2Attention(PairedDifferentialAttention):
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         b, n, _ = x.shape
-        linears = (self.wq, self.wk, self.wv, self.lambda_proj, self.q1_a, self.q2_a)
-        q_base, k, v, lam_logits, xa1, xa2 = project_inputs(x, linears, self.fuse_projections)
+        (_, k, v, lam_logits), (q1, q2) = self.project_shared(x, (self.wq, self.wk, self.wv, self.lambda_proj))
         heads = (b, n, -1, self.head_dim)
-        q1, q2 = (q_base + self.q1_b(xa1)).view(heads), (q_base + self.q2_b(xa2)).view(heads)
         q = torch.stack((q1, q2), dim=3).flatten(2, 3)  # (B, N, 2h, d): Q1_0, Q2_0, Q1_1, Q2_1, ...
         return q, k.view(heads), v.view(heads), lam_logits
 

@@ -7,11 +7,14 @@ from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
 from shareddiff.layers import apply_rope, init_weight, project_inputs
-from shareddiff.ops import eager_softmax_attention, softmax_attention
+from shareddiff.ops import eager_softmax_attention, softmax_attention, softmax_backends
 
 
 class StandardAttention(nn.Module):
     """Multi-head (optionally grouped-query) attention with head dim D / n_heads and RoPE."""
+
+    available_backends = staticmethod(softmax_backends)  # the backend names its op runs
+    qk_param_names: tuple[str, ...] = ("wq", "wk")  # the attributes that hold Q/K parameters (params.py)
 
     def __init__(self, config: ModelConfig, layer_idx: int) -> None:
         super().__init__()

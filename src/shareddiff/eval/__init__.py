@@ -4,10 +4,9 @@ retrieval, attention mass, MQAR recall, many-shot ICL, scaling fits. ``shareddif
 import importlib
 
 _EXPORTS = {
-    "NeedleBuilder": "needle",
     "ar_hit_mask": "lm",
-    "attention_eval": "attention",
-    "attention_mass": "attention",
+    "attention_eval": "attention_allocation",
+    "attention_mass": "attention_allocation",
     "fit_power_law": "scaling",
     "icl_eval": "icl",
     "lm_loss": "lm",
@@ -22,7 +21,16 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    """Each analysis on first use (PEP 562): ``shareddiff eval --help`` reads the commands without loading torch."""
+    """Each analysis on first use (PEP 562): ``shareddiff eval --help`` reads the commands without loading torch.
+    ``NeedleBuilder`` moved to ``shareddiff.data`` (training builds its mixture from it); the old name warns."""
     if name in _EXPORTS:
         return getattr(importlib.import_module(f"shareddiff.eval.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'shareddiff.eval' has no attribute {name!r}")
+    if name == "NeedleBuilder":
+        import warnings
+
+        from shareddiff.data.needle import NeedleBuilder
+
+        message = "shareddiff.eval.NeedleBuilder is deprecated; import it from shareddiff.data"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return NeedleBuilder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

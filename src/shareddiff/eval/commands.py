@@ -178,7 +178,9 @@ def needle_results(
     the settings (:func:`needle_stem`). Lengths default to :func:`default_needle_lengths`."""
     from tqdm.auto import tqdm
 
-    from shareddiff.eval.needle import answer_room, builder_for_run, needle_eval, plot_heatmap
+    from shareddiff.data.needle import builder_for_run
+    from shareddiff.eval.needle import answer_room, needle_eval
+    from shareddiff.plots import plot_needle_heatmap
 
     check_probe_args(depths, samples, needles, queries)
     if lengths and min(lengths) < 1:
@@ -196,7 +198,7 @@ def needle_results(
     folder = output_dir(checkpoint, out)
     stem = needle_stem(needles, queries, lengths, depths)
     write_json(folder / f"{stem}.json", result)
-    plot_heatmap(result, folder / f"{stem}.png", f"{_name(state)}: N={needles}, R={queries}")
+    plot_needle_heatmap(result, folder / f"{stem}.png", f"{_name(state)}: N={needles}, R={queries}")
     return result
 
 
@@ -247,8 +249,9 @@ def attention_results(
 ) -> dict:
     """Attention mass on the answer needle vs the rest (the paper's Table 5); also JSON and a PNG. The
     length defaults to 1024, or the model's context when that is shorter (with a note)."""
-    from shareddiff.eval.attention import attention_eval, plot_example
-    from shareddiff.eval.needle import builder_for_run
+    from shareddiff.data.needle import builder_for_run
+    from shareddiff.eval.attention_allocation import attention_eval
+    from shareddiff.plots import plot_attention_map
 
     check_probe_args(depths, samples, needles)
     model, tok, state = _load(checkpoint, device)
@@ -264,7 +267,7 @@ def attention_results(
         result["note"] = note
     folder = output_dir(checkpoint, out)
     write_json(folder / "attention.json", result)
-    plot_example(example, folder / "attention_map.png", _name(state))
+    plot_attention_map(example, folder / "attention_map.png", _name(state))
     return result
 
 
@@ -351,7 +354,8 @@ def run_icl(
         device: auto, cpu or cuda
         out: output folder (default RUN/eval)
     """
-    from shareddiff.eval.icl import BUNDLED_DATASETS, icl_eval, load_bundled, load_examples, plot_icl, synthetic_intents
+    from shareddiff.eval.icl import BUNDLED_DATASETS, icl_eval, load_bundled, load_examples, synthetic_intents
+    from shareddiff.plots import plot_icl
 
     model, tok, state = _load(checkpoint, device)
     if dataset is None:
@@ -386,7 +390,8 @@ def run_scaling(runs: list[str], *, reference: str = "diff", out: str) -> str:
         reference: the variant to match (standard, diff, shared_diff)
         out: output folder
     """
-    from shareddiff.eval.scaling import plot_scaling, scaling_eval
+    from shareddiff.eval.scaling import scaling_eval
+    from shareddiff.plots import plot_scaling
 
     result = scaling_eval(runs, reference)
     folder = Path(out)

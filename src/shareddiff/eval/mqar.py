@@ -9,69 +9,17 @@ its ``max_seq_len`` allows: its length extrapolation.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-
 from shareddiff.config import MQARConfig
-from shareddiff.data.loader import IGNORE
 from shareddiff.data.mqar import mqar_eval_set
+from shareddiff.train.probes import mqar_scores
 
 THRESHOLDS = (0.5, 0.99)  # accuracy levels whose first step the summary reports
-
-
-@torch.no_grad()
-def mqar_scores(
-    model, inputs: Tensor, targets: Tensor, batch_size: int = 64, autocast: Callable = contextlib.nullcontext
-) -> dict[str, float]:
-    """Loss (mean cross-entropy, nats) and accuracy over the answer positions (targets ≠ IGNORE) of
-    ``inputs``/``targets`` (N, T); evaluated ``batch_size`` rows at a time on the model's device."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for i in range(0, len(inputs), batch_size):
-        x, y = inputs[i : i + batch_size].to(device), targets[i : i + batch_size].to(device)
-        with autocast():
-            logits = model(x)
-        answer = y != IGNORE
-        picked = logits[answer].float()  # (answers, V)
-        loss_sum += F.cross_entropy(picked, y[answer], reduction="sum").item()
-        correct += int((picked.argmax(-1) == y[answer]).sum())
-        count += int(answer.sum())
-    model.train(was_training)
-    return {"loss": loss_sum / count, "accuracy": correct / count, "answers": count}
-
-
-class MQARProbe:
-    """The trainer's periodic MQAR evaluation: fixed sets at the training length N and, when the model's
-    ``max_seq_len`` allows, at 2N. Calling it gives the metrics record (``val_loss`` = the loss at N)."""
-
-    def __init__(self, config: MQARConfig, seq_len: int, max_seq_len: int) -> None:
-        self.sets = {"": mqar_eval_set(config, seq_len, config.eval_samples)}
-        self.skipped = ""
-        if 2 * seq_len <= max_seq_len:
-            self.sets["_2x"] = mqar_eval_set(config, 2 * seq_len, config.eval_samples)
-        else:
-            self.skipped = (
-                f"MQAR at 2x the training length ({2 * seq_len}) is not evaluated: model.max_seq_len={max_seq_len}; "
-                f"set model.max_seq_len={2 * seq_len} (RoPE has no position parameters) to measure it"
-            )
-
-    def __call__(self, model, batch_size: int, autocast: Callable = contextlib.nullcontext) -> dict[str, float]:
-        record: dict[str, float] = {}
-        for suffix, (inputs, targets) in self.sets.items():
-            scores = mqar_scores(model, inputs, targets, batch_size, autocast)
-            record[f"mqar_loss{suffix}"] = scores["loss"]
-            record[f"mqar_accuracy{suffix}"] = scores["accuracy"]
-        return {"val_loss": record["mqar_loss"], **record}
 
 
 def mqar_eval(

@@ -2,7 +2,7 @@
 lm-evaluation-harness. Importing it registers the ``shareddiff`` model type with the Auto classes."""
 
 from shareddiff.hf.diffllama import to_diffllama
-from shareddiff.hf.io import export, hf_tokenizer, load_pretrained, wrap
+from shareddiff.hf.folders import export, hf_tokenizer, load_pretrained, wrap
 from shareddiff.hf.modeling import ShareddiffConfig, ShareddiffForCausalLM
 
 __all__ = [

@@ -64,7 +64,7 @@ def run_harness(
         from lm_eval.models.huggingface import HFLM
     except ImportError as err:
         raise ValueError("the harness needs lm-eval: pip install 'shareddiff[hf]'") from err
-    from shareddiff.hf.io import hf_tokenizer, wrap
+    from shareddiff.hf.folders import hf_tokenizer, wrap
     from shareddiff.train import load_model
 
     model, tokenizer, _ = load_model(checkpoint, device=device)

@@ -2,6 +2,7 @@
 
 import contextlib
 
+from shareddiff.ops.backends import SOFTMAX_BACKENDS, check_backend, softmax_backends
 from shareddiff.ops.differential import (
     available_backends,
     differential_attention,
@@ -17,7 +18,9 @@ with contextlib.suppress(ImportError):  # the fused kernel registers itself as "
     from shareddiff.ops import triton_diff  # noqa: F401
 
 __all__ = [
+    "SOFTMAX_BACKENDS",
     "available_backends",
+    "check_backend",
     "differential_attention",
     "differential_v2_attention",
     "eager_differential_attention",
@@ -27,4 +30,5 @@ __all__ = [
     "resolve_backend",
     "sdpa_differential_attention",
     "softmax_attention",
+    "softmax_backends",
 ]

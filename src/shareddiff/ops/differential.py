@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from shareddiff.ops.common import causal_mask, check_mask, expand_kv
 
 Backend = Callable[..., Tensor]
 _BACKENDS: dict[str, Backend] = {}
@@ -49,7 +50,7 @@ def resolve_backend(backend: str, q: Tensor, mask: Tensor | None = None) -> str:
             return "sdpa"
         return next((name for name, ok in _AUTO_PREFERENCE if ok(q)), "sdpa")
     if backend not in _BACKENDS:
-        raise ValueError(f"unknown attention backend {backend!r}; use one of {available_backends()}")
+        raise ValueError(f"unknown attention backend {backend!r} (backend); use one of {available_backends()}")
     return backend
 
 
@@ -72,21 +73,6 @@ def _check_shapes(q1: Tensor, q2: Tensor, k1: Tensor, k2: Tensor, v: Tensor) -> 
         raise ValueError(f"fewer keys ({n_k}) than queries ({n}): queries are the last N of the keys")
 
 
-def _check_mask(mask: Tensor | None, causal: bool, q: Tensor, n_k: int) -> None:
-    if mask is None:
-        return
-    if causal:
-        raise ValueError("give either causal=True or a mask (which must then hold causality itself), not both")
-    b, h, n = q.shape[:3]
-    if mask.dtype != torch.bool or mask.dim() != 4 or mask.shape[0] not in (1, b) or mask.shape[1] not in (1, h):
-        raise ValueError(
-            f"mask must be a bool tensor broadcastable to (B, h, N, N_k) = {(b, h, n, n_k)}, "
-            f"got {mask.dtype} of shape {tuple(mask.shape)}"
-        )
-    if mask.shape[2:] != (n, n_k):
-        raise ValueError(f"mask's last two dims must be (N, N_k) = {(n, n_k)}, got {tuple(mask.shape[2:])}")
-
-
 def _lam_view(lam: Tensor | float, h: int, like: Tensor) -> Tensor | float:
     """λ as a scalar or broadcastable to (B, h, N, 2d)."""
     if isinstance(lam, Tensor):
@@ -96,18 +82,6 @@ def _lam_view(lam: Tensor | float, h: int, like: Tensor) -> Tensor | float:
             raise ValueError(f"lam must be a scalar or of shape (h,) = ({h},), got {tuple(lam.shape)}")
         return lam.to(like.dtype).view(1, h, 1, 1)
     return float(lam)
-
-
-def _expand_kv(x: Tensor, h: int) -> Tensor:
-    """Repeat each of the h_kv key/value heads h / h_kv times (GQA) → (B, h, N, ·)."""
-    rep = h // x.shape[1]
-    return x if rep == 1 else x.repeat_interleave(rep, dim=1)
-
-
-def causal_mask(n_q: int, n_k: int, device: torch.device) -> Tensor:
-    """Boolean (n_q, n_k) mask, True where allowed; queries are the last ``n_q`` of ``n_k`` positions."""
-    rows = torch.arange(n_q, device=device)[:, None] + (n_k - n_q)
-    return torch.arange(n_k, device=device)[None, :] <= rows
 
 
 def differential_attention(
@@ -131,7 +105,7 @@ def differential_attention(
     Raises ``ValueError`` on inconsistent shapes, and from backends that take no mask ("triton").
     """
     _check_shapes(q1, q2, k1, k2, v)
-    _check_mask(mask, causal, q1, k1.shape[2])
+    check_mask(mask, causal, q1, k1.shape[2])
     return _BACKENDS[resolve_backend(backend, q1, mask)](q1, q2, k1, k2, v, lam, causal, mask)
 
 
@@ -143,7 +117,7 @@ def eager_differential_attention(q1, q2, k1, k2, v, lam, causal=True, mask=None,
     for analysis (the differential map is ``A1 − λ·A2``).
     """
     h, d = q1.shape[1], q1.shape[-1]
-    k1, k2, v = (_expand_kv(t, h) for t in (k1, k2, v))
+    k1, k2, v = (expand_kv(t, h) for t in (k1, k2, v))
     scale = 1.0 / math.sqrt(d)
     if causal:
         mask = causal_mask(q1.shape[2], k1.shape[2], q1.device)
@@ -170,7 +144,7 @@ def sdpa_differential_attention(q1, q2, k1, k2, v, lam, causal=True, mask=None):
     (N, N_k) mask; a given ``mask`` (padding) is passed on as SDPA's boolean ``attn_mask``.
     """
     h, n, n_k, d = q1.shape[1], q1.shape[2], k1.shape[2], q1.shape[3]
-    k1, k2, v = (_expand_kv(t, h) for t in (k1, k2, v))
+    k1, k2, v = (expand_kv(t, h) for t in (k1, k2, v))
     if q1.device.type == "cpu":
         q1, q2, k1, k2 = (F.pad(t, (0, d)) for t in (q1, q2, k1, k2))
     is_causal = causal

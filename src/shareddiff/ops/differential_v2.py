@@ -51,8 +51,8 @@ def differential_v2_attention(
 
     With ``N < N_k`` (decoding with a cache) the queries are the last N positions. ``backend`` and
     ``mask`` (padded batches: bool (B or 1, 1, N, N_k), replacing the causal mask, so ``causal=False``)
-    as for ``softmax_attention`` (``"eager"`` or any other name for SDPA). Raises ``ValueError`` on
-    shapes that do not fit.
+    as for ``softmax_attention`` ("auto", "eager" or "sdpa"). Raises ``ValueError`` on shapes that do
+    not fit and on any other backend name.
     """
     _check_shapes(q, k, v, lam)
     return _pair_difference(softmax_attention(q, k, v, causal, backend, mask), lam)

@@ -1,4 +1,4 @@
-"""Plain causal softmax attention for the Transformer baseline, behind the same backend names."""
+"""Plain causal softmax attention (the Transformer baseline, and DIFF V2 underneath): "eager" and SDPA backends."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import math
 import torch.nn.functional as F
 from torch import Tensor
 
-from shareddiff.ops.differential import _check_mask, _expand_kv, causal_mask
+from shareddiff.ops.backends import check_backend, softmax_backends
+from shareddiff.ops.common import causal_mask, check_mask, expand_kv
 
 
 def softmax_attention(
@@ -16,14 +17,16 @@ def softmax_attention(
     """softmax(q kᵀ/√d + mask) v. q: (B, h, N, d); k, v: (B, h_kv, N_k, ·); queries are the last N keys.
 
     ``mask``: as in ``differential_attention`` (bool (B or 1, h or 1, N, N_k), True where allowed; it
-    replaces the causal mask, so ``causal`` must be False). ``"eager"`` materialises the map (float32
-    softmax); every other backend name uses SDPA.
+    replaces the causal mask, so ``causal`` must be False). ``backend``: "eager" materialises the map
+    (float32 softmax); "sdpa" and "auto" call ``F.scaled_dot_product_attention``. Raises ``ValueError``
+    for any other name ("triton" is the fused kernel of ``differential_attention`` only) and for a bad mask.
     """
-    _check_mask(mask, causal, q, k.shape[2])
+    check_backend(backend, softmax_backends(), "backend", "softmax_attention (standard, diff_v2, shared_diff_v2)")
+    check_mask(mask, causal, q, k.shape[2])
     if backend == "eager":
         return eager_softmax_attention(q, k, v, causal, mask)[0]
     h, n, n_k = q.shape[1], q.shape[2], k.shape[2]
-    k, v = _expand_kv(k, h), _expand_kv(v, h)
+    k, v = expand_kv(k, h), expand_kv(v, h)
     is_causal = causal
     if causal and n != n_k:
         is_causal = False
@@ -36,7 +39,7 @@ def eager_softmax_attention(
 ) -> tuple[Tensor, Tensor]:
     """Reference path returning ``(out, A)`` with the float32 attention map A: (B, h, N, N_k)."""
     h = q.shape[1]
-    k, v = _expand_kv(k, h), _expand_kv(v, h)
+    k, v = expand_kv(k, h), expand_kv(v, h)
     scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if causal:
         mask = causal_mask(q.shape[2], k.shape[2], q.device)

@@ -23,8 +23,7 @@ from shareddiff.config import ModelConfig, OptimConfig, RunConfig
 from shareddiff.data import Tokenizer, WindowLoader, eval_windows
 from shareddiff.data.bundled import load_data_split
 from shareddiff.data.mqar import MQARLoader
-from shareddiff.eval.mqar import MQARProbe
-from shareddiff.eval.needle import NeedleBuilder, NeedleProbe, parse_mix
+from shareddiff.data.needle import NeedleBuilder, parse_mix
 from shareddiff.model import build_model
 from shareddiff.train.checkpoint import (
     latest_checkpoint,
@@ -47,6 +46,7 @@ from shareddiff.train.distributed import (
 )
 from shareddiff.train.loss import token_loss
 from shareddiff.train.metrics import MetricsLogger
+from shareddiff.train.probes import MQARProbe, NeedleProbe
 from shareddiff.train.runlock import RunLock
 
 RUN_CONFIG = "run_config.json"

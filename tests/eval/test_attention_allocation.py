@@ -6,8 +6,8 @@ import torch
 
 from shareddiff import ModelConfig, build_model
 from shareddiff.data import load_split
-from shareddiff.eval.attention import attention_eval, attention_mass, recording
-from shareddiff.eval.needle import NeedleBuilder
+from shareddiff.data.needle import NeedleBuilder
+from shareddiff.eval.attention_allocation import attention_eval, attention_mass, recording
 
 
 def one_row(values: list[float]) -> torch.Tensor:
@@ -90,10 +90,10 @@ def test_recording_gives_the_maps_of_every_layer(seed):
 
 
 def test_attention_map_labels_its_colour_bar(tmp_path, saved_figures):
-    from shareddiff.eval.attention import plot_example
+    from shareddiff.plots import plot_attention_map
 
     example = {"map": torch.rand(16, 16).tril(), "answer": (4, 8), "depth": 0.5}
-    plot_example(example, tmp_path / "map.png", "title")
+    plot_attention_map(example, tmp_path / "map.png", "title")
     main_ax, colour_bar = saved_figures[0].axes
     assert colour_bar.get_ylabel().startswith("attention weight, mean over layers and heads")
     assert "answer needle at 50%" in main_ax.get_title()

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from shareddiff.eval.needle import NeedleBuilder
+from shareddiff.data.needle import NeedleBuilder
 
 BUCKETS = ("answer", "noise", "question")
 
@@ -130,26 +130,3 @@ def attention_eval(
             }
         )
     return {"length": length, "n_needles": n_needles, "lambdas": lambdas, "rows": rows}, example
-
-
-def plot_example(example: dict, out, title: str) -> None:
-    """The layer- and head-averaged map of one prompt, with the answer needle's columns marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
-    data = example["map"].numpy()
-    limit = np.abs(data).max() or 1.0
-    im = ax.imshow(data, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
-    for x in example["answer"]:
-        ax.axvline(x - 0.5, color="k", lw=0.6, ls="--")
-    ax.set_xlabel("key position")
-    ax.set_ylabel("query position")
-    ax.set_title(f"{title}\nanswer needle at {example['depth']:.0%} (between the dashed lines)", fontsize=9)
-    bar = fig.colorbar(im, ax=ax, fraction=0.046)
-    bar.set_label("attention weight, mean over layers and heads\n(A1 − λ·A2 for DIFF and Shared DIFF)", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
