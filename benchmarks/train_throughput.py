@@ -54,7 +54,13 @@ def bench(
 ) -> dict:
     config = ModelConfig.from_preset(preset, max_seq_len=max(seq_len, ModelConfig.from_preset(preset).max_seq_len))
     torch.manual_seed(0)
-    model = build_model(config, attn_backend=backend).to(device)
+    model = build_model(config).to(device)
+    if backend not in model.layers[0].attention.available_backends():
+        # e.g. --backend triton over several families: the fused kernel is the differential op's only;
+        # the others run their default (SDPA), and the result says so.
+        print(f"{preset}: attention backend {backend!r} is not one of its own; it runs 'auto' (SDPA)", flush=True)
+        backend = "auto"
+    model.set_attention_backend(backend)
     model.set_fused_projections(fused)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     step_model = torch.compile(model) if compile_model else model
