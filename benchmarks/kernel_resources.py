@@ -66,7 +66,7 @@ def record_launches(settings: KernelSettings, d: int, dtype: torch.dtype, n: int
         mock.patch.object(JITFunction, "run", run),
         mock.patch.object(triton_diff, "descriptor_reduce_available", lambda device: True),
     ):
-        out = triton_diff._DifferentialAttention.apply(q1, q2, k1, k2, v, lam, True, settings)
+        out = triton_diff._FusedDifferentialAttentionFunction.apply(q1, q2, k1, k2, v, lam, True, settings)
         out.backward(torch.ones_like(out))
     return launches
 

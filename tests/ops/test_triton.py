@@ -201,7 +201,7 @@ def test_defaults_are_the_measured_algorithm(monkeypatch):
         monkeypatch.delenv(f"SHAREDDIFF_TRITON_{name}", raising=False)
     assert KernelSettings() == settings_from_env() == KernelSettings(dq="split", forward="fused")
     seen = []
-    monkeypatch.setattr(kernels._DifferentialAttention, "apply", lambda *args: seen.append(args[-1]))
+    monkeypatch.setattr(kernels._FusedDifferentialAttentionFunction, "apply", lambda *args: seen.append(args[-1]))
     q = torch.randn(1, 2, 8, 16)
     triton_differential_attention(q, q, q, q, torch.randn(1, 2, 8, 32), 0.5)
     assert seen == [KernelSettings()]
@@ -220,7 +220,7 @@ def test_environment_still_sets_the_kernel_and_keywords_win(monkeypatch):
     monkeypatch.setenv("SHAREDDIFF_TRITON_BWD_BLOCKS", "32,64,4,2")
     assert settings_from_env() == KernelSettings(dq="reduce", forward="vsplit", bwd_blocks=Blocks(32, 64, 4, 2))
     seen = []
-    monkeypatch.setattr(kernels._DifferentialAttention, "apply", lambda *args: seen.append(args[-1]))
+    monkeypatch.setattr(kernels._FusedDifferentialAttentionFunction, "apply", lambda *args: seen.append(args[-1]))
     q, v = torch.randn(1, 2, 8, 16), torch.randn(1, 2, 8, 32)
     triton_differential_attention(q, q, q, q, v, 0.5, dq="tma")
     triton_differential_attention(q, q, q, q, v, 0.5, settings=KernelSettings(forward="maps"))

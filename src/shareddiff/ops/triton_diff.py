@@ -648,7 +648,10 @@ def _strides(prefix: str, t: Tensor) -> dict:
     return {f"{prefix}{axis}": t.stride(i) for i, axis in enumerate("bhn")}
 
 
-class _DifferentialAttention(torch.autograd.Function):
+class _FusedDifferentialAttentionFunction(torch.autograd.Function):
+    """The fused kernels as one autograd op: forward saves O1, O2 and both log-sum-exps; backward runs the
+    dQ/dK/dV kernels the ``settings`` choose. Called through ``triton_differential_attention``."""
+
     @staticmethod
     def forward(ctx, q1, q2, k1, k2, v, lam, causal, settings):
         q1, q2, k1, k2, v = (t.contiguous() for t in (q1, q2, k1, k2, v))
@@ -820,4 +823,4 @@ def triton_differential_attention(
     lam_t = lam if isinstance(lam, Tensor) else torch.tensor(float(lam), device=q1.device)
     lam_view = _lam_view(lam_t.float(), h, lam_t.float())  # validates the shape
     lam_h = (lam_view.reshape(-1) if lam_view.dim() else lam_view.reshape(1)).expand(h).float()
-    return _DifferentialAttention.apply(q1, q2, k1, k2, v, lam_h, causal, settings)
+    return _FusedDifferentialAttentionFunction.apply(q1, q2, k1, k2, v, lam_h, causal, settings)
