@@ -1,8 +1,11 @@
 """ModelConfig validation and presets."""
 
+import re
+
 import pytest
 
 from shareddiff import PRESET_NAMES, ModelConfig
+from shareddiff.config import load_recipe
 from shareddiff.params import count_parameters
 from shareddiff.presets import SIZES
 
@@ -115,3 +118,19 @@ def test_paper_rows_keep_width_depth_rank():
         assert (config.d_model, config.n_layers, config.lowrank_rank, config.vocab_size) == (width, depth, rank, 100288)
     assert ModelConfig.from_preset("diff-3b").ffn_dim == 7680
     assert "Table 6" in ModelConfig.from_preset("diff-1.4b").notes
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.tie_embeddings=off", "tie_embeddings='off' must be true or false"),
+        ('model.head_norm="false"', "head_norm='false' must be true or false"),
+        ("train.compile=maybe", "train.compile='maybe' must be true or false"),
+        ("parallel.activation_checkpointing=1", "parallel.activation_checkpointing=1 must be true or false"),
+    ],
+)
+def test_flags_take_booleans_only(override, message):
+    """A flag given another value is refused, instead of counting as true ("off" used to tie the embeddings)."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_recipe(None, "shared_diff-tiny", [override]).model_config()  # the model table becomes a ModelConfig
+    assert load_recipe(None, "shared_diff-tiny", ["model.tie_embeddings=false"]).model_config().tie_embeddings is False

@@ -349,7 +349,7 @@ def cmd_demo(
     *,
     out: str = "runs/demo",
     steps: int | None = None,
-    baseline: Literal["train", "cached"] = "train",
+    baseline: Literal["train", "none"] = "train",
     progress: bool = True,
 ) -> str:
     """The main job: train a tiny Shared DIFF model on the bundled corpus, compare, sample, report.
@@ -357,7 +357,7 @@ def cmd_demo(
     Args:
         out: the demo's folder
         steps: training steps per model (default: the recipe's)
-        baseline: train the same-size Transformer too, or show the cached figure
+        baseline: train the same-size Transformer too (train), or Shared DIFF alone (none)
         progress: progress bar
     """
     from shareddiff.demo import run_demo

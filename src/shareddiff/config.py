@@ -120,6 +120,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the field and the fix for any inconsistent value."""
+        check_flags(self)
         if self.attention not in ATTENTION_VARIANTS:
             raise ValueError(
                 f"attention={self.attention!r} is not a known variant; use one of {list(ATTENTION_VARIANTS)}"
@@ -348,6 +349,9 @@ class RunConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
 
     def validate(self) -> None:
+        for section in ("data", "mqar", "optim", "train", "checkpoint", "parallel"):
+            if dataclasses.is_dataclass(value := getattr(self, section, None)):
+                check_flags(value, f"{section}.")
         positive = {
             "data.seq_len": self.data.seq_len,
             "data.val_tokens": self.data.val_tokens,
@@ -463,6 +467,16 @@ class RunConfig:
         run = cls(**kwargs)
         run.validate()
         return run
+
+
+def check_flags(obj: Any, prefix: str = "") -> None:
+    """Every field of the dataclass ``obj`` declared ``bool`` holds a bool: a recipe or override that gives
+    another value (``off``, ``"false"``, 1) raises ``ValueError`` naming the field, instead of counting as
+    true when the flag is read."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if f.type in ("bool", bool) and not isinstance(value, bool):
+            raise ValueError(f"{prefix}{f.name}={value!r} must be true or false (TOML booleans, lower case)")
 
 
 def section_from_dict(cls: type, data: dict[str, Any], where: str):

@@ -3,11 +3,9 @@ Transformer trained the same way, sample from it, and write ``report.md`` with a
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import platform
-import time
 from pathlib import Path
 
 import torch
@@ -32,7 +30,18 @@ def find_recipe(name: str) -> Path:
     raise ValueError(f"recipe configs/{name} not found; run the demo from the repository root")
 
 
-def _summary(label: str, rows: list[dict], run, seconds: float | None) -> dict:
+def _train_seconds(rows: list[dict]) -> float:
+    """Training time from the metrics: each log window's tokens over its tokens/s, summed (validation pauses
+    excluded). From the records, so a demo that reuses finished runs reports the time they took."""
+    total, before = 0.0, 0
+    for r in rows:
+        if "loss" in r and r.get("tokens_per_s"):
+            total += (r["tokens"] - before) / r["tokens_per_s"]
+            before = r["tokens"]
+    return total
+
+
+def _summary(label: str, rows: list[dict], run) -> dict:
     end = summarize_metrics(rows)
     counts = count_parameters(run.model_config(vocab_size=None))
     return {
@@ -42,11 +51,13 @@ def _summary(label: str, rows: list[dict], run, seconds: float | None) -> dict:
         "tokens_per_s": float("nan") if end.tokens_per_s is None else end.tokens_per_s,
         "params": counts.total,
         "params_non_embedding": counts.non_embedding,
-        "seconds": seconds,
+        "seconds": _train_seconds(rows),
     }
 
 
 def run_demo(out: str = "runs/demo", steps: int | None = None, baseline: str = "train", progress: bool = True) -> str:
+    if baseline not in ("train", "none"):
+        raise ValueError(f"baseline={baseline!r}; use 'train' (the Transformer too) or 'none' (Shared DIFF alone)")
     recipe = find_recipe("demo.toml")
     out_dir = Path(out)
     curves: dict[str, list[dict]] = {}
@@ -56,7 +67,6 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, baseline: str = "
         overrides = [f"train.out_dir={out_dir / family}"] + ([f"train.max_steps={steps}"] if steps else [])
         run = load_recipe(str(recipe), f"{family}-mini", overrides)
         log.info("== training %s (%s-mini) for %d steps", VARIANTS[family], family, run.train.max_steps)
-        start = time.perf_counter()
         try:
             train(run, resume=True, progress=progress)
         except ScheduleChanged as err:
@@ -66,17 +76,12 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, baseline: str = "
             ) from None
         rows = read_metrics(run.train.out_dir)
         curves[VARIANTS[family]] = rows
-        summaries.append(_summary(VARIANTS[family], rows, run, time.perf_counter() - start))
-    cached_note = ""
-    if baseline == "cached":
-        cached = json.loads((recipe.parent / "demo_baseline.json").read_text())
-        label = f"Transformer (cached, {cached['date']})"
-        curves[label] = cached["metrics"]
-        summaries.append({**cached["summary"], "label": label, "seconds": None})
-        cached_note = (
-            f"The Transformer row is a **cached figure**, not trained in this run: {cached['how']}. "
-            "Run `shareddiff demo --baseline train` to train it here."
-        )
+        summaries.append(_summary(VARIANTS[family], rows, run))
+    cached_note = (
+        "The same-size Transformer was not trained (`--baseline none`); run `shareddiff demo` to compare."
+        if baseline == "none"
+        else ""
+    )
 
     model, tokenizer, _ = load_model(out_dir / "shared_diff")
     gen = torch.Generator().manual_seed(0)
@@ -114,7 +119,7 @@ def _comparison(summaries: list[dict]) -> str:
 
 def _report(summaries: list[dict], samples: list[str], png: str, cached_note: str, recipe: Path) -> str:
     def seconds(s: dict) -> str:
-        return "" if s["seconds"] is None else f"{s['seconds']:.0f}"
+        return f"{s['seconds']:.0f}"
 
     rows = "\n".join(
         f"| {s['label']} | {s['params']:,} | {s['params_non_embedding']:,} | {s['val_loss']:.4f} | "
@@ -128,9 +133,11 @@ Tiny models trained on the bundled corpus (Python 3.11 documentation) with the r
 `{recipe}`: same data, steps, optimizer and seed for every variant. Device: CPU
 ({platform.processor() or platform.machine()}), torch {torch.__version__}.
 
-| model | parameters | non-embedding | validation loss | perplexity | tokens | tokens/s | seconds |
+| model | parameters | non-embedding | validation loss | perplexity | tokens | tokens/s | training s¹ |
 |---|---|---|---|---|---|---|---|
 {rows}
+
+¹ summed over the log windows (tokens ÷ tokens/s), validation excluded.
 
 {cached_note}
 
