@@ -96,7 +96,7 @@ def test_prepare_train_generate_export(tmp_path, corpus, capsys):
 
 def test_errors_are_one_line_messages(tmp_path, capsys):
     assert main(["generate", str(tmp_path), "--prompt", "x"]) == 2
-    assert "holds no usable checkpoint" in capsys.readouterr().err
+    assert "holds no checkpoint; pass a run folder" in capsys.readouterr().err
     (tmp_path / "state.json").write_text('{"format": "something-else"}')
     assert main(["generate", str(tmp_path), "--prompt", "x"]) == 2
     assert "is not a shareddiff-checkpoint/2 checkpoint" in capsys.readouterr().err

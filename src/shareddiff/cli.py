@@ -473,6 +473,7 @@ def parse_docstring(doc: str) -> tuple[str, str, dict[str, str]]:
             helps[name] += " " + line.strip()
         else:
             name = None
+    text = re.sub(r":\w+:`~?([^`]+)`", r"\1", text)  # Sphinx roles read as plain names in --help
     return text.split("\n\n")[0].replace("\n", " "), text.strip(), helps
 
 

@@ -308,3 +308,23 @@ def test_mask_is_refused_with_the_fix():
     mask = torch.ones(1, 1, 4, 4, dtype=torch.bool).tril()
     with pytest.raises(ValueError, match=r"triton kernel takes no attention mask.*use the sdpa or eager backend"):
         differential_attention(q1, q2, k1, k2, v, lam, causal=False, backend="triton", mask=mask)
+
+
+@pytest.mark.parametrize(
+    ("interpret", "d", "dtype", "names"),
+    [
+        (False, 16, torch.float32, ["runs on CUDA tensors, these are on cpu"]),
+        (True, 24, torch.float32, ["head half-dim d=24 is not one of"]),
+        (False, 24, torch.float32, ["runs on CUDA tensors", "head half-dim d=24"]),
+        (True, 16, torch.float64, ["dtype torch.float64 is not float16, bfloat16 or float32"]),
+    ],
+)
+def test_an_unrunnable_input_names_only_what_is_wrong(monkeypatch, interpret, d, dtype, names):
+    """The refusal lists the actual problems (device, head dim, dtype) and the backends to use instead."""
+    monkeypatch.setattr(kernels, "INTERPRET", interpret)
+    q1, q2, k1, k2, v, lam = make_inputs(1, 2, 2, 8, 8, d, (2,), dtype)
+    with pytest.raises(ValueError) as err:
+        triton_differential_attention(q1, q2, k1, k2, v, lam, causal=True)
+    text = str(err.value)
+    assert all(n in text for n in names) and "use attn_backend 'auto' (SDPA) or 'eager'" in text
+    assert ("CUDA" in text) == (not interpret) and ("half-dim" in text) == (d == 24)

@@ -175,3 +175,20 @@ def test_filesystem_is_named_by_device_and_mount_point(tmp_path):
     device, mount = name.split(" (mounted on ")
     assert [device, mount.rstrip(")")] in mounts
     assert str(tmp_path.resolve()).startswith(mount.rstrip(")"))
+
+
+def test_a_run_whose_every_checkpoint_is_damaged_is_named_so(tmp_path):
+    """Checkpoints that exist but fail verification are not reported as 'no checkpoint'."""
+    import warnings
+
+    from shareddiff.train.checkpoint import resolve_checkpoint
+
+    step = tmp_path / "checkpoints" / "step_00000010"
+    step.mkdir(parents=True)
+    (step / "state.json").write_text("{}")  # no weights: damaged
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="no checkpoint of .* is intact .* its weights are damaged"):
+            resolve_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="holds no checkpoint; pass a run folder"):
+        resolve_checkpoint(tmp_path / "checkpoints" / "step_00000010" / "..")  # a folder without checkpoints/

@@ -809,9 +809,15 @@ def triton_differential_attention(
             "backend for them (model.set_attention_backend('sdpa'))"
         )
     if not triton_available_for(q1):
+        problems = []
+        if not (q1.is_cuda or INTERPRET):
+            problems.append(f"it runs on CUDA tensors, these are on {q1.device} (TRITON_INTERPRET=1 runs it slowly)")
+        if q1.shape[-1] not in SUPPORTED_D:
+            problems.append(f"head half-dim d={q1.shape[-1]} is not one of {SUPPORTED_D}")
+        if not problems:
+            problems.append(f"dtype {q1.dtype} is not float16, bfloat16 or float32")
         raise ValueError(
-            f"the triton backend needs CUDA tensors (or TRITON_INTERPRET=1) with head half-dim in "
-            f"{SUPPORTED_D}, got device {q1.device}, d={q1.shape[-1]}, dtype {q1.dtype}"
+            f"the triton backend cannot run here: {'; '.join(problems)}; use attn_backend 'auto' (SDPA) or 'eager'"
         )
     if unknown := options.keys() - _OPTIONS:
         raise ValueError(f"unknown kernel options {sorted(unknown)}; use {sorted(_OPTIONS)}")

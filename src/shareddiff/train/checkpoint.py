@@ -440,7 +440,12 @@ def resolve_checkpoint(path: str | Path) -> Path:
         return path
     ckpt = latest_checkpoint(path, WEIGHT_FILES)
     if ckpt is None:
-        raise ValueError(f"{path} holds no usable checkpoint; pass a run folder with checkpoints/ or a step_* folder")
+        if any((path / "checkpoints").glob("step_*")):
+            raise ValueError(
+                f"no checkpoint of {path} is intact (see the warnings above): its weights are damaged; "
+                "train it again, or pass a copy of the run whose checkpoints are whole"
+            )
+        raise ValueError(f"{path} holds no checkpoint; pass a run folder with checkpoints/ or a step_* folder")
     return ckpt
 
 

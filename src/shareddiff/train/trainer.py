@@ -251,6 +251,15 @@ class Trainer:
     def train(self) -> TrainResult:
         """Steps from the current one to ``train.max_steps``; logging, validation and checkpoints when due."""
         max_steps = self.run.train.max_steps
+        log.info(
+            "training %s (%s, %s parameters) for %d steps of %s tokens into %s",
+            self.run.model.get("preset", "a custom model") if isinstance(self.run.model, dict) else "the model",
+            self.model_config.attention,
+            f"{sum(p.numel() for p in self.model.parameters()):,}",
+            max_steps,
+            f"{self.tokens_per_step:,}",
+            self.run_dir,
+        )
         self._open_records()
         self.bar = bar = _progress(max_steps, self.step, self.progress)
         self.window_start = time.perf_counter()
