@@ -188,7 +188,7 @@ def test_a_run_whose_every_checkpoint_is_damaged_is_named_so(tmp_path):
     (step / "state.json").write_text("{}")  # no weights: damaged
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        with pytest.raises(ValueError, match="no checkpoint of .* is intact .* its weights are damaged"):
+        with pytest.raises(ValueError, match=r"no checkpoint of .* is intact .* its weights are damaged"):
             resolve_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="holds no checkpoint; pass a run folder"):
         resolve_checkpoint(tmp_path / "checkpoints" / "step_00000010" / "..")  # a folder without checkpoints/
