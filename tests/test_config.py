@@ -134,3 +134,8 @@ def test_flags_take_booleans_only(override, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         load_recipe(None, "shared_diff-tiny", [override]).model_config()  # the model table becomes a ModelConfig
     assert load_recipe(None, "shared_diff-tiny", ["model.tie_embeddings=false"]).model_config().tie_embeddings is False
+
+
+def test_a_size_given_as_a_preset_gets_a_hint():
+    with pytest.raises(ValueError, match=re.escape("'23m' is a size: name a family too, e.g. 'shared_diff-23m'")):
+        ModelConfig.from_preset("23m")

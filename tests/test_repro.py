@@ -533,3 +533,15 @@ overrides = ["data.seq_len=24", "mqar.pairs=4", "model.max_seq_len=48"]
     (folder / "summary.json").unlink()
     main_output(["reproduce", str(tmp_path / "mqar.toml"), "--out", str(out), "--summary-only"])
     assert json.loads((folder / "summary.json").read_text())["mqar"] == summary
+
+
+def test_pooled_seed_sigma_weights_groups_by_their_degrees_of_freedom():
+    from shareddiff.repro.summary import seed_sigma
+
+    groups = {
+        "a": {"val_loss": {"std": 0.002, "n": 3}},
+        "b": {"val_loss": {"std": 0.005, "n": 2}},
+        "c": {"val_loss": {"std": 0.0, "n": 1}},  # one seed: no spread to pool
+    }
+    assert seed_sigma(groups) == pytest.approx(((2 * 0.002**2 + 1 * 0.005**2) / 3) ** 0.5, rel=1e-12)
+    assert seed_sigma({"c": groups["c"]}) == 0.0

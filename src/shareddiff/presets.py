@@ -198,7 +198,13 @@ def preset_dict(name: str) -> dict[str, Any]:
     """Field values of preset ``name`` (exact match); an unknown name lists the valid ones."""
     family, _, size = name.partition("-")
     if family not in FAMILIES or size not in SIZES:
-        raise ValueError(f"unknown preset {name!r}; valid presets are: {', '.join(PRESET_NAMES)}")
+        hint = ""
+        if name in SIZES:
+            hint = (
+                f" ({name!r} is a size: name a family too, e.g. 'shared_diff-{name}', "
+                f"or see them all with `shareddiff params {name} --compare`)"
+            )
+        raise ValueError(f"unknown preset {name!r}{hint}; valid presets are: {', '.join(PRESET_NAMES)}")
     values = dict(SIZES[size])
     values["attention"] = FAMILIES[family]
     if family in ("transformer", "diff_v2", "shared_diff_v2"):

@@ -227,3 +227,12 @@ def test_resume_of_a_finished_run_says_it_is_complete(make_run, capsys):
         f"{run.train.out_dir} is already complete: step 6, validation loss {first.val_loss:.4f}, checkpoint "
     )
     assert "validation loss n/a" not in out and "raise train.max_steps and pass --new-schedule" in out
+
+
+def test_a_wrong_model_table_fails_before_the_run_folder_is_made(tmp_path):
+    from shareddiff.config import load_recipe
+
+    run = load_recipe(None, "shared_diff-tiny", ["model.lowrank_rank=0", f"train.out_dir={tmp_path / 'run'}"])
+    with pytest.raises(ValueError, match="lowrank_rank"):
+        train(run)
+    assert not (tmp_path / "run").exists()

@@ -157,9 +157,11 @@ def needed_with_interval(fit: dict, loss: float, sigma: float, seed: int = 1) ->
 
 
 def seed_sigma(groups: dict[str, dict]) -> float:
-    """The pooled seed standard deviation of the groups with several seeds (0 if none)."""
-    spreads = [e["val_loss"]["std"] ** 2 for e in groups.values() if e["val_loss"]["n"] > 1]
-    return math.sqrt(statistics.fmean(spreads)) if spreads else 0.0
+    """The pooled seed standard deviation of the groups with several seeds, each group's variance weighted by
+    its degrees of freedom n − 1 (0 if no group has two seeds)."""
+    parts = [(e["val_loss"]["n"] - 1, e["val_loss"]["std"] ** 2) for e in groups.values() if e["val_loss"]["n"] > 1]
+    dof = sum(k for k, _ in parts)
+    return math.sqrt(sum(k * v for k, v in parts) / dof) if dof else 0.0
 
 
 def delta_standard_error(a: dict, b: dict) -> float | None:
@@ -329,7 +331,7 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
     lines = [f"# {exp.name}", "", exp.description, "", *md_table(header, rows)]
     shared = max(e["concurrent_runs"] for e in groups.values())
     note = f"; up to {shared} runs shared a GPU at a time, so these are not speed measurements." if shared > 1 else "."
-    lines += ["", "¹ training tokens/s of one run, median over its log windows" + note]
+    lines += ["", "¹ training tokens/s: each run's median over its log windows, averaged over the group's seeds" + note]
     if with_delta and any(e.get("delta_se") for e in groups.values()):
         lines += [
             "",

@@ -173,6 +173,7 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, new_sched
     step and saves a checkpoint first. Progress notes go to this module's logger (the CLI shows rank 0's).
     """
     run.validate()
+    run.model_config(vocab_size=None)  # a wrong [model] table fails here, before the run folder is made
     dist, device = init_distributed(run.train.device)
     try:
         with _run_folder_lock(Path(run.train.out_dir), dist):
