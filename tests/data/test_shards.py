@@ -58,3 +58,25 @@ def test_split_by_hash_is_deterministic():
 
 def test_dtype_choice():
     assert _dtype_for(16384) == np.uint16 and _dtype_for(65536) == np.uint16 and _dtype_for(100288) == np.uint32
+
+
+def test_a_tokenizer_mismatch_names_both_tokenizers(tmp_path, tiny_data):
+    """Data made with a bundled tokenizer, read with another: the message names both and the setting to fix."""
+    import hashlib
+    import json
+    import re
+    import shutil
+
+    from shareddiff.data import Tokenizer
+    from shareddiff.data.bundled import load_data_split
+    from shareddiff.data.tokenizer import BUNDLED_TOKENIZERS
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    manifest["tokenizer_sha256"] = hashlib.sha256(BUNDLED_TOKENIZERS["bundled-4k"].read_bytes()).hexdigest()
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ValueError) as err:
+        load_data_split(str(data), Tokenizer("bundled"), "val")
+    assert re.search(r"tokenized with bundled-4k, but data.tokenizer is bundled \(.*tokenizer.json\); "
+                     r"set data.tokenizer=bundled-4k, or prepare", str(err.value))  # fmt: skip

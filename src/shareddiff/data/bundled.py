@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import tempfile
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from shareddiff.data.documents import BUNDLED, iter_documents
 from shareddiff.data.shards import MANIFEST, load_split, prepare_splits
-from shareddiff.data.tokenizer import Tokenizer
+from shareddiff.data.tokenizer import BUNDLED_TOKENIZERS, Tokenizer
 
 
 def cache_root() -> Path:
@@ -43,14 +44,23 @@ def prepare_bundled(tokenizer: Tokenizer) -> Path:
     return target
 
 
+def _tokenizer_name(sha256: str) -> str:
+    """The bundled tokenizer whose file has this hash, else a description with the hash's start."""
+    for name, path in BUNDLED_TOKENIZERS.items():
+        if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256:
+            return name
+    return f"a tokenizer not shipped with the package (sha256 {sha256[:12]}…)"
+
+
 def load_data_split(path: str | None, tokenizer: Tokenizer, split: str):
     """``split`` of the prepared folder ``path`` (None: the bundled corpus), checked against ``tokenizer``."""
     data_dir = Path(path) if path else prepare_bundled(tokenizer)
     data = load_split(data_dir, split)
     if data.manifest["tokenizer_sha256"] != tokenizer.sha256:
+        made_with, given = (_tokenizer_name(h) for h in (data.manifest["tokenizer_sha256"], tokenizer.sha256))
+        fix = f"data.tokenizer={made_with}" if made_with in BUNDLED_TOKENIZERS else "data.tokenizer to its file"
         raise ValueError(
-            f"data in {data_dir} was tokenized with another tokenizer than data.tokenizer "
-            f"({data.manifest['tokenizer_sha256'][:12]}… vs {tokenizer.sha256[:12]}…); prepare it again "
-            "with `shareddiff data prepare --tokenizer ...` or set data.tokenizer to the one it was made with"
+            f"data in {data_dir} was tokenized with {made_with}, but data.tokenizer is {given} "
+            f"({tokenizer.path}); set {fix}, or prepare the data again with `shareddiff data prepare --tokenizer ...`"
         )
     return data
