@@ -236,3 +236,13 @@ def test_a_wrong_model_table_fails_before_the_run_folder_is_made(tmp_path):
     with pytest.raises(ValueError, match="lowrank_rank"):
         train(run)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_warmup_as_long_as_the_run_is_named(make_run, caplog):
+    with caplog.at_level(logging.WARNING, logger="shareddiff.train.trainer"):
+        train(make_run("train.max_steps=3", "optim.warmup_steps=3"), progress=False)
+    assert "optim.warmup_steps=3 is not below train.max_steps=3" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="shareddiff.train.trainer"):
+        train(make_run("train.max_steps=4", "optim.warmup_steps=1", out="run-b"), progress=False)
+    assert "warmup" not in caplog.text

@@ -209,6 +209,13 @@ class Trainer:
         model = build_model(self.model_config, attn_backend=run.train.attn_backend).to(device)
         n_params = sum(p.numel() for p in model.parameters())
         self.run = run = run.sized(n_params, dist.world)  # a tokens-per-parameter budget becomes a step count
+        if run.optim.warmup_steps >= run.train.max_steps:
+            log.warning(
+                "optim.warmup_steps=%d is not below train.max_steps=%d: the learning rate never leaves its warmup; "
+                "set optim.warmup_steps (or optim.warmup_fraction, e.g. 0.03)",
+                run.optim.warmup_steps,
+                run.train.max_steps,
+            )
         self.budget = _budget(run, n_params, train_tokens, dist.world)
         precision = compute_precision(run.train.precision, device)
         self.model = parallelize(model, run.parallel, dist, device, compile=run.train.compile, precision=precision)
