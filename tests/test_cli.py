@@ -329,5 +329,6 @@ def test_overrides_mix_with_options_in_any_order():
         ["reproduce", "exp", "--out", "o", "--no-progress"],
         ["a.b=1", "c.d=2", "e.f=3", "g.h=x=y"],
     )
-    with pytest.raises(SystemExit, match=r"--c\.d needs a value"):
+    with pytest.raises(ValueError, match=r"--c\.d needs a value"):
         take_overrides(["train", "--c.d"])
+    assert main(["train", "--train.max_steps"]) == 2  # a usage error, like argparse's

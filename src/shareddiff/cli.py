@@ -534,7 +534,7 @@ def take_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
                 overrides.append(f"{name}={argv[i + 1]}")
                 i += 1
             else:
-                raise SystemExit(f"error: {arg} needs a value")
+                raise ValueError(f"{arg} needs a value, e.g. {arg}=VALUE")
         elif _OVERRIDE.match(arg):
             overrides.append(arg)
         else:
@@ -577,7 +577,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides: list[str] = []
     if _takes_overrides(argv):
-        argv, overrides = take_overrides(argv)
+        try:
+            argv, overrides = take_overrides(argv)
+        except ValueError as err:  # exit 2 with one line, as argparse does for a usage error
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     args = vars(build_parser().parse_args(argv))
     func = args.pop("func")
     args.pop("verb")

@@ -130,9 +130,10 @@ class ModelConfig:
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if self.d_model % (self.n_heads * self.width_factor):
-            unit = "2·n_heads (each differential head holds two sub-heads)" if self.width_factor == 2 else "n_heads"
+            unit = "2·n_heads" if self.width_factor == 2 else "n_heads"
+            why = " (each differential head holds two sub-heads)" if self.width_factor == 2 else ""
             raise ValueError(
-                f"d_model={self.d_model} is not divisible by {unit} = {self.n_heads * self.width_factor}; "
+                f"d_model={self.d_model} is not divisible by {unit} = {self.n_heads * self.width_factor}{why}; "
                 f"choose n_heads so that d_model / {unit} is an integer"
             )
         if self.head_dim % 2:

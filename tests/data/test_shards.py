@@ -42,6 +42,8 @@ def test_corrupt_shards_are_reported(tmp_path, tiny_tokenizer):
 def test_missing_or_foreign_folder(tmp_path):
     with pytest.raises(ValueError, match=r"has no manifest.json: prepare your text with `shareddiff data prepare"):
         load_split(tmp_path, "train")
+    with pytest.raises(ValueError, match=r"nowhere does not exist: set data.path to a folder written by"):
+        load_split(tmp_path / "nowhere", "train")
 
 
 def test_empty_inputs(tmp_path, tiny_tokenizer):

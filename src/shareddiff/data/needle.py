@@ -159,7 +159,11 @@ class NeedleBuilder:
         question = self.question_ids(queries)
         budget = length - len(question) - sum(map(len, needles.values()))
         if budget < 16:
-            raise ValueError(f"a context of {length} tokens leaves no room for filler around {n_needles} needles")
+            raise ValueError(
+                f"a context of {length} tokens leaves no room for filler around {n_needles} needle(s) "
+                f"({length - budget} tokens of needles and question, at least 16 of filler needed): use a longer "
+                "context (data.seq_len, --length) or fewer needles"
+            )
         start = rng.randrange(0, max(1, len(self.filler) - budget))
         filler = self.filler.window(start, budget)
         cuts = np.flatnonzero(self.is_boundary[filler]) + 1  # positions right after a sentence end

@@ -153,6 +153,11 @@ def _not_prepared(root: Path) -> str:
     """Why ``root`` cannot be loaded as token shards, and the command that makes it loadable."""
     from shareddiff.data.documents import expand_inputs
 
+    if not root.exists():
+        return (
+            f"{root} does not exist: set data.path to a folder written by `shareddiff data prepare INPUT... --out "
+            "FOLDER` (or leave it unset for the bundled corpus)"
+        )
     if root.is_dir() and expand_inputs([root]):
         tokens = root.with_name(root.name + "-tokens")
         return (
