@@ -299,7 +299,7 @@ def test_model_with_triton_backend_matches_sdpa(seed):
 def test_unsupported_head_dim_is_named():
     q = torch.randn(1, 1, 4, 24)
     v = torch.randn(1, 1, 4, 48)
-    with pytest.raises(ValueError, match="head half-dim in"):
+    with pytest.raises(ValueError, match=r"head half-dim d=24 is not one of \(16, 32, 64, 128\)"):
         differential_attention(q, q, q, q, v, 0.5, backend="triton")
 
 
