@@ -69,3 +69,16 @@ def test_export_cli_round_trip(tmp_path, make_run):
 def test_unexportable_models(fields, message):
     with pytest.raises(ValueError, match=message):
         to_diffllama(build_model(ModelConfig(vocab_size=50, **fields)))
+
+
+def test_diffllama_ids_are_the_tokenizers_not_transformers_defaults():
+    """No eos/bos of transformers' defaults (2/1) on an export: the given end-of-text id, as the wrapper takes it."""
+    from shareddiff.hf import wrap
+
+    model = build_model(ModelConfig.from_preset("diff-tiny")).eval()
+    bare = to_diffllama(model)
+    assert (bare.config.eos_token_id, bare.config.bos_token_id, bare.generation_config.eos_token_id) == (None,) * 3
+    named = to_diffllama(model, eos_id=7)
+    ids = (named.config.eos_token_id, named.config.pad_token_id, named.generation_config.eos_token_id)
+    assert ids == (7, 7, 7) and named.generation_config.pad_token_id == 7
+    assert wrap(model, 7).generation_config.eos_token_id == 7

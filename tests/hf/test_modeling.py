@@ -151,7 +151,7 @@ def test_beam_search_with_cache_equals_without_and_diffllama(seed, family):
         num_return_sequences=2,
         do_sample=False,
         pad_token_id=0,
-        eos_token_id=2,  # the exported config's end-of-text id, named for both so beams end alike
+        eos_token_id=2,  # an end-of-text id for both, so that beams ending there end alike
         return_dict_in_generate=True,
         output_scores=True,
     )

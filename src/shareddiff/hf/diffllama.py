@@ -42,9 +42,14 @@ def _check_exportable(model: LanguageModel) -> None:
         )
 
 
-def diffllama_config(model: LanguageModel) -> DiffLlamaConfig:
+def diffllama_config(model: LanguageModel, eos_id: int | None = None) -> DiffLlamaConfig:
+    """The DiffLlama config of ``model``; end-of-text and padding ids ``eos_id`` (the tokenizer's), no BOS —
+    not transformers' defaults (bos 1, eos 2), which name ids of no tokenizer of the project."""
     c = model.config
     return DiffLlamaConfig(
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
         vocab_size=c.vocab_size,
         hidden_size=c.d_model,
         intermediate_size=c.ffn_dim,
@@ -78,12 +83,15 @@ def _rope_rows(w: Tensor, d: int) -> Tensor:
 
 
 @torch.no_grad()
-def to_diffllama(model: LanguageModel) -> DiffLlamaForCausalLM:
-    """A DiffLlamaForCausalLM (float32) whose logits equal ``model``'s."""
+def to_diffllama(model: LanguageModel, eos_id: int | None = None) -> DiffLlamaForCausalLM:
+    """A DiffLlamaForCausalLM (float32) whose logits equal ``model``'s; ``eos_id`` (the tokenizer's end of
+    text) ends generation and pads, as in ``wrap(model, eos_id)``."""
     _check_exportable(model)
     c = model.config
     d = c.head_dim
-    out = DiffLlamaForCausalLM(diffllama_config(model)).float().eval()
+    out = DiffLlamaForCausalLM(diffllama_config(model, eos_id)).float().eval()
+    out.generation_config.bos_token_id = None
+    out.generation_config.eos_token_id = out.generation_config.pad_token_id = eos_id
     target = out.model
     target.embed_tokens.weight.copy_(model.tok_embeddings.weight)
     target.norm.weight.copy_(model.norm.weight)

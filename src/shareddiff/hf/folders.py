@@ -34,11 +34,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, to: str) -> Path:
     if to == "hf":
         hf_model = wrap(model, tokenizer.eos_id)
     elif to == "diffllama":
-        hf_model = to_diffllama(model)
-        hf_model.config.eos_token_id = hf_model.config.pad_token_id = tokenizer.eos_id
-        hf_model.config.bos_token_id = None
-        hf_model.generation_config.eos_token_id = hf_model.generation_config.pad_token_id = tokenizer.eos_id
-        hf_model.generation_config.bos_token_id = None
+        hf_model = to_diffllama(model, tokenizer.eos_id)
     else:
         raise ValueError(f"--to {to!r} is not a Hugging Face format; use hf or diffllama")
     out = Path(out_dir)
