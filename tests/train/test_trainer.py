@@ -246,3 +246,15 @@ def test_a_warmup_as_long_as_the_run_is_named(make_run, caplog):
     with caplog.at_level(logging.WARNING, logger="shareddiff.train.trainer"):
         train(make_run("train.max_steps=4", "optim.warmup_steps=1", out="run-b"), progress=False)
     assert "warmup" not in caplog.text
+
+
+def test_the_triton_backend_on_the_cpu_is_refused_before_the_run_folder_is_made(tmp_path, monkeypatch):
+    from shareddiff.config import load_recipe
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    run = load_recipe(
+        None, "diff-tiny", ["train.attn_backend=triton", "train.device=cpu", f"train.out_dir={tmp_path / 'r'}"]
+    )
+    with pytest.raises(ValueError, match=r"train.attn_backend='triton' runs on CUDA, and this run trains on cpu"):
+        train(run)
+    assert not (tmp_path / "r").exists()

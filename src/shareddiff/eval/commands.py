@@ -57,8 +57,9 @@ def run_lm(
     """
     result = lm_results(checkpoint, seq_len, max_tokens, max_train_count, device, out)
     return (
-        f"loss {result['loss']:.4f} (ppl {result['ppl']:.2f}); AR-Hit {result['ar_hit_loss']:.4f} "
-        f"on {result['ar_hit_fraction']:.1%} of tokens; Others {result['others_loss']:.4f} → "
+        f"step {result['step']}: loss {result['loss']:.4f} (ppl {result['ppl']:.2f}); "
+        f"AR-Hit {result['ar_hit_loss']:.4f} on {result['ar_hit_fraction']:.1%} of tokens; "
+        f"Others {result['others_loss']:.4f} → "
         f"{output_dir(checkpoint, out) / 'lm.json'}"
     )
 
@@ -82,6 +83,7 @@ def lm_results(
         rare = rare_bigrams(train.window(0, len(train)), model.config.vocab_size, max_train_count)
     result = {
         "checkpoint": str(checkpoint),
+        "step": state.get("step"),  # the checkpoint evaluated: a run folder's newest intact one
         "model": _name(state),
         "seq_len": seq_len,
         "ar_hit_definition": "target completes a bigram seen earlier in the same window"

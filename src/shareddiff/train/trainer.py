@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -175,6 +176,12 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, new_sched
     run.validate()
     run.model_config(vocab_size=None)  # a wrong [model] table fails here, before the run folder is made
     dist, device = init_distributed(run.train.device)
+    if run.train.attn_backend == "triton" and device.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        shutdown(dist)
+        raise ValueError(
+            f"train.attn_backend='triton' runs on CUDA, and this run trains on {device.type}; use "
+            "train.attn_backend=auto (SDPA) or eager (TRITON_INTERPRET=1 runs the kernel on the CPU, slowly)"
+        )
     try:
         with _run_folder_lock(Path(run.train.out_dir), dist):
             trainer = Trainer(run, dist, device, resume, progress and dist.is_main)
