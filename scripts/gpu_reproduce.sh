@@ -12,20 +12,21 @@
 set -u
 experiment=$1 seconds=$2 out=$3
 shift 3
+name=$(basename "$experiment" .toml)  # a name from configs/repro/ or a path to an experiment file
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 setsid python3 -m shareddiff.cli reproduce "$experiment" --out runs/repro --no-progress --no-summary "$@" \
-    >>"$out/$experiment.log" 2>&1 &
+    >>"$out/$name.log" 2>&1 &
 pid=$!
 for _ in $(seq "$seconds"); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 1
 done
 if kill -0 "$pid" 2>/dev/null; then
-    echo "budget of $seconds s spent: stopping the runs (they resume from their checkpoints)" >>"$out/$experiment.log"
+    echo "budget of $seconds s spent: stopping the runs (they resume from their checkpoints)" >>"$out/$name.log"
     kill -TERM -- "-$pid" 2>/dev/null
     sleep 10
     kill -KILL -- "-$pid" 2>/dev/null
 fi
 wait "$pid" 2>/dev/null
-tar czf "$out/$experiment-records.tgz" --exclude=checkpoints --exclude=tensorboard "runs/repro/$experiment"
-grep -h "val loss\|failed\|finished\|Error" "$out/$experiment.log" | tail -n 40
+tar czf "$out/$name-records.tgz" --exclude=checkpoints --exclude=tensorboard "runs/repro/$name"
+grep -h "val loss\|failed\|finished\|Error" "$out/$name.log" | tail -n 40
