@@ -589,3 +589,35 @@ def test_pooled_seed_sigma_weights_groups_by_their_degrees_of_freedom():
     }
     assert seed_sigma(groups) == pytest.approx(((2 * 0.002**2 + 1 * 0.005**2) / 3) ** 0.5, rel=1e-12)
     assert seed_sigma({"c": groups["c"]}) == 0.0
+
+
+def test_group_curves_average_seeds_at_shared_steps_and_draw_the_gap(tmp_path):
+    """The loss curves average each group's seeds at the steps every seed reached (mean, min, max); with panels
+    and a baseline variant the figure gets a second row (the gap along training)."""
+    from PIL import Image
+
+    from shareddiff import plots
+
+    rng = np.random.default_rng()
+    dirs = {}
+    for name, steps in (("t-s1", [250, 500, 750]), ("t-s2", [250, 500]), ("d-s1", [250, 500, 750])):
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [{"step": s, "tokens": s * 64, "val_loss": float(rng.uniform(2, 4))} for s in steps]
+        rows.insert(1, {"step": 300, "tokens": 300 * 64, "loss": 3.0})  # a training row: not a validation point
+        (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        dirs[name] = (folder, {r["step"]: r["val_loss"] for r in rows if "val_loss" in r})
+    curve = plots._mean_curve([dirs["t-s1"][0], dirs["t-s2"][0]])
+    assert sorted(curve) == [250, 500]  # step 750 only one seed reached
+    for step in (250, 500):
+        a, b = dirs["t-s1"][1][step], dirs["t-s2"][1][step]
+        assert curve[step] == pytest.approx((step * 64, (a + b) / 2, min(a, b), max(a, b)), rel=1e-12)
+    one = plots.plot_group_curves({"t": [dirs["t-s1"][0]], "d": [dirs["d-s1"][0]]}, tmp_path / "one.png", "x")
+    two = plots.plot_group_curves(
+        {"t": [dirs["t-s1"][0], dirs["t-s2"][0]], "d": [dirs["d-s1"][0]]},
+        tmp_path / "two.png",
+        "x",
+        variants={"t": "standard", "d": "diff"},
+        panels={"t": "8m", "d": "8m"},
+    )
+    assert Image.open(two).size[1] > 1.6 * Image.open(one).size[1]  # the gap row below the losses

@@ -273,10 +273,24 @@ def summarize(exp: Experiment, out: Path) -> Path:
             plots.plot_efficiency(
                 summary["tokens_fit"], folder / "tokens.png", "training tokens (each its own schedule)"
             )
+    labels = {g: f"{g} (n={len(recs)})" for g, recs in by_group.items()}
+    sizes = {g: e["preset"].rsplit("-", 1)[-1] for g, e in groups.items()}
+    variant_of = {labels[g]: e["variant"] for g, e in groups.items()}
+    if len(set(sizes.values())) > 1:  # a column per model size, smallest first
+        smallest = {size: min(e["params"] for g, e in groups.items() if sizes[g] == size) for size in sizes.values()}
+        order = sorted(groups, key=lambda g: smallest[sizes[g]])
+        labels = {g: labels[g] for g in order}
+        panels = {labels[g]: sizes[g] for g in order}
+    elif len(set(variant_of.values())) < len(groups):  # sweeps: a column per variant
+        panels = {labels[g]: e["variant"] for g, e in groups.items()}
+    else:
+        panels = None
     plots.plot_group_curves(
-        {f"{g} (n={len(recs)})": [r["dir"] for r in recs] for g, recs in by_group.items()},
+        {labels[g]: [r["dir"] for r in by_group[g]] for g in labels},
         folder / "loss_curves.png",
-        f"{exp.name}: validation loss (mean over seeds)",
+        f"{exp.name}: validation loss (mean over seeds, band: min–max)",
+        variants=variant_of,
+        panels=panels,
     )
     if any("lambda" in e for e in groups.values()):
         plots.plot_lambdas({g: e["lambda"] for g, e in groups.items() if "lambda" in e}, folder / "lambda.png")
