@@ -2,7 +2,7 @@
 
     python3 benchmarks/attention.py [--quick] [--sweep] [--modes split atomic reduce tma vsplit maps]
         [--sizes 8192x64 16384x128] [--check-dtypes bf16 fp32] [--checks-only | --skip-checks]
-        [--no-projections] [--profile]
+        [--no-projections] [--profile] [--smoke]
 
 1. Checks (bf16 and fp32, fresh random inputs, GPU memory poisoned with NaN first so an element a kernel
    leaves unwritten shows): the "sdpa" backend and the fused kernel in each of ``--modes`` (KernelSettings
@@ -16,14 +16,20 @@
    a time.
 4. Shared DIFF projections: separate GEMMs (W, A1, A2) vs one GEMM of X·[W | A1 | A2].
 --profile instead runs one forward + backward per mode at the first size and nothing else (for Nsight
-Compute: ``benchmarks/kernel_plan.sh``). Writes JSON to benchmarks/results/ (or --out) and prints the tables last.
+Compute: ``benchmarks/kernel_plan.sh``). Writes JSON to benchmarks/results/ (or --out) after the checks and
+after each timed size (a run cut short keeps what it timed) and prints the tables last.
+--smoke is a dry run on the CPU (``TRITON_INTERPRET=1``): tiny shapes and sizes, float16 in place of bf16
+(the interpreter has no bf16), wall-clock timing; it checks the plumbing, not the kernel's speed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -33,12 +39,14 @@ import triton
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_result
 
-from shareddiff.ops import differential_attention
+from shareddiff.ops import differential_attention, triton_diff
 from shareddiff.ops.kernel_settings import Blocks, KernelSettings
 from shareddiff.ops.triton_diff import triton_differential_attention
 
 WIDTH, TOKENS = 2048, 32768
-DEVICE = "cuda"  # the checks' device (tests run them on the CPU interpreter)
+DEVICE = "cuda"  # where everything runs (tests and --smoke: the CPU interpreter)
+CHECK_SHAPES = ((4, 1, 64), (2, 1031, 128), (4, 777, 32), (2, 2053, 64))  # (h_kv, N, d) at B = 1, h = 4
+BF16 = torch.bfloat16  # the timed dtype (--smoke: float16)
 MODES = {  # the fused kernel's settings by name (KernelSettings); "split" is the default
     "split": KernelSettings(),
     "atomic": KernelSettings(dq="atomic"),
@@ -78,7 +86,9 @@ def reference(q1, q2, k1, k2, v, lam):
 
 
 def poison() -> None:
-    """Fill the caching allocator's free memory with NaN so unwritten outputs show."""
+    """Fill the caching allocator's free memory with NaN so unwritten outputs show (the GPU only)."""
+    if DEVICE != "cuda":
+        return
     free = torch.cuda.mem_get_info()[0]
     blob = torch.empty(int(free * 0.5) // 4, dtype=torch.float32, device="cuda").fill_(float("nan"))
     del blob
@@ -143,15 +153,31 @@ def time_variant(fn, inputs, backward: bool) -> tuple[float, float]:
         if backward:
             out.backward(grad)
 
+    if DEVICE != "cuda":
+        return time_ms(run), 0.0
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    ms = triton.testing.do_bench(run, warmup=100, rep=400, return_mode="median")
+    ms = time_ms(run)
     return ms, torch.cuda.max_memory_allocated() / 2**30
+
+
+def time_ms(fn, warmup: int = 100, rep: int = 400) -> float:
+    """Median milliseconds of ``fn``: ``triton.testing.do_bench`` on the GPU (``warmup``/``rep`` in ms), the
+    median of 2 wall-clock calls after one on the CPU (--smoke)."""
+    if DEVICE == "cuda":
+        return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+    fn()
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
 
 
 def bench(n: int, d: int, modes: list[str]) -> list[dict]:
     b, h = TOKENS // n, WIDTH // (2 * d)
-    dev, dt = "cuda", torch.bfloat16
+    dev, dt = DEVICE, BF16
 
     def leaf(*shape):
         return torch.randn(*shape, device=dev, dtype=dt, requires_grad=True)
@@ -205,10 +231,7 @@ def sweep(n: int, d: int) -> list[dict]:
     """The fused kernel (forward fused; dQ split unless the label names a mode) under each block shape
     of SWEEP, one kernel at a time with the others at their defaults: forward time for FWD,
     forward+backward for the rest."""
-    b, h = TOKENS // n, WIDTH // (2 * d)
-    leaves = [torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(4)]
-    v = torch.randn(b, h, n, 2 * d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    inputs = (*leaves, v, torch.tensor(0.5, device="cuda", requires_grad=True))
+    inputs = kernel_inputs(n, d)
     out = []
     for label in dict.fromkeys(k for k, _ in SWEEP):
         kind = label.split(",")[0]
@@ -228,7 +251,7 @@ def sweep(n: int, d: int) -> list[dict]:
 
 def projections(n_tokens: int = 32768, width: int = 1024, rank: int = 64) -> list[dict]:
     """Shared DIFF Q projections: X·W, X·A1, X·A2 as three GEMMs vs one GEMM of X·[W | A1 | A2]."""
-    dev, dt = "cuda", torch.bfloat16
+    dev, dt = DEVICE, BF16
     x = torch.randn(n_tokens, width, device=dev, dtype=dt)
     w = torch.randn(width // 2, width, device=dev, dtype=dt) * 0.02
     a1, a2 = (torch.randn(rank, width, device=dev, dtype=dt) * 0.02 for _ in range(2))
@@ -252,7 +275,7 @@ def projections(n_tokens: int = 32768, width: int = 1024, rank: int = 64) -> lis
                 "tokens": n_tokens,
                 "width": width,
                 "rank": rank,
-                "ms": triton.testing.do_bench(fn, warmup=50, rep=200, return_mode="median"),
+                "ms": time_ms(fn, warmup=50, rep=200),
             }
         )
     return out
@@ -260,14 +283,29 @@ def projections(n_tokens: int = 32768, width: int = 1024, rank: int = 64) -> lis
 
 def profile_once(n: int, d: int, modes: list[str]) -> None:
     """One forward + backward of the fused kernel per mode, in ``modes`` order, at the benchmark's shape."""
-    b, h = TOKENS // n, WIDTH // (2 * d)
-    leaves = [torch.randn(b, h, n, d, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(4)]
-    v = torch.randn(b, h, n, 2 * d, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    inputs = (*leaves, v, torch.tensor(0.5, device="cuda", requires_grad=True))
+    inputs = kernel_inputs(n, d)
     for mode in modes:
         kernel(MODES[mode])(*inputs).sum().backward()
-        torch.cuda.synchronize()
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
         print(f"profiled N={n} d={d} mode {mode}", flush=True)
+
+
+def kernel_inputs(n: int, d: int) -> tuple:
+    """q1, q2, k1, k2, v, λ of the timed shape (B = TOKENS / N, h = WIDTH / 2d), leaves that require grad."""
+    b, h = TOKENS // n, WIDTH // (2 * d)
+    leaves = [torch.randn(b, h, n, d, device=DEVICE, dtype=BF16, requires_grad=True) for _ in range(4)]
+    v = torch.randn(b, h, n, 2 * d, device=DEVICE, dtype=BF16, requires_grad=True)
+    return (*leaves, v, torch.tensor(0.5, device=DEVICE, requires_grad=True))
+
+
+def use_smoke_settings() -> None:
+    """--smoke: everything on the CPU interpreter at tiny shapes (raises SystemExit without TRITON_INTERPRET=1)."""
+    global DEVICE, WIDTH, TOKENS, CHECK_SHAPES, BF16
+    if not triton_diff.INTERPRET:
+        sys.exit("--smoke runs the kernel on the CPU interpreter: set TRITON_INTERPRET=1 before starting python")
+    DEVICE, WIDTH, TOKENS, BF16 = "cpu", 64, 64, torch.float16  # (the interpreter has no bfloat16)
+    CHECK_SHAPES = ((2, 19, 16),)
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -279,7 +317,8 @@ def parse_size(text: str) -> tuple[int, int]:
     return n, d
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (its own function, so tests can check the plans' arguments without running them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N ∈ {8192, 16384} only")
     parser.add_argument("--sweep", action="store_true", help="also time the kernel's block shapes (SWEEP)")
@@ -291,15 +330,24 @@ def main() -> None:
     parser.add_argument("--skip-checks", action="store_true", help="time only (after a passing --checks-only run)")
     parser.add_argument("--profile", action="store_true", help="one fwd+bwd per mode at the first size, no more")
     parser.add_argument("--no-projections", action="store_true", help="skip the projection GEMM timing")
+    parser.add_argument("--smoke", action="store_true", help="CPU dry run under TRITON_INTERPRET=1 (tiny shapes)")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
+    if args.smoke:
+        use_smoke_settings()
+    default_size = (32, 16) if args.smoke else (8192, 64)
     if args.profile:
-        profile_once(*(args.sizes or [(8192, 64)])[0], args.modes)
+        profile_once(*(args.sizes or [default_size])[0], args.modes)
         return
     checks = []
-    dtypes = [{"bf16": torch.bfloat16, "fp32": torch.float32}[name] for name in args.check_dtypes]
+    dtypes = [{"bf16": BF16, "fp32": torch.float32}[name] for name in args.check_dtypes]
     for label, fn in [("sdpa", sdpa)] + [(f"triton {mode}", kernel(MODES[mode])) for mode in args.modes]:
         for dt in dtypes if not args.skip_checks else []:
-            for h_kv, n, d in ((4, 1, 64), (2, 1031, 128), (4, 777, 32), (2, 2053, 64)):
+            for h_kv, n, d in CHECK_SHAPES:
                 checks.append(c := check(label, fn, dt, 1, 4, h_kv, n, d))
                 worst = max(c["errors"].items(), key=lambda kv: kv[1])
                 print(
@@ -309,17 +357,25 @@ def main() -> None:
                 )
     failed = [c for c in checks if not c["ok"]]
     sizes = args.sizes or (
-        [(8192, 64), (16384, 64), (8192, 128)]
+        [default_size]
+        if args.smoke
+        else [(8192, 64), (16384, 64), (8192, 128)]
         if args.quick
         else [(2048, 64), (8192, 64), (16384, 64), (8192, 128), (16384, 128)]
     )
-    rows = []
+    rows, swept, proj = [], [], []
+    payload = {"checks": checks, "timings": rows, "sweep": swept, "projections": proj}
+    path = write_result("attention", payload, args.out)  # rewritten as rows come (a run cut short keeps them)
     for n, d in [] if failed or args.checks_only else sizes:
         rows += bench(n, d, args.modes)
         print(f"timed N={n} d={d}", flush=True)
-    swept = [row for n, d in (sizes if args.sweep and not failed else []) for row in sweep(n, d)]
-    proj = [] if args.no_projections or failed or args.checks_only else projections()
-    path = write_result("attention", {"checks": checks, "timings": rows, "sweep": swept, "projections": proj}, args.out)
+        path.write_text(json.dumps(payload, indent=2))
+    for n, d in sizes if args.sweep and not failed else []:
+        swept += sweep(n, d)
+        path.write_text(json.dumps(payload, indent=2))
+    if not (args.no_projections or failed or args.checks_only):
+        proj += projections(256, 64, 8) if args.smoke else projections()
+        path.write_text(json.dumps(payload, indent=2))
     print(
         table(
             ["backend", "dtype", "B,h,h_kv,N,d", "out err", "worst grad err", "ok"],

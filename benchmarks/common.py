@@ -1,15 +1,35 @@
-"""Shared helpers for benchmarks: environment record and result files."""
+"""Shared helpers for benchmarks: environment record and result files.
+
+Importing it puts this checkout's ``src`` first on ``sys.path`` and on ``PYTHONPATH`` (for the processes a
+script starts: torchrun, ``python3 -m shareddiff.cli``), so ``python3 benchmarks/X.py`` runs this checkout's
+package from the repository root without ``PYTHONPATH=src`` or an install (a bare GPU machine has neither).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import platform
+import sys
 from pathlib import Path
 
 import torch
 
 RESULTS = Path(__file__).parent / "results"
+SRC = Path(__file__).resolve().parent.parent / "src"
+
+
+def use_this_checkout() -> None:
+    """This checkout's ``src`` first on ``sys.path`` and ``PYTHONPATH`` (idempotent)."""
+    if str(SRC) not in sys.path:
+        sys.path.insert(0, str(SRC))
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    if str(SRC) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(SRC), *filter(None, paths)])
+
+
+use_this_checkout()
 
 
 def environment() -> dict:
@@ -48,7 +68,7 @@ def write_result(name: str, payload: dict, out_dir: str | Path | None = None) ->
 
 def table(headers: list[str], rows: list[list]) -> str:
     cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(r[i]) for r in cells)]) for i, h in enumerate(headers)]  # (no rows: the headers)
     line = "  ".join(h.rjust(w) for h, w in zip(headers, widths, strict=True))
     body = ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join([line, "  ".join("-" * w for w in widths), *body])

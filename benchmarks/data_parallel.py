@@ -387,7 +387,8 @@ def launch(args, gpus: int, forms: list[str], out: Path) -> None:
     subprocess.run([*prefix, __file__, *passed, "--forms", *forms], check=True)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (its own function, so tests can check the plans' arguments without running them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--forms", nargs="+", help="measure these forms in this launch (see above)")
     parser.add_argument("--table", help="print the table of a rows.jsonl and write the result JSON next to it")
@@ -420,6 +421,11 @@ def main() -> None:
     parser.add_argument("--reserve", type=float, default=45.0, help="seconds a form needs at least before --deadline")
     parser.add_argument("--tag", default="", help="a label stored in each row (e.g. table, profile, ablation)")
     parser.add_argument("--out", help="folder for rows.jsonl / profiles.json / the result JSON")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be ≥ 1 (the first warm-up step compiles)")

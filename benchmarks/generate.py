@@ -216,7 +216,8 @@ def profile_generation(mode: str, model, batch: int, args, device: torch.device)
     }
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (its own function, so tests can check the documented commands without running them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="CPU smoke run: tiny presets, every mode, few tokens")
     parser.add_argument("--size", default="350m")
@@ -232,6 +233,11 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="profile the eager/compiled modes instead of timing")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs)")
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
+    return parser
+
+
+def main() -> int:
+    parser = build_parser()
     args = parser.parse_args()
     if args.smoke:
         args.size, args.batch, args.prompt_len, args.new_tokens, args.repeats = "tiny", [1, 3], 9, 6, 1

@@ -1,28 +1,71 @@
 #!/usr/bin/env bash
 # The fused kernel's GPU record in one device call of at most 10 minutes on one H200 (docs/performance.md,
-# "To measure"). Steps in order of importance, each time-boxed so that a slow compile cuts only what follows:
+# "To measure"). Steps in order of importance, each time-boxed (at most 9½ minutes in all) so that a slow
+# compile cuts only what follows:
 #   1. bf16 checks of every mode against float64 in NaN-poisoned memory (a failure ends the plan: nothing timed)
 #   2. fwd and fwd+bwd per mode at N = 8192/16384, d = 64/128 (benchmarks/attention.py, keyword settings)
 #   3. Nsight Compute on the key-block backward (_bwd_kernel), one launch per dQ mode, N = 8192, d = 64
+#      ("reduce" last: it launches the kernel once per chunk of key blocks, 16 times at this shape)
 #   4. fp32 checks of every mode (the exactness path; slow to compile)
+# Files in $OUT (5, within what a device call brings back): kernel_plan.log (every step's output, the Nsight
+# Compute details of step 3 included), attention-*.json (bf16 checks, timings, fp32 checks; each rewritten as
+# its rows come), bwd_kernel.ncu-rep.
 #
 #   OUT=/path/to/results bash benchmarks/kernel_plan.sh      # default OUT: benchmarks/results
+#   SMOKE=1 OUT=/tmp/smoke bash benchmarks/kernel_plan.sh    # the same plan on the CPU interpreter, tiny shapes
+#   DRY=1 bash benchmarks/kernel_plan.sh                     # print each step's command, run none
+# MODES="split tma" narrows the modes (default: all six).
 set -u -o pipefail
+cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
-MODES="split atomic reduce tma vsplit maps"
+read -r -a MODES <<<"${MODES:-split atomic reduce tma vsplit maps}"
+NCU_MODES=(split atomic tma reduce)
+SIZES=(8192x64 8192x128 16384x64 16384x128)
+SMOKE_ARGS=()
+if [[ ${SMOKE:-0} == 1 ]]; then  # the kernel on the CPU interpreter: checks the plan, not the kernel's speed
+    export TRITON_INTERPRET=1
+    SMOKE_ARGS=(--smoke)
+    SIZES=(32x16)
+fi
 mkdir -p "$OUT"
-python3 -c 'import torch, triton; print(torch.__version__, triton.__version__, torch.cuda.get_device_name())'
-timeout 170 python3 benchmarks/attention.py --checks-only --check-dtypes bf16 --modes $MODES --out "$OUT" \
-  2>&1 | tee "$OUT/kernel_checks_bf16.log" || { echo "bf16 checks failed or timed out: nothing timed"; exit 1; }
-timeout 250 python3 benchmarks/attention.py --skip-checks --no-projections --modes $MODES \
-  --sizes 8192x64 8192x128 16384x64 16384x128 --out "$OUT" 2>&1 | tee "$OUT/kernel_timings.log"
-timeout 90 ncu --clock-control none --kernel-name regex:_bwd_kernel --launch-count 4 --set full \
-  --export "$OUT/bwd_kernel" --force-overwrite \
-  python3 benchmarks/attention.py --profile --modes split atomic reduce tma --sizes 8192x64 \
-  > "$OUT/kernel_ncu.log" 2>&1 && ncu --import "$OUT/bwd_kernel.ncu-rep" --page details \
-  --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-  > "$OUT/kernel_ncu_details.txt" 2>&1
-tail -5 "$OUT/kernel_ncu.log"
-timeout 60 python3 benchmarks/attention.py --checks-only --check-dtypes fp32 --modes $MODES --out "$OUT" \
-  2>&1 | tee "$OUT/kernel_checks_fp32.log"
+LOG=$OUT/kernel_plan.log
+: >"$LOG"
+
+# step NAME SECONDS COMMAND...: the command under a time limit, its output to the screen and the log
+# (DRY=1: print the command instead)
+step() {
+    local name=$1 limit=$2
+    shift 2
+    if [[ ${DRY:-0} == 1 ]]; then
+        printf 'PLAN command (%s s):' "$limit"
+        printf ' %q' "$@"
+        echo
+        return 0
+    fi
+    echo "PLAN $name (at most $limit s) starts at +${SECONDS} s" | tee -a "$LOG"
+    timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
+    local rc=$?
+    echo "PLAN $name ends at +${SECONDS} s, rc $rc$( ((rc == 124)) && echo ': out of time')" | tee -a "$LOG"
+    return "$rc"
+}
+
+step versions 30 python3 -c 'import torch, triton; print(torch.__version__, triton.__version__,
+    torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")'
+step "bf16 checks" 150 python3 benchmarks/attention.py "${SMOKE_ARGS[@]}" --checks-only --check-dtypes bf16 \
+    --modes "${MODES[@]}" --out "$OUT" || { echo "bf16 checks failed or timed out: nothing timed" | tee -a "$LOG"; exit 1; }
+step timings 200 python3 benchmarks/attention.py "${SMOKE_ARGS[@]}" --skip-checks --no-projections \
+    --modes "${MODES[@]}" --sizes "${SIZES[@]}" --out "$OUT"
+if [[ ${DRY:-0} == 1 ]] || { command -v ncu >/dev/null && [[ ${SMOKE:-0} != 1 ]]; }; then
+    step "Nsight Compute" 90 ncu --clock-control none --kernel-name regex:_bwd_kernel --launch-count "${#NCU_MODES[@]}" \
+        --set full --export "$OUT/bwd_kernel" --force-overwrite \
+        python3 benchmarks/attention.py --profile --modes "${NCU_MODES[@]}" --sizes 8192x64 &&
+        step "Nsight Compute details" 15 ncu --import "$OUT/bwd_kernel.ncu-rep" --page details \
+            --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
+else
+    echo "PLAN Nsight Compute skipped (no ncu on the PATH, or SMOKE=1)" | tee -a "$LOG"
+fi
+step "fp32 checks" 60 python3 benchmarks/attention.py "${SMOKE_ARGS[@]}" --checks-only --check-dtypes fp32 \
+    --modes "${MODES[@]}" --out "$OUT"
+echo "PLAN finished at +${SECONDS} s; files in $OUT:" | tee -a "$LOG"
+ls -la "$OUT"

@@ -11,9 +11,10 @@
 # gradient accumulation). Each row is printed as soon as it is measured; results go to $OUT (flat, at most
 # 6 files: rows.jsonl, profiles.json, resume_world_sizes.json, data_parallel-*.json, plan.log). No step
 # starts after $BUDGET seconds (default 550); a running step is stopped at that point, keeping its rows.
-# SMOKE=1 runs the same plan on the CPU (gloo, tiny model) to check the script.
+# SMOKE=1 runs the same plan on the CPU (gloo, tiny model) to check the script; DRY=1 prints each step's
+# command and runs none (tests/benchmarks/test_plans.py checks them against the scripts' arguments).
 set -u
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH=src NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 OUT=${OUT:-/tmp/multi_gpu_plan}
@@ -46,6 +47,12 @@ elapsed() { echo $(($(date +%s) - START)); }
 run_step() {
     local name=$1 need=$2
     shift 2
+    if [[ ${DRY:-0} == 1 ]]; then
+        printf 'PLAN command:'
+        printf ' %q' "$@"
+        echo
+        return
+    fi
     local left=$((END - $(date +%s)))
     if ((left < need)); then
         echo "PLAN skip $name: ${left} s left, it needs ${need} s"

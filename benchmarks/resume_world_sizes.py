@@ -33,7 +33,8 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (its own function, so tests can check the plans' arguments without running them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gpus", type=int, default=2, help="processes of the first run")
     parser.add_argument("--preset", default="shared_diff-125m")
@@ -46,6 +47,11 @@ def main() -> None:
     parser.add_argument("--tol", type=float, default=1e-2, help="largest relative loss difference accepted")
     parser.add_argument("--work", help="folder for the two run folders (default: a temporary one)")
     parser.add_argument("--out", help="folder for resume_world_sizes.json")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     if args.global_batch % args.gpus or not 0 < args.resume_at < args.steps:
         parser.error("--global-batch must be a multiple of --gpus, and 0 < --resume-at < --steps")

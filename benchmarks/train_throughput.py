@@ -6,6 +6,13 @@
 One step = forward + backward + AdamW on a (batch, seq_len) batch, bf16 autocast on CUDA. Median over
 ``--steps`` timed steps after ``--warmup``. MFU = tokens/s × (6·non-embedding params + causal
 attention FLOPs per token) / peak, the definition of docs/performance.md.
+
+Each row is printed when measured and the rows so far are rewritten to OUT/partial.json; a row that fails
+(out of memory, a compile error) is recorded with its error and the rest still run (exit status 1 at the
+end); ``--budget-s`` starts no row after that many seconds. With ``--compile on``, dynamo's caches are
+reset before each row, so every row compiles its own model (without the reset, the ninth model of a run
+hit ``recompile_limit`` and ran eager: benchmarks/results/logs/h200-20261130-tp23.log), and each row
+records the graphs it compiled (``compiled_graphs``).
 """
 
 from __future__ import annotations
@@ -16,10 +23,12 @@ import json
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch._dynamo.utils import counters
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_result
@@ -53,6 +62,8 @@ def bench(
     fused: bool = True,
 ) -> dict:
     config = ModelConfig.from_preset(preset, max_seq_len=max(seq_len, ModelConfig.from_preset(preset).max_seq_len))
+    torch._dynamo.reset()  # this row's model compiles afresh, not as a recompile of the rows before
+    counters.clear()
     torch.manual_seed(0)
     model = build_model(config).to(device)
     if backend not in model.layers[0].attention.available_backends():
@@ -107,10 +118,12 @@ def bench(
         "model_flops_per_token": flops_per_token,
         "achieved_tflops": tokens_per_s * flops_per_token / 1e12,
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "compiled_graphs": counters["stats"]["unique_graphs"],
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (its own function, so tests can check the documented commands without running them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"])
     parser.add_argument("--seq-len", type=int, nargs="+", default=[256])
@@ -128,40 +141,57 @@ def main() -> None:
     )
     parser.add_argument("--peak-tflops", type=float, default=800.0, help="for MFU (H100 bf16 dense: 800 measured)")
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
+    parser.add_argument("--budget-s", type=float, help="start no row after this many seconds")
+    return parser
+
+
+def main() -> None:
+    parser = build_parser()
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batches = args.batch * len(args.seq_len) if len(args.batch) == 1 else args.batch
     compiles = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
     fusings = {"fused": [True], "separate": [False], "both": [True, False]}[args.projections]
-    results = []
+    results, failures, began = [], [], time.perf_counter()
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     for size in args.sizes:
         for seq_len, batch in zip(args.seq_len, batches, strict=True):
             for compile_model in compiles:
                 for family, fused in ((f, u) for f in args.families for u in fusings):
-                    r = bench(
-                        f"{family}-{size}",
-                        seq_len,
-                        batch,
-                        args.steps,
-                        args.warmup,
-                        device,
-                        compile_model,
-                        args.backend,
-                        fused,
+                    label = (
+                        f"{family}-{size} seq {seq_len} batch {batch} compile {compile_model} "
+                        f"projections {'fused' if fused else 'separate'}"
                     )
+                    if args.budget_s is not None and time.perf_counter() - began > args.budget_s:
+                        print(f"{label}: skipped (--budget-s {args.budget_s:g})", flush=True)
+                        continue
+                    try:
+                        r = bench(
+                            f"{family}-{size}",
+                            seq_len,
+                            batch,
+                            args.steps,
+                            args.warmup,
+                            device,
+                            compile_model,
+                            args.backend,
+                            fused,
+                        )
+                    except Exception as exc:  # out of memory, a compile error: recorded, and the next row runs
+                        traceback.print_exc()
+                        failures.append({"row": label, "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
+                        print(f"{label}: FAILED {failures[-1]['error'][:200]}", flush=True)
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                        continue
                     r["mfu"] = r["achieved_tflops"] / args.peak_tflops if device.type == "cuda" else None
                     results.append(r)
                     if args.out:  # keep what is done if the run is cut short
                         Path(args.out, "partial.json").write_text(json.dumps(results, indent=1))
-                    print(
-                        f"{r['preset']} seq {seq_len} batch {batch} compile {compile_model} "
-                        f"projections {'fused' if fused else 'separate'}: "
-                        f"{r['tokens_per_s']:,.0f} tok/s",
-                        flush=True,
-                    )
-    path = write_result("train_throughput", {"results": results, "peak_tflops": args.peak_tflops}, args.out)
+                    print(f"{label}: {r['tokens_per_s']:,.0f} tok/s", flush=True)
+    payload = {"results": results, "peak_tflops": args.peak_tflops, "failures": failures}
+    path = write_result("train_throughput", payload, args.out)
     rows = []
     for r in results:
         base = next(
@@ -194,6 +224,8 @@ def main() -> None:
         )
     )
     print(f"wrote {path}")
+    if failures:
+        sys.exit(f"{len(failures)} rows failed: " + "; ".join(f["row"] for f in failures))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,143 @@
+"""The GPU plans (benchmarks/kernel_plan.sh, benchmarks/multi_gpu_plan.sh and the documented device commands)
+checked on the CPU before a device call spends time on them: every command's arguments parse with its
+script's own parser, its forms and presets exist, its time limits fit one 10-minute call; and the kernel
+plan runs end to end on the CPU interpreter (SMOKE=1), leaving few enough files for a call to bring back."""
+
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+import data_parallel
+import generate
+import resume_world_sizes
+import train_throughput
+
+import attention
+from shareddiff.config import ModelConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+DEVICE_CALL_S = 600  # one device command's limit
+MAX_FILES = 8  # what one device call brings back from $OUT
+
+
+def plan_commands(script: str, tmp_path: Path, **env: str) -> list[tuple[int | None, list[str]]]:
+    """(time limit in s or None, argv) of each step ``script`` would run, read from its DRY=1 output."""
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    run_env = {**os.environ, "DRY": "1", "OUT": str(tmp_path / "out"), **env}
+    done = subprocess.run(["bash", str(ROOT / script)], env=run_env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    found = re.findall(r"^PLAN command(?: \((\d+) s\))?: (.*)$", done.stdout, re.MULTILINE)
+    return [(int(limit) if limit else None, shlex.split(line)) for limit, line in found]
+
+
+def script_args(argv: list[str]) -> tuple[str, list[str], int]:
+    """(script name, its arguments, processes) of a ``python3 [-m torch.distributed.run ...] benchmarks/X.py`` argv."""
+    i = next(i for i, a in enumerate(argv) if a.startswith("benchmarks/") and a.endswith(".py"))
+    nproc = next((int(a.split("=")[1]) for a in argv[:i] if a.startswith("--nproc_per_node=")), 1)
+    return Path(argv[i]).stem, argv[i + 1 :], nproc
+
+
+def test_kernel_plan_commands_parse_and_fit_one_call(tmp_path):
+    steps = plan_commands("benchmarks/kernel_plan.sh", tmp_path)
+    assert sum(limit for limit, _ in steps) <= DEVICE_CALL_S - 45  # headroom: start-up, kill grace, file listing
+    parsed = []
+    for _, argv in steps:
+        if "benchmarks/attention.py" in argv:
+            parsed.append(attention.build_parser().parse_args(script_args(argv)[1]))
+        else:
+            assert argv[0] in ("python3", "ncu"), argv
+    checks = [a for a in parsed if a.checks_only]
+    assert sorted(d for a in checks for d in a.check_dtypes) == ["bf16", "fp32"]
+    assert all(a.modes == list(attention.MODES) for a in checks)
+    timed = next(a for a in parsed if a.skip_checks)
+    assert timed.modes == list(attention.MODES) and timed.sizes == [(8192, 64), (8192, 128), (16384, 64), (16384, 128)]
+    profiled = next(a for a in parsed if a.profile)
+    ncu = next(argv for _, argv in steps if argv[0] == "ncu" and "--launch-count" in argv)
+    assert int(ncu[ncu.index("--launch-count") + 1]) == len(profiled.modes)
+    # "reduce" launches the key-block kernel once per chunk of key blocks: last, so each mode gets one launch
+    assert profiled.modes[-1] == "reduce" and set(profiled.modes) == {"split", "atomic", "tma", "reduce"}
+
+
+@pytest.mark.parametrize("smoke", ["0", "1"])
+def test_multi_gpu_plan_commands_parse(tmp_path, smoke):
+    """Every step's command: its script's parser takes it, its forms parse for its number of processes, its
+    preset exists and its global batch splits into its micro-batches on those processes."""
+    steps = plan_commands("benchmarks/multi_gpu_plan.sh", tmp_path, SMOKE=smoke)
+    names = [script_args(argv)[0] for _, argv in steps]
+    assert names == ["data_parallel"] * 2 + ["resume_world_sizes"] + ["data_parallel"] * 4
+    for _, argv in steps:
+        name, args, nproc = script_args(argv)
+        if name == "resume_world_sizes":
+            a = resume_world_sizes.build_parser().parse_args(args)
+            assert a.global_batch % a.gpus == 0 and 0 < a.resume_at < a.steps
+        else:
+            a = data_parallel.build_parser().parse_args(args)
+            assert a.forms and a.out and a.deadline
+            for text in a.forms:
+                data_parallel.parse_form(text, nproc)
+            micro = a.micro_batch or a.global_batch // nproc
+            assert a.global_batch % (micro * nproc) == 0, argv
+        ModelConfig.from_preset(a.preset)
+        assert (a.device == "cpu") == (smoke == "1")
+
+
+DOCUMENTED = {"generate": generate, "train_throughput": train_throughput}
+
+
+def documented_device_commands() -> list[str]:
+    """The indented command lines of docs/performance.md that run generate.py or train_throughput.py with $OUT."""
+    text = (ROOT / "docs" / "performance.md").read_text()
+    lines = re.findall(r"^    (python3 benchmarks/(?:generate|train_throughput)\.py .*\$OUT.*)$", text, re.MULTILINE)
+    return [line.split("  #")[0] for line in lines]
+
+
+def test_documented_device_commands_parse():
+    commands = documented_device_commands()
+    assert {script_args(shlex.split(c))[0] for c in commands} == set(DOCUMENTED)
+    for command in commands:
+        name, args, _ = script_args(shlex.split(command.replace("$OUT", "/tmp/out")))
+        a = DOCUMENTED[name].build_parser().parse_args(args)
+        assert a.out == "/tmp/out" and a.budget_s is not None, command
+        sizes = [a.size] if name == "generate" else a.sizes
+        for family in a.families:
+            for size in sizes:
+                ModelConfig.from_preset(f"{family}-{size}")
+
+
+@pytest.mark.slow
+def test_kernel_plan_runs_on_the_cpu_interpreter(tmp_path):
+    """SMOKE=1 (two modes): the checks pass in both dtypes, every variant is timed, few files come back."""
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    python_dir = str(Path(sys.executable).parent)  # the plan calls `python3`: this interpreter's
+    if not (Path(python_dir) / "python3").exists():
+        pytest.skip("no python3 beside this interpreter")
+    out = tmp_path / "out"
+    env = {**os.environ, "SMOKE": "1", "MODES": "split tma", "OUT": str(out), "OMP_NUM_THREADS": "1"}
+    env["PATH"] = f"{python_dir}:{env.get('PATH', '')}"
+    plan = ["bash", str(ROOT / "benchmarks" / "kernel_plan.sh")]
+    done = subprocess.run(plan, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= MAX_FILES and "kernel_plan.log" in files
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("attention-*.json"))]
+    checks = [c for r in results for c in r["checks"]]
+    assert sorted({(c["backend"], c["dtype"]) for c in checks}) == sorted(
+        (b, d) for b in ("sdpa", "triton split", "triton tma") for d in ("torch.float16", "torch.float32")
+    )
+    assert all(c["ok"] for c in checks)
+    timed = [row["variant"] for r in results for row in r["timings"]]
+    sdpa = ["standard SDPA", "DIFF 2 SDPA calls", "DIFF 4 SDPA calls"]
+    assert timed == [*sdpa, "fused kernel, split", "fused kernel, tma"]
+    log = (out / "kernel_plan.log").read_text()
+    assert "Nsight Compute skipped" in log and log.count("rc 0") == 4  # versions, bf16 checks, timings, fp32 checks
