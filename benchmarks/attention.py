@@ -6,8 +6,10 @@
 
 1. Checks (bf16 and fp32, fresh random inputs, GPU memory poisoned with NaN first so an element a kernel
    leaves unwritten shows): the "sdpa" backend and the fused kernel in each of ``--modes`` (KernelSettings
-   passed as keywords, see MODES) against a float64 reference, forward and every gradient. Any failure
-   stops the run before timing (exit status 1).
+   passed as keywords, see MODES) against a float64 reference, forward and every gradient. A mode that
+   fails a check (or raises: a kernel that does not compile or launch) is not timed, nor is anything if
+   "sdpa" fails; the exit status is then 1. ``--skip-checks --passed-in JSON`` times only the modes whose
+   checks passed in an earlier ``--checks-only`` run's JSON.
 2. Times, model width 2048 and 32K tokens per batch (B = 32768 / N), causal, bf16, with
    ``triton.testing.do_bench`` (median): standard SDPA (h heads of 2d), DIFF as 2 SDPA calls (v of
    width 2d), DIFF as 4 SDPA calls (v split), and the fused kernel in each of ``--modes``; forward and
@@ -16,8 +18,8 @@
    a time.
 4. Shared DIFF projections: separate GEMMs (W, A1, A2) vs one GEMM of X·[W | A1 | A2].
 --profile instead runs one forward + backward per mode at the first size and nothing else (for Nsight
-Compute: ``benchmarks/kernel_plan.sh``). Writes JSON to benchmarks/results/ (or --out) after the checks and
-after each timed size (a run cut short keeps what it timed) and prints the tables last.
+Compute: ``benchmarks/kernel_plan.sh``). Writes JSON to benchmarks/results/ (or --out), rewritten after each
+check and each timed size (a run cut short keeps what it did), and prints the tables last.
 --smoke is a dry run on the CPU (``TRITON_INTERPRET=1``): tiny shapes and sizes, float16 in place of bf16
 (the interpreter has no bf16), wall-clock timing; it checks the plumbing, not the kernel's speed.
 """
@@ -123,6 +125,28 @@ def check(label: str, fn, dtype: torch.dtype, b: int, h: int, h_kv: int, n: int,
         "finite": finite,
         "ok": ok,
     }
+
+
+def checked(label: str, fn, dtype: torch.dtype, h_kv: int, n: int, d: int) -> dict:
+    """``check`` at B = 1, h = 4; an exception (a kernel that does not compile or launch) is a failed check."""
+    try:
+        return check(label, fn, dtype, 1, 4, h_kv, n, d)
+    except Exception as exc:
+        shape = [1, 4, h_kv, n, d]
+        error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        return {"backend": label, "dtype": str(dtype), "shape": shape, "errors": {}, "finite": False, "ok": False,
+                "error": error}  # fmt: skip
+
+
+def modes_that_passed(checks: list[dict], modes: list[str]) -> list[str] | None:
+    """The ``modes`` whose checks in ``checks`` all passed (a mode without checks has not passed); None if the
+    "sdpa" reference path failed or was not checked."""
+
+    def passed(label: str) -> bool:
+        mine = [c for c in checks if c["backend"] == label]
+        return bool(mine) and all(c["ok"] for c in mine)
+
+    return [m for m in modes if passed(f"triton {m}")] if passed("sdpa") else None
 
 
 def four_call(q1, q2, k1, k2, v, lam):
@@ -330,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-checks", action="store_true", help="time only (after a passing --checks-only run)")
     parser.add_argument("--profile", action="store_true", help="one fwd+bwd per mode at the first size, no more")
     parser.add_argument("--no-projections", action="store_true", help="skip the projection GEMM timing")
+    parser.add_argument("--passed-in", help="with --skip-checks: time only the modes that passed in this checks JSON")
     parser.add_argument("--smoke", action="store_true", help="CPU dry run under TRITON_INTERPRET=1 (tiny shapes)")
     return parser
 
@@ -343,19 +368,30 @@ def main() -> None:
     if args.profile:
         profile_once(*(args.sizes or [default_size])[0], args.modes)
         return
-    checks = []
+    checks, rows, swept, proj = [], [], [], []
+    payload = {"checks": checks, "timings": rows, "sweep": swept, "projections": proj}
+    path = write_result("attention", payload, args.out)  # rewritten as results come (a run cut short keeps them)
     dtypes = [{"bf16": BF16, "fp32": torch.float32}[name] for name in args.check_dtypes]
     for label, fn in [("sdpa", sdpa)] + [(f"triton {mode}", kernel(MODES[mode])) for mode in args.modes]:
         for dt in dtypes if not args.skip_checks else []:
             for h_kv, n, d in CHECK_SHAPES:
-                checks.append(c := check(label, fn, dt, 1, 4, h_kv, n, d))
-                worst = max(c["errors"].items(), key=lambda kv: kv[1])
+                checks.append(c := checked(label, fn, dt, h_kv, n, d))
+                worst = max(c["errors"].items(), key=lambda kv: kv[1], default=("-", math.nan))
                 print(
                     f"check {c['backend']:16s} {c['dtype']:14s} {c['shape']}: worst {worst[0]} {worst[1]:.2e} "
-                    f"{'ok' if c['ok'] else 'FAIL'}",
+                    f"{'ok' if c['ok'] else 'FAIL ' + c.get('error', '')}",
                     flush=True,
                 )
+                path.write_text(json.dumps(payload, indent=2))
     failed = [c for c in checks if not c["ok"]]
+    modes, sdpa_failed = args.modes, False
+    if args.passed_in or not args.skip_checks:  # time only what passed its checks
+        gate = json.loads(Path(args.passed_in).read_text())["checks"] if args.passed_in else checks
+        passed = modes_that_passed(gate, args.modes)
+        sdpa_failed, modes = passed is None, passed or []
+        if modes != args.modes and not args.checks_only:
+            dropped = "anything (sdpa)" if sdpa_failed else " ".join(m for m in args.modes if m not in modes)
+            print(f"not timed, a check failed or did not run: {dropped}", flush=True)
     sizes = args.sizes or (
         [default_size]
         if args.smoke
@@ -363,17 +399,14 @@ def main() -> None:
         if args.quick
         else [(2048, 64), (8192, 64), (16384, 64), (8192, 128), (16384, 128)]
     )
-    rows, swept, proj = [], [], []
-    payload = {"checks": checks, "timings": rows, "sweep": swept, "projections": proj}
-    path = write_result("attention", payload, args.out)  # rewritten as rows come (a run cut short keeps them)
-    for n, d in [] if failed or args.checks_only else sizes:
-        rows += bench(n, d, args.modes)
+    for n, d in [] if sdpa_failed or args.checks_only else sizes:
+        rows += bench(n, d, modes)
         print(f"timed N={n} d={d}", flush=True)
         path.write_text(json.dumps(payload, indent=2))
     for n, d in sizes if args.sweep and not failed else []:
         swept += sweep(n, d)
         path.write_text(json.dumps(payload, indent=2))
-    if not (args.no_projections or failed or args.checks_only):
+    if not (args.no_projections or sdpa_failed or args.checks_only):
         proj += projections(256, 64, 8) if args.smoke else projections()
         path.write_text(json.dumps(payload, indent=2))
     print(
@@ -384,8 +417,8 @@ def main() -> None:
                     c["backend"],
                     c["dtype"].replace("torch.", ""),
                     ",".join(map(str, c["shape"])),
-                    f"{c['errors']['out']:.1e}",
-                    f"{max(v for k, v in c['errors'].items() if k != 'out'):.1e}",
+                    f"{c['errors'].get('out', math.nan):.1e}",
+                    f"{max((v for k, v in c['errors'].items() if k != 'out'), default=math.nan):.1e}",
                     "yes" if c["ok"] else "NO",
                 ]
                 for c in checks
@@ -430,7 +463,7 @@ def main() -> None:
         print(table(["projection", "ms"], [[p["variant"], f"{p['ms']:.3f}"] for p in proj]))
     print(f"wrote {path}")
     if failed:
-        sys.exit(f"{len(failed)} checks failed: nothing timed")
+        sys.exit(f"{len(failed)} checks failed: {'nothing' if sdpa_failed else 'their modes were not'} timed")
 
 
 if __name__ == "__main__":

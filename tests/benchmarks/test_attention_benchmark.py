@@ -1,6 +1,9 @@
 """benchmarks/attention.py's checks, run on the CPU interpreter at a tiny shape: every fused-kernel mode it
 times passes them, and a kernel that leaves an output element unwritten fails them."""
 
+import json
+import sys
+
 import pytest
 import torch
 
@@ -36,3 +39,43 @@ def test_checks_fail_on_an_unwritten_output(seed, on_cpu):
 
     c = attention.check("broken", leaves_a_row_unwritten, torch.float32, 1, 2, 1, 19, 16)
     assert not c["ok"] and not c["finite"]
+
+
+def test_a_kernel_that_raises_fails_its_check(on_cpu):
+    def does_not_compile(*a):
+        raise RuntimeError("out of resource: shared memory")
+
+    c = attention.checked("triton tma", does_not_compile, torch.float32, 1, 19, 16)
+    assert not c["ok"] and c["shape"] == [1, 4, 1, 19, 16]
+    assert c["error"] == "RuntimeError: out of resource: shared memory"
+
+
+def test_only_the_modes_that_passed_are_timed():
+    def checks(**ok):
+        return [{"backend": label.replace("_", " "), "ok": passed} for label, passed in ok.items()]
+
+    passed = checks(sdpa=True, triton_split=True, triton_tma=False, triton_maps=True)
+    assert attention.modes_that_passed(passed, ["split", "tma", "maps", "reduce"]) == ["split", "maps"]  # reduce: none
+    assert attention.modes_that_passed(checks(sdpa=False, triton_split=True), ["split"]) is None
+    assert attention.modes_that_passed(checks(triton_split=True), ["split"]) is None  # sdpa not checked
+
+
+def test_timing_skips_the_modes_that_failed_an_earlier_check(monkeypatch, tmp_path, capsys):
+    """--skip-checks --passed-in: a mode whose check failed in the earlier run is not timed, the others are."""
+    for name in ("DEVICE", "WIDTH", "TOKENS", "CHECK_SHAPES", "BF16"):  # (--smoke sets them; restored after)
+        monkeypatch.setattr(attention, name, getattr(attention, name))
+
+    def bench(n, d, modes):
+        times = {"fwd_ms": 1.0, "fwd_bwd_ms": 2.0, "peak_gib_fwd_bwd": 0.0}
+        return [{"n": n, "d": d, "variant": v, **times} for v in ["DIFF 2 SDPA calls", *modes]]
+
+    monkeypatch.setattr(attention, "bench", bench)
+    earlier = tmp_path / "checks.json"
+    backends = ("sdpa", "triton split", "triton tma")
+    earlier.write_text(json.dumps({"checks": [{"backend": b, "ok": b != "triton tma"} for b in backends]}))
+    argv = ["attention.py", "--smoke", "--skip-checks", "--passed-in", str(earlier), "--no-projections"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--modes", "split", "tma", "--out", str(tmp_path / "out")])
+    attention.main()
+    (result,) = (tmp_path / "out").glob("attention-*.json")
+    assert [r["variant"] for r in json.loads(result.read_text())["timings"]] == ["DIFF 2 SDPA calls", "split"]
+    assert "not timed, a check failed or did not run: tma" in capsys.readouterr().out

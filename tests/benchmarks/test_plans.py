@@ -29,14 +29,19 @@ DEVICE_CALL_S = 600  # one device command's limit
 MAX_FILES = 8  # what one device call brings back from $OUT
 
 
-def plan_commands(script: str, tmp_path: Path, **env: str) -> list[tuple[int | None, list[str]]]:
-    """(time limit in s or None, argv) of each step ``script`` would run, read from its DRY=1 output."""
+def dry_run(script: str, tmp_path: Path, **env: str) -> str:
+    """What ``script`` prints with DRY=1: a line per step it would run, no step run."""
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
     run_env = {**os.environ, "DRY": "1", "OUT": str(tmp_path / "out"), **env}
     done = subprocess.run(["bash", str(ROOT / script)], env=run_env, capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    found = re.findall(r"^PLAN command(?: \((\d+) s\))?: (.*)$", done.stdout, re.MULTILINE)
+    return done.stdout
+
+
+def plan_commands(printed: str) -> list[tuple[int | None, list[str]]]:
+    """(time limit in s or None, argv) of each step in a DRY=1 output."""
+    found = re.findall(r"^PLAN command(?: \((\d+) s\))?: (.*)$", printed, re.MULTILINE)
     return [(int(limit) if limit else None, shlex.split(line)) for limit, line in found]
 
 
@@ -48,8 +53,11 @@ def script_args(argv: list[str]) -> tuple[str, list[str], int]:
 
 
 def test_kernel_plan_commands_parse_and_fit_one_call(tmp_path):
-    steps = plan_commands("benchmarks/kernel_plan.sh", tmp_path)
-    assert sum(limit for limit, _ in steps) <= DEVICE_CALL_S - 45  # headroom: start-up, kill grace, file listing
+    printed = dry_run("benchmarks/kernel_plan.sh", tmp_path)
+    deadline = int(re.search(r"^PLAN deadline (\d+) s$", printed, re.MULTILINE).group(1))
+    assert deadline <= DEVICE_CALL_S - 45  # headroom: start-up, a step's kill grace (10 s), the file listing
+    steps = plan_commands(printed)
+    assert steps[-1][0] == deadline and sum(limit for limit, _ in steps[:-1]) <= deadline - 60  # fp32: ≥ 60 s left
     parsed = []
     for _, argv in steps:
         if "benchmarks/attention.py" in argv:
@@ -61,6 +69,7 @@ def test_kernel_plan_commands_parse_and_fit_one_call(tmp_path):
     assert all(a.modes == list(attention.MODES) for a in checks)
     timed = next(a for a in parsed if a.skip_checks)
     assert timed.modes == list(attention.MODES) and timed.sizes == [(8192, 64), (8192, 128), (16384, 64), (16384, 128)]
+    assert timed.passed_in == str(tmp_path / "out" / "attention-CHECKS.json")  # the modes that passed step 1
     profiled = next(a for a in parsed if a.profile)
     ncu = next(argv for _, argv in steps if argv[0] == "ncu" and "--launch-count" in argv)
     assert int(ncu[ncu.index("--launch-count") + 1]) == len(profiled.modes)
@@ -72,7 +81,7 @@ def test_kernel_plan_commands_parse_and_fit_one_call(tmp_path):
 def test_multi_gpu_plan_commands_parse(tmp_path, smoke):
     """Every step's command: its script's parser takes it, its forms parse for its number of processes, its
     preset exists and its global batch splits into its micro-batches on those processes."""
-    steps = plan_commands("benchmarks/multi_gpu_plan.sh", tmp_path, SMOKE=smoke)
+    steps = plan_commands(dry_run("benchmarks/multi_gpu_plan.sh", tmp_path, SMOKE=smoke))
     names = [script_args(argv)[0] for _, argv in steps]
     assert names == ["data_parallel"] * 2 + ["resume_world_sizes"] + ["data_parallel"] * 4
     for _, argv in steps:
