@@ -150,3 +150,16 @@ def test_kernel_plan_runs_on_the_cpu_interpreter(tmp_path):
     assert timed == [*sdpa, "fused kernel, split", "fused kernel, tma"]
     log = (out / "kernel_plan.log").read_text()
     assert "Nsight Compute skipped" in log and log.count("rc 0") == 4  # versions, bf16 checks, timings, fp32 checks
+
+
+def test_benchmarks_run_this_checkout_without_pythonpath(tmp_path):
+    """A bare GPU machine has neither PYTHONPATH=src nor an install: importing benchmarks/common.py puts this
+    checkout's src first, for the script and for the processes it starts (torchrun, the CLI)."""
+    code = "import os, sys; sys.path.insert(0, 'benchmarks'); import common, shareddiff; "
+    code += "print(shareddiff.__file__); print(os.environ['PYTHONPATH'])"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    module, pythonpath = done.stdout.splitlines()
+    assert Path(module) == ROOT / "src" / "shareddiff" / "__init__.py"
+    assert pythonpath.split(os.pathsep)[0] == str(ROOT / "src")
