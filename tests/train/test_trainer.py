@@ -258,3 +258,24 @@ def test_the_triton_backend_on_the_cpu_is_refused_before_the_run_folder_is_made(
     with pytest.raises(ValueError, match=r"train.attn_backend='triton' runs on CUDA, and this run trains on cpu"):
         train(run)
     assert not (tmp_path / "r").exists()
+
+
+def test_run_summary_tail_mean_of_the_training_loss():
+    """train_loss_tail is the mean of the logged step losses after 90 % of the last logged step (by hand), the
+    last row alone when the tail is that row; validation rows do not count."""
+    import random
+    import statistics
+
+    from shareddiff.train.metrics import summarize_metrics, tail_mean_loss
+
+    rng = random.Random()
+    rows = []
+    for step in range(50, 3501, 50):
+        rows.append({"step": step, "tokens": step * 64, "loss": rng.uniform(2.0, 3.0)})
+        if step % 250 == 0:
+            rows.append({"step": step, "tokens": step * 64, "val_loss": rng.uniform(2.0, 3.0)})
+    by_hand = statistics.fmean(r["loss"] for r in rows if "loss" in r and r["step"] > 3150)
+    end = summarize_metrics(rows)
+    assert end.train_loss_tail == pytest.approx(by_hand, rel=1e-12)
+    assert end.train_loss == rows[-2]["loss"]  # the last training row (the last row is a validation)
+    assert tail_mean_loss(rows[:1]) == rows[0]["loss"] and tail_mean_loss([]) is None

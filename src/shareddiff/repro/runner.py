@@ -172,6 +172,7 @@ def build_record(exp: Experiment, spec: RunSpec, run_dir: Path, overrides: list[
         "params_non_embedding": counts.non_embedding,
         "val_loss": end.val_loss,
         "train_loss": end.train_loss,
+        "train_loss_tail": end.train_loss_tail,
         "tokens": end.val_tokens,
         "tokens_per_param": end.val_tokens / counts.total,
         "passes": end.val_tokens / run_config["train_tokens"] if "train_tokens" in run_config else None,
