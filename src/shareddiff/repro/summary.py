@@ -376,10 +376,10 @@ def _efficiency_rows(result: dict, unit: str) -> list[str]:
         if worst["scale"] > 2:
             lines += [
                 "",
-                f"The power law misses some points by up to {largest:.3f} "
-                f"nats, up to {worst['scale']:.0f}× the seed noise: the law does not describe these points to "
-                "within their noise, so the multiples above carry the misfit (wide intervals) and the same-x "
-                "comparisons are the firmer reading.",
+                f"The power law misses some points by up to {largest:.3f} nats (χ²/dof up to "
+                f"{worst['scale'] ** 2:.0f} against the seed standard errors): the law does not describe these "
+                "points to within their noise, so the multiples above carry the misfit (wide intervals) and the "
+                "same-x comparisons are the firmer reading.",
             ]
     if result.get("exact"):
         lines += ["", "With three points per variant the fit passes through every point: no residual checks it."]
