@@ -72,7 +72,7 @@ def cmd_train(
     Args:
         preset: model preset, e.g. shared_diff-small
         config: a TOML recipe (see configs/)
-        resume: continue from the latest checkpoint of train.out_dir
+        resume: continue from the latest checkpoint of train.out_dir (an error if it holds none)
         new_schedule: with --resume: accept a changed learning-rate schedule (train.max_steps, optim.lr,
             optim.warmup_steps, optim.min_lr_ratio) for the remaining steps
         progress: progress bar
