@@ -209,6 +209,28 @@ def test_generate_checks_its_flags_caps_aloud_and_reports_speed(tiny_run, capsys
     assert captured.out.startswith("--- sample 1\nthe module") and "tokens/s" not in captured.out
 
 
+def test_a_skipped_checkpoint_is_a_log_line_shown_by_default(make_run, capsys):
+    """A damaged newest checkpoint is named in one log line (not a Python UserWarning) with the step used instead:
+    on stdout under the CLI, on stderr (Python's last-resort handler) for a library user who set up no logging."""
+    from shareddiff.train import train
+
+    run = train(make_run("train.max_steps=2", "checkpoint.every=1"), progress=False)
+    (run.checkpoint / "model.safetensors").write_bytes(b"x")
+    expected = (
+        f"skipping damaged checkpoint {run.checkpoint}: model.safetensors has 1 bytes, the manifest says "
+        f"{json.loads((run.checkpoint / 'manifest.json').read_text())['files']['model.safetensors']['bytes']}; "
+        "using step_00000001 instead"
+    )
+    args = ["generate", str(run.run_dir), "--prompt", "the", "--max-new-tokens", "2", "--device", "cpu"]
+    assert main(args) == 0
+    assert expected in capsys.readouterr().out.splitlines()
+    script = f"from shareddiff.train import latest_checkpoint; print(latest_checkpoint({str(run.run_dir)!r}).name)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and proc.stdout == "step_00000001\n"
+    assert proc.stderr.splitlines() == [expected]
+
+
 def test_exported_weights_are_readable_by_others(tiny_run, tmp_path):
     out = tmp_path / "w.safetensors"
     old = os.umask(0o022)

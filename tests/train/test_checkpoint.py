@@ -119,7 +119,7 @@ def test_step_folder_without_manifest_is_skipped_by_name_kept_and_resumed_past(m
         "using step_00000003 instead"
     ]
     assert (newest / "model.safetensors").is_file()  # skipped, not deleted
-    model, _, state = load_model(run.train.out_dir)  # generate / eval / export fall back the same way
+    state = load_model(run.train.out_dir)[2]  # generate / eval / export fall back the same way
     assert state["step"] == 3
     with pytest.raises(ValueError, match=r"step_00000006 is incomplete: manifest.json is missing .*; use an earlier"):
         load_model(newest)  # the folder named directly: an error naming the problem and the fix
