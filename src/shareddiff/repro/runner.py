@@ -202,7 +202,7 @@ def run_one(
         return json.loads((run_dir / RECORD).read_text())
     log.info("== %s/%s: %s, seed %d", exp.name, spec.name, spec.preset, spec.seed)
     start = time.perf_counter()
-    train(run, resume=True, progress=progress)
+    train(run, resume="if_present", progress=progress)
     trained = time.perf_counter() - start
     record = build_record(exp, spec, run_dir, overrides, evaluate_run(exp, run_dir))
     record["seconds_train"] = trained  # of this invocation (a resumed run: the rest of its steps)
