@@ -19,6 +19,7 @@ import numpy as np
 
 from shareddiff.repro.runner import RECORD
 from shareddiff.repro.spec import Experiment
+from shareddiff.train.metrics import TAIL_FRACTION, read_metrics, tail_mean_loss
 
 BOOTSTRAP = 200  # refits per variant for the fits' intervals
 
@@ -47,6 +48,10 @@ def load_records(exp: Experiment, out: Path) -> list[dict]:
             )
         run_dirs.append(out / ref)
     records = [json.loads((d / RECORD).read_text()) | {"dir": str(d)} for d in run_dirs if (d / RECORD).is_file()]
+    for record in records:  # records written before train_loss_tail existed: from their metrics
+        if record.get("train_loss_tail") is None:
+            rows = [r for r in read_metrics(record["dir"]) if "loss" in r]
+            record["train_loss_tail"] = tail_mean_loss(rows) if rows else record.get("train_loss")
     if not records:
         raise ValueError(f"no finished runs under {folder}; run `shareddiff reproduce {exp.name}` first")
     return records
@@ -69,7 +74,7 @@ def group_entry(recs: list[dict]) -> dict[str, Any]:
         "passes": first.get("passes"),
         "lr": first.get("lr"),
         "val_loss": _mean_std([r["val_loss"] for r in recs]),
-        "train_loss": _mean_std([r.get("train_loss") for r in recs]),
+        "train_loss": _mean_std([r.get("train_loss_tail", r.get("train_loss")) for r in recs]),
         "tokens_per_s": _mean_std([r["tokens_per_s"] for r in recs if r.get("tokens_per_s")]),
         "concurrent_runs": max(r.get("concurrent_runs", 1) for r in recs),
         "device": first["device"],
@@ -171,8 +176,9 @@ def needed_with_interval(fit: dict, loss: float, sigma: float, seed: int = 1) ->
     if not fit["draws"]:
         return point, math.nan, math.nan
     rng = np.random.default_rng(seed)
-    needs = [needed_for_loss(d, loss + rng.normal(0, sigma)) for d in fit["draws"]]
-    lo, hi = np.percentile(needs, [16, 84])
+    needs = np.asarray([needed_for_loss(d, loss + rng.normal(0, sigma)) for d in fit["draws"]])
+    # draws whose curve never reaches the loss give inf: rank-based percentiles keep them as "beyond"
+    lo, hi = np.percentile(needs, [16, 84], method="nearest" if np.isinf(needs).any() else "linear")
     return point, float(lo), float(hi)
 
 
@@ -370,10 +376,10 @@ def _efficiency_rows(result: dict, unit: str) -> list[str]:
         if worst["scale"] > 2:
             lines += [
                 "",
-                f"The power law misses some points by up to {largest:.3f} "
-                f"nats, up to {worst['scale']:.0f}× the seed noise: the law does not describe these points to "
-                "within their noise, so the multiples above carry the misfit (wide intervals) and the same-x "
-                "comparisons are the firmer reading.",
+                f"The power law misses some points by up to {largest:.3f} nats (χ²/dof up to "
+                f"{worst['scale'] ** 2:.0f} against the seed standard errors): the law does not describe these "
+                "points to within their noise, so the multiples above carry the misfit (wide intervals) and the "
+                "same-x comparisons are the firmer reading.",
             ]
     if result.get("exact"):
         lines += ["", "With three points per variant the fit passes through every point: no residual checks it."]
@@ -383,7 +389,7 @@ def _efficiency_rows(result: dict, unit: str) -> list[str]:
 def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> str:
     groups = summary["groups"]
     with_delta = baseline in groups
-    header = ["group", "params", "tokens", "tokens/param", "passes", "lr", "seeds", "val loss", "train loss"]
+    header = ["group", "params", "tokens", "tokens/param", "passes", "lr", "seeds", "val loss", "train loss²"]
     header += ["tokens/s¹"] + [f"Δ vs {baseline}"] * with_delta
     rows = [
         [
@@ -405,6 +411,11 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
     shared = max(e["concurrent_runs"] for e in groups.values())
     note = f"; up to {shared} runs shared a GPU at a time, so these are not speed measurements." if shared > 1 else "."
     lines += ["", "¹ training tokens/s: each run's median over its log windows, averaged over the group's seeds" + note]
+    lines += [
+        "",
+        f"² training loss: the mean of the logged step losses over the last {TAIL_FRACTION:.0%} of each run's steps "
+        "(one step's batch loss varies by about 0.1 nats), then mean ± std over seeds.",
+    ]
     if with_delta and any(e.get("delta_se") for e in groups.values()):
         lines += [
             "",
