@@ -14,10 +14,10 @@ CPU = torch.device("cpu")
 def test_each_compiled_row_compiles_its_own_model(monkeypatch):
     """With dynamo's recompile limit at 1, the second model of a run still compiles (before the per-row reset,
     a run's ninth model exceeded the default limit of 8 and ran eager, unnoticed)."""
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)
     compile_eagerly = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model: compile_eagerly(model, backend="eager"))
-    rows = [train_throughput.bench(f"{f}-tiny", 16, 1, 1, 0, CPU, True, "auto") for f in ("transformer", "diff")]
+    with torch._dynamo.config.patch(recompile_limit=1):
+        rows = [train_throughput.bench(f"{f}-tiny", 16, 1, 1, 0, CPU, True, "auto") for f in ("transformer", "diff")]
     assert [r["compiled_graphs"] for r in rows] == [1, 1]
     eager = train_throughput.bench("diff-tiny", 16, 1, 1, 0, CPU, False, "auto")
     assert eager["compiled_graphs"] == 0
