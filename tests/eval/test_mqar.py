@@ -203,6 +203,38 @@ def test_a_real_run_below_the_threshold_trains_all_its_steps(tmp_path):
     assert max(r["mqar_accuracy"] for r in evals) < 0.5
 
 
+@pytest.mark.parametrize("unit", ["model", "block"])
+def test_a_compiled_mqar_run_compiles_once_and_matches_eager(tmp_path, monkeypatch, unit):
+    """train.compile with either parallel.compile_unit: one graph for the whole run (training has one shape;
+    the evaluations at N and 2N, 40 sequences in batches of 16, run eager and add none), and the eager run's
+    losses and accuracies (≤ 1e-5). The "aot_eager" backend: Dynamo's graphs and guards without Inductor's
+    compile time."""
+    from torch._dynamo.utils import counters
+
+    common = ("train.max_steps=6", "train.eval_every=2", "optim.warmup_steps=2", "mqar.eval_samples=40")
+    train(mqar_run(tmp_path / "eager", *common), progress=False)
+    compiled = []
+    real_compile = torch.compile
+
+    def aot_eager(module, *args, **kwargs):
+        compiled.append(type(module).__name__)
+        return real_compile(module, *args, **{**kwargs, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", aot_eager)
+    torch._dynamo.reset()
+    graphs = counters["stats"]["unique_graphs"]
+    run = mqar_run(tmp_path / unit, *common, "train.compile=true", f"parallel.compile_unit={unit}")
+    train(run, progress=False)
+    assert compiled == (["LanguageModel"] if unit == "model" else ["Block", "Block"])
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # the blocks share theirs
+    eager, rows = read_metrics(tmp_path / "eager" / "run"), read_metrics(run.train.out_dir)
+    assert [r["step"] for r in rows] == [r["step"] for r in eager]
+    for key in ("loss", "mqar_loss", "mqar_accuracy", "mqar_loss_2x", "mqar_accuracy_2x"):
+        got, want = [r[key] for r in rows if key in r], [r[key] for r in eager if key in r]
+        assert len(got) == len(want) == 3
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6), key
+
+
 def test_mqar_recipe_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"data.mix='needle:0.2' mixes in corpus rows"):
         mqar_run(tmp_path, 'data.mix="needle:0.2"')

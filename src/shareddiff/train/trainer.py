@@ -385,8 +385,9 @@ class Trainer:
         MQAR run with ``train.early_stop_accuracy`` also decides here whether it is solved (``early_stop``)."""
         start = time.perf_counter()
         micro_batch = self.run.train.micro_batch
-        if self.mqar:
-            scores = self.probe(self.model, micro_batch, self.autocast)
+        if self.mqar:  # eager: compiled blocks would recompile for no_grad, for 2N and for the last, short batch
+            with torch.compiler.set_stance("force_eager"):
+                scores = self.probe(self.model, micro_batch, self.autocast)
             self.val_loss = scores["val_loss"]
         else:
             self.val_loss = evaluate(self.model, self.val_rows, micro_batch, self.device, self.autocast)
