@@ -291,6 +291,9 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
 @dataclass
 class TrainConfig:
     """[train]: the loop. One step = ``grad_accum`` micro-batches of ``micro_batch`` sequences per process."""
@@ -306,6 +309,9 @@ class TrainConfig:
     device: str = "auto"  # "auto" = cuda if available, else cpu
     precision: str = "auto"  # "auto" = bf16 autocast on cuda, fp32 on cpu; or "bf16", "fp32"
     compile: bool = False
+    # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs: for small models whose steps are
+    # kernel-launch bound), "max-autotune", "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
     attn_backend: str = "auto"
     # MQAR runs: stop once mqar_accuracy (at the training length) has been ≥ early_stop_accuracy at
     # early_stop_patience consecutive evaluations (Lightning's stopping_threshold and patience); 0 = off
@@ -381,6 +387,10 @@ class RunConfig:
         self._check_early_stop()
         if self.train.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"train.precision={self.train.precision!r} must be 'auto', 'bf16' or 'fp32'")
+        if self.train.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"train.compile_mode={self.train.compile_mode!r} must be one of {', '.join(map(repr, COMPILE_MODES))}"
+            )
         if self.parallel.strategy not in ("ddp", "fsdp"):
             raise ValueError(f"parallel.strategy={self.parallel.strategy!r} must be 'ddp' or 'fsdp'")
         choices = {

@@ -203,12 +203,12 @@ def test_a_real_run_below_the_threshold_trains_all_its_steps(tmp_path):
     assert max(r["mqar_accuracy"] for r in evals) < 0.5
 
 
-@pytest.mark.parametrize("unit", ["model", "block"])
-def test_a_compiled_mqar_run_compiles_once_and_matches_eager(tmp_path, monkeypatch, unit):
+@pytest.mark.parametrize(("unit", "mode"), [("model", "default"), ("block", "max-autotune-no-cudagraphs")])
+def test_a_compiled_mqar_run_compiles_once_and_matches_eager(tmp_path, monkeypatch, unit, mode):
     """train.compile with either parallel.compile_unit: one graph for the whole run (training has one shape;
     the evaluations at N and 2N, 40 sequences in batches of 16, run eager and add none), and the eager run's
-    losses and accuracies (≤ 1e-5). The "aot_eager" backend: Dynamo's graphs and guards without Inductor's
-    compile time."""
+    losses and accuracies (≤ 1e-5); train.compile_mode reaches torch.compile. The "aot_eager" backend (it
+    takes no mode): Dynamo's graphs and guards without Inductor's compile time."""
     from torch._dynamo.utils import counters
 
     common = ("train.max_steps=6", "train.eval_every=2", "optim.warmup_steps=2", "mqar.eval_samples=40")
@@ -216,16 +216,17 @@ def test_a_compiled_mqar_run_compiles_once_and_matches_eager(tmp_path, monkeypat
     compiled = []
     real_compile = torch.compile
 
-    def aot_eager(module, *args, **kwargs):
-        compiled.append(type(module).__name__)
+    def aot_eager(module, *args, mode=None, **kwargs):
+        compiled.append((type(module).__name__, mode))
         return real_compile(module, *args, **{**kwargs, "backend": "aot_eager"})
 
     monkeypatch.setattr(torch, "compile", aot_eager)
     torch._dynamo.reset()
     graphs = counters["stats"]["unique_graphs"]
-    run = mqar_run(tmp_path / unit, *common, "train.compile=true", f"parallel.compile_unit={unit}")
+    compiled_run = ("train.compile=true", f"parallel.compile_unit={unit}", f"train.compile_mode={mode}")
+    run = mqar_run(tmp_path / unit, *common, *compiled_run)
     train(run, progress=False)
-    assert compiled == (["LanguageModel"] if unit == "model" else ["Block", "Block"])
+    assert compiled == ([("LanguageModel", mode)] if unit == "model" else [("Block", mode)] * 2)
     assert counters["stats"]["unique_graphs"] == graphs + 1  # the blocks share theirs
     eager, rows = read_metrics(tmp_path / "eager" / "run"), read_metrics(run.train.out_dir)
     assert [r["step"] for r in rows] == [r["step"] for r in eager]
@@ -246,6 +247,8 @@ def test_mqar_recipe_errors_name_the_fix(tmp_path):
         train(mqar_run(tmp_path, "model.vocab_size=32"), progress=False)
     with pytest.raises(ValueError, match=r"train.early_stop_accuracy=1.5 must be in \[0, 1\] \(0 = off"):
         mqar_run(tmp_path, "train.early_stop_accuracy=1.5")
+    with pytest.raises(ValueError, match=r"train.compile_mode='fast' must be one of 'default', 'reduce-overhead'"):
+        mqar_run(tmp_path, "train.compile_mode=fast")
     with pytest.raises(ValueError, match=r"train.early_stop_patience=0 must be a positive integer"):
         mqar_run(tmp_path, "train.early_stop_patience=0")
     with pytest.raises(ValueError, match=r"watches MQAR accuracy, .* data.source='corpus'; set train.early_stop_acc"):

@@ -226,10 +226,18 @@ class Trainer:
             )
         self.budget = _budget(run, n_params, train_tokens, dist.world)
         precision = compute_precision(run.train.precision, device)
-        self.model = parallelize(model, run.parallel, dist, device, compile=run.train.compile, precision=precision)
+        self.model = parallelize(
+            model,
+            run.parallel,
+            dist,
+            device,
+            compile=run.train.compile,
+            precision=precision,
+            compile_mode=run.train.compile_mode,
+        )
         self.optimizer = build_optimizer(self.model, run.optim, device)
         compile_model = run.train.compile and run.parallel.compile_unit == "model"
-        self.step_model = torch.compile(self.model) if compile_model else self.model
+        self.step_model = torch.compile(self.model, mode=run.train.compile_mode) if compile_model else self.model
         self.tokens_per_step = run.train.micro_batch * run.train.grad_accum * run.data.seq_len * dist.world
 
         self.step, self.tokens_seen = 0, 0  # steps done, tokens trained
