@@ -46,17 +46,17 @@ GRID_STEPS = (2000, 4000, 8000, 12500)  # train.max_steps of the mqar projection
 
 @dataclass(frozen=True)
 class Piece:
-    """One measurement: ``configs`` (variant, cell) × ``copies`` runs, ``per_gpu`` of them at once on each GPU."""
+    """One measurement: a run of each (variant, cell) of ``configs`` (one listed twice: two runs, seeds 1
+    and 2), ``per_gpu`` of them at once on each GPU."""
 
     name: str
     mode: str  # "eager", "compiled" (torch.compile, default mode) or "cudagraphs" (mode reduce-overhead)
     per_gpu: int
     configs: tuple[tuple[str, tuple[int, int, int, int]], ...]
-    copies: int = 1
     seconds: int = 120  # the piece's time limit
 
     def runs(self) -> int:
-        return len(self.configs) * self.copies
+        return len(self.configs)
 
 
 def _pairs(variants, cells) -> tuple:
@@ -122,14 +122,14 @@ def group_name(variant: str, cell: tuple[int, int, int, int]) -> str:
 
 
 def experiment_toml(piece: Piece) -> str:
-    """The scratch experiment of ``piece``: one [[run]] per (variant, cell), ``copies`` seeds each."""
+    """The scratch experiment of ``piece``: one [[run]] per (variant, cell), a seed per time it is listed."""
     lines = [
         "[experiment]",
         f'description = "mqar_plan.sh piece {piece.name}: speed of short MQAR runs, {piece.per_gpu} per GPU"',
         'recipe = "recipe-mqar.toml"',
         "evals = []",
     ]
-    for variant, cell in piece.configs:
+    for variant, cell in dict.fromkeys(piece.configs):
         seq_len, pairs, batch, d_model = cell
         overrides = [f"data.seq_len={seq_len}", f"mqar.pairs={pairs}", f"train.micro_batch={batch}"]
         overrides += [f"model.d_model={d_model}", "optim.lr=1e-3"]
@@ -138,7 +138,7 @@ def experiment_toml(piece: Piece) -> str:
             "[[run]]",
             f'group = "{group_name(variant, cell)}"',
             f'preset = "{variant}-mqar"',
-            f"seeds = {list(range(1, piece.copies + 1))}",
+            f"seeds = {list(range(1, piece.configs.count((variant, cell)) + 1))}",
             f"overrides = {json.dumps(overrides)}",
         ]
     return "\n".join(lines) + "\n"

@@ -30,19 +30,20 @@ START=$(date +%s)
 END=$((START + BUDGET))
 elapsed() { echo $(($(date +%s) - START)); }
 
+# the GPUs, and the seconds a run's process needs to start (Python, torch, the package, the device), which the
+# projection adds to every run
+t0=$(date +%s.%N)
+GPUS=$($PY -c "import torch, shareddiff.cli, shareddiff.train
+torch.zeros(1, device='cuda' if torch.cuda.is_available() else 'cpu')
+print(torch.cuda.device_count())")
+STARTUP=$(echo "$t0 $(date +%s.%N)" | awk '{printf "%.2f", $2 - $1}')
+GPUS=${GPUS:-0}
 dry=()
-GPUS=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU")
 if [[ $DRY == 1 ]]; then
     dry=(--dry)
     GPUS=0
 fi
-echo "PLAN $GPUS GPU(s), budget $BUDGET s, scratch $SCRATCH"
-
-# the seconds a run's process needs to start (Python, torch, the package, the device), added to every run
-t0=$(date +%s.%N)
-$PY -c "import torch, shareddiff.cli, shareddiff.train; torch.zeros(1, device='cuda' if torch.cuda.is_available() else 'cpu')"
-STARTUP=$(echo "$t0 $(date +%s.%N)" | awk '{printf "%.2f", $2 - $1}')
-echo "PLAN startup $STARTUP s"
+echo "PLAN $GPUS GPU(s), a process starts in $STARTUP s, budget $BUDGET s, scratch $SCRATCH"
 
 # run_piece NAME SECONDS COMMAND: under min(SECONDS, what is left) seconds; its status to pieces.jsonl, the
 # end of its output (and of its runs' logs when it failed) to plan.log
