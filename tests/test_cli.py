@@ -209,6 +209,64 @@ def test_generate_checks_its_flags_caps_aloud_and_reports_speed(tiny_run, capsys
     assert captured.out.startswith("--- sample 1\nthe module") and "tokens/s" not in captured.out
 
 
+def test_a_skipped_checkpoint_is_a_log_line_shown_by_default(make_run, capsys):
+    """A damaged newest checkpoint is named in one log line (not a Python UserWarning) with the step used instead:
+    on stdout under the CLI, on stderr (Python's last-resort handler) for a library user who set up no logging."""
+    from shareddiff.train import train
+
+    run = train(make_run("train.max_steps=2", "checkpoint.every=1"), progress=False)
+    (run.checkpoint / "model.safetensors").write_bytes(b"x")
+    expected = (
+        f"skipping damaged checkpoint {run.checkpoint}: model.safetensors has 1 bytes, the manifest says "
+        f"{json.loads((run.checkpoint / 'manifest.json').read_text())['files']['model.safetensors']['bytes']}; "
+        "using step_00000001 instead"
+    )
+    args = ["generate", str(run.run_dir), "--prompt", "the", "--max-new-tokens", "2", "--device", "cpu"]
+    assert main(args) == 0
+    assert expected in capsys.readouterr().out.splitlines()
+    script = f"from shareddiff.train import latest_checkpoint; print(latest_checkpoint({str(run.run_dir)!r}).name)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and proc.stdout == "step_00000001\n"
+    assert proc.stderr.splitlines() == [expected]
+
+
+def test_generate_compile_times_only_the_decode_after_its_warm_up(tiny_run, capsys, monkeypatch):
+    """`generate --compile`: a greedy warm-up on the same StaticDecoder runs before the timer starts, its seconds
+    reported on their own line; tokens/s counts the timed call alone. A fake clock that each generation advances
+    (warm-up: 100 s of "compiling", the real call: 2 s) tells them apart."""
+    import types
+
+    import shareddiff.cli as cli
+    import shareddiff.generation as generation
+    from shareddiff.static_decode import StaticDecoder
+
+    clock, calls = [0.0], []
+    real = generation.generate
+
+    def fake_generate(model, prompt, max_new_tokens, *args, decoder=None, **kwargs):
+        calls.append((max_new_tokens, decoder, kwargs.get("temperature", args[0] if args else None), clock[0]))
+        clock[0] += 100.0 if len(calls) == 1 else 2.0
+        return real(model, prompt, max_new_tokens, *args, **kwargs)  # eager: no compile in a fast test
+
+    monkeypatch.setattr(generation, "generate", fake_generate)
+    monkeypatch.setattr(cli, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    args = ["generate", str(tiny_run.checkpoint), "--prompt", "the", "--max-new-tokens", "20", "--device", "cpu"]
+    assert main([*args, "--temperature", "0", "--compile"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    (warm_new, warm_decoder, warm_temperature, _), (timed_new, timed_decoder, _, timed_start) = calls
+    assert warm_new == generation.WARMUP_TOKENS == 3 and warm_temperature == 0 and timed_new == 20
+    assert isinstance(warm_decoder, StaticDecoder) and timed_decoder is warm_decoder  # the compiled step is reused
+    assert timed_start == 100.0  # the timed call began after the warm-up
+    assert err[-2] == "compile and warm-up: 100.00 s (prefill and 2 decode steps; not in the tokens/s below)"
+    count = int(err[-1].split()[0])
+    assert err[-1] == f"{count} new tokens in 2.00 s: {count / 2:,.1f} tokens/s"
+    calls.clear()
+    assert main(args) == 0  # eager: no warm-up, no compile line
+    assert len(calls) == 1 and calls[0][1] is None
+    assert "compile and warm-up" not in capsys.readouterr().err
+
+
 def test_exported_weights_are_readable_by_others(tiny_run, tmp_path):
     out = tmp_path / "w.safetensors"
     old = os.umask(0o022)

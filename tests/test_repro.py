@@ -6,6 +6,7 @@ import shutil
 import statistics
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from shareddiff.cli import main
@@ -425,6 +426,49 @@ def test_efficiency_fit_recovers_a_known_token_multiple():
         assert lo < m["needed_fraction"] < hi  # the seed spread widens the multiple into an interval
 
 
+def test_fit_interval_carries_seed_errors_and_the_law_misfit():
+    """Each point's standard error is σ/√seeds; a fit whose residuals exceed that noise widens its bootstrap by
+    √(χ²/dof) (computed here by hand), and the summary says the law misses its points."""
+    from shareddiff.eval.scaling import fit_power_law, predict
+    from shareddiff.repro.summary import _efficiency_rows, efficiency
+
+    rng = np.random.default_rng()
+    a, b, c = rng.uniform(20, 40), rng.uniform(0.15, 0.3), rng.uniform(1.5, 2.0)
+    xs = [1e6, 3e6, 9e6, 27e6]
+    bump = [0.0, 0.03, -0.03, 0.0]  # a shape effect the law cannot follow
+    groups = {}
+    for variant, scale in (("standard", 1.0), ("diff", 1.3)):
+        for x, d, n in zip(xs, bump, (1, 1, 3, 1), strict=True):
+            groups[f"{variant}-{x:g}"] = {
+                "variant": variant,
+                "params_non_embedding": x,
+                "val_loss": {"mean": c + a * (x * scale) ** -b + d, "std": 0.0, "n": n},
+            }
+    sigma = 0.004
+    result = efficiency(groups, "params_non_embedding", ["standard"], sigma=sigma)
+    fit = result["fits"]["diff"]
+    ys = [groups[f"diff-{x:g}"]["val_loss"]["mean"] for x in xs]
+    by_hand = fit_power_law(xs, ys)
+    residuals = np.asarray(ys) - predict(by_hand, xs)
+    errors = np.array([sigma, sigma, sigma / 3**0.5, sigma])
+    chi2 = float(np.sum((residuals / errors) ** 2))
+    assert fit["residuals"] == pytest.approx(residuals.tolist(), abs=1e-9)
+    assert fit["chi2"] == pytest.approx(chi2, rel=1e-6) and fit["dof"] == 1
+    assert fit["scale"] == pytest.approx(max(1.0, chi2**0.5), rel=1e-6) and fit["scale"] > 2
+    text = "\n".join(_efficiency_rows(result, "non-embedding parameters"))
+    assert "The power law misses some points" in text and "χ²/dof" in text
+    # the same law without the bump: residuals within the noise, no widening, narrower intervals
+    for g in groups.values():
+        x = g["params_non_embedding"]
+        g["val_loss"]["mean"] -= bump[xs.index(x)]
+    clean = efficiency(groups, "params_non_embedding", ["standard"], sigma=sigma)
+    assert clean["fits"]["diff"]["scale"] == 1.0
+    width = [m["interval"][1] - m["interval"][0] for m in result["match"]]
+    clean_width = [m["interval"][1] - m["interval"][0] for m in clean["match"]]
+    assert all(w > 2 * cw for w, cw in zip(width, clean_width, strict=True))
+    assert "The power law misses" not in "\n".join(_efficiency_rows(clean, "non-embedding parameters"))
+
+
 def test_delta_standard_error_and_a_missing_fit_is_stated():
     """Δ's standard error is Welch's from the seed spreads; with fewer than three sizes the summary says so."""
     from shareddiff.repro.summary import _efficiency_rows, delta_standard_error, efficiency
@@ -545,3 +589,35 @@ def test_pooled_seed_sigma_weights_groups_by_their_degrees_of_freedom():
     }
     assert seed_sigma(groups) == pytest.approx(((2 * 0.002**2 + 1 * 0.005**2) / 3) ** 0.5, rel=1e-12)
     assert seed_sigma({"c": groups["c"]}) == 0.0
+
+
+def test_group_curves_average_seeds_at_shared_steps_and_draw_the_gap(tmp_path):
+    """The loss curves average each group's seeds at the steps every seed reached (mean, min, max); with panels
+    and a baseline variant the figure gets a second row (the gap along training)."""
+    from PIL import Image
+
+    from shareddiff import plots
+
+    rng = np.random.default_rng()
+    dirs = {}
+    for name, steps in (("t-s1", [250, 500, 750]), ("t-s2", [250, 500]), ("d-s1", [250, 500, 750])):
+        folder = tmp_path / name
+        folder.mkdir()
+        rows = [{"step": s, "tokens": s * 64, "val_loss": float(rng.uniform(2, 4))} for s in steps]
+        rows.insert(1, {"step": 300, "tokens": 300 * 64, "loss": 3.0})  # a training row: not a validation point
+        (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        dirs[name] = (folder, {r["step"]: r["val_loss"] for r in rows if "val_loss" in r})
+    curve = plots._mean_curve([dirs["t-s1"][0], dirs["t-s2"][0]])
+    assert sorted(curve) == [250, 500]  # step 750 only one seed reached
+    for step in (250, 500):
+        a, b = dirs["t-s1"][1][step], dirs["t-s2"][1][step]
+        assert curve[step] == pytest.approx((step * 64, (a + b) / 2, min(a, b), max(a, b)), rel=1e-12)
+    one = plots.plot_group_curves({"t": [dirs["t-s1"][0]], "d": [dirs["d-s1"][0]]}, tmp_path / "one.png", "x")
+    two = plots.plot_group_curves(
+        {"t": [dirs["t-s1"][0], dirs["t-s2"][0]], "d": [dirs["d-s1"][0]]},
+        tmp_path / "two.png",
+        "x",
+        variants={"t": "standard", "d": "diff"},
+        panels={"t": "8m", "d": "8m"},
+    )
+    assert Image.open(two).size[1] > 1.6 * Image.open(one).size[1]  # the gap row below the losses

@@ -72,7 +72,7 @@ def cmd_train(
     Args:
         preset: model preset, e.g. shared_diff-small
         config: a TOML recipe (see configs/)
-        resume: continue from the latest checkpoint of train.out_dir
+        resume: continue from the latest checkpoint of train.out_dir (an error if it holds none)
         new_schedule: with --resume: accept a changed learning-rate schedule (train.max_steps, optim.lr,
             optim.warmup_steps, optim.min_lr_ratio) for the remaining steps
         progress: progress bar
@@ -118,11 +118,13 @@ def cmd_generate(
         temperature: 0 = greedy; 1 = the model's own distribution
         top_k: 0 = no top-k filter
         top_p: 1 = no nucleus filter
-        compile: decode with fixed shapes and a compiled step (CUDA graphs on a GPU); the first call compiles
+        compile: decode with fixed shapes and a compiled step (CUDA graphs on a GPU); compiled in a short greedy
+            warm-up first, whose seconds are reported apart from the tokens/s
     """
     import torch
 
-    from shareddiff.generation import generate
+    from shareddiff.generation import WARMUP_TOKENS, generate, static_cache_len
+    from shareddiff.static_decode import StaticDecoder
     from shareddiff.train import load_model
     from shareddiff.train.device import select_device
 
@@ -144,10 +146,19 @@ def cmd_generate(
     dev = next(model.parameters()).device
     prompt_ids = torch.tensor([ids] * num_samples, device=dev)
     gen = torch.Generator(device=dev).manual_seed(seed)
+    new = min(max_new_tokens, room)
+    decoder = None
+    if compile:  # compile (and record the CUDA graph) in a greedy warm-up that draws nothing from ``gen``, untimed
+        decoder = StaticDecoder(model, static_cache_len(len(ids) + new, model.config.max_seq_len), compile=True)
+        start = time.perf_counter()
+        generate(model, prompt_ids, min(new, WARMUP_TOKENS), temperature=0, decoder=decoder)
+        _synchronize(dev)
+        warmup = time.perf_counter() - start
+        steps = min(new, WARMUP_TOKENS) - 1
+        _note(f"compile and warm-up: {warmup:.2f} s (prefill and {steps} decode steps; not in the tokens/s below)")
     start = time.perf_counter()
-    out = generate(
-        model, prompt_ids, min(max_new_tokens, room), temperature, top_k, top_p, tokenizer.eos_id, gen, compile=compile
-    )
+    out = generate(model, prompt_ids, new, temperature, top_k, top_p, tokenizer.eos_id, gen, decoder=decoder)
+    _synchronize(dev)
     seconds = time.perf_counter() - start
     new_tokens = [[t for t in row.tolist()[len(ids) :] if t != tokenizer.eos_id] for row in out]
     count = sum(map(len, new_tokens))
@@ -169,6 +180,14 @@ def _check_sampling(
         raise ValueError(f"--top-p {top_p} must be in (0, 1] (1 = no nucleus filter)")
     if num_samples < 1:
         raise ValueError(f"--num-samples {num_samples} must be at least 1")
+
+
+def _synchronize(device) -> None:
+    """Wait for the device's queued work, so that a timer read afterwards covers it."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _note(text: str) -> None:

@@ -68,7 +68,7 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, baseline: str = "
         run = load_recipe(str(recipe), f"{family}-mini", overrides)
         log.info("== training %s (%s-mini) for %d steps", VARIANTS[family], family, run.train.max_steps)
         try:
-            train(run, resume=True, progress=progress)
+            train(run, resume="if_present", progress=progress)
         except ScheduleChanged as err:
             raise ValueError(
                 f"{run.train.out_dir} holds a demo run trained with other settings ({'; '.join(err.changes)}); "

@@ -15,6 +15,7 @@ from shareddiff.static_decode import StaticDecoder
 
 STATIC_LEN_STEP = 256  # compile=True: static cache lengths are multiples of this (fewer distinct compiled shapes)
 STOP_CHECK_EVERY = 8  # decoding steps between host syncs asking whether every row has finished
+WARMUP_TOKENS = 3  # a compiled decoder's warm-up: prefill and 2 steps (CUDA graph trees record on the 2nd call)
 
 
 def filter_logits(logits: Tensor, top_k: int | None = None, top_p: float | None = None) -> Tensor:

@@ -59,12 +59,17 @@ def plot_loss_curves(runs: dict[str, list[dict]], out: str | Path, title: str = 
     return out
 
 
-def _figure(figsize=(7, 4.2)):
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _figure(figsize=(7, 4.2)):
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=figsize, dpi=120)
     return plt, fig, ax
 
@@ -78,30 +83,119 @@ def _save(plt, fig, out: str | Path) -> Path:
     return out
 
 
-def plot_group_curves(groups: dict[str, list[str | Path]], out: str | Path, title: str) -> Path:
-    """Validation loss against tokens, averaged over the runs (seeds) of each group, with their spread."""
+VARIANT_COLORS = {"standard": "C0", "diff": "C1", "shared_diff": "C2", "diff_v2": "C3", "shared_diff_v2": "C4"}
+
+
+def _mean_curve(run_dirs: list[str | Path]) -> dict[int, tuple[int, float, float, float]]:
+    """step → (tokens, mean, min, max) of the validation loss over the runs, at the steps all of them reached."""
     from shareddiff.train.metrics import read_metrics
 
-    plt, fig, ax = _figure()
-    for i, (label, run_dirs) in enumerate(groups.items()):
-        per_run = [[r for r in read_metrics(d) if "val_loss" in r] for d in run_dirs]
-        length = min(len(rows) for rows in per_run)
-        if not length:
-            continue
-        tokens = [per_run[0][j]["tokens"] for j in range(length)]
-        values = [[rows[j]["val_loss"] for rows in per_run] for j in range(length)]
-        mean = [sum(v) / len(v) for v in values]
-        color = plt.cm.tab20(i % 20) if len(groups) > 10 else f"C{i}"
-        ax.plot(tokens, mean, color=color, marker="o", ms=2.5, lw=1.5, label=label)
-        if len(run_dirs) > 1:
-            ax.fill_between(tokens, [min(v) for v in values], [max(v) for v in values], color=color, alpha=0.15)
-    ax.set_xlabel("training tokens")
-    ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=7, ncol=2 if len(groups) > 8 else 1)
+    per_run = [{r["step"]: r for r in read_metrics(d) if "val_loss" in r} for d in run_dirs]
+    steps = sorted(set.intersection(*(set(rows) for rows in per_run))) if per_run else []
+    curve = {}
+    for step in steps:
+        values = [rows[step]["val_loss"] for rows in per_run]
+        curve[step] = (per_run[0][step]["tokens"], sum(values) / len(values), min(values), max(values))
+    return curve
+
+
+def plot_group_curves(
+    groups: dict[str, list[str | Path]],
+    out: str | Path,
+    title: str,
+    variants: dict[str, str] | None = None,
+    panels: dict[str, str] | None = None,
+    baseline: str = "standard",
+) -> Path:
+    """Validation loss against training tokens, the mean over each group's runs (seeds) with their min–max band.
+
+    ``panels`` (group → panel name, e.g. the model size) draws one column per panel; ``variants`` (group →
+    variant) colours each variant alike in every panel (``VARIANT_COLORS``). Where a panel holds exactly one
+    group of the ``baseline`` variant, a second row shows each other group's mean loss minus the baseline's at
+    the same step: the gap along training (negative = below the baseline). The loss axis leaves out the first
+    fifth of training, whose high losses would flatten the rest."""
+    plt = _pyplot()
+    panels = panels or {g: "" for g in groups}
+    variants = variants or {}
+    names = list(dict.fromkeys(panels[g] for g in groups))
+    curves = {g: _mean_curve(dirs) for g, dirs in groups.items()}
+    base_of = {}
+    for name in names:
+        bases = [g for g in groups if panels[g] == name and variants.get(g) == baseline]
+        if len(bases) == 1:
+            base_of[name] = bases[0]
+    rows = 2 if base_of else 1
+    fig, axes = plt.subplots(
+        rows, len(names), figsize=(max(6.4, 3.6 * len(names)), 3.4 * rows + 0.6), dpi=120, squeeze=False
+    )
+    for col, name in enumerate(names):
+        members = [g for g in groups if panels[g] == name]
+        by_colour = len({variants.get(g) for g in members}) == len(members) and all(variants.get(g) for g in members)
+        ax, delta_ax = axes[0][col], axes[1][col] if rows == 2 else None
+        kept = []
+        for i, group in enumerate(members):
+            curve = curves[group]
+            if not curve:
+                continue
+            steps = sorted(curve)
+            tokens, mean, lo, hi = (list(v) for v in zip(*(curve[s] for s in steps), strict=True))
+            colour = VARIANT_COLORS.get(variants.get(group), f"C{i % 10}") if by_colour else f"C{i % 10}"
+            if len(members) > 10:
+                colour = plt.cm.tab20(i % 20)
+            ax.plot(tokens, mean, color=colour, marker="o", ms=2.5, lw=1.5, label=group)
+            if lo != hi:
+                ax.fill_between(tokens, lo, hi, color=colour, alpha=0.15)
+            kept += [m for t, m in zip(tokens, mean, strict=True) if t >= 0.2 * tokens[-1]]
+            base = base_of.get(name)
+            if delta_ax is not None and base and group != base:
+                ref = curves[base]
+                shared = [s for s in steps if s in ref]
+                delta_ax.plot(
+                    [curve[s][0] for s in shared],
+                    [curve[s][1] - ref[s][1] for s in shared],
+                    color=colour,
+                    marker="o",
+                    ms=2.5,
+                    lw=1.5,
+                    label=group,
+                )
+        if kept:
+            ax.set_ylim(min(kept) - 0.02, max(kept) + 0.05)
+        ax.set_title(name or title, fontsize=10)
+        ax.set_xlabel("training tokens")
+        ax.xaxis.set_major_formatter(_count_formatter())
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2 if len(members) > 8 else 1)
+        if col == 0:
+            ax.set_ylabel("validation loss (nats/token)")
+        if delta_ax is not None:
+            delta_ax.axhline(0.0, color="black", lw=0.8)
+            delta_ax.set_xlabel("training tokens")
+            delta_ax.xaxis.set_major_formatter(_count_formatter())
+            delta_ax.grid(alpha=0.3)
+            if name in base_of:
+                delta_ax.set_title(f"minus {base_of[name]}", fontsize=9)
+                lines = delta_ax.get_lines()[1:]
+                late = [
+                    y
+                    for line in lines
+                    for x, y in zip(*line.get_data(), strict=True)
+                    if x >= 0.2 * max(line.get_xdata())
+                ]
+                if late:
+                    pad = 0.1 * (max(late) - min(late) + 1e-3)
+                    delta_ax.set_ylim(min(min(late), 0.0) - pad, max(max(late), 0.0) + pad)
+            if col == 0:
+                delta_ax.set_ylabel("Δ validation loss (nats)")
+    if names != [""]:
+        fig.suptitle(title, fontsize=11)
     return _save(plt, fig, out)
+
+
+def _count_formatter():
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(count_label)
 
 
 def plot_sweep(select: dict[str, dict], out: str | Path, title: str) -> Path:

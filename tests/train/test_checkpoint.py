@@ -1,9 +1,12 @@
-"""Checkpoints are trusted only when every file matches the manifest; a damaged one is skipped by name for the
-one before; a write that runs out of space says so, cleans up, and leaves the previous checkpoint loadable."""
+"""Checkpoints are trusted only when every file matches the manifest; a damaged one, or a step folder without
+manifest, is skipped by name (a log line) for the one before and never deleted; a write that runs out of space
+says so, cleans up, and leaves the previous checkpoint loadable."""
 
 import errno
 import json
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +17,7 @@ import shareddiff.train.checkpoint as checkpoint
 from shareddiff.train import latest_checkpoint, load_model, train
 from shareddiff.train.checkpoint import CheckpointWriteError, filesystem_of, list_checkpoints, verify_checkpoint
 from tests.conftest import tiny_recipe
-from tests.train.test_trainer import losses
+from tests.train.test_trainer import logged_warnings, losses
 
 # Every kind of file a one-process checkpoint holds.
 KINDS = [
@@ -49,7 +52,9 @@ def nine_steps(tmp_path_factory, tiny_data, tiny_tokenizer):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
-def test_truncated_file_of_each_kind_is_skipped_and_resume_uses_the_previous(nine_steps, make_run, tmp_path, kind):
+def test_truncated_file_of_each_kind_is_skipped_and_resume_uses_the_previous(
+    nine_steps, make_run, tmp_path, caplog, kind
+):
     full = nine_steps
     damaged_dir = tmp_path / "damaged"
     shutil.copytree(full.train.out_dir, damaged_dir)
@@ -59,24 +64,33 @@ def test_truncated_file_of_each_kind_is_skipped_and_resume_uses_the_previous(nin
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
     resumed = make_run("train.max_steps=9", out="damaged")
-    with pytest.warns(UserWarning, match=rf"skipping damaged checkpoint: checkpoint .*step_00000009 .*{kind}"):
+    with caplog.at_level(logging.WARNING, logger="shareddiff"):
         result = train(resumed, resume=True, progress=False)
+    [line] = logged_warnings(caplog)
+    assert re.fullmatch(rf"skipping damaged checkpoint {newest}: {kind} .*; using step_00000006 instead", line)
     assert result.step == 9 and not result.already_complete
     assert losses(damaged_dir) == losses(full.train.out_dir)  # steps 7-9 retrained from step 6, bitwise
     verify_checkpoint(list_checkpoints(damaged_dir)[-1])  # the re-written step 9 is whole again
 
 
-def test_every_checkpoint_damaged_is_refused_not_restarted(make_run):
+def test_every_checkpoint_damaged_is_refused_not_restarted(make_run, caplog):
     run = make_run("train.max_steps=6")
     train(run, progress=False)
     for ckpt in list_checkpoints(run.train.out_dir):
         shard = ckpt / "dcp" / "__0_0.distcp"
         shard.write_bytes(shard.read_bytes()[:10])
-    with (
-        pytest.warns(UserWarning, match="__0_0.distcp has 10 bytes"),
-        pytest.raises(ValueError, match=r"no checkpoint of .* is intact \(step_00000003, step_00000006"),
-    ):
+    with pytest.raises(ValueError) as caught:
         train(run, resume=True, progress=False)
+    message = str(caught.value)
+    assert re.match(
+        r"no checkpoint of .*run is intact \(step_00000006: damaged, dcp/__0_0.distcp has 10 bytes, the manifest says "
+        r"\d+; step_00000003: damaged, dcp/__0_0.distcp has 10 bytes",
+        message,
+    )
+    assert "move " in message and "aside to start over, or start a new run folder (nothing was deleted)" in message
+    lines = logged_warnings(caplog)
+    assert len(lines) == 2 and all(line.endswith("; no earlier checkpoint is complete") for line in lines)
+    assert len(list_checkpoints(run.train.out_dir)) == 2
 
 
 def test_an_altered_file_of_the_same_size_is_caught_by_its_sha256(make_run):
@@ -90,14 +104,68 @@ def test_an_altered_file_of_the_same_size_is_caught_by_its_sha256(make_run):
     load_model(result.checkpoint)  # the weights, tokenizer and state are intact: generate and eval still work
 
 
-def test_checkpoint_without_manifest_from_before_still_resumes(make_run):
+def test_step_folder_without_manifest_is_skipped_by_name_kept_and_resumed_past(make_run, caplog):
+    """A step folder without manifest.json (a partial or foreign copy) is never trusted: the newest complete one
+    is used, the log line names the folder, the reason and the step used instead, and the folder is kept."""
+    run = make_run("train.max_steps=6")
+    train(run, progress=False)
+    newest = list_checkpoints(run.train.out_dir)[-1]
+    (newest / "manifest.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="shareddiff"):
+        assert latest_checkpoint(run.train.out_dir).name == "step_00000003"
+    assert logged_warnings(caplog) == [
+        f"skipping incomplete checkpoint {newest}: manifest.json is missing (the trainer writes it last, inside "
+        "the rename: this folder is a partial or foreign copy, or was written before checkpoints had manifests); "
+        "using step_00000003 instead"
+    ]
+    assert (newest / "model.safetensors").is_file()  # skipped, not deleted
+    state = load_model(run.train.out_dir)[2]  # generate / eval / export fall back the same way
+    assert state["step"] == 3
+    with pytest.raises(ValueError, match=r"step_00000006 is incomplete: manifest.json is missing .*; use an earlier"):
+        load_model(newest)  # the folder named directly: an error naming the problem and the fix
+    train(make_run("train.max_steps=9", out="run"), resume=True, progress=False, new_schedule=True)
+    assert sorted(losses(run.train.out_dir)) == list(range(1, 10))  # steps 4-9 trained from step 3
+    verify_checkpoint(list_checkpoints(run.train.out_dir)[-1])
+
+
+def test_only_folders_without_manifest_is_an_error_naming_each_and_the_fix(make_run):
     run = make_run("train.max_steps=6")
     train(run, progress=False)
     for ckpt in list_checkpoints(run.train.out_dir):
         (ckpt / "manifest.json").unlink()
-    assert latest_checkpoint(run.train.out_dir).name == "step_00000006"
-    train(make_run("train.max_steps=9", out="run"), resume=True, progress=False, new_schedule=True)
-    assert max(losses(run.train.out_dir)) == 9
+    for load in (lambda: train(run, resume=True, progress=False), lambda: load_model(run.train.out_dir)):
+        with pytest.raises(ValueError) as caught:
+            load()
+        message = str(caught.value)
+        assert "is intact (step_00000006: incomplete, manifest.json is missing" in message
+        assert "; step_00000003: incomplete, manifest.json is missing" in message
+        assert "if the run folder was copied from elsewhere, copy it again whole; otherwise " in message
+    assert [p.name for p in list_checkpoints(run.train.out_dir)] == ["step_00000003", "step_00000006"]
+
+
+def test_a_foreign_step_folder_whose_state_is_another_step_is_skipped(make_run, caplog):
+    """A whole checkpoint copied under another step's name matches its own manifest, but not its folder name."""
+    run = make_run("train.max_steps=3")
+    result = train(run, progress=False)
+    foreign = result.checkpoint.parent / "step_00000009"
+    shutil.copytree(result.checkpoint, foreign)
+    with caplog.at_level(logging.WARNING, logger="shareddiff"):
+        assert latest_checkpoint(run.train.out_dir) == result.checkpoint
+    assert logged_warnings(caplog) == [
+        f"skipping damaged checkpoint {foreign}: state.json says step 3, the folder's name step_00000009; "
+        "using step_00000003 instead"
+    ]
+
+
+def test_pruning_never_deletes_a_folder_without_manifest(make_run):
+    """keep_last rotates complete checkpoints only: an incomplete folder is left for the user to look at."""
+    run = make_run("train.max_steps=3", "checkpoint.keep_last=1")
+    train(run, progress=False)
+    stray = Path(run.train.out_dir) / "checkpoints" / "step_00000001"
+    stray.mkdir()
+    (stray / "state.json").write_text("{}")
+    train(make_run("train.max_steps=9", "checkpoint.keep_last=1"), resume=True, progress=False, new_schedule=True)
+    assert [p.name for p in list_checkpoints(run.train.out_dir)] == ["step_00000001", "step_00000009"]
 
 
 def _fail_second(real, error):
@@ -179,16 +247,12 @@ def test_filesystem_is_named_by_device_and_mount_point(tmp_path):
 
 def test_a_run_whose_every_checkpoint_is_damaged_is_named_so(tmp_path):
     """Checkpoints that exist but fail verification are not reported as 'no checkpoint'."""
-    import warnings
-
     from shareddiff.train.checkpoint import resolve_checkpoint
 
     step = tmp_path / "checkpoints" / "step_00000010"
     step.mkdir(parents=True)
     (step / "state.json").write_text("{}")  # no weights: damaged
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(ValueError, match=r"no checkpoint of .* is intact .* its weights are damaged"):
-            resolve_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match=r"no checkpoint of .* is intact \(step_00000010: damaged, state.json is not"):
+        resolve_checkpoint(tmp_path)
     with pytest.raises(ValueError, match="holds no checkpoint; pass a run folder"):
         resolve_checkpoint(tmp_path / "checkpoints" / "step_00000010" / "..")  # a folder without checkpoints/

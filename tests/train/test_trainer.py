@@ -18,6 +18,11 @@ def losses(run_dir) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
 
 
+def logged_warnings(caplog) -> list[str]:
+    """The package's log lines at WARNING and above that a test caught."""
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("shareddiff")]
+
+
 def test_training_learns_and_writes_its_record(make_run):
     run = make_run("train.max_steps=16", "checkpoint.keep_last=2")
     result = train(run, progress=False)
@@ -59,15 +64,18 @@ def test_resume_continues_the_same_curve_bitwise(make_run, monkeypatch):
     assert steps == list(range(1, 13))  # nothing lost, nothing repeated
 
 
-def test_truncated_checkpoint_is_never_loaded(make_run):
+def test_truncated_checkpoint_is_never_loaded(make_run, caplog):
     run = make_run()
     train(run, progress=False)
     ckpts = list_checkpoints(run.train.out_dir)
     newest = ckpts[-1] / "model.safetensors"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     (ckpts[-1].parent / "step_00000099.tmp").mkdir()  # a write that never finished
-    with pytest.warns(UserWarning, match=r"skipping damaged checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="shareddiff"):
         assert latest_checkpoint(run.train.out_dir) == ckpts[-2]
+    [line] = logged_warnings(caplog)
+    assert line.startswith(f"skipping damaged checkpoint {ckpts[-1]}: model.safetensors has ")
+    assert line.endswith(f"; using {ckpts[-2].name} instead")
 
 
 def test_resume_refuses_another_config(make_run):
@@ -76,6 +84,44 @@ def test_resume_refuses_another_config(make_run):
         train(make_run("model.lowrank_rank=4"), resume=True, progress=False)
     with pytest.raises(ValueError, match=r"already holds checkpoints; pass --resume"):
         train(make_run(), progress=False)
+
+
+def test_resume_of_a_folder_without_a_run_is_an_error_not_a_fresh_run(make_run, tmp_path, capsys):
+    """--resume into a mistyped folder (missing, or holding no checkpoint) names it, what was looked for and the
+    fix, and creates nothing; resume="if_present" (reproduce, demo) starts such a run from step 0."""
+    from shareddiff.cli import main
+    from tests.train.conftest import recipe_args
+
+    typo = make_run(out="typo")
+    with pytest.raises(ValueError) as caught:
+        train(typo, resume=True, progress=False)
+    assert str(caught.value) == (
+        f"--resume: {tmp_path / 'typo'} does not exist, so there is no run to continue (looked for "
+        f"{tmp_path / 'typo' / 'checkpoints'}/step_*); set train.out_dir to the folder of the run to continue, "
+        "or drop --resume to start a new run"
+    )
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
+    assert main(["train", "--no-progress", "--resume", *recipe_args(make_run(out="empty"))]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --resume: {tmp_path / 'empty'} holds no checkpoint to continue from (looked for "
+        f"{tmp_path / 'empty' / 'checkpoints'}/step_*); set train.out_dir to the folder of the run to continue, "
+        "or drop --resume to start a new run there\n"
+    )
+    assert sorted(p.name for p in (tmp_path / "empty").iterdir()) == ["checkpoints"]  # no lock, no records
+    result = train(make_run("train.max_steps=3", out="typo"), resume="if_present", progress=False)
+    assert result.step == 3 and not result.already_complete
+    with pytest.raises(ValueError, match=r"resume='yes'; use True \(a run must exist\), 'if_present' or False"):
+        train(typo, resume="yes", progress=False)
+
+
+def test_an_interruption_before_any_checkpoint_does_not_send_the_user_to_resume():
+    from shareddiff.train import TrainingInterrupted
+
+    assert str(TrainingInterrupted(5, 60, None)) == (
+        "interrupted at step 5 of 60; no checkpoint yet, so nothing to resume: run the same command again "
+        "(without --resume) to start over"
+    )
 
 
 def test_resume_refuses_another_tokenizer(make_run, tmp_path, tiny_data):
@@ -258,3 +304,24 @@ def test_the_triton_backend_on_the_cpu_is_refused_before_the_run_folder_is_made(
     with pytest.raises(ValueError, match=r"train.attn_backend='triton' runs on CUDA, and this run trains on cpu"):
         train(run)
     assert not (tmp_path / "r").exists()
+
+
+def test_run_summary_tail_mean_of_the_training_loss():
+    """train_loss_tail is the mean of the logged step losses after 90 % of the last logged step (by hand), the
+    last row alone when the tail is that row; validation rows do not count."""
+    import random
+    import statistics
+
+    from shareddiff.train.metrics import summarize_metrics, tail_mean_loss
+
+    rng = random.Random()
+    rows = []
+    for step in range(50, 3501, 50):
+        rows.append({"step": step, "tokens": step * 64, "loss": rng.uniform(2.0, 3.0)})
+        if step % 250 == 0:
+            rows.append({"step": step, "tokens": step * 64, "val_loss": rng.uniform(2.0, 3.0)})
+    by_hand = statistics.fmean(r["loss"] for r in rows if "loss" in r and r["step"] > 3150)
+    end = summarize_metrics(rows)
+    assert end.train_loss_tail == pytest.approx(by_hand, rel=1e-12)
+    assert end.train_loss == rows[-2]["loss"]  # the last training row (the last row is a validation)
+    assert tail_mean_loss(rows[:1]) == rows[0]["loss"] and tail_mean_loss([]) is None

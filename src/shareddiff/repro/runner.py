@@ -172,6 +172,7 @@ def build_record(exp: Experiment, spec: RunSpec, run_dir: Path, overrides: list[
         "params_non_embedding": counts.non_embedding,
         "val_loss": end.val_loss,
         "train_loss": end.train_loss,
+        "train_loss_tail": end.train_loss_tail,
         "tokens": end.val_tokens,
         "tokens_per_param": end.val_tokens / counts.total,
         "passes": end.val_tokens / run_config["train_tokens"] if "train_tokens" in run_config else None,
@@ -201,7 +202,7 @@ def run_one(
         return json.loads((run_dir / RECORD).read_text())
     log.info("== %s/%s: %s, seed %d", exp.name, spec.name, spec.preset, spec.seed)
     start = time.perf_counter()
-    train(run, resume=True, progress=progress)
+    train(run, resume="if_present", progress=progress)
     trained = time.perf_counter() - start
     record = build_record(exp, spec, run_dir, overrides, evaluate_run(exp, run_dir))
     record["seconds_train"] = trained  # of this invocation (a resumed run: the rest of its steps)

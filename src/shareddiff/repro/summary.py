@@ -19,6 +19,7 @@ import numpy as np
 
 from shareddiff.repro.runner import RECORD
 from shareddiff.repro.spec import Experiment
+from shareddiff.train.metrics import TAIL_FRACTION, read_metrics, tail_mean_loss
 
 BOOTSTRAP = 200  # refits per variant for the fits' intervals
 
@@ -47,6 +48,10 @@ def load_records(exp: Experiment, out: Path) -> list[dict]:
             )
         run_dirs.append(out / ref)
     records = [json.loads((d / RECORD).read_text()) | {"dir": str(d)} for d in run_dirs if (d / RECORD).is_file()]
+    for record in records:  # records written before train_loss_tail existed: from their metrics
+        if record.get("train_loss_tail") is None:
+            rows = [r for r in read_metrics(record["dir"]) if "loss" in r]
+            record["train_loss_tail"] = tail_mean_loss(rows) if rows else record.get("train_loss")
     if not records:
         raise ValueError(f"no finished runs under {folder}; run `shareddiff reproduce {exp.name}` first")
     return records
@@ -69,7 +74,7 @@ def group_entry(recs: list[dict]) -> dict[str, Any]:
         "passes": first.get("passes"),
         "lr": first.get("lr"),
         "val_loss": _mean_std([r["val_loss"] for r in recs]),
-        "train_loss": _mean_std([r.get("train_loss") for r in recs]),
+        "train_loss": _mean_std([r.get("train_loss_tail", r.get("train_loss")) for r in recs]),
         "tokens_per_s": _mean_std([r["tokens_per_s"] for r in recs if r.get("tokens_per_s")]),
         "concurrent_runs": max(r.get("concurrent_runs", 1) for r in recs),
         "device": first["device"],
@@ -124,35 +129,56 @@ def select_best(groups: dict[str, dict], key: str) -> dict[str, dict]:
     return out
 
 
-def fit_with_interval(x: list[float], y: list[float], sigma: float, seed: int = 0) -> dict[str, Any]:
+def fit_with_interval(x: list[float], y: list[float], sigma: float | list[float], seed: int = 0) -> dict[str, Any]:
     """The power-law fit of y over x (``eval.scaling.fit_power_law``) plus ``BOOTSTRAP`` refits with each
-    y drawn from N(y, sigma²): the seed spread carried into the fit."""
-    from shareddiff.eval.scaling import fit_power_law
+    y drawn from N(y, (scale · sigma_i)²): the seed spread carried into the fit.
+
+    ``sigma`` is each point's standard error (one value for all, or one per point: the seed σ over √seeds).
+    Where the fit has residual degrees of freedom (more than three points) and its residuals are larger than
+    that noise (χ² / dof > 1), every sigma_i is widened by the Birge ratio scale = √(χ² / dof), so that the
+    interval also carries the law's misfit, not only the seed noise. Returns the fit's a, b, c, sse plus
+    ``draws``, ``sigma`` (per point), ``residuals`` (y − fit), ``chi2``, ``dof`` and ``scale``."""
+    from shareddiff.eval.scaling import fit_power_law, predict
 
     fit = fit_power_law(x, y)
+    y_arr = np.asarray(y, dtype=np.float64)
+    sig = np.broadcast_to(np.asarray(sigma, dtype=np.float64), y_arr.shape).copy()
+    residuals = y_arr - predict(fit, x)
+    dof = len(x) - 3
+    chi2 = float(np.sum((residuals / sig) ** 2)) if dof > 0 and np.all(sig > 0) else math.nan
+    scale = max(1.0, math.sqrt(chi2 / dof)) if not math.isnan(chi2) else 1.0
     rng = np.random.default_rng(seed)
     draws = []
-    if sigma > 0:
+    if np.all(sig > 0):
         for _ in range(BOOTSTRAP):
-            noisy = np.asarray(y) + rng.normal(0, sigma, len(y))
+            noisy = y_arr + rng.normal(0.0, 1.0, len(y_arr)) * sig * scale
             try:
                 draws.append(fit_power_law(x, noisy))
             except (ValueError, np.linalg.LinAlgError):
                 continue
-    return {**fit, "draws": draws, "sigma": sigma}
+    return {
+        **fit,
+        "draws": draws,
+        "sigma": sig.tolist(),
+        "residuals": residuals.tolist(),
+        "chi2": chi2,
+        "dof": dof,
+        "scale": scale,
+    }
 
 
 def needed_with_interval(fit: dict, loss: float, sigma: float, seed: int = 1) -> tuple[float, float, float]:
     """(x needed to reach ``loss``, 16th and 84th percentiles over the bootstrap, the loss itself drawn
-    from N(loss, sigma²)); inf where the curve never gets there."""
+    from N(loss, sigma²), sigma being that loss's own standard error); inf where the curve never gets there."""
     from shareddiff.eval.scaling import needed_for_loss
 
     point = needed_for_loss(fit, loss)
     if not fit["draws"]:
         return point, math.nan, math.nan
     rng = np.random.default_rng(seed)
-    needs = [needed_for_loss(d, loss + rng.normal(0, sigma)) for d in fit["draws"]]
-    lo, hi = np.percentile(needs, [16, 84])
+    needs = np.asarray([needed_for_loss(d, loss + rng.normal(0, sigma)) for d in fit["draws"]])
+    # draws whose curve never reaches the loss give inf: rank-based percentiles keep them as "beyond"
+    lo, hi = np.percentile(needs, [16, 84], method="nearest" if np.isinf(needs).any() else "linear")
     return point, float(lo), float(hi)
 
 
@@ -175,24 +201,30 @@ def delta_standard_error(a: dict, b: dict) -> float | None:
 def efficiency(groups: dict[str, dict], x_key: str, references: list[str], sigma: float) -> dict[str, Any]:
     """Per variant a fit of mean validation loss against ``x_key`` ("params_non_embedding" or "tokens")
     over its groups, and for every reference group the x each other variant needs to reach its loss, as
-    a multiple of the reference's x (with a 16–84 % bootstrap interval)."""
+    a multiple of the reference's x (with a 16–84 % bootstrap interval, ``fit_with_interval``).
+
+    ``sigma`` is one seed's standard deviation of the loss; a point averaged over n seeds has standard
+    error sigma / √n. Each fit's residuals, χ² and widening scale are kept in the result."""
     by_variant: dict[str, list[dict]] = {}
     for e in groups.values():
         by_variant.setdefault(e["variant"], []).append(e)
-    fits, points = {}, {}
+    fits, points, errors = {}, {}, {}
     for variant, entries in by_variant.items():
         xs = sorted({e[x_key] for e in entries})
-        means = [statistics.fmean(e["val_loss"]["mean"] for e in entries if e[x_key] == x) for x in xs]
+        at = [[e for e in entries if e[x_key] == x] for x in xs]
+        means = [statistics.fmean(e["val_loss"]["mean"] for e in es) for es in at]
+        seeds = [max(1, sum(e["val_loss"]["n"] for e in es)) for es in at]
         points[variant] = list(zip(xs, means, strict=True))
+        errors[variant] = [sigma / math.sqrt(n) for n in seeds]
         if len(xs) >= 3:
-            fits[variant] = fit_with_interval(xs, means, sigma)
+            fits[variant] = fit_with_interval(xs, means, errors[variant])
     rows = []
     for reference in references:
-        for x, loss in points.get(reference, []):
+        for (x, loss), error in zip(points.get(reference, []), errors.get(reference, []), strict=True):
             for variant, fit in fits.items():
                 if variant == reference:
                     continue
-                need, lo, hi = needed_with_interval(fit, loss, sigma)
+                need, lo, hi = needed_with_interval(fit, loss, error)
                 xs = [p[0] for p in points[variant]]
                 rows.append(
                     {
@@ -205,7 +237,8 @@ def efficiency(groups: dict[str, dict], x_key: str, references: list[str], sigma
                         "extrapolated": not min(xs) <= need <= max(xs),
                     }
                 )
-    clean = {v: {k: f[k] for k in ("a", "b", "c", "sse")} for v, f in fits.items()}
+    keys = ("a", "b", "c", "sse", "residuals", "chi2", "dof", "scale")
+    clean = {v: {k: (None if k == "chi2" and math.isnan(f[k]) else f[k]) for k in keys} for v, f in fits.items()}
     exact = bool(fits) and all(len(points[v]) == 3 for v in fits)
     return {"x": x_key, "points": points, "fits": clean, "match": rows, "sigma": sigma, "exact": exact}
 
@@ -246,10 +279,24 @@ def summarize(exp: Experiment, out: Path) -> Path:
             plots.plot_efficiency(
                 summary["tokens_fit"], folder / "tokens.png", "training tokens (each its own schedule)"
             )
+    labels = {g: f"{g} (n={len(recs)})" for g, recs in by_group.items()}
+    sizes = {g: e["preset"].rsplit("-", 1)[-1] for g, e in groups.items()}
+    variant_of = {labels[g]: e["variant"] for g, e in groups.items()}
+    if len(set(sizes.values())) > 1:  # a column per model size, smallest first
+        smallest = {size: min(e["params"] for g, e in groups.items() if sizes[g] == size) for size in sizes.values()}
+        order = sorted(groups, key=lambda g: smallest[sizes[g]])
+        labels = {g: labels[g] for g in order}
+        panels = {labels[g]: sizes[g] for g in order}
+    elif len(set(variant_of.values())) < len(groups):  # sweeps: a column per variant
+        panels = {labels[g]: e["variant"] for g, e in groups.items()}
+    else:
+        panels = None
     plots.plot_group_curves(
-        {f"{g} (n={len(recs)})": [r["dir"] for r in recs] for g, recs in by_group.items()},
+        {labels[g]: [r["dir"] for r in by_group[g]] for g in labels},
         folder / "loss_curves.png",
-        f"{exp.name}: validation loss (mean over seeds)",
+        f"{exp.name}: validation loss (mean over seeds, band: min–max)",
+        variants=variant_of,
+        panels=panels,
     )
     if any("lambda" in e for e in groups.values()):
         plots.plot_lambdas({g: e["lambda"] for g, e in groups.items() if "lambda" in e}, folder / "lambda.png")
@@ -297,11 +344,43 @@ def _efficiency_rows(result: dict, unit: str) -> list[str]:
     lines = [
         "",
         f"{unit.capitalize()} a variant needs to reach the reference's loss, as a multiple of the reference's "
-        "(from the variant's power-law fit; below 1 = fewer; in brackets the 16–84 % interval of a bootstrap "
-        f"that redraws every mean loss with the seed spread σ = {result['sigma']:.4f}):",
+        "(from the variant's power-law fit loss = a·x^(−b) + c; below 1 = fewer; in brackets the 16–84 % interval "
+        "of a bootstrap that redraws every mean loss with its standard error, the seed spread "
+        f"σ = {result['sigma']:.4f} over √seeds, widened by the fit's misfit where its residuals exceed that):",
         "",
         *md_table(["reference", f"its {unit}", "its loss", "variant", "needed (× ref)"], rows),
     ]
+    fits = result["fits"]
+    if fits:
+        fit_rows = [
+            [
+                v,
+                f"{f['a']:.4g}",
+                f"{f['b']:.3f}",
+                f"{f['c']:.3f}",
+                " ".join(f"{r:+.4f}" for r in f["residuals"]),
+                "—" if f["chi2"] is None else f"{f['chi2'] / f['dof']:.1f}",
+                f"{f['scale']:.1f}",
+            ]
+            for v, f in sorted(fits.items())
+        ]
+        lines += [
+            "",
+            "The fits (residuals = measured − fitted loss at each size, smallest first; χ²/dof against the seed "
+            "standard errors; the interval's widening = max(1, √(χ²/dof))):",
+            "",
+            *md_table(["variant", "a", "b", "c", "residuals (nats)", "χ²/dof", "widening"], fit_rows),
+        ]
+        worst = max(fits.values(), key=lambda f: f["scale"])
+        largest = max(abs(r) for f in fits.values() for r in f["residuals"])
+        if worst["scale"] > 2:
+            lines += [
+                "",
+                f"The power law misses some points by up to {largest:.3f} nats (χ²/dof up to "
+                f"{worst['scale'] ** 2:.0f} against the seed standard errors): the law does not describe these "
+                "points to within their noise, so the multiples above carry the misfit (wide intervals) and the "
+                "same-x comparisons are the firmer reading.",
+            ]
     if result.get("exact"):
         lines += ["", "With three points per variant the fit passes through every point: no residual checks it."]
     return lines
@@ -310,7 +389,7 @@ def _efficiency_rows(result: dict, unit: str) -> list[str]:
 def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> str:
     groups = summary["groups"]
     with_delta = baseline in groups
-    header = ["group", "params", "tokens", "tokens/param", "passes", "lr", "seeds", "val loss", "train loss"]
+    header = ["group", "params", "tokens", "tokens/param", "passes", "lr", "seeds", "val loss", "train loss²"]
     header += ["tokens/s¹"] + [f"Δ vs {baseline}"] * with_delta
     rows = [
         [
@@ -332,6 +411,11 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
     shared = max(e["concurrent_runs"] for e in groups.values())
     note = f"; up to {shared} runs shared a GPU at a time, so these are not speed measurements." if shared > 1 else "."
     lines += ["", "¹ training tokens/s: each run's median over its log windows, averaged over the group's seeds" + note]
+    lines += [
+        "",
+        f"² training loss: the mean of the logged step losses over the last {TAIL_FRACTION:.0%} of each run's steps "
+        "(one step's batch loss varies by about 0.1 nats), then mean ± std over seeds.",
+    ]
     if with_delta and any(e.get("delta_se") for e in groups.values()):
         lines += [
             "",

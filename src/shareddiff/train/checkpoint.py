@@ -13,7 +13,9 @@ Every rank writes into ``step_X.tmp``; once all have finished, rank 0 writes the
 files and renames the folder, so a run killed mid-write (any rank, any moment) leaves only a ``.tmp``
 folder, never loaded. A checkpoint is trusted only once each file it needs matches the manifest: a
 truncated or altered file (weights or distributed state alike) makes it skipped, by name, for the
-previous one. A write that fails (a full disk) removes its ``.tmp`` folder and says why.
+previous one. A step folder without its manifest (a partial or foreign copy: the trainer writes the manifest
+last, inside the rename) is incomplete and skipped the same way; nothing skipped is ever deleted. A write
+that fails (a full disk) removes its ``.tmp`` folder and says why.
 A multi-node run needs the run folder on a filesystem every node sees.
 """
 
@@ -23,6 +25,7 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -44,6 +47,7 @@ DCP_DIR = "dcp"
 FILES = ("model.safetensors", "rng_rank0.pt", "tokenizer.json", STATE, f"{DCP_DIR}/.metadata")
 WEIGHT_FILES = (STATE, "model.safetensors", "tokenizer.json")  # what generate / eval / export read
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+log = logging.getLogger(__name__)
 
 
 def _fsync(path: Path) -> None:
@@ -170,7 +174,7 @@ def _finish(tmp: Path, final: Path, listed: dict, run_dir: str | Path, keep_last
         shutil.rmtree(final)
     os.replace(tmp, final)
     _fsync(final.parent)
-    for old in list_checkpoints(run_dir)[:-keep_last]:
+    for old in _with_manifest(run_dir)[:-keep_last]:  # step folders without one are never deleted
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -229,7 +233,7 @@ def _first_line(err: BaseException) -> str:
 
 
 def _write_failure_message(err: BaseException, no_space: bool, root: Path, final: Path, run_dir: str | Path) -> str:
-    previous = list_checkpoints(run_dir)
+    previous = _with_manifest(run_dir)
     kept = f"the last checkpoint ({previous[-1].name}) is intact" if previous else "there is no earlier checkpoint"
     if no_space:
         free = shutil.disk_usage(root).free if root.exists() else 0
@@ -329,6 +333,11 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and p.suffix != ".tmp")
 
 
+def _with_manifest(run_dir: str | Path) -> list[Path]:
+    """The checkpoint folders of a run that hold a manifest (not verified), oldest first."""
+    return [p for p in list_checkpoints(run_dir) if (p / MANIFEST).is_file()]
+
+
 def read_state(ckpt: str | Path) -> dict[str, Any]:
     """The ``state.json`` of a checkpoint folder; a clear error if it is not one of ours or is damaged."""
     path = Path(ckpt) / STATE
@@ -352,98 +361,138 @@ def load_weights(ckpt: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"checkpoint {ckpt} has unreadable weights ({err}); use an earlier checkpoint") from err
 
 
-def read_manifest(ckpt: Path) -> dict[str, dict[str, Any]] | None:
-    """``{file: {"bytes", "sha256"}}`` from the checkpoint's manifest; None for a checkpoint written before
-    manifests existed."""
+class CheckpointRejected(ValueError):
+    """A checkpoint folder that is not trusted: ``kind`` is "incomplete" (a file or the manifest missing) or
+    "damaged" (a file that does not match the manifest); ``reason`` says which file and how."""
+
+    def __init__(self, ckpt: Path, kind: str, reason: str, fix: str) -> None:
+        super().__init__(f"checkpoint {ckpt} is {kind}: {reason}; {fix}")
+        self.ckpt, self.kind, self.reason = ckpt, kind, reason
+
+
+def read_manifest(ckpt: Path) -> dict[str, dict[str, Any]]:
+    """``{file: {"bytes", "sha256"}}`` from the checkpoint's manifest; CheckpointRejected when it is missing
+    (the trainer writes it last, so its absence means a partial or foreign copy) or not a manifest."""
     path = ckpt / MANIFEST
     if not path.is_file():
-        return None
+        raise _rejected(
+            ckpt,
+            {},
+            "incomplete",
+            MANIFEST,
+            "is missing (the trainer writes it last, inside the rename: this folder is a partial or foreign copy, "
+            "or was written before checkpoints had manifests)",
+        )
     try:
         files = json.loads(path.read_text())["files"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise ValueError(f"checkpoint {ckpt} is damaged: {MANIFEST} is not a valid manifest ({err})") from None
+        if not all(isinstance(e, dict) and {"bytes", "sha256"} <= set(e) for e in files.values()):
+            raise TypeError("an entry without bytes and sha256")
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise _rejected(ckpt, {}, "damaged", MANIFEST, f"is not a valid manifest ({err})") from None
     return files
 
 
 def verify_checkpoint(ckpt: Path, files: Iterable[str] | None = None) -> dict[str, Any]:
     """Check ``files`` of ``ckpt`` (default: every file) against its manifest's sizes and sha256, and return
-    its state; ValueError naming the first missing, truncated or altered file."""
-    state = read_state(ckpt)
+    its state. Raises CheckpointRejected (a ValueError) naming the first problem: no ``state.json`` or
+    manifest, a state of another step than the folder's name, a file missing, truncated or altered."""
+    ckpt = Path(ckpt)
+    if not (ckpt / STATE).is_file():
+        raise _rejected(ckpt, {}, "incomplete", STATE, "is missing")
+    try:
+        state = json.loads((ckpt / STATE).read_text())
+    except json.JSONDecodeError as err:
+        raise _rejected(ckpt, {}, "damaged", STATE, f"is not valid JSON ({err.msg})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else None
+        raise _rejected(ckpt, {}, "damaged", STATE, f"is not of a {FORMAT} checkpoint (format={found!r})")
+    folder_step = ckpt.name.removeprefix("step_")
+    if ckpt.name.startswith("step_") and folder_step.isdigit() and state.get("step") != int(folder_step):
+        raise _rejected(ckpt, state, "damaged", STATE, f"says step {state.get('step')}, the folder's name {ckpt.name}")
     manifest = read_manifest(ckpt)
-    if manifest is None:
-        return _verify_without_manifest(ckpt, state, files)
     wanted = sorted(set(manifest) | set(FILES)) if files is None else list(files)
     for name in wanted:
         path = ckpt / name
         entry = manifest.get(name)
         if entry is None:
-            raise ValueError(_damaged(ckpt, state, name, f"is not listed in {MANIFEST}"))
+            raise _rejected(ckpt, state, "damaged", name, f"is not listed in {MANIFEST}")
         if not path.is_file():
-            raise ValueError(_damaged(ckpt, state, name, "is missing"))
+            raise _rejected(ckpt, state, "incomplete", name, "is missing")
         size = path.stat().st_size
         if size != entry["bytes"]:
-            raise ValueError(_damaged(ckpt, state, name, f"has {size} bytes, the manifest says {entry['bytes']}"))
+            raise _rejected(ckpt, state, "damaged", name, f"has {size} bytes, the manifest says {entry['bytes']}")
         if _sha256(path)[1] != entry["sha256"]:
-            raise ValueError(_damaged(ckpt, state, name, "differs from the manifest (sha256)"))
+            raise _rejected(ckpt, state, "damaged", name, "differs from the manifest (sha256)")
     return state
 
 
-def _verify_without_manifest(ckpt: Path, state: dict[str, Any], files: Iterable[str] | None) -> dict[str, Any]:
-    """A checkpoint from before manifests: every file present, the weights and RNG state readable."""
-    wanted = FILES if files is None else tuple(files)
-    for name in wanted:
-        if not (ckpt / name).is_file():
-            raise ValueError(_damaged(ckpt, state, name, "is missing"))
-    if "model.safetensors" in wanted:
-        load_weights(ckpt)
-    if "rng_rank0.pt" in wanted:
-        try:
-            torch.load(ckpt / "rng_rank0.pt", weights_only=True)
-        except Exception as err:
-            raise ValueError(_damaged(ckpt, state, "rng_rank0.pt", f"is unreadable ({err})")) from err
-    return state
+_EARLIER = "use an earlier checkpoint of the run, or copy this folder again whole from where it was written"
 
 
-def _damaged(ckpt: Path, state: dict[str, Any], name: str, what: str) -> str:
-    message = f"checkpoint {ckpt} is damaged: {name} {what}"
+def _rejected(ckpt: Path, state: dict[str, Any], kind: str, name: str, what: str) -> CheckpointRejected:
     if name != "tokenizer.json":
-        return f"{message}; use an earlier checkpoint of the run"
+        return CheckpointRejected(ckpt, kind, f"{name} {what}", _EARLIER)
     from shareddiff.data.tokenizer import BUNDLED_TOKENIZERS
 
     spec = state.get("run", {}).get("data", {}).get("tokenizer") or "bundled"
     source = BUNDLED_TOKENIZERS.get(spec, spec)
-    return (
-        f"{message}; copy the tokenizer this run was trained with (data.tokenizer: {source}, sha256 "
+    fix = (
+        f"copy the tokenizer this run was trained with (data.tokenizer: {source}, sha256 "
         f"{state.get('tokenizer_sha256', '?')[:12]}…) to {ckpt / 'tokenizer.json'}, or use an earlier checkpoint"
     )
+    return CheckpointRejected(ckpt, kind, f"{name} {what}", fix)
 
 
-def latest_checkpoint(run_dir: str | Path, files: Iterable[str] | None = None) -> Path | None:
-    """The newest checkpoint of ``run_dir`` whose ``files`` (default: all) match its manifest; damaged newer
-    ones are skipped with a warning that names them and the damaged file."""
+def choose_checkpoint(
+    run_dir: str | Path, files: Iterable[str] | None = None
+) -> tuple[Path | None, list[CheckpointRejected]]:
+    """(the newest checkpoint of ``run_dir`` whose ``files`` (default: all) match its manifest, or None; the
+    newer ones rejected on the way, newest first). Each rejected folder is logged as a warning naming it,
+    why, and the step used instead; none is deleted."""
+    files = None if files is None else tuple(files)
+    rejected: list[CheckpointRejected] = []
+    chosen = None
     for ckpt in reversed(list_checkpoints(run_dir)):
         try:
             verify_checkpoint(ckpt, files)
-            return ckpt
-        except ValueError as err:
-            warnings.warn(f"skipping damaged checkpoint: {err}", stacklevel=2)
-    return None
+        except CheckpointRejected as err:
+            rejected.append(err)
+            continue
+        chosen = ckpt
+        break
+    instead = f"using {chosen.name} instead" if chosen else "no earlier checkpoint is complete"
+    for err in rejected:
+        log.warning("skipping %s checkpoint %s: %s; %s", err.kind, err.ckpt, err.reason, instead)
+    return chosen, rejected
+
+
+def latest_checkpoint(run_dir: str | Path, files: Iterable[str] | None = None) -> Path | None:
+    """The newest checkpoint of ``run_dir`` whose ``files`` (default: all) match its manifest; newer incomplete
+    or damaged ones are skipped with a logged warning that names them, why, and the one used instead."""
+    return choose_checkpoint(run_dir, files)[0]
+
+
+def rejected_summary(rejected: list[CheckpointRejected]) -> str:
+    """'step_00000006: dcp/__0_0.distcp is missing; step_00000003: ...' for an error message."""
+    return "; ".join(f"{err.ckpt.name}: {err.kind}, {err.reason}" for err in rejected)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint folder, or the latest checkpoint of a run folder, whose weights and tokenizer are intact."""
+    """A checkpoint folder, or the newest checkpoint of a run folder, whose weights and tokenizer are intact
+    (ValueError naming the problem otherwise)."""
     path = Path(path)
     if not path.exists():
         raise ValueError(f"{path} does not exist; pass a run folder or one of its checkpoints/step_* folders")
     if (path / STATE).is_file():
+        read_state(path)  # a foreign folder is named as such before its files are checked
         verify_checkpoint(path, WEIGHT_FILES)
         return path
-    ckpt = latest_checkpoint(path, WEIGHT_FILES)
+    ckpt, rejected = choose_checkpoint(path, WEIGHT_FILES)
     if ckpt is None:
-        if any((path / "checkpoints").glob("step_*")):
+        if rejected:
             raise ValueError(
-                f"no checkpoint of {path} is intact (see the warnings above): its weights are damaged; "
-                "train it again, or pass a copy of the run whose checkpoints are whole"
+                f"no checkpoint of {path} is intact ({rejected_summary(rejected)}); if the run folder was copied "
+                "from elsewhere, copy it again whole; otherwise train it again (nothing was deleted)"
             )
         raise ValueError(f"{path} holds no checkpoint; pass a run folder with checkpoints/ or a step_* folder")
     return ckpt

@@ -32,10 +32,14 @@ class RunSummary:
     val_loss: float | None  # the last validation loss (nats/token)
     val_tokens: int | None  # tokens trained at that validation
     tokens: int  # tokens trained at the last record
-    train_loss: float | None  # the last logged training loss
+    train_loss: float | None  # the last logged training loss (one step's batch)
     tokens_per_s: float | None  # training tokens/s, median over the log windows
     peak_memory_gib: float | None  # the largest CUDA peak logged; None on the CPU
     last_train: dict[str, Any] = field(default_factory=dict)  # the last training record (λ, grad norm ...)
+    train_loss_tail: float | None = None  # mean logged training loss over the last TAIL_FRACTION of the steps
+
+
+TAIL_FRACTION = 0.1  # the end of training over which train_loss_tail averages the logged step losses
 
 
 def summarize_metrics(rows: list[dict[str, Any]]) -> RunSummary:
@@ -51,7 +55,19 @@ def summarize_metrics(rows: list[dict[str, Any]]) -> RunSummary:
         tokens_per_s=statistics.median(speeds) if speeds else None,
         peak_memory_gib=max((r.get("peak_memory_gib", 0.0) for r in rows), default=0.0) or None,
         last_train=train_rows[-1] if train_rows else {},
+        train_loss_tail=tail_mean_loss(train_rows),
     )
+
+
+def tail_mean_loss(train_rows: list[dict[str, Any]], fraction: float = TAIL_FRACTION) -> float | None:
+    """Mean of the logged training losses (each one step's batch loss) at steps after (1 − fraction) × the last
+    logged step; at least the last row. A steadier end-of-training figure than the last batch alone, whose
+    step-to-step noise is about 0.1 nats at 65K tokens per step. None without training rows."""
+    if not train_rows:
+        return None
+    last = train_rows[-1]["step"]
+    tail = [r["loss"] for r in train_rows if r["step"] > (1 - fraction) * last] or [train_rows[-1]["loss"]]
+    return statistics.fmean(tail)
 
 
 class MetricsLogger:

@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +28,12 @@ from shareddiff.data.mqar import MQARLoader
 from shareddiff.data.needle import NeedleBuilder, parse_mix
 from shareddiff.model import build_model
 from shareddiff.train.checkpoint import (
-    latest_checkpoint,
+    CHECKPOINTS,
+    choose_checkpoint,
     list_checkpoints,
     load_training_state,
     read_state,
+    rejected_summary,
     save_checkpoint,
 )
 from shareddiff.train.device import autocast_for, compute_precision
@@ -71,7 +74,13 @@ class TrainingInterrupted(KeyboardInterrupt):
 
     def __init__(self, step: int, max_steps: int, checkpoint: Path | None) -> None:
         self.step, self.max_steps, self.checkpoint = step, max_steps, checkpoint
-        last = f"step {int(checkpoint.name.removeprefix('step_'))} ({checkpoint})" if checkpoint else "none yet"
+        if checkpoint is None:
+            super().__init__(
+                f"interrupted at step {step} of {max_steps}; no checkpoint yet, so nothing to resume: "
+                "run the same command again (without --resume) to start over"
+            )
+            return
+        last = f"step {int(checkpoint.name.removeprefix('step_'))} ({checkpoint})"
         super().__init__(f"interrupted at step {step} of {max_steps}; last checkpoint {last}; continue with --resume")
 
 
@@ -164,8 +173,14 @@ def prepare_data(run: RunConfig, tokenizer: Tokenizer):
     return (load_data_split(run.data.path, tokenizer, "train"), load_data_split(run.data.path, tokenizer, "val"))
 
 
-def train(run: RunConfig, resume: bool = False, progress: bool = True, new_schedule: bool = False) -> TrainResult:
+def train(
+    run: RunConfig, resume: bool | Literal["if_present"] = False, progress: bool = True, new_schedule: bool = False
+) -> TrainResult:
     """Train the model of ``run``; with ``resume`` continue from the latest good checkpoint of its folder.
+
+    ``resume=True`` (``--resume``) requires a run to continue: a ``train.out_dir`` that does not exist or
+    holds no checkpoint raises ValueError naming the folder, before anything is created. ``"if_present"``
+    (``reproduce``, ``demo``) resumes when there is a checkpoint and starts from step 0 otherwise.
 
     Under torchrun every process calls this; they train data-parallel (``run.parallel``), each on its
     own rows of every global batch, so the loss curve does not depend on the number of processes.
@@ -174,6 +189,8 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, new_sched
     ``new_schedule``. Ctrl-C raises TrainingInterrupted; in one process the first Ctrl-C finishes the
     step and saves a checkpoint first. Progress notes go to this module's logger (the CLI shows rank 0's).
     """
+    if resume not in (False, True, "if_present"):
+        raise ValueError(f"resume={resume!r}; use True (a run must exist), 'if_present' or False")
     run.validate()
     run.model_config(vocab_size=None)  # a wrong [model] table fails here, before the run folder is made
     dist, device = init_distributed(run.train.device)
@@ -184,6 +201,8 @@ def train(run: RunConfig, resume: bool = False, progress: bool = True, new_sched
             "train.attn_backend=auto (SDPA) or eager (TRITON_INTERPRET=1 runs the kernel on the CPU, slowly)"
         )
     try:
+        if resume is True:
+            _check_run_to_resume(Path(run.train.out_dir), dist)
         with _run_folder_lock(Path(run.train.out_dir), dist):
             trainer = Trainer(run, dist, device, resume, progress and dist.is_main)
             finished = trainer.resume_from_checkpoint(new_schedule) if resume else None
@@ -352,11 +371,11 @@ class Trainer:
         self.train_loss = train_loss = mean_across_ranks(loss_sum, dist).item()
         norm = grad_norm.item()
         if not (math.isfinite(train_loss) and math.isfinite(norm)):
-            good = f"{self.last_ckpt}" if self.last_ckpt else "none yet"
+            good = f"The last good checkpoint is kept ({self.last_ckpt})" if self.last_ckpt else "No checkpoint yet"
+            again = "continue with --resume" if self.last_ckpt else "start again (without --resume)"
             raise TrainingDiverged(
                 f"training diverged at step {step + 1}: loss={train_loss}, grad norm={norm}. "
-                f"The last good checkpoint is kept ({good}). Lower optim.lr or raise optim.warmup_steps, "
-                "check the data, then continue with --resume"
+                f"{good}. Lower optim.lr or raise optim.warmup_steps, check the data, then {again}"
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -535,19 +554,35 @@ def _run_folder_lock(run_dir: Path, dist: DistInfo):
         lock.release()
 
 
+def _check_run_to_resume(run_dir: Path, dist: DistInfo) -> None:
+    """``--resume`` asks to continue a run: refuse (on every rank, before the folder is made) when ``run_dir``
+    does not exist or holds no checkpoint folder, rather than silently starting a new run."""
+    error = None
+    if dist.is_main:
+        looked_for = f"looked for {run_dir / CHECKPOINTS}/step_*"
+        fix = "set train.out_dir to the folder of the run to continue, or drop --resume to start a new run"
+        if not run_dir.is_dir():
+            error = f"--resume: {run_dir} does not exist, so there is no run to continue ({looked_for}); {fix}"
+        elif not list_checkpoints(run_dir):
+            error = f"--resume: {run_dir} holds no checkpoint to continue from ({looked_for}); {fix} there"
+    error = broadcast_object(error, dist)
+    if error is not None:
+        raise ValueError(error)
+
+
 def _resume_point(run_dir: Path, dist: DistInfo) -> Path | None:
-    """The newest checkpoint whose every file matches its manifest, chosen on rank 0 (damaged newer ones
-    are skipped with a warning naming the file); an error when checkpoints exist but none is intact."""
+    """The newest checkpoint whose every file matches its manifest, chosen on rank 0 (incomplete or damaged
+    newer ones are skipped with a logged warning naming them); an error when checkpoints exist but none is
+    complete."""
     choice: tuple[Path | None, str | None] = (None, None)
     if dist.is_main:
-        ckpt = latest_checkpoint(run_dir)
-        existing = list_checkpoints(run_dir)
-        if ckpt is None and existing:
-            names = ", ".join(p.name for p in existing)
+        ckpt, rejected = choose_checkpoint(run_dir)
+        if ckpt is None and list_checkpoints(run_dir):
             choice = (
                 None,
-                f"no checkpoint of {run_dir} is intact ({names}; see the warnings above); move "
-                f"{run_dir / 'checkpoints'} aside to start over, or start a new run folder",
+                f"no checkpoint of {run_dir} is intact ({rejected_summary(rejected)}); if the run folder was "
+                f"copied from elsewhere, copy it again whole; otherwise move {run_dir / CHECKPOINTS} aside to "
+                "start over, or start a new run folder (nothing was deleted)",
             )
         else:
             choice = (ckpt, None)
