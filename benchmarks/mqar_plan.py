@@ -64,26 +64,28 @@ def _pairs(variants, cells) -> tuple:
 
 
 def pieces(dry: bool = False) -> list[Piece]:
-    """The plan's pieces in order of importance. On the GPU: eager with 1 run per GPU over every variant and
-    cell; then 8 and 4 per GPU and the compiled forms over the smallest and largest cells (each variant) and
-    a few more, so that every piece fits a line per variant through its own cells. ``dry``: the same shape
-    on the CPU with two tiny cells, 1 and 2 runs at once, eager only (the script's own check)."""
+    """The plan's pieces in order of importance. On the GPU: eager with 1 run per GPU (each variant in the
+    smallest and the largest cell), then 8 runs per GPU eager, with CUDA graphs and compiled (every
+    variant in every cell, four of them twice), then 4 per GPU and the compiled forms with 1 and 4 per GPU:
+    every piece has each variant in at least two cells, so that each fits a line per variant through its
+    own cells. ``dry``: the same shape on the CPU with two tiny cells, 1 and 2 runs at once, eager only
+    (the script's own check)."""
     if dry:
         both = (("transformer", DRY_CELLS[0]), ("diff", DRY_CELLS[1]))
         return [Piece("eager-1", "eager", 1, both, seconds=120), Piece("eager-2", "eager", 2, both, seconds=120)]
     ends = _pairs(VARIANTS, (SMALLEST, LARGEST))
-    every = _pairs(VARIANTS, CELLS)
-    middle = _pairs(("transformer",), CELLS[1:3])
+    sixteen = _pairs(VARIANTS, CELLS) + _pairs(VARIANTS[:2], CELLS[1:3])
+    eight = ends + _pairs(("transformer",), CELLS[1:3])
     return [
-        Piece("eager-1", "eager", 1, every, seconds=130),
-        Piece("eager-8", "eager", 8, every + _pairs(VARIANTS[:2], CELLS[1:3]), seconds=90),
-        Piece("compiled-8", "compiled", 8, every + _pairs(VARIANTS[:2], CELLS[1:3]), seconds=170),
-        Piece("cudagraphs-8", "cudagraphs", 8, every + _pairs(VARIANTS[:2], CELLS[1:3]), seconds=170),
-        Piece("eager-4", "eager", 4, ends + middle, seconds=60),
-        Piece("compiled-1", "compiled", 1, ends, seconds=90),
+        Piece("eager-1", "eager", 1, ends, seconds=100),
+        Piece("eager-8", "eager", 8, sixteen, seconds=90),
+        Piece("cudagraphs-8", "cudagraphs", 8, sixteen, seconds=170),
+        Piece("compiled-8", "compiled", 8, sixteen, seconds=170),
+        Piece("eager-4", "eager", 4, eight, seconds=60),
         Piece("cudagraphs-1", "cudagraphs", 1, ends, seconds=90),
-        Piece("compiled-4", "compiled", 4, ends + middle, seconds=60),
-        Piece("cudagraphs-4", "cudagraphs", 4, ends + middle, seconds=60),
+        Piece("compiled-1", "compiled", 1, ends, seconds=90),
+        Piece("cudagraphs-4", "cudagraphs", 4, eight, seconds=60),
+        Piece("compiled-4", "compiled", 4, eight, seconds=60),
     ]
 
 
@@ -144,7 +146,7 @@ def experiment_toml(piece: Piece) -> str:
     return "\n".join(lines) + "\n"
 
 
-OVERHEAD_AFTER = "eager-1"  # the in-process timing of the phases runs after this piece
+OVERHEAD_AFTER = {False: "compiled-8", True: "eager-1"}  # the timing of a run's phases runs after this piece
 OVERHEAD_SECONDS = 60
 
 
@@ -172,7 +174,7 @@ def prepare(scratch: Path, out: Path, gpus: int, dry: bool, only: list[str]) -> 
             cmd += ["--out", str(scratch / "runs"), "--jobs", str(jobs), "--no-progress", "--no-summary"]
             cmd += measure_overrides(dry) + MODE_OVERRIDES[piece.mode]
             lines.append(f"{piece.name}\t{piece.seconds}\t{shlex.join(cmd)}")
-        if piece.name == OVERHEAD_AFTER and (not only or "overhead" in only):
+        if piece.name == OVERHEAD_AFTER[dry] and (not only or "overhead" in only):
             lines.append(f"overhead\t{OVERHEAD_SECONDS}\t{shlex.join(overhead_command(scratch, out, dry))}")
     return lines
 

@@ -5,12 +5,12 @@
 #   OUT=$OUT bash benchmarks/mqar_plan.sh compiled-1 overhead   # only these pieces (a second call)
 #   DRY=1 OUT=/tmp/mqar_plan bash benchmarks/mqar_plan.sh       # the CPU dry run that checks the script
 #
-# Pieces (benchmarks/mqar_plan.py `pieces`): short runs (300 steps, evaluated at 150 and 300) of the MQAR
-# recipe through `shareddiff reproduce --jobs J`, J = runs per GPU × GPUs: eager with 1 run per GPU over the
-# three variants × four cells (N, batch, D) = (64, 512, 64), (128, 512, 128), (256, 256, 256),
-# (512, 128, 256); `overhead` (a step, an evaluation, a checkpoint, a record of the transformer, timed in one
-# process); then 8 runs per GPU eager, compiled (torch.compile) and with CUDA graphs (compile_mode
-# reduce-overhead), then 4 per GPU and the compiled forms with 1 per GPU. No piece starts after $BUDGET
+# Pieces (benchmarks/mqar_plan.py `pieces`), in order: short runs (300 steps, evaluated at 150 and 300) of
+# the MQAR recipe through `shareddiff reproduce --jobs J`, J = runs per GPU × GPUs, in the cells (N, batch, D)
+# = (64, 512, 64), (128, 512, 128), (256, 256, 256), (512, 128, 256) of the three variants: eager with 1 run
+# per GPU (smallest and largest cell); 8 runs per GPU eager, with CUDA graphs (train.compile_mode
+# reduce-overhead) and compiled (torch.compile); `overhead` (a step, an evaluation, a checkpoint and a record
+# of the transformer, timed in one process); 4 per GPU eager; the compiled forms with 1 and 4 per GPU. No piece starts after $BUDGET
 # seconds (default 500) and each stops at its own limit (rc 124; PIECE_SECONDS sets one limit for all),
 # keeping what its runs logged (a run cut off still has its speed). MQAR is synthetic: no data is needed.
 # Results in $OUT: mqar_plan.json, mqar_plan.txt (speeds and the projected GPU-minutes of mqar_budget and

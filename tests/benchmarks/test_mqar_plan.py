@@ -11,6 +11,7 @@ import pytest
 from mqar_plan import (
     CELLS,
     MODE_OVERRIDES,
+    VARIANTS,
     PieceModel,
     eval_flops,
     fit_line,
@@ -87,7 +88,7 @@ def test_prepare_writes_experiments_of_the_planned_runs(tmp_path):
     lines = prepare(tmp_path / "scratch", tmp_path / "out", gpus=2, dry=False, only=[])
     names = [line.split("\t")[0] for line in lines]
     planned = [p.name for p in pieces()]
-    assert names == [planned[0], "overhead", *planned[1:]]
+    assert names == [*planned[:4], "overhead", *planned[4:]]
     for piece in pieces():
         line = next(line for line in lines if line.startswith(piece.name + "\t"))
         _, seconds, command = line.split("\t")
@@ -106,7 +107,14 @@ def test_prepare_writes_experiments_of_the_planned_runs(tmp_path):
             cell = (run.data.seq_len, run.mqar.pairs, run.train.micro_batch, run.model_config().d_model)
             assert cell == (seq_len, pairs, batch, d_model)
             assert run.train.early_stop_accuracy == 0 and run.mqar.eval_samples == 1000
-    assert [p.per_gpu for p in pieces()] == [1, 8, 8, 8, 4, 1, 1, 4, 4]
+    assert [(p.mode, p.per_gpu) for p in pieces()][:4] == [
+        ("eager", 1),
+        ("eager", 8),
+        ("cudagraphs", 8),
+        ("compiled", 8),
+    ]
+    for piece in pieces():  # every variant in two cells at least: a line per variant
+        assert all(len({c for v, c in piece.configs if v == variant}) >= 2 for variant in VARIANTS), piece.name
     assert {v for p in pieces() for v, _ in p.configs} == {"transformer", "diff", "shared_diff"}
     only = prepare(tmp_path / "scratch", tmp_path / "out", gpus=2, dry=False, only=["compiled-1"])
     assert [line.split("\t")[0] for line in only] == ["compiled-1"]
