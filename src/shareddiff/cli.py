@@ -87,12 +87,15 @@ def cmd_train(
     run = load_recipe(config, preset, list(overrides or []))
     result = train(run, resume=resume, progress=progress, new_schedule=new_schedule)
     val = f"{result.val_loss:.4f}" if result.val_loss is not None else "n/a"
+    stop = result.early_stop
+    stopped = f" (stopped early of {stop['max_steps']}: {stop['reason']})" if stop else ""
     if result.already_complete:
+        further = "set train.early_stop_accuracy=0" if stop else "raise train.max_steps and pass --new-schedule"
         return (
-            f"{result.run_dir} is already complete: step {result.step}, validation loss {val}, checkpoint "
-            f"{result.checkpoint}. Nothing to train; to train further, raise train.max_steps and pass --new-schedule"
+            f"{result.run_dir} is already complete: step {result.step}{stopped}, validation loss {val}, checkpoint "
+            f"{result.checkpoint}. Nothing to train; to train further, {further}"
         )
-    return f"done: step {result.step}, validation loss {val}, checkpoint {result.checkpoint}"
+    return f"done: step {result.step}{stopped}, validation loss {val}, checkpoint {result.checkpoint}"
 
 
 def cmd_generate(

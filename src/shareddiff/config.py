@@ -291,6 +291,9 @@ class OptimConfig:
     grad_clip: float = 1.0  # max global grad norm; 0 turns clipping off
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+
+
 @dataclass
 class TrainConfig:
     """[train]: the loop. One step = ``grad_accum`` micro-batches of ``micro_batch`` sequences per process."""
@@ -306,7 +309,14 @@ class TrainConfig:
     device: str = "auto"  # "auto" = cuda if available, else cpu
     precision: str = "auto"  # "auto" = bf16 autocast on cuda, fp32 on cpu; or "bf16", "fp32"
     compile: bool = False
+    # torch.compile's mode: "default", "reduce-overhead" (CUDA graphs: for small models whose steps are
+    # kernel-launch bound), "max-autotune", "max-autotune-no-cudagraphs"
+    compile_mode: str = "default"
     attn_backend: str = "auto"
+    # MQAR runs: stop once mqar_accuracy (at the training length) has been ≥ early_stop_accuracy at
+    # early_stop_patience consecutive evaluations (Lightning's stopping_threshold and patience); 0 = off
+    early_stop_accuracy: float = 0.0
+    early_stop_patience: int = 2
 
 
 @dataclass
@@ -374,8 +384,13 @@ class RunConfig:
             if self.data.mix:
                 raise ValueError(f"data.mix={self.data.mix!r} mixes in corpus rows; remove it with data.source=mqar")
             self.mqar.validate(self.data.seq_len)
+        self._check_early_stop()
         if self.train.precision not in ("auto", "bf16", "fp32"):
             raise ValueError(f"train.precision={self.train.precision!r} must be 'auto', 'bf16' or 'fp32'")
+        if self.train.compile_mode not in COMPILE_MODES:
+            raise ValueError(
+                f"train.compile_mode={self.train.compile_mode!r} must be one of {', '.join(map(repr, COMPILE_MODES))}"
+            )
         if self.parallel.strategy not in ("ddp", "fsdp"):
             raise ValueError(f"parallel.strategy={self.parallel.strategy!r} must be 'ddp' or 'fsdp'")
         choices = {
@@ -409,6 +424,20 @@ class RunConfig:
         if "preset" not in self.model:
             raise ValueError('[model] needs a preset, e.g. preset = "shared_diff-small"')
         self._check_attn_backend()
+
+    def _check_early_stop(self) -> None:
+        threshold, patience = self.train.early_stop_accuracy, self.train.early_stop_patience
+        if not isinstance(threshold, int | float) or isinstance(threshold, bool) or not 0 <= threshold <= 1:
+            raise ValueError(
+                f"train.early_stop_accuracy={threshold!r} must be in [0, 1] (0 = off; 0.99 = stop a solved run)"
+            )
+        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
+            raise ValueError(f"train.early_stop_patience={patience!r} must be a positive integer (evaluations)")
+        if threshold > 0 and self.data.source != "mqar":
+            raise ValueError(
+                f"train.early_stop_accuracy={threshold} watches MQAR accuracy, and this run trains on "
+                f"data.source={self.data.source!r}; set train.early_stop_accuracy=0 or data.source=mqar"
+            )
 
     def _check_attn_backend(self) -> None:
         """``train.attn_backend`` must be a backend of the model's attention op (``shareddiff.ops.backends``)."""

@@ -3,6 +3,7 @@ checkpoint evaluation, the grid summary, and (slow) a tiny Transformer that lear
 
 import json
 import math
+from typing import ClassVar
 
 import pytest
 import torch
@@ -96,6 +97,145 @@ def test_trainer_records_mqar_accuracy_along_training(tmp_path):
     assert record["curve"] == [(r["step"], r["mqar_accuracy"]) for r in evals]
 
 
+class ScriptedProbe:
+    """MQARProbe's stand-in: the accuracies of ``script``, one per evaluation in order (loss 1 − accuracy)."""
+
+    script: ClassVar[list[float]] = []
+
+    def __init__(self, *args) -> None:
+        self.skipped = ""
+
+    def __call__(self, model, batch_size, autocast=None) -> dict[str, float]:
+        accuracy = self.script.pop(0)
+        return {"val_loss": 1 - accuracy, "mqar_loss": 1 - accuracy, "mqar_accuracy": accuracy}
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Set the accuracies the trainer's MQAR evaluations will see: ``scripted(0.3, 0.995, ...)``."""
+    from shareddiff.train import trainer
+
+    def script(*accuracies: float) -> None:
+        monkeypatch.setattr(trainer, "MQARProbe", type("Probe", (ScriptedProbe,), {"script": list(accuracies)}))
+
+    return script
+
+
+MQAR_ARGS = ["mqar.vocab_size=64", "mqar.pairs=4", "mqar.eval_samples=32"]  # mqar_run's, for the command line
+EARLY_STOP = ["train.early_stop_accuracy=0.99", "train.early_stop_patience=2", "train.eval_every=2"]
+
+
+def test_early_stop_ends_a_solved_run_and_says_when_and_why(tmp_path, scripted, capsys):
+    """Evaluations at steps 2, 4, ...: 0.995 at step 4 then 0.97 resets the count; 0.99 (at the threshold) and
+    0.999 at steps 8 and 10 are two in a row, so the run of 20 steps ends at step 10 with a checkpoint there;
+    the steps to 50 % / 99 % are those of the curve (step 4), the final accuracy the stop's."""
+    scripted(0.3, 0.995, 0.97, 0.99, 0.999)
+    run = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP)
+    result = train(run, progress=False)
+    assert result.step == 10 and result.checkpoint.name == "step_00000010"
+    stop = result.early_stop
+    assert (stop["step"], stop["max_steps"], stop["accuracies"]) == (10, 20, [0.99, 0.999])
+    assert stop["reason"] == "mqar_accuracy ≥ 0.99 at 2 consecutive evaluations (steps 8, 10)"
+    rows = read_metrics(run.train.out_dir)
+    assert rows[-1] == {"step": 10, "tokens": 10 * 16 * 64, "early_stop": stop}
+    assert max(r["step"] for r in rows if "loss" in r) == 10
+    assert all(r["eval_s"] > 0 for r in rows if "mqar_accuracy" in r)
+    state = json.loads((result.checkpoint / "state.json").read_text())
+    assert state["step"] == 10 and state["early_stop"] == stop
+    record = mqar_run_record(run.train.out_dir)
+    assert record["curve"] == [(2, 0.3), (4, 0.995), (6, 0.97), (8, 0.99), (10, 0.999)]
+    assert (record["steps"], record["accuracy"], record["early_stop"]) == (10, 0.999, stop)
+    best = mqar_summary([record])["best"][0]
+    assert (best["steps_to_50"], best["steps_to_99"], best["stopped_early"], best["accuracy"]) == (4, 4, 10, 0.999)
+    again = train(run, resume=True, progress=False)  # the stop is the run's end: nothing to resume
+    assert again.already_complete and again.step == 10 and again.early_stop == stop
+    capsys.readouterr()
+    from tests.train.conftest import recipe_args
+
+    assert main(["train", "--no-progress", "--resume", *recipe_args(run), *MQAR_ARGS]) == 0
+    out = capsys.readouterr().out
+    assert "already complete: step 10 (stopped early of 20: mqar_accuracy ≥ 0.99 at 2 consecutive" in out
+    assert out.rstrip().endswith("to train further, set train.early_stop_accuracy=0")
+
+
+def test_early_stop_counts_across_a_resume(tmp_path, scripted, monkeypatch):
+    """Cut off in step 5 after 0.995 at step 4 (checkpoint at 4): the resumed run continues the count and stops
+    at step 6, the second evaluation in a row ≥ 0.99."""
+    from shareddiff.data.mqar import MQARLoader
+    from shareddiff.train.trainer import TrainingInterrupted
+
+    real_batch = MQARLoader.batch
+
+    def cut(self, step, *args, **kwargs):
+        if step == 4:
+            raise KeyboardInterrupt
+        return real_batch(self, step, *args, **kwargs)
+
+    scripted(0.5, 0.995)
+    run = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", "checkpoint.every=4", *EARLY_STOP)
+    monkeypatch.setattr(MQARLoader, "batch", cut)
+    with pytest.raises(TrainingInterrupted, match="interrupted at step 4 of 20; last checkpoint step 4"):
+        train(run, progress=False)
+    monkeypatch.setattr(MQARLoader, "batch", real_batch)
+    scripted(0.999)
+    result = train(run, resume=True, progress=False)
+    assert result.step == 6 and result.early_stop["reason"].endswith("(steps 4, 6)")
+
+
+@pytest.mark.parametrize(
+    ("accuracies", "why"),
+    [((0.98, 0.995, 0.9, 0.999), "never twice in a row"), ((0.5, 0.7, 0.995, 0.999), "twice only at the last step")],
+)
+def test_a_run_not_solved_before_its_end_runs_to_max_steps(tmp_path, scripted, accuracies, why):
+    scripted(*accuracies)
+    result = train(mqar_run(tmp_path, "train.max_steps=8", "optim.warmup_steps=2", *EARLY_STOP), progress=False)
+    assert result.step == 8 and result.early_stop is None, why
+    assert not [r for r in read_metrics(tmp_path / "run") if "early_stop" in r]
+    assert mqar_run_record(tmp_path / "run")["early_stop"] is None
+
+
+def test_a_real_run_below_the_threshold_trains_all_its_steps(tmp_path):
+    """A tiny model after 6 steps is near chance (1/32 of the 32 value tokens), far below 0.99."""
+    run = mqar_run(tmp_path, "train.max_steps=6", "optim.warmup_steps=2", *EARLY_STOP)
+    result = train(run, progress=False)
+    evals = [r for r in read_metrics(run.train.out_dir) if "mqar_accuracy" in r]
+    assert result.step == 6 and result.early_stop is None and [r["step"] for r in evals] == [2, 4, 6]
+    assert max(r["mqar_accuracy"] for r in evals) < 0.5
+
+
+@pytest.mark.parametrize(("unit", "mode"), [("model", "default"), ("block", "max-autotune-no-cudagraphs")])
+def test_a_compiled_mqar_run_compiles_once_and_matches_eager(tmp_path, monkeypatch, unit, mode):
+    """train.compile with either parallel.compile_unit: one graph for the whole run (training has one shape;
+    the evaluations at N and 2N, 40 sequences in batches of 16, run eager and add none), and the eager run's
+    losses and accuracies (≤ 1e-5); train.compile_mode reaches torch.compile. The "aot_eager" backend (it
+    takes no mode): Dynamo's graphs and guards without Inductor's compile time."""
+    from torch._dynamo.utils import counters
+
+    common = ("train.max_steps=6", "train.eval_every=2", "optim.warmup_steps=2", "mqar.eval_samples=40")
+    train(mqar_run(tmp_path / "eager", *common), progress=False)
+    compiled = []
+    real_compile = torch.compile
+
+    def aot_eager(module, *args, mode=None, **kwargs):
+        compiled.append((type(module).__name__, mode))
+        return real_compile(module, *args, **{**kwargs, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch, "compile", aot_eager)
+    torch._dynamo.reset()
+    graphs = counters["stats"]["unique_graphs"]
+    compiled_run = ("train.compile=true", f"parallel.compile_unit={unit}", f"train.compile_mode={mode}")
+    run = mqar_run(tmp_path / unit, *common, *compiled_run)
+    train(run, progress=False)
+    assert compiled == ([("LanguageModel", mode)] if unit == "model" else [("Block", mode)] * 2)
+    assert counters["stats"]["unique_graphs"] == graphs + 1  # the blocks share theirs
+    eager, rows = read_metrics(tmp_path / "eager" / "run"), read_metrics(run.train.out_dir)
+    assert [r["step"] for r in rows] == [r["step"] for r in eager]
+    for key in ("loss", "mqar_loss", "mqar_accuracy", "mqar_loss_2x", "mqar_accuracy_2x"):
+        got, want = [r[key] for r in rows if key in r], [r[key] for r in eager if key in r]
+        assert len(got) == len(want) == 3
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-6), key
+
+
 def test_mqar_recipe_errors_name_the_fix(tmp_path):
     with pytest.raises(ValueError, match=r"data.mix='needle:0.2' mixes in corpus rows"):
         mqar_run(tmp_path, 'data.mix="needle:0.2"')
@@ -105,6 +245,14 @@ def test_mqar_recipe_errors_name_the_fix(tmp_path):
         mqar_run(tmp_path, "data.seq_len=15")
     with pytest.raises(ValueError, match=r"model.vocab_size=32 is smaller than mqar.vocab_size 64"):
         train(mqar_run(tmp_path, "model.vocab_size=32"), progress=False)
+    with pytest.raises(ValueError, match=r"train.early_stop_accuracy=1.5 must be in \[0, 1\] \(0 = off"):
+        mqar_run(tmp_path, "train.early_stop_accuracy=1.5")
+    with pytest.raises(ValueError, match=r"train.compile_mode='fast' must be one of 'default', 'reduce-overhead'"):
+        mqar_run(tmp_path, "train.compile_mode=fast")
+    with pytest.raises(ValueError, match=r"train.early_stop_patience=0 must be a positive integer"):
+        mqar_run(tmp_path, "train.early_stop_patience=0")
+    with pytest.raises(ValueError, match=r"watches MQAR accuracy, .* data.source='corpus'; set train.early_stop_acc"):
+        load_recipe(None, "transformer-tiny", ["train.early_stop_accuracy=0.99"])
 
 
 def run_row(variant, d_model, lr, curve, seq_len=64, pairs=4, acc_2x=0.1):
@@ -160,21 +308,29 @@ def test_heatmap_is_written(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_tiny_transformer_learns_mqar(tmp_path):
+def test_a_tiny_transformer_learns_mqar_and_stops_once_solved(tmp_path):
     """The task is learnable and the harness right: a 2-layer width-64 Transformer (transformer-mqar,
     two heads) reaches ≥ 0.9 accuracy on 4 pairs at length 64 on the CPU (vocabulary 64: with 256 the
-    same model sat at chance, 0.25, for 2000 steps; docs/evaluation.md)."""
+    same model sat at chance, 0.25, for 2000 steps; docs/evaluation.md). With the recipe's early stop
+    (≥ 0.99 at 2 evaluations in a row, every 50 steps) it ends well before its 1000 steps."""
     run = mqar_run(
         tmp_path,
-        "train.max_steps=400",
+        "train.max_steps=1000",
         "train.micro_batch=32",
-        "train.eval_every=400",
-        "train.log_every=100",
+        "train.eval_every=50",
+        "train.log_every=50",
+        "train.early_stop_accuracy=0.99",
+        "train.early_stop_patience=2",
         "optim.lr=3e-3",
         "optim.warmup_steps=100",
         "optim.min_lr_ratio=1.0",  # constant after warmup: no decay while the plateau is left (step 150-200)
         "mqar.eval_samples=256",
     )
-    train(run, progress=False)
-    final = [r for r in read_metrics(run.train.out_dir) if "mqar_accuracy" in r][-1]
-    assert final["mqar_accuracy"] >= 0.9, final
+    result = train(run, progress=False)
+    evals = [r for r in read_metrics(run.train.out_dir) if "mqar_accuracy" in r]
+    final = evals[-1]
+    assert final["mqar_accuracy"] >= 0.99 and evals[-2]["mqar_accuracy"] >= 0.99, evals
+    assert evals[-3]["mqar_accuracy"] < 0.99  # the first two in a row
+    assert result.early_stop["step"] == result.step == final["step"] < 1000
+    record = mqar_run_record(run.train.out_dir)
+    assert steps_to(record["curve"], 0.99) == evals[-2]["step"] and record["accuracy_2x"] == final["mqar_accuracy_2x"]

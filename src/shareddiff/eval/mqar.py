@@ -44,7 +44,9 @@ def steps_to(curve: list[tuple[int, float]], level: float) -> int | None:
 
 def mqar_run_record(run_dir: str | Path) -> dict[str, Any]:
     """One MQAR training run as the summary needs it, from its folder (run_config.json, metrics.jsonl):
-    variant, width, length, pairs, learning rate, the accuracy curve and the final accuracies."""
+    variant, width, length, pairs, learning rate, the accuracy curve and the final accuracies. A run that
+    stopped early (``train.early_stop_accuracy``) ends its curve at the stop: its final accuracies are the
+    stop's, and ``early_stop`` holds the trainer's record of it (step, reason, ...; None for a full run)."""
     from shareddiff.train.metrics import read_metrics
     from shareddiff.train.trainer import RUN_CONFIG
 
@@ -53,7 +55,8 @@ def mqar_run_record(run_dir: str | Path) -> dict[str, Any]:
     run, model = saved["run"], saved["model_config"]
     if run["data"].get("source") != "mqar":
         raise ValueError(f"{run_dir} is not an MQAR run (data.source={run['data'].get('source')!r})")
-    evals = [r for r in read_metrics(run_dir) if "mqar_accuracy" in r]
+    rows = read_metrics(run_dir)
+    evals = [r for r in rows if "mqar_accuracy" in r]
     if not evals:
         raise ValueError(f"{run_dir} has no MQAR evaluation in its metrics.jsonl yet")
     last = evals[-1]
@@ -68,6 +71,7 @@ def mqar_run_record(run_dir: str | Path) -> dict[str, Any]:
         "curve": [(r["step"], r["mqar_accuracy"]) for r in evals],
         "accuracy": last["mqar_accuracy"],
         "accuracy_2x": last.get("mqar_accuracy_2x"),
+        "early_stop": next((r["early_stop"] for r in rows if "early_stop" in r), None),
     }
 
 
@@ -89,6 +93,7 @@ def _best_entry(group: list[dict[str, Any]]) -> dict[str, Any]:
         "accuracy_2x": best["accuracy_2x"],
         "lr": best["lr"],
         "steps": best["steps"],
+        "stopped_early": (best.get("early_stop") or {}).get("step"),
         **{f"steps_to_{round(level * 100)}": steps_to(best["curve"], level) for level in THRESHOLDS},
         "runs": len(group),
     }

@@ -509,10 +509,18 @@ def _mqar_lines(mqar: dict | None) -> list[str]:
 
     def row(c: dict, *first: Any) -> list[Any]:
         at_2x = "—" if c["accuracy_2x"] is None else f"{c['accuracy_2x']:.3f}"
-        return [*first, f"{c['accuracy']:.3f}", at_2x, f"{c['lr']:g}", steps(c["steps_to_50"]), steps(c["steps_to_99"])]
+        return [
+            *first,
+            f"{c['accuracy']:.3f}",
+            at_2x,
+            f"{c['lr']:g}",
+            steps(c["steps_to_50"]),
+            steps(c["steps_to_99"]),
+            steps(c.get("stopped_early")),
+        ]
 
     cell = ["length", "pairs", "variant"]
-    after = ["accuracy", "at 2x length", "lr", "steps to 50 %", "steps to 99 %"]
+    after = ["accuracy", "at 2x length", "lr", "steps to 50 %", "steps to 99 %", "stopped early at"]
     best = [row(c, c["seq_len"], c["pairs"], c["variant"], c["d_model"], c["runs"]) for c in mqar["best"]]
     by_width = []
     for c in mqar["cells"]:
@@ -520,8 +528,9 @@ def _mqar_lines(mqar: dict | None) -> list[str]:
         by_width.append([*row(c, c["seq_len"], c["pairs"], c["variant"], c["d_model"]), rates])
     return [
         "",
-        "MQAR accuracy at the answer positions (fixed evaluation set, at the end of training), the best run over "
-        "widths and learning rates per cell and variant, with that run's first evaluated step at 50 % and 99 %:",
+        "MQAR accuracy at the answer positions (fixed evaluation set, at the end of training or at the run's early "
+        "stop), the best run over widths and learning rates per cell and variant, with that run's first evaluated "
+        "step at 50 % and 99 %:",
         "",
         *md_table([*cell, "width", "runs", *after], best),
         "",

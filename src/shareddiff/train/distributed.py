@@ -119,14 +119,16 @@ def parallelize(
     *,
     compile: bool = False,
     precision: str = "fp32",
+    compile_mode: str = "default",
 ) -> nn.Module:
     """Wrap a plain ``LanguageModel`` in torchtitan's order (``parallelize_llama``): activation
     checkpointing per block, ``torch.compile`` per block, then DDP or FSDP2.
 
-    ``compile`` is ``train.compile``; with ``config.compile_unit == "block"`` each block is compiled here,
-    before any wrapping (identical blocks reuse the compiled code: compile time does not grow with
-    depth), and the caller compiles nothing else. ``precision`` is the run's compute precision, "bf16"
-    or "fp32" (already resolved from "auto"): FSDP2's ``param_dtype="auto"`` gathers parameters in it.
+    ``compile`` is ``train.compile`` (``compile_mode`` its ``train.compile_mode``); with
+    ``config.compile_unit == "block"`` each block is compiled here, before any wrapping (identical blocks
+    reuse the compiled code: compile time does not grow with depth), and the caller compiles nothing else.
+    ``precision`` is the run's compute precision, "bf16" or "fp32" (already resolved from "auto"): FSDP2's
+    ``param_dtype="auto"`` gathers parameters in it.
     In one process only the first two steps apply. FSDP2 units: one per block
     (``config.reshard_after_forward``, ``config.prefetch_blocks``), then the root (embeddings, final
     norm, output head), whose parameters stay gathered from forward to backward unless
@@ -139,7 +141,9 @@ def parallelize(
             model.layers[i] = checkpoint_wrapper(block, preserve_rng_state=False)
     if compile and config.compile_unit == "block":
         for i, block in enumerate(model.layers):
-            model.layers[i] = torch.compile(block)  # checkpoints and safetensors keep the plain names
+            model.layers[i] = torch.compile(
+                block, mode=compile_mode
+            )  # checkpoints and safetensors keep the plain names
     if not dist.enabled:
         return model
     if config.strategy == "ddp":

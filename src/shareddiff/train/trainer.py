@@ -92,6 +92,7 @@ class TrainResult:
     train_loss: float | None
     val_loss: float | None
     already_complete: bool = False  # --resume of a run that had reached train.max_steps: nothing was trained
+    early_stop: dict | None = None  # a run stopped before train.max_steps (train.early_stop_accuracy): step, reason
 
 
 def lr_at(step: int, optim: OptimConfig, max_steps: int) -> float:
@@ -244,10 +245,18 @@ class Trainer:
             )
         self.budget = _budget(run, n_params, train_tokens, dist.world)
         precision = compute_precision(run.train.precision, device)
-        self.model = parallelize(model, run.parallel, dist, device, compile=run.train.compile, precision=precision)
+        self.model = parallelize(
+            model,
+            run.parallel,
+            dist,
+            device,
+            compile=run.train.compile,
+            precision=precision,
+            compile_mode=run.train.compile_mode,
+        )
         self.optimizer = build_optimizer(self.model, run.optim, device)
         compile_model = run.train.compile and run.parallel.compile_unit == "model"
-        self.step_model = torch.compile(self.model) if compile_model else self.model
+        self.step_model = torch.compile(self.model, mode=run.train.compile_mode) if compile_model else self.model
         self.tokens_per_step = run.train.micro_batch * run.train.grad_accum * run.data.seq_len * dist.world
 
         self.step, self.tokens_seen = 0, 0  # steps done, tokens trained
@@ -257,6 +266,8 @@ class Trainer:
         self.metrics: MetricsLogger | None = None  # rank 0's records
         self.bar = None
         self.window_start, self.window_tokens = 0.0, 0  # the tokens/s of the steps since the last record
+        self.solved_evals: list[tuple[int, float]] = []  # (step, MQAR accuracy) of the latest evals ≥ the threshold
+        self.early_stop: dict | None = None  # why and when the run stopped before train.max_steps
 
     def resume_from_checkpoint(self, new_schedule: bool) -> TrainResult | None:
         """Load the newest intact checkpoint of the run folder (after checking it was trained with this model,
@@ -268,10 +279,13 @@ class Trainer:
         state = read_state(ckpt)
         _check_resume_compatible(state, self.model_config, self.tokenizer, ckpt)
         _check_same_schedule(state, self.run, ckpt, new_schedule)
-        if state["step"] >= self.run.train.max_steps:
+        if state["step"] >= self.run.train.max_steps or (
+            state.get("early_stop") and self.run.train.early_stop_accuracy
+        ):
             return _already_complete(self.run_dir, ckpt, state)
         load_training_state(ckpt, self.model, self.optimizer, self.dist)
         self.step, self.tokens_seen, self.last_ckpt = state["step"], state["tokens"], ckpt
+        self.solved_evals = [tuple(e) for e in state.get("solved_evals", [])]
         log.info(
             "resuming %s from %s (step %d, saved by %d process(es), resumed on %d)",
             self.run_dir,
@@ -309,11 +323,15 @@ class Trainer:
                 if self._due(self.run.train.eval_every):
                     self.validate()
                 stopping = ctrl_c.pressed and self.step < max_steps
-                if self._due(self.run.checkpoint.every) or stopping:
+                if self._due(self.run.checkpoint.every) or stopping or self.early_stop:
+                    paused = time.perf_counter()
                     self.last_ckpt = self.save_checkpoint()
+                    self.window_start += time.perf_counter() - paused  # tokens/s counts training steps only
                 bar.update(1)
                 if stopping:
                     raise TrainingInterrupted(self.step, max_steps, self.last_ckpt)
+                if self.early_stop:
+                    break
         except KeyboardInterrupt as err:
             if isinstance(err, TrainingInterrupted):
                 raise
@@ -323,7 +341,9 @@ class Trainer:
             bar.close()
             if self.metrics is not None:
                 self.metrics.close()
-        return TrainResult(self.run_dir, max_steps, self.last_ckpt, self.train_loss, self.val_loss)
+        return TrainResult(
+            self.run_dir, self.step, self.last_ckpt, self.train_loss, self.val_loss, early_stop=self.early_stop
+        )
 
     def train_step(self, step: int) -> tuple[float, float, float]:
         """One optimizer step (0-based ``step``) over ``grad_accum`` micro-batches of every rank: (loss averaged
@@ -388,19 +408,55 @@ class Trainer:
     def validate(self) -> None:
         """The validation loss on every rank (MQAR: loss and accuracy at the answer positions, at the training
         length and 2x; a needle mix adds its probe's exact match, per-token accuracy and answer log-prob),
-        recorded by rank 0."""
+        recorded by rank 0 with the seconds it took (``eval_s``, left out of the next record's tokens/s). An
+        MQAR run with ``train.early_stop_accuracy`` also decides here whether it is solved (``early_stop``)."""
+        start = time.perf_counter()
         micro_batch = self.run.train.micro_batch
-        if self.mqar:
-            scores = self.probe(self.model, micro_batch, self.autocast)
+        if self.mqar:  # eager: compiled blocks would recompile for no_grad, for 2N and for the last, short batch
+            with torch.compiler.set_stance("force_eager"):
+                scores = self.probe(self.model, micro_batch, self.autocast)
             self.val_loss = scores["val_loss"]
         else:
             self.val_loss = evaluate(self.model, self.val_rows, micro_batch, self.device, self.autocast)
             scores = {"val_loss": self.val_loss, "val_ppl": math.exp(min(self.val_loss, 50))}
             if self.probe is not None:
                 scores |= self.probe(self.model, micro_batch, self.autocast)
+        seconds = time.perf_counter() - start
+        self.window_start += seconds  # tokens/s counts training steps only
         if self.metrics is not None:
-            self.metrics.log({"step": self.step, **scores, "tokens": self.tokens_seen})
+            self.metrics.log({"step": self.step, **scores, "tokens": self.tokens_seen, "eval_s": seconds})
             log.info("step %d: val loss %.4f", self.step, self.val_loss)
+        if self.mqar and self.run.train.early_stop_accuracy > 0:
+            self.watch_accuracy(scores["mqar_accuracy"])
+
+    def watch_accuracy(self, accuracy: float) -> None:
+        """Early stop of a solved MQAR run: once ``accuracy`` (at the training length) has been ≥
+        ``train.early_stop_accuracy`` at ``train.early_stop_patience`` consecutive evaluations, set
+        ``early_stop`` (the loop then saves a checkpoint and ends) and record why in metrics.jsonl. Rank 0's
+        accuracy decides for every rank."""
+        train = self.run.train
+        accuracy = broadcast_object(accuracy, self.dist)
+        if accuracy >= train.early_stop_accuracy:
+            self.solved_evals.append((self.step, accuracy))
+        else:
+            self.solved_evals = []
+        if len(self.solved_evals) < train.early_stop_patience or self.step >= train.max_steps:
+            return
+        recent = self.solved_evals[-train.early_stop_patience :]
+        self.early_stop = {
+            "step": self.step,
+            "max_steps": train.max_steps,
+            "reason": (
+                f"mqar_accuracy ≥ {train.early_stop_accuracy:g} at {len(recent)} consecutive evaluations "
+                f"(steps {', '.join(str(step) for step, _ in recent)})"
+            ),
+            "threshold": train.early_stop_accuracy,
+            "patience": train.early_stop_patience,
+            "accuracies": [accuracy for _, accuracy in recent],
+        }
+        if self.metrics is not None:
+            self.metrics.log({"step": self.step, "tokens": self.tokens_seen, "early_stop": self.early_stop})
+            log.info("step %d: stopping early of %d steps: %s", self.step, train.max_steps, self.early_stop["reason"])
 
     def save_checkpoint(self) -> Path:
         """A checkpoint of the step just done (model, optimizer, run and the losses so far)."""
@@ -411,6 +467,8 @@ class Trainer:
             "tokenizer_sha256": self.tokenizer.sha256,
             "train_loss": self.train_loss,
             "val_loss": self.val_loss,
+            "solved_evals": self.solved_evals,
+            "early_stop": self.early_stop,
         }
         keep = self.run.checkpoint.keep_last
         return save_checkpoint(
@@ -561,7 +619,13 @@ def _check_same_schedule(state: dict, run: RunConfig, ckpt: Path, new_schedule: 
 
 def _already_complete(run_dir: Path, ckpt: Path, state: dict) -> TrainResult:
     return TrainResult(
-        run_dir, state["step"], ckpt, state.get("train_loss"), state.get("val_loss"), already_complete=True
+        run_dir,
+        state["step"],
+        ckpt,
+        state.get("train_loss"),
+        state.get("val_loss"),
+        already_complete=True,
+        early_stop=state.get("early_stop"),
     )
 
 
