@@ -115,6 +115,28 @@ def test_resume_of_a_folder_without_a_run_is_an_error_not_a_fresh_run(make_run, 
         train(typo, resume="yes", progress=False)
 
 
+def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(make_run, tmp_path, caplog):
+    """A started run (run_config.json) with no checkpoint yet has nothing to continue: --resume starts it again
+    from step 0, says so, and its metrics hold each step once, equal to an uninterrupted run's."""
+    import logging
+    import shutil
+
+    reference = make_run("train.max_steps=4", out="reference")
+    train(reference, progress=False)
+    killed = make_run("train.max_steps=4", out="killed")
+    train(killed, progress=False)
+    shutil.rmtree(tmp_path / "killed" / "checkpoints")  # as if killed before its first checkpoint
+    with caplog.at_level(logging.WARNING, logger="shareddiff.train.trainer"):
+        result = train(killed, resume=True, progress=False)
+    assert result.step == 4
+    assert (
+        f"--resume: the run in {tmp_path / 'killed'} stopped before its first checkpoint; starting it again "
+        "from step 0" in caplog.text
+    )
+    assert [r["step"] for r in read_metrics(tmp_path / "killed") if "loss" in r] == [1, 2, 3, 4]
+    assert losses(tmp_path / "killed") == losses(tmp_path / "reference")
+
+
 def test_an_interruption_before_any_checkpoint_does_not_send_the_user_to_resume():
     from shareddiff.train import TrainingInterrupted
 

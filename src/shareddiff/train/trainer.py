@@ -179,8 +179,10 @@ def train(
     """Train the model of ``run``; with ``resume`` continue from the latest good checkpoint of its folder.
 
     ``resume=True`` (``--resume``) requires a run to continue: a ``train.out_dir`` that does not exist or
-    holds no checkpoint raises ValueError naming the folder, before anything is created. ``"if_present"``
-    (``reproduce``, ``demo``) resumes when there is a checkpoint and starts from step 0 otherwise.
+    holds no checkpoint raises ValueError naming the folder, before anything is created; a run that was
+    started there (its run_config.json) but stopped before its first checkpoint starts again from step 0.
+    ``"if_present"`` (``reproduce``, ``demo``) resumes when there is a checkpoint and starts from step 0
+    otherwise.
 
     Under torchrun every process calls this; they train data-parallel (``run.parallel``), each on its
     own rows of every global batch, so the loss curve does not depend on the number of processes.
@@ -201,8 +203,8 @@ def train(
             "train.attn_backend=auto (SDPA) or eager (TRITON_INTERPRET=1 runs the kernel on the CPU, slowly)"
         )
     try:
-        if resume is True:
-            _check_run_to_resume(Path(run.train.out_dir), dist)
+        if resume is True and _check_run_to_resume(Path(run.train.out_dir), dist):
+            resume = "if_present"  # a run killed before its first checkpoint starts again from step 0
         with _run_folder_lock(Path(run.train.out_dir), dist):
             trainer = Trainer(run, dist, device, resume, progress and dist.is_main)
             finished = trainer.resume_from_checkpoint(new_schedule) if resume else None
@@ -554,20 +556,30 @@ def _run_folder_lock(run_dir: Path, dist: DistInfo):
         lock.release()
 
 
-def _check_run_to_resume(run_dir: Path, dist: DistInfo) -> None:
+def _check_run_to_resume(run_dir: Path, dist: DistInfo) -> bool:
     """``--resume`` asks to continue a run: refuse (on every rank, before the folder is made) when ``run_dir``
-    does not exist or holds no checkpoint folder, rather than silently starting a new run."""
-    error = None
+    does not exist or holds neither a checkpoint folder nor a started run (its run_config.json), rather than
+    silently starting a new run. True when the run was started but killed before its first checkpoint: it
+    has nothing to continue from, so it starts again from step 0 (logged)."""
+    error, restart = None, False
     if dist.is_main:
         looked_for = f"looked for {run_dir / CHECKPOINTS}/step_*"
         fix = "set train.out_dir to the folder of the run to continue, or drop --resume to start a new run"
         if not run_dir.is_dir():
             error = f"--resume: {run_dir} does not exist, so there is no run to continue ({looked_for}); {fix}"
         elif not list_checkpoints(run_dir):
-            error = f"--resume: {run_dir} holds no checkpoint to continue from ({looked_for}); {fix} there"
-    error = broadcast_object(error, dist)
+            if (run_dir / RUN_CONFIG).is_file():
+                restart = True
+                log.warning(
+                    "--resume: the run in %s stopped before its first checkpoint; starting it again from step 0",
+                    run_dir,
+                )
+            else:
+                error = f"--resume: {run_dir} holds no checkpoint to continue from ({looked_for}); {fix} there"
+    error, restart = broadcast_object((error, restart), dist)
     if error is not None:
         raise ValueError(error)
+    return restart
 
 
 def _resume_point(run_dir: Path, dist: DistInfo) -> Path | None:
