@@ -72,9 +72,11 @@ def cmd_train(
     Args:
         preset: model preset, e.g. shared_diff-small
         config: a TOML recipe (see configs/)
-        resume: continue from the latest checkpoint of train.out_dir (an error if it holds none)
-        new_schedule: with --resume: accept a changed learning-rate schedule (train.max_steps, optim.lr,
-            optim.warmup_steps, optim.min_lr_ratio) for the remaining steps
+        resume: continue the run in train.out_dir from its latest intact checkpoint; a run stopped before its
+            first checkpoint starts again from step 0; an error when the folder holds no run, a finished run
+            without checkpoints, or the run was trained with another model, batches or schedule
+        new_schedule: with --resume (an error without it): accept a changed learning-rate schedule
+            (train.max_steps, optim.lr, optim.warmup_steps, optim.min_lr_ratio) for the remaining steps
         progress: progress bar
         mix: synthetic rows in training batches, e.g. needle:0.2 (same as data.mix="...")
         overrides: section.key=value or --section.key value, e.g. train.max_steps=200 --model.lowrank_rank 16

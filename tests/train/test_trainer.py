@@ -119,13 +119,12 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(make
     """A started run (run_config.json) with no checkpoint yet has nothing to continue: --resume starts it again
     from step 0, says so, and its metrics hold each step once, equal to an uninterrupted run's."""
     import logging
-    import shutil
 
     reference = make_run("train.max_steps=4", out="reference")
     train(reference, progress=False)
     killed = make_run("train.max_steps=4", out="killed")
     train(killed, progress=False)
-    shutil.rmtree(tmp_path / "killed" / "checkpoints")  # as if killed before its first checkpoint
+    kill_before_first_checkpoint(tmp_path / "killed", after_step=2)  # checkpoint.every=3
     with caplog.at_level(logging.WARNING, logger="shareddiff.train.trainer"):
         result = train(killed, resume=True, progress=False)
     assert result.step == 4
@@ -135,6 +134,16 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_starts_it_again(make
     )
     assert [r["step"] for r in read_metrics(tmp_path / "killed") if "loss" in r] == [1, 2, 3, 4]
     assert losses(tmp_path / "killed") == losses(tmp_path / "reference")
+
+
+def kill_before_first_checkpoint(run_dir, after_step: int) -> None:
+    """``run_dir`` as a run killed after ``after_step`` steps, before its first checkpoint, leaves it: no
+    checkpoint, metrics up to that step."""
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints")
+    kept = [r for r in read_metrics(run_dir) if r["step"] <= after_step]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
 
 
 def test_an_interruption_before_any_checkpoint_does_not_send_the_user_to_resume():

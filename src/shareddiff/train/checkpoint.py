@@ -14,7 +14,9 @@ files and renames the folder, so a run killed mid-write (any rank, any moment) l
 folder, never loaded. A checkpoint is trusted only once each file it needs matches the manifest: a
 truncated or altered file (weights or distributed state alike) makes it skipped, by name, for the
 previous one. A step folder without its manifest (a partial or foreign copy: the trainer writes the manifest
-last, inside the rename) is incomplete and skipped the same way; nothing skipped is ever deleted. A write
+last, inside the rename) is incomplete and skipped the same way; nothing skipped is ever deleted (when the
+resumed run saves that step again, the skipped folder moves to ``checkpoints/rejected/step_X-<time>-<pid>``,
+which resume and rotation ignore). A write
 that fails (a full disk) removes its ``.tmp`` folder and says why.
 A multi-node run needs the run folder on a filesystem every node sees.
 """
@@ -29,6 +31,7 @@ import logging
 import os
 import random
 import shutil
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,6 +45,7 @@ from shareddiff.train.distributed import DistInfo, all_gather_objects, broadcast
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
 MANIFEST = "manifest.json"
+REJECTED = "rejected"  # skipped step folders that a resumed run saved again, kept under checkpoints/
 FORMAT = "shareddiff-checkpoint/2"
 DCP_DIR = "dcp"
 FILES = ("model.safetensors", "rng_rank0.pt", "tokenizer.json", STATE, f"{DCP_DIR}/.metadata")
@@ -170,8 +174,11 @@ def _finish(tmp: Path, final: Path, listed: dict, run_dir: str | Path, keep_last
     """Rank 0: the manifest last, fsync everything, rename into place, prune old checkpoints."""
     (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": dict(sorted(listed.items()))}, indent=2))
     _fsync_tree(tmp)
-    if final.exists():  # re-saving a step after a resume: replace it
-        shutil.rmtree(final)
+    if final.exists():  # a step folder the resume skipped (incomplete or damaged): keep it, out of the way
+        aside = final.parent / REJECTED / f"{final.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        aside.parent.mkdir(exist_ok=True)
+        os.replace(final, aside)
+        log.warning("%s was skipped on resume and is saved again: the skipped folder is kept as %s", final, aside)
     os.replace(tmp, final)
     _fsync(final.parent)
     for old in _with_manifest(run_dir)[:-keep_last]:  # step folders without one are never deleted

@@ -27,6 +27,7 @@ from shareddiff.data.bundled import load_data_split
 from shareddiff.data.mqar import MQARLoader
 from shareddiff.data.needle import NeedleBuilder, parse_mix
 from shareddiff.model import build_model
+from shareddiff.repro.runner import RECORD
 from shareddiff.train.checkpoint import (
     CHECKPOINTS,
     choose_checkpoint,
@@ -49,7 +50,7 @@ from shareddiff.train.distributed import (
     shutdown,
 )
 from shareddiff.train.loss import token_loss
-from shareddiff.train.metrics import MetricsLogger
+from shareddiff.train.metrics import MetricsLogger, read_metrics
 from shareddiff.train.probes import MQARProbe, NeedleProbe
 from shareddiff.train.runlock import RunLock
 
@@ -148,19 +149,21 @@ def layer_lambdas(model: torch.nn.Module) -> list[float] | None:
     return values
 
 
-def _check_resume_compatible(state: dict, model_config: ModelConfig, tokenizer: Tokenizer, ckpt: Path) -> None:
-    saved = state["model_config"]
+def _check_resume_compatible(state: dict, model_config: ModelConfig, tokenizer: Tokenizer | None, ckpt: Path) -> None:
+    """A resume with another model config or tokenizer raises ValueError naming each difference. ``state``: a
+    checkpoint's, or run_config.json's (``ckpt`` that file; it records no tokenizer hash: ``tokenizer`` None)."""
+    saved, what = state["model_config"], "checkpoint" if ckpt.name != RUN_CONFIG else "run recorded in"
     diffs = [
-        f"model.{k}: checkpoint {saved.get(k)!r}, this run {v!r}"
+        f"model.{k}: {what.split()[0]} {saved.get(k)!r}, this run {v!r}"
         for k, v in model_config.to_dict().items()
         if k != "notes" and saved.get(k) != v
     ]
     if diffs:
         raise ValueError(
-            f"checkpoint {ckpt} was trained with another model config ({'; '.join(diffs)}); "
+            f"{what} {ckpt} was trained with another model config ({'; '.join(diffs)}); "
             "resume with the recipe it was made with, or start a new run folder"
         )
-    if state["tokenizer_sha256"] != tokenizer.sha256:
+    if tokenizer is not None and state["tokenizer_sha256"] != tokenizer.sha256:
         raise ValueError(
             f"checkpoint {ckpt} was trained with another tokenizer (sha256 "
             f"{state['tokenizer_sha256'][:12]}…, this run's is {tokenizer.sha256[:12]}…); "
@@ -203,10 +206,19 @@ def train(
             "train.attn_backend=auto (SDPA) or eager (TRITON_INTERPRET=1 runs the kernel on the CPU, slowly)"
         )
     try:
-        if resume is True and _check_run_to_resume(Path(run.train.out_dir), dist):
+        if new_schedule and not resume:
+            raise ValueError(
+                "--new-schedule accepts a changed learning-rate schedule when continuing a run; it needs --resume "
+                "(a new run has no schedule to change): add --resume, or drop --new-schedule"
+            )
+        restart_of = _check_run_to_resume(Path(run.train.out_dir), dist) if resume is True else None
+        if restart_of is not None:
             resume = "if_present"  # a run killed before its first checkpoint starts again from step 0
         with _run_folder_lock(Path(run.train.out_dir), dist):
             trainer = Trainer(run, dist, device, resume, progress and dist.is_main)
+            if restart_of is not None:
+                trainer.check_restart(restart_of, new_schedule)
+                return trainer.train()
             finished = trainer.resume_from_checkpoint(new_schedule) if resume else None
             return finished if finished is not None else trainer.train()
     finally:
@@ -226,6 +238,11 @@ class Trainer:
             raise ValueError(
                 f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
                 "or set train.out_dir to a new folder"
+            )
+        if not resume and (finished := _finished_run_files(self.run_dir)):
+            raise ValueError(
+                f"{self.run_dir} holds a finished run ({', '.join(finished)}); training into it would overwrite "
+                "its metrics.jsonl and run_config.json: set train.out_dir to another folder"
             )
         self.tokenizer = Tokenizer(run.data.tokenizer)
         self.model_config = _checked_model_config(run, self.tokenizer)
@@ -280,6 +297,7 @@ class Trainer:
             return None
         state = read_state(ckpt)
         _check_resume_compatible(state, self.model_config, self.tokenizer, ckpt)
+        _check_same_batches(state["run"], state["world_size"], self.run, self.dist.world, f"checkpoint {ckpt.name}")
         _check_same_schedule(state, self.run, ckpt, new_schedule)
         if state["step"] >= self.run.train.max_steps or (
             state.get("early_stop") and self.run.train.early_stop_accuracy
@@ -297,6 +315,18 @@ class Trainer:
             self.dist.world,
         )
         return None
+
+    def check_restart(self, recorded: dict, new_schedule: bool) -> None:
+        """``--resume`` of a run killed before its first checkpoint (``recorded``: its run_config.json) starts
+        it again from step 0: refuse, before anything is written, a recipe other than the one it was started
+        with (model, batches, schedule) as a checkpoint resume does, then say that it starts again."""
+        path = self.run_dir / RUN_CONFIG
+        _check_resume_compatible(recorded, self.model_config, None, path)
+        _check_same_batches(recorded["run"], recorded["world_size"], self.run, self.dist.world, f"the run recorded in {path}")
+        _check_same_schedule({**recorded, "step": 0}, self.run, path, new_schedule)
+        log.warning(
+            "--resume: the run in %s stopped before its first checkpoint; starting it again from step 0", self.run_dir
+        )
 
     def train(self) -> TrainResult:
         """Steps from the current one to ``train.max_steps``; logging, validation and checkpoints when due."""
@@ -539,10 +569,12 @@ def _load_data(run: RunConfig, tokenizer: Tokenizer, dist: DistInfo, device: tor
 
 @contextlib.contextmanager
 def _run_folder_lock(run_dir: Path, dist: DistInfo):
-    """Rank 0 holds ``run_dir``'s lock for the run; when another run holds it, every rank raises its message."""
+    """Rank 0 holds ``run_dir``'s lock for the run; when another run holds it, every rank raises its message.
+    A run that fails in a folder it created, before writing anything there (a config error), removes it."""
     lock = RunLock(run_dir)
-    refusal = None
+    refusal, created = None, False
     if dist.is_main:
+        created = not run_dir.exists()
         try:
             lock.acquire()
         except ValueError as err:
@@ -552,16 +584,24 @@ def _run_folder_lock(run_dir: Path, dist: DistInfo):
         raise ValueError(refusal)
     try:
         yield
+    except BaseException:
+        lock.release()
+        if created and [p.name for p in run_dir.iterdir()] == [lock.path.name]:
+            lock.path.unlink()
+            run_dir.rmdir()
+        raise
     finally:
         lock.release()
 
 
-def _check_run_to_resume(run_dir: Path, dist: DistInfo) -> bool:
+def _check_run_to_resume(run_dir: Path, dist: DistInfo) -> dict | None:
     """``--resume`` asks to continue a run: refuse (on every rank, before the folder is made) when ``run_dir``
     does not exist or holds neither a checkpoint folder nor a started run (its run_config.json), rather than
-    silently starting a new run. True when the run was started but killed before its first checkpoint: it
-    has nothing to continue from, so it starts again from step 0 (logged)."""
-    error, restart = None, False
+    silently starting a new run. A started run without a checkpoint starts again from step 0 only when it can
+    have been killed before its first checkpoint: no record.json of ``reproduce`` (a finished run whose
+    checkpoints were deleted) and no training step logged after its first checkpoint's step; else an error.
+    The run's run_config.json (a dict) when it starts again, else None."""
+    error, recorded = None, None
     if dist.is_main:
         looked_for = f"looked for {run_dir / CHECKPOINTS}/step_*"
         fix = "set train.out_dir to the folder of the run to continue, or drop --resume to start a new run"
@@ -569,17 +609,75 @@ def _check_run_to_resume(run_dir: Path, dist: DistInfo) -> bool:
             error = f"--resume: {run_dir} does not exist, so there is no run to continue ({looked_for}); {fix}"
         elif not list_checkpoints(run_dir):
             if (run_dir / RUN_CONFIG).is_file():
-                restart = True
-                log.warning(
-                    "--resume: the run in %s stopped before its first checkpoint; starting it again from step 0",
-                    run_dir,
-                )
+                recorded = json.loads((run_dir / RUN_CONFIG).read_text())
+                error = _not_killed_before_first_checkpoint(run_dir, recorded)
             else:
                 error = f"--resume: {run_dir} holds no checkpoint to continue from ({looked_for}); {fix} there"
-    error, restart = broadcast_object((error, restart), dist)
+    error, recorded = broadcast_object((error, recorded), dist)
     if error is not None:
         raise ValueError(error)
-    return restart
+    return recorded
+
+
+def _not_killed_before_first_checkpoint(run_dir: Path, recorded: dict) -> str | None:
+    """Why the checkpoint-less run in ``run_dir`` (``recorded``: its run_config.json) cannot be one killed
+    before its first checkpoint, so that starting it again would overwrite a finished run's records; None when
+    it can be."""
+    finished = _finished_run_files(run_dir)
+    if finished:
+        return (
+            f"--resume: {run_dir} holds a finished run ({', '.join(finished)}) whose checkpoints were deleted, so "
+            "there is nothing to continue and starting it again would overwrite its records; set train.out_dir "
+            "to another folder, or drop --resume there to train a new run (after moving that one aside)"
+        )
+    run = recorded.get("run", {})
+    first = min(run.get("checkpoint", {}).get("every", 0), run.get("train", {}).get("max_steps", 0))
+    steps = [r["step"] for r in read_metrics(run_dir) if "loss" in r]
+    if steps and steps[-1] > first:  # the metrics of step `first` are logged just before its checkpoint is saved
+        return (
+            f"--resume: {run_dir} holds no checkpoint, but its metrics.jsonl logs step {steps[-1]}, after the run's "
+            f"first checkpoint (step {first}): its checkpoints were deleted, so there is nothing to continue and "
+            "starting it again would overwrite its records; set train.out_dir to another folder, or drop --resume"
+        )
+    return None
+
+
+def _finished_run_files(run_dir: Path) -> list[str]:
+    """What in ``run_dir`` shows a finished run: ``reproduce``'s record.json, evaluation results (eval/)."""
+    return [name for name in (RECORD, "eval/") if (run_dir / name.rstrip("/")).exists()]
+
+
+BATCH_FIELDS = ("train.seed", "data.seq_len", "data.path", "data.tokenizer", "data.source", "data.mix")
+
+
+def _check_same_batches(saved: dict, saved_world: int, run: RunConfig, world: int, source: str) -> None:
+    """Batch ``step`` is a function of the seed, the data, the window length and the global batch: a resume that
+    changes one of them trains the rest of the run on another batch sequence than its record says. Refuse it
+    naming each change. A micro_batch × grad_accum × world size split of the same global batch is fine (memory
+    only; docs/distributed.md)."""
+    now = run.to_dict()
+    diffs = []
+    for key in BATCH_FIELDS:
+        section, name = key.split(".")
+        before, after = saved.get(section, {}).get(name), now[section].get(name)
+        if before != after:
+            diffs.append(f"{key} {before!r} → {after!r}")
+    saved_train = saved.get("train", {})
+    before = saved_train.get("micro_batch", 0) * saved_train.get("grad_accum", 0) * saved_world
+    after = run.train.micro_batch * run.train.grad_accum * world
+    if before != after:
+        diffs.append(
+            f"global batch (train.micro_batch × train.grad_accum × processes) {saved_train.get('micro_batch')} × "
+            f"{saved_train.get('grad_accum')} × {saved_world} = {before} → {run.train.micro_batch} × "
+            f"{run.train.grad_accum} × {world} = {after}"
+        )
+    if diffs:
+        raise ValueError(
+            f"{source} was trained on another batch sequence ({'; '.join(diffs)}); resuming with these values "
+            "trains the remaining steps on other batches than its record says. Resume with the run's own values "
+            "(micro_batch and grad_accum may change while their product × processes stays the same), or start a "
+            "new run folder"
+        )
 
 
 def _resume_point(run_dir: Path, dist: DistInfo) -> Path | None:
@@ -620,8 +718,9 @@ def _check_same_schedule(state: dict, run: RunConfig, ckpt: Path, new_schedule: 
     if not diffs:
         return
     if not new_schedule:
+        what = f"checkpoint {ckpt.name}" if ckpt.name != RUN_CONFIG else f"the run recorded in {ckpt}"
         raise ScheduleChanged(
-            f"checkpoint {ckpt.name} was trained on another learning-rate schedule ({'; '.join(diffs)}); "
+            f"{what} was trained on another learning-rate schedule ({'; '.join(diffs)}); "
             "resuming with these values changes the learning rate of every remaining step. Resume with "
             "the run's own values, or pass --new-schedule to continue on the new schedule",
             diffs,
