@@ -1,7 +1,6 @@
 """What `train` and `train --resume` do with a run folder that already holds something: a finished run, a run
 killed before its first checkpoint, a live run, skipped checkpoints. Nothing recorded is overwritten or lost."""
 
-import json
 import logging
 import shutil
 
@@ -12,7 +11,7 @@ from shareddiff.train.checkpoint import list_checkpoints
 from shareddiff.train.metrics import read_metrics
 from shareddiff.train.runlock import RunLock
 from shareddiff.train.trainer import ScheduleChanged
-from tests.train.test_trainer import kill_before_first_checkpoint, losses, logged_warnings
+from tests.train.test_trainer import kill_before_first_checkpoint, logged_warnings, losses
 
 
 def records(run_dir) -> dict[str, bytes]:
@@ -132,9 +131,9 @@ def test_resume_accepts_the_same_global_batch_split_otherwise(make_run, tmp_path
 
 
 def test_resume_into_a_live_run_says_nothing_of_a_restart(make_run, killed_at_step_2, caplog):
-    with RunLock(killed_at_step_2), caplog.at_level(logging.INFO, logger="shareddiff"):
-        with pytest.raises(ValueError, match=r"is in use by another training run"):
-            train(make_run("train.max_steps=4"), resume=True, progress=False)
+    live = RunLock(killed_at_step_2)
+    with live, caplog.at_level(logging.INFO, logger="shareddiff"), pytest.raises(ValueError, match=r"is in use by"):
+        train(make_run("train.max_steps=4"), resume=True, progress=False)
     assert "starting it again" not in caplog.text
 
 
@@ -175,3 +174,9 @@ def test_a_config_error_leaves_no_new_folder_behind(make_run, tmp_path):
     with pytest.raises(ValueError, match=r"data.seq_len=4096 exceeds model max_seq_len"):
         train(make_run("data.seq_len=4096", out="new"), progress=False)
     assert not (tmp_path / "new").exists()
+
+
+def test_restart_with_a_damaged_run_config_is_an_error_naming_it(make_run, killed_at_step_2):
+    (killed_at_step_2 / "run_config.json").write_text('{"run": {')  # killed while writing it
+    with pytest.raises(ValueError, match=r"run_config.json is damaged .* drop --resume to start the run over there"):
+        train(make_run("train.max_steps=4"), resume=True, progress=False)

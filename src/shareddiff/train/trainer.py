@@ -152,9 +152,10 @@ def layer_lambdas(model: torch.nn.Module) -> list[float] | None:
 def _check_resume_compatible(state: dict, model_config: ModelConfig, tokenizer: Tokenizer | None, ckpt: Path) -> None:
     """A resume with another model config or tokenizer raises ValueError naming each difference. ``state``: a
     checkpoint's, or run_config.json's (``ckpt`` that file; it records no tokenizer hash: ``tokenizer`` None)."""
-    saved, what = state["model_config"], "checkpoint" if ckpt.name != RUN_CONFIG else "run recorded in"
+    saved, was = state["model_config"], "checkpoint" if ckpt.name != RUN_CONFIG else "run"
+    what = "checkpoint" if ckpt.name != RUN_CONFIG else "the run recorded in"
     diffs = [
-        f"model.{k}: {what.split()[0]} {saved.get(k)!r}, this run {v!r}"
+        f"model.{k}: {was} {saved.get(k)!r}, this run {v!r}"
         for k, v in model_config.to_dict().items()
         if k != "notes" and saved.get(k) != v
     ]
@@ -183,16 +184,20 @@ def train(
 
     ``resume=True`` (``--resume``) requires a run to continue: a ``train.out_dir`` that does not exist or
     holds no checkpoint raises ValueError naming the folder, before anything is created; a run that was
-    started there (its run_config.json) but stopped before its first checkpoint starts again from step 0.
-    ``"if_present"`` (``reproduce``, ``demo``) resumes when there is a checkpoint and starts from step 0
-    otherwise.
+    started there (its run_config.json) but stopped before its first checkpoint starts again from step 0,
+    with the recipe it was started with, when it cannot have finished (no record.json, no metrics past its
+    first checkpoint step); else ValueError. ``"if_present"`` (``reproduce``, ``demo``) resumes when there is
+    a checkpoint and starts from step 0 otherwise. ``resume=False`` refuses a folder holding checkpoints or a
+    finished run (record.json, eval/). Any resume refuses another model config or batch sequence (seed, data,
+    window length, global batch).
 
     Under torchrun every process calls this; they train data-parallel (``run.parallel``), each on its
     own rows of every global batch, so the loss curve does not depend on the number of processes.
     The run holds its folder's lock throughout (a second run into it is refused, naming this one).
     ``--resume`` refuses a changed learning-rate schedule (max_steps, lr, warmup, min_lr_ratio) unless
-    ``new_schedule``. Ctrl-C raises TrainingInterrupted; in one process the first Ctrl-C finishes the
-    step and saves a checkpoint first. Progress notes go to this module's logger (the CLI shows rank 0's).
+    ``new_schedule`` (ValueError without ``resume``). Ctrl-C raises TrainingInterrupted; in one process the
+    first Ctrl-C finishes the step and saves a checkpoint first. Progress notes go to this module's logger
+    (the CLI shows rank 0's).
     """
     if resume not in (False, True, "if_present"):
         raise ValueError(f"resume={resume!r}; use True (a run must exist), 'if_present' or False")
@@ -322,7 +327,8 @@ class Trainer:
         with (model, batches, schedule) as a checkpoint resume does, then say that it starts again."""
         path = self.run_dir / RUN_CONFIG
         _check_resume_compatible(recorded, self.model_config, None, path)
-        _check_same_batches(recorded["run"], recorded["world_size"], self.run, self.dist.world, f"the run recorded in {path}")
+        source = f"the run recorded in {path}"
+        _check_same_batches(recorded["run"], recorded["world_size"], self.run, self.dist.world, source)
         _check_same_schedule({**recorded, "step": 0}, self.run, path, new_schedule)
         log.warning(
             "--resume: the run in %s stopped before its first checkpoint; starting it again from step 0", self.run_dir
@@ -609,8 +615,14 @@ def _check_run_to_resume(run_dir: Path, dist: DistInfo) -> dict | None:
             error = f"--resume: {run_dir} does not exist, so there is no run to continue ({looked_for}); {fix}"
         elif not list_checkpoints(run_dir):
             if (run_dir / RUN_CONFIG).is_file():
-                recorded = json.loads((run_dir / RUN_CONFIG).read_text())
-                error = _not_killed_before_first_checkpoint(run_dir, recorded)
+                try:
+                    recorded = json.loads((run_dir / RUN_CONFIG).read_text())
+                    error = _not_killed_before_first_checkpoint(run_dir, recorded)
+                except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                    error = (
+                        f"--resume: {run_dir / RUN_CONFIG} is damaged ({err}) and there is no checkpoint, so the "
+                        "recipe of the run to start again is unknown; drop --resume to start the run over there"
+                    )
             else:
                 error = f"--resume: {run_dir} holds no checkpoint to continue from ({looked_for}); {fix} there"
     error, recorded = broadcast_object((error, recorded), dist)
