@@ -75,8 +75,8 @@ def cmd_train(
         resume: continue the run in train.out_dir from its latest intact checkpoint; a run stopped before its
             first checkpoint starts again from step 0; an error when the folder holds no run, a finished run
             without checkpoints, or the run was trained with another model, batches or schedule
-        new_schedule: with --resume (an error without it): accept a changed learning-rate schedule
-            (train.max_steps, optim.lr, optim.warmup_steps, optim.min_lr_ratio) for the remaining steps
+        new_schedule: with --resume: accept a changed learning-rate schedule (train.max_steps, optim.lr,
+            optim.warmup_steps, optim.min_lr_ratio) for the remaining steps (an error without --resume)
         progress: progress bar
         mix: synthetic rows in training batches, e.g. needle:0.2 (same as data.mix="...")
         overrides: section.key=value or --section.key value, e.g. train.max_steps=200 --model.lowrank_rank 16

@@ -150,7 +150,7 @@ def test_train_help_describes_resume_as_it_behaves():
     text = " ".join(parser._subparsers._group_actions[0].choices["train"].format_help().split())
     assert "an error if it holds none" not in text
     assert "a run stopped before its first checkpoint starts again from step 0" in text
-    assert "with --resume (an error without it)" in text
+    assert "for the remaining steps (an error without --resume)" in text
 
 
 def test_a_skipped_step_folder_saved_again_is_moved_aside_not_deleted(make_run, tmp_path, caplog):
