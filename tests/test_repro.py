@@ -621,3 +621,32 @@ def test_group_curves_average_seeds_at_shared_steps_and_draw_the_gap(tmp_path):
         panels={"t": "8m", "d": "8m"},
     )
     assert Image.open(two).size[1] > 1.6 * Image.open(one).size[1]  # the gap row below the losses
+
+
+def test_gap_row_range_holds_every_gap_curve(tmp_path, monkeypatch):
+    """With one baseline and one other group, the gap axis's y-range holds that group's late gaps (the first
+    gap curve was once left out of the range, leaving an axis of ±0.0001)."""
+    from shareddiff import plots
+
+    rng = np.random.default_rng()
+    steps = [100, 200, 300, 400, 500]
+    base = rng.uniform(3, 4, len(steps))
+    offset = rng.uniform(0.05, 0.2, len(steps))
+    for name, losses in (("t", base), ("d", base + offset)):
+        (tmp_path / name).mkdir()
+        rows = [{"step": s, "tokens": s * 64, "val_loss": float(v)} for s, v in zip(steps, losses, strict=True)]
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, out: figures.append(fig) or out)
+    plots.plot_group_curves(
+        {"t": [tmp_path / "t"], "d": [tmp_path / "d"]},
+        tmp_path / "gap.png",
+        "x",
+        variants={"t": "standard", "d": "diff"},
+        panels={"t": "8m", "d": "8m"},
+    )
+    low, high = figures[0].axes[1].get_ylim()
+    late = offset[1:]  # tokens ≥ a fifth of the last
+    assert low <= 0.0 and high >= late.max() and high < late.max() + 0.1  # the range fits the gaps, not ±1e-4
+    assert plots.gap_limits([([1.0, 5.0], [-0.3, 0.2])]) == pytest.approx((-0.3 - 0.0501, 0.2 + 0.0501))
+    assert plots.gap_limits([]) is None

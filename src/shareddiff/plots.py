@@ -132,7 +132,7 @@ def plot_group_curves(
         members = [g for g in groups if panels[g] == name]
         by_colour = len({variants.get(g) for g in members}) == len(members) and all(variants.get(g) for g in members)
         ax, delta_ax = axes[0][col], axes[1][col] if rows == 2 else None
-        kept = []
+        kept, gaps = [], []
         for i, group in enumerate(members):
             curve = curves[group]
             if not curve:
@@ -150,9 +150,10 @@ def plot_group_curves(
             if delta_ax is not None and base and group != base:
                 ref = curves[base]
                 shared = [s for s in steps if s in ref]
+                gap = ([curve[s][0] for s in shared], [curve[s][1] - ref[s][1] for s in shared])
+                gaps.append(gap)
                 delta_ax.plot(
-                    [curve[s][0] for s in shared],
-                    [curve[s][1] - ref[s][1] for s in shared],
+                    *gap,
                     color=colour,
                     marker="o",
                     ms=2.5,
@@ -175,21 +176,25 @@ def plot_group_curves(
             delta_ax.grid(alpha=0.3)
             if name in base_of:
                 delta_ax.set_title(f"minus {base_of[name]}", fontsize=9)
-                lines = delta_ax.get_lines()[1:]
-                late = [
-                    y
-                    for line in lines
-                    for x, y in zip(*line.get_data(), strict=True)
-                    if x >= 0.2 * max(line.get_xdata())
-                ]
-                if late:
-                    pad = 0.1 * (max(late) - min(late) + 1e-3)
-                    delta_ax.set_ylim(min(min(late), 0.0) - pad, max(max(late), 0.0) + pad)
+                limits = gap_limits(gaps)
+                if limits is not None:
+                    delta_ax.set_ylim(*limits)
             if col == 0:
                 delta_ax.set_ylabel("Δ validation loss (nats)")
     if names != [""]:
         fig.suptitle(title, fontsize=11)
     return _save(plt, fig, out)
+
+
+def gap_limits(gaps: list[tuple[list[float], list[float]]]) -> tuple[float, float] | None:
+    """The y-range of the gap row: every curve's gaps (``(tokens, gap)`` pairs of lists) past the first fifth
+    of its tokens, and zero, with a 10 % margin; None when there is no gap point."""
+    late = [y for tokens, gap in gaps for x, y in zip(tokens, gap, strict=True) if tokens and x >= 0.2 * max(tokens)]
+    if not late:
+        return None
+    low, high = min(min(late), 0.0), max(max(late), 0.0)
+    pad = 0.1 * (high - low + 1e-3)
+    return low - pad, high + pad
 
 
 def _count_formatter():
