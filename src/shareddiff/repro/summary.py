@@ -176,7 +176,10 @@ def needed_with_interval(fit: dict, loss: float, sigma: float, seed: int = 1) ->
     if not fit["draws"]:
         return point, math.nan, math.nan
     rng = np.random.default_rng(seed)
-    needs = np.asarray([needed_for_loss(d, loss + rng.normal(0, sigma)) for d in fit["draws"]])
+    # a draw that is no decreasing law (b ≤ 0) never reaches a lower loss: "beyond", as inf
+    needs = np.asarray(
+        [needed_for_loss(d, loss + rng.normal(0, sigma)) if d["b"] > 0 else math.inf for d in fit["draws"]]
+    )
     # draws whose curve never reaches the loss give inf: rank-based percentiles keep them as "beyond"
     lo, hi = np.percentile(needs, [16, 84], method="nearest" if np.isinf(needs).any() else "linear")
     return point, float(lo), float(hi)
@@ -224,17 +227,22 @@ def efficiency(groups: dict[str, dict], x_key: str, references: list[str], sigma
             for variant, fit in fits.items():
                 if variant == reference:
                     continue
+                row = {"reference": reference, "variant": variant, "reference_x": x, "loss": loss}
+                if fit["b"] <= 0:  # not a decreasing law: no x of it reaches a loss
+                    rows.append(row | {"needed_fraction": None, "interval": [math.nan, math.nan], "decreasing": False})
+                    continue
                 need, lo, hi = needed_with_interval(fit, loss, error)
                 xs = [p[0] for p in points[variant]]
+                frac = need / x
                 rows.append(
-                    {
-                        "reference": reference,
-                        "variant": variant,
-                        "reference_x": x,
-                        "loss": loss,
-                        "needed_fraction": need / x,
+                    row
+                    | {
+                        "needed_fraction": frac,
                         "interval": [lo / x, hi / x],
                         "extrapolated": not min(xs) <= need <= max(xs),
+                        "decreasing": True,
+                        # the point estimate outside its own bootstrap interval: the fit swings with the noise
+                        "unstable": not math.isnan(lo) and not lo / x <= frac <= hi / x,
                     }
                 )
     keys = ("a", "b", "c", "sse", "residuals", "chi2", "dof", "scale")
@@ -324,6 +332,9 @@ def _fmt_delta(entry: dict) -> str:
     return f"{entry['delta_vs_baseline']:+.4f}" + ("" if not se else f" ± {se:.4f}")
 
 
+EXACT_FIT_NATS = 1e-4  # a 3-point fit whose residuals are all below this passes through its points
+
+
 def _efficiency_rows(result: dict, unit: str) -> list[str]:
     if not result["match"]:
         have = ", ".join(f"{v}: {len(p)}" for v, p in sorted(result["points"].items()))
@@ -335,8 +346,12 @@ def _efficiency_rows(result: dict, unit: str) -> list[str]:
     rows = []
     for m in sorted(result["match"], key=lambda m: (m["reference"], m["reference_x"], m["variant"])):
         frac, (lo, hi) = m["needed_fraction"], m["interval"]
-        if math.isinf(frac):
+        if frac is None:
+            needed = "loss does not fall with size over these points: no multiple"
+        elif math.isinf(frac):
             needed = "beyond the fit"
+        elif m.get("unstable"):
+            needed = f"unstable fit: {frac:.2f} lies outside its interval [{lo:.2f}, {hi:.2f}]"
         else:
             needed = f"{frac:.2f}" + ("" if math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]")
             needed += " (extrapolated)" if m["extrapolated"] else ""
@@ -382,7 +397,16 @@ def _efficiency_rows(result: dict, unit: str) -> list[str]:
                 "same-x comparisons are the firmer reading.",
             ]
     if result.get("exact"):
-        lines += ["", "With three points per variant the fit passes through every point: no residual checks it."]
+        miss = max((abs(r) for f in fits.values() for r in f["residuals"]), default=0.0)
+        if miss < EXACT_FIT_NATS:
+            lines += ["", "With three points per variant the fit passes through every point: no residual checks it."]
+        else:
+            lines += [
+                "",
+                "With three points per variant the fit has no residual degree of freedom, yet the law misses them "
+                f"by up to {miss:.4f} nats (a·x^(−b) + c cannot follow these points, e.g. a loss that does not "
+                "fall monotonically): read its multiples as unsupported.",
+            ]
     return lines
 
 
