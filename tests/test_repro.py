@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -726,3 +727,30 @@ def test_a_multiple_outside_its_interval_is_called_unstable():
     text = "\n".join(_efficiency_rows(result, "non-embedding parameters"))
     assert "unstable fit: 1373.63 lies outside its interval [0.01, 46.04]" in text
     assert "0.80 [0.70, 0.90]" in text
+
+
+def test_no_finished_runs_names_the_command_as_given(tmp_path, tiny_data, tiny_tokenizer):
+    """--summary-only with no finished run names the experiment as the user gave it (a path) and its --out."""
+    exp_path = _tiny_experiment(tmp_path, tiny_data, tiny_tokenizer)
+    out = tmp_path / "elsewhere"
+    with pytest.raises(ValueError, match="no finished runs") as err:
+        reproduce(str(exp_path), out=str(out), summary_only=True)
+    assert f"run `shareddiff reproduce {exp_path} --out {out}` first" in str(err.value)
+
+
+def test_a_run_locked_by_another_reproduce_is_skipped_and_named(tmp_path, tiny_data, tiny_tokenizer):
+    """Two reproduce commands into one --out: a run the other is training is skipped, the others train, and
+    the error names the reproduce options (--out, --run), not train.out_dir."""
+    from shareddiff.train.runlock import RunLock
+
+    exp_path = _tiny_experiment(tmp_path, tiny_data, tiny_tokenizer)
+    out = tmp_path / "out"
+    busy = r"runs \['transformer-s1'\] of tiny are being trained"
+    # the other command's run in progress holds transformer-s1's lock
+    with RunLock(out / "tiny" / "transformer-s1"), pytest.raises(ValueError, match=busy) as err:
+        reproduce(str(exp_path), runs=["transformer-s1", "transformer-s2"], out=str(out), progress=False)
+    message = str(err.value)
+    assert "--out" in message and "--run" in message and "train.out_dir" not in message
+    assert f"pid {os.getpid()}" in message
+    assert (out / "tiny" / "transformer-s2" / "record.json").is_file()  # the other run went on
+    assert not (out / "tiny" / "transformer-s1" / "record.json").exists()

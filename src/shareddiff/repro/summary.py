@@ -36,8 +36,9 @@ def _fmt(stat: dict[str, float], digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["n"] > 1 else "")
 
 
-def load_records(exp: Experiment, out: Path) -> list[dict]:
-    """The records of the experiment's finished runs and of the runs it includes from other experiments."""
+def load_records(exp: Experiment, out: Path, command: str | None = None) -> list[dict]:
+    """The records of the experiment's finished runs and of the runs it includes from other experiments.
+    ``command``: the reproduce command as the user gave it, named when there is no finished run."""
     folder = out / exp.name
     run_dirs = [folder / s.name for s in exp.runs]
     for ref in exp.summary.get("include", []):  # "EXPERIMENT/RUN": a run another experiment already made
@@ -53,7 +54,8 @@ def load_records(exp: Experiment, out: Path) -> list[dict]:
             rows = [r for r in read_metrics(record["dir"]) if "loss" in r]
             record["train_loss_tail"] = tail_mean_loss(rows) if rows else record.get("train_loss")
     if not records:
-        raise ValueError(f"no finished runs under {folder}; run `shareddiff reproduce {exp.name}` first")
+        command = command or f"shareddiff reproduce {exp.name}"
+        raise ValueError(f"no finished runs under {folder}; run `{command}` first")
     return records
 
 
@@ -251,13 +253,14 @@ def efficiency(groups: dict[str, dict], x_key: str, references: list[str], sigma
     return {"x": x_key, "points": points, "fits": clean, "match": rows, "sigma": sigma, "exact": exact}
 
 
-def summarize(exp: Experiment, out: Path) -> Path:
-    """``summary.json``, ``summary.md`` and plots from the records of the experiment's finished runs."""
+def summarize(exp: Experiment, out: Path, command: str | None = None) -> Path:
+    """``summary.json``, ``summary.md`` and plots from the records of the experiment's finished runs
+    (``command``: the reproduce command to name when there are none)."""
     from shareddiff import plots
     from shareddiff.eval.mqar import mqar_summary
 
     folder = out / exp.name
-    records = load_records(exp, out)
+    records = load_records(exp, out, command)
     by_group: dict[str, list[dict]] = {}
     for record in records:
         by_group.setdefault(record["group"], []).append(record)
