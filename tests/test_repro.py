@@ -754,3 +754,20 @@ def test_a_run_locked_by_another_reproduce_is_skipped_and_named(tmp_path, tiny_d
     assert f"pid {os.getpid()}" in message
     assert (out / "tiny" / "transformer-s2" / "record.json").is_file()  # the other run went on
     assert not (out / "tiny" / "transformer-s1" / "record.json").exists()
+
+
+def test_summary_wording_follows_the_numbers():
+    """The Δ note is worded by the actual seed counts; λ rows of shallower groups are padded to the header;
+    small tokens/param keep two significant digits; the MQAR per-run line is rounded."""
+    from shareddiff.repro.runner import mqar_line
+    from shareddiff.repro.summary import _delta_note, _fmt_ratio, _lambda_table
+
+    assert "with 2 seeds per group, |Δ| below about 4.3 standard errors" in _delta_note([2, 2])
+    assert "with 2–3 seeds per group, |Δ| below about 4.3" in _delta_note([3, 2, 3])
+    assert "with 3 seeds per group, |Δ| below about 2.8" in _delta_note([3, 3])
+    table = _lambda_table({"deep": [0.1, 0.2, 0.3, 0.4], "shallow": [0.5, 0.6]})
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    assert table[-1].split("|")[1:-1] == [" shallow ", " 0.500 ", " 0.600 ", " — ", " — "]
+    assert (_fmt_ratio(0.0112), _fmt_ratio(0.56), _fmt_ratio(10.04)) == ("0.011", "0.56", "10.0")
+    assert mqar_line({"accuracy": 0.99765, "accuracy_2x": 0.9931640625}) == "0.998 (2× the length: 0.993)"
+    assert mqar_line({"accuracy": 0.5, "accuracy_2x": None}) == "0.500 (2× the length: not measured)"

@@ -322,14 +322,16 @@ def plot_mqar_heatmap(summary: dict, out: str | Path, title: str = "MQAR") -> Pa
         ax.set_title(heading, fontsize=9)
         return image
 
-    size = (1.0 * (len(widths) + 1) * len(variants) + 3.0, 0.6 * len(rows) + 1.8)
+    # titles wrap onto two lines and the figure is at least 6.4 in wide: a narrow one (one variant, one
+    # width) once cut the suptitle at both edges and ran the panel titles into each other
+    size = (max(6.4, 1.0 * (len(widths) + 1) * len(variants) + 3.0), 0.6 * len(rows) + 2.2)
     fig, axes = plt.subplots(1, len(variants) + 1, figsize=size, dpi=120, sharey=True, layout="constrained")
     best = {(c["variant"], c["seq_len"], c["pairs"]): c for c in summary["best"]}
     image = panel(
         axes[0],
         variants,
         lambda n, p, v: best.get((v, n, p)),
-        "best over widths and rates",
+        "best over widths\nand rates",
         "variant",
         [VARIANT_NAMES.get(v, v) for v in variants],
     )
@@ -339,12 +341,12 @@ def plot_mqar_heatmap(summary: dict, out: str | Path, title: str = "MQAR") -> Pa
             ax,
             widths,
             lambda n, p, d, v=variant: by_width.get((v, n, p, d)),
-            f"{VARIANT_NAMES.get(variant, variant)}: best over rates",
+            f"{VARIANT_NAMES.get(variant, variant)}:\nbest over rates",
             "model width",
             [str(d) for d in widths],
         )
         ax.tick_params(axis="y", labelleft=False)
-    fig.suptitle(f"{title}: MQAR accuracy at the training length (in brackets: at 2x the length)", fontsize=10)
+    fig.suptitle(f"{title}: MQAR accuracy at the training length\n(in brackets: at 2× the length)", fontsize=10)
     fig.colorbar(image, ax=list(axes), fraction=0.04)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """MQAR evaluation: scores against a hand computation, the trainer's MQAR source and probe, the
 checkpoint evaluation, the grid summary, and (slow) a tiny Transformer that learns the task."""
 
+import itertools
 import json
 import math
 from typing import ClassVar
@@ -334,3 +335,34 @@ def test_a_tiny_transformer_learns_mqar_and_stops_once_solved(tmp_path):
     assert result.early_stop["step"] == result.step == final["step"] < 1000
     record = mqar_run_record(run.train.out_dir)
     assert steps_to(record["curve"], 0.99) == evals[-2]["step"] and record["accuracy_2x"] == final["mqar_accuracy_2x"]
+
+
+@pytest.mark.parametrize(
+    ("variants", "widths"), [(("shared_diff_v2",), (64,)), (("standard",), (64, 128)), (("standard", "diff"), (64,))]
+)
+def test_heatmap_titles_fit_the_figure_and_do_not_overlap(tmp_path, monkeypatch, variants, widths):
+    """The suptitle lies inside the figure and no two panel titles overlap, with one variant and one width
+    (the narrowest figure: its suptitle was once cut at both edges, its titles overlapping) or more."""
+    import matplotlib.pyplot as plt
+
+    from shareddiff.plots import plot_mqar_heatmap
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    runs = [
+        run_row(v, d, 1e-3, [(100, 0.9)], seq_len=n, pairs=p)
+        for v in variants
+        for d in widths
+        for n, p in ((64, 4), (128, 8))
+    ]
+    plot_mqar_heatmap(mqar_summary(runs), tmp_path / "mqar.png", "mqar_budget")
+    fig = figures[0]
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    suptitle = fig._suptitle.get_window_extent(renderer)
+    assert box.x0 + 2 <= suptitle.x0 and suptitle.x1 <= box.x1 - 2 and suptitle.y1 <= box.y1
+    titles = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    assert len(titles) == len(variants) + 1
+    for left, right in itertools.pairwise(titles):
+        assert left.x1 + 2 <= right.x0  # side by side, not overlapping
+    plt.close("all")

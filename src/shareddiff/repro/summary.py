@@ -413,6 +413,35 @@ def _efficiency_rows(result: dict, unit: str) -> list[str]:
     return lines
 
 
+# two-sided 95 % quantiles of Student's t with 2(n − 1) degrees of freedom (Welch's for two groups of n seeds)
+_T95 = {2: 4.30, 3: 2.78, 4: 2.45, 5: 2.31}
+
+
+def _delta_note(seeds: list[int]) -> str:
+    """The note under the Δ column, worded by the seed counts of the groups that have a standard error: the
+    |Δ| / SE a separation needs is the t quantile for the fewest seeds (two seeds: 4.3, three: 2.8)."""
+    low, high = min(seeds), max(seeds)
+    counts = f"{low}" if low == high else f"{low}–{high}"
+    need = _T95.get(low, 2.2)
+    return (
+        "Δ ± its standard error from the two groups' seed spreads (Welch), where both have two seeds or more; "
+        f"with {counts} seeds per group, |Δ| below about {need:.1f} standard errors is not a separation (the "
+        f"two-sided 95 % t quantile for {low} seeds a group)."
+    )
+
+
+def _lambda_table(lambdas: dict[str, list[float]]) -> list[str]:
+    """λ per layer, one row a group, one column a layer; shallower groups padded with — to the deepest."""
+    depth = max(len(v) for v in lambdas.values())
+    rows = [[g, *(f"{x:.3f}" for x in v), *["—"] * (depth - len(v))] for g, v in lambdas.items()]
+    return md_table(["group", *range(1, depth + 1)], rows)
+
+
+def _fmt_ratio(x: float) -> str:
+    """One decimal from 1 up, two significant digits below (0.011, not 0.0)."""
+    return f"{x:.1f}" if x >= 1 else f"{x:.2g}"
+
+
 def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> str:
     groups = summary["groups"]
     with_delta = baseline in groups
@@ -423,7 +452,7 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
             group,
             f"{e['params']:,}",
             f"{e['tokens']:,}",
-            f"{e['tokens_per_param']:.1f}",
+            _fmt_ratio(e["tokens_per_param"]),
             "—" if e["passes"] is None else f"{e['passes']:.2f}",
             "—" if e["lr"] is None else f"{e['lr']:g}",
             len(e["seeds"]),
@@ -444,11 +473,7 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
         "(one step's batch loss varies by about 0.1 nats), then mean ± std over seeds.",
     ]
     if with_delta and any(e.get("delta_se") for e in groups.values()):
-        lines += [
-            "",
-            "Δ ± its standard error from the two groups' seed spreads (Welch), where both have two seeds or more; "
-            "with three seeds each, |Δ| below about three standard errors is not a separation.",
-        ]
+        lines += ["", _delta_note([len(e["seeds"]) for e in groups.values() if e.get("delta_se")])]
     overrides = {g: " ".join(e["overrides"]) for g, e in groups.items() if e["overrides"]}
     if overrides:
         lines += [
@@ -481,9 +506,7 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
         lines += ["", *md_table(["group", "AR-Hit loss", "Others loss"], rows)]
     lambdas = {g: e["lambda"] for g, e in groups.items() if "lambda" in e}
     if lambdas:
-        depth = max(len(v) for v in lambdas.values())
-        rows = [[g, *(f"{x:.3f}" for x in v)] for g, v in lambdas.items()]
-        lines += ["", "Final λ per layer (mean over seeds):", "", *md_table(["group", *range(1, depth + 1)], rows)]
+        lines += ["", "Final λ per layer (mean over seeds):", "", *_lambda_table(lambdas)]
         lines += ["", "![lambda](lambda.png)"]
     lines += _needle_lines(groups)
     lines += _mqar_lines(summary.get("mqar"))
