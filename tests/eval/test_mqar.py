@@ -182,6 +182,56 @@ def test_early_stop_counts_across_a_resume(tmp_path, scripted, monkeypatch):
     assert result.step == 6 and result.early_stop["reason"].endswith("(steps 4, 6)")
 
 
+def test_a_stopped_run_continued_to_max_steps_no_longer_counts_as_stopped(tmp_path, scripted):
+    """Stopped at step 10 of 20, then resumed with early stop off: it trains to step 20, its record and summary
+    report no early stop, and its last checkpoint keeps no count of solved evaluations."""
+    scripted(0.3, 0.995, 0.97, 0.99, 0.999)
+    run = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP)
+    assert train(run, progress=False).early_stop["step"] == 10
+    scripted(0.999, 0.999, 0.999, 0.999, 0.999)
+    off = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", "train.eval_every=2")
+    result = train(off, resume=True, progress=False)
+    assert result.step == 20 and result.early_stop is None
+    state = json.loads((result.checkpoint / "state.json").read_text())
+    assert state["step"] == 20 and state["solved_evals"] == [] and state["early_stop"] is None
+    record = mqar_run_record(run.train.out_dir)
+    assert record["steps"] == 20 and record["early_stop"] is None
+    assert mqar_summary([record])["best"][0]["stopped_early"] is None
+
+
+@pytest.mark.parametrize(
+    ("stricter", "script", "stop_step", "steps"),
+    [
+        ("train.early_stop_patience=3", (0.995,), 12, "8, 10, 12"),  # 0.99, 0.999 at 8, 10 are two of three
+        ("train.early_stop_accuracy=0.999", (0.9995,), 12, "10, 12"),  # only step 10's 0.999 meets 0.999
+        ("train.early_stop_accuracy=0.9999", (0.99995, 0.5, 0.99995, 0.99999), 18, "16, 18"),  # 0.5 resets
+    ],
+)
+def test_resume_with_a_stricter_criterion_trains_on_until_it_is_met(
+    tmp_path, scripted, stricter, script, stop_step, steps
+):
+    scripted(0.3, 0.995, 0.97, 0.99, 0.999)
+    run = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP)
+    assert train(run, progress=False).step == 10
+    scripted(*script)
+    strict = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP, stricter)
+    result = train(strict, resume=True, progress=False)
+    assert not result.already_complete and result.step == stop_step
+    assert result.early_stop["reason"].endswith(f"consecutive evaluations (steps {steps})")
+    assert mqar_run_record(run.train.out_dir)["early_stop"] == result.early_stop
+
+
+def test_resume_with_a_criterion_the_recorded_evaluations_meet_stays_complete(tmp_path, scripted):
+    scripted(0.3, 0.995, 0.97, 0.99, 0.999)
+    run = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP)
+    stop = train(run, progress=False).early_stop
+    looser = mqar_run(
+        tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP, "train.early_stop_accuracy=0.9"
+    )
+    again = train(looser, resume=True, progress=False)
+    assert again.already_complete and again.step == 10 and again.early_stop == stop
+
+
 @pytest.mark.parametrize(
     ("accuracies", "why"),
     [((0.98, 0.995, 0.9, 0.999), "never twice in a row"), ((0.5, 0.7, 0.995, 0.999), "twice only at the last step")],
