@@ -97,6 +97,33 @@ def test_trainer_records_mqar_accuracy_along_training(tmp_path):
     assert record["curve"] == [(r["step"], r["mqar_accuracy"]) for r in evals]
 
 
+@pytest.fixture(scope="module")
+def tiny_mqar_run(tmp_path_factory):
+    """A run of 1 step on MQAR (vocabulary 64), with its checkpoint."""
+    tmp_path = tmp_path_factory.mktemp("mqar")
+    train(mqar_run(tmp_path, "train.max_steps=1", "optim.warmup_steps=0", "train.eval_every=1"), progress=False)
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(
+    ("verb", "args"),
+    [
+        (["eval", "lm"], []),
+        (["generate"], ["--prompt", "Hello"]),
+        (["eval", "needle"], []),
+        (["eval", "attention"], []),
+        (["eval", "icl"], ["--dataset", "trec"]),
+    ],
+)
+def test_text_verbs_refuse_an_mqar_run_and_name_eval_mqar(tiny_mqar_run, capsys, verb, args):
+    """The run's embedding holds 64 synthetic tokens: the bundled tokenizer's ids would index past it."""
+    run = str(tiny_mqar_run)
+    assert main([*verb, run, *args, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} was trained on MQAR (synthetic vocabulary 64), not on text" in err
+    assert f"use `shareddiff eval mqar {run}`" in err
+
+
 class ScriptedProbe:
     """MQARProbe's stand-in: the accuracies of ``script``, one per evaluation in order (loss 1 − accuracy)."""
 

@@ -498,14 +498,21 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return ckpt
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", attn_backend: str = "auto"):
-    """(model in eval mode, Tokenizer, state) from a checkpoint or run folder."""
+def load_model(path: str | Path, device: str | torch.device = "cpu", attn_backend: str = "auto", text: bool = True):
+    """(model in eval mode, Tokenizer, state) from a checkpoint or run folder. With ``text`` (the default: the
+    caller feeds it the tokenizer's ids), a run trained on MQAR, whose embedding holds the task's synthetic
+    vocabulary rather than the tokenizer's, is refused with a ValueError that names ``shareddiff eval mqar``."""
     from shareddiff.config import ModelConfig
     from shareddiff.data.tokenizer import Tokenizer
     from shareddiff.model import build_model
 
     ckpt = resolve_checkpoint(path)
     state = read_state(ckpt)
+    if text and state.get("run", {}).get("data", {}).get("source") == "mqar":
+        raise ValueError(
+            f"{path} was trained on MQAR (synthetic vocabulary {state['model_config']['vocab_size']}), not on text: "
+            f"the tokenizer's ids do not fit its embedding; use `shareddiff eval mqar {path}`"
+        )
     config = ModelConfig.from_dict(state["model_config"])
     model = build_model(config, attn_backend=attn_backend)
     load_state_into(model, load_weights(ckpt), ckpt)
