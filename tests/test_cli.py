@@ -278,6 +278,26 @@ def test_exported_weights_are_readable_by_others(tiny_run, tmp_path):
     assert stat.S_IMODE((tiny_run.checkpoint / "model.safetensors").stat().st_mode) == 0o644
 
 
+@pytest.mark.parametrize(
+    ("out", "written", "into"),
+    [
+        ("new/dir/w.safetensors", "new/dir/w.safetensors", False),  # missing parents are made
+        ("hf", "hf/model.safetensors", True),  # an existing folder: the weights go inside it
+        ("fresh/", "fresh/model.safetensors", True),  # a folder by its trailing slash
+    ],
+)
+def test_safetensors_export_makes_parents_and_writes_into_a_folder(tiny_run, tmp_path, capsys, out, written, into):
+    (tmp_path / "hf").mkdir()
+    target = str(tmp_path / out) + ("/" if out.endswith("/") else "")
+    assert main(["export", str(tiny_run.checkpoint), "--to", "safetensors", target]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith(f"wrote {tmp_path / written} from {tiny_run.checkpoint}")
+    assert ("its model.safetensors" in line) == into
+    weights = load_file(tmp_path / written)
+    saved = load_file(tiny_run.checkpoint / "model.safetensors")
+    assert weights.keys() == saved.keys() and all(torch.equal(weights[k], v) for k, v in saved.items())
+
+
 @pytest.mark.slow
 def test_hf_export_weights_are_readable_by_others(tiny_run, tmp_path):
     pytest.importorskip("transformers")
