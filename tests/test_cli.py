@@ -298,6 +298,26 @@ def test_safetensors_export_makes_parents_and_writes_into_a_folder(tiny_run, tmp
     assert weights.keys() == saved.keys() and all(torch.equal(weights[k], v) for k, v in saved.items())
 
 
+@pytest.mark.parametrize("target", ["run", "step folder"])
+def test_a_checkpoint_copied_in_from_another_run_is_refused(tiny_run, make_run, tmp_path, capsys, target):
+    """A step folder of a wider model copied into the run's checkpoints/ (as its newest) is named, not used."""
+    import shutil
+
+    from shareddiff.train import train
+
+    other = train(make_run("train.max_steps=3", "checkpoint.every=3", "model.n_layers=1", out="other"), progress=False)
+    copied = tiny_run.checkpoint.parent / other.checkpoint.name  # step_00000003: newer than the run's step 2
+    shutil.copytree(other.checkpoint, copied)
+    path = str(tiny_run.run_dir if target == "run" else copied)
+    for verb in (["generate", path, "--prompt", "the", "--device", "cpu"], ["export", path, str(tmp_path / "w")]):
+        assert main(verb) == 2
+        err = capsys.readouterr().err
+        assert f"checkpoint {copied} does not belong to the run {tiny_run.run_dir}: its model config differs" in err
+        assert "model.n_layers: checkpoint 1, run " in err and "copied in from another run" in err
+    shutil.rmtree(copied)
+    assert main(["export", str(tiny_run.run_dir), str(tmp_path / "w.safetensors")]) == 0  # its own checkpoint
+
+
 @pytest.mark.slow
 def test_hf_export_weights_are_readable_by_others(tiny_run, tmp_path):
     pytest.importorskip("transformers")
