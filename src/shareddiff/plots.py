@@ -83,6 +83,25 @@ def _save(plt, fig, out: str | Path) -> Path:
     return out
 
 
+def plot_mqar_curve(rows: list[dict], out: str | Path, title: str, stop_step: int | None = None) -> Path:
+    """MQAR accuracy along training (``rows`` as metrics.jsonl holds them) at the training length N and, where
+    evaluated, at 2N; a dashed vertical line at ``stop_step`` (the early stop), if any."""
+    plt, fig, ax = _figure()
+    for key, label in (("mqar_accuracy", "N (training length)"), ("mqar_accuracy_2x", "2N")):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", lw=1.5, label=label)
+    if stop_step is not None:
+        ax.axvline(stop_step, color="grey", ls="--", lw=1, label=f"early stop (step {stop_step})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MQAR accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, out)
+
+
 VARIANT_COLORS = {"standard": "C0", "diff": "C1", "shared_diff": "C2", "diff_v2": "C3", "shared_diff_v2": "C4"}
 
 

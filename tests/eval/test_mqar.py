@@ -98,6 +98,33 @@ def test_trainer_records_mqar_accuracy_along_training(tmp_path):
     assert record["curve"] == [(r["step"], r["mqar_accuracy"]) for r in evals]
 
 
+@pytest.fixture(scope="module")
+def tiny_mqar_run(tmp_path_factory):
+    """A run of 1 step on MQAR (vocabulary 64), with its checkpoint."""
+    tmp_path = tmp_path_factory.mktemp("mqar")
+    train(mqar_run(tmp_path, "train.max_steps=1", "optim.warmup_steps=0", "train.eval_every=1"), progress=False)
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(
+    ("verb", "args"),
+    [
+        (["eval", "lm"], []),
+        (["generate"], ["--prompt", "Hello"]),
+        (["eval", "needle"], []),
+        (["eval", "attention"], []),
+        (["eval", "icl"], ["--dataset", "trec"]),
+    ],
+)
+def test_text_verbs_refuse_an_mqar_run_and_name_eval_mqar(tiny_mqar_run, capsys, verb, args):
+    """The run's embedding holds 64 synthetic tokens: the bundled tokenizer's ids would index past it."""
+    run = str(tiny_mqar_run)
+    assert main([*verb, run, *args, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} was trained on MQAR (synthetic vocabulary 64), not on text" in err
+    assert f"use `shareddiff eval mqar {run}`" in err
+
+
 class ScriptedProbe:
     """MQARProbe's stand-in: the accuracies of ``script``, one per evaluation in order (loss 1 − accuracy)."""
 
@@ -181,6 +208,56 @@ def test_early_stop_counts_across_a_resume(tmp_path, scripted, monkeypatch):
     scripted(0.999)
     result = train(run, resume=True, progress=False)
     assert result.step == 6 and result.early_stop["reason"].endswith("(steps 4, 6)")
+
+
+def test_a_stopped_run_continued_to_max_steps_no_longer_counts_as_stopped(tmp_path, scripted):
+    """Stopped at step 10 of 20, then resumed with early stop off: it trains to step 20, its record and summary
+    report no early stop, and its last checkpoint keeps no count of solved evaluations."""
+    scripted(0.3, 0.995, 0.97, 0.99, 0.999)
+    run = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP)
+    assert train(run, progress=False).early_stop["step"] == 10
+    scripted(0.999, 0.999, 0.999, 0.999, 0.999)
+    off = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", "train.eval_every=2")
+    result = train(off, resume=True, progress=False)
+    assert result.step == 20 and result.early_stop is None
+    state = json.loads((result.checkpoint / "state.json").read_text())
+    assert state["step"] == 20 and state["solved_evals"] == [] and state["early_stop"] is None
+    record = mqar_run_record(run.train.out_dir)
+    assert record["steps"] == 20 and record["early_stop"] is None
+    assert mqar_summary([record])["best"][0]["stopped_early"] is None
+
+
+@pytest.mark.parametrize(
+    ("stricter", "script", "stop_step", "steps"),
+    [
+        ("train.early_stop_patience=3", (0.995,), 12, "8, 10, 12"),  # 0.99, 0.999 at 8, 10 are two of three
+        ("train.early_stop_accuracy=0.999", (0.9995,), 12, "10, 12"),  # only step 10's 0.999 meets 0.999
+        ("train.early_stop_accuracy=0.9999", (0.99995, 0.5, 0.99995, 0.99999), 18, "16, 18"),  # 0.5 resets
+    ],
+)
+def test_resume_with_a_stricter_criterion_trains_on_until_it_is_met(
+    tmp_path, scripted, stricter, script, stop_step, steps
+):
+    scripted(0.3, 0.995, 0.97, 0.99, 0.999)
+    run = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP)
+    assert train(run, progress=False).step == 10
+    scripted(*script)
+    strict = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP, stricter)
+    result = train(strict, resume=True, progress=False)
+    assert not result.already_complete and result.step == stop_step
+    assert result.early_stop["reason"].endswith(f"consecutive evaluations (steps {steps})")
+    assert mqar_run_record(run.train.out_dir)["early_stop"] == result.early_stop
+
+
+def test_resume_with_a_criterion_the_recorded_evaluations_meet_stays_complete(tmp_path, scripted):
+    scripted(0.3, 0.995, 0.97, 0.99, 0.999)
+    run = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP)
+    stop = train(run, progress=False).early_stop
+    looser = mqar_run(
+        tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP, "train.early_stop_accuracy=0.9"
+    )
+    again = train(looser, resume=True, progress=False)
+    assert again.already_complete and again.step == 10 and again.early_stop == stop
 
 
 @pytest.mark.parametrize(
