@@ -6,7 +6,9 @@
 #
 # LANE i runs on GPU i (CUDA_VISIBLE_DEVICES=i), one run after another. It is a space-separated list of
 # EXPERIMENT:RUN,RUN,... items, e.g. "compare:transformer-42m-s1,diff-42m-s1 lr_sweep:diff_v2-23m-lr0.008-s1".
-# Each item goes through scripts/gpu_reproduce.sh with what is left of the budget, writing its log and
+# Each item goes through scripts/gpu_reproduce.sh with what is left of the budget (which ends within it: it
+# stops its runs with SIGINT 45 s before, so they save checkpoints; an item is not started with less than
+# 60 s left), writing its log and
 # records to OUT_DIR/gI/EXPERIMENT.log and OUT_DIR/gI/EXPERIMENT-records.tgz. Finished runs are skipped and
 # a cut-off run resumes from its last checkpoint when the same command runs again on the same machine, so
 # repeating the command continues the lanes. Runs of one experiment may sit in several lanes (each run has
@@ -24,7 +26,7 @@ for spec in "$@"; do
         for item in $spec; do
             experiment=${item%%:*}
             left=$((deadline - SECONDS))
-            if [ "$left" -lt 20 ]; then
+            if [ "$left" -lt 60 ]; then
                 echo "lane $lane: budget spent before $item" >>"$out/g$lane/lanes.log"
                 break
             fi

@@ -278,6 +278,46 @@ def test_exported_weights_are_readable_by_others(tiny_run, tmp_path):
     assert stat.S_IMODE((tiny_run.checkpoint / "model.safetensors").stat().st_mode) == 0o644
 
 
+@pytest.mark.parametrize(
+    ("out", "written", "into"),
+    [
+        ("new/dir/w.safetensors", "new/dir/w.safetensors", False),  # missing parents are made
+        ("hf", "hf/model.safetensors", True),  # an existing folder: the weights go inside it
+        ("fresh/", "fresh/model.safetensors", True),  # a folder by its trailing slash
+    ],
+)
+def test_safetensors_export_makes_parents_and_writes_into_a_folder(tiny_run, tmp_path, capsys, out, written, into):
+    (tmp_path / "hf").mkdir()
+    target = str(tmp_path / out) + ("/" if out.endswith("/") else "")
+    assert main(["export", str(tiny_run.checkpoint), "--to", "safetensors", target]) == 0
+    line = capsys.readouterr().out
+    assert line.startswith(f"wrote {tmp_path / written} from {tiny_run.checkpoint}")
+    assert ("its model.safetensors" in line) == into
+    weights = load_file(tmp_path / written)
+    saved = load_file(tiny_run.checkpoint / "model.safetensors")
+    assert weights.keys() == saved.keys() and all(torch.equal(weights[k], v) for k, v in saved.items())
+
+
+@pytest.mark.parametrize("target", ["run", "step folder"])
+def test_a_checkpoint_copied_in_from_another_run_is_refused(tiny_run, make_run, tmp_path, capsys, target):
+    """A step folder of a wider model copied into the run's checkpoints/ (as its newest) is named, not used."""
+    import shutil
+
+    from shareddiff.train import train
+
+    other = train(make_run("train.max_steps=3", "checkpoint.every=3", "model.n_layers=1", out="other"), progress=False)
+    copied = tiny_run.checkpoint.parent / other.checkpoint.name  # step_00000003: newer than the run's step 2
+    shutil.copytree(other.checkpoint, copied)
+    path = str(tiny_run.run_dir if target == "run" else copied)
+    for verb in (["generate", path, "--prompt", "the", "--device", "cpu"], ["export", path, str(tmp_path / "w")]):
+        assert main(verb) == 2
+        err = capsys.readouterr().err
+        assert f"checkpoint {copied} does not belong to the run {tiny_run.run_dir}: its model config differs" in err
+        assert "model.n_layers: checkpoint 1, run " in err and "copied in from another run" in err
+    shutil.rmtree(copied)
+    assert main(["export", str(tiny_run.run_dir), str(tmp_path / "w.safetensors")]) == 0  # its own checkpoint
+
+
 @pytest.mark.slow
 def test_hf_export_weights_are_readable_by_others(tiny_run, tmp_path):
     pytest.importorskip("transformers")

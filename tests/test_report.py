@@ -63,3 +63,53 @@ def test_scaling_without_a_fit_says_why_instead_of_nan(tmp_path, capsys, sizes):
     assert f"warning: shared_diff: {len(sizes)} size(s), no loss-vs-parameters fit (a · N^(−b) + c needs 3)" in out
     text = (tmp_path / "s" / "scaling.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
+
+
+def mqar_run_folder(root, name: str, early_stop: dict | None, continued: bool = False):
+    """An MQAR run folder (run_config.json, metrics.jsonl, eval/mqar.json) evaluated at steps 2, 4, 6, 8."""
+    run = root / name
+    (run / "eval").mkdir(parents=True)
+    config = ModelConfig(attention="standard", d_model=64, n_heads=2, n_layers=2, vocab_size=64).to_dict()
+    run_config = {"data": {"source": "mqar", "seq_len": 64}, "mqar": {"pairs": 4}, "optim": {"lr": 1e-3}}
+    run_config["train"] = {"max_steps": 20}
+    (run / "run_config.json").write_text(json.dumps({"run": run_config, "model_config": config}))
+    accuracies = {2: (0.3, 0.1), 4: (0.6, 0.2), 6: (0.995, 0.3), 8: (0.999, 0.4)}
+    rows = [{"step": s, "tokens": 64 * s, "loss": 1.0 / s} for s in (2, 4, 6, 8)]
+    rows += [
+        {"step": s, "tokens": 64 * s, "val_loss": 1 - a, "mqar_accuracy": a, "mqar_accuracy_2x": b}
+        for s, (a, b) in accuracies.items()
+    ]
+    rows.sort(key=lambda r: r["step"])
+    if early_stop:
+        rows.append({"step": 8, "tokens": 512, "early_stop": early_stop})
+    if continued:  # resumed with train.early_stop_accuracy=0 to step 20
+        rows += [
+            {"step": 20, "tokens": 64 * 20, "loss": 0.01},
+            {"step": 20, "tokens": 64 * 20, "val_loss": 0.0, "mqar_accuracy": 1.0, "mqar_accuracy_2x": 0.5},
+        ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    mqar = {"pairs": 4, "samples": 32, "rows": [{"seq_len": 64, "accuracy": 0.998}, {"seq_len": 128, "accuracy": 0.41}]}
+    (run / "eval" / "mqar.json").write_text(json.dumps(mqar))
+    return run
+
+
+def test_report_shows_mqar_accuracy_along_training_the_early_stop_and_eval_mqar(tmp_path):
+    stop = {"step": 8, "max_steps": 20, "reason": "mqar_accuracy ≥ 0.99 at 2 consecutive evaluations (steps 6, 8)"}
+    stopped = mqar_run_folder(tmp_path, "stopped", stop)
+    continued = mqar_run_folder(tmp_path, "continued", stop, continued=True)
+    out = tmp_path / "out" / "report.md"
+    assert main(["report", str(stopped), str(continued), "--out", str(out)]) == 0
+    report = out.read_text()
+    assert (
+        "**MQAR** (N = 64, 4 pairs): accuracy 0.999 at N, 0.400 at 2N = 128, at step 8; steps to 50%: step 4, "
+        "to 99%: step 6. Stopped early at step 8 of 20: mqar_accuracy ≥ 0.99 at 2 consecutive evaluations "
+        "(steps 6, 8)." in report
+    )
+    assert (
+        "accuracy 1.000 at N, 0.500 at 2N = 128, at step 20; steps to 50%: step 4, to 99%: step 6. "
+        "No early stop: trained to step 20 of 20." in report
+    )
+    assert "![MQAR accuracy](stopped_mqar.png)" in report and "![MQAR accuracy](continued_mqar.png)" in report
+    assert (tmp_path / "out" / "stopped_mqar.png").stat().st_size > 10_000
+    assert "**MQAR evaluation** (`mqar.json`, 4 pairs, 32 sequences per length): N=64 accuracy 0.998, " in report
+    assert "N=128 accuracy 0.410" in report

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import os
 import shutil
 import statistics
 from pathlib import Path
@@ -287,15 +288,21 @@ def test_summary_include_and_scaling(tmp_path, tiny_data, tiny_tokenizer):
         assert [p[0] for p in points] == [x for x, _ in expected]
         assert [p[1] for p in points] == pytest.approx([y for _, y in expected], rel=1e-12)
     assert [m["variant"] for m in fit["match"]] == ["shared_diff"] * 3
-    for m in fit["match"]:  # the multiple is where shared_diff's fitted curve reaches the reference's loss
-        from shareddiff.eval.scaling import needed_for_loss
+    from shareddiff.eval.scaling import needed_for_loss
+    from shareddiff.repro.summary import EXACT_FIT_NATS
 
+    md = (out / "scale" / "summary.md").read_text()
+    for m in fit["match"]:  # the multiple is where shared_diff's fitted curve reaches the reference's loss
+        if fit["fits"]["shared_diff"]["b"] <= 0:  # tiny models' losses need not fall with depth
+            assert m["needed_fraction"] is None and "no multiple" in md
+            continue
         need = needed_for_loss(fit["fits"]["shared_diff"], m["loss"])
         assert m["needed_fraction"] == pytest.approx(need / m["reference_x"])
         assert isinstance(m["extrapolated"], bool)
-    assert fit["exact"]  # three sizes per variant: the summary says the fit has no residual
-    md = (out / "scale" / "summary.md").read_text()
-    assert (out / "scale" / "scaling.png").is_file() and "needed (× ref)" in md and "passes through every point" in md
+    assert fit["exact"]  # three sizes per variant: the summary says whether the fit passes through them
+    miss = max(abs(r) for f in fit["fits"].values() for r in f["residuals"])
+    note = "passes through every point" if miss < EXACT_FIT_NATS else "no residual degree of freedom"
+    assert (out / "scale" / "scaling.png").is_file() and "needed (× ref)" in md and note in md
 
 
 @pytest.mark.slow
@@ -621,3 +628,146 @@ def test_group_curves_average_seeds_at_shared_steps_and_draw_the_gap(tmp_path):
         panels={"t": "8m", "d": "8m"},
     )
     assert Image.open(two).size[1] > 1.6 * Image.open(one).size[1]  # the gap row below the losses
+
+
+def test_gap_row_range_holds_every_gap_curve(tmp_path, monkeypatch):
+    """With one baseline and one other group, the gap axis's y-range holds that group's late gaps (the first
+    gap curve was once left out of the range, leaving an axis of ±0.0001)."""
+    from shareddiff import plots
+
+    rng = np.random.default_rng()
+    steps = [100, 200, 300, 400, 500]
+    base = rng.uniform(3, 4, len(steps))
+    offset = rng.uniform(0.05, 0.2, len(steps))
+    for name, losses in (("t", base), ("d", base + offset)):
+        (tmp_path / name).mkdir()
+        rows = [{"step": s, "tokens": s * 64, "val_loss": float(v)} for s, v in zip(steps, losses, strict=True)]
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, out: figures.append(fig) or out)
+    plots.plot_group_curves(
+        {"t": [tmp_path / "t"], "d": [tmp_path / "d"]},
+        tmp_path / "gap.png",
+        "x",
+        variants={"t": "standard", "d": "diff"},
+        panels={"t": "8m", "d": "8m"},
+    )
+    low, high = figures[0].axes[1].get_ylim()
+    late = offset[1:]  # tokens ≥ a fifth of the last
+    assert low <= 0.0 and high >= late.max() and high < late.max() + 0.1  # the range fits the gaps, not ±1e-4
+    assert plots.gap_limits([([1.0, 5.0], [-0.3, 0.2])]) == pytest.approx((-0.3 - 0.0501, 0.2 + 0.0501))
+    assert plots.gap_limits([]) is None
+
+
+def _three_point_groups(other: list[float]) -> dict[str, dict]:
+    """standard on an exact law at three sizes; diff with the given losses at the same sizes."""
+    groups = {}
+    for i, x in enumerate((1e6, 3e6, 9e6)):
+        for variant, loss in (("standard", 2.0 + 30.0 * x**-0.2), ("diff", other[i])):
+            groups[f"{variant}-{x:g}"] = {
+                "variant": variant,
+                "params_non_embedding": x,
+                "val_loss": {"mean": loss, "std": 0.0, "n": 1},
+            }
+    return groups
+
+
+def test_a_rising_loss_gives_no_multiple():
+    """A variant whose loss rises with size fits b ≤ 0: no decreasing law, so no "needed (× ref)" multiple."""
+    from shareddiff.eval.scaling import fit_power_law, needed_for_loss
+    from shareddiff.repro.summary import _efficiency_rows, efficiency
+
+    rising = [3.0, 3.1, 3.3]
+    fit = fit_power_law([1e6, 3e6, 9e6], rising)
+    assert fit["b"] <= 0 and not fit["decreasing"]
+    with pytest.raises(ValueError, match="does not fall"):
+        needed_for_loss(fit, 2.5)
+    result = efficiency(_three_point_groups(rising), "params_non_embedding", ["standard"], sigma=0.01)
+    assert [m["needed_fraction"] for m in result["match"]] == [None] * 3
+    text = "\n".join(_efficiency_rows(result, "non-embedding parameters"))
+    assert text.count("loss does not fall with size over these points: no multiple") == 3
+
+
+def test_three_point_note_says_whether_the_fit_passes_through_the_points():
+    """The "passes through every point" note only where the residuals are ~0; a non-monotone loss cannot be
+    fitted exactly by a·x^(−b) + c, and the note gives the miss."""
+    from shareddiff.repro.summary import _efficiency_rows, efficiency
+
+    exact = efficiency(
+        _three_point_groups([2.0 + 30.0 * (1.3 * x) ** -0.2 for x in (1e6, 3e6, 9e6)]),
+        "params_non_embedding",
+        ["standard"],
+        sigma=0.01,
+    )
+    assert "passes through every point" in "\n".join(_efficiency_rows(exact, "non-embedding parameters"))
+    bumpy = efficiency(_three_point_groups([3.0, 3.2, 2.9]), "params_non_embedding", ["standard"], sigma=0.01)
+    miss = max(abs(r) for r in bumpy["fits"]["diff"]["residuals"])
+    assert miss > 0.01
+    text = "\n".join(_efficiency_rows(bumpy, "non-embedding parameters"))
+    assert "passes through every point" not in text
+    assert f"no residual degree of freedom, yet the law misses them by up to {miss:.4f} nats" in text
+
+
+def test_a_multiple_outside_its_interval_is_called_unstable():
+    """A point estimate outside its own 16–84 % interval (e.g. 1373.63 [0.01, 46.04]) is not printed as a
+    multiple with an interval: the summary says the fit is unstable."""
+    from shareddiff.repro.summary import _efficiency_rows
+
+    row = {"reference": "standard", "variant": "diff", "reference_x": 1000, "loss": 3.0, "extrapolated": False}
+    result = {
+        "match": [
+            row | {"needed_fraction": 1373.63, "interval": [0.01, 46.04], "unstable": True},
+            row | {"reference_x": 2000, "needed_fraction": 0.8, "interval": [0.7, 0.9], "unstable": False},
+        ],
+        "points": {},
+        "fits": {},
+        "sigma": 0.01,
+        "exact": False,
+    }
+    text = "\n".join(_efficiency_rows(result, "non-embedding parameters"))
+    assert "unstable fit: 1373.63 lies outside its interval [0.01, 46.04]" in text
+    assert "0.80 [0.70, 0.90]" in text
+
+
+def test_no_finished_runs_names_the_command_as_given(tmp_path, tiny_data, tiny_tokenizer):
+    """--summary-only with no finished run names the experiment as the user gave it (a path) and its --out."""
+    exp_path = _tiny_experiment(tmp_path, tiny_data, tiny_tokenizer)
+    out = tmp_path / "elsewhere"
+    with pytest.raises(ValueError, match="no finished runs") as err:
+        reproduce(str(exp_path), out=str(out), summary_only=True)
+    assert f"run `shareddiff reproduce {exp_path} --out {out}` first" in str(err.value)
+
+
+def test_a_run_locked_by_another_reproduce_is_skipped_and_named(tmp_path, tiny_data, tiny_tokenizer):
+    """Two reproduce commands into one --out: a run the other is training is skipped, the others train, and
+    the error names the reproduce options (--out, --run), not train.out_dir."""
+    from shareddiff.train.runlock import RunLock
+
+    exp_path = _tiny_experiment(tmp_path, tiny_data, tiny_tokenizer)
+    out = tmp_path / "out"
+    busy = r"runs \['transformer-s1'\] of tiny are being trained"
+    # the other command's run in progress holds transformer-s1's lock
+    with RunLock(out / "tiny" / "transformer-s1"), pytest.raises(ValueError, match=busy) as err:
+        reproduce(str(exp_path), runs=["transformer-s1", "transformer-s2"], out=str(out), progress=False)
+    message = str(err.value)
+    assert "--out" in message and "--run" in message and "train.out_dir" not in message
+    assert f"pid {os.getpid()}" in message
+    assert (out / "tiny" / "transformer-s2" / "record.json").is_file()  # the other run went on
+    assert not (out / "tiny" / "transformer-s1" / "record.json").exists()
+
+
+def test_summary_wording_follows_the_numbers():
+    """The Δ note is worded by the actual seed counts; λ rows of shallower groups are padded to the header;
+    small tokens/param keep two significant digits; the MQAR per-run line is rounded."""
+    from shareddiff.repro.runner import mqar_line
+    from shareddiff.repro.summary import _delta_note, _fmt_ratio, _lambda_table
+
+    assert "with 2 seeds per group, |Δ| below about 4.3 standard errors" in _delta_note([2, 2])
+    assert "with 2–3 seeds per group, |Δ| below about 4.3" in _delta_note([3, 2, 3])
+    assert "with 3 seeds per group, |Δ| below about 2.8" in _delta_note([3, 3])
+    table = _lambda_table({"deep": [0.1, 0.2, 0.3, 0.4], "shallow": [0.5, 0.6]})
+    assert all(line.count("|") == table[0].count("|") for line in table)
+    assert table[-1].split("|")[1:-1] == [" shallow ", " 0.500 ", " 0.600 ", " — ", " — "]
+    assert (_fmt_ratio(0.0112), _fmt_ratio(0.56), _fmt_ratio(10.04)) == ("0.011", "0.56", "10.0")
+    assert mqar_line({"accuracy": 0.99765, "accuracy_2x": 0.9931640625}) == "0.998 (2× the length: 0.993)"
+    assert mqar_line({"accuracy": 0.5, "accuracy_2x": None}) == "0.500 (2× the length: not measured)"

@@ -299,7 +299,8 @@ def cmd_export(checkpoint: str, out: str, *, to: Literal["safetensors", "hf", "d
 
     Args:
         checkpoint: a run folder or one of its checkpoints/step_* folders
-        out: output file (safetensors) or folder (hf, diffllama)
+        out: output file (safetensors; an existing folder or one ending in / gets model.safetensors inside it)
+            or folder (hf, diffllama); missing parent folders are made
         to: safetensors (a file), hf (a transformers folder), diffllama (DiffLlamaForCausalLM folder)
     """
     from shareddiff.train.checkpoint import load_weights, make_readable, read_state, resolve_checkpoint
@@ -317,9 +318,14 @@ def cmd_export(checkpoint: str, out: str, *, to: Literal["safetensors", "hf", "d
 
     ckpt = resolve_checkpoint(checkpoint)
     state = read_state(ckpt)
-    save_file(load_weights(ckpt), out, metadata={"model_config": json.dumps(state["model_config"])})
-    make_readable(out)
-    return f"wrote {out} from {ckpt}"
+    target = Path(out)
+    into = ""
+    if target.is_dir() or out.endswith(("/", os.sep)):  # a folder: the weights go inside it
+        target, into = target / "model.safetensors", f" (the folder {out} given: its model.safetensors)"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_file(load_weights(ckpt), target, metadata={"model_config": json.dumps(state["model_config"])})
+    make_readable(target)
+    return f"wrote {target} from {ckpt}{into}"
 
 
 def cmd_eval_harness(

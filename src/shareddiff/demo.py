@@ -41,6 +41,14 @@ def _train_seconds(rows: list[dict]) -> float:
     return total
 
 
+def _overall_tokens_per_s(rows: list[dict]) -> float:
+    """The whole run's training speed: the tokens of the timed log windows over their seconds (``_train_seconds``),
+    which weights each window by its length; NaN without a timed window."""
+    timed = [r["tokens"] for r in rows if "loss" in r and r.get("tokens_per_s")]
+    seconds = _train_seconds(rows)
+    return timed[-1] / seconds if timed and seconds > 0 else float("nan")
+
+
 def _summary(label: str, rows: list[dict], run) -> dict:
     end = summarize_metrics(rows)
     counts = count_parameters(run.model_config(vocab_size=None))
@@ -52,6 +60,7 @@ def _summary(label: str, rows: list[dict], run) -> dict:
         "params": counts.total,
         "params_non_embedding": counts.non_embedding,
         "seconds": _train_seconds(rows),
+        "overall_tokens_per_s": _overall_tokens_per_s(rows),
     }
 
 
@@ -66,7 +75,18 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, baseline: str = "
     for family in families:
         overrides = [f"train.out_dir={out_dir / family}"] + ([f"train.max_steps={steps}"] if steps else [])
         run = load_recipe(str(recipe), f"{family}-mini", overrides)
-        log.info("== training %s (%s-mini) for %d steps", VARIANTS[family], family, run.train.max_steps)
+        finished = _finished_step(run)
+        if finished is None:
+            log.info("== training %s (%s-mini) for %d steps", VARIANTS[family], family, run.train.max_steps)
+        else:
+            log.info(
+                "== %s (%s-mini): reusing the finished run in %s (step %d); nothing to train (delete that folder "
+                "or give --out another one to train again)",
+                VARIANTS[family],
+                family,
+                run.train.out_dir,
+                finished,
+            )
         try:
             train(run, resume="if_present", progress=progress)
         except ScheduleChanged as err:
@@ -104,6 +124,20 @@ def run_demo(out: str = "runs/demo", steps: int | None = None, baseline: str = "
     )
 
 
+def _finished_step(run) -> int | None:
+    """The step of the run's newest checkpoint when it already finished this recipe's ``train.max_steps`` (the demo
+    then reuses it), else None (nothing there, a run cut short, or one of other settings: ``train`` decides)."""
+    from shareddiff.train.checkpoint import latest_checkpoint, read_state
+
+    out_dir = Path(run.train.out_dir)
+    ckpt = latest_checkpoint(out_dir) if out_dir.is_dir() else None
+    if ckpt is None:
+        return None
+    state = read_state(ckpt)
+    planned = state.get("run", {}).get("train", {}).get("max_steps")
+    return state["step"] if planned == run.train.max_steps and state["step"] >= planned else None
+
+
 def _comparison(summaries: list[dict]) -> str:
     if len(summaries) < 2:
         return ""
@@ -123,7 +157,8 @@ def _report(summaries: list[dict], samples: list[str], png: str, cached_note: st
 
     rows = "\n".join(
         f"| {s['label']} | {s['params']:,} | {s['params_non_embedding']:,} | {s['val_loss']:.4f} | "
-        f"{math.exp(s['val_loss']):.1f} | {s['tokens']:,} | {s['tokens_per_s']:,.0f} | {seconds(s)} |"
+        f"{math.exp(s['val_loss']):.1f} | {s['tokens']:,} | {s['tokens_per_s']:,.0f} | "
+        f"{s['overall_tokens_per_s']:,.0f} | {seconds(s)} |"
         for s in summaries
     )
     sample_text = "\n\n".join(f"```\n{s}\n```" for s in samples)
@@ -133,11 +168,14 @@ Tiny models trained on the bundled corpus (Python 3.11 documentation) with the r
 `{recipe}`: same data, steps, optimizer and seed for every variant. Device: CPU
 ({platform.processor() or platform.machine()}), torch {torch.__version__}.
 
-| model | parameters | non-embedding | validation loss | perplexity | tokens | tokens/s | training s¹ |
-|---|---|---|---|---|---|---|---|
+| model | parameters | non-embedding | validation loss | perplexity | tokens | tokens/s² | mean tok/s³ | training s¹ |
+|---|---|---|---|---|---|---|---|---|
 {rows}
 
-¹ summed over the log windows (tokens ÷ tokens/s), validation excluded.
+¹ summed over the log windows (each window's tokens ÷ its tokens/s); validation and checkpoint pauses excluded.
+² the median over the log windows of each window's tokens ÷ its training seconds: the steady speed, unmoved by
+a slow window (the first one's warm-up, a busy machine), so it is not tokens ÷ training s.
+³ the tokens of the logged windows ÷ training s¹: the whole run's mean speed, slow windows included.
 
 {cached_note}
 

@@ -83,6 +83,25 @@ def _save(plt, fig, out: str | Path) -> Path:
     return out
 
 
+def plot_mqar_curve(rows: list[dict], out: str | Path, title: str, stop_step: int | None = None) -> Path:
+    """MQAR accuracy along training (``rows`` as metrics.jsonl holds them) at the training length N and, where
+    evaluated, at 2N; a dashed vertical line at ``stop_step`` (the early stop), if any."""
+    plt, fig, ax = _figure()
+    for key, label in (("mqar_accuracy", "N (training length)"), ("mqar_accuracy_2x", "2N")):
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), marker="o", lw=1.5, label=label)
+    if stop_step is not None:
+        ax.axvline(stop_step, color="grey", ls="--", lw=1, label=f"early stop (step {stop_step})")
+    ax.set_xlabel("step")
+    ax.set_ylabel("MQAR accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(plt, fig, out)
+
+
 VARIANT_COLORS = {"standard": "C0", "diff": "C1", "shared_diff": "C2", "diff_v2": "C3", "shared_diff_v2": "C4"}
 
 
@@ -132,7 +151,7 @@ def plot_group_curves(
         members = [g for g in groups if panels[g] == name]
         by_colour = len({variants.get(g) for g in members}) == len(members) and all(variants.get(g) for g in members)
         ax, delta_ax = axes[0][col], axes[1][col] if rows == 2 else None
-        kept = []
+        kept, gaps = [], []
         for i, group in enumerate(members):
             curve = curves[group]
             if not curve:
@@ -150,9 +169,10 @@ def plot_group_curves(
             if delta_ax is not None and base and group != base:
                 ref = curves[base]
                 shared = [s for s in steps if s in ref]
+                gap = ([curve[s][0] for s in shared], [curve[s][1] - ref[s][1] for s in shared])
+                gaps.append(gap)
                 delta_ax.plot(
-                    [curve[s][0] for s in shared],
-                    [curve[s][1] - ref[s][1] for s in shared],
+                    *gap,
                     color=colour,
                     marker="o",
                     ms=2.5,
@@ -175,21 +195,25 @@ def plot_group_curves(
             delta_ax.grid(alpha=0.3)
             if name in base_of:
                 delta_ax.set_title(f"minus {base_of[name]}", fontsize=9)
-                lines = delta_ax.get_lines()[1:]
-                late = [
-                    y
-                    for line in lines
-                    for x, y in zip(*line.get_data(), strict=True)
-                    if x >= 0.2 * max(line.get_xdata())
-                ]
-                if late:
-                    pad = 0.1 * (max(late) - min(late) + 1e-3)
-                    delta_ax.set_ylim(min(min(late), 0.0) - pad, max(max(late), 0.0) + pad)
+                limits = gap_limits(gaps)
+                if limits is not None:
+                    delta_ax.set_ylim(*limits)
             if col == 0:
                 delta_ax.set_ylabel("Δ validation loss (nats)")
     if names != [""]:
         fig.suptitle(title, fontsize=11)
     return _save(plt, fig, out)
+
+
+def gap_limits(gaps: list[tuple[list[float], list[float]]]) -> tuple[float, float] | None:
+    """The y-range of the gap row: every curve's gaps (``(tokens, gap)`` pairs of lists) past the first fifth
+    of its tokens, and zero, with a 10 % margin; None when there is no gap point."""
+    late = [y for tokens, gap in gaps for x, y in zip(tokens, gap, strict=True) if tokens and x >= 0.2 * max(tokens)]
+    if not late:
+        return None
+    low, high = min(min(late), 0.0), max(max(late), 0.0)
+    pad = 0.1 * (high - low + 1e-3)
+    return low - pad, high + pad
 
 
 def _count_formatter():
@@ -317,14 +341,16 @@ def plot_mqar_heatmap(summary: dict, out: str | Path, title: str = "MQAR") -> Pa
         ax.set_title(heading, fontsize=9)
         return image
 
-    size = (1.0 * (len(widths) + 1) * len(variants) + 3.0, 0.6 * len(rows) + 1.8)
+    # titles wrap onto two lines and the figure is at least 6.4 in wide: a narrow one (one variant, one
+    # width) once cut the suptitle at both edges and ran the panel titles into each other
+    size = (max(6.4, 1.0 * (len(widths) + 1) * len(variants) + 3.0), 0.6 * len(rows) + 2.2)
     fig, axes = plt.subplots(1, len(variants) + 1, figsize=size, dpi=120, sharey=True, layout="constrained")
     best = {(c["variant"], c["seq_len"], c["pairs"]): c for c in summary["best"]}
     image = panel(
         axes[0],
         variants,
         lambda n, p, v: best.get((v, n, p)),
-        "best over widths and rates",
+        "best over widths\nand rates",
         "variant",
         [VARIANT_NAMES.get(v, v) for v in variants],
     )
@@ -334,12 +360,12 @@ def plot_mqar_heatmap(summary: dict, out: str | Path, title: str = "MQAR") -> Pa
             ax,
             widths,
             lambda n, p, d, v=variant: by_width.get((v, n, p, d)),
-            f"{VARIANT_NAMES.get(variant, variant)}: best over rates",
+            f"{VARIANT_NAMES.get(variant, variant)}:\nbest over rates",
             "model width",
             [str(d) for d in widths],
         )
         ax.tick_params(axis="y", labelleft=False)
-    fig.suptitle(f"{title}: MQAR accuracy at the training length (in brackets: at 2x the length)", fontsize=10)
+    fig.suptitle(f"{title}: MQAR accuracy at the training length\n(in brackets: at 2× the length)", fontsize=10)
     fig.colorbar(image, ax=list(axes), fraction=0.04)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from shareddiff.plots import plot_loss_curves
+from shareddiff.plots import plot_loss_curves, plot_mqar_curve
 from shareddiff.train.metrics import read_metrics, summarize_metrics
 
 
@@ -39,6 +39,12 @@ def _eval_sections(run: Path, out_dir: Path) -> list[str]:
             lines += [
                 "**Attention mass** (answer / noise) by depth: "
                 + ", ".join(f"{r['depth']:.0%} {r['answer']:.3f} / {r['noise']:.3f}" for r in data["rows"]),
+                "",
+            ]
+        elif path.stem == "mqar":
+            lines += [
+                f"**MQAR evaluation** (`{path.name}`, {data['pairs']} pairs, {data['samples']} sequences per length): "
+                + ", ".join(f"N={r['seq_len']} accuracy {r['accuracy']:.3f}" for r in data["rows"]),
                 "",
             ]
         elif path.stem == "icl":
@@ -103,13 +109,44 @@ def build_report(run_dirs: list[str], out: str) -> Path:
         ]
     for folder in folders:
         if kinds[folder] == "run":
-            section = _eval_sections(folder, out_dir)
+            section = _mqar_section(folder, out_dir) + _eval_sections(folder, out_dir)
             if section:
                 lines += [f"## {folder.name}", "", *section]
         else:
             lines += _scaling_section(folder, out_dir)
     out_path.write_text("\n".join(lines))
     return out_path
+
+
+def _mqar_section(run: Path, out_dir: Path) -> list[str]:
+    """An MQAR run's accuracy along training (at the training length N and 2N, with its plot), its steps to
+    50 % and 99 %, and its early stop (docs/evaluation.md); nothing for a run of another data source or one
+    not yet evaluated."""
+    from shareddiff.eval.mqar import THRESHOLDS, mqar_run_record, steps_to
+
+    saved, rows = _load(run / "run_config.json"), read_metrics(run)
+    if saved.get("run", {}).get("data", {}).get("source") != "mqar" or not any("mqar_accuracy" in r for r in rows):
+        return []
+    record = mqar_run_record(run)
+    n, stop = record["seq_len"], record["early_stop"]
+    at_2x = "" if record["accuracy_2x"] is None else f", {record['accuracy_2x']:.3f} at 2N = {2 * n}"
+    firsts = ", ".join(
+        f"to {level:.0%}: "
+        + (f"step {step}" if (step := steps_to(record["curve"], level)) is not None else "not reached")
+        for level in THRESHOLDS
+    )
+    if stop:
+        end = f"Stopped early at step {stop['step']} of {stop['max_steps']}: {stop['reason']}."
+    else:
+        end = f"No early stop: trained to step {rows[-1]['step']} of {saved['run']['train']['max_steps']}."
+    png = plot_mqar_curve(rows, out_dir / f"{run.name}_mqar.png", f"MQAR accuracy, {run.name}", stop and stop["step"])
+    return [
+        f"**MQAR** (N = {n}, {record['pairs']} pairs): accuracy {record['accuracy']:.3f} at N{at_2x}, at step "
+        f"{record['steps']}; steps {firsts}. {end}",
+        "",
+        f"![MQAR accuracy]({png.name})",
+        "",
+    ]
 
 
 def _scaling_section(folder: Path, out_dir: Path) -> list[str]:

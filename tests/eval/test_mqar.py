@@ -1,6 +1,7 @@
 """MQAR evaluation: scores against a hand computation, the trainer's MQAR source and probe, the
 checkpoint evaluation, the grid summary, and (slow) a tiny Transformer that learns the task."""
 
+import itertools
 import json
 import math
 from typing import ClassVar
@@ -97,6 +98,33 @@ def test_trainer_records_mqar_accuracy_along_training(tmp_path):
     assert record["curve"] == [(r["step"], r["mqar_accuracy"]) for r in evals]
 
 
+@pytest.fixture(scope="module")
+def tiny_mqar_run(tmp_path_factory):
+    """A run of 1 step on MQAR (vocabulary 64), with its checkpoint."""
+    tmp_path = tmp_path_factory.mktemp("mqar")
+    train(mqar_run(tmp_path, "train.max_steps=1", "optim.warmup_steps=0", "train.eval_every=1"), progress=False)
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(
+    ("verb", "args"),
+    [
+        (["eval", "lm"], []),
+        (["generate"], ["--prompt", "Hello"]),
+        (["eval", "needle"], []),
+        (["eval", "attention"], []),
+        (["eval", "icl"], ["--dataset", "trec"]),
+    ],
+)
+def test_text_verbs_refuse_an_mqar_run_and_name_eval_mqar(tiny_mqar_run, capsys, verb, args):
+    """The run's embedding holds 64 synthetic tokens: the bundled tokenizer's ids would index past it."""
+    run = str(tiny_mqar_run)
+    assert main([*verb, run, *args, "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run} was trained on MQAR (synthetic vocabulary 64), not on text" in err
+    assert f"use `shareddiff eval mqar {run}`" in err
+
+
 class ScriptedProbe:
     """MQARProbe's stand-in: the accuracies of ``script``, one per evaluation in order (loss 1 − accuracy)."""
 
@@ -180,6 +208,56 @@ def test_early_stop_counts_across_a_resume(tmp_path, scripted, monkeypatch):
     scripted(0.999)
     result = train(run, resume=True, progress=False)
     assert result.step == 6 and result.early_stop["reason"].endswith("(steps 4, 6)")
+
+
+def test_a_stopped_run_continued_to_max_steps_no_longer_counts_as_stopped(tmp_path, scripted):
+    """Stopped at step 10 of 20, then resumed with early stop off: it trains to step 20, its record and summary
+    report no early stop, and its last checkpoint keeps no count of solved evaluations."""
+    scripted(0.3, 0.995, 0.97, 0.99, 0.999)
+    run = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP)
+    assert train(run, progress=False).early_stop["step"] == 10
+    scripted(0.999, 0.999, 0.999, 0.999, 0.999)
+    off = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", "train.eval_every=2")
+    result = train(off, resume=True, progress=False)
+    assert result.step == 20 and result.early_stop is None
+    state = json.loads((result.checkpoint / "state.json").read_text())
+    assert state["step"] == 20 and state["solved_evals"] == [] and state["early_stop"] is None
+    record = mqar_run_record(run.train.out_dir)
+    assert record["steps"] == 20 and record["early_stop"] is None
+    assert mqar_summary([record])["best"][0]["stopped_early"] is None
+
+
+@pytest.mark.parametrize(
+    ("stricter", "script", "stop_step", "steps"),
+    [
+        ("train.early_stop_patience=3", (0.995,), 12, "8, 10, 12"),  # 0.99, 0.999 at 8, 10 are two of three
+        ("train.early_stop_accuracy=0.999", (0.9995,), 12, "10, 12"),  # only step 10's 0.999 meets 0.999
+        ("train.early_stop_accuracy=0.9999", (0.99995, 0.5, 0.99995, 0.99999), 18, "16, 18"),  # 0.5 resets
+    ],
+)
+def test_resume_with_a_stricter_criterion_trains_on_until_it_is_met(
+    tmp_path, scripted, stricter, script, stop_step, steps
+):
+    scripted(0.3, 0.995, 0.97, 0.99, 0.999)
+    run = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP)
+    assert train(run, progress=False).step == 10
+    scripted(*script)
+    strict = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP, stricter)
+    result = train(strict, resume=True, progress=False)
+    assert not result.already_complete and result.step == stop_step
+    assert result.early_stop["reason"].endswith(f"consecutive evaluations (steps {steps})")
+    assert mqar_run_record(run.train.out_dir)["early_stop"] == result.early_stop
+
+
+def test_resume_with_a_criterion_the_recorded_evaluations_meet_stays_complete(tmp_path, scripted):
+    scripted(0.3, 0.995, 0.97, 0.99, 0.999)
+    run = mqar_run(tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP)
+    stop = train(run, progress=False).early_stop
+    looser = mqar_run(
+        tmp_path, "train.max_steps=20", "optim.warmup_steps=2", *EARLY_STOP, "train.early_stop_accuracy=0.9"
+    )
+    again = train(looser, resume=True, progress=False)
+    assert again.already_complete and again.step == 10 and again.early_stop == stop
 
 
 @pytest.mark.parametrize(
@@ -334,3 +412,34 @@ def test_a_tiny_transformer_learns_mqar_and_stops_once_solved(tmp_path):
     assert result.early_stop["step"] == result.step == final["step"] < 1000
     record = mqar_run_record(run.train.out_dir)
     assert steps_to(record["curve"], 0.99) == evals[-2]["step"] and record["accuracy_2x"] == final["mqar_accuracy_2x"]
+
+
+@pytest.mark.parametrize(
+    ("variants", "widths"), [(("shared_diff_v2",), (64,)), (("standard",), (64, 128)), (("standard", "diff"), (64,))]
+)
+def test_heatmap_titles_fit_the_figure_and_do_not_overlap(tmp_path, monkeypatch, variants, widths):
+    """The suptitle lies inside the figure and no two panel titles overlap, with one variant and one width
+    (the narrowest figure: its suptitle was once cut at both edges, its titles overlapping) or more."""
+    import matplotlib.pyplot as plt
+
+    from shareddiff.plots import plot_mqar_heatmap
+
+    figures = []
+    monkeypatch.setattr(plt, "close", figures.append)
+    runs = [
+        run_row(v, d, 1e-3, [(100, 0.9)], seq_len=n, pairs=p)
+        for v in variants
+        for d in widths
+        for n, p in ((64, 4), (128, 8))
+    ]
+    plot_mqar_heatmap(mqar_summary(runs), tmp_path / "mqar.png", "mqar_budget")
+    fig = figures[0]
+    renderer = fig.canvas.get_renderer()
+    box = fig.bbox
+    suptitle = fig._suptitle.get_window_extent(renderer)
+    assert box.x0 + 2 <= suptitle.x0 and suptitle.x1 <= box.x1 - 2 and suptitle.y1 <= box.y1
+    titles = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    assert len(titles) == len(variants) + 1
+    for left, right in itertools.pairwise(titles):
+        assert left.x1 + 2 <= right.x0  # side by side, not overlapping
+    plt.close("all")

@@ -15,11 +15,11 @@ if TYPE_CHECKING:
 DEPTHS = (0.0, 0.25, 0.5, 0.75, 1.0)  # the needle's place in the context, from its start (0) to its end (1)
 
 
-def _load(checkpoint: str, device: str):
+def _load(checkpoint: str, device: str, text: bool = True):
     from shareddiff.train import load_model
     from shareddiff.train.device import select_device
 
-    model, tokenizer, state = load_model(checkpoint, device=select_device(device), attn_backend="auto")
+    model, tokenizer, state = load_model(checkpoint, device=select_device(device), attn_backend="auto", text=text)
     return model, tokenizer, state
 
 
@@ -308,7 +308,7 @@ def mqar_results(
     from shareddiff.config import MQARConfig
     from shareddiff.eval.mqar import mqar_eval
 
-    model, _, state = _load(checkpoint, device)
+    model, _, state = _load(checkpoint, device, text=False)
     run = state["run"]
     if run["data"].get("source") != "mqar":
         raise ValueError(

@@ -71,8 +71,17 @@ def mqar_run_record(run_dir: str | Path) -> dict[str, Any]:
         "curve": [(r["step"], r["mqar_accuracy"]) for r in evals],
         "accuracy": last["mqar_accuracy"],
         "accuracy_2x": last.get("mqar_accuracy_2x"),
-        "early_stop": next((r["early_stop"] for r in rows if "early_stop" in r), None),
+        "early_stop": _final_early_stop(rows),
     }
+
+
+def _final_early_stop(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The trainer's early stop record that ended the run, or None: an early stop counts only at the run's last
+    step (a run continued after it, ``--resume train.early_stop_accuracy=0``, keeps the old record mid-file)."""
+    stops = [r for r in rows if "early_stop" in r]
+    if not stops or stops[-1]["step"] < max(r.get("step", 0) for r in rows):
+        return None
+    return stops[-1]["early_stop"]
 
 
 def _rank(run: dict) -> tuple:

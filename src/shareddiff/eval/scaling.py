@@ -12,8 +12,12 @@ import numpy as np
 
 
 def fit_power_law(x, y) -> dict:
-    """Least-squares fit of y = a·x^(−b) + c (b > 0, 0 ≤ c < min y): golden-section search over c,
-    a and b by linear regression of log(y − c) on log x for each c."""
+    """Least-squares fit of y = a·x^(−b) + c (0 ≤ c < min y): golden-section search over c, a and b by
+    linear regression of log(y − c) on log x for each c.
+
+    b is not constrained: b ≤ 0 (the loss does not fall with x over these points) is returned as fitted,
+    and ``decreasing`` (b > 0) says whether the fit is a decreasing law at all; only such a fit can say
+    what x reaches a loss (``needed_for_loss``)."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 3:
         raise ValueError(f"a power law with offset needs at least 3 points, got {len(x)}")
@@ -33,7 +37,7 @@ def fit_power_law(x, y) -> dict:
             lo = c1
     c = (lo + hi) / 2
     a, b, sse = solve(c)
-    return {"a": a, "b": b, "c": c, "sse": sse}
+    return {"a": a, "b": b, "c": c, "sse": sse, "decreasing": b > 0}
 
 
 def predict(fit: dict, x) -> np.ndarray:
@@ -41,7 +45,10 @@ def predict(fit: dict, x) -> np.ndarray:
 
 
 def needed_for_loss(fit: dict, loss: float) -> float:
-    """The x at which the fitted curve reaches ``loss`` (inf if below its asymptote)."""
+    """The x at which the fitted curve reaches ``loss`` (inf if below its asymptote). Raises ValueError for
+    a fit that is not a decreasing law (b ≤ 0): it gives no such x."""
+    if fit["b"] <= 0:
+        raise ValueError(f"the fit has b = {fit['b']:.3g} ≤ 0: the loss does not fall with x, so no x reaches a loss")
     if loss <= fit["c"]:
         return math.inf
     return ((loss - fit["c"]) / fit["a"]) ** (-1 / fit["b"])
@@ -143,6 +150,10 @@ def _match_row(reference: str, ref: dict, variant: str, entry: dict) -> dict:
         if fit is None:
             row[f"{axis}_needed_fraction"] = None
             row[f"{axis}_note"] = f"no {axis} fit for {variant}"
+            continue
+        if fit["b"] <= 0:
+            row[f"{axis}_needed_fraction"] = None
+            row[f"{axis}_note"] = f"{variant}'s loss does not fall with {axis} over these points: no multiple"
             continue
         needed = needed_for_loss(fit, ref["final_loss"])
         if math.isinf(needed):

@@ -30,7 +30,7 @@ def export(checkpoint: str | Path, out_dir: str | Path, to: str) -> Path:
     """Write ``checkpoint`` as a Hugging Face folder: ``to="hf"`` (shareddiff) or ``"diffllama"`` (native)."""
     from shareddiff.train import load_model
 
-    model, tokenizer, _ = load_model(checkpoint)
+    model, tokenizer, _ = load_model(checkpoint, text=False)  # an MQAR run exports as it is
     if to == "hf":
         hf_model = wrap(model, tokenizer.eos_id)
     elif to == "diffllama":

@@ -41,18 +41,51 @@ def reproduce(
     summary: bool = True,
     progress: bool = True,
 ) -> str:
-    """Run (or resume) the experiment's runs, ``jobs`` at a time, then write its summary."""
+    """Run (or resume) the experiment's runs, ``jobs`` at a time, then write its summary.
+
+    One after another (``jobs`` 1), a run whose folder another process is training (two reproduce commands
+    into one ``out``) is skipped with a warning and the others go on; the command then raises ValueError
+    naming the skipped runs, before the summary: run it again once the other has finished."""
     exp = load_experiment(name)
     out_path, overrides = Path(out), list(overrides or [])
     specs = [exp.run(r) for r in runs] if runs else exp.runs
+    command = f"shareddiff reproduce {name}" + ("" if out == "results/repro" else f" --out {out}")
     if not summary_only:
         for spec in specs:  # check every recipe before any training starts
             resolve_run(exp, spec, out_path, overrides)
+        busy: dict[str, str] = {}
         if jobs <= 1:
             for spec in specs:
+                holder = _busy(out_path / exp.name / spec.name)
+                if holder is not None:
+                    busy[spec.name] = holder
+                    log.warning("%s/%s: skipped, another process is training it (%s)", exp.name, spec.name, holder)
+                    continue
                 run_one(exp, spec, out_path, overrides, keep_checkpoints, progress)
         else:
             run_parallel(exp, specs, out_path, overrides, keep_checkpoints, jobs)
+        if busy:
+            raise ValueError(
+                f"runs {list(busy)} of {exp.name} are being trained by another process (another reproduce into "
+                f"{out}? {'; '.join(busy.values())}); the other runs are done. Run `{command}` again once it "
+                "has finished (finished runs are skipped), or give this one another --out or other --run options"
+            )
     if not summary:
         return f"{len(specs)} run(s) of {exp.name} done under {out_path / exp.name}"
-    return f"summary: {summarize(exp, out_path)}"
+    return f"summary: {summarize(exp, out_path, command)}"
+
+
+def _busy(run_dir: Path) -> str | None:
+    """Who holds ``run_dir``'s run lock (pid, host, start, command), or None when it is free. The check is a
+    moment's: a run that another process starts just after it still meets the trainer's own refusal."""
+    from shareddiff.train.runlock import RunFolderBusy, RunLock
+
+    if not run_dir.is_dir():
+        return None
+    lock = RunLock(run_dir)
+    try:
+        lock.acquire()
+    except RunFolderBusy as err:
+        return err.holder
+    lock.release()
+    return None

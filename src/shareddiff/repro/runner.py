@@ -99,9 +99,7 @@ def evaluate_run(exp: Experiment, run_dir: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     if json.loads((run_dir / RUN_CONFIG).read_text())["run"]["data"].get("source") == "mqar":
         results["mqar"] = mqar_run_record(run_dir)
-        log.info(
-            "  MQAR accuracy %.3f (2x the length: %s)", results["mqar"]["accuracy"], results["mqar"]["accuracy_2x"]
-        )
+        log.info("  MQAR accuracy %s", mqar_line(results["mqar"]))
     if "lm" in exp.evals:
         results["lm"] = commands.lm_results(str(run_dir), None, 262_144, None, "auto", None)
         log.info("  eval lm: loss %.4f, AR-Hit %.4f", results["lm"]["loss"], results["lm"]["ar_hit_loss"])
@@ -187,6 +185,12 @@ def build_record(exp: Experiment, spec: RunSpec, run_dir: Path, overrides: list[
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "evals": evals,
     }
+
+
+def mqar_line(mqar: dict) -> str:
+    """The per-run MQAR line: accuracy at the training length and at 2× it, three decimals each."""
+    twice = mqar.get("accuracy_2x")
+    return f"{mqar['accuracy']:.3f} (2× the length: {'not measured' if twice is None else f'{twice:.3f}'})"
 
 
 def run_one(

@@ -36,8 +36,9 @@ def _fmt(stat: dict[str, float], digits: int = 4) -> str:
     return f"{stat['mean']:.{digits}f}" + (f" ± {stat['std']:.{digits}f}" if stat["n"] > 1 else "")
 
 
-def load_records(exp: Experiment, out: Path) -> list[dict]:
-    """The records of the experiment's finished runs and of the runs it includes from other experiments."""
+def load_records(exp: Experiment, out: Path, command: str | None = None) -> list[dict]:
+    """The records of the experiment's finished runs and of the runs it includes from other experiments.
+    ``command``: the reproduce command as the user gave it, named when there is no finished run."""
     folder = out / exp.name
     run_dirs = [folder / s.name for s in exp.runs]
     for ref in exp.summary.get("include", []):  # "EXPERIMENT/RUN": a run another experiment already made
@@ -53,7 +54,8 @@ def load_records(exp: Experiment, out: Path) -> list[dict]:
             rows = [r for r in read_metrics(record["dir"]) if "loss" in r]
             record["train_loss_tail"] = tail_mean_loss(rows) if rows else record.get("train_loss")
     if not records:
-        raise ValueError(f"no finished runs under {folder}; run `shareddiff reproduce {exp.name}` first")
+        command = command or f"shareddiff reproduce {exp.name}"
+        raise ValueError(f"no finished runs under {folder}; run `{command}` first")
     return records
 
 
@@ -176,7 +178,10 @@ def needed_with_interval(fit: dict, loss: float, sigma: float, seed: int = 1) ->
     if not fit["draws"]:
         return point, math.nan, math.nan
     rng = np.random.default_rng(seed)
-    needs = np.asarray([needed_for_loss(d, loss + rng.normal(0, sigma)) for d in fit["draws"]])
+    # a draw that is no decreasing law (b ≤ 0) never reaches a lower loss: "beyond", as inf
+    needs = np.asarray(
+        [needed_for_loss(d, loss + rng.normal(0, sigma)) if d["b"] > 0 else math.inf for d in fit["draws"]]
+    )
     # draws whose curve never reaches the loss give inf: rank-based percentiles keep them as "beyond"
     lo, hi = np.percentile(needs, [16, 84], method="nearest" if np.isinf(needs).any() else "linear")
     return point, float(lo), float(hi)
@@ -224,17 +229,22 @@ def efficiency(groups: dict[str, dict], x_key: str, references: list[str], sigma
             for variant, fit in fits.items():
                 if variant == reference:
                     continue
+                row = {"reference": reference, "variant": variant, "reference_x": x, "loss": loss}
+                if fit["b"] <= 0:  # not a decreasing law: no x of it reaches a loss
+                    rows.append(row | {"needed_fraction": None, "interval": [math.nan, math.nan], "decreasing": False})
+                    continue
                 need, lo, hi = needed_with_interval(fit, loss, error)
                 xs = [p[0] for p in points[variant]]
+                frac = need / x
                 rows.append(
-                    {
-                        "reference": reference,
-                        "variant": variant,
-                        "reference_x": x,
-                        "loss": loss,
-                        "needed_fraction": need / x,
+                    row
+                    | {
+                        "needed_fraction": frac,
                         "interval": [lo / x, hi / x],
                         "extrapolated": not min(xs) <= need <= max(xs),
+                        "decreasing": True,
+                        # the point estimate outside its own bootstrap interval: the fit swings with the noise
+                        "unstable": not math.isnan(lo) and not lo / x <= frac <= hi / x,
                     }
                 )
     keys = ("a", "b", "c", "sse", "residuals", "chi2", "dof", "scale")
@@ -243,13 +253,14 @@ def efficiency(groups: dict[str, dict], x_key: str, references: list[str], sigma
     return {"x": x_key, "points": points, "fits": clean, "match": rows, "sigma": sigma, "exact": exact}
 
 
-def summarize(exp: Experiment, out: Path) -> Path:
-    """``summary.json``, ``summary.md`` and plots from the records of the experiment's finished runs."""
+def summarize(exp: Experiment, out: Path, command: str | None = None) -> Path:
+    """``summary.json``, ``summary.md`` and plots from the records of the experiment's finished runs
+    (``command``: the reproduce command to name when there are none)."""
     from shareddiff import plots
     from shareddiff.eval.mqar import mqar_summary
 
     folder = out / exp.name
-    records = load_records(exp, out)
+    records = load_records(exp, out, command)
     by_group: dict[str, list[dict]] = {}
     for record in records:
         by_group.setdefault(record["group"], []).append(record)
@@ -324,6 +335,9 @@ def _fmt_delta(entry: dict) -> str:
     return f"{entry['delta_vs_baseline']:+.4f}" + ("" if not se else f" ± {se:.4f}")
 
 
+EXACT_FIT_NATS = 1e-4  # a 3-point fit whose residuals are all below this passes through its points
+
+
 def _efficiency_rows(result: dict, unit: str) -> list[str]:
     if not result["match"]:
         have = ", ".join(f"{v}: {len(p)}" for v, p in sorted(result["points"].items()))
@@ -335,8 +349,12 @@ def _efficiency_rows(result: dict, unit: str) -> list[str]:
     rows = []
     for m in sorted(result["match"], key=lambda m: (m["reference"], m["reference_x"], m["variant"])):
         frac, (lo, hi) = m["needed_fraction"], m["interval"]
-        if math.isinf(frac):
+        if frac is None:
+            needed = "loss does not fall with size over these points: no multiple"
+        elif math.isinf(frac):
             needed = "beyond the fit"
+        elif m.get("unstable"):
+            needed = f"unstable fit: {frac:.2f} lies outside its interval [{lo:.2f}, {hi:.2f}]"
         else:
             needed = f"{frac:.2f}" + ("" if math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]")
             needed += " (extrapolated)" if m["extrapolated"] else ""
@@ -382,8 +400,46 @@ def _efficiency_rows(result: dict, unit: str) -> list[str]:
                 "same-x comparisons are the firmer reading.",
             ]
     if result.get("exact"):
-        lines += ["", "With three points per variant the fit passes through every point: no residual checks it."]
+        miss = max((abs(r) for f in fits.values() for r in f["residuals"]), default=0.0)
+        if miss < EXACT_FIT_NATS:
+            lines += ["", "With three points per variant the fit passes through every point: no residual checks it."]
+        else:
+            lines += [
+                "",
+                "With three points per variant the fit has no residual degree of freedom, yet the law misses them "
+                f"by up to {miss:.4f} nats (a·x^(−b) + c cannot follow these points, e.g. a loss that does not "
+                "fall monotonically): read its multiples as unsupported.",
+            ]
     return lines
+
+
+# two-sided 95 % quantiles of Student's t with 2(n − 1) degrees of freedom (Welch's for two groups of n seeds)
+_T95 = {2: 4.30, 3: 2.78, 4: 2.45, 5: 2.31}
+
+
+def _delta_note(seeds: list[int]) -> str:
+    """The note under the Δ column, worded by the seed counts of the groups that have a standard error: the
+    |Δ| / SE a separation needs is the t quantile for the fewest seeds (two seeds: 4.3, three: 2.8)."""
+    low, high = min(seeds), max(seeds)
+    counts = f"{low}" if low == high else f"{low}–{high}"
+    need = _T95.get(low, 2.2)
+    return (
+        "Δ ± its standard error from the two groups' seed spreads (Welch), where both have two seeds or more; "
+        f"with {counts} seeds per group, |Δ| below about {need:.1f} standard errors is not a separation (the "
+        f"two-sided 95 % t quantile for {low} seeds a group)."
+    )
+
+
+def _lambda_table(lambdas: dict[str, list[float]]) -> list[str]:
+    """λ per layer, one row a group, one column a layer; shallower groups padded with — to the deepest."""
+    depth = max(len(v) for v in lambdas.values())
+    rows = [[g, *(f"{x:.3f}" for x in v), *["—"] * (depth - len(v))] for g, v in lambdas.items()]
+    return md_table(["group", *range(1, depth + 1)], rows)
+
+
+def _fmt_ratio(x: float) -> str:
+    """One decimal from 1 up, two significant digits below (0.011, not 0.0)."""
+    return f"{x:.1f}" if x >= 1 else f"{x:.2g}"
 
 
 def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> str:
@@ -396,7 +452,7 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
             group,
             f"{e['params']:,}",
             f"{e['tokens']:,}",
-            f"{e['tokens_per_param']:.1f}",
+            _fmt_ratio(e["tokens_per_param"]),
             "—" if e["passes"] is None else f"{e['passes']:.2f}",
             "—" if e["lr"] is None else f"{e['lr']:g}",
             len(e["seeds"]),
@@ -417,11 +473,7 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
         "(one step's batch loss varies by about 0.1 nats), then mean ± std over seeds.",
     ]
     if with_delta and any(e.get("delta_se") for e in groups.values()):
-        lines += [
-            "",
-            "Δ ± its standard error from the two groups' seed spreads (Welch), where both have two seeds or more; "
-            "with three seeds each, |Δ| below about three standard errors is not a separation.",
-        ]
+        lines += ["", _delta_note([len(e["seeds"]) for e in groups.values() if e.get("delta_se")])]
     overrides = {g: " ".join(e["overrides"]) for g, e in groups.items() if e["overrides"]}
     if overrides:
         lines += [
@@ -454,9 +506,7 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
         lines += ["", *md_table(["group", "AR-Hit loss", "Others loss"], rows)]
     lambdas = {g: e["lambda"] for g, e in groups.items() if "lambda" in e}
     if lambdas:
-        depth = max(len(v) for v in lambdas.values())
-        rows = [[g, *(f"{x:.3f}" for x in v)] for g, v in lambdas.items()]
-        lines += ["", "Final λ per layer (mean over seeds):", "", *md_table(["group", *range(1, depth + 1)], rows)]
+        lines += ["", "Final λ per layer (mean over seeds):", "", *_lambda_table(lambdas)]
         lines += ["", "![lambda](lambda.png)"]
     lines += _needle_lines(groups)
     lines += _mqar_lines(summary.get("mqar"))

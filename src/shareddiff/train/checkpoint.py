@@ -491,7 +491,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     if not path.exists():
         raise ValueError(f"{path} does not exist; pass a run folder or one of its checkpoints/step_* folders")
     if (path / STATE).is_file():
-        read_state(path)  # a foreign folder is named as such before its files are checked
+        _check_belongs_to_run(path, read_state(path))  # a foreign folder is named as such before its files are checked
         verify_checkpoint(path, WEIGHT_FILES)
         return path
     ckpt, rejected = choose_checkpoint(path, WEIGHT_FILES)
@@ -502,17 +502,50 @@ def resolve_checkpoint(path: str | Path) -> Path:
                 "from elsewhere, copy it again whole; otherwise train it again (nothing was deleted)"
             )
         raise ValueError(f"{path} holds no checkpoint; pass a run folder with checkpoints/ or a step_* folder")
+    _check_belongs_to_run(ckpt, read_state(ckpt))
     return ckpt
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", attn_backend: str = "auto"):
-    """(model in eval mode, Tokenizer, state) from a checkpoint or run folder."""
+def _check_belongs_to_run(ckpt: Path, state: dict[str, Any]) -> None:
+    """A checkpoint inside a run folder (RUN/checkpoints/step_*) must have that run's model config (RUN's
+    run_config.json), as ``train --resume`` requires: a step folder copied in from another run is refused
+    (ValueError naming the differing fields) rather than used under this run's name."""
+    if ckpt.parent.name != CHECKPOINTS or not (ckpt.parent.parent / "run_config.json").is_file():
+        return
+    run_dir = ckpt.parent.parent
+    try:
+        run_model = json.loads((run_dir / "run_config.json").read_text()).get("model_config") or {}
+    except (json.JSONDecodeError, AttributeError):
+        return  # a damaged record decides nothing; the checkpoint's own state stands
+    saved = state.get("model_config") or {}
+    diffs = [
+        f"model.{k}: checkpoint {saved[k]!r}, run {v!r}"
+        for k, v in run_model.items()
+        if k != "notes" and k in saved and saved[k] != v
+    ]
+    if diffs:
+        raise ValueError(
+            f"checkpoint {ckpt} does not belong to the run {run_dir}: its model config differs from the run's "
+            f"run_config.json ({'; '.join(diffs)}), as a step folder copied in from another run would; pass the "
+            "folder of the run it came from, or move it out of this run's checkpoints/"
+        )
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", attn_backend: str = "auto", text: bool = True):
+    """(model in eval mode, Tokenizer, state) from a checkpoint or run folder. With ``text`` (the default: the
+    caller feeds it the tokenizer's ids), a run trained on MQAR, whose embedding holds the task's synthetic
+    vocabulary rather than the tokenizer's, is refused with a ValueError that names ``shareddiff eval mqar``."""
     from shareddiff.config import ModelConfig
     from shareddiff.data.tokenizer import Tokenizer
     from shareddiff.model import build_model
 
     ckpt = resolve_checkpoint(path)
     state = read_state(ckpt)
+    if text and state.get("run", {}).get("data", {}).get("source") == "mqar":
+        raise ValueError(
+            f"{path} was trained on MQAR (synthetic vocabulary {state['model_config']['vocab_size']}), not on text: "
+            f"the tokenizer's ids do not fit its embedding; use `shareddiff eval mqar {path}`"
+        )
     config = ModelConfig.from_dict(state["model_config"])
     model = build_model(config, attn_backend=attn_backend)
     load_state_into(model, load_weights(ckpt), ckpt)

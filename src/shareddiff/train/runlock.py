@@ -19,7 +19,11 @@ LOCK_FILE = ".lock"
 
 
 class RunFolderBusy(ValueError):
-    """Another live process holds the run folder's lock."""
+    """Another live process holds the run folder's lock; ``holder`` describes it (pid, host, start, command)."""
+
+    def __init__(self, message: str, holder: str = "") -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class RunLock:
@@ -45,7 +49,8 @@ class RunLock:
             os.close(fd)
             raise RunFolderBusy(
                 f"{self.path.parent} is in use by another training run ({holder}); wait for it to finish, "
-                "stop it, or set train.out_dir to another folder"
+                "stop it, or set train.out_dir to another folder",
+                holder,
             ) from None
         except OSError as err:  # a filesystem without locks (some network mounts): run, but say so
             os.close(fd)

@@ -304,13 +304,14 @@ class Trainer:
         _check_resume_compatible(state, self.model_config, self.tokenizer, ckpt)
         _check_same_batches(state["run"], state["world_size"], self.run, self.dist.world, f"checkpoint {ckpt.name}")
         _check_same_schedule(state, self.run, ckpt, new_schedule)
-        if state["step"] >= self.run.train.max_steps or (
-            state.get("early_stop") and self.run.train.early_stop_accuracy
-        ):
+        if state["step"] >= self.run.train.max_steps:
+            return _already_complete(self.run_dir, ckpt, state)
+        solved = self._solved_evals_to_continue(state)
+        if solved is None:
             return _already_complete(self.run_dir, ckpt, state)
         load_training_state(ckpt, self.model, self.optimizer, self.dist)
         self.step, self.tokens_seen, self.last_ckpt = state["step"], state["tokens"], ckpt
-        self.solved_evals = [tuple(e) for e in state.get("solved_evals", [])]
+        self.solved_evals = solved
         log.info(
             "resuming %s from %s (step %d, saved by %d process(es), resumed on %d)",
             self.run_dir,
@@ -333,6 +334,39 @@ class Trainer:
         log.warning(
             "--resume: the run in %s stopped before its first checkpoint; starting it again from step 0", self.run_dir
         )
+
+    def _solved_evals_to_continue(self, state: dict) -> list[tuple[int, float]] | None:
+        """The early stop's count of evaluations to resume with, or None when the checkpoint ends the run: a run
+        stopped early stays complete while the current criterion (``train.early_stop_accuracy`` and
+        ``early_stop_patience``, perhaps stricter than the stop's) is met by its recorded evaluations; one that
+        is not (a stricter criterion, or early stop off) trains on, counting only the recorded evaluations that
+        meet the current threshold (none with early stop off)."""
+        train = self.run.train
+        recorded = [tuple(e) for e in state.get("solved_evals", [])]
+        if not train.early_stop_accuracy:
+            return []
+        streak = []  # the latest recorded evaluations in a row at or above the current threshold
+        for step, accuracy in reversed(recorded):
+            if accuracy < train.early_stop_accuracy:
+                break
+            streak.insert(0, (step, accuracy))
+        stop = state.get("early_stop")
+        if not stop:
+            return streak
+        if len(streak) >= train.early_stop_patience:
+            return None
+        log.info(
+            "%s stopped early at step %d (%s); the current criterion, mqar_accuracy ≥ %g at %d consecutive "
+            "evaluations, is not met by its recorded evaluations (%d in a row): training on to step %d",
+            self.run_dir,
+            stop["step"],
+            stop["reason"],
+            train.early_stop_accuracy,
+            train.early_stop_patience,
+            len(streak),
+            train.max_steps,
+        )
+        return streak
 
     def train(self) -> TrainResult:
         """Steps from the current one to ``train.max_steps``; logging, validation and checkpoints when due."""
