@@ -39,10 +39,21 @@ def torchrun(run, *extra: str, nproc: int = 2, check: bool = True) -> subprocess
         *recipe_args(run),
         *extra,
     ]
-    result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0 and ABORT_AT_EXIT in result.stderr and not extra:
+        # Seen once in ~10 full CPU runs (2026-11-30): rank 0 of a compiled two-process gloo run aborted with
+        # this C++ message and no Python traceback; the same test passed 4 times alone. One fresh retry keeps
+        # that out of CI while any repeatable failure still fails the test.
+        print(f"retrying once after: {ABORT_AT_EXIT}")
+        shutil.rmtree(run.train.out_dir, ignore_errors=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+ABORT_AT_EXIT = "terminate called without an active exception"
 
 
 def assert_curves_close(a: dict[int, float], b: dict[int, float]) -> None:
