@@ -169,11 +169,53 @@ def describe(row: dict) -> str:
     )
 
 
+SYNC_OPS = (
+    "aten::_local_scalar_dense",
+    "aten::nonzero",
+    "aten::equal",
+    "cudaStreamSynchronize",
+    "cudaDeviceSynchronize",
+)
+COMPILED_REGION = "Torch-Compiled Region"
+
+
+def host_work(prof, new: int) -> dict:
+    """Per new token, from a CPU (+ CUDA) profile: aten operators the host dispatches (calls not made from
+    inside another aten operator), those of them outside any compiled region, leaf aten ops, host syncs
+    (``SYNC_OPS``), and the host microseconds of torch.compile's wrapping of a compiled call (cache lookup,
+    guards, AOT runtime wrappers: the region's time less the compiled graph's own call)."""
+    events = prof.events()
+
+    def under(e, prefix: str) -> bool:
+        while e is not None:
+            if e.name.startswith(prefix):
+                return True
+            e = e.cpu_parent
+        return False
+
+    top = [e for e in events if e.name.startswith("aten::") and not under(e.cpu_parent, "aten::")]
+    regions = [e for e in events if e.name.startswith(COMPILED_REGION)]
+    graph_calls = [e for e in events if e.name.startswith("## Call CompiledFxGraph")]
+    lookups = [e for e in events if e.name == "TorchDynamo Cache Lookup"]
+    wrapper_us = sum(e.cpu_time_total for e in regions + lookups) - sum(e.cpu_time_total for e in graph_calls)
+    return {
+        "ops_per_token": len(top) / new,
+        "ops_outside_graph_per_token": sum(not under(e, COMPILED_REGION) for e in top) / new,
+        "aten_leaf_ops_per_token": sum(1 for e in events if e.name.startswith("aten::") and not e.cpu_children) / new,
+        "syncs_per_token": sum(e.name in SYNC_OPS for e in events) / new,
+        "compiled_calls_per_token": len(regions) / new,
+        "compile_wrapper_us_per_token": wrapper_us / new if regions else None,
+        "graph_call_us_per_token": sum(e.cpu_time_total for e in graph_calls) / new if regions else None,
+    }
+
+
 def profile_generation(mode: str, model, batch: int, args, device: torch.device) -> dict:
     """PyTorch profiler over one greedy ``generate`` call in ``mode`` (eager or compiled; an EOS id that never
-    comes, so that the stop check runs), after a warm-up call: per new token, the wall time, the operators
-    the host dispatches (leaf aten ops), CUDA kernel and graph launches, host syncs (reads of a device value,
-    nonzero, stream syncs), and the share of the wall time spent inside aten operators."""
+    comes, so that the stop check runs), after a warm-up call: per new token, the wall time, the host work
+    (``host_work``), CUDA kernel and graph launches, the GPU's kernel time, and the share of the wall time
+    spent inside aten operators. GPU kernel time per token near the wall time per token: the step is bound by
+    the GPU (kernel count and latency); far below it: by the host."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     new = args.new_tokens
@@ -199,16 +241,18 @@ def profile_generation(mode: str, model, batch: int, args, device: torch.device)
     def count(*names: str) -> float:
         return sum(e.count for e in events if e.key in names or any(e.key.startswith(n) for n in names)) / new
 
-    leaf_ops = sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children) / new
+    # kernels, copies and sets on the GPU (a CPU operator's device time repeats its kernels': not counted)
+    gpu_us = sum(e.device_time_total for e in prof.events() if e.device_type != DeviceType.CPU)
     op_time = sum(e.self_cpu_time_total for e in events if e.key.startswith("aten::")) / 1e6
+    on_cuda = device.type == "cuda"
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
     return {
         "mode": mode,
         "ms_per_token": wall / new * 1e3,
-        "aten_leaf_ops_per_token": leaf_ops,
-        "cuda_kernels_per_token": count("cudaLaunchKernel", "cuLaunchKernel") if device.type == "cuda" else None,
-        "cuda_graph_launches_per_token": count("cudaGraphLaunch") if device.type == "cuda" else None,
-        "syncs_per_token": count("aten::_local_scalar_dense", "aten::nonzero", "cudaStreamSynchronize"),
+        **host_work(prof, new),
+        "cuda_kernels_per_token": count("cudaLaunchKernel", "cuLaunchKernel") if on_cuda else None,
+        "cuda_graph_launches_per_token": count("cudaGraphLaunch") if on_cuda else None,
+        "gpu_kernel_ms_per_token": gpu_us / new / 1e3 if on_cuda else None,
         "share_of_wall_inside_aten_ops": op_time / wall,
         "top_ops_self_ms_per_token": {
             e.key: e.self_cpu_time_total / new / 1e3 for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
