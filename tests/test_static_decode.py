@@ -93,6 +93,25 @@ def test_compiled_step_compiles_once(seed):
     assert counters["stats"]["unique_graphs"] == after_two
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("compile", [False, True], ids=["eager-step", "compiled-step"])
+def test_cuda_graph_decode_equals_reference(seed, compile):
+    """cuda_graph=True (the step captured once, then replayed; inductor without its own CUDA graphs when
+    compiled): logits ≤ 1e-5 from the reference decode in float32 over 40 steps of a left-padded batch, the same
+    greedy tokens, and the same again for a new prompt (the captured graph reused) and a new batch size (a new
+    capture)."""
+    model = build_model(ModelConfig.from_preset("shared_diff-tiny"), device="cuda").eval()
+    decoder = StaticDecoder(model, max_len=64, compile=compile, cuda_graph=True)
+    ids, mask = (t.cuda() for t in _batch(model.config.vocab_size, padded=True))
+    for prompt, prompt_mask in ((ids, mask), (ids.flip(0), mask.flip(0)), (ids[:1, -9:], None)):
+        ref, got = _teacher_forced(model, decoder, prompt, prompt_mask)
+        assert (got - ref).abs().max().item() <= 1e-5
+        assert torch.equal(got.argmax(-1), ref.argmax(-1))
+        assert decoder._graph is not None
+    expected = generate(model, ids, STEPS, temperature=0, attention_mask=mask)
+    assert torch.equal(generate(model, ids, STEPS, temperature=0, attention_mask=mask, decoder=decoder), expected)
+
+
 @pytest.mark.slow
 def test_inductor_compiled_decode_equals_reference(seed):
     """The default backend (inductor, C++ on the CPU): logits ≤ 1e-5 from the reference over 40 steps of a
@@ -107,6 +126,67 @@ def test_inductor_compiled_decode_equals_reference(seed):
     assert torch.equal(generate(model, ids, STEPS, temperature=0, attention_mask=mask, decoder=decoder), expected)
     assert torch.equal(generate(model, ids, STEPS, temperature=0, attention_mask=mask, compile=True), expected)
     assert counters["stats"]["unique_graphs"] == graphs
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_free_running_greedy_tokens_equal_the_reference(seed, family):
+    """Reference: eager generate() (KVCache). Greedy decoding of a left-padded batch through the StaticDecoder,
+    each path fed its own tokens for 40 steps, gives exactly the same tokens in float32; with an EOS that one
+    row produces on the way (taken from the reference's continuation), the same stop, fill and length."""
+    model = build_model(ModelConfig.from_preset(f"{family}-tiny")).eval()
+    ids, mask = _batch(model.config.vocab_size, padded=True)
+    decoder = StaticDecoder(model, max_len=64)
+    ref = generate(model, ids, STEPS, temperature=0, attention_mask=mask)
+    assert torch.equal(generate(model, ids, STEPS, temperature=0, attention_mask=mask, decoder=decoder), ref)
+    eos = int(ref[0, ids.shape[1] + STEPS // 2])
+    ref = generate(model, ids, STEPS, temperature=0, eos_id=eos, attention_mask=mask)
+    got = generate(model, ids, STEPS, temperature=0, eos_id=eos, attention_mask=mask, decoder=decoder)
+    assert torch.equal(got, ref)
+    assert ref.shape[1] <= ids.shape[1] + STEPS and (ref[0, ids.shape[1] :] == eos).any()
+
+
+def _host_work(model, decoder: StaticDecoder, prompt: torch.Tensor, new: int) -> tuple[float, float]:
+    """(aten ops dispatched outside the prefill and the decode steps, host syncs), per new token of a greedy
+    generate() through ``decoder`` with an EOS that never comes (so the stop check runs), from the CPU profiler.
+    Syncs: reads of a device value (``_local_scalar_dense``: item, bool, int) and ``nonzero``."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    def timed_region(fn, name):
+        def wrapped(*args, **kwargs):
+            with record_function(name):
+                return fn(*args, **kwargs)
+
+        return wrapped
+
+    decoder._step_fn = timed_region(decoder._step_fn, "decode step")
+    decoder.prefill = timed_region(decoder.prefill, "prefill")
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = generate(model, prompt, new, temperature=0, eos_id=model.config.vocab_size, decoder=decoder)
+    assert out.shape[1] == prompt.shape[1] + new
+
+    def inside(e) -> bool:
+        while e is not None:
+            if e.name in ("decode step", "prefill") or e.name.startswith("aten::"):
+                return True
+            e = e.cpu_parent
+        return False
+
+    events = prof.events()
+    outside = sum(1 for e in events if e.name.startswith("aten::") and not inside(e.cpu_parent))
+    syncs = sum(1 for e in events if e.name in ("aten::_local_scalar_dense", "aten::nonzero"))
+    return outside / new, syncs / new
+
+
+def test_decode_loop_dispatches_a_few_ops_and_syncs_every_8_steps():
+    """Per token, around the decode step: the sampling (argmax) and the copy into the step's input buffer, plus
+    the stop check every 8 steps and the final fill/trim amortised (≤ 4 ops per token over 32 tokens); host
+    syncs: the 4 stop checks and the final trim, 5 / 32 per token. A per-step sync or per-step bookkeeping op
+    (a position, a mask, a cache index, a per-step "all finished") would break these bounds."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig.from_preset("transformer-tiny")).eval()
+    ops, syncs = _host_work(model, StaticDecoder(model, max_len=64), torch.randint(0, 512, (2, 9)), 32)
+    assert syncs == 5 / 32
+    assert 2 <= ops <= 4
 
 
 def test_stop_check_every_few_steps_gives_what_a_check_every_step_gives():
@@ -157,3 +237,7 @@ def test_bad_input_is_refused():
         generate(other, torch.ones(1, 3, dtype=torch.long), 2, decoder=decoder)
     with pytest.raises(ValueError, match="padding after a token while a KV cache is in use"):
         decoder.prefill(torch.ones(2, 4, dtype=torch.long), torch.tensor([[1, 1, 0, 0], [1] * 4]))
+    with pytest.raises(ValueError, match="cuda_graph=True needs the model on a CUDA device"):
+        StaticDecoder(model, cuda_graph=True)
+    with pytest.raises(ValueError, match='mode="reduce-overhead" already replays CUDA graphs'):
+        StaticDecoder(model, compile=True, mode="reduce-overhead", cuda_graph=True)

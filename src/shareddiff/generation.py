@@ -141,30 +141,29 @@ def decode_tokens(
     """The decoding loop: (B, new) tokens, new ≤ ``max_new_tokens``, from the prompt's last ``logits``
     (B, vocab), ``step(tokens (B,)) -> logits`` and ``sample(logits) -> tokens``.
 
-    A row is finished once it produced one of ``eos_ids`` (1-D); later tokens of a finished row are
-    ``fill_id``. The loop stops after the step that finishes the last row. It asks the device whether every
-    row has finished only every ``check_every`` steps (one host sync there instead of one per token),
-    then drops the steps past that point, so the result is what a check at every step gives.
+    A row is finished once it produced one of ``eos_ids`` (1-D); its later tokens are returned as ``fill_id``.
+    The loop stops after the step that finishes the last row. A step costs ``sample`` and ``step`` only: every
+    ``check_every`` steps the loop asks the device whether every row has finished (the one host sync of the
+    loop), and the tokens past each row's end are filled, and the steps past the last row's end dropped, once
+    at the end, so the result is what a check at every step gives. (A finished row keeps decoding its own
+    samples, which the fill hides; they change no other row.)
     """
     tokens: list[Tensor] = []
-    all_finished: list[Tensor] = []
-    finished = torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+    finished = None if eos_ids is None else torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
     for i in range(max_new_tokens):
-        token = sample(logits)
-        if eos_ids is not None:
-            token = token.masked_fill(finished, fill_id)
-            finished = finished | torch.isin(token, eos_ids)
-            all_finished.append(finished.all())
-        tokens.append(token)
-        if eos_ids is not None and (i + 1) % check_every == 0 and bool(torch.stack(all_finished[-check_every:]).any()):
-            break
+        tokens.append(sample(logits))
+        if finished is not None and (i + 1) % check_every == 0:
+            finished = finished | torch.isin(torch.stack(tokens[-check_every:], dim=1), eos_ids).any(1)
+            if bool(finished.all()):
+                break
         if i + 1 < max_new_tokens:
-            logits = step(token)
+            logits = step(tokens[-1])
     if not tokens:
         return torch.zeros(logits.shape[0], 0, dtype=torch.long, device=logits.device)
     new = torch.stack(tokens, dim=1)
-    if all_finished:
-        done = torch.stack(all_finished).nonzero()
-        if len(done):
-            new = new[:, : int(done[0, 0]) + 1]
-    return new
+    if eos_ids is None:
+        return new
+    hit = torch.isin(new, eos_ids)  # (B, new)
+    new = new.masked_fill(hit.cumsum(1) > hit.long(), fill_id)  # after the row's first EOS
+    last = torch.where(hit.any(1), hit.long().argmax(1), new.shape[1] - 1).max()  # where the last row ends
+    return new[:, : int(last) + 1]

@@ -5,8 +5,12 @@ A decode step writes its keys and values at a position held in a device tensor a
 cache buffer, the positions not written yet (and each row's left padding) masked out; its RoPE angles are
 rows of a table indexed by that position tensor. No shape and no Python number in the step changes from one
 position to the next, and nothing in it reads back from the device, so ``torch.compile`` traces it once and,
-with ``mode="reduce-overhead"`` on CUDA, replays it as one CUDA graph per token. The prefill runs eagerly
-through ``LanguageModel.forward``.
+with ``mode="reduce-overhead"`` on CUDA, replays it as one CUDA graph per token. Its inputs are buffers of
+fixed addresses updated in place (the new tokens are copied into one), so a replay copies no input.
+``cuda_graph=True`` instead captures the step (compiled or not) in one ``torch.cuda.CUDAGraph`` and replays
+it directly, without torch.compile's per-call guards and CUDA-graph-tree bookkeeping (PyTorch's "CUDA Graphs"
+notes: whole-network capture after a warm-up on a side stream). The prefill runs eagerly through
+``LanguageModel.forward``.
 """
 
 from __future__ import annotations
@@ -54,12 +58,15 @@ class StaticDecoder:
     Keep one across calls: its cache buffers and compiled step serve every later batch of the same size (a
     new batch size allocates and compiles once more). ``compile=True`` compiles the step with
     ``torch.compile(backend, mode, fullgraph=True, dynamic=False)``; ``mode`` defaults to "reduce-overhead"
-    (CUDA graphs) for the inductor backend on CUDA. Batches may be left-padded (``attention_mask``), as in
+    (CUDA graphs) for the inductor backend on CUDA, unless ``cuda_graph``. ``cuda_graph=True`` (CUDA only): the
+    first step after each (re)allocation runs as usual (and compiles), the second captures the step in a CUDA
+    graph, every later one replays it. Batches may be left-padded (``attention_mask``), as in
     ``LanguageModel.forward``; every row then decodes as it would alone. Works with every attention variant
     whose layers store their keys/values through ``cache.update`` and take a boolean mask.
 
-    Raises ``ValueError`` if ``max_len`` exceeds the model's ``max_seq_len``, and from ``prefill``/``step``
-    when a prompt or a step does not fit ``max_len``.
+    Raises ``ValueError`` if ``max_len`` exceeds the model's ``max_seq_len``, for ``cuda_graph`` with a model
+    off CUDA or with ``mode="reduce-overhead"``, and from ``prefill``/``step`` when a prompt or a step does not
+    fit ``max_len``.
     """
 
     def __init__(
@@ -69,17 +76,24 @@ class StaticDecoder:
         compile: bool = False,
         backend: str = "inductor",
         mode: str | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         limit = model.config.max_seq_len
         max_len = limit if max_len is None else max_len
         if not 1 <= max_len <= limit:
             raise ValueError(f"max_len={max_len} must be between 1 and the model's max_seq_len={limit}")
-        self.model, self.max_len = model, max_len
+        if cuda_graph and mode == "reduce-overhead":
+            raise ValueError(
+                'mode="reduce-overhead" already replays CUDA graphs; give cuda_graph=True with another mode, or not'
+            )
+        on_cuda = next(model.parameters()).is_cuda
+        if cuda_graph and not on_cuda:
+            raise ValueError("cuda_graph=True needs the model on a CUDA device; move it there or leave cuda_graph off")
+        self.model, self.max_len, self.cuda_graph = model, max_len, cuda_graph
         self.cache: StaticKVCache | None = None
         self._step_fn = self._step
         if compile:
-            on_cuda = next(model.parameters()).is_cuda
-            if mode is None and backend == "inductor" and on_cuda:
+            if mode is None and backend == "inductor" and on_cuda and not cuda_graph:
                 mode = "reduce-overhead"
             options = {"mode": mode} if mode is not None else {}
             self._step_fn = torch.compile(self._step, backend=backend, fullgraph=True, dynamic=False, **options)
@@ -89,15 +103,19 @@ class StaticDecoder:
         return None if self.cache is None else self._pad.shape[0]
 
     def _allocate(self, batch_size: int, device: torch.device) -> None:
-        """The per-batch-size state: cache, position, padding, token mask and RoPE table (fixed addresses)."""
+        """The per-batch-size state: cache, input tokens, position, padding, token mask and RoPE table (fixed
+        addresses), and no CUDA graph yet."""
         c = self.model.config
         self.cache = StaticKVCache(c.n_layers, self.max_len)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._warmed_up = False  # cuda_graph: whether the step ran once outside a graph
+        self._tokens = torch.zeros(batch_size, dtype=torch.long, device=device)  # the step's input, copied into
         self._position = torch.zeros(1, dtype=torch.long, device=device)  # the column the next step writes
         self._pad = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # left padding of each row
         self._token_mask = torch.ones(batch_size, self.max_len, dtype=torch.bool, device=device)
         self._key_positions = torch.arange(self.max_len, device=device)
         self._cos, self._sin = rope_angles(self._key_positions, c.head_dim, c.rope_theta)  # (max_len, d/2) each
-        for t in (self._position, self._pad, self._token_mask, self._key_positions, self._cos, self._sin):
+        for t in (self._tokens, self._position, self._pad, self._token_mask, self._key_positions, self._cos, self._sin):
             torch._dynamo.mark_static_address(t)
 
     @torch.no_grad()
@@ -137,9 +155,9 @@ class StaticDecoder:
     def step(self, tokens: Tensor) -> Tensor:
         """Append ``tokens`` (B,) int64, one per row, at the next position; return the logits (B, vocab).
 
-        Compiled with CUDA graphs, the returned tensor is overwritten by the next step: use or clone it
-        before. Raises ``ValueError`` when the cache is full or ``tokens`` has the wrong shape, and
-        ``RuntimeError`` before a ``prefill``.
+        With CUDA graphs (``mode="reduce-overhead"`` or ``cuda_graph``), the returned tensor is overwritten by the
+        next step: use or clone it before. Raises ``ValueError`` when the cache is full or ``tokens`` has the
+        wrong shape, and ``RuntimeError`` before a ``prefill``.
         """
         if self.cache is None or self.cache.write_at is None:
             raise RuntimeError("call prefill() before step()")
@@ -149,12 +167,40 @@ class StaticDecoder:
             )
         if tuple(tokens.shape) != (self.batch_size,):
             raise ValueError(f"tokens must be (B,) = ({self.batch_size},), one per row, got {tuple(tokens.shape)}")
-        logits = self._step_fn(tokens.contiguous()[:, None])  # one stride for every call: no recompilation
+        self._tokens.copy_(tokens)
+        if self._graph is not None:
+            self._graph.replay()
+            logits = self._graph_logits
+        elif self.cuda_graph:
+            logits = self._warm_up_or_capture()
+        else:
+            logits = self._step_fn()
         self.cache.length += 1
         return logits
 
-    def _step(self, tokens: Tensor) -> Tensor:
-        """The compiled decode step: (B, 1) tokens at column ``_position`` → logits (B, vocab); advances it."""
+    def _warm_up_or_capture(self) -> Tensor:
+        """The first step runs on a side stream (compiling the step, initialising cuBLAS and the like outside any
+        capture); the second is captured in a CUDA graph, then replayed to run it."""
+        if not self._warmed_up:
+            side, main = torch.cuda.Stream(), torch.cuda.current_stream()
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                logits = self._step_fn()
+            main.wait_stream(side)
+            logits.record_stream(main)
+            self._warmed_up = True
+            return logits
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # records the kernels (position.add_ included) without running them
+            self._graph_logits = self._step_fn()
+        self._graph = graph
+        graph.replay()
+        return self._graph_logits
+
+    def _step(self) -> Tensor:
+        """The compiled decode step: the tokens in ``_tokens`` at column ``_position`` → logits (B, vocab);
+        advances the position."""
+        tokens = self._tokens[:, None]  # (B, 1)
         position = self._position
         positions = position - self._pad  # (B, 1): each row's RoPE position counts its tokens only
         rope = self._cos[positions], self._sin[positions]  # (B, 1, d/2) each
