@@ -12,6 +12,8 @@ batch × new tokens / wall time of one whole ``generate`` call (prefill included
 - eager: ``shareddiff.generation.generate`` with the model's ``KVCache`` (the reference decode);
 - static: the ``StaticDecoder`` without compiling (fixed shapes, eager);
 - compiled: the ``StaticDecoder`` compiled (inductor, ``mode="reduce-overhead"``: CUDA graphs on a GPU);
+- graph, compiled-graph (CUDA only): the ``StaticDecoder`` with ``cuda_graph=True``, its step uncompiled or
+  compiled (inductor's default mode) and captured in one CUDA graph that each step replays directly;
 - wrapper: the transformers wrapper's ``generate(cache_implementation="static")`` (compiled on a GPU);
 - hf, hf-static: ``DiffLlamaForCausalLM.generate`` of the exported model (diff and shared_diff only), with
   transformers' dynamic cache, or its ``cache_implementation="static"`` (which transformers compiles on a GPU).
@@ -46,7 +48,13 @@ from shareddiff.padding import left_pad
 from shareddiff.presets import FAMILIES
 from shareddiff.static_decode import StaticDecoder
 
-MODES = ("eager", "static", "compiled", "wrapper", "hf", "hf-static")
+MODES = ("eager", "static", "compiled", "graph", "compiled-graph", "wrapper", "hf", "hf-static")
+DECODER_MODES = {  # mode: StaticDecoder keyword arguments
+    "static": {},
+    "compiled": {"compile": True},
+    "graph": {"cuda_graph": True},
+    "compiled-graph": {"compile": True, "cuda_graph": True},
+}
 CHECK_STEPS = 32
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -139,12 +147,15 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, list[float]]:
 
 def generation_call(mode: str, model, prompt: torch.Tensor, new: int, compile_backend: str):
     """(a function running one greedy generation of ``new`` tokens in ``mode``, its StaticDecoder or None), or
-    None where ``mode`` does not apply to the model (the DiffLlama export of a non-differential model)."""
+    None where ``mode`` does not apply to the model (the DiffLlama export of a non-differential model, CUDA
+    graphs off CUDA)."""
     total = prompt.shape[1] + new
     if mode == "eager":
         return (lambda: generate(model, prompt, new, temperature=0)), None
-    if mode in ("static", "compiled"):
-        decoder = StaticDecoder(model, total, compile=mode == "compiled", backend=compile_backend)
+    if mode in DECODER_MODES:
+        if DECODER_MODES[mode].get("cuda_graph") and prompt.device.type != "cuda":
+            return None
+        decoder = StaticDecoder(model, total, backend=compile_backend, **DECODER_MODES[mode])
         return (lambda: generate(model, prompt, new, temperature=0, decoder=decoder)), decoder
     from shareddiff.hf import to_diffllama, wrap
 
@@ -175,7 +186,7 @@ def bench_row(family: str, size: str, mode: str, batch: int, args, device, dtype
     fn, decoder = call
     row = {"preset": f"{family}-{size}", "mode": mode, "batch": batch, "dtype": str(dtype).split(".")[-1]}
     skips = counters["inductor"]["cudagraph_skips"]
-    if mode == "compiled":  # the check compiles the step (the shapes the timing uses)
+    if decoder is not None and mode != "static":  # the check compiles/captures the step (the timing's shapes)
         start = time.perf_counter()
         row["check"] = check_decoder(model, decoder, batch, args.prompt_len)
         row["compile_and_check_s"] = time.perf_counter() - start
@@ -207,7 +218,7 @@ def describe(row: dict) -> str:
     if row.get("cudagraph_skips"):
         verdict += f"  CUDA graphs skipped {row['cudagraph_skips']}x (see the log above)"
     return (
-        f"{row['preset']:20s} {row['mode']:9s} batch {row['batch']:3d}: {row['tokens_per_s']:10,.1f} tok/s  "
+        f"{row['preset']:20s} {row['mode']:14s} batch {row['batch']:3d}: {row['tokens_per_s']:10,.1f} tok/s  "
         f"{row['ms_per_step']:8.2f} ms/step  warm-up {row['warmup_s']:6.1f} s{verdict}"
     )
 
@@ -253,7 +264,7 @@ def host_work(prof, new: int) -> dict:
 
 
 def profile_generation(mode: str, model, batch: int, args, device: torch.device) -> dict:
-    """PyTorch profiler over one greedy ``generate`` call in ``mode`` (eager or compiled; an EOS id that never
+    """PyTorch profiler over one greedy ``generate`` call in ``mode`` (eager or a decoder mode; an EOS id that never
     comes, so that the stop check runs), after a warm-up call: per new token, the wall time, the host work
     (``host_work``), CUDA kernel and graph launches, the GPU's kernel time, and the share of the wall time
     spent inside aten operators. GPU kernel time per token near the wall time per token: the step is bound by
@@ -264,8 +275,8 @@ def profile_generation(mode: str, model, batch: int, args, device: torch.device)
     new = args.new_tokens
     prompt = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), device=device)
     decoder = None
-    if mode == "compiled":
-        decoder = StaticDecoder(model, args.prompt_len + new, compile=True, backend=args.compile_backend)
+    if mode in DECODER_MODES:
+        decoder = StaticDecoder(model, args.prompt_len + new, backend=args.compile_backend, **DECODER_MODES[mode])
     eos = model.config.vocab_size  # outside the vocabulary: never produced
 
     def call():
@@ -317,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on the CPU")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled modes")
     parser.add_argument("--budget-s", type=float, default=None, help="start no row after this many seconds")
-    parser.add_argument("--profile", action="store_true", help="profile the eager/compiled modes instead of timing")
+    parser.add_argument("--profile", action="store_true", help="profile the eager/decoder modes instead of timing")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs)")
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
     return parser
@@ -349,7 +360,9 @@ def main() -> int:
         torch._dynamo.reset()  # every family's graphs count from zero against the recompile limit
         if args.profile:
             for batch in args.batch:
-                for mode in [m for m in args.modes if m in ("eager", "compiled")]:
+                for mode in [m for m in args.modes if m == "eager" or m in DECODER_MODES]:
+                    if DECODER_MODES.get(mode, {}).get("cuda_graph") and device.type != "cuda":
+                        continue
                     result = {"preset": f"{family}-{args.size}", "batch": batch}
                     result.update(profile_generation(mode, model, batch, args, device))
                     rows.append(result)
