@@ -30,19 +30,17 @@ class RMSNorm(nn.Module):
 
 
 def rope_angles(positions: Tensor, dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos and sin of the rotary angles, each (..., N, dim/2) in float32, for integer ``positions`` (N,)
-    shared by every row or (B, N) per row (padded batches)."""
+    """cos and sin of the rotary angles, each (..., N, 1, dim/2) in float32 (the 1 broadcasts over heads), for
+    integer ``positions`` (N,) shared by every row or (B, N) per row (padded batches)."""
     inv_freq = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
-    angles = positions.float()[..., None] * inv_freq
+    angles = positions.float().view(*positions.shape, 1, 1) * inv_freq
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate interleaved pairs (x[2j], x[2j+1]) as the official DIFF code does. x: (B, N, H, dim);
-    cos, sin: (N, dim/2) or (B, N, dim/2) from ``rope_angles``."""
-    pairs = x.float().unflatten(-1, (-1, 2))  # (B, N, H, dim/2, 2)
-    even, odd = pairs[..., 0], pairs[..., 1]
-    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)  # (…, N, 1, dim/2) broadcast over heads
+    cos, sin: (N, 1, dim/2) or (B, N, 1, dim/2) from ``rope_angles``."""
+    even, odd = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, N, H, dim/2) each
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.flatten(-2).to(x.dtype)
 

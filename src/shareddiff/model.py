@@ -206,7 +206,7 @@ class LanguageModel(nn.Module):
     def forward_blocks(
         self, input_ids: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None = None, mask: Tensor | None = None
     ) -> Tensor:
-        """Logits (B, N, vocab) with the RoPE angles (cos, sin), each (N, d/2) or (B, N, d/2), and the attention
+        """Logits (B, N, vocab) with the RoPE angles (cos, sin), each (N, 1, d/2) or (B, N, 1, d/2), and the attention
         mask (None: causal; else bool (B, 1, N, N_k)) given: embedding, blocks, final norm, head. ``forward``
         derives both from the cache's positions; ``StaticDecoder`` brings its own of fixed shapes."""
         x = self.tok_embeddings(input_ids)

@@ -114,7 +114,7 @@ class StaticDecoder:
         self._pad = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # left padding of each row
         self._token_mask = torch.ones(batch_size, self.max_len, dtype=torch.bool, device=device)
         self._key_positions = torch.arange(self.max_len, device=device)
-        self._cos, self._sin = rope_angles(self._key_positions, c.head_dim, c.rope_theta)  # (max_len, d/2) each
+        self._cos, self._sin = rope_angles(self._key_positions, c.head_dim, c.rope_theta)  # (max_len, 1, d/2) each
         for t in (self._tokens, self._position, self._pad, self._token_mask, self._key_positions, self._cos, self._sin):
             torch._dynamo.mark_static_address(t)
 
@@ -203,7 +203,7 @@ class StaticDecoder:
         tokens = self._tokens[:, None]  # (B, 1)
         position = self._position
         positions = position - self._pad  # (B, 1): each row's RoPE position counts its tokens only
-        rope = self._cos[positions], self._sin[positions]  # (B, 1, d/2) each
+        rope = self._cos[positions], self._sin[positions]  # (B, 1, 1, d/2) each
         visible = self._token_mask & (self._key_positions <= position)  # (B, max_len): filled tokens
         logits = self.model.forward_blocks(tokens, rope, self.cache, visible[:, None, None, :])
         position.add_(1)

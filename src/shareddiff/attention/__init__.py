@@ -3,8 +3,8 @@
 Every variant is an ``nn.Module`` with one call signature::
 
     forward(x, rope, cache=None, mask=None) -> out
-    x: (B, N, D) normed input; rope: (cos, sin) from ``layers.rope_angles``, (N, d/2) or per row
-    (B, N, d/2); cache: the model's ``KVCache`` (``cache.update(layer_idx, *new) -> all``) or None;
+    x: (B, N, D) normed input; rope: (cos, sin) from ``layers.rope_angles``, (N, 1, d/2) or per row
+    (B, N, 1, d/2); cache: the model's ``KVCache`` (``cache.update(layer_idx, *new) -> all``) or None;
     mask: None (plain causal attention) or the complete boolean mask (B, 1, N, N_k) of a padded batch
     from ``padding.padded_attention_mask``, handed to the op as ``causal=mask is None, mask=mask``.
 """

@@ -32,7 +32,7 @@ class StandardAttention(nn.Module):
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None, mask: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape
         q, k, v = project_inputs(x, (self.wq, self.wk, self.wv), self.fuse_projections)
-        qk = torch.cat([q.view(b, n, self.n_heads, self.head_dim), k.view(b, n, self.n_kv_heads, self.head_dim)], 2)
+        qk = torch.cat([q, k], -1).view(b, n, self.n_heads + self.n_kv_heads, self.head_dim)
         q, k = apply_rope(qk, *rope).transpose(1, 2).split([self.n_heads, self.n_kv_heads], dim=1)  # one rotation
         v = v.view(b, n, self.n_kv_heads, self.head_dim).transpose(1, 2)
         if cache is not None:
