@@ -237,7 +237,8 @@ def host_work(prof, new: int) -> dict:
     """Per new token, from a CPU (+ CUDA) profile: aten operators the host dispatches (calls not made from
     inside another aten operator), those of them outside any compiled region, leaf aten ops, host syncs
     (``SYNC_OPS``), and the host microseconds of torch.compile's wrapping of a compiled call (cache lookup,
-    guards, AOT runtime wrappers: the region's time less the compiled graph's own call)."""
+    guards, AOT runtime wrappers: the region's time less inductor's compiled graph's own call; with other
+    backends, which record no such call, the whole region)."""
     events = prof.events()
 
     def under(e, prefix: str) -> bool:
