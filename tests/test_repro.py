@@ -388,6 +388,14 @@ def test_tiny_lr_sweep_with_a_budget_end_to_end(tmp_path, tiny_data, tiny_tokeni
         assert len(rec["lambda"]) == 2 and rec["grad_norm"] > 0
         rows = read_metrics(folder / rec["run"])
         assert all("lambda" in r and "grad_norm" in r for r in rows if "loss" in r)
+        # The record's end-of-run figures are those of metrics.jsonl: the last training and held-out rows,
+        # the median of the logged tokens/s.
+        last, held_out = [r for r in rows if "loss" in r][-1], [r for r in rows if "val_loss" in r][-1]
+        assert (rec["train_loss"], rec["grad_norm"], rec["lambda"]) == (last["loss"], last["grad_norm"], last["lambda"])
+        assert (rec["val_loss"], rec["tokens"]) == (held_out["val_loss"], held_out["tokens"])
+        assert held_out["tokens"] == last["tokens"]  # held out after the last step
+        speeds = [r["tokens_per_s"] for r in rows if "loss" in r]
+        assert rec["tokens_per_s"] == statistics.median(speeds) and min(speeds) > 0
     summary = json.loads((folder / "summary.json").read_text())
     select = summary["select"]["sd"]
     best = min(records.values(), key=lambda r: r["val_loss"])
