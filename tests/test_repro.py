@@ -865,3 +865,28 @@ def test_committed_runs_are_reused_by_their_experiment():
             except ValueError as err:
                 refused.append(f"{name}/{run_dir.name}: {err}")
     assert not refused, "\n".join(refused)
+
+
+def test_select_best_calls_an_optimum_interior_only_inside_the_swept_range():
+    """lr_sweep's rule: the best rate must have a swept rate on either side of it, else the sweep is extended."""
+    from shareddiff.repro.summary import select_best
+
+    def group(family, lr, loss):
+        return {"family": family, "point": {"optim.lr": lr}, "val_loss": {"mean": loss}, "variant": "diff"}
+
+    losses = {"inside": [2.9, 2.7, 2.6, 2.8], "low": [2.5, 2.6, 2.7, 2.8], "high": [2.9, 2.8, 2.7, 2.6]}
+    lrs = [8e-3, 1e-3, 4e-3, 2e-3]  # in no order: the summary sorts them
+    groups = {
+        f"{family}-lr{lr}": group(family, lr, values[sorted(lrs).index(lr)])
+        for family, values in losses.items()
+        for lr in lrs
+    }
+    groups["other"] = {"family": "other", "point": {}, "val_loss": {"mean": 1.0}, "variant": "standard"}
+    best = select_best(groups, "optim.lr")
+    assert sorted(best) == ["high", "inside", "low"]
+    assert {f: (b["best"], b["interior"]) for f, b in best.items()} == {
+        "inside": (4e-3, True),
+        "low": (1e-3, False),
+        "high": (8e-3, False),
+    }
+    assert best["inside"]["values"] == sorted(lrs)
