@@ -890,3 +890,43 @@ def test_select_best_calls_an_optimum_interior_only_inside_the_swept_range():
         "high": (8e-3, False),
     }
     assert best["inside"]["values"] == sorted(lrs)
+
+
+def test_lambda_plot_turns_symlog_only_when_a_lambda_runs_away(tmp_path, monkeypatch):
+    """A layer whose λ ran away (10⁵ in the constant-λ_init ablations) would flatten every other layer on a
+    linear axis: the λ plot switches to a symmetric-log axis then, and only then; the table gives such a λ
+    with three significant digits."""
+    from shareddiff import plots
+    from shareddiff.repro.summary import _lambda_table
+
+    rng = np.random.default_rng()
+    ordinary = {"a": rng.uniform(0.1, 1.2, 6).tolist(), "b": rng.uniform(-0.4, 1.2, 6).tolist()}
+    runaway = {**ordinary, "c": [float(rng.uniform(5e4, 2e5)), *rng.uniform(0.1, 1.0, 5).tolist()]}
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, out: figures.append(fig) or out)
+    plots.plot_lambdas(ordinary, tmp_path / "l.png")
+    plots.plot_lambdas(runaway, tmp_path / "l.png")
+    assert figures[0].axes[0].get_yscale() == "linear"
+    assert figures[1].axes[0].get_yscale() == "symlog"
+    low, high = figures[1].axes[0].get_ylim()
+    assert low <= min(-1.0, 2 * min(ordinary["b"])) + 1e-9 and high >= runaway["c"][0]
+    table = "\n".join(_lambda_table(runaway))
+    assert f"| {runaway['c'][0]:.3g} |" in table and f"| {ordinary['a'][0]:.3f} |" in table
+
+
+def test_efficiency_tables_name_the_variants_as_the_papers_do():
+    """The fit tables say Transformer / DIFF / Shared DIFF, not the config's variant keys."""
+    from shareddiff.plots import variant_name
+    from shareddiff.repro.summary import _efficiency_rows, efficiency
+
+    assert [variant_name(v) for v in ("standard", "diff", "shared_diff", "diff_v2", "other")] == [
+        "Transformer",
+        "DIFF",
+        "Shared DIFF",
+        "DIFF V2",
+        "other",
+    ]
+    groups = _three_point_groups([2.9, 2.6, 2.45])
+    result = efficiency(groups, "params_non_embedding", ["standard"], sigma=0.01)
+    text = "\n".join(_efficiency_rows(result, "non-embedding parameters"))
+    assert "| Transformer |" in text and "| DIFF |" in text and "| standard |" not in text

@@ -467,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Shared DIFF Transformer, DIFF Transformer and Transformer language models.",
         epilog=f"presets: {', '.join(PRESET_NAMES)} (sizes: {', '.join(SIZES)})",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, entry in COMMANDS.items():
         if callable(entry):
@@ -478,6 +479,18 @@ def build_parser() -> argparse.ArgumentParser:
         for action, func in actions.items():
             add_command(sub, action, func)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version, else (a source tree on PYTHONPATH) the package's ``__version__``."""
+    from importlib import metadata
+
+    import shareddiff
+
+    try:
+        return metadata.version("shareddiff")
+    except metadata.PackageNotFoundError:
+        return shareddiff.__version__
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, func: Callable[..., str]) -> None:

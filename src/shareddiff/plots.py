@@ -103,6 +103,18 @@ def plot_mqar_curve(rows: list[dict], out: str | Path, title: str, stop_step: in
 
 
 VARIANT_COLORS = {"standard": "C0", "diff": "C1", "shared_diff": "C2", "diff_v2": "C3", "shared_diff_v2": "C4"}
+VARIANT_NAMES = {
+    "standard": "Transformer",
+    "diff": "DIFF",
+    "shared_diff": "Shared DIFF",
+    "diff_v2": "DIFF V2",
+    "shared_diff_v2": "Shared DIFF V2",
+}
+
+
+def variant_name(variant: str) -> str:
+    """The variant's name as the papers write it ("standard" → "Transformer"); unknown names unchanged."""
+    return VARIANT_NAMES.get(variant, variant)
 
 
 def _mean_curve(run_dirs: list[str | Path]) -> dict[int, tuple[int, float, float, float]]:
@@ -181,7 +193,7 @@ def plot_group_curves(
                 )
         if kept:
             ax.set_ylim(min(kept) - 0.02, max(kept) + 0.05)
-        ax.set_title(name or title, fontsize=10)
+        ax.set_title(variant_name(name) if name else title, fontsize=10)
         ax.set_xlabel("training tokens")
         ax.xaxis.set_major_formatter(_count_formatter())
         ax.grid(alpha=0.3)
@@ -260,10 +272,11 @@ def plot_efficiency(result: dict, out: str | Path, xlabel: str) -> Path:
     plt, fig, ax = _figure((6.4, 4.0))
     for i, (variant, points) in enumerate(sorted(result["points"].items())):
         xs, ys = zip(*points, strict=True)
-        ax.scatter(xs, ys, color=f"C{i}", label=variant, zorder=3)
+        colour = VARIANT_COLORS.get(variant, f"C{i % 10}")
+        ax.scatter(xs, ys, color=colour, label=variant_name(variant), zorder=3)
         if variant in result["fits"]:
             grid = np.geomspace(min(xs), max(xs), 60)
-            ax.plot(grid, predict(result["fits"][variant], grid), color=f"C{i}", lw=1.2)
+            ax.plot(grid, predict(result["fits"][variant], grid), color=colour, lw=1.2)
     ax.set_xscale("log")
     log_count_axis(ax.xaxis)
     ax.set_xlabel(xlabel)
@@ -273,8 +286,13 @@ def plot_efficiency(result: dict, out: str | Path, xlabel: str) -> Path:
     return _save(plt, fig, out)
 
 
+LAMBDA_SYMLOG = 10.0
+
+
 def plot_lambdas(lambdas: dict[str, list[float]], out: str | Path) -> Path:
-    """Final λ of every layer per group (the differential variants' learned weight of the second map)."""
+    """Final λ of every layer per group (the differential variants' learned weight of the second map). Where some
+    |λ| exceeds ``LAMBDA_SYMLOG`` (a layer whose λ ran away, e.g. to 10⁵), the axis is symmetric-log (linear
+    within ±1), so that the ordinary layers stay readable beside it."""
     plt, fig, ax = _figure((6.4, 3.8))
     for i, (group, values) in enumerate(lambdas.items()):
         color = plt.cm.tab20(i % 20) if len(lambdas) > 10 else f"C{i}"
@@ -282,6 +300,11 @@ def plot_lambdas(lambdas: dict[str, list[float]], out: str | Path) -> Path:
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("layer")
     ax.set_ylabel("λ at the end of training")
+    if any(abs(x) > LAMBDA_SYMLOG for values in lambdas.values() for x in values):
+        ax.set_yscale("symlog", linthresh=1.0)
+        low = min(x for values in lambdas.values() for x in values)
+        ax.set_ylim(bottom=min(-1.0, 2 * low))
+        ax.set_ylabel("λ at the end of training (symlog)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _save(plt, fig, out)
@@ -303,9 +326,6 @@ def plot_needle_bars(summary: dict, out: str | Path) -> Path:
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _save(plt, fig, out)
-
-
-VARIANT_NAMES = {"standard": "Transformer", "diff": "DIFF", "shared_diff": "Shared DIFF"}
 
 
 def plot_mqar_heatmap(summary: dict, out: str | Path, title: str = "MQAR") -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from shareddiff.plots import variant_name
 from shareddiff.repro.runner import RECORD
 from shareddiff.repro.spec import Experiment
 from shareddiff.train.metrics import TAIL_FRACTION, read_metrics, tail_mean_loss
@@ -358,13 +359,22 @@ def _efficiency_rows(result: dict, unit: str) -> list[str]:
         else:
             needed = f"{frac:.2f}" + ("" if math.isnan(lo) else f" [{lo:.2f}, {hi:.2f}]")
             needed += " (extrapolated)" if m["extrapolated"] else ""
-        rows.append([m["reference"], f"{m['reference_x']:,}", f"{m['loss']:.4f}", m["variant"], needed])
+        rows.append(
+            [
+                variant_name(m["reference"]),
+                f"{m['reference_x']:,}",
+                f"{m['loss']:.4f}",
+                variant_name(m["variant"]),
+                needed,
+            ]
+        )
     lines = [
         "",
         f"{unit.capitalize()} a variant needs to reach the reference's loss, as a multiple of the reference's "
         "(from the variant's power-law fit loss = a·x^(−b) + c; below 1 = fewer; in brackets the 16–84 % interval "
         "of a bootstrap that redraws every mean loss with its standard error, the seed spread "
-        f"σ = {result['sigma']:.4f} over √seeds, widened by the fit's misfit where its residuals exceed that):",
+        f"σ = {result['sigma']:.4f} (pooled over the groups with two seeds or more) over √seeds, widened by the "
+        "fit's misfit where its residuals exceed that):",
         "",
         *md_table(["reference", f"its {unit}", "its loss", "variant", "needed (× ref)"], rows),
     ]
@@ -372,7 +382,7 @@ def _efficiency_rows(result: dict, unit: str) -> list[str]:
     if fits:
         fit_rows = [
             [
-                v,
+                variant_name(v),
                 f"{f['a']:.4g}",
                 f"{f['b']:.3f}",
                 f"{f['c']:.3f}",
@@ -430,10 +440,15 @@ def _delta_note(seeds: list[int]) -> str:
     )
 
 
+def _lambda_cell(x: float) -> str:
+    """One λ for the table: three decimals, or three significant digits for a λ that ran away (|λ| ≥ 1000)."""
+    return f"{x:.3f}" if abs(x) < 1000 else f"{x:.3g}"
+
+
 def _lambda_table(lambdas: dict[str, list[float]]) -> list[str]:
     """λ per layer, one row a group, one column a layer; shallower groups padded with — to the deepest."""
     depth = max(len(v) for v in lambdas.values())
-    rows = [[g, *(f"{x:.3f}" for x in v), *["—"] * (depth - len(v))] for g, v in lambdas.items()]
+    rows = [[g, *(_lambda_cell(x) for x in v), *["—"] * (depth - len(v))] for g, v in lambdas.items()]
     return md_table(["group", *range(1, depth + 1)], rows)
 
 
