@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -846,11 +847,6 @@ def test_committed_records_hold_what_each_run_records():
                 assert rec["lambda"] is None and all("lambda" not in r for r in train_rows), where
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="records made before parallel.param_dtype's default became 'auto' (fp32 then) are refused as 'another "
-    "recipe', although one-process runs never read [parallel]: check_recorded_recipe should not compare it",
-)
 def test_committed_runs_are_reused_by_their_experiment():
     """`shareddiff reproduce NAME` over the committed records trains nothing: each finished run matches the
     recipe its experiment gives it today (the 400-step experiments on the old corpus too)."""
@@ -930,3 +926,44 @@ def test_efficiency_tables_name_the_variants_as_the_papers_do():
     result = efficiency(groups, "params_non_embedding", ["standard"], sigma=0.01)
     text = "\n".join(_efficiency_rows(result, "non-embedding parameters"))
     assert "| Transformer |" in text and "| DIFF |" in text and "| standard |" not in text
+
+
+def test_a_missing_corpus_names_the_build_of_the_recipes_own_corpus(tmp_path):
+    """The compute-adequate recipe (docs-16k-digits) is told to build corpus-v2 with that tokenizer; the early
+    experiments' recipe (bundled tokenizer) the Debian-docs corpus."""
+    missing = tmp_path / "nowhere"
+    for name, wanted, unwanted in (
+        ("compare", "build_corpus_v2.py build corpus-v2", "build_debian_docs_corpus"),
+        ("early_compare", "build_debian_docs_corpus.py", "build_corpus_v2"),
+    ):
+        exp = load_experiment(name)
+        with pytest.raises(ValueError) as err:
+            run_recipe(exp, exp.runs[0], tmp_path, [f"data.path={missing}"])
+        text = str(err.value)
+        assert f"data.path={str(missing)!r} does not exist" in text and wanted in text and unwanted not in text
+        assert ("--tokenizer docs-16k-digits" in text) == (name == "compare")
+
+
+def test_a_one_process_record_is_reused_whatever_the_parallel_section_says(tmp_path):
+    """[parallel] (strategy, dtypes) is read by data-parallel runs only: a finished one-process run is reused
+    when today's defaults there differ, and still refused when a field it trained with differs."""
+    from shareddiff.repro.runner import check_recorded_recipe
+    from shareddiff.train.trainer import RUN_CONFIG
+
+    exp = load_experiment("compare")
+    run = load_recipe(str(exp.recipe), "transformer-8m", ["optim.lr=2e-3"])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    recorded = run.to_dict()
+    recorded["parallel"] |= {"param_dtype": "fp32", "strategy": "fsdp"}
+    for world, ok in ((1, True), (2, False)):
+        (run_dir / RUN_CONFIG).write_text(json.dumps({"run": recorded, "world_size": world}))
+        if ok:
+            check_recorded_recipe(run, run_dir)
+        else:
+            with pytest.raises(ValueError, match=re.escape("parallel.param_dtype: recorded 'fp32'")):
+                check_recorded_recipe(run, run_dir)
+    recorded["optim"]["lr"] = 1e-3
+    (run_dir / RUN_CONFIG).write_text(json.dumps({"run": recorded, "world_size": 1}))
+    with pytest.raises(ValueError, match=re.escape("optim.lr: recorded 0.001")):
+        check_recorded_recipe(run, run_dir)
