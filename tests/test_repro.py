@@ -967,3 +967,24 @@ def test_a_one_process_record_is_reused_whatever_the_parallel_section_says(tmp_p
     (run_dir / RUN_CONFIG).write_text(json.dumps({"run": recorded, "world_size": 1}))
     with pytest.raises(ValueError, match=re.escape("optim.lr: recorded 0.001")):
         check_recorded_recipe(run, run_dir)
+
+
+def test_list_shows_each_runs_budget_as_the_trainer_sizes_it(capsys):
+    """`reproduce EXP --list` gives every run's lr, tokens per parameter, steps and warmup: here recomputed from
+    the model's own parameter count (built on the meta device) and the recipe's tokens per step."""
+    from shareddiff.model import build_model
+
+    assert main(["reproduce", "tokens", "--list"]) in (0, None)
+    text = capsys.readouterr().out
+    exp = load_experiment("tokens")
+    for spec in exp.runs:
+        run = run_recipe(exp, spec, REPO / "results/repro", [], check_data=False)
+        config = run.model_config(vocab_size=16384)
+        n_params = sum(p.numel() for p in build_model(config, device="meta").parameters())
+        steps = math.ceil(15 * n_params / (64 * 1024))
+        warmup = math.ceil(0.03 * steps)
+        row = next(line for line in text.splitlines() if line.startswith(spec.name + " "))
+        cells = row.split()
+        assert cells[2] == "0.002" and cells[4] == f"{n_params:,}" and cells[6] == f"{steps:,}", row
+        assert cells[7] == f"{warmup:,}" and cells[-2] == f"{steps * 64 * 1024:,}", row
+        assert float(cells[5]) == pytest.approx(steps * 65536 / n_params, abs=0.005) and float(cells[5]) >= 15

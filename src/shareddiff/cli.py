@@ -430,8 +430,10 @@ def cmd_reproduce(
     if name is None or list_only:
         if name is None:
             return "experiments: " + ", ".join(experiment_names())
+        from shareddiff.repro.runner import describe_runs
+
         exp = load_experiment(name)
-        return "\n".join([f"{exp.name}: {exp.description}", *(f"  {s.name}: {s.preset}" for s in exp.runs)])
+        return f"{exp.name}: {exp.description}\n\n{describe_runs(exp, Path(out))}"
     return reproduce(name, runs, out, list(overrides or []), keep_checkpoints, jobs, summary_only, summary, progress)
 
 

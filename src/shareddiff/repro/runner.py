@@ -288,3 +288,38 @@ def run_parallel(exp: Experiment, specs: list[RunSpec], out: Path, overrides: li
         raise ValueError(
             f"runs {failed} failed; see their reproduce.log, then run the same command again to resume them"
         )
+
+
+def describe_runs(exp: Experiment, out: Path = Path("results/repro")) -> str:
+    """The experiment's runs as a table a reader can check the budgets against: preset, learning rate, seed,
+    tokens per parameter, steps, warmup steps and training tokens, sized as the trainer sizes them
+    (:meth:`RunConfig.sized` on the model's total parameters, one process), and whether each is finished under
+    ``out``. Needs no data: the vocabulary comes from the recipe's tokenizer (or MQAR's)."""
+    from shareddiff.data.tokenizer import Tokenizer
+    from shareddiff.params import count_parameters, format_table
+    from shareddiff.train.trainer import _checked_model_config
+
+    rows, tokenizers = [], {}
+    for spec in exp.runs:
+        run = run_recipe(exp, spec, out, [], check_data=False)
+        if run.data.tokenizer not in tokenizers:
+            tokenizers[run.data.tokenizer] = Tokenizer(run.data.tokenizer)
+        n_params = count_parameters(_checked_model_config(run, tokenizers[run.data.tokenizer])).total
+        sized = run.sized(n_params)
+        tokens = sized.train.max_steps * sized.tokens_per_step(1)
+        rows.append(
+            [
+                spec.name,
+                spec.preset,
+                f"{sized.optim.lr:g}",
+                str(spec.seed),
+                f"{n_params:,}",
+                f"{tokens / n_params:.2f}",
+                f"{sized.train.max_steps:,}",
+                f"{sized.optim.warmup_steps:,} ({sized.optim.warmup_steps / sized.train.max_steps:.1%})",
+                f"{tokens:,}",
+                "yes" if (Path(run.train.out_dir) / RECORD).is_file() else "no",
+            ]
+        )
+    headers = ["run", "preset", "lr", "seed", "params", "tokens/param", "steps", "warmup", "tokens", "finished"]
+    return format_table(headers, rows)
