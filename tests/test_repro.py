@@ -783,7 +783,8 @@ def test_summary_wording_follows_the_numbers():
     assert mqar_line({"accuracy": 0.5, "accuracy_2x": None}) == "0.500 (2× the length: not measured)"
 
 
-COMPUTE_ADEQUATE = ("lr_sweep", "compare", "tokens", "ablations")  # the experiments of the budget protocol
+COMPUTE_ADEQUATE = ("lr_sweep", "compare", "tokens", "ablations", "init")
+NOT_RUN_YET = {"init"}  # defined, its runs not yet measured  # the experiments of the budget protocol
 HEADLINE = ("transformer-23m", "diff-23m", "shared_diff-23m", "diff_v2-23m", "shared_diff_v2-23m")
 
 
@@ -820,7 +821,7 @@ def test_committed_records_hold_what_each_run_records():
     unique = sum(row["tokens_train"] for row in stats["sources"].values())
     for name in COMPUTE_ADEQUATE:
         runs = _finished_runs(name)
-        assert runs, name
+        assert runs or name in NOT_RUN_YET, name
         for run_dir in runs:
             rec = json.loads((run_dir / "record.json").read_text())
             recorded = json.loads((run_dir / "run_config.json").read_text())
