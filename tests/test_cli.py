@@ -430,3 +430,29 @@ def test_overrides_mix_with_options_in_any_order():
     with pytest.raises(ValueError, match=r"--c\.d needs a value"):
         take_overrides(["train", "--c.d"])
     assert main(["train", "--train.max_steps"]) == 2  # a usage error, like argparse's
+
+
+def test_version_prints_the_installed_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == f"shareddiff {version('shareddiff')}\n"
+
+
+def test_version_falls_back_to_the_package_version_when_not_installed(monkeypatch, capsys):
+    """Run from a source tree (PYTHONPATH=src) with no installed distribution: the package's __version__."""
+    import importlib.metadata
+
+    import shareddiff
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    monkeypatch.setattr(shareddiff, "__version__", "9.8.7")
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == "shareddiff 9.8.7\n"

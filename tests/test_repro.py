@@ -2,7 +2,9 @@
 
 import itertools
 import json
+import math
 import os
+import re
 import shutil
 import statistics
 from pathlib import Path
@@ -388,6 +390,14 @@ def test_tiny_lr_sweep_with_a_budget_end_to_end(tmp_path, tiny_data, tiny_tokeni
         assert len(rec["lambda"]) == 2 and rec["grad_norm"] > 0
         rows = read_metrics(folder / rec["run"])
         assert all("lambda" in r and "grad_norm" in r for r in rows if "loss" in r)
+        # The record's end-of-run figures are those of metrics.jsonl: the last training and held-out rows,
+        # the median of the logged tokens/s.
+        last, held_out = [r for r in rows if "loss" in r][-1], [r for r in rows if "val_loss" in r][-1]
+        assert (rec["train_loss"], rec["grad_norm"], rec["lambda"]) == (last["loss"], last["grad_norm"], last["lambda"])
+        assert (rec["val_loss"], rec["tokens"]) == (held_out["val_loss"], held_out["tokens"])
+        assert held_out["tokens"] == last["tokens"]  # held out after the last step
+        speeds = [r["tokens_per_s"] for r in rows if "loss" in r]
+        assert rec["tokens_per_s"] == statistics.median(speeds) and min(speeds) > 0
     summary = json.loads((folder / "summary.json").read_text())
     select = summary["select"]["sd"]
     best = min(records.values(), key=lambda r: r["val_loss"])
@@ -773,6 +783,112 @@ def test_summary_wording_follows_the_numbers():
     assert mqar_line({"accuracy": 0.5, "accuracy_2x": None}) == "0.500 (2× the length: not measured)"
 
 
+COMPUTE_ADEQUATE = ("lr_sweep", "compare", "tokens", "ablations", "init")
+NOT_RUN_YET = {"init"}  # defined, its runs not yet measured  # the experiments of the budget protocol
+HEADLINE = ("transformer-23m", "diff-23m", "shared_diff-23m", "diff_v2-23m", "shared_diff_v2-23m")
+
+
+def test_compute_adequate_recipes_as_sized_for_their_models(tmp_path):
+    """Each run as its trainer sizes it (the shipped tokenizer's vocabulary): torch.compile on, ≥ 5 tokens per
+    total parameter, warmup 2–5 % of its own steps; every headline variant at ≥ 10 with three seeds."""
+    from shareddiff.data import Tokenizer
+
+    for name in COMPUTE_ADEQUATE:
+        exp = load_experiment(name)
+        for spec in exp.runs:
+            recipe = run_recipe(exp, spec, tmp_path, [], check_data=False)
+            params = count_parameters(recipe.model_config(Tokenizer(recipe.data.tokenizer).vocab_size)).total
+            run = recipe.sized(params)
+            tokens_per_param = run.train.max_steps * run.tokens_per_step() / params
+            assert run.train.compile and tokens_per_param >= 5, spec.name
+            assert 0.02 <= run.optim.warmup_steps / run.train.max_steps <= 0.05, spec.name
+            if name == "compare" and spec.group in HEADLINE:
+                assert tokens_per_param >= 10, spec.name
+    compare = load_experiment("compare")
+    for group in HEADLINE:
+        assert sorted(s.seed for s in compare.runs if s.group == group) == [1, 2, 3], group
+
+
+def _finished_runs(experiment: str) -> list[Path]:
+    return sorted(p.parent for p in (REPO / "results/repro" / experiment).glob("*/record.json"))
+
+
+def test_committed_records_hold_what_each_run_records():
+    """Every finished run of the compute-adequate experiments records its budget (tokens per parameter, passes
+    over corpus-v2's documented training split), train and held-out loss, λ of every layer at the end and
+    along training (DIFF, Shared DIFF), gradient norm along training and tokens/s."""
+    stats = json.loads((REPO / "scripts/corpus_v2/stats.json").read_text())
+    unique = sum(row["tokens_train"] for row in stats["sources"].values())
+    for name in COMPUTE_ADEQUATE:
+        runs = _finished_runs(name)
+        assert runs or name in NOT_RUN_YET, name
+        for run_dir in runs:
+            rec = json.loads((run_dir / "record.json").read_text())
+            recorded = json.loads((run_dir / "run_config.json").read_text())
+            n_layers, train_cfg = recorded["model_config"]["n_layers"], recorded["run"]["train"]
+            where = f"{name}/{run_dir.name}"
+            assert train_cfg["compile"] and rec["max_steps"] == train_cfg["max_steps"], where
+            assert 0.02 <= recorded["run"]["optim"]["warmup_steps"] / rec["max_steps"] <= 0.05, where
+            assert rec["train_tokens_unique"] == unique, where
+            assert (
+                rec["tokens_per_param"] == pytest.approx(rec["tokens"] / rec["params"]) and rec["tokens_per_param"] >= 5
+            )
+            assert rec["passes"] == pytest.approx(rec["tokens"] / unique), where
+            assert rec["tokens_per_s"] > 0 and rec["grad_norm"] > 0, where
+            rows = read_metrics(run_dir)
+            train_rows, held_out = [r for r in rows if "loss" in r], [r for r in rows if "val_loss" in r]
+            assert train_rows[-1]["step"] == held_out[-1]["step"] == rec["max_steps"], where
+            assert (rec["train_loss"], rec["val_loss"]) == (train_rows[-1]["loss"], held_out[-1]["val_loss"]), where
+            assert rec["evals"]["lm"]["tokens"] > 0 and math.isfinite(rec["evals"]["lm"]["loss"]), where
+            assert all(r["grad_norm"] > 0 and r["tokens_per_s"] > 0 and "passes" in r for r in train_rows), where
+            if rec["variant"] in ("diff", "shared_diff"):  # one λ per layer (the V2 variants' λ is per token)
+                assert all(len(r["lambda"]) == n_layers for r in train_rows), where
+                assert rec["lambda"] == train_rows[-1]["lambda"], where
+            else:
+                assert rec["lambda"] is None and all("lambda" not in r for r in train_rows), where
+
+
+def test_committed_runs_are_reused_by_their_experiment():
+    """`shareddiff reproduce NAME` over the committed records trains nothing: each finished run matches the
+    recipe its experiment gives it today (the 400-step experiments on the old corpus too)."""
+    from shareddiff.repro.runner import resolve_run
+
+    refused = []
+    for name in (*COMPUTE_ADEQUATE, "early_compare", "early_ablations", "early_retrieval"):
+        exp = load_experiment(name)
+        for run_dir in _finished_runs(name):
+            try:
+                assert resolve_run(exp, exp.run(run_dir.name), REPO / "results/repro", [])[1]
+            except ValueError as err:
+                refused.append(f"{name}/{run_dir.name}: {err}")
+    assert not refused, "\n".join(refused)
+
+
+def test_select_best_calls_an_optimum_interior_only_inside_the_swept_range():
+    """lr_sweep's rule: the best rate must have a swept rate on either side of it, else the sweep is extended."""
+    from shareddiff.repro.summary import select_best
+
+    def group(family, lr, loss):
+        return {"family": family, "point": {"optim.lr": lr}, "val_loss": {"mean": loss}, "variant": "diff"}
+
+    losses = {"inside": [2.9, 2.7, 2.6, 2.8], "low": [2.5, 2.6, 2.7, 2.8], "high": [2.9, 2.8, 2.7, 2.6]}
+    lrs = [8e-3, 1e-3, 4e-3, 2e-3]  # in no order: the summary sorts them
+    groups = {
+        f"{family}-lr{lr}": group(family, lr, values[sorted(lrs).index(lr)])
+        for family, values in losses.items()
+        for lr in lrs
+    }
+    groups["other"] = {"family": "other", "point": {}, "val_loss": {"mean": 1.0}, "variant": "standard"}
+    best = select_best(groups, "optim.lr")
+    assert sorted(best) == ["high", "inside", "low"]
+    assert {f: (b["best"], b["interior"]) for f, b in best.items()} == {
+        "inside": (4e-3, True),
+        "low": (1e-3, False),
+        "high": (8e-3, False),
+    }
+    assert best["inside"]["values"] == sorted(lrs)
+
+
 def test_lambda_plot_turns_symlog_only_when_a_lambda_runs_away(tmp_path, monkeypatch):
     """A layer whose λ ran away (10⁵ in the constant-λ_init ablations) would flatten every other layer on a
     linear axis: the λ plot switches to a symmetric-log axis then, and only then; the table gives such a λ
@@ -811,3 +927,65 @@ def test_efficiency_tables_name_the_variants_as_the_papers_do():
     result = efficiency(groups, "params_non_embedding", ["standard"], sigma=0.01)
     text = "\n".join(_efficiency_rows(result, "non-embedding parameters"))
     assert "| Transformer |" in text and "| DIFF |" in text and "| standard |" not in text
+
+
+def test_a_missing_corpus_names_the_build_of_the_recipes_own_corpus(tmp_path):
+    """The compute-adequate recipe (docs-16k-digits) is told to build corpus-v2 with that tokenizer; the early
+    experiments' recipe (bundled tokenizer) the Debian-docs corpus."""
+    missing = tmp_path / "nowhere"
+    for name, wanted, unwanted in (
+        ("compare", "build_corpus_v2.py build corpus-v2", "build_debian_docs_corpus"),
+        ("early_compare", "build_debian_docs_corpus.py", "build_corpus_v2"),
+    ):
+        exp = load_experiment(name)
+        with pytest.raises(ValueError) as err:
+            run_recipe(exp, exp.runs[0], tmp_path, [f"data.path={missing}"])
+        text = str(err.value)
+        assert f"data.path={str(missing)!r} does not exist" in text and wanted in text and unwanted not in text
+        assert ("--tokenizer docs-16k-digits" in text) == (name == "compare")
+
+
+def test_a_one_process_record_is_reused_whatever_the_parallel_section_says(tmp_path):
+    """[parallel] (strategy, dtypes) is read by data-parallel runs only: a finished one-process run is reused
+    when today's defaults there differ, and still refused when a field it trained with differs."""
+    from shareddiff.repro.runner import check_recorded_recipe
+    from shareddiff.train.trainer import RUN_CONFIG
+
+    exp = load_experiment("compare")
+    run = load_recipe(str(exp.recipe), "transformer-8m", ["optim.lr=2e-3"])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    recorded = run.to_dict()
+    recorded["parallel"] |= {"param_dtype": "fp32", "strategy": "fsdp"}
+    for world, ok in ((1, True), (2, False)):
+        (run_dir / RUN_CONFIG).write_text(json.dumps({"run": recorded, "world_size": world}))
+        if ok:
+            check_recorded_recipe(run, run_dir)
+        else:
+            with pytest.raises(ValueError, match=re.escape("parallel.param_dtype: recorded 'fp32'")):
+                check_recorded_recipe(run, run_dir)
+    recorded["optim"]["lr"] = 1e-3
+    (run_dir / RUN_CONFIG).write_text(json.dumps({"run": recorded, "world_size": 1}))
+    with pytest.raises(ValueError, match=re.escape("optim.lr: recorded 0.001")):
+        check_recorded_recipe(run, run_dir)
+
+
+def test_list_shows_each_runs_budget_as_the_trainer_sizes_it(capsys):
+    """`reproduce EXP --list` gives every run's lr, tokens per parameter, steps and warmup: here recomputed from
+    the model's own parameter count (built on the meta device) and the recipe's tokens per step."""
+    from shareddiff.model import build_model
+
+    assert main(["reproduce", "tokens", "--list"]) in (0, None)
+    text = capsys.readouterr().out
+    exp = load_experiment("tokens")
+    for spec in exp.runs:
+        run = run_recipe(exp, spec, REPO / "results/repro", [], check_data=False)
+        config = run.model_config(vocab_size=16384)
+        n_params = sum(p.numel() for p in build_model(config, device="meta").parameters())
+        steps = math.ceil(15 * n_params / (64 * 1024))
+        warmup = math.ceil(0.03 * steps)
+        row = next(line for line in text.splitlines() if line.startswith(spec.name + " "))
+        cells = row.split()
+        assert cells[2] == "0.002" and cells[4] == f"{n_params:,}" and cells[6] == f"{steps:,}", row
+        assert cells[7] == f"{warmup:,}" and cells[-2] == f"{steps * 64 * 1024:,}", row
+        assert float(cells[5]) == pytest.approx(steps * 65536 / n_params, abs=0.005) and float(cells[5]) >= 15

@@ -430,8 +430,10 @@ def cmd_reproduce(
     if name is None or list_only:
         if name is None:
             return "experiments: " + ", ".join(experiment_names())
+        from shareddiff.repro.runner import describe_runs
+
         exp = load_experiment(name)
-        return "\n".join([f"{exp.name}: {exp.description}", *(f"  {s.name}: {s.preset}" for s in exp.runs)])
+        return f"{exp.name}: {exp.description}\n\n{describe_runs(exp, Path(out))}"
     return reproduce(name, runs, out, list(overrides or []), keep_checkpoints, jobs, summary_only, summary, progress)
 
 
@@ -467,6 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Shared DIFF Transformer, DIFF Transformer and Transformer language models.",
         epilog=f"presets: {', '.join(PRESET_NAMES)} (sizes: {', '.join(SIZES)})",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for verb, entry in COMMANDS.items():
         if callable(entry):
@@ -478,6 +481,18 @@ def build_parser() -> argparse.ArgumentParser:
         for action, func in actions.items():
             add_command(sub, action, func)
     return parser
+
+
+def package_version() -> str:
+    """The installed distribution's version, else (a source tree on PYTHONPATH) the package's ``__version__``."""
+    from importlib import metadata
+
+    import shareddiff
+
+    try:
+        return metadata.version("shareddiff")
+    except metadata.PackageNotFoundError:
+        return shareddiff.__version__
 
 
 def add_command(sub: argparse._SubParsersAction, name: str, func: Callable[..., str]) -> None:

@@ -85,3 +85,45 @@ def test_lambdas_equal_the_closed_form():
         )
         assert value == pytest.approx(expected, abs=1e-6)
     assert layer_lambdas(build_model(ModelConfig.from_preset("transformer-tiny"))) is None
+
+
+def test_a_budget_counts_every_micro_batch_of_every_process():
+    """Reference: tokens per step = micro_batch · grad_accum · seq_len · world (4 · 3 · 64 · 2 = 1536)."""
+    run = load_recipe(
+        None,
+        "shared_diff-tiny",
+        ["train.tokens_per_param=7", "train.micro_batch=4", "train.grad_accum=3", "data.seq_len=64"],
+    )
+    assert run.tokens_per_step(world_size=2) == 1536
+    assert run.sized(n_params=123_457, world_size=2).train.max_steps == math.ceil(7 * 123_457 / 1536) == 563
+
+
+def test_a_run_with_accumulation_trains_its_budget(make_run):
+    """The tokens the trainer reports having trained (every micro-batch) land within one step of the budget."""
+    budget = ["train.tokens_per_param=0.01", "train.micro_batch=2", "train.grad_accum=2", "train.eval_every=100"]
+    result = train(make_run(*budget), progress=False)
+    params = json.loads((result.run_dir / RUN_CONFIG).read_text())["params"]
+    trained = [r for r in read_metrics(result.run_dir) if "loss" in r][-1]["tokens"]
+    per_step = 2 * 2 * 32
+    assert trained == result.step * per_step
+    assert 0.01 * params <= trained < 0.01 * params + per_step
+
+
+def test_the_logged_grad_norm_is_the_global_norm_before_clipping(make_run, monkeypatch):
+    """Reference: ‖g‖₂ over every parameter's gradient in float64, taken as the trainer clips them. The clip
+    (0.01) is far below the norm, so a clipped or made-up value in metrics.jsonl would not match."""
+    import torch
+
+    real_clip, norms = torch.nn.utils.clip_grad_norm_, []
+
+    def clip_and_measure(parameters, max_norm, *args, **kwargs):
+        parameters = list(parameters)
+        grads = [p.grad.double().flatten() for p in parameters if p.grad is not None]
+        norms.append(torch.cat(grads).norm().item())
+        return real_clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip_and_measure)
+    result = train(make_run("train.max_steps=3", "optim.grad_clip=0.01", "train.eval_every=100"), progress=False)
+    logged = [r["grad_norm"] for r in read_metrics(result.run_dir) if "loss" in r]
+    assert len(norms) == 3 and min(norms) > 0.1
+    assert logged == pytest.approx(norms, rel=1e-5)

@@ -117,6 +117,15 @@ def prepare_splits(
     return manifest
 
 
+def content_sha256(manifest: dict) -> str:
+    """A hash of what a prepared folder holds, from its manifest: the tokenizer, the token dtype and every
+    split's shards in order (token count and sha256 of each). File and source names are left out, so a copy
+    of the folder, or the folder under another path, hashes the same; shards that differ do not."""
+    splits = {name: [[s["tokens"], s["sha256"]] for s in split["shards"]] for name, split in manifest["splits"].items()}
+    content = {"tokenizer_sha256": manifest["tokenizer_sha256"], "dtype": manifest["dtype"], "splits": splits}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
 def split_by_hash(docs: Iterable[str], val_fraction: float) -> tuple[list[str], list[str]]:
     """Deterministic document-level split: a document goes to validation by the hash of its text."""
     train, val = [], []

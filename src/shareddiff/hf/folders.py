@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from transformers import PreTrainedTokenizerFast
@@ -11,6 +12,9 @@ from shareddiff.data.tokenizer import EOS_TOKEN
 from shareddiff.hf.diffllama import to_diffllama
 from shareddiff.hf.modeling import ShareddiffConfig, ShareddiffForCausalLM, check_loading_info
 from shareddiff.model import LanguageModel
+
+log = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 
 def hf_tokenizer(tokenizer_file: str | Path) -> PreTrainedTokenizerFast:
@@ -27,24 +31,86 @@ def wrap(model: LanguageModel, eos_id: int | None = None) -> ShareddiffForCausal
 
 
 def export(checkpoint: str | Path, out_dir: str | Path, to: str) -> Path:
-    """Write ``checkpoint`` as a Hugging Face folder: ``to="hf"`` (shareddiff) or ``"diffllama"`` (native)."""
+    """Write ``checkpoint`` as a Hugging Face folder: ``to="hf"`` (shareddiff) or ``"diffllama"`` (native).
+
+    A run trained on text gets its tokenizer beside the weights. A run trained on MQAR gets none: its
+    vocabulary is the task's synthetic ids (``shareddiff.data.mqar``), which no text tokenizer maps to, so
+    the folder's config names no end-of-text or padding id and its README.md gives the ids' layout instead
+    (as a model on synthetic tokens is published on the Hub: weights and a model card, no tokenizer)."""
     from shareddiff.train import load_model
 
-    model, tokenizer, _ = load_model(checkpoint, text=False)  # an MQAR run exports as it is
+    model, tokenizer, state = load_model(checkpoint, text=False)
+    mqar = state["run"]["data"].get("source") == "mqar"
+    eos_id = None if mqar else tokenizer.eos_id
     if to == "hf":
-        hf_model = wrap(model, tokenizer.eos_id)
+        hf_model = wrap(model, eos_id)
     elif to == "diffllama":
-        hf_model = to_diffllama(model, tokenizer.eos_id)
+        hf_model = to_diffllama(model, eos_id)
     else:
         raise ValueError(f"--to {to!r} is not a Hugging Face format; use hf or diffllama")
     out = Path(out_dir)
+    stale = [name for name in TOKENIZER_FILES if mqar and (out / name).is_file()]
+    if stale:
+        raise ValueError(
+            f"{out} already holds a tokenizer ({', '.join(stale)}) and {checkpoint} was trained on MQAR, whose ids "
+            "no tokenizer maps to: loading the folder would pair them; export into a new folder, or remove those files"
+        )
     hf_model.save_pretrained(out)
-    hf_tokenizer(tokenizer.path).save_pretrained(out)
+    if not mqar:
+        hf_tokenizer(tokenizer.path).save_pretrained(out)
+        return out
+    (out / "README.md").write_text(_mqar_card(state, to))
+    log.info(
+        "%s was trained on MQAR: its %d ids are the task's, so no tokenizer is written (%s says how they are "
+        "laid out); feed the model token ids",
+        checkpoint,
+        model.config.vocab_size,
+        out / "README.md",
+    )
     return out
 
 
+def _mqar_card(state: dict, to: str) -> str:
+    """The model card of an MQAR run's export: the task it learned and its vocabulary, id by id."""
+    task, seq_len, vocab = state["run"]["mqar"], state["run"]["data"]["seq_len"], state["model_config"]["vocab_size"]
+    half, task_vocab = task["vocab_size"] // 2, task["vocab_size"]
+    queries = task["pairs"] if task.get("queries") is None else task["queries"]
+    unused = f"; ids {task_vocab} to {vocab - 1} are never seen" if vocab > task_vocab else ""
+    distractors = [f"{task['key_len']} tokens per key"] if task["key_len"] > 1 else []
+    distractors += ["keys in pairs sharing a prefix"] if task.get("shared_prefix") else []
+    distractors += [f"{task['updates']} value updates (the last value answers)"] if task.get("updates") else []
+    loading = (
+        "`AutoModelForCausalLM.from_pretrained(folder)` after `import shareddiff.hf` (which registers the "
+        "`shareddiff` model type)"
+        if to == "hf"
+        else "`AutoModelForCausalLM.from_pretrained(folder)` (transformers' DiffLlama)"
+    )
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [shareddiff, mqar, synthetic]",
+        "---",
+        "# A shareddiff model trained on MQAR (no tokenizer)",
+        "",
+        f"Trained for {state['step']} step(s) on multi-query associative recall (MQAR; Zoology, Arora et al. 2023,",
+        "§3), a synthetic task, not on text.",
+        "",
+        f"- Vocabulary: {vocab} ids, the task's: blank (0), keys (1 to {half - 1}), values ({half} to "
+        f"{task_vocab - 1}){unused}.",
+        f"- Sequences of {seq_len} tokens: {task['pairs']} key-value pairs, then blanks with {queries} of the keys "
+        "queried among them; the answer to a query (its key's value) is predicted at the query's last key token.",
+        *([f"- Distractors: {', '.join(distractors)}."] if distractors else []),
+        "",
+        "No tokenizer is included: none maps text to these ids. Feed token ids (`model(input_ids)`), built as",
+        f"`shareddiff.data.mqar.mqar_batch` builds them. Load with {loading}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def load_pretrained(path: str | Path):
-    """(model, tokenizer) from a folder written by ``export`` (shareddiff or DiffLlama)."""
+    """(model, tokenizer) from a folder written by ``export`` (shareddiff or DiffLlama); the tokenizer is None
+    for a folder without one (the export of an MQAR run)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = Path(path)
@@ -64,4 +130,5 @@ def load_pretrained(path: str | Path):
         check_loading_info(info, folder)
     else:
         raise ValueError(f"{folder} holds a {model_type!r} model, not a shareddiff or DiffLlama one")
-    return model.eval(), AutoTokenizer.from_pretrained(folder)
+    has_tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
+    return model.eval(), AutoTokenizer.from_pretrained(folder) if has_tokenizer else None

@@ -25,10 +25,29 @@ from shareddiff.repro.spec import Experiment, RunSpec
 
 RECORD = "record.json"
 CONCURRENT_ENV = "SHAREDDIFF_REPRO_JOBS"  # set for runs launched by --jobs: their speed is a shared GPU's
-DATA_HINT = (
-    "Build it with `python scripts/build_debian_docs_corpus.py corpus/debian-docs` then `shareddiff data prepare "
-    "corpus/debian-docs --out {path} --val-fraction 0.01` (docs/data.md), or point data.path=... at a prepared folder"
-)
+DATA_HINT = {
+    # the compute-adequate experiments: corpus-v2 with its digit-splitting tokenizer
+    "docs-16k-digits": (
+        "Build it with `python scripts/build_corpus_v2.py build corpus-v2` then `shareddiff data prepare corpus-v2 "
+        "--out {path} --tokenizer docs-16k-digits --val-fraction 0.01` (docs/data.md), or point data.path=... at "
+        "a prepared folder"
+    ),
+    # the early experiments: the Debian-docs corpus with the bundled tokenizer
+    "": (
+        "Build it with `python scripts/build_debian_docs_corpus.py corpus/debian-docs` then `shareddiff data "
+        "prepare corpus/debian-docs --out {path} --val-fraction 0.01` (docs/data.md), or point data.path=... at a "
+        "prepared folder"
+    ),
+}
+
+
+def data_hint(run: RunConfig) -> str:
+    """How to build the prepared data a run's recipe names: corpus-v2 for a recipe with the ``docs-16k-digits``
+    tokenizer, the Debian-docs corpus otherwise."""
+    hint = DATA_HINT.get(run.data.tokenizer or "", DATA_HINT[""])
+    return hint.format(path=run.data.path)
+
+
 # Fields a run's record may differ in from the recipe without being another run: where it was written,
 # and what a budget derives (train.tokens_per_param sets max_steps, optim.warmup_fraction warmup_steps).
 _DERIVED = {("train", "out_dir")}
@@ -43,7 +62,7 @@ def run_recipe(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str], 
         [*spec.overrides, f"train.seed={spec.seed}", f"train.out_dir={out / exp.name / spec.name}", *overrides],
     )
     if check_data and run.data.path and not Path(run.data.path).is_dir():
-        raise ValueError(f"data.path={run.data.path!r} does not exist. " + DATA_HINT.format(path=run.data.path))
+        raise ValueError(f"data.path={run.data.path!r} does not exist. " + data_hint(run))
     run.validate()
     return run
 
@@ -52,9 +71,12 @@ def check_recorded_recipe(run: RunConfig, run_dir: Path) -> None:
     """A finished run is reused only for the recipe it was trained with; otherwise name what differs."""
     from shareddiff.train.trainer import RUN_CONFIG
 
-    recorded = json.loads((run_dir / RUN_CONFIG).read_text())["run"]
     wanted = run.to_dict()
     derived = set(_DERIVED)
+    run_record = json.loads((run_dir / RUN_CONFIG).read_text())
+    if run_record.get("world_size", 1) == 1:  # one process never reads [parallel] (its dtypes, its strategy)
+        derived |= {("parallel", key) for key in wanted.get("parallel", {})}
+    recorded = run_record["run"]
     if wanted["train"].get("tokens_per_param", 0) > 0:
         derived.add(("train", "max_steps"))
     if wanted["optim"].get("warmup_fraction", 0) > 0:
@@ -266,3 +288,38 @@ def run_parallel(exp: Experiment, specs: list[RunSpec], out: Path, overrides: li
         raise ValueError(
             f"runs {failed} failed; see their reproduce.log, then run the same command again to resume them"
         )
+
+
+def describe_runs(exp: Experiment, out: Path = Path("results/repro")) -> str:
+    """The experiment's runs as a table a reader can check the budgets against: preset, learning rate, seed,
+    tokens per parameter, steps, warmup steps and training tokens, sized as the trainer sizes them
+    (:meth:`RunConfig.sized` on the model's total parameters, one process), and whether each is finished under
+    ``out``. Needs no data: the vocabulary comes from the recipe's tokenizer (or MQAR's)."""
+    from shareddiff.data.tokenizer import Tokenizer
+    from shareddiff.params import count_parameters, format_table
+    from shareddiff.train.trainer import _checked_model_config
+
+    rows, tokenizers = [], {}
+    for spec in exp.runs:
+        run = run_recipe(exp, spec, out, [], check_data=False)
+        if run.data.tokenizer not in tokenizers:
+            tokenizers[run.data.tokenizer] = Tokenizer(run.data.tokenizer)
+        n_params = count_parameters(_checked_model_config(run, tokenizers[run.data.tokenizer])).total
+        sized = run.sized(n_params)
+        tokens = sized.train.max_steps * sized.tokens_per_step(1)
+        rows.append(
+            [
+                spec.name,
+                spec.preset,
+                f"{sized.optim.lr:g}",
+                str(spec.seed),
+                f"{n_params:,}",
+                f"{tokens / n_params:.2f}",
+                f"{sized.train.max_steps:,}",
+                f"{sized.optim.warmup_steps:,} ({sized.optim.warmup_steps / sized.train.max_steps:.1%})",
+                f"{tokens:,}",
+                "yes" if (Path(run.train.out_dir) / RECORD).is_file() else "no",
+            ]
+        )
+    headers = ["run", "preset", "lr", "seed", "params", "tokens/param", "steps", "warmup", "tokens", "finished"]
+    return format_table(headers, rows)

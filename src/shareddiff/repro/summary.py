@@ -519,9 +519,23 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
     if any("ar_hit_loss" in e for e in groups.values()):
         rows = [[g, _fmt(e["ar_hit_loss"]), _fmt(e["others_loss"])] for g, e in groups.items() if "ar_hit_loss" in e]
         lines += ["", *md_table(["group", "AR-Hit loss", "Others loss"], rows)]
+        lines += [
+            "",
+            "(AR-Hit / Others: `eval lm` at the end of each run, over its own set of validation tokens "
+            "(`evals.lm.tokens` in record.json); its overall loss is not the val loss column's, which comes from "
+            "the validation windows of training, so compare these two columns with each other only.)",
+        ]
     lambdas = {g: e["lambda"] for g, e in groups.items() if "lambda" in e}
     if lambdas:
         lines += ["", "Final λ per layer (mean over seeds):", "", *_lambda_table(lambdas)]
+        runaway = sorted({g for g, values in lambdas.items() if any(abs(x) >= 1000 for x in values)})
+        if runaway:
+            lines += [
+                "",
+                f"λ ran away (|λ| ≥ 1000) in {', '.join(runaway)}: in that layer each head computes (A₁ − λA₂)V ≈ "
+                "−λA₂V, which the per-head norm rescales, so the layer acts as ordinary softmax attention (λ is "
+                "unbounded: exp(λ_q1·λ_k1) − exp(λ_q2·λ_k2) + λ_init). The plot's axis is symmetric-log.",
+            ]
         lines += ["", "![lambda](lambda.png)"]
     lines += _needle_lines(groups)
     lines += _mqar_lines(summary.get("mqar"))

@@ -6,7 +6,7 @@ distributed checkpoint (sharded, resumable on any number of processes), weights 
         model.safetensors     the full weights, gathered on rank 0 (generate / export / eval read these)
         rng_rank{R}.pt        each rank's torch / CUDA / Python RNG states (torch.load(weights_only=True))
         tokenizer.json        the tokenizer the run used
-        state.json            step, tokens, configs, tokenizer hash, world size
+        state.json            step, tokens, configs, tokenizer and data hashes, world size
         manifest.json         every other file's size and sha256 — written last
 
 Every rank writes into ``step_X.tmp``; once all have finished, rank 0 writes the manifest, fsyncs the

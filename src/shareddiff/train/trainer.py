@@ -7,6 +7,7 @@ its checkpoint at step k continues exactly as the uninterrupted run would have (
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -21,11 +22,13 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from shareddiff.config import ModelConfig, OptimConfig, RunConfig
+from shareddiff.config import ModelConfig, MQARConfig, OptimConfig, RunConfig
 from shareddiff.data import Tokenizer, WindowLoader, eval_windows
 from shareddiff.data.bundled import load_data_split
 from shareddiff.data.mqar import MQARLoader
 from shareddiff.data.needle import NeedleBuilder, parse_mix
+from shareddiff.data.shards import content_sha256
+from shareddiff.data.tokenizer import BUNDLED_TOKENIZERS
 from shareddiff.model import build_model
 from shareddiff.repro.runner import RECORD
 from shareddiff.train.checkpoint import (
@@ -189,7 +192,8 @@ def train(
     first checkpoint step); else ValueError. ``"if_present"`` (``reproduce``, ``demo``) resumes when there is
     a checkpoint and starts from step 0 otherwise. ``resume=False`` refuses a folder holding checkpoints or a
     finished run (record.json, eval/). Any resume refuses another model config or batch sequence (seed, data,
-    window length, global batch).
+    window length, global batch, MQAR task); data and tokenizer count as the same by content (the prepared
+    folder's shard hashes, the tokenizer file's hash), whatever their paths.
 
     Under torchrun every process calls this; they train data-parallel (``run.parallel``), each on its
     own rows of every global batch, so the loss curve does not depend on the number of processes.
@@ -254,6 +258,7 @@ class Trainer:
         self.mqar = run.data.source == "mqar"  # the synthetic task: its own vocabulary, no corpus
         data = _load_data(run, self.tokenizer, dist, device, self.model_config.max_seq_len)
         self.loader, self.val_rows, train_tokens, self.probe = data
+        self.data_sha256 = None if self.mqar else content_sha256(self.loader.data.manifest)
 
         self.autocast = autocast_for(run.train.precision, device)
         torch.manual_seed(run.train.seed)
@@ -302,7 +307,7 @@ class Trainer:
             return None
         state = read_state(ckpt)
         _check_resume_compatible(state, self.model_config, self.tokenizer, ckpt)
-        _check_same_batches(state["run"], state["world_size"], self.run, self.dist.world, f"checkpoint {ckpt.name}")
+        _check_same_batches(state, self.run, self.dist.world, self.content_hashes(), f"checkpoint {ckpt.name}")
         _check_same_schedule(state, self.run, ckpt, new_schedule)
         if state["step"] >= self.run.train.max_steps:
             return _already_complete(self.run_dir, ckpt, state)
@@ -329,11 +334,16 @@ class Trainer:
         path = self.run_dir / RUN_CONFIG
         _check_resume_compatible(recorded, self.model_config, None, path)
         source = f"the run recorded in {path}"
-        _check_same_batches(recorded["run"], recorded["world_size"], self.run, self.dist.world, source)
+        _check_same_batches(recorded, self.run, self.dist.world, self.content_hashes(), source)
         _check_same_schedule({**recorded, "step": 0}, self.run, path, new_schedule)
         log.warning(
             "--resume: the run in %s stopped before its first checkpoint; starting it again from step 0", self.run_dir
         )
+
+    def content_hashes(self) -> dict[str, str | None]:
+        """What the run trains on, by content (recorded with the run; a resume compares them): the prepared
+        data's hash (None for MQAR, which has no corpus) and the tokenizer file's."""
+        return {"data_sha256": self.data_sha256, "tokenizer_sha256": self.tokenizer.sha256}
 
     def _solved_evals_to_continue(self, state: dict) -> list[tuple[int, float]] | None:
         """The early stop's count of evaluations to resume with, or None when the checkpoint ends the run: a run
@@ -536,7 +546,7 @@ class Trainer:
             "tokens": self.tokens_seen,
             "model_config": self.model_config.to_dict(),
             "run": self.run.to_dict(),
-            "tokenizer_sha256": self.tokenizer.sha256,
+            **self.content_hashes(),
             "train_loss": self.train_loss,
             "val_loss": self.val_loss,
             "solved_evals": self.solved_evals,
@@ -559,6 +569,7 @@ class Trainer:
             "run": self.run.to_dict(),
             "model_config": self.model_config.to_dict(),
             "world_size": self.dist.world,
+            **self.content_hashes(),
             **self.budget,
         }
         (self.run_dir / RUN_CONFIG).write_text(json.dumps(record, indent=2))
@@ -694,20 +705,33 @@ def _finished_run_files(run_dir: Path) -> list[str]:
 
 
 BATCH_FIELDS = ("train.seed", "data.seq_len", "data.path", "data.tokenizer", "data.source", "data.mix")
+# what MQAR's training sequences are drawn from besides the seed and data.seq_len (eval_samples: its evaluation set)
+MQAR_BATCH_FIELDS = tuple(f"mqar.{f.name}" for f in dataclasses.fields(MQARConfig) if f.name != "eval_samples")
+# the fields that name data by a path, with the record's hash of that data and what the data is
+CONTENT_FIELDS = {"data.path": ("data_sha256", "prepared data"), "data.tokenizer": ("tokenizer_sha256", "tokenizer")}
 
 
-def _check_same_batches(saved: dict, saved_world: int, run: RunConfig, world: int, source: str) -> None:
-    """Batch ``step`` is a function of the seed, the data, the window length and the global batch: a resume that
-    changes one of them trains the rest of the run on another batch sequence than its record says. Refuse it
-    naming each change. A micro_batch × grad_accum × world size split of the same global batch is fine (memory
-    only; docs/distributed.md)."""
-    now = run.to_dict()
+def _check_same_batches(recorded: dict, run: RunConfig, world: int, hashes: dict, source: str) -> None:
+    """Batch ``step`` is a function of the seed, the data, the window length and the global batch (and, for
+    MQAR, the task's ``[mqar]`` fields): a resume that changes one of them trains the rest of the run on
+    another batch sequence than its record says. Refuse it naming each change. ``recorded``: a checkpoint's
+    state or run_config.json (``run``, ``world_size``, the content hashes of ``Trainer.content_hashes``, which
+    ``hashes`` gives for this run); a field it lacks (recorded before the field existed) counts as its
+    default. A micro_batch × grad_accum × world size split of the same global batch is fine (memory only;
+    docs/distributed.md); so is the same data or tokenizer under another path (``_content_change``)."""
+    saved, saved_world, now, defaults = recorded["run"], recorded["world_size"], run.to_dict(), RunConfig().to_dict()
+    mqar = "mqar" in (saved.get("data", {}).get("source"), run.data.source)
     diffs = []
-    for key in BATCH_FIELDS:
+    for key in BATCH_FIELDS + (MQAR_BATCH_FIELDS if mqar else ()):
         section, name = key.split(".")
-        before, after = saved.get(section, {}).get(name), now[section].get(name)
-        if before != after:
-            diffs.append(f"{key} {before!r} → {after!r}")
+        before, after = saved.get(section, {}).get(name, defaults[section][name]), now[section][name]
+        if key in CONTENT_FIELDS:
+            hash_key, what = CONTENT_FIELDS[key]
+            change = _content_change(key, before, after, (recorded.get(hash_key), hashes[hash_key]), what)
+        else:
+            change = f"{key} {before!r} → {after!r}" if before != after else None
+        if change:
+            diffs.append(change)
     saved_train = saved.get("train", {})
     before = saved_train.get("micro_batch", 0) * saved_train.get("grad_accum", 0) * saved_world
     after = run.train.micro_batch * run.train.grad_accum * world
@@ -724,6 +748,31 @@ def _check_same_batches(saved: dict, saved_world: int, run: RunConfig, world: in
             "(micro_batch and grad_accum may change while their product × processes stays the same), or start a "
             "new run folder"
         )
+
+
+def _content_change(key: str, before: str | None, after: str | None, hashes: tuple, what: str) -> str | None:
+    """How ``key`` (data.path or data.tokenizer) changed between the record (``before``) and this run
+    (``after``), or None when both name the same data: by content when both ``hashes`` (recorded, now) are
+    known, so a copy or another spelling of the same data is the same and data prepared again in place is
+    not; else (a record without them) by path, resolved (relative paths, symlinks, trailing slashes)."""
+    recorded, now = hashes
+    if recorded is not None and now is not None:
+        if recorded != now:
+            return f"{key} {before!r} → {after!r} (other content: sha256 {recorded[:12]}… → {now[:12]}…)"
+        if before != after:
+            log.info("%s %r → %r: the same %s (content sha256 %s…), continuing", key, before, after, what, now[:12])
+        return None
+    if _resolved(key, before) == _resolved(key, after):
+        return None
+    return f"{key} {before!r} → {after!r}"
+
+
+def _resolved(key: str, value: str | None) -> Path | None:
+    """The file or folder ``value`` of ``key`` names, resolved: a bundled tokenizer's name (None: the default
+    one) is its file; a data.path of None (the bundled corpus) stays None."""
+    if key == "data.tokenizer":
+        value = BUNDLED_TOKENIZERS.get("bundled" if value is None else value, value)
+    return None if value is None else Path(value).expanduser().resolve()
 
 
 def _resume_point(run_dir: Path, dist: DistInfo) -> Path | None:
