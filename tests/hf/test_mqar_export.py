@@ -80,5 +80,7 @@ def test_export_of_a_text_run_still_writes_its_tokenizer(tmp_path, make_run, cap
     result = train(make_run("train.max_steps=1", "model.n_layers=1"), progress=False)
     with caplog.at_level(logging.INFO, logger="shareddiff"):
         export(result.checkpoint, tmp_path / "hf", "hf")
-    assert (tmp_path / "hf" / "tokenizer.json").is_file() and not (tmp_path / "hf" / "README.md").exists()
+    assert (tmp_path / "hf" / "tokenizer.json").is_file()
+    card = (tmp_path / "hf" / "README.md").read_text()  # the text card, not the MQAR one
+    assert "AutoTokenizer.from_pretrained(folder)" in card and "MQAR" not in card
     assert "no tokenizer" not in caplog.text
