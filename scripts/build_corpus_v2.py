@@ -38,8 +38,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from corpus_v2.dedup import Deduplicator, DedupStats, minhash_signature
-from corpus_v2.sources import LEFT_OUT, READERS, SOURCES, SOURCES_BY_NAME, Source
+OPTIONAL_DEPS = ("lxml", "cssselect", "datasketch")  # pyproject.toml's `corpus` extra
+try:
+    from corpus_v2.dedup import Deduplicator, DedupStats, minhash_signature
+    from corpus_v2.sources import LEFT_OUT, READERS, SOURCES, SOURCES_BY_NAME, Source
+except ModuleNotFoundError as error:
+    if (error.name or "").split(".")[0] not in OPTIONAL_DEPS:
+        raise
+    raise SystemExit(
+        f"build_corpus_v2.py needs {error.name}, which is not installed: run `pip install -e '.[corpus]'` in the "
+        f"repository (the corpus build's extra: {', '.join(OPTIONAL_DEPS)})"
+    ) from error
 
 MIN_CHARS = 200
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Carry a prepared data folder (`shareddiff data prepare --out DIR`) in compressed parts of at most 60 MB.
 
-    python scripts/parcel.py pack /work/data/prepared-v2 parcels/ [--codec xz|zstd] [--part-bytes 60000000]
-    python scripts/parcel.py unpack parcels/ data/prepared-v2
+    python scripts/parcel.py pack data/corpus-v2 parcels/ [--codec xz|zstd] [--part-bytes 60000000]
+    python scripts/parcel.py unpack parcels/ data/      # -> data/corpus-v2
 
 `pack` writes the folder as one tar stream (sorted names, zeroed times and owners, so the same folder
 gives the same bytes), compresses it (xz: Python's lzma at preset 9, no tool needed to unpack; zstd:

