@@ -999,3 +999,39 @@ def test_list_shows_each_runs_budget_as_the_trainer_sizes_it(capsys):
         assert cells[2] == "0.002" and cells[4] == f"{n_params:,}" and cells[6] == f"{steps:,}", row
         assert cells[7] == f"{warmup:,}" and cells[-2] == f"{steps * 64 * 1024:,}", row
         assert float(cells[5]) == pytest.approx(steps * 65536 / n_params, abs=0.005) and float(cells[5]) >= 15
+
+
+def test_an_included_run_not_yet_run_is_named_with_the_out_given(tmp_path, monkeypatch):
+    """--summary-only of an experiment whose included runs are missing: the command to make them carries --out
+    when it is not the default (else they would be made where this summary does not look)."""
+    out = tmp_path / "elsewhere"
+    with pytest.raises(ValueError) as err:
+        reproduce("ablations", out=str(out), summary_only=True)
+    wanted = "run `shareddiff reproduce compare --run shared_diff-23m-s1"
+    assert f"{wanted} --out {out}` first" in str(err.value)
+    monkeypatch.chdir(tmp_path)  # the default results/repro, here empty
+    with pytest.raises(ValueError) as err:
+        reproduce("ablations", summary_only=True)
+    assert f"{wanted}` first" in str(err.value)
+
+
+def test_list_with_run_lists_that_run_and_refuses_an_unknown_one(capsys):
+    assert main(["reproduce", "compare", "--run", "nope-s1", "--list"]) == 2
+    assert "experiment 'compare' has no run 'nope-s1'; its runs are: transformer-23m-s1," in capsys.readouterr().err
+    assert main(["reproduce", "compare", "--run", "diff-8m-s1", "--run", "diff-13m-s1", "--list"]) in (0, None)
+    rows = capsys.readouterr().out.split("---\n")[-1].splitlines()
+    assert [row.split()[0] for row in rows] == ["diff-8m-s1", "diff-13m-s1"]
+
+
+def test_list_names_the_runs_included_from_other_experiments(tmp_path, capsys):
+    """`reproduce tokens --list`: its own runs, then each included run, finished (a record under --out) or missing."""
+    (tmp_path / "compare" / "diff-23m-s1").mkdir(parents=True)
+    (tmp_path / "compare" / "diff-23m-s1" / "record.json").write_text("{}")
+    assert main(["reproduce", "tokens", "--list", "--out", str(tmp_path)]) in (0, None)
+    text = capsys.readouterr().out
+    included = text.split(f"included from other experiments (its summary reads their records under {tmp_path}):\n")
+    assert len(included) == 2 and "shared_diff-23m-tpp15-s1" in included[0]
+    assert included[1].splitlines() == [
+        f"  {ref} ({'finished' if ref == 'compare/diff-23m-s1' else 'missing'})"
+        for ref in load_experiment("tokens").summary["include"]
+    ]

@@ -415,13 +415,13 @@ def cmd_reproduce(
 
     Args:
         name: experiment name (configs/repro/NAME.toml) or path; none: list them
-        runs: only this run (repeatable), e.g. shared_diff-s1
+        runs: only this run (repeatable), e.g. shared_diff-s1; with --list, list only these
         out: where run records and summaries go
         keep_checkpoints: keep each run's checkpoints after its evals
         jobs: runs at once, each in its own process (one GPU each when there are several)
         summary_only: only rewrite the summary from finished runs
         summary: summary (written after the runs)
-        list_only: list the experiment's runs
+        list_only: list the experiment's runs (their budgets, whether finished) and the runs it includes
         progress: progress bar
         overrides: section.key=value for every run, e.g. train.max_steps=50
     """
@@ -433,7 +433,7 @@ def cmd_reproduce(
         from shareddiff.repro.runner import describe_runs
 
         exp = load_experiment(name)
-        return f"{exp.name}: {exp.description}\n\n{describe_runs(exp, Path(out))}"
+        return f"{exp.name}: {exp.description}\n\n{describe_runs(exp, Path(out), runs)}"
     return reproduce(name, runs, out, list(overrides or []), keep_checkpoints, jobs, summary_only, summary, progress)
 
 

@@ -24,6 +24,7 @@ from shareddiff.config import RunConfig, load_recipe
 from shareddiff.repro.spec import Experiment, RunSpec
 
 RECORD = "record.json"
+DEFAULT_OUT = Path("results/repro")  # reproduce's --out when none is given
 CONCURRENT_ENV = "SHAREDDIFF_REPRO_JOBS"  # set for runs launched by --jobs: their speed is a shared GPU's
 DATA_HINT = {
     # the compute-adequate experiments: corpus-v2 with its digit-splitting tokenizer
@@ -290,17 +291,19 @@ def run_parallel(exp: Experiment, specs: list[RunSpec], out: Path, overrides: li
         )
 
 
-def describe_runs(exp: Experiment, out: Path = Path("results/repro")) -> str:
-    """The experiment's runs as a table a reader can check the budgets against: preset, learning rate, seed,
-    tokens per parameter, steps, warmup steps and training tokens, sized as the trainer sizes them
-    (:meth:`RunConfig.sized` on the model's total parameters, one process), and whether each is finished under
-    ``out``. Needs no data: the vocabulary comes from the recipe's tokenizer (or MQAR's)."""
+def describe_runs(exp: Experiment, out: Path = DEFAULT_OUT, runs: list[str] | None = None) -> str:
+    """The experiment's runs (``runs`` only, when given) as a table a reader can check the budgets against:
+    preset, learning rate, seed, tokens per parameter, steps, warmup steps and training tokens, sized as the
+    trainer sizes them (:meth:`RunConfig.sized` on the model's total parameters, one process), and whether each
+    is finished under ``out``; without ``runs``, then the runs of other experiments its summary includes, each
+    finished or missing. Needs no data: the vocabulary comes from the recipe's tokenizer (or MQAR's). Raises
+    ``ValueError`` for a name in ``runs`` that is not one of the experiment's runs."""
     from shareddiff.data.tokenizer import Tokenizer
     from shareddiff.params import count_parameters, format_table
     from shareddiff.train.trainer import _checked_model_config
 
     rows, tokenizers = [], {}
-    for spec in exp.runs:
+    for spec in [exp.run(name) for name in runs] if runs else exp.runs:
         run = run_recipe(exp, spec, out, [], check_data=False)
         if run.data.tokenizer not in tokenizers:
             tokenizers[run.data.tokenizer] = Tokenizer(run.data.tokenizer)
@@ -322,4 +325,10 @@ def describe_runs(exp: Experiment, out: Path = Path("results/repro")) -> str:
             ]
         )
     headers = ["run", "preset", "lr", "seed", "params", "tokens/param", "steps", "warmup", "tokens", "finished"]
-    return format_table(headers, rows)
+    table = format_table(headers, rows)
+    included = [] if runs else exp.summary.get("include", [])
+    if not included:
+        return table
+    lines = [f"  {ref} ({'finished' if (out / ref / RECORD).is_file() else 'missing'})" for ref in included]
+    heading = f"included from other experiments (its summary reads their records under {out}):"
+    return "\n".join([table, "", heading, *lines])

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from shareddiff.plots import variant_name
-from shareddiff.repro.runner import RECORD
+from shareddiff.repro.runner import DEFAULT_OUT, RECORD
 from shareddiff.repro.spec import Experiment
 from shareddiff.train.metrics import TAIL_FRACTION, read_metrics, tail_mean_loss
 
@@ -42,11 +42,12 @@ def load_records(exp: Experiment, out: Path, command: str | None = None) -> list
     ``command``: the reproduce command as the user gave it, named when there is no finished run."""
     folder = out / exp.name
     run_dirs = [folder / s.name for s in exp.runs]
+    out_option = "" if out == DEFAULT_OUT else f" --out {out}"
     for ref in exp.summary.get("include", []):  # "EXPERIMENT/RUN": a run another experiment already made
         if not (out / ref / RECORD).is_file():
             raise ValueError(
                 f"{exp.name} includes {ref}, which has not run yet; run `shareddiff reproduce {ref.split('/')[0]} "
-                f"--run {ref.split('/')[-1]}` first"
+                f"--run {ref.split('/')[-1]}{out_option}` first"
             )
         run_dirs.append(out / ref)
     records = [json.loads((d / RECORD).read_text()) | {"dir": str(d)} for d in run_dirs if (d / RECORD).is_file()]
