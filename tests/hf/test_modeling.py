@@ -108,15 +108,18 @@ def test_left_padded_generate_equals_each_prompt_alone(seed, family):
         assert torch.equal(alone.sequences[0], generate(model, prompt[None], 6, temperature=0)[0])
 
 
-def test_right_padded_generate_is_refused(seed):
+@pytest.mark.parametrize("expand", [{}, {"num_beams": 2}, {"num_return_sequences": 3, "do_sample": True}])
+def test_right_padded_generate_is_refused(seed, expand):
+    """The error names the prompt rows the caller gave, not the rows beam search or sampling repeats them into."""
     _, wrapped = tiny_wrapped("diff")
-    ids = torch.randint(0, 512, (2, 6))
-    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1] * 6])
-    with pytest.raises(ValueError, match=r"padding after a token while a KV cache is in use.*padding_side='left'"):
-        wrapped.generate(ids, attention_mask=mask, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    ids = torch.randint(0, 512, (3, 6))
+    mask = torch.tensor([[1] * 6, [1, 1, 1, 1, 0, 0], [1] * 6])
+    refused = r"row\(s\) \[1\] have padding after a token while a KV cache is in use.*padding_side='left'"
+    with pytest.raises(ValueError, match=refused):
+        wrapped.generate(ids, attention_mask=mask, max_new_tokens=3, pad_token_id=0, **{"do_sample": False} | expand)
     with torch.no_grad():  # without a cache right padding is harmless: the tokens' logits are those of each row alone
         logits = wrapped(ids, attention_mask=mask).logits
-        assert rel_err(logits[0, :4], wrapped(ids[:1, :4]).logits[0]) <= 1e-5
+        assert rel_err(logits[1, :4], wrapped(ids[1:2, :4]).logits[0]) <= 1e-5
 
 
 def test_decode_step_masks_with_holes_are_refused(seed):

@@ -19,6 +19,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from shareddiff.config import ModelConfig
 from shareddiff.hf.static_generate import static_generate
 from shareddiff.model import KVCache, LanguageModel
+from shareddiff.padding import check_token_mask
 
 # transformers renamed the cache argument and output field from ``past_key_values`` to ``cache`` during 5.x
 CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
@@ -150,7 +151,12 @@ class ShareddiffForCausalLM(PreTrainedModel, GenerationMixin):
     def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any):
         """transformers' ``generate``. With ``cache_implementation="static"``, greedy decoding and sampling
         (temperature, top-k, top-p) run the project's ``StaticDecoder``, compiled on CUDA as transformers
-        compiles its static cache; other arguments fall back to transformers' loop (``hf/static_generate.py``)."""
+        compiles its static cache; other arguments fall back to transformers' loop (``hf/static_generate.py``).
+        Raises ``ValueError`` naming the prompt rows whose ``attention_mask`` has padding after or between tokens
+        (checked here, before beam search or ``num_return_sequences`` repeat the rows)."""
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2:
+            check_token_mask(mask.bool(), cached=True)
         out = static_generate(self, inputs, generation_config, kwargs)
         return out if out is not None else super().generate(inputs, generation_config, **kwargs)
 
