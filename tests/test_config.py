@@ -56,8 +56,18 @@ def test_bad_config_names_field_and_fix(fields, message):
 
 
 def test_unknown_preset_lists_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown preset 'shared_diff-7b'; valid presets are: .*shared_diff-830m"):
+    with pytest.raises(ValueError, match=r"unknown preset 'shared_diff-7b' \(did you mean .*\); valid presets are: "):
         ModelConfig.from_preset("shared_diff-7b")
+    with pytest.raises(ValueError, match=r"unknown preset 'foo'; valid presets are: .*shared_diff-830m"):
+        ModelConfig.from_preset("foo")
+
+
+def test_a_misspelt_preset_gets_the_nearest_names():
+    """A typo of a preset is answered with the closest valid names first (difflib's ratio ≥ 0.8)."""
+    with pytest.raises(ValueError, match=r"unknown preset 'shareddiff-mini' \(did you mean 'shared_diff-mini'"):
+        ModelConfig.from_preset("shareddiff-mini")
+    with pytest.raises(ValueError, match=r"unknown preset 'transformr-23m' \(did you mean 'transformer-23m'"):
+        ModelConfig.from_preset("transformr-23m")
 
 
 def test_unknown_field_in_dict():

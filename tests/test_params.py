@@ -119,4 +119,5 @@ def test_cli_compare(capsys):
 
 def test_cli_unknown_preset(capsys):
     assert main(["params", "transformer-9b"]) == 2
-    assert "unknown preset 'transformer-9b'; valid presets are:" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown preset 'transformer-9b'" in err and "; valid presets are: transformer-tiny" in err

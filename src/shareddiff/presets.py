@@ -16,6 +16,7 @@ paper: 4096 tokens (the DIFF paper's training length), θ = 10000, untied.
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 FAMILIES = {
@@ -204,6 +205,8 @@ def preset_dict(name: str) -> dict[str, Any]:
                 f" ({name!r} is a size: name a family too, e.g. 'shared_diff-{name}', "
                 f"or see them all with `shareddiff params {name} --compare`)"
             )
+        elif close := difflib.get_close_matches(name, PRESET_NAMES, n=3, cutoff=0.8):
+            hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)"
         raise ValueError(f"unknown preset {name!r}{hint}; valid presets are: {', '.join(PRESET_NAMES)}")
     values = dict(SIZES[size])
     values["attention"] = FAMILIES[family]
