@@ -372,7 +372,7 @@ def plot_mqar_heatmap(summary: dict, out: str | Path, title: str = "MQAR") -> Pa
         lambda n, p, v: best.get((v, n, p)),
         "best over widths\nand rates",
         "variant",
-        [VARIANT_NAMES.get(v, v) for v in variants],
+        [variant_name(v) for v in variants],
     )
     by_width = {(c["variant"], c["seq_len"], c["pairs"], c["d_model"]): c for c in summary["cells"]}
     for ax, variant in zip(axes[1:], variants, strict=True):
@@ -380,7 +380,7 @@ def plot_mqar_heatmap(summary: dict, out: str | Path, title: str = "MQAR") -> Pa
             ax,
             widths,
             lambda n, p, d, v=variant: by_width.get((v, n, p, d)),
-            f"{VARIANT_NAMES.get(variant, variant)}:\nbest over rates",
+            f"{variant_name(variant)}:\nbest over rates",
             "model width",
             [str(d) for d in widths],
         )

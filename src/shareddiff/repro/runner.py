@@ -69,15 +69,15 @@ def run_recipe(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str], 
 
 
 def check_recorded_recipe(run: RunConfig, run_dir: Path) -> None:
-    """A finished run is reused only for the recipe it was trained with; otherwise name what differs."""
+    """A finished run is reused only for the recipe it was trained with; otherwise name what differs. A field
+    missing from an older record counts as its default (what that run was trained with)."""
     from shareddiff.train.trainer import RUN_CONFIG
 
-    wanted = run.to_dict()
+    record = json.loads((run_dir / RUN_CONFIG).read_text())
+    recorded, wanted, defaults = record["run"], run.to_dict(), RunConfig().to_dict()
     derived = set(_DERIVED)
-    run_record = json.loads((run_dir / RUN_CONFIG).read_text())
-    if run_record.get("world_size", 1) == 1:  # one process never reads [parallel] (its dtypes, its strategy)
+    if record.get("world_size", 1) == 1:  # one process never reads [parallel] (its dtypes, its strategy)
         derived |= {("parallel", key) for key in wanted.get("parallel", {})}
-    recorded = run_record["run"]
     if wanted["train"].get("tokens_per_param", 0) > 0:
         derived.add(("train", "max_steps"))
     if wanted["optim"].get("warmup_fraction", 0) > 0:
@@ -86,19 +86,14 @@ def check_recorded_recipe(run: RunConfig, run_dir: Path) -> None:
         f"{section}.{key}: recorded {recorded.get(section, {}).get(key)!r}, now {value!r}"
         for section, values in wanted.items()
         for key, value in values.items()
-        if (section, key) not in derived and recorded.get(section, {}).get(key, _default(section, key)) != value
+        if (section, key) not in derived
+        and recorded.get(section, {}).get(key, defaults.get(section, {}).get(key)) != value
     ]
     if diffs:
         raise ValueError(
             f"{run_dir} holds a finished run of another recipe ({'; '.join(diffs)}); pass --out to keep "
             "this variant apart, or delete that folder to redo the run"
         )
-
-
-def _default(section: str, key: str) -> Any:
-    """A recipe field's default: what a record made before the field existed was trained with."""
-    defaults = RunConfig().to_dict()
-    return defaults.get(section, {}).get(key)
 
 
 def resolve_run(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str]) -> tuple[RunConfig, bool]:
