@@ -80,14 +80,19 @@ def test_generate_feeds_only_new_positions(seed, monkeypatch):
     lengths = []
     forward = model.forward
 
+    kept = []
+
     def recording_forward(ids, *args, **kwargs):
         lengths.append(ids.shape[1])
+        at = kwargs.get("logits_at")
+        kept.append(None if at is None else tuple(at.shape))
         return forward(ids, *args, **kwargs)
 
     monkeypatch.setattr(model, "forward", recording_forward)
     ids = torch.randint(0, 512, (1, 10))
     out = wrapped.generate(ids, max_new_tokens=8, do_sample=False, attention_mask=torch.ones_like(ids))
     assert lengths == [10, 1, 1, 1, 1, 1, 1, 1]  # the prompt, then one new token per step
+    assert kept == [(1, 1)] + [None] * 7  # the prefill's head at its last position only (logits_to_keep=1)
     monkeypatch.undo()
     assert torch.equal(out, generate(model, ids, 8, temperature=0))
 
@@ -243,3 +248,35 @@ def test_trainer_gradient_accumulation_equals_one_large_batch(seed, tmp_path):
     assert max((one[k] - start[k]).abs().max().item() for k in start) > 1e-3  # the step moved the parameters
     assert max((one[k] - four[k]).abs().max().item() for k in start) <= 1e-6
     assert loss_four == pytest.approx(loss_one, rel=1e-5)
+
+
+def test_logits_to_keep_follows_the_transformers_convention(seed):
+    """``logits_to_keep``: an int keeps the last k positions (0 and k ≥ N all of them), a 1D tensor the same
+    positions of every row, a 2D one each row's own; the values are the full logits' there. Labels need every
+    position, and malformed values are refused by name."""
+    _, wrapped = tiny_wrapped("shared_diff")
+    ids = torch.randint(0, 512, (2, 9))
+    with torch.no_grad():
+        full = wrapped(ids).logits
+        per_row = torch.tensor([[0, 4, 8], [7, 1, 2]])
+        cases = {
+            3: full[:, -3:],
+            0: full,
+            20: full,
+            torch.tensor([2, 5]): full[:, [2, 5]],
+            per_row: full.gather(1, per_row[..., None].expand(-1, -1, full.shape[-1])),
+        }
+        for keep, expected in cases.items():
+            got = wrapped(ids, logits_to_keep=keep).logits
+            assert got.shape == expected.shape and rel_err(got, expected) <= 1e-6, keep
+    for bad, message in (
+        (-1, "must be ≥ 0"),
+        (torch.ones(2, 9, dtype=torch.bool), "boolean mask is not supported"),
+        (torch.tensor([[1, 2]]), "must have B = 2 rows"),
+        (torch.tensor([9]), r"outside \[0, 9\)"),
+        (1.5, "must be an int or an integer tensor"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            wrapped(ids, logits_to_keep=bad)
+    with pytest.raises(ValueError, match="leave logits_to_keep at 0 when giving labels"):
+        wrapped(ids, labels=ids, logits_to_keep=1)

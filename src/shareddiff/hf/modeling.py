@@ -111,19 +111,31 @@ class ShareddiffForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         num_items_in_batch: torch.Tensor | int | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """transformers' causal-LM forward. ``attention_mask`` (B, cached + N) covers every position so far,
         1 on tokens; rows are left-padded (right padding too when no cache is used). The loss is the
         shifted next-token cross-entropy, summed and divided by ``num_items_in_batch`` when given, else
-        averaged over tokens whose label is not -100."""
+        averaged over tokens whose label is not -100. ``logits_to_keep`` (transformers' convention, which
+        ``generate`` sets to 1 for the prefill): an int k keeps the logits of the last k positions (0: all),
+        a 1D integer tensor those positions of every row, a 2D one (B, K) each row's own; the norm and head
+        then run on those positions only (``LanguageModel.forward(logits_at=...)``). Raises ``ValueError``
+        for ``inputs_embeds``, for ``labels`` with a ``logits_to_keep`` other than 0 (the loss needs every
+        position's logits), and for a boolean or otherwise malformed ``logits_to_keep``."""
         if inputs_embeds is not None:
             raise ValueError("shareddiff models take input_ids only, not inputs_embeds")
+        keep = _logits_at(logits_to_keep, *input_ids.shape, input_ids.device)
+        if labels is not None and keep is not None:
+            raise ValueError(
+                f"labels with logits_to_keep={logits_to_keep!r}: the loss needs the logits of every position; "
+                "leave logits_to_keep at 0 when giving labels"
+            )
         cache = cache if cache is not None else past_key_values
         if use_cache and cache is None:
             cache = self.model.new_cache()
         new_mask = None if attention_mask is None else _new_positions_mask(attention_mask, cache, input_ids.shape[1])
-        logits = self.model(input_ids, cache, new_mask)
+        logits = self.model(input_ids, cache, new_mask, logits_at=keep)
         loss = None
         if labels is not None:
             loss = self.loss_function(
@@ -141,12 +153,15 @@ class ShareddiffForCausalLM(PreTrainedModel, GenerationMixin):
             cache = kwargs.get("past_key_values")
         if cache is not None:
             input_ids = input_ids[:, cache.length :]
-        return {
+        inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
             "cache": cache,
             "use_cache": kwargs.get("use_cache", True),
         }
+        if "logits_to_keep" in kwargs:  # generate's 1 for the prefill, assisted decoding's candidates + 1
+            inputs["logits_to_keep"] = kwargs["logits_to_keep"]
+        return inputs
 
     def generate(self, inputs: torch.Tensor | None = None, generation_config: Any = None, **kwargs: Any):
         """transformers' ``generate``. With ``cache_implementation="static"``, greedy decoding and sampling
@@ -184,6 +199,31 @@ def check_loading_info(info: dict, source: Any) -> None:
     }
     if problems:
         raise ValueError(f"the weights in {source} do not match its config.json: {problems}")
+
+
+def _logits_at(logits_to_keep: int | torch.Tensor, b: int, n: int, device: torch.device) -> torch.Tensor | None:
+    """transformers' ``logits_to_keep`` as ``LanguageModel.forward``'s ``logits_at`` (B, K), or None for all of
+    the N positions (0, or a k ≥ N). Raises ``ValueError`` for a negative int, a boolean mask, a tensor of
+    another shape, or positions outside [0, N)."""
+    if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int | torch.Tensor):
+        raise ValueError(f"logits_to_keep must be an int or an integer tensor, got {logits_to_keep!r}")
+    if isinstance(logits_to_keep, int):
+        if logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep={logits_to_keep} must be ≥ 0 (0 keeps every position)")
+        if logits_to_keep == 0 or logits_to_keep >= n:
+            return None
+        return torch.arange(n - logits_to_keep, n, device=device).expand(b, -1)
+    keep = logits_to_keep.to(device)
+    if keep.dtype == torch.bool or keep.is_floating_point() or keep.dim() not in (1, 2):
+        raise ValueError(
+            f"logits_to_keep must be integer positions, (K,) for every row or (B, K) per row, got "
+            f"{tuple(keep.shape)} {keep.dtype} (a boolean mask is not supported: give the positions)"
+        )
+    if keep.dim() == 2 and keep.shape[0] != b:
+        raise ValueError(f"logits_to_keep of shape {tuple(keep.shape)} must have B = {b} rows")
+    if keep.numel() and (int(keep.min()) < 0 or int(keep.max()) >= n):
+        raise ValueError(f"logits_to_keep holds positions outside [0, {n}) of the {n} input positions")
+    return keep.expand(b, -1) if keep.dim() == 1 else keep
 
 
 def _new_positions_mask(attention_mask: torch.Tensor, cache: KVCache | None, n: int) -> torch.Tensor | None:
