@@ -22,7 +22,7 @@ def randomise_extras(module: torch.nn.Module) -> None:
 
 
 def run_module(module, x, config):
-    """The layer on ``x`` (B, N, D) at positions 0..N-1, with the RoPE table in x's precision (as the model builds it)."""
+    """The layer on ``x`` (B, N, D) at positions 0..N-1, the RoPE table in x's precision (as the model builds it)."""
     rope = rope_angles(torch.arange(x.shape[1]), config.head_dim, config.rope_theta, x.dtype)
     return module(x, rope)
 
