@@ -66,3 +66,16 @@ def diff_v2_heads(x, q, k, v, w_lambda, w_o, *, theta):
     o = [causal_softmax_head(q[j], k[j // group], v[j // group], theta) for j in range(2 * h)]
     heads = [o[2 * i] - lam[:, i : i + 1] * o[2 * i + 1] for i in range(h)]
     return torch.cat(heads, dim=-1) @ w_o.double()
+
+
+def rms_norm(x, weight, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x²) + eps) · weight over the last dim, float64; ``weight`` None: no scale."""
+    x = x.double()
+    out = x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps)
+    return out if weight is None else out * weight.double()
+
+
+def swiglu(x, w_gate, w_up, w_down) -> torch.Tensor:
+    """(silu(x W_g) ⊙ x W_1) W_2 in float64, with weights in X·W form; silu(z) = z / (1 + e^−z)."""
+    gate = x.double() @ w_gate.double()
+    return (gate / (1 + torch.exp(-gate)) * (x.double() @ w_up.double())) @ w_down.double()

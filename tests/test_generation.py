@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from shareddiff import ModelConfig, build_model
-from shareddiff.generation import filter_logits, generate
+from shareddiff.generation import filter_logits, generate, next_token
 from shareddiff.padding import left_pad
+from tests.conftest import rel_err
 
 
 def test_greedy_generation_equals_naive_argmax_loop(seed):
@@ -63,3 +64,19 @@ def test_bad_prompts_are_refused():
         generate(model, [torch.ones(3, dtype=torch.long), torch.ones(0, dtype=torch.long)], 3)
     with pytest.raises(ValueError, match="the prompt is empty"):
         generate(model, torch.ones(2, 0, dtype=torch.long), 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_sampling_probabilities_are_float32_or_the_logits_float64(seed, dtype, monkeypatch):
+    """Reference: softmax(logits / T) in float64 from the same (rounded) logits. bf16/fp32 logits are sampled from
+    float32 probabilities (≤ 1e-6), float64 logits from float64 ones (≤ 1e-14)."""
+    logits = torch.randn(3, 50).to(dtype)
+    drawn_from = []
+    multinomial = torch.multinomial
+    monkeypatch.setattr(
+        torch, "multinomial", lambda probs, *a, **k: drawn_from.append(probs) or multinomial(probs, *a, **k)
+    )
+    next_token(logits, temperature=0.7)
+    expected = (logits.double() / 0.7).softmax(-1)
+    assert drawn_from[0].dtype == torch.promote_types(dtype, torch.float32)
+    assert rel_err(drawn_from[0], expected) <= (1e-14 if dtype == torch.float64 else 1e-6)

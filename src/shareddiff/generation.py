@@ -125,7 +125,8 @@ def next_token(
     softmax(logits / temperature) restricted by ``filter_logits``."""
     if temperature == 0:
         return logits.argmax(-1)
-    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 logits stay float64
+    probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

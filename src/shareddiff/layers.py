@@ -31,18 +31,23 @@ class RMSNorm(nn.Module):
             nn.init.ones_(self.weight)
 
 
-def rope_angles(positions: Tensor, dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos and sin of the rotary angles, each (..., N, 1, dim/2) in float32 (the 1 broadcasts over heads), for
-    integer ``positions`` (N,) shared by every row or (B, N) per row (padded batches)."""
-    inv_freq = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=torch.float32) / dim)
-    angles = positions.float().view(*positions.shape, 1, 1) * inv_freq
+def rope_angles(positions: Tensor, dim: int, theta: float, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """cos and sin of the rotary angles, each (..., N, 1, dim/2) (the 1 broadcasts over heads), for integer
+    ``positions`` (N,) shared by every row or (B, N) per row (padded batches). ``dtype``: the model's; the
+    table is computed in ``torch.promote_types(dtype, float32)``: float32 for bf16/fp16/fp32 models,
+    float64 for a float64 one (so that float64 references stay float64)."""
+    compute = torch.promote_types(dtype, torch.float32)
+    inv_freq = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=compute) / dim)
+    angles = positions.to(compute).view(*positions.shape, 1, 1) * inv_freq
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate interleaved pairs (x[2j], x[2j+1]) as the official DIFF code does. x: (B, N, H, dim);
-    cos, sin: (N, 1, dim/2) or (B, N, 1, dim/2) from ``rope_angles``."""
-    even, odd = x.float().unflatten(-1, (-1, 2)).unbind(-1)  # (B, N, H, dim/2) each
+    """Rotate interleaved pairs (x[2j], x[2j+1]) as the official DIFF code does, in float32 or wider (the
+    wider of x's and the table's dtypes). x: (B, N, H, dim); cos, sin: (N, 1, dim/2) or (B, N, 1, dim/2)
+    from ``rope_angles``."""
+    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    even, odd = xf.unflatten(-1, (-1, 2)).unbind(-1)  # (B, N, H, dim/2) each
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.flatten(-2).to(x.dtype)
 

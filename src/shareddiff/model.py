@@ -214,7 +214,7 @@ class LanguageModel(nn.Module):
                 f"logits_at must be (B, K) integer positions with B = {b} as input_ids, got "
                 f"{tuple(logits_at.shape)} {logits_at.dtype}"
             )
-        rope = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
+        rope = rope_angles(positions, self.config.head_dim, self.config.rope_theta, self.tok_embeddings.weight.dtype)
         logits = self.forward_blocks(input_ids, rope, cache, mask, logits_at=logits_at)
         if cache is not None:
             cache.advance(n)

@@ -114,7 +114,8 @@ class StaticDecoder:
         self._pad = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # left padding of each row
         self._token_mask = torch.ones(batch_size, self.max_len, dtype=torch.bool, device=device)
         self._key_positions = torch.arange(self.max_len, device=device)
-        self._cos, self._sin = rope_angles(self._key_positions, c.head_dim, c.rope_theta)  # (max_len, 1, d/2) each
+        dtype = self.model.tok_embeddings.weight.dtype  # the table's precision follows the model's, as in forward
+        self._cos, self._sin = rope_angles(self._key_positions, c.head_dim, c.rope_theta, dtype)  # (max_len, 1, d/2)
         for t in (self._tokens, self._position, self._pad, self._token_mask, self._key_positions, self._cos, self._sin):
             torch._dynamo.mark_static_address(t)
 

@@ -5,7 +5,7 @@ import torch
 
 from shareddiff import ModelConfig
 from shareddiff.attention import DiffV2Attention, SharedDiffV2Attention
-from tests.attention.test_diff import run_module
+from tests.attention.test_diff import TOL, run_module
 from tests.conftest import rel_err
 from tests.reference import causal_softmax_head, diff_v2_heads
 
@@ -44,14 +44,11 @@ def query_heads(module, x64, d) -> list[torch.Tensor]:
     return [q for pair in zip(q1, q2, strict=True) for q in pair]
 
 
-@pytest.mark.parametrize("attention", ["diff_v2", "shared_diff_v2"])
-@pytest.mark.parametrize("layout", list(LAYOUTS))
-def test_layer_matches_reference(seed, attention, layout):
-    config, module = make(attention, layout, lowrank_rank=5 if attention == "shared_diff_v2" else None)
-    d, n = config.head_dim, 17
-    x = torch.randn(1, n, config.d_model)
-    x64 = x[0].double()
-    expected = diff_v2_heads(
+def v2_reference(module, x64: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """The DIFF V2 / Shared DIFF V2 layer on one sequence ``x64`` (N, D) in float64, from its parameters and
+    ``reference.py``."""
+    d = config.head_dim
+    return diff_v2_heads(
         x64,
         query_heads(module, x64, d),
         columns(x64 @ dense(module.wk), d),
@@ -60,7 +57,17 @@ def test_layer_matches_reference(seed, attention, layout):
         dense(module.wo),
         theta=config.rope_theta,
     )
-    assert rel_err(run_module(module, x, config)[0], expected) <= 1e-5
+
+
+@pytest.mark.parametrize("attention", ["diff_v2", "shared_diff_v2"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_layer_matches_reference(seed, attention, layout, dtype):
+    """Reference: ``v2_reference`` (float64); float32 within 1e-5, float64 within 1e-12 (λ = sigmoid(X W_λ) too)."""
+    config, module = make(attention, layout, lowrank_rank=5 if attention == "shared_diff_v2" else None)
+    module.to(dtype)
+    x = torch.randn(1, 17, config.d_model, dtype=dtype)
+    assert rel_err(run_module(module, x, config)[0], v2_reference(module, x[0].double(), config)) <= TOL[dtype]
 
 
 def test_lambda_varies_per_token_and_head(seed):

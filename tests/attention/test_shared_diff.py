@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from shareddiff import ModelConfig
 from shareddiff.attention import SharedDiffAttention, SharedDiffHeadsAttention
 from shareddiff.layers import apply_rope, rope_angles
-from tests.attention.test_diff import randomise_extras, run_module
+from tests.attention.test_diff import TOL, randomise_extras, run_module
 from tests.conftest import rel_err
 from tests.reference import depth_lambda_init, differential_heads
 
@@ -49,28 +49,39 @@ def branch_heads(module, x64, name, heads, d, sharing):
     return [x64 @ (base + a[:, i * r : (i + 1) * r] @ b[i]) for i in range(heads)]
 
 
-@pytest.mark.parametrize("name", ["branches", "heads"])
-def test_layer_matches_reference(seed, name):
-    config, module = make(name)
-    h, d, n = config.n_heads, config.head_dim, 17
-    x = torch.randn(1, n, config.d_model)
-    x64 = x[0].double()
-    proj = {b: branch_heads(module, x64, b, h, d, config.base_sharing) for b in ("q1", "q2", "k1", "k2")}
+def shared_diff_reference(module, x64: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """The Shared DIFF layer on one sequence ``x64`` (N, D) in float64: projections from the math of §4
+    (``branch_heads``), the rest from ``reference.py``."""
+    h, h_kv, d = config.n_heads, config.n_kv_heads, config.head_dim
+    heads = {"q": h, "k": h_kv}
+    proj = {b: branch_heads(module, x64, b, heads[b[0]], d, config.base_sharing) for b in ("q1", "q2", "k1", "k2")}
     v = x64 @ module.wv.weight.detach().double().T
-    expected = differential_heads(
+    group = h // h_kv  # GQA: head i reads key/value head i // group
+    norm = module.head_norm
+    return differential_heads(
         x64,
         proj["q1"],
         proj["q2"],
-        proj["k1"],
-        proj["k2"],
-        [v[:, i * 2 * d : (i + 1) * 2 * d] for i in range(h)],
+        [proj["k1"][i // group] for i in range(h)],
+        [proj["k2"][i // group] for i in range(h)],
+        [v[:, (i // group) * 2 * d : (i // group + 1) * 2 * d] for i in range(h)],
         [getattr(module, f"lambda_{k}").detach() for k in ("q1", "k1", "q2", "k2")],
-        depth_lambda_init(2),
-        module.head_norm.weight.detach(),
+        config.lambda_init if config.lambda_init is not None else depth_lambda_init(module.layer_idx),
+        norm.weight.detach() if norm is not None and norm.weight is not None else None,
         module.wo.weight.detach().double().T,
         theta=config.rope_theta,
+        head_norm=norm is not None,
     )
-    assert rel_err(run_module(module, x, config)[0], expected) <= 1e-5
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_layer_matches_reference(seed, name, dtype):
+    """Reference: ``shared_diff_reference`` (float64); float32 within 1e-5, float64 within 1e-12."""
+    config, module = make(name)
+    module.to(dtype)
+    x = torch.randn(1, 17, config.d_model, dtype=dtype)
+    assert rel_err(run_module(module, x, config)[0], shared_diff_reference(module, x[0].double(), config)) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

@@ -27,7 +27,10 @@ def model():
     return build_model(ModelConfig(vocab_size=300, max_seq_len=256)).eval()
 
 
-def test_constrained_decoding_picks_the_highest_total_loglikelihood(seed, model, tiny_tokenizer):
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-4), (torch.float64, 1e-10)])
+def test_constrained_decoding_picks_the_highest_total_loglikelihood(seed, model, tiny_tokenizer, dtype, tol):
+    """Reference: each label's log-likelihood from one uncached forward (float64 log-softmax for a float64 model)."""
+    model = model.to(dtype)
     tok = tiny_tokenizer
     demos = [("please check my data", "check_data"), ("find the module", "find_module")]
     labels = ["check_data", "find_module", "open_file"]
@@ -38,7 +41,7 @@ def test_constrained_decoding_picks_the_highest_total_loglikelihood(seed, model,
             ids = tok.encode(" " + label)
             logp = model(torch.tensor([prompt + ids])).log_softmax(-1)[0]
             by_hand.append(sum(logp[len(prompt) - 1 + i, t].item() for i, t in enumerate(ids)))
-    assert label_scores(model, prompt, [tok.encode(" " + lb) for lb in labels]) == pytest.approx(by_hand, abs=1e-4)
+    assert label_scores(model, prompt, [tok.encode(" " + lb) for lb in labels]) == pytest.approx(by_hand, abs=tol)
     assert classify(model, tok, demos, "check the data", labels) == max(range(3), key=by_hand.__getitem__)
 
 

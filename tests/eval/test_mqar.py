@@ -32,8 +32,9 @@ class FixedLogits(torch.nn.Module):
         return self.logits[x[:, 0]]
 
 
-def test_scores_are_taken_at_the_answers_only(seed):
-    logits = torch.randn(3, 5, 6)
+@pytest.mark.parametrize(("dtype", "rel"), [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_scores_are_taken_at_the_answers_only(seed, dtype, rel):
+    logits = torch.randn(3, 5, 6, dtype=dtype)
     inputs = torch.arange(3)[:, None].expand(3, 5).contiguous()  # row i → logits[i]
     targets = torch.full((3, 5), IGNORE)
     answers = [(0, 1, 2), (0, 4, 5), (1, 0, 3), (2, 2, 0), (2, 3, 4)]  # (row, position, value)
@@ -44,7 +45,7 @@ def test_scores_are_taken_at_the_answers_only(seed):
     nll = [-(logits[b, t].double().log_softmax(-1)[v]).item() for b, t, v in answers]
     hits = [int(logits[b, t].argmax()) == v for b, t, v in answers]
     assert scores["answers"] == 5
-    assert scores["loss"] == pytest.approx(sum(nll) / 5, rel=1e-6)
+    assert scores["loss"] == pytest.approx(sum(nll) / 5, rel=rel)
     assert scores["accuracy"] == sum(hits) / 5 and scores["accuracy"] > 0
 
 

@@ -42,6 +42,29 @@ def test_diffllama_logits_equal(seed, case):
         assert rel_err(exported(ids).logits, model(ids)) <= 1e-4
 
 
+@pytest.mark.parametrize("case", ["diff-gqa", "shared_diff-branches", "shared_diff-heads-gqa"])
+def test_float64_model_exports_float64_projections(seed, case):
+    """A float64 model exports a float64 DiffLlama whose query/key projections (Shared DIFF's merged W + A·B
+    included) give the model's Q1, Q2, K1, K2 to 1e-12, up to DiffLlama's head order and RoPE pair order
+    ((x[2j], x[2j+1]) → (x[j], x[j + d/2])); float32 weights would leave ~1e-7. Its logits agree only to ~1e-7:
+    transformers' DiffLlama itself takes RoPE, λ, softmax and RMSNorm in float32."""
+    config = ModelConfig(d_model=64, vocab_size=120, max_seq_len=64, n_layers=2, **CASES[case])
+    model = trained_looking(build_model(config, dtype=torch.float64)).eval()
+    exported = to_diffllama(model)
+    assert {p.dtype for p in exported.parameters()} == {torch.float64}
+    d = config.head_dim
+    pairs = torch.cat([torch.arange(0, d, 2), torch.arange(1, d, 2)])  # our interleaved pairs, half-split
+    x = torch.randn(2, 9, config.d_model, dtype=torch.float64)
+    with torch.no_grad():
+        for ours, theirs in zip(model.layers, exported.model.layers, strict=True):
+            q1, q2, k1, k2, _ = ours.attention.project_qkv(x)  # (B, N, heads, d) each
+            for proj, first, second in ((theirs.self_attn.q_proj, q1, q2), (theirs.self_attn.k_proj, k1, k2)):
+                expected = torch.cat([first, second], dim=2)[..., pairs]  # sub-heads i and i + heads: Q1_i, Q2_i
+                assert rel_err(proj(x).unflatten(-1, (-1, d)), expected) <= 1e-12
+        ids = torch.randint(0, 120, (2, 17))
+        assert rel_err(exported(ids).logits, model(ids)) <= 1e-5
+
+
 def test_export_cli_round_trip(tmp_path, make_run):
     from shareddiff.cli import main
     from shareddiff.train import load_model, train

@@ -84,6 +84,33 @@ def test_backend_matches_float64_reference(seed, backend, shape, lam_shape, caus
 
 
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[4], SHAPES[5]])
+@pytest.mark.parametrize("masked", [False, True])
+def test_float64_inputs_are_computed_in_float64(seed, backend, shape, masked):
+    """float64 inputs: output (float64) and every gradient, λ's included, ≤ 1e-12 from the float64 reference,
+    causal or with a random mask; the eager maps are float64 too. (A float32 softmax would leave ~1e-7.)"""
+    b, h, h_kv, n, n_k, d = shape
+    inputs = [t.requires_grad_(True) for t in make_inputs(b, h, h_kv, n, n_k, d, (h,), dtype=torch.float64)]
+    mask = None
+    if masked:
+        mask = torch.rand(b, 1, n, n_k) < 0.5
+        mask[..., torch.arange(n), torch.randint(0, n_k, (n,))] = True
+    out = differential_attention(*inputs, causal=not masked, backend=backend, mask=mask)
+    ref_inputs = [t.detach().clone().requires_grad_(True) for t in inputs]
+    ref = reference(*ref_inputs, causal=not masked, mask=mask)
+    assert out.dtype == torch.float64
+    assert rel_err(out, ref) <= 1e-12
+    grad_out = torch.randn_like(ref)
+    out.backward(grad_out)
+    ref.backward(grad_out)
+    for name, t, t64 in zip(("q1", "q2", "k1", "k2", "v", "lam"), inputs, ref_inputs, strict=True):
+        assert rel_err(t.grad, t64.grad) <= 1e-12, f"grad of {name}"
+    if backend == "eager":
+        _, a1, a2 = eager_differential_attention(*inputs, causal=not masked, mask=mask, return_maps=True)
+        assert a1.dtype == a2.dtype == torch.float64
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
 @pytest.mark.parametrize("shape", [(2, 2, 2, 13, 13, 16), (3, 4, 2, 6, 19, 8), (2, 2, 1, 1, 9, 16)])
 def test_mask_matches_float64_reference(seed, backend, shape):
     """A random boolean (B, 1, N, N_k) mask (each query keeps at least one key), forward and gradients."""
@@ -114,6 +141,15 @@ def test_softmax_attention_mask_matches_float64_reference(seed, backend):
     out = softmax_attention(q, k, v, causal=False, backend=backend, mask=mask)
     ref = reference(q, q, k, k, v, 0.0, causal=False, mask=mask)
     assert rel_err(out, ref) <= TOL
+
+
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+def test_softmax_attention_float64_inputs_are_computed_in_float64(seed, backend):
+    """float64 q, k, v (GQA, queries after a cache): the output ≤ 1e-12 from the float64 reference."""
+    q, k, v = (torch.randn(*s, dtype=torch.float64) for s in ((2, 4, 7, 8), (2, 2, 12, 8), (2, 2, 12, 16)))
+    out = softmax_attention(q, k, v, backend=backend)
+    assert out.dtype == torch.float64
+    assert rel_err(out, reference(q, q, k, k, v, 0.0)) <= 1e-12
 
 
 def test_bad_masks_are_named(seed):

@@ -82,6 +82,31 @@ def test_mask_matches_float64_reference(seed, backend, shape):
         differential_v2_attention(q, k, v, lam, mask=mask)
 
 
+@pytest.mark.parametrize("backend", ["eager", "sdpa"])
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[3], SHAPES[4]])
+def test_float64_inputs_are_computed_in_float64(seed, backend, shape):
+    """float64 inputs: output (float64) and gradients ≤ 1e-12 from the float64 reference; the eager maps are
+    float64 and reproduce the output. (A float32 softmax would leave ~1e-7.)"""
+    b, h, h_kv, n, n_k, d = shape
+    q = torch.randn(b, 2 * h, n, d, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(b, h_kv, n_k, d, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    lam = (torch.rand(b, h, n, dtype=torch.float64) * 0.8 + 0.1).requires_grad_(True)
+    out = differential_v2_attention(q, k, v, lam, backend=backend)
+    inputs64 = [t.detach().clone().requires_grad_(True) for t in (q, k, v, lam)]
+    expected = reference(*inputs64)
+    assert out.dtype == torch.float64
+    assert rel_err(out, expected) <= 1e-12
+    grad = torch.randn_like(expected)
+    out.backward(grad)
+    expected.backward(grad)
+    for got, want in zip((q, k, v, lam), inputs64, strict=True):
+        assert rel_err(got.grad, want.grad) <= 1e-12
+    if backend == "eager":
+        _, maps = eager_differential_v2_attention(q, k, v, lam)
+        assert maps.dtype == torch.float64
+        assert rel_err(maps @ v.repeat_interleave(h // h_kv, dim=1), out) <= 1e-12
+
+
 def test_eager_maps_are_the_pair_differences(seed):
     b, h, h_kv, n, d = 2, 4, 2, 9, 8
     q, k, v = torch.randn(b, 2 * h, n, d), torch.randn(b, h_kv, n, d), torch.randn(b, h_kv, n, d)

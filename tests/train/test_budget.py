@@ -69,13 +69,15 @@ def _load(checkpoint):
     return load_model(checkpoint)
 
 
-def test_lambdas_equal_the_closed_form():
+@pytest.mark.parametrize(("dtype", "tol"), [("float32", 1e-6), ("float64", 1e-14)])
+def test_lambdas_equal_the_closed_form(dtype, tol):
+    """Reference: the closed form in float64; a float64 model's λ is float64 (1e-14), a float32 one's float32."""
     import torch
 
     from shareddiff.config import ModelConfig
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig.from_preset("diff-tiny"))
+    model = build_model(ModelConfig.from_preset("diff-tiny"), dtype=getattr(torch, dtype))
     for block, value in zip(model.layers, layer_lambdas(model), strict=True):
         a = block.attention
         expected = (
@@ -83,7 +85,7 @@ def test_lambdas_equal_the_closed_form():
             - math.exp(torch.dot(a.lambda_q2.double(), a.lambda_k2.double()).item())
             + a.lambda_init
         )
-        assert value == pytest.approx(expected, abs=1e-6)
+        assert value == pytest.approx(expected, abs=tol)
     assert layer_lambdas(build_model(ModelConfig.from_preset("transformer-tiny"))) is None
 
 

@@ -6,7 +6,6 @@ import random
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from shareddiff import ModelConfig, build_model
 from shareddiff.data import WindowLoader, load_split
@@ -31,15 +30,19 @@ def hand_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
     return total / weight_sum
 
 
-def test_plain_and_weighted_loss_match_the_hand_computation(seed):
-    logits = torch.randn(3, 4, 7) * 3
+@pytest.mark.parametrize(("dtype", "rel"), [(torch.float32, 1e-6), (torch.bfloat16, 1e-6), (torch.float64, 1e-12)])
+def test_plain_and_weighted_loss_match_the_hand_computation(seed, dtype, rel):
+    """bf16/fp32 logits are computed in float32 (the hand computation reads the same rounded logits), float64
+    logits in float64: 1e-12."""
+    logits = (torch.randn(3, 4, 7) * 3).to(dtype)
     targets = torch.randint(0, 7, (3, 4))
     targets[0, 1] = targets[2, 3] = IGNORE
-    weights = torch.rand(3, 4) * 5
-    assert token_loss(logits, targets).item() == pytest.approx(hand_loss(logits, targets, None), rel=1e-6)
-    assert token_loss(logits, targets, weights).item() == pytest.approx(hand_loss(logits, targets, weights), rel=1e-6)
+    weights = torch.rand(3, 4, dtype=torch.float64 if dtype == torch.float64 else torch.float32) * 5
+    assert token_loss(logits, targets).dtype == torch.promote_types(dtype, torch.float32)
+    assert token_loss(logits, targets).item() == pytest.approx(hand_loss(logits, targets, None), rel=rel)
+    assert token_loss(logits, targets, weights).item() == pytest.approx(hand_loss(logits, targets, weights), rel=rel)
     ones = token_loss(logits, targets, torch.ones(3, 4))
-    assert torch.allclose(ones, token_loss(logits, targets), rtol=1e-6)  # weights of 1 = the plain mean
+    assert torch.allclose(ones, token_loss(logits, targets), rtol=rel)  # weights of 1 = the plain mean
 
 
 def test_answer_weighted_needle_batch(seed, tiny_tokenizer, tiny_data):
@@ -97,9 +100,8 @@ def test_trainer_with_a_weighted_needle_mix_logs_the_probe(make_run):
 @pytest.mark.parametrize("updates", [0, 3])
 def test_loss_at_the_target_positions_equals_the_full_loss(seed, updates):
     """MQAR training computes the head only at each row's answers (``target_positions`` + ``logits_at``): in
-    float64 the loss and every parameter's gradient equal those of the full (B, T, vocab) logits, on fresh
-    MQAR batches (with and without value updates). (``token_loss`` itself works in float32: the float64
-    cross-entropy is used here so that only the head's positions differ.)"""
+    float64 the loss (``token_loss``, in float64 for float64 logits) and every parameter's gradient equal those of
+    the full (B, T, vocab) logits, on fresh MQAR batches (with and without value updates)."""
     from shareddiff.config import MQARConfig
     from shareddiff.data.mqar import mqar_batch
 
@@ -116,7 +118,7 @@ def test_loss_at_the_target_positions_equals_the_full_loss(seed, updates):
     for sparse in (False, True):
         model.zero_grad()
         logits, y = (model(inputs, logits_at=at), targets.gather(1, at)) if sparse else (model(inputs), targets)
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+        loss = token_loss(logits, y)
         loss.backward()
         losses.append(loss.item())
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
@@ -132,5 +134,5 @@ def test_a_row_with_fewer_targets_keeps_the_loss_right(seed):
     at = target_positions(targets, 2)
     picked = logits.gather(1, at[..., None].expand(-1, -1, 5))
     assert token_loss(picked, targets.gather(1, at)).item() == pytest.approx(
-        token_loss(logits, targets).item(), rel=1e-6
+        token_loss(logits, targets).item(), rel=1e-12
     )

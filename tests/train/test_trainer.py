@@ -1,5 +1,6 @@
 """The trainer: it learns, logs, checkpoints, resumes exactly, and refuses bad input with clear errors."""
 
+import contextlib
 import json
 import logging
 import math
@@ -7,11 +8,12 @@ import math
 import pytest
 import torch
 
+from shareddiff import ModelConfig, build_model
 from shareddiff.config import OptimConfig
 from shareddiff.train import TrainingDiverged, latest_checkpoint, load_model, lr_at, train
 from shareddiff.train.checkpoint import list_checkpoints
 from shareddiff.train.metrics import read_metrics
-from shareddiff.train.trainer import build_optimizer
+from shareddiff.train.trainer import build_optimizer, evaluate
 
 
 def losses(run_dir) -> dict[int, float]:
@@ -356,3 +358,14 @@ def test_run_summary_tail_mean_of_the_training_loss():
     assert end.train_loss_tail == pytest.approx(by_hand, rel=1e-12)
     assert end.train_loss == rows[-2]["loss"]  # the last training row (the last row is a validation)
     assert tail_mean_loss(rows[:1]) == rows[0]["loss"] and tail_mean_loss([]) is None
+
+
+@pytest.mark.parametrize(("dtype", "rel"), [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_validation_loss_is_the_mean_next_token_loss(seed, dtype, rel):
+    """Reference: one float64 cross-entropy over every window's logits; a float64 model's loss is float64 throughout."""
+    model = build_model(ModelConfig(vocab_size=40, d_model=32, n_heads=2, n_layers=1, max_seq_len=16), dtype=dtype)
+    windows = torch.randint(0, 40, (5, 13))
+    got = evaluate(model, windows, 2, torch.device("cpu"), contextlib.nullcontext)
+    with torch.no_grad():
+        logits = model(windows[:, :-1]).double().flatten(0, 1)
+    assert got == pytest.approx(torch.nn.functional.cross_entropy(logits, windows[:, 1:].flatten()).item(), rel=rel)

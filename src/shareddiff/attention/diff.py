@@ -47,9 +47,10 @@ class DiffAttentionBase(nn.Module):
         raise NotImplementedError
 
     def lam(self) -> Tensor:
-        """λ = exp(λ_q1·λ_k1) − exp(λ_q2·λ_k2) + λ_init, a float32 scalar."""
-        lam1 = torch.exp(torch.dot(self.lambda_q1.float(), self.lambda_k1.float()))
-        lam2 = torch.exp(torch.dot(self.lambda_q2.float(), self.lambda_k2.float()))
+        """λ = exp(λ_q1·λ_k1) − exp(λ_q2·λ_k2) + λ_init, a scalar in float32 (float64 for a float64 model)."""
+        dtype = torch.promote_types(self.lambda_q1.dtype, torch.float32)
+        lam1 = torch.exp(torch.dot(self.lambda_q1.to(dtype), self.lambda_k1.to(dtype)))
+        lam2 = torch.exp(torch.dot(self.lambda_q2.to(dtype), self.lambda_k2.to(dtype)))
         return lam1 - lam2 + self.lambda_init
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None, mask: Tensor | None = None) -> Tensor:

@@ -51,7 +51,8 @@ class PairedDifferentialAttention(nn.Module):
         v = v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        lam = torch.sigmoid(lam_logits.float()).transpose(1, 2)  # (B, h, N)
+        compute = torch.promote_types(lam_logits.dtype, torch.float32)  # float32, or float64 for a float64 model
+        lam = torch.sigmoid(lam_logits.to(compute)).transpose(1, 2)  # (B, h, N)
         if self.recorder is not None:
             out, maps = eager_differential_v2_attention(q, k, v, lam, causal=mask is None, mask=mask)
             self.recorder.append((maps.detach(),))  # (B, h, N, N_k): λ depends on the token, the map is net

@@ -112,7 +112,7 @@ def attention_eval(
             question_len = len(builder.question_ids(sample.queries))
             with recording(model) as maps:
                 model(torch.tensor([sample.ids], device=device))
-            per_layer = [tuple(m[0].float().cpu() for m in layer) for layer in maps]
+            per_layer = [tuple(m[0].cpu() for m in layer) for layer in maps]  # float32; float64 for a float64 model
             masses.append(
                 attention_mass(
                     per_layer, lambdas, len(sample.ids) - 1, sample.answer_span(), len(sample.ids) - question_len

@@ -144,19 +144,24 @@ def query_ids(tok: Tokenizer, text: str) -> list[int]:
     return tok.encode(f"Input: {text}\nLabel:")
 
 
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """log_softmax over the vocabulary in float32, or float64 for float64 logits."""
+    return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+
+
 @torch.no_grad()
 def label_scores(model, prompt: list[int], labels: list[list[int]]) -> list[float]:
     """Σ log p(label tokens | prompt) for every candidate, sharing the prompt's KV cache."""
     device = next(model.parameters()).device
     longest = max(map(len, labels))
     cache = model.new_cache(len(prompt) + longest)
-    last = model(torch.tensor([prompt], device=device), cache)[0, -1].float().log_softmax(-1)
+    last = _log_probs(model(torch.tensor([prompt], device=device), cache)[0, -1])
     scores = []
     for ids in labels:
         branch = cache.copy()
         score = last[ids[0]].item()
         if len(ids) > 1:
-            logp = model(torch.tensor([ids[:-1]], device=device), branch)[0].float().log_softmax(-1)
+            logp = _log_probs(model(torch.tensor([ids[:-1]], device=device), branch)[0])
             score += sum(logp[i, ids[i + 1]].item() for i in range(len(ids) - 1))
         scores.append(score)
     return scores

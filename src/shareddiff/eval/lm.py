@@ -44,7 +44,8 @@ def lm_loss(model, windows: torch.Tensor, batch_size: int = 8, rare: set[int] | 
     counts = {"all": 0, "ar_hit": 0, "others": 0}
     for i in range(0, len(windows), batch_size):
         rows = windows[i : i + batch_size]
-        logits = model(rows[:, :-1].to(device)).float()
+        logits = model(rows[:, :-1].to(device))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         losses = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten().to(device), reduction="none")
         losses = losses.view(rows.shape[0], -1).cpu()
         masks = torch.from_numpy(np.stack([ar_hit_mask(r.numpy(), rare, vocab) for r in rows]))

@@ -84,12 +84,14 @@ def _rope_rows(w: Tensor, d: int) -> Tensor:
 
 @torch.no_grad()
 def to_diffllama(model: LanguageModel, eos_id: int | None = None) -> DiffLlamaForCausalLM:
-    """A DiffLlamaForCausalLM (float32) whose logits equal ``model``'s; ``eos_id`` (the tokenizer's end of
-    text) ends generation and pads, as in ``wrap(model, eos_id)``."""
+    """A DiffLlamaForCausalLM whose logits equal ``model``'s, in float32 (float64 for a float64 ``model``, whose
+    weights, merged low-rank updates included, are then copied without rounding); ``eos_id`` (the tokenizer's
+    end of text) ends generation and pads, as in ``wrap(model, eos_id)``."""
     _check_exportable(model)
     c = model.config
     d = c.head_dim
-    out = DiffLlamaForCausalLM(diffllama_config(model, eos_id)).float().eval()
+    dtype = torch.promote_types(model.tok_embeddings.weight.dtype, torch.float32)
+    out = DiffLlamaForCausalLM(diffllama_config(model, eos_id)).to(dtype).eval()
     out.generation_config.bos_token_id = None
     out.generation_config.eos_token_id = out.generation_config.pad_token_id = eos_id
     target = out.model
@@ -99,7 +101,7 @@ def to_diffllama(model: LanguageModel, eos_id: int | None = None) -> DiffLlamaFo
         out.lm_head.weight.copy_(model.output.weight)
     for ours, theirs in zip(model.layers, target.layers, strict=True):
         att, tatt = ours.attention, theirs.self_attn
-        q1, q2, k1, k2 = (w.float() for w in qk_weights(att))
+        q1, q2, k1, k2 = (w.to(dtype) for w in qk_weights(att))
         tatt.q_proj.weight.copy_(_rope_rows(torch.cat([q1, q2], dim=1).t(), d))
         tatt.k_proj.weight.copy_(_rope_rows(torch.cat([k1, k2], dim=1).t(), d))
         v = att.wv.weight.unflatten(0, (c.n_kv_heads, 2, d))  # (h_kv, {first, second half}, d, D)

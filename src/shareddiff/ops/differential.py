@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -111,26 +112,28 @@ def differential_attention(
 
 @register_backend("eager")
 def eager_differential_attention(q1, q2, k1, k2, v, lam, causal=True, mask=None, return_maps=False):
-    """Reference: both attention maps materialised, softmax in float32.
+    """Reference: both attention maps materialised, softmax in float32 (float64 for float64 inputs:
+    ``torch.promote_types(q1.dtype, float32)``).
 
-    With ``return_maps=True`` returns ``(out, A1, A2)``, the maps of shape (B, h, N, N_k) in float32,
+    With ``return_maps=True`` returns ``(out, A1, A2)``, the maps of shape (B, h, N, N_k) in that dtype,
     for analysis (the differential map is ``A1 − λ·A2``).
     """
     h, d = q1.shape[1], q1.shape[-1]
+    compute = torch.promote_types(q1.dtype, torch.float32)
     k1, k2, v = (expand_kv(t, h) for t in (k1, k2, v))
     scale = 1.0 / math.sqrt(d)
     if causal:
         mask = causal_mask(q1.shape[2], k1.shape[2], q1.device)
 
     def attention_map(q: Tensor, k: Tensor) -> Tensor:
-        scores = (q.float() @ k.float().transpose(-1, -2)) * scale  # (B, h, N, N_k)
+        scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) * scale  # (B, h, N, N_k)
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         return scores.softmax(dim=-1)
 
     a1, a2 = attention_map(q1, k1), attention_map(q2, k2)
     lam_f = _lam_view(lam, h, a1)
-    out = ((a1 - lam_f * a2) @ v.float()).to(v.dtype)
+    out = ((a1 - lam_f * a2) @ v.to(compute)).to(v.dtype)
     return (out, a1, a2) if return_maps else out
 
 

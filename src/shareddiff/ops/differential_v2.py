@@ -61,8 +61,8 @@ def differential_v2_attention(
 def eager_differential_v2_attention(
     q: Tensor, k: Tensor, v: Tensor, lam: Tensor, causal: bool = True, mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Reference path returning ``(out, M)`` with the float32 differential maps M_i = A_{2i} − λ_i ⊙ A_{2i+1}:
-    (B, h, N, N_k), λ applied per query row."""
+    """Reference path returning ``(out, M)`` with the differential maps M_i = A_{2i} − λ_i ⊙ A_{2i+1}:
+    (B, h, N, N_k) in the maps' float32 (float64 for float64 inputs), λ applied per query row."""
     _check_shapes(q, k, v, lam)
     out, maps = eager_softmax_attention(q, k, v, causal, mask)
-    return _pair_difference(out, lam), _pair_difference(maps, lam.float())
+    return _pair_difference(out, lam), _pair_difference(maps, lam)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -18,8 +19,9 @@ def softmax_attention(
 
     ``mask``: as in ``differential_attention`` (bool (B or 1, h or 1, N, N_k), True where allowed; it
     replaces the causal mask, so ``causal`` must be False). ``backend``: "eager" materialises the map
-    (float32 softmax); "sdpa" and "auto" call ``F.scaled_dot_product_attention``. Raises ``ValueError``
-    for any other name ("triton" is the fused kernel of ``differential_attention`` only) and for a bad mask.
+    (softmax in float32, float64 for float64 inputs); "sdpa" and "auto" call ``F.scaled_dot_product_attention``.
+    Raises ``ValueError`` for any other name ("triton" is the fused kernel of ``differential_attention`` only)
+    and for a bad mask.
     """
     check_backend(backend, softmax_backends(), "backend", "softmax_attention (standard, diff_v2, shared_diff_v2)")
     check_mask(mask, causal, q, k.shape[2])
@@ -37,13 +39,15 @@ def softmax_attention(
 def eager_softmax_attention(
     q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
-    """Reference path returning ``(out, A)`` with the float32 attention map A: (B, h, N, N_k)."""
+    """Reference path returning ``(out, A)`` with the attention map A: (B, h, N, N_k) in float32 (float64 for
+    float64 inputs: ``torch.promote_types(q.dtype, float32)``)."""
     h = q.shape[1]
     k, v = expand_kv(k, h), expand_kv(v, h)
-    scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(q.shape[-1])
+    compute = torch.promote_types(q.dtype, torch.float32)
+    scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if causal:
         mask = causal_mask(q.shape[2], k.shape[2], q.device)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     attn = scores.softmax(dim=-1)
-    return (attn @ v.float()).to(v.dtype), attn
+    return (attn @ v.to(compute)).to(v.dtype), attn

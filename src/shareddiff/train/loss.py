@@ -14,11 +14,12 @@ def token_loss(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -
     Σ_t w_t·ℓ_t / Σ_t w_t over those targets (the convention of ``F.cross_entropy``'s class weights), so
     weights of 1 give the plain mean and a weight W on a token counts it W times.
 
-    ``logits``: (B, T, V), any float dtype (computed in float32); ``targets``: (B, T) int64;
-    ``weights``: (B, T) non-negative, or None. NaN when no target carries weight (no check here: that
+    ``logits``: (B, T, V), any float dtype (computed in float32; float64 logits in float64); ``targets``: (B, T)
+    int64; ``weights``: (B, T) non-negative, or None. NaN when no target carries weight (no check here: that
     would cost a device sync per micro-batch; the trainer's divergence check reports it).
     """
-    flat_logits, flat_targets = logits.float().flatten(0, 1), targets.flatten()
+    flat_logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, 1)
+    flat_targets = targets.flatten()
     if weights is None:
         return F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE)
     losses = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE, reduction="none")

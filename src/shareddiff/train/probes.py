@@ -36,7 +36,8 @@ def mqar_scores(
         with autocast():
             logits = model(x)
         answer = y != IGNORE
-        picked = logits[answer].float()  # (answers, V)
+        picked = logits[answer]  # (answers, V), in float32 (float64 for a float64 model)
+        picked = picked.to(torch.promote_types(picked.dtype, torch.float32))
         loss_sum += F.cross_entropy(picked, y[answer], reduction="sum").item()
         correct += int((picked.argmax(-1) == y[answer]).sum())
         count += int(answer.sum())

@@ -130,7 +130,8 @@ def evaluate(model, windows: torch.Tensor, micro_batch: int, device: torch.devic
         rows = windows[i : i + micro_batch].to(device)
         with autocast():
             logits = model(rows[:, :-1])
-        total += F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten(), reduction="sum").item()
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, 1)
+        total += F.cross_entropy(logits, rows[:, 1:].flatten(), reduction="sum").item()
         count += rows[:, 1:].numel()
     model.train()
     return total / count
