@@ -90,7 +90,7 @@ def pieces(dry: bool = False) -> list[Piece]:
 
 
 MODE_OVERRIDES = {
-    "eager": [],
+    "eager": ["train.compile=false"],  # the recipe compiles
     "compiled": ["train.compile=true"],
     "cudagraphs": ["train.compile=true", "train.compile_mode=reduce-overhead"],
 }
