@@ -201,6 +201,26 @@ def test_empty_input_is_refused_through_generate():
         wrapped.generate(torch.zeros(1, 0, dtype=torch.long), max_new_tokens=2, do_sample=False)
 
 
+@pytest.mark.parametrize("assisted", ["assistant_model", "prompt_lookup_num_tokens", "generation_config"])
+def test_assisted_decoding_is_refused_by_name(seed, assisted):
+    """Assisted decoding needs a transformers Cache it can crop; the model's KVCache is not one, so the call is
+    refused by name (transformers itself would fail with "Assisted decoding requires a cache"), however it is
+    asked for; the same call without it decodes greedily."""
+    model, wrapped = tiny_wrapped("shared_diff")
+    ids = torch.randint(0, 512, (1, 7))
+    extra = {
+        "assistant_model": {"assistant_model": tiny_wrapped("transformer")[1]},
+        "prompt_lookup_num_tokens": {"prompt_lookup_num_tokens": 2},
+        "generation_config": {},
+    }[assisted]
+    if assisted == "generation_config":
+        wrapped.generation_config.prompt_lookup_num_tokens = 2
+    with pytest.raises(ValueError, match=r"assisted decoding \(assistant_model, prompt_lookup_num_tokens.*greedily"):
+        wrapped.generate(ids, max_new_tokens=4, do_sample=False, **extra)
+    wrapped.generation_config.prompt_lookup_num_tokens = None
+    assert torch.equal(wrapped.generate(ids, max_new_tokens=4, do_sample=False), generate(model, ids, 4, temperature=0))
+
+
 def test_trainer_gradient_accumulation_equals_one_large_batch(seed, tmp_path):
     """Reference: one SGD step on the whole batch of 4 (GA = 1); GA = 4 × micro-batch 1 must give the same
     parameters (≤ 1e-6) and the same logged loss. Sequences of different lengths, right-padded with label -100,

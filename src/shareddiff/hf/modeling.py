@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.generation import GenerationMode
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from shareddiff.config import ModelConfig
@@ -159,7 +160,7 @@ class ShareddiffForCausalLM(PreTrainedModel, GenerationMixin):
             "cache": cache,
             "use_cache": kwargs.get("use_cache", True),
         }
-        if "logits_to_keep" in kwargs:  # generate's 1 for the prefill, assisted decoding's candidates + 1
+        if "logits_to_keep" in kwargs:  # generate's 1: the prefill's head at its last position only
             inputs["logits_to_keep"] = kwargs["logits_to_keep"]
         return inputs
 
@@ -168,7 +169,16 @@ class ShareddiffForCausalLM(PreTrainedModel, GenerationMixin):
         (temperature, top-k, top-p) run the project's ``StaticDecoder``, compiled on CUDA as transformers
         compiles its static cache; other arguments fall back to transformers' loop (``hf/static_generate.py``).
         Raises ``ValueError`` naming the prompt rows whose ``attention_mask`` has padding after or between tokens
-        (checked here, before beam search or ``num_return_sequences`` repeat the rows)."""
+        (checked here, before beam search or ``num_return_sequences`` repeat the rows), and for assisted decoding
+        (``assistant_model``, ``prompt_lookup_num_tokens``, ``assistant_early_exit``, ``use_mtp``): transformers
+        crops its own ``Cache`` after rejecting draft tokens, and the model keeps the project's ``KVCache``."""
+        config, _ = self._prepare_generation_config(generation_config, **kwargs)
+        if config.get_generation_mode(kwargs.get("assistant_model")) == GenerationMode.ASSISTED_GENERATION:
+            raise ValueError(
+                "assisted decoding (assistant_model, prompt_lookup_num_tokens, assistant_early_exit or use_mtp) is not "
+                "supported: transformers needs a Cache it can crop after rejecting draft tokens, and shareddiff models "
+                "keep their own KVCache; decode greedily, by sampling or by beam search instead"
+            )
         mask = kwargs.get("attention_mask")
         if isinstance(mask, torch.Tensor) and mask.dim() == 2:
             check_token_mask(mask.bool(), cached=True)
