@@ -81,7 +81,7 @@ for p in "${paths[@]}"; do [ -e "$p" ] && existing+=("$p"); done
 if [ ${#existing[@]} -gt 0 ]; then
     tar czf "$out/$name-records.tgz" --exclude=checkpoints --exclude=tensorboard --exclude=.lock "${existing[@]}"
 fi
-grep -h "val loss\|failed\|finished\|Error\|budget of\|killing" "$out/$name.log" | tail -n 40
+grep -h "val loss\|failed\|finished\|Error\|^error:\|budget of\|killing" "$out/$name.log" | tail -n 40
 if [ "$stopped" -eq 0 ] && [ "$code" -ne 0 ]; then
     echo "error: the reproduce command failed (exit $code); see $out/$name.log" >&2
     exit "$code"

@@ -115,7 +115,7 @@ FAKE_PYTHON = """#!/usr/bin/env bash
 if [ "$1" = "-c" ]; then echo "torch 0.fake"; exit 0; fi
 trap 'echo INT >>"$MARK"; exit 130' INT
 echo "started" >>"$MARK"
-[ -n "${FAIL:-}" ] && exit "$FAIL"
+[ -n "${FAIL:-}" ] && { echo "error: no run named so" >&2; exit "$FAIL"; }
 sleep 300 & wait $!
 """
 
@@ -159,6 +159,7 @@ def test_a_failed_reproduce_command_exits_nonzero(tmp_path):
     result = _reproduce(tmp_path, 100, {"PYTHON": str(_fake_python(tmp_path)), "FAIL": "3"})
     assert result.returncode == 3
     assert "the reproduce command failed (exit 3)" in result.stderr
+    assert "error: no run named so" in result.stdout  # the command's own error, not only "see the log"
 
 
 def test_a_python_without_torch_fails_fast(tmp_path):
