@@ -1055,3 +1055,26 @@ def test_run_patterns_select_a_piece_of_a_grid(capsys):
     assert main(["reproduce", "mqar", "--run", "shared_diff-n512-*-d_model256-*", "--list"]) in (0, None)
     rows = capsys.readouterr().out.split("---\n")[-1].splitlines()
     assert len(rows) == 4 and all(row.startswith("shared_diff-n512-p64-lr") for row in rows)
+
+
+def test_run_patterns_that_select_nothing_say_why():
+    """A list in one --run, quotes kept inside a pattern, and a pattern that matches nothing are each named; a large
+    grid's error lists its first 20 runs and the command that lists them all, not all 144."""
+    exp = load_experiment("mqar")
+    for bad, why in (
+        ("*-n64-p4-*,*-n128-*", "give each name or pattern its own --run"),
+        ("*-n64-p4-* *-n128-*", "give each name or pattern its own --run"),
+        ("transformer-n64-p4-lr0.001-d_model64-s1,diff-n64-p4-lr0.001-d_model64-s1", "its own --run"),
+        ("'*-n64-p4-*'", "its quotes are part of it"),
+        ('"transformer-n64-p4-lr0.001-d_model64-s1"', "its quotes are part of it"),
+    ):
+        with pytest.raises(ValueError, match=why):
+            exp.select([bad])
+    with pytest.raises(ValueError) as err:
+        exp.select(["*-n1024-*"])
+    message = str(err.value)
+    assert "its own --run" not in message and "quotes" not in message
+    assert message.count("-s1") == 20 and message.endswith("(144 runs; `shareddiff reproduce mqar --list` lists them)")
+    short = load_experiment("retrieval")
+    with pytest.raises(ValueError, match="no run 'x'; its runs are: transformer-s1, diff-s1, shared_diff-s1$"):
+        short.run("x")  # a short list stays whole

@@ -108,13 +108,13 @@ class Experiment:
         for spec in self.runs:
             if spec.name == name:
                 return spec
-        raise ValueError(f"experiment {self.name!r} has no run {name!r}; its runs are: {self.run_names()}")
+        raise self._selects_nothing(f"no run {name!r}", name)
 
     def select(self, patterns: list[str] | None) -> list[RunSpec]:
         """The runs named by ``patterns`` (all of them for None or []), in the experiment's order: each an exact
         run name or a shell-style pattern (``fnmatch``: ``*``, ``?``, ``[...]``), e.g. ``"*-n64-p4-*"`` for
         one MQAR cell, so that a large grid runs in pieces. Raises ``ValueError`` naming a pattern that
-        matches no run, with the experiment's run names."""
+        matches no run (and a list or quotes given inside one pattern), with the experiment's run names."""
         if not patterns:
             return list(self.runs)
         chosen: set[str] = set()
@@ -124,14 +124,29 @@ class Experiment:
                 continue
             matched = {s.name for s in self.runs if fnmatch.fnmatchcase(s.name, pattern)}
             if not matched:
-                raise ValueError(
-                    f"experiment {self.name!r} has no run matching {pattern!r}; its runs are: {self.run_names()}"
-                )
+                raise self._selects_nothing(f"no run matching {pattern!r}", pattern)
             chosen |= matched
         return [s for s in self.runs if s.name in chosen]
 
-    def run_names(self) -> str:
-        return ", ".join(s.name for s in self.runs)
+    def run_names(self, limit: int | None = None) -> str:
+        """The run names, comma-separated; beyond ``limit`` of them the first ``limit`` and the command listing all."""
+        names = [s.name for s in self.runs]
+        if limit is None or len(names) <= limit:
+            return ", ".join(names)
+        return (
+            f"{', '.join(names[:limit])}, ... ({len(names)} runs; `shareddiff reproduce {self.name} --list` lists them)"
+        )
+
+    def _selects_nothing(self, what: str, pattern: str) -> ValueError:
+        """The error for a --run name or pattern that selects no run: what went wrong where it shows (several
+        names in one argument, quotes kept inside it), then the run names (the first 20 of a large grid)."""
+        hints = []
+        if "," in pattern or any(c.isspace() for c in pattern.strip()):
+            hints.append("give each name or pattern its own --run (--run 'A' --run 'B'), not a list in one")
+        if any(c in pattern for c in "'\""):
+            hints.append("its quotes are part of it: quote a pattern once, for the shell only (--run '*-n64-*')")
+        hint = "".join(f"; {h}" for h in hints)
+        return ValueError(f"experiment {self.name!r} has {what}{hint}; its runs are: {self.run_names(limit=20)}")
 
 
 def repro_dirs() -> list[Path]:
