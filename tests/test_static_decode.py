@@ -93,13 +93,29 @@ def test_compiled_step_compiles_once(seed):
     assert counters["stats"]["unique_graphs"] == after_two
 
 
+def without_triton_interpreter(monkeypatch) -> None:
+    """Let inductor's CUDA kernels compile for the GPU in this test: conftest sets TRITON_INTERPRET=1 for the
+    session (the project's own kernel runs on the CPU interpreter), and inductor's generated Triton kernels would
+    then run in that interpreter on CUDA tensors and fail. Triton reads the variable when each kernel is defined
+    (``triton.jit`` asks ``knobs.runtime.interpret``, which reads the process environment at that moment), and
+    inductor defines its kernels when it compiles, so removing the variable before compiling suffices in this
+    process; the compile stays in this process (``compile_threads=1``) because a worker pool started earlier in
+    the session would have inherited the variable."""
+    import torch._inductor.config
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("compile", [False, True], ids=["eager-step", "compiled-step"])
-def test_cuda_graph_decode_equals_reference(seed, compile):
+def test_cuda_graph_decode_equals_reference(seed, compile, monkeypatch):
     """cuda_graph=True (the step captured once, then replayed; inductor without its own CUDA graphs when
     compiled): logits ≤ 1e-5 from the reference decode in float32 over 40 steps of a left-padded batch, the same
     greedy tokens, and the same again for a new prompt (the captured graph reused) and a new batch size (a new
     capture)."""
+    if compile:
+        without_triton_interpreter(monkeypatch)
     model = build_model(ModelConfig.from_preset("shared_diff-tiny"), device="cuda").eval()
     decoder = StaticDecoder(model, max_len=64, compile=compile, cuda_graph=True)
     ids, mask = (t.cuda() for t in _batch(model.config.vocab_size, padded=True))
