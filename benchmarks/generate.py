@@ -31,9 +31,9 @@ error e_ref (the largest relative error ‖ref − exact‖ / ‖exact‖ over t
   steps and rows), a gap that no logit error within that budget can close; near-ties may flip, and are counted
   (as are the reference decode's own flips).
 
-On CUDA each row also records how many compiled graphs ran without CUDA graphs (``cudagraph_skips``; 0 expected). Every row is printed when measured and the JSON
-result rewritten, so a run cut short keeps what it measured; ``--budget-s`` skips the rows that would start
-after that many seconds. The exit status is 1 if a check failed.
+On CUDA each row also records how many compiled graphs ran without CUDA graphs (``cudagraph_skips``; 0 expected).
+Every row is printed when measured and the JSON result rewritten, so a run cut short keeps what it measured;
+``--budget-s`` skips the rows that would start after that many seconds. The exit status is 1 if a check failed.
 """
 
 from __future__ import annotations
@@ -92,8 +92,8 @@ def compare_logits(steps: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tenso
     decoder's worst step's relative error against the exact logits; ``reference_rel_err``: the reference decode's;
     ``ok``: the first ≤ ``factor`` × the second and no decisive argmax disagreement with the exact logits
     (one whose exact top-1 − top-2 margin exceeds twice the budget, ``factor`` × the reference decode's largest
-    absolute logit error over all steps and rows). Also the decoder's error against the reference decode itself, the argmax agreement over
-    all (step, row) pairs, the flips, and the reference decode's own flips."""
+    absolute logit error over all steps and rows). Also the decoder's error against the reference decode itself,
+    the argmax agreement over all (step, row) pairs, the flips, and the reference decode's own flips."""
     errors, ref_errors, errors_vs_ref, ref_abs = [], [], [], []
     agree, margins, ref_flips = [], [], 0
     for exact, ref, got in steps:
