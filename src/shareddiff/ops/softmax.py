@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from shareddiff.ops.backends import check_backend, softmax_backends
-from shareddiff.ops.common import causal_mask, check_mask, expand_kv
+from shareddiff.ops.common import apply_mask, causal_mask, check_mask, expand_kv
 
 
 def softmax_attention(
@@ -16,8 +16,8 @@ def softmax_attention(
 ) -> Tensor:
     """softmax(q kᵀ/√d + mask) v. q: (B, h, N, d); k, v: (B, h_kv, N_k, ·); queries are the last N keys.
 
-    ``mask``: as in ``differential_attention`` (bool (B or 1, h or 1, N, N_k), True where allowed; it
-    replaces the causal mask, so ``causal`` must be False). ``backend``: "eager" materialises the map
+    ``mask``: as in ``differential_attention`` (bool (B or 1, h or 1, N, N_k), True where allowed, or additive
+    in q's dtype; it replaces the causal mask, so ``causal`` must be False). ``backend``: "eager" materialises the map
     (float32 softmax); "sdpa" and "auto" call ``F.scaled_dot_product_attention``. Raises ``ValueError``
     for any other name ("triton" is the fused kernel of ``differential_attention`` only) and for a bad mask.
     """
@@ -44,6 +44,6 @@ def eager_softmax_attention(
     if causal:
         mask = causal_mask(q.shape[2], k.shape[2], q.device)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = apply_mask(scores, mask)
     attn = scores.softmax(dim=-1)
     return (attn @ v.float()).to(v.dtype), attn
