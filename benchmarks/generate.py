@@ -18,6 +18,11 @@ batch × new tokens / wall time of one whole ``generate`` call (prefill included
 - hf, hf-static: ``DiffLlamaForCausalLM.generate`` of the exported model (diff and shared_diff only), with
   transformers' dynamic cache, or its ``cache_implementation="static"`` (which transformers compiles on a GPU).
 
+The decoder modes run with ``--fusion``: fused (the default, ``StaticDecoder(fused=True)``: each layer's weights
+merged once, one GEMM for the attention inputs and one for gate and up) and/or unfused (the model's modules), a
+row each; ``--inductor-option KEY=VALUE`` (repeatable) hands options to inductor in the compiled modes (e.g.
+gpt-fast's ``coordinate_descent_tuning=True``).
+
 Before timing a decoder (every mode but eager, static and the transformers ones), its logits are checked on the same
 device, teacher-forced for up to ``CHECK_STEPS`` steps over a left-padded batch at batch > 1. Rounding is judged
 against rounding: the same weights in the next wider float type (float32 for a bfloat16 model, float64 for a
@@ -39,6 +44,7 @@ Every row is printed when measured and the JSON result rewritten, so a run cut s
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import statistics
 import sys
@@ -168,17 +174,26 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, list[float]]:
     return warmup, times
 
 
-def generation_call(mode: str, model, prompt: torch.Tensor, new: int, compile_backend: str):
+def decoder_settings(mode: str, fused: bool, args) -> dict:
+    """The StaticDecoder keyword arguments of a decoder mode's row: the mode's, ``fused``, the compile backend, and
+    ``--inductor-option`` as ``compile_options`` where inductor compiles."""
+    settings = {**DECODER_MODES[mode], "fused": fused, "backend": args.compile_backend}
+    if settings.get("compile") and args.compile_backend == "inductor" and args.inductor_option:
+        settings["compile_options"] = dict(args.inductor_option)
+    return settings
+
+
+def generation_call(mode: str, model, prompt: torch.Tensor, new: int, compile_backend: str, settings: dict):
     """(a function running one greedy generation of ``new`` tokens in ``mode``, its StaticDecoder or None), or
     None where ``mode`` does not apply to the model (the DiffLlama export of a non-differential model, CUDA
-    graphs off CUDA)."""
+    graphs off CUDA). ``settings``: a decoder mode's StaticDecoder arguments (``decoder_settings``)."""
     total = prompt.shape[1] + new
     if mode == "eager":
         return (lambda: generate(model, prompt, new, temperature=0)), None
     if mode in DECODER_MODES:
-        if DECODER_MODES[mode].get("cuda_graph") and prompt.device.type != "cuda":
+        if settings.get("cuda_graph") and prompt.device.type != "cuda":
             return None
-        decoder = StaticDecoder(model, total, backend=compile_backend, **DECODER_MODES[mode])
+        decoder = StaticDecoder(model, total, **settings)
         return (lambda: generate(model, prompt, new, temperature=0, decoder=decoder)), decoder
     from shareddiff.hf import to_diffllama, wrap
 
@@ -201,14 +216,22 @@ def generation_call(mode: str, model, prompt: torch.Tensor, new: int, compile_ba
     return (lambda: hf_model.generate(prompt, attention_mask=mask, max_new_tokens=new, do_sample=False, **kwargs)), None
 
 
-def bench_row(family: str, size: str, mode: str, batch: int, args, device, dtype, model, exact) -> dict | None:
-    """One timed row; a decoder mode's is checked first against ``exact`` (``exact_model(model)``)."""
+def bench_row(
+    family: str, size: str, mode: str, fused: bool | None, batch: int, args, device, dtype, model, exact
+) -> dict | None:
+    """One timed row (``fused``: a decoder mode's weights, None for the others); a decoder mode's is checked
+    first against ``exact`` (``exact_model(model)``)."""
     prompt = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), device=device)
-    call = generation_call(mode, model, prompt, args.new_tokens, args.compile_backend)
+    settings = decoder_settings(mode, fused, args) if mode in DECODER_MODES else {}
+    call = generation_call(mode, model, prompt, args.new_tokens, args.compile_backend, settings)
     if call is None:
         return None
     fn, decoder = call
     row = {"preset": f"{family}-{size}", "mode": mode, "batch": batch, "dtype": str(dtype).split(".")[-1]}
+    if mode in DECODER_MODES:
+        row["fusion"] = "fused" if fused else "unfused"
+        if "compile_options" in settings:
+            row["compile_options"] = settings["compile_options"]
     skips = counters["inductor"]["cudagraph_skips"]
     if mode in CHECKED_MODES:  # the check compiles/captures the step (the timing's shapes)
         start = time.perf_counter()
@@ -245,8 +268,17 @@ def describe(row: dict) -> str:
     if row.get("cudagraph_skips"):
         verdict += f"  CUDA graphs skipped {row['cudagraph_skips']}x (see the log above)"
     return (
-        f"{row['preset']:20s} {row['mode']:14s} batch {row['batch']:3d}: {row['tokens_per_s']:10,.1f} tok/s  "
+        f"{row['preset']:20s} {label(row):22s} batch {row['batch']:3d}: {row['tokens_per_s']:10,.1f} tok/s  "
         f"{row['ms_per_step']:8.2f} ms/step  warm-up {row['warmup_s']:6.1f} s{verdict}"
+    )
+
+
+def label(row: dict) -> str:
+    """The row's mode, with "unfused" for a decoder on the model's modules and "+options" for inductor options."""
+    return (
+        row["mode"]
+        + (" unfused" if row.get("fusion") == "unfused" else "")
+        + (" +options" if row.get("compile_options") else "")
     )
 
 
@@ -291,7 +323,7 @@ def host_work(prof, new: int) -> dict:
     }
 
 
-def profile_generation(mode: str, model, batch: int, args, device: torch.device) -> dict:
+def profile_generation(mode: str, fused: bool | None, model, batch: int, args, device: torch.device) -> dict:
     """PyTorch profiler over one greedy ``generate`` call in ``mode`` (eager or a decoder mode; an EOS id that never
     comes, so that the stop check runs), after a warm-up call: per new token, the wall time, the host work
     (``host_work``), CUDA kernel and graph launches, the GPU's kernel time, and the share of the wall time
@@ -304,7 +336,7 @@ def profile_generation(mode: str, model, batch: int, args, device: torch.device)
     prompt = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), device=device)
     decoder = None
     if mode in DECODER_MODES:
-        decoder = StaticDecoder(model, args.prompt_len + new, backend=args.compile_backend, **DECODER_MODES[mode])
+        decoder = StaticDecoder(model, args.prompt_len + new, **decoder_settings(mode, fused, args))
     eos = model.config.vocab_size  # outside the vocabulary: never produced
 
     def call():
@@ -330,6 +362,7 @@ def profile_generation(mode: str, model, batch: int, args, device: torch.device)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
     return {
         "mode": mode,
+        **({"fusion": "fused" if fused else "unfused"} if mode in DECODER_MODES else {}),
         "ms_per_token": wall / new * 1e3,
         **host_work(prof, new),
         "cuda_kernels_per_token": count("cudaLaunchKernel", "cuLaunchKernel") if on_cuda else None,
@@ -340,6 +373,17 @@ def profile_generation(mode: str, model, batch: int, args, device: torch.device)
             e.key: e.self_cpu_time_total / new / 1e3 for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
         },
     }
+
+
+def inductor_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → (key, value), the value a Python literal (True, 1, 0.5, 'x') or else the text itself."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. coordinate_descent_tuning=True), got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -355,6 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on the CPU")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled modes")
+    parser.add_argument(
+        "--fusion",
+        nargs="+",
+        choices=["fused", "unfused"],
+        default=["fused"],
+        help="decoder modes: merged weights (fused) and/or the model's modules (unfused), a row each",
+    )
+    parser.add_argument(
+        "--inductor-option",
+        action="append",
+        type=inductor_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="an inductor option for the compiled modes (torch.compile options=), e.g. "
+        "coordinate_descent_tuning=True; repeatable",
+    )
     parser.add_argument("--budget-s", type=float, default=None, help="start no row after this many seconds")
     parser.add_argument("--profile", action="store_true", help="profile the eager/decoder modes instead of timing")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs)")
@@ -368,6 +428,7 @@ def main() -> int:
     if args.smoke:
         args.size, args.batch, args.prompt_len, args.new_tokens, args.repeats = "tiny", [1, 3], 9, 6, 1
         args.modes = list(MODES) if args.modes == parser.get_default("modes") else args.modes
+        args.fusion = ["fused", "unfused"] if args.fusion == parser.get_default("fusion") else args.fusion
         if args.compile_backend == parser.get_default("compile_backend"):
             args.compile_backend = "aot_eager"  # seconds instead of a minute of C++ compiles per graph
     if args.threads:
@@ -390,21 +451,21 @@ def main() -> int:
         exact = exact_model(model) if checked else None
         if args.profile:
             for batch in args.batch:
-                for mode in [m for m in args.modes if m == "eager" or m in DECODER_MODES]:
+                for mode, fused in row_plan([m for m in args.modes if m == "eager" or m in DECODER_MODES], args):
                     if DECODER_MODES.get(mode, {}).get("cuda_graph") and device.type != "cuda":
                         continue
                     result = {"preset": f"{family}-{args.size}", "batch": batch}
-                    result.update(profile_generation(mode, model, batch, args, device))
+                    result.update(profile_generation(mode, fused, model, batch, args, device))
                     rows.append(result)
                     print({k: v for k, v in result.items() if k != "top_ops_self_ms_per_token"}, flush=True)
                     path = write_result(name, payload, args.out) if path is None else _rewrite(path, payload)
             continue
         for batch in args.batch:
-            for mode in args.modes:
+            for mode, fused in row_plan(args.modes, args):
                 if args.budget_s is not None and time.perf_counter() - began > args.budget_s:
                     print(f"{family}-{args.size} {mode} batch {batch}: skipped (--budget-s)", flush=True)
                     continue
-                row = bench_row(family, args.size, mode, batch, args, device, dtype, model, exact)
+                row = bench_row(family, args.size, mode, fused, batch, args, device, dtype, model, exact)
                 if row is None:
                     continue
                 failures += bool(row.get("check") and not row["check"]["ok"])
@@ -420,6 +481,12 @@ def main() -> int:
     return 1 if failures else 0
 
 
+def row_plan(modes: list[str], args) -> list[tuple[str, bool | None]]:
+    """(mode, fused) of each row, in order: a decoder mode once per ``--fusion``, the others once (fused None)."""
+    fusions = [f == "fused" for f in args.fusion]
+    return [(mode, fused) for mode in modes for fused in (fusions if mode in DECODER_MODES else [None])]
+
+
 def _rewrite(path: Path, payload: dict) -> Path:
     import json
 
@@ -428,12 +495,22 @@ def _rewrite(path: Path, payload: dict) -> Path:
 
 
 def _summary(rows: list[dict]) -> str:
-    """tokens/s per preset and batch (rows) and mode (columns)."""
-    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    """tokens/s per preset and batch (rows) and mode (columns), and each against the Transformer's of that column
+    and batch where measured (issue 21's target for the differential families: ≥ 0.9)."""
+    labels = list(dict.fromkeys(label(r) for r in rows))
     keys = list(dict.fromkeys((r["preset"], r["batch"]) for r in rows))
-    speed = {(r["preset"], r["batch"], r["mode"]): r["tokens_per_s"] for r in rows}
-    lines = [[p, b, *(f"{speed[(p, b, m)]:,.1f}" if (p, b, m) in speed else "" for m in modes)] for p, b in keys]
-    return table(["preset", "batch", *modes], lines)
+    speed = {(r["preset"], r["batch"], label(r)): r["tokens_per_s"] for r in rows}
+    lines = [[p, b, *(f"{speed[(p, b, m)]:,.1f}" if (p, b, m) in speed else "" for m in labels)] for p, b in keys]
+    text = table(["preset", "batch", *labels], lines)
+    base = {(b, m): v for (p, b, m), v in speed.items() if p.startswith("transformer-")}
+
+    def ratio(p: str, b: int, m: str) -> str:
+        return f"{speed[(p, b, m)] / base[(b, m)]:.2f}" if (p, b, m) in speed and (b, m) in base else ""
+
+    ratios = [[p, b, *(ratio(p, b, m) for m in labels)] for p, b in keys if not p.startswith("transformer-")]
+    if base and ratios:
+        text += "\n\nagainst the Transformer (same mode and batch):\n" + table(["preset", "batch", *labels], ratios)
+    return text
 
 
 if __name__ == "__main__":

@@ -355,3 +355,17 @@ def test_bad_input_is_refused():
         StaticDecoder(model, cuda_graph=True)
     with pytest.raises(ValueError, match='mode="reduce-overhead" already replays CUDA graphs'):
         StaticDecoder(model, compile=True, mode="reduce-overhead", cuda_graph=True)
+    with pytest.raises(ValueError, match=r"torch\.compile takes a mode or options, not both: give mode='max-autotune'"):
+        StaticDecoder(model, compile=True, mode="max-autotune", compile_options={"coordinate_descent_tuning": True})
+
+
+def test_compile_options_reach_torch_compile(monkeypatch):
+    """``compile_options`` go to torch.compile as its options (on the CPU: alone; reduce-overhead's CUDA graphs
+    join them only on CUDA), and a mode without them as the mode."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
+    model = build_model(ModelConfig.from_preset("transformer-tiny")).eval()
+    StaticDecoder(model, compile=True, compile_options={"coordinate_descent_tuning": True})
+    StaticDecoder(model, compile=True, mode="max-autotune-no-cudagraphs")
+    assert calls[0]["options"] == {"coordinate_descent_tuning": True} and "mode" not in calls[0]
+    assert calls[1]["mode"] == "max-autotune-no-cudagraphs" and "options" not in calls[1]

@@ -81,10 +81,13 @@ class StaticDecoder:
     whose layers store their keys/values through ``cache.update`` and take a boolean or additive mask.
     ``fused=True`` (default): decode with each layer's weights merged once (the module docstring; ``refresh``);
     False: with the model's modules as they are (the reference decode's arithmetic, fixed shapes).
+    ``compile_options``: inductor's options for ``torch.compile(options=...)`` (e.g. gpt-fast's
+    ``{"coordinate_descent_tuning": True}``), joined to reduce-overhead's ``{"triton.cudagraphs": True}`` where that
+    mode would be the default; torch.compile takes a mode or options, so not with ``mode``.
 
     Raises ``ValueError`` if ``max_len`` exceeds the model's ``max_seq_len``, for ``cuda_graph`` with a model
-    off CUDA or with ``mode="reduce-overhead"``, and from ``prefill``/``step`` when a prompt or a step does not
-    fit ``max_len``.
+    off CUDA or with ``mode="reduce-overhead"``, for ``compile_options`` with a ``mode``, and from
+    ``prefill``/``step`` when a prompt or a step does not fit ``max_len``.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class StaticDecoder:
         mode: str | None = None,
         cuda_graph: bool = False,
         fused: bool = True,
+        compile_options: dict | None = None,
     ) -> None:
         limit = model.config.max_seq_len
         max_len = limit if max_len is None else max_len
@@ -104,6 +108,11 @@ class StaticDecoder:
         if cuda_graph and mode == "reduce-overhead":
             raise ValueError(
                 'mode="reduce-overhead" already replays CUDA graphs; give cuda_graph=True with another mode, or not'
+            )
+        if compile_options and mode is not None:
+            raise ValueError(
+                f"torch.compile takes a mode or options, not both: give mode={mode!r} or compile_options, or put the "
+                f"mode's options (torch._inductor.list_mode_options({mode!r})) into compile_options"
             )
         on_cuda = next(model.parameters()).is_cuda
         if cuda_graph and not on_cuda:
@@ -115,9 +124,12 @@ class StaticDecoder:
             self._merge()
         self._step_fn = self._step
         if compile:
-            if mode is None and backend == "inductor" and on_cuda and not cuda_graph:
-                mode = "reduce-overhead"
-            options = {"mode": mode} if mode is not None else {}
+            cuda_graph_trees = mode is None and backend == "inductor" and on_cuda and not cuda_graph
+            if compile_options:  # reduce-overhead is the option below; torch.compile takes a mode or options
+                options = {"options": {**({"triton.cudagraphs": True} if cuda_graph_trees else {}), **compile_options}}
+            else:
+                mode = "reduce-overhead" if cuda_graph_trees else mode
+                options = {"mode": mode} if mode is not None else {}
             self._step_fn = torch.compile(self._step, backend=backend, fullgraph=True, dynamic=False, **options)
 
     @property
