@@ -5,7 +5,8 @@
 #   scripts/gpu_lanes.sh SECONDS OUT_DIR LANE [LANE ...]
 #
 # LANE i runs on GPU i (CUDA_VISIBLE_DEVICES=i), one run after another. It is a space-separated list of
-# EXPERIMENT:RUN,RUN,... items, e.g. "compare:transformer-42m-s1,diff-42m-s1 lr_sweep:diff_v2-23m-lr0.008-s1".
+# EXPERIMENT:RUN,RUN,... items, e.g. "compare:transformer-42m-s1,diff-42m-s1 lr_sweep:diff_v2-23m-lr0.008-s1";
+# a RUN may be a shell pattern of run names ("mqar:*-n64-p4-*"), which the reproduce command expands.
 # Each item goes through scripts/gpu_reproduce.sh with what is left of the budget (which ends within it: it
 # stops its runs with SIGINT 45 s before, so they save checkpoints; an item is not started with less than
 # 60 s left), writing its log and
@@ -21,6 +22,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 lane=0
 for spec in "$@"; do
     (
+        set -f  # a run pattern in a LANE reaches the reproduce command as written, not as file names
         mkdir -p "$out/g$lane"
         export CUDA_VISIBLE_DEVICES=$lane
         for item in $spec; do

@@ -8,8 +8,8 @@
 # stays within SECONDS: at SECONDS - 45 s it sends SIGINT to the group (each run finishes its step, saves a
 # checkpoint and exits; a cut-off run resumes from it when the same command runs again on the same
 # machine), waits up to 40 s, then kills what is left. It then writes OUT_DIR/EXPERIMENT-records.tgz: the
-# record, metrics, run_config, evaluation JSON/PNG and log of the runs named by --run (of every run of the
-# experiment when no --run is given), without checkpoints or .lock files. Unpack it at the repository root,
+# record, metrics, run_config, evaluation JSON/PNG and log of the runs named by --run (names or shell patterns;
+# every run of the experiment when no --run is given), without checkpoints or .lock files. Unpack it at the repository root,
 # move runs/repro/EXPERIMENT/* to results/repro/EXPERIMENT/, then `shareddiff reproduce EXPERIMENT
 # --summary-only`. Exits 0 when the runs finished or were stopped by the budget, nonzero when the
 # reproduce command failed.
@@ -71,7 +71,9 @@ if [ ${#runs[@]} -eq 0 ]; then
     paths=("runs/repro/$name")
 else
     for run in "${runs[@]}"; do
-        [ -d "runs/repro/$name/$run" ] && paths+=("runs/repro/$name/$run")
+        for dir in runs/repro/"$name"/$run; do  # unquoted: a pattern (--run '*-n64-p4-*') expands here
+            [ -d "$dir" ] && paths+=("$dir")
+        done
     done
 fi
 existing=()

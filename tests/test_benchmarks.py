@@ -46,3 +46,16 @@ def test_train_throughput_runs_each_family_on_a_backend_it_has(tmp_path):
     rows = json.loads(result.read_text())["results"]
     assert [(r["preset"], r["backend"]) for r in rows] == [("transformer-tiny", "auto"), ("diff-tiny", "triton")]
     assert "transformer-tiny: attention backend 'triton' is not one of its own; it runs 'auto' (SDPA)" in done.stdout
+
+
+def test_mqar_step_benchmark_smoke(tmp_path):
+    """benchmarks/mqar_step.py --smoke: the full-logits and answers-only steps of each variant give the same loss
+    (its own check passes), positive times, and the JSON it writes."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "mqar_step.py"), "--smoke", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (result,) = tmp_path.glob("mqar_step-smoke-*.json")
+    rows = json.loads(result.read_text())["results"]
+    assert [r["variant"] for r in rows] == ["transformer", "diff", "shared_diff"]
+    assert all(r["check_ok"] and r["loss_rel_diff"] <= 1e-4 and r["full_ms"] > 0 and r["answers_ms"] > 0 for r in rows)

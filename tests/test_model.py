@@ -105,6 +105,34 @@ def test_fused_projections_equal_separate_ones(seed, name):
         assert rel_err(g_fused, g_sep) <= 1e-10
 
 
+@pytest.mark.parametrize("name", ["standard", "diff", "shared_diff", "shared_diff-tied-lora", "shared_diff_v2"])
+def test_logits_at_equal_the_full_logits_there(seed, name):
+    """``logits_at`` (a different set of positions per row, as MQAR's answers): float64 values equal the
+    forward's logits at those positions, without and with a cached prefix."""
+    model = tiny(name).double()
+    ids = torch.randint(0, 97, (3, 21))
+    at = torch.stack([torch.randperm(21)[:5] for _ in range(3)])
+    later = torch.stack([torch.randperm(13)[:4] for _ in range(3)])  # among the 13 positions after the prefix
+    with torch.no_grad():
+        full, picked = model(ids), model(ids, logits_at=at)
+        cached = []
+        for logits_at in (None, later):
+            cache = model.new_cache()
+            model(ids[:, :8], cache)
+            cached.append(model(ids[:, 8:], cache, logits_at=logits_at))
+    assert picked.shape == (3, 5, 97)
+    assert rel_err(picked, full.gather(1, at[..., None].expand(-1, -1, 97))) <= 1e-12
+    assert rel_err(cached[1], cached[0].gather(1, later[..., None].expand(-1, -1, 97))) <= 1e-12
+
+
+def test_logits_at_of_the_wrong_shape_is_refused():
+    model = tiny("standard")
+    ids = torch.randint(0, 97, (2, 9))
+    for bad in (torch.tensor([1, 2]), torch.zeros(3, 2, dtype=torch.long), torch.zeros(2, 2)):
+        with pytest.raises(ValueError, match="logits_at must be"):
+            model(ids, logits_at=bad)
+
+
 def test_too_long_input_is_refused():
     model = tiny("shared_diff")
     with pytest.raises(ValueError, match="exceeds the model's max_seq_len=64"):

@@ -1035,3 +1035,23 @@ def test_list_names_the_runs_included_from_other_experiments(tmp_path, capsys):
         f"  {ref} ({'finished' if ref == 'compare/diff-23m-s1' else 'missing'})"
         for ref in load_experiment("tokens").summary["include"]
     ]
+
+
+def test_run_patterns_select_a_piece_of_a_grid(capsys):
+    """--run takes shell patterns as well as names (a large grid such as mqar runs in pieces): one MQAR cell is
+    its 36 runs (3 variants × 3 widths × 4 rates), names and patterns combine without repeats, in the
+    experiment's order, and a pattern that matches nothing is refused with the run names."""
+    exp = load_experiment("mqar")
+    cell = exp.select(["*-n64-p4-*"])
+    assert len(exp.runs) == 144 and len(cell) == 36
+    assert {s.name.split("-n64")[0] for s in cell} == {"transformer", "diff", "shared_diff"}
+    assert all("-n64-p4-" in s.name for s in cell)
+    first = exp.runs[0].name
+    both = exp.select([first, "transformer-n64-p4-*"])
+    assert [s.name for s in both] == [s.name for s in exp.runs if s.name.startswith("transformer-n64-p4-")]
+    assert exp.select(None) == exp.runs
+    with pytest.raises(ValueError, match=r"no run matching '\*-n1024-\*'; its runs are: transformer-n64"):
+        exp.select(["*-n1024-*"])
+    assert main(["reproduce", "mqar", "--run", "shared_diff-n512-*-d_model256-*", "--list"]) in (0, None)
+    rows = capsys.readouterr().out.split("---\n")[-1].splitlines()
+    assert len(rows) == 4 and all(row.startswith("shared_diff-n512-p64-lr") for row in rows)

@@ -415,7 +415,8 @@ def cmd_reproduce(
 
     Args:
         name: experiment name (configs/repro/NAME.toml) or path; none: list them
-        runs: only this run (repeatable), e.g. shared_diff-s1; with --list, list only these
+        runs: only this run (repeatable; a shell pattern selects several, e.g. '*-n64-p4-*'), e.g.
+            shared_diff-s1; with --list, list only these
         out: where run records and summaries go
         keep_checkpoints: keep each run's checkpoints after its evals
         jobs: runs at once, each in its own process (one GPU each when there are several)

@@ -10,7 +10,8 @@ from torch import Tensor, nn
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) · w, computed in float32; ``weight=False`` gives the weightless form."""
+    """x / rms(x) · w, computed in float32 (float64 for a float64 ``x``: ``torch.promote_types``, so that float64
+    references stay float64 throughout); ``weight=False`` gives the weightless form."""
 
     def __init__(self, dim: int, eps: float = 1e-5, weight: bool = True) -> None:
         super().__init__()
@@ -18,10 +19,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if weight else None
 
     def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
+        compute = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(compute)
         out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight is not None:
-            out = out * self.weight.float()
+            out = out * self.weight.to(compute)
         return out.to(x.dtype)
 
     def reset_parameters(self) -> None:

@@ -197,15 +197,27 @@ class LanguageModel(nn.Module):
             check_token_mask(token_mask, cached=cache is not None)
         return token_mask
 
-    def forward(self, input_ids: Tensor, cache: KVCache | None = None, attention_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        input_ids: Tensor,
+        cache: KVCache | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        logits_at: Tensor | None = None,
+    ) -> Tensor:
         """Logits (B, N, vocab) for ``input_ids`` (B, N) placed after the ``cache.length`` cached positions.
 
         ``attention_mask`` (B, N), padded batches: 1 on tokens, 0 on padding (transformers' convention),
         for these N positions only (the cache remembers earlier ones). Rows are padded on the left, or
         without a cache also on the right. Padding is never attended to and each row's RoPE positions
         count its tokens only, so every row's logits are those of its tokens alone; logits at padding
-        positions mean nothing. Raises ``ValueError`` for an empty input, too many positions, or a mask
-        of the wrong shape, with holes, or with padding after a token while a cache is used.
+        positions mean nothing. ``logits_at`` (B, K) integer: only the logits at these positions of each
+        row, (B, K, vocab), the full logits' values there; the final norm and the head then run on B·K rows
+        instead of B·N (training on sparse targets such as MQAR's answer positions, where the head over the
+        vocabulary is most of a small model's step; transformers' ``logits_to_keep``, with an index per
+        row). Raises ``ValueError`` for an empty input, too many positions, a mask of the wrong shape, with
+        holes, or with padding after a token while a cache is used, or a ``logits_at`` that is not (B, K)
+        integer.
         """
         b, n = input_ids.shape
         if n == 0:
@@ -218,21 +230,35 @@ class LanguageModel(nn.Module):
         else:
             positions = token_positions(token_mask)[:, start:]  # (B, N)
             mask = padded_attention_mask(token_mask, start, n)  # (B, 1, N, start + N)
+        if logits_at is not None and (logits_at.dim() != 2 or logits_at.shape[0] != b or logits_at.is_floating_point()):
+            raise ValueError(
+                f"logits_at must be (B, K) integer positions with B = {b} as input_ids, got "
+                f"{tuple(logits_at.shape)} {logits_at.dtype}"
+            )
         rope = rope_angles(positions, self.config.head_dim, self.config.rope_theta)
-        logits = self.forward_blocks(input_ids, rope, cache, mask)
+        logits = self.forward_blocks(input_ids, rope, cache, mask, logits_at=logits_at)
         if cache is not None:
             cache.advance(n)
         return logits
 
     def forward_blocks(
-        self, input_ids: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None = None, mask: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        rope: tuple[Tensor, Tensor],
+        cache: KVCache | None = None,
+        mask: Tensor | None = None,
+        *,
+        logits_at: Tensor | None = None,
     ) -> Tensor:
         """Logits (B, N, vocab) with the RoPE angles (cos, sin), each (N, 1, d/2) or (B, N, 1, d/2), and the attention
         mask (None: causal; else bool (B, 1, N, N_k)) given: embedding, blocks, final norm, head. ``forward``
-        derives both from the cache's positions; ``StaticDecoder`` brings its own of fixed shapes."""
+        derives both from the cache's positions; ``StaticDecoder`` brings its own of fixed shapes. With
+        ``logits_at`` (B, K): only those positions' logits, (B, K, vocab)."""
         x = self.tok_embeddings(input_ids)
         for block in self.layers:
             x = block(x, rope, cache, mask)
+        if logits_at is not None:  # the norm is per position: gather first, then normalise B·K rows
+            x = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))
         x = self.norm(x)
         return self.output(x) if self.output is not None else x @ self.tok_embeddings.weight.t()
 

@@ -63,7 +63,7 @@ def test_two_lanes_run_their_runs_and_pack_records(experiments, tmp_path):
     (other / "metrics.jsonl").write_text('{"step": 1}\n')
     (other / ".lock").write_text("")
     ea, eb = experiments / "ea.toml", experiments / "eb.toml"
-    lanes = [f"{ea}:transformer-s1 {eb}:shared_diff-s1", f"{ea}:transformer-s2"]
+    lanes = [f"{ea}:transformer-s1 {eb}:shared_diff-s1", f"{ea}:transformer-s[2]"]  # a name, and a pattern
     result = subprocess.run(
         ["bash", str(LANES), "240", str(out), *lanes], cwd=work, env=_env(), capture_output=True, text=True
     )
@@ -90,7 +90,7 @@ def test_two_lanes_run_their_runs_and_pack_records(experiments, tmp_path):
         names = tar.getnames()
     assert "runs/repro/ea/transformer-s1/record.json" in names
     assert not any("transformer-s2" in n or "transformer-s9" in n or n.endswith(".lock") for n in names)
-    assert "lane 1: " + f"{ea}:transformer-s2" in result.stdout
+    assert "lane 1: " + f"{ea}:transformer-s[2]" in result.stdout
 
 
 def test_a_spent_budget_starts_nothing(experiments, tmp_path):

@@ -6,12 +6,13 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from shareddiff import ModelConfig, build_model
 from shareddiff.data import WindowLoader, load_split
 from shareddiff.data.loader import IGNORE
 from shareddiff.data.needle import parse_mix
-from shareddiff.train.loss import token_loss
+from shareddiff.train.loss import target_positions, token_loss
 
 
 def hand_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> float:
@@ -91,3 +92,45 @@ def test_trainer_with_a_weighted_needle_mix_logs_the_probe(make_run):
     final = [r for r in read_metrics(run.train.out_dir) if "val_loss" in r][-1]
     assert {"needle_accuracy", "needle_token_accuracy", "needle_answer_logprob"} <= set(final)
     assert final["needle_answer_logprob"] < 0 and 0 <= final["needle_token_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("updates", [0, 3])
+def test_loss_at_the_target_positions_equals_the_full_loss(seed, updates):
+    """MQAR training computes the head only at each row's answers (``target_positions`` + ``logits_at``): in
+    float64 the loss and every parameter's gradient equal those of the full (B, T, vocab) logits, on fresh
+    MQAR batches (with and without value updates). (``token_loss`` itself works in float32: the float64
+    cross-entropy is used here so that only the head's positions differ.)"""
+    from shareddiff.config import MQARConfig
+    from shareddiff.data.mqar import mqar_batch
+
+    config = MQARConfig(vocab_size=64, pairs=4, updates=updates)
+    inputs, targets = mqar_batch(config, 32, 6, torch.Generator().manual_seed(int(torch.randint(0, 2**31, ()))))
+    at = target_positions(targets, config.n_queries())
+    assert at.shape == (6, config.n_queries())
+    assert torch.equal(at.sort(dim=1).values, (targets != IGNORE).nonzero()[:, 1].view(6, -1))
+    model = build_model(
+        ModelConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=2, max_seq_len=32, attention="shared_diff")
+    )
+    model = model.double()
+    losses, grads = [], []
+    for sparse in (False, True):
+        model.zero_grad()
+        logits, y = (model(inputs, logits_at=at), targets.gather(1, at)) if sparse else (model(inputs), targets)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), ignore_index=IGNORE)
+        loss.backward()
+        losses.append(loss.item())
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-12)
+    assert ((grads[1] - grads[0]).norm() / grads[0].norm()).item() <= 1e-12
+
+
+def test_a_row_with_fewer_targets_keeps_the_loss_right(seed):
+    logits = torch.randn(2, 6, 5, dtype=torch.float64)
+    targets = torch.full((2, 6), IGNORE)
+    targets[0, [1, 4]] = torch.tensor([2, 3])
+    targets[1, 2] = 0  # one target where two are asked for: an IGNORE position fills the row
+    at = target_positions(targets, 2)
+    picked = logits.gather(1, at[..., None].expand(-1, -1, 5))
+    assert token_loss(picked, targets.gather(1, at)).item() == pytest.approx(
+        token_loss(logits, targets).item(), rel=1e-6
+    )

@@ -48,7 +48,7 @@ def reproduce(
     naming the skipped runs, before the summary: run it again once the other has finished."""
     exp = load_experiment(name)
     out_path, overrides = Path(out), list(overrides or [])
-    specs = [exp.run(r) for r in runs] if runs else exp.runs
+    specs = exp.select(runs)
     command = f"shareddiff reproduce {name}" + ("" if out == "results/repro" else f" --out {out}")
     if not summary_only:
         for spec in specs:  # check every recipe before any training starts

@@ -298,7 +298,7 @@ def describe_runs(exp: Experiment, out: Path = DEFAULT_OUT, runs: list[str] | No
     from shareddiff.train.trainer import _checked_model_config
 
     rows, tokenizers = [], {}
-    for spec in [exp.run(name) for name in runs] if runs else exp.runs:
+    for spec in exp.select(runs):
         run = run_recipe(exp, spec, out, [], check_data=False)
         if run.data.tokenizer not in tokenizers:
             tokenizers[run.data.tokenizer] = Tokenizer(run.data.tokenizer)

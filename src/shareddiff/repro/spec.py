@@ -12,6 +12,7 @@ group ``GROUP-lr0.001`` (its ``family`` is ``GROUP``) and each seed of it its ow
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -108,6 +109,26 @@ class Experiment:
             if spec.name == name:
                 return spec
         raise ValueError(f"experiment {self.name!r} has no run {name!r}; its runs are: {self.run_names()}")
+
+    def select(self, patterns: list[str] | None) -> list[RunSpec]:
+        """The runs named by ``patterns`` (all of them for None or []), in the experiment's order: each an exact
+        run name or a shell-style pattern (``fnmatch``: ``*``, ``?``, ``[...]``), e.g. ``"*-n64-p4-*"`` for
+        one MQAR cell, so that a large grid runs in pieces. Raises ``ValueError`` naming a pattern that
+        matches no run, with the experiment's run names."""
+        if not patterns:
+            return list(self.runs)
+        chosen: set[str] = set()
+        for pattern in patterns:
+            if not any(c in pattern for c in "*?["):
+                chosen.add(self.run(pattern).name)  # an exact name: run()'s error when there is none
+                continue
+            matched = {s.name for s in self.runs if fnmatch.fnmatchcase(s.name, pattern)}
+            if not matched:
+                raise ValueError(
+                    f"experiment {self.name!r} has no run matching {pattern!r}; its runs are: {self.run_names()}"
+                )
+            chosen |= matched
+        return [s for s in self.runs if s.name in chosen]
 
     def run_names(self) -> str:
         return ", ".join(s.name for s in self.runs)

@@ -24,3 +24,14 @@ def token_loss(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -
     losses = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE, reduction="none")
     w = torch.where(flat_targets == IGNORE, 0.0, weights.flatten().to(losses))
     return (losses * w).sum() / w.sum()
+
+
+def target_positions(targets: Tensor, count: int) -> Tensor:
+    """(B, count) int64: positions of each row of ``targets`` (B, T) that hold a target (not ``IGNORE``), for
+    rows with exactly ``count`` of them (MQAR: ``MQARConfig.n_queries()``, ``data.mqar.mqar_batch``), in no
+    particular order. ``token_loss(model(x, logits_at=p), targets.gather(1, p))`` with ``p`` these positions
+    equals ``token_loss(model(x), targets)`` (same terms, same mean) without the (B, T, vocab) logits that
+    dominate a small model's step. A row with fewer targets gets some ``IGNORE`` positions, which
+    ``token_loss`` skips, so the loss stays right; a row with more loses some (not checked: that would cost
+    a host sync per step). No host sync: the top-``count`` of the 0/1 target mask."""
+    return (targets != IGNORE).to(torch.float32).topk(count, dim=1, sorted=False).indices

@@ -52,7 +52,7 @@ from shareddiff.train.distributed import (
     parallelize,
     shutdown,
 )
-from shareddiff.train.loss import token_loss
+from shareddiff.train.loss import target_positions, token_loss
 from shareddiff.train.metrics import MetricsLogger, read_metrics
 from shareddiff.train.probes import MQARProbe, NeedleProbe
 from shareddiff.train.runlock import RunLock
@@ -440,10 +440,12 @@ class Trainer:
                 step, micro, run.train.micro_batch, run.train.grad_accum, dist.rank, dist.world
             )
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            at = self.answer_positions(y)
             with gradient_sync(self.model, run.parallel, micro == run.train.grad_accum - 1):
                 with self.autocast():
-                    logits = self.step_model(x)
-                loss = token_loss(logits, y, weights) / run.train.grad_accum
+                    logits = self.step_model(x) if at is None else self.step_model(x, logits_at=at)
+                targets = y if at is None else y.gather(1, at)
+                loss = token_loss(logits, targets, weights) / run.train.grad_accum
                 loss.backward()
             loss_sum += loss.detach()
         clip = run.optim.grad_clip if run.optim.grad_clip > 0 else float("inf")
@@ -462,6 +464,11 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return train_loss, norm, lr
+
+    def answer_positions(self, targets: torch.Tensor) -> torch.Tensor | None:
+        """MQAR: each row's answer positions (``loss.target_positions``), where the step computes the head only
+        (``LanguageModel.forward(logits_at=...)``); None for other data, whose every position is a target."""
+        return target_positions(targets, self.run.mqar.n_queries()) if self.mqar else None
 
     def log_metrics(self, loss: float, grad_norm: float, lr: float) -> None:
         """The training record of the step just done (loss, lr, norm, tokens, tokens/s, λ) on rank 0."""
