@@ -210,7 +210,8 @@ class StaticDecoder:
             self._allocate(b, prompt.device)
         fresh = not self.cache.tensors()
         self.cache.reset()
-        logits = self.model(prompt, self.cache, attention_mask)[:, -1]
+        last = torch.full((b, 1), t - 1, device=prompt.device)  # left-padded rows all end in a token
+        logits = self.model(prompt, self.cache, attention_mask, logits_at=last)[:, -1]
         token_mask = self.cache.token_mask  # (B, max_len): the prompt's mask, then True; None without padding
         if token_mask is None:
             self._token_mask.fill_(True)
