@@ -18,18 +18,34 @@ batch × new tokens / wall time of one whole ``generate`` call (prefill included
 - hf, hf-static: ``DiffLlamaForCausalLM.generate`` of the exported model (diff and shared_diff only), with
   transformers' dynamic cache, or its ``cache_implementation="static"`` (which transformers compiles on a GPU).
 
-Before timing a compiled decoder, its logits are checked against the reference decode on the same device
-(a left-padded batch at batch > 1, teacher-forced for up to ``CHECK_STEPS`` steps): relative error ≤ 2e-2 in
-bfloat16, 1e-4 in float32, and no decisive argmax disagreement (one that only an error beyond that tolerance
-explains; near-ties may flip, and are counted). On CUDA each row also records how many compiled graphs ran
-without CUDA graphs (``cudagraph_skips``; 0 expected). Every row is printed when measured and the JSON
-result rewritten, so a run cut short keeps what it measured; ``--budget-s`` skips the rows that would start
-after that many seconds. The exit status is 1 if a check failed.
+The decoder modes run with ``--fusion``: fused (the default, ``StaticDecoder(fused=True)``: each layer's weights
+merged once, one GEMM for the attention inputs and one for gate and up) and/or unfused (the model's modules), a
+row each; ``--inductor-option KEY=VALUE`` (repeatable) hands options to inductor in the compiled modes (e.g.
+gpt-fast's ``coordinate_descent_tuning=True``).
+
+Before timing a decoder (every mode but eager, static and the transformers ones), its logits are checked on the same
+device, teacher-forced for up to ``CHECK_STEPS`` steps over a left-padded batch at batch > 1. Rounding is judged
+against rounding: the same weights in the next wider float type (float32 for a bfloat16 model, float64 for a
+float32 one) decode the same tokens through the reference path (``LanguageModel.forward`` with a ``KVCache``),
+giving the exact logits; the reference decode in the benchmark's dtype is off from them by its own rounding
+error e_ref (the largest relative error ‖ref − exact‖ / ‖exact‖ over the steps). The check passes when
+
+- the decoder's largest relative error against the exact logits is ≤ ``ERROR_FACTOR`` × e_ref, and
+- no argmax disagreement with the exact logits is decisive: a disagreement is decisive when the exact top-1 −
+  top-2 margin exceeds 2 × ``ERROR_FACTOR`` × the reference decode's largest absolute logit error (over all
+  steps and rows), a gap that no logit error within that budget can close; near-ties may flip, and are counted
+  (as are the reference decode's own flips).
+
+On CUDA each row also records how many compiled graphs ran without CUDA graphs (``cudagraph_skips``; 0 expected).
+Every row is printed when measured and the JSON result rewritten, so a run cut short keeps what it measured;
+``--budget-s`` skips the rows that would start after that many seconds. The exit status is 1 if a check failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
+import copy
 import statistics
 import sys
 import time
@@ -55,8 +71,9 @@ DECODER_MODES = {  # mode: StaticDecoder keyword arguments
     "graph": {"cuda_graph": True},
     "compiled-graph": {"compile": True, "cuda_graph": True},
 }
+CHECKED_MODES = tuple(m for m in DECODER_MODES if m != "static")  # checked before they are timed
 CHECK_STEPS = 32
-TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+ERROR_FACTOR = 2.0  # a decoder may be this many times as far from the exact logits as the reference decode
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -69,63 +86,75 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
-def argmax_agreement(ref: torch.Tensor, got: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of the logits ``ref``, ``got`` (B, vocab): whether their argmaxes agree, and whether a disagreement
-    is decisive: the reference's top-1 − top-2 margin exceeds twice the row's error budget, ``tol`` × the row's
-    largest |logit|. A row whose every logit is within e of the reference can only flip where that margin is
-    ≤ 2e, so a decisive flip means some logit of the row is off by more than the tolerance allows; a flip
-    inside the budget is a near-tie that rounding may break either way."""
-    ref, got = ref.double(), got.double()
-    agree = got.argmax(-1) == ref.argmax(-1)
-    top2 = ref.topk(2, dim=-1).values
-    decisive = ~agree & (top2[:, 0] - top2[:, 1] > 2 * tol * ref.abs().amax(-1))
-    return agree, decisive
+def exact_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` (same weights) in the next wider float type: float32 for a bfloat16 or float16 model,
+    float64 for a float32 one; its reference decode gives the logits the check measures rounding against."""
+    wider = torch.float64 if next(model.parameters()).dtype == torch.float32 else torch.float32
+    return copy.deepcopy(model).to(wider)
 
 
-def compare_logits(steps: Iterable[tuple[torch.Tensor, torch.Tensor]], tol: float) -> dict:
-    """Summary of (reference, decoder) logits, each (B, vocab), over decoding steps: the worst step's relative
-    error; the argmax agreement over all (step, row) pairs; the disagreements, and those that are decisive
-    (``argmax_agreement``). ``ok``: the relative error within ``tol`` and no decisive disagreement."""
-    errors, agree, decisive = [], [], []
-    for ref, got in steps:
-        errors.append(rel(got, ref))
-        step_agree, step_decisive = argmax_agreement(ref, got, tol)
-        agree.append(step_agree)
-        decisive.append(step_decisive)
-    agree_all, decisive_all = torch.cat(agree), torch.cat(decisive)
-    n_decisive = int(decisive_all.sum())
+def compare_logits(steps: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], factor: float) -> dict:
+    """Summary of (exact, reference, decoder) logits, each (B, vocab), over decoding steps. ``max_rel_err``: the
+    decoder's worst step's relative error against the exact logits; ``reference_rel_err``: the reference decode's;
+    ``ok``: the first ≤ ``factor`` × the second and no decisive argmax disagreement with the exact logits
+    (one whose exact top-1 − top-2 margin exceeds twice the budget, ``factor`` × the reference decode's largest
+    absolute logit error over all steps and rows). Also the decoder's error against the reference decode itself,
+    the argmax agreement over all (step, row) pairs, the flips, and the reference decode's own flips."""
+    errors, ref_errors, errors_vs_ref, ref_abs = [], [], [], []
+    agree, margins, ref_flips = [], [], 0
+    for exact, ref, got in steps:
+        exact, ref, got = exact.double(), ref.double(), got.double()
+        errors.append(rel(got, exact))
+        ref_errors.append(rel(ref, exact))
+        errors_vs_ref.append(rel(got, ref))
+        ref_abs.append((ref - exact).abs().max().item())
+        ref_flips += int((ref.argmax(-1) != exact.argmax(-1)).sum())
+        agree.append(got.argmax(-1) == exact.argmax(-1))
+        top2 = exact.topk(2, dim=-1).values
+        margins.append(top2[:, 0] - top2[:, 1])  # (B,): a flip is decisive if this exceeds 2 × the budget
+    # A row whose every logit is within e of the exact one can only flip where the exact top-1 − top-2 margin is
+    # ≤ 2e: a flip past twice the budget means some logit is off by more than the budget allows; a flip inside
+    # it is a near-tie that rounding may break either way.
+    budget = factor * max(ref_abs)
+    agree_all = torch.cat(agree)
+    n_decisive = int((~agree_all & (torch.cat(margins) > 2 * budget)).sum())
     return {
         "max_rel_err": max(errors),
-        "tolerance": tol,
-        "ok": max(errors) <= tol and n_decisive == 0,
+        "reference_rel_err": max(ref_errors),
+        "error_factor": factor,
+        "rel_err_vs_reference": max(errors_vs_ref),
+        "ok": max(errors) <= factor * max(ref_errors) and n_decisive == 0,
         "argmax_agree": agree_all.double().mean().item(),
         "argmax_pairs": agree_all.numel(),
         "argmax_flips": int((~agree_all).sum()),
         "decisive_flips": n_decisive,
+        "reference_argmax_flips": ref_flips,
+        "flip_budget": budget,
     }
 
 
 @torch.no_grad()
-def check_decoder(model, decoder: StaticDecoder, batch: int, prompt_len: int) -> dict:
-    """The decoder's logits against the reference decode (model.forward with a KVCache), both fed the
-    reference's greedy tokens, summarised by ``compare_logits`` (prefill and every step)."""
+def check_decoder(model, decoder: StaticDecoder, batch: int, prompt_len: int, exact: torch.nn.Module) -> dict:
+    """The decoder's logits against those of ``exact`` (``exact_model(model)``) and of the reference decode
+    (model.forward with a KVCache), all three fed the exact decode's greedy tokens, summarised by
+    ``compare_logits`` with ``ERROR_FACTOR`` (prefill and every step)."""
     dev = next(model.parameters()).device
     vocab = model.config.vocab_size
     lengths = [prompt_len - (i * 7) % max(1, prompt_len // 2) for i in range(batch)]  # left-padded when batch > 1
     ids, mask = left_pad([torch.randint(0, vocab, (n,), device=dev) for n in lengths])
     mask = None if bool(mask.all()) else mask
     steps = min(CHECK_STEPS, decoder.max_len - prompt_len)
-    cache = model.new_cache(prompt_len + steps)
+    cache, exact_cache = model.new_cache(prompt_len + steps), exact.new_cache(prompt_len + steps)
 
-    def pairs():  # each decoder output is compared before the next step (CUDA graphs overwrite it)
-        ref = model(ids, cache, mask)[:, -1]
-        yield ref, decoder.prefill(ids, mask, steps)
+    def triples():  # each decoder output is compared before the next step (CUDA graphs overwrite it)
+        best = exact(ids, exact_cache, mask)[:, -1]
+        yield best, model(ids, cache, mask)[:, -1], decoder.prefill(ids, mask, steps)
         for _ in range(steps):
-            token = ref.argmax(-1)
-            ref = model(token[:, None], cache)[:, -1]
-            yield ref, decoder.step(token)
+            token = best.argmax(-1)
+            best = exact(token[:, None], exact_cache)[:, -1]
+            yield best, model(token[:, None], cache)[:, -1], decoder.step(token)
 
-    return compare_logits(pairs(), TOLERANCE[next(model.parameters()).dtype])
+    return compare_logits(triples(), ERROR_FACTOR)
 
 
 def timed(fn, device: torch.device, repeats: int) -> tuple[float, list[float]]:
@@ -145,17 +174,26 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, list[float]]:
     return warmup, times
 
 
-def generation_call(mode: str, model, prompt: torch.Tensor, new: int, compile_backend: str):
+def decoder_settings(mode: str, fused: bool, args) -> dict:
+    """The StaticDecoder keyword arguments of a decoder mode's row: the mode's, ``fused``, the compile backend, and
+    ``--inductor-option`` as ``compile_options`` where inductor compiles."""
+    settings = {**DECODER_MODES[mode], "fused": fused, "backend": args.compile_backend}
+    if settings.get("compile") and args.compile_backend == "inductor" and args.inductor_option:
+        settings["compile_options"] = dict(args.inductor_option)
+    return settings
+
+
+def generation_call(mode: str, model, prompt: torch.Tensor, new: int, compile_backend: str, settings: dict):
     """(a function running one greedy generation of ``new`` tokens in ``mode``, its StaticDecoder or None), or
     None where ``mode`` does not apply to the model (the DiffLlama export of a non-differential model, CUDA
-    graphs off CUDA)."""
+    graphs off CUDA). ``settings``: a decoder mode's StaticDecoder arguments (``decoder_settings``)."""
     total = prompt.shape[1] + new
     if mode == "eager":
         return (lambda: generate(model, prompt, new, temperature=0)), None
     if mode in DECODER_MODES:
-        if DECODER_MODES[mode].get("cuda_graph") and prompt.device.type != "cuda":
+        if settings.get("cuda_graph") and prompt.device.type != "cuda":
             return None
-        decoder = StaticDecoder(model, total, backend=compile_backend, **DECODER_MODES[mode])
+        decoder = StaticDecoder(model, total, **settings)
         return (lambda: generate(model, prompt, new, temperature=0, decoder=decoder)), decoder
     from shareddiff.hf import to_diffllama, wrap
 
@@ -178,17 +216,26 @@ def generation_call(mode: str, model, prompt: torch.Tensor, new: int, compile_ba
     return (lambda: hf_model.generate(prompt, attention_mask=mask, max_new_tokens=new, do_sample=False, **kwargs)), None
 
 
-def bench_row(family: str, size: str, mode: str, batch: int, args, device, dtype, model) -> dict | None:
+def bench_row(
+    family: str, size: str, mode: str, fused: bool | None, batch: int, args, device, dtype, model, exact
+) -> dict | None:
+    """One timed row (``fused``: a decoder mode's weights, None for the others); a decoder mode's is checked
+    first against ``exact`` (``exact_model(model)``)."""
     prompt = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), device=device)
-    call = generation_call(mode, model, prompt, args.new_tokens, args.compile_backend)
+    settings = decoder_settings(mode, fused, args) if mode in DECODER_MODES else {}
+    call = generation_call(mode, model, prompt, args.new_tokens, args.compile_backend, settings)
     if call is None:
         return None
     fn, decoder = call
     row = {"preset": f"{family}-{size}", "mode": mode, "batch": batch, "dtype": str(dtype).split(".")[-1]}
+    if mode in DECODER_MODES:
+        row["fusion"] = "fused" if fused else "unfused"
+        if "compile_options" in settings:
+            row["compile_options"] = settings["compile_options"]
     skips = counters["inductor"]["cudagraph_skips"]
-    if decoder is not None and mode != "static":  # the check compiles/captures the step (the timing's shapes)
+    if mode in CHECKED_MODES:  # the check compiles/captures the step (the timing's shapes)
         start = time.perf_counter()
-        row["check"] = check_decoder(model, decoder, batch, args.prompt_len)
+        row["check"] = check_decoder(model, decoder, batch, args.prompt_len, exact)
         row["compile_and_check_s"] = time.perf_counter() - start
     warmup, times = timed(fn, device, args.repeats)
     median = statistics.median(times)
@@ -209,7 +256,10 @@ def describe(row: dict) -> str:
     check = row.get("check")
     verdict = ""
     if check:
-        verdict = f"  check rel err {check['max_rel_err']:.1e} {'ok' if check['ok'] else 'FAIL'}"
+        verdict = (
+            f"  check rel err {check['max_rel_err']:.1e} (reference decode {check['reference_rel_err']:.1e}, "
+            f"≤ {check['error_factor']:g}x) {'ok' if check['ok'] else 'FAIL'}"
+        )
         verdict += (
             f" (argmax agree {check['argmax_agree']:.1%} of {check['argmax_pairs']} step-rows, "
             f"{check['argmax_flips']} flips, {check['decisive_flips']} decisive; "
@@ -218,8 +268,17 @@ def describe(row: dict) -> str:
     if row.get("cudagraph_skips"):
         verdict += f"  CUDA graphs skipped {row['cudagraph_skips']}x (see the log above)"
     return (
-        f"{row['preset']:20s} {row['mode']:14s} batch {row['batch']:3d}: {row['tokens_per_s']:10,.1f} tok/s  "
+        f"{row['preset']:20s} {label(row):22s} batch {row['batch']:3d}: {row['tokens_per_s']:10,.1f} tok/s  "
         f"{row['ms_per_step']:8.2f} ms/step  warm-up {row['warmup_s']:6.1f} s{verdict}"
+    )
+
+
+def label(row: dict) -> str:
+    """The row's mode, with "unfused" for a decoder on the model's modules and "+options" for inductor options."""
+    return (
+        row["mode"]
+        + (" unfused" if row.get("fusion") == "unfused" else "")
+        + (" +options" if row.get("compile_options") else "")
     )
 
 
@@ -264,7 +323,7 @@ def host_work(prof, new: int) -> dict:
     }
 
 
-def profile_generation(mode: str, model, batch: int, args, device: torch.device) -> dict:
+def profile_generation(mode: str, fused: bool | None, model, batch: int, args, device: torch.device) -> dict:
     """PyTorch profiler over one greedy ``generate`` call in ``mode`` (eager or a decoder mode; an EOS id that never
     comes, so that the stop check runs), after a warm-up call: per new token, the wall time, the host work
     (``host_work``), CUDA kernel and graph launches, the GPU's kernel time, and the share of the wall time
@@ -277,7 +336,7 @@ def profile_generation(mode: str, model, batch: int, args, device: torch.device)
     prompt = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), device=device)
     decoder = None
     if mode in DECODER_MODES:
-        decoder = StaticDecoder(model, args.prompt_len + new, backend=args.compile_backend, **DECODER_MODES[mode])
+        decoder = StaticDecoder(model, args.prompt_len + new, **decoder_settings(mode, fused, args))
     eos = model.config.vocab_size  # outside the vocabulary: never produced
 
     def call():
@@ -303,6 +362,7 @@ def profile_generation(mode: str, model, batch: int, args, device: torch.device)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
     return {
         "mode": mode,
+        **({"fusion": "fused" if fused else "unfused"} if mode in DECODER_MODES else {}),
         "ms_per_token": wall / new * 1e3,
         **host_work(prof, new),
         "cuda_kernels_per_token": count("cudaLaunchKernel", "cuLaunchKernel") if on_cuda else None,
@@ -313,6 +373,17 @@ def profile_generation(mode: str, model, batch: int, args, device: torch.device)
             e.key: e.self_cpu_time_total / new / 1e3 for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
         },
     }
+
+
+def inductor_option(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` → (key, value), the value a Python literal (True, 1, 0.5, 'x') or else the text itself."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. coordinate_descent_tuning=True), got {text!r}")
+    try:
+        return key, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return key, value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -328,6 +399,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on CUDA, float32 on the CPU")
     parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the compiled modes")
+    parser.add_argument(
+        "--fusion",
+        nargs="+",
+        choices=["fused", "unfused"],
+        default=["fused"],
+        help="decoder modes: merged weights (fused) and/or the model's modules (unfused), a row each",
+    )
+    parser.add_argument(
+        "--inductor-option",
+        action="append",
+        type=inductor_option,
+        default=[],
+        metavar="KEY=VALUE",
+        help="an inductor option for the compiled modes (torch.compile options=), e.g. "
+        "coordinate_descent_tuning=True; repeatable",
+    )
     parser.add_argument("--budget-s", type=float, default=None, help="start no row after this many seconds")
     parser.add_argument("--profile", action="store_true", help="profile the eager/decoder modes instead of timing")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs)")
@@ -341,6 +428,7 @@ def main() -> int:
     if args.smoke:
         args.size, args.batch, args.prompt_len, args.new_tokens, args.repeats = "tiny", [1, 3], 9, 6, 1
         args.modes = list(MODES) if args.modes == parser.get_default("modes") else args.modes
+        args.fusion = ["fused", "unfused"] if args.fusion == parser.get_default("fusion") else args.fusion
         if args.compile_backend == parser.get_default("compile_backend"):
             args.compile_backend = "aot_eager"  # seconds instead of a minute of C++ compiles per graph
     if args.threads:
@@ -359,36 +447,44 @@ def main() -> int:
         torch.manual_seed(0)
         model = build_model(ModelConfig.from_preset(f"{family}-{args.size}"), device=device, dtype=dtype).eval()
         torch._dynamo.reset()  # every family's graphs count from zero against the recompile limit
+        checked = not args.profile and any(m in CHECKED_MODES for m in args.modes)
+        exact = exact_model(model) if checked else None
         if args.profile:
             for batch in args.batch:
-                for mode in [m for m in args.modes if m == "eager" or m in DECODER_MODES]:
+                for mode, fused in row_plan([m for m in args.modes if m == "eager" or m in DECODER_MODES], args):
                     if DECODER_MODES.get(mode, {}).get("cuda_graph") and device.type != "cuda":
                         continue
                     result = {"preset": f"{family}-{args.size}", "batch": batch}
-                    result.update(profile_generation(mode, model, batch, args, device))
+                    result.update(profile_generation(mode, fused, model, batch, args, device))
                     rows.append(result)
                     print({k: v for k, v in result.items() if k != "top_ops_self_ms_per_token"}, flush=True)
                     path = write_result(name, payload, args.out) if path is None else _rewrite(path, payload)
             continue
         for batch in args.batch:
-            for mode in args.modes:
+            for mode, fused in row_plan(args.modes, args):
                 if args.budget_s is not None and time.perf_counter() - began > args.budget_s:
                     print(f"{family}-{args.size} {mode} batch {batch}: skipped (--budget-s)", flush=True)
                     continue
-                row = bench_row(family, args.size, mode, batch, args, device, dtype, model)
+                row = bench_row(family, args.size, mode, fused, batch, args, device, dtype, model, exact)
                 if row is None:
                     continue
                 failures += bool(row.get("check") and not row["check"]["ok"])
                 rows.append(row)
                 print(describe(row), flush=True)
                 path = write_result(name, payload, args.out) if path is None else _rewrite(path, payload)
-        del model
+        del model, exact
         if device.type == "cuda":
             torch.cuda.empty_cache()
     if not args.profile and rows:
         print(_summary(rows))
     print(f"wrote {path}" if path else "nothing measured", flush=True)
     return 1 if failures else 0
+
+
+def row_plan(modes: list[str], args) -> list[tuple[str, bool | None]]:
+    """(mode, fused) of each row, in order: a decoder mode once per ``--fusion``, the others once (fused None)."""
+    fusions = [f == "fused" for f in args.fusion]
+    return [(mode, fused) for mode in modes for fused in (fusions if mode in DECODER_MODES else [None])]
 
 
 def _rewrite(path: Path, payload: dict) -> Path:
@@ -399,12 +495,22 @@ def _rewrite(path: Path, payload: dict) -> Path:
 
 
 def _summary(rows: list[dict]) -> str:
-    """tokens/s per preset and batch (rows) and mode (columns)."""
-    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    """tokens/s per preset and batch (rows) and mode (columns), and each against the Transformer's of that column
+    and batch where measured (issue 21's target for the differential families: ≥ 0.9)."""
+    labels = list(dict.fromkeys(label(r) for r in rows))
     keys = list(dict.fromkeys((r["preset"], r["batch"]) for r in rows))
-    speed = {(r["preset"], r["batch"], r["mode"]): r["tokens_per_s"] for r in rows}
-    lines = [[p, b, *(f"{speed[(p, b, m)]:,.1f}" if (p, b, m) in speed else "" for m in modes)] for p, b in keys]
-    return table(["preset", "batch", *modes], lines)
+    speed = {(r["preset"], r["batch"], label(r)): r["tokens_per_s"] for r in rows}
+    lines = [[p, b, *(f"{speed[(p, b, m)]:,.1f}" if (p, b, m) in speed else "" for m in labels)] for p, b in keys]
+    text = table(["preset", "batch", *labels], lines)
+    base = {(b, m): v for (p, b, m), v in speed.items() if p.startswith("transformer-")}
+
+    def ratio(p: str, b: int, m: str) -> str:
+        return f"{speed[(p, b, m)] / base[(b, m)]:.2f}" if (p, b, m) in speed and (b, m) in base else ""
+
+    ratios = [[p, b, *(ratio(p, b, m) for m in labels)] for p, b in keys if not p.startswith("transformer-")]
+    if base and ratios:
+        text += "\n\nagainst the Transformer (same mode and batch):\n" + table(["preset", "batch", *labels], ratios)
+    return text
 
 
 if __name__ == "__main__":

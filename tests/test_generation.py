@@ -80,3 +80,23 @@ def test_sampling_probabilities_are_float32_or_the_logits_float64(seed, dtype, m
     expected = (logits.double() / 0.7).softmax(-1)
     assert drawn_from[0].dtype == torch.promote_types(dtype, torch.float32)
     assert rel_err(drawn_from[0], expected) <= (1e-14 if dtype == torch.float64 else 1e-6)
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["kv-cache", "static-decoder"])
+def test_prefill_computes_the_head_at_the_last_position_only(seed, static):
+    """The prefill's final norm and head run on one position per row (the (B, N, vocab) logits of a long prompt
+    are never built), and the tokens are those of the naive loop over full forwards."""
+    from shareddiff.static_decode import StaticDecoder
+
+    model = build_model(ModelConfig.from_preset("shared_diff-tiny")).eval()
+    shapes = []
+    model.norm.register_forward_hook(lambda _m, args, _out: shapes.append(tuple(args[0].shape[:2])))
+    prompt = torch.randint(0, model.config.vocab_size, (2, 9))
+    decoder = StaticDecoder(model, max_len=32) if static else None
+    out = generate(model, prompt, 4, temperature=0, decoder=decoder)
+    assert shapes == [(2, 1)] * 4  # the prefill, then three one-token steps
+    ids = prompt
+    with torch.no_grad():
+        for _ in range(4):
+            ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, ids)

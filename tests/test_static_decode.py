@@ -35,14 +35,27 @@ def _teacher_forced(model, decoder: StaticDecoder, ids, mask) -> tuple[torch.Ten
     return torch.stack(ref, 1), torch.stack(got, 1)
 
 
+def _trained_looking(model):
+    """``model`` with every norm weight drawn from N(1, 0.2²) (they start at 1), so that a decoder which merges
+    them (the head norm's with 1 − λ_init) is tested on values that show a mistake."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(1.0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_static_decode_equals_reference_decode(seed, family, padded):
+def test_static_decode_equals_reference_decode(seed, family, padded, fused):
     """Reference: the KVCache decode. Logits ≤ 1e-5 apart (float32) over a 13-token prefill and 40 steps, and
     the same greedy token at every step (each path fed the reference's tokens, so greedy decoding gives the
-    same sequence); the decoder is reused, through generate(), for a batch of another size."""
-    model = build_model(ModelConfig.from_preset(f"{family}-tiny")).eval()
-    decoder = StaticDecoder(model, max_len=64)
+    same sequence), with the decoder's merged weights (one GEMM per layer for the attention inputs, one for gate
+    and up, λ and head-norm scale precomputed) and without; the decoder is reused, through generate(), for a
+    batch of another size."""
+    model = _trained_looking(build_model(ModelConfig.from_preset(f"{family}-tiny")).eval())
+    decoder = StaticDecoder(model, max_len=64, fused=fused)
     ids, mask = _batch(model.config.vocab_size, padded)
     ref, got = _teacher_forced(model, decoder, ids, mask)
     assert (got - ref).abs().max().item() <= 1e-5
@@ -51,6 +64,90 @@ def test_static_decode_equals_reference_decode(seed, family, padded):
     assert torch.equal(
         generate(model, other, 20, temperature=0, decoder=decoder), generate(model, other, 20, temperature=0)
     )
+
+
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [
+        ("shared_diff-tiny", {"base_sharing": "heads"}),
+        ("transformer-tiny", {"n_kv_heads": 1}),
+        ("diff-tiny", {"n_kv_heads": 1}),
+        ("shared_diff-tiny", {"n_kv_heads": 1, "lowrank_init": "lora"}),
+        ("diff_v2-tiny", {"n_kv_heads": 1}),
+        ("shared_diff_v2-tiny", {"n_kv_heads": 1}),
+        ("diff-tiny", {"head_norm": False}),
+        ("shared_diff-tiny", {"head_norm_weight": False, "tie_embeddings": True}),
+    ],
+)
+def test_fused_decode_of_other_layouts_equals_reference_decode(seed, preset, overrides):
+    """The merged weights' layouts beyond the presets: Shared DIFF's per-head low-rank factors ("heads"
+    sharing), grouped-query attention (K1, K2 of one key head each in one buffer), no head norm, a weightless
+    one, tied embeddings. Reference: the KVCache decode; logits ≤ 1e-5 (float32) over a left-padded 13-token
+    prefill and 40 steps, the same greedy tokens."""
+    model = _trained_looking(build_model(ModelConfig.from_preset(preset, **overrides)).eval())
+    ids, mask = _batch(model.config.vocab_size, padded=True)
+    ref, got = _teacher_forced(model, StaticDecoder(model, max_len=64), ids, mask)
+    assert (got - ref).abs().max().item() <= 1e-5
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.parametrize("sharing", ["branches", "heads"])
+def test_merged_shared_diff_weights_equal_a_float64_hand_computation(seed, sharing):
+    """Reference: in float64, by hand from the parameters in nn.Linear orientation (out, D): branch b's map is
+    W + B_b A_b ("branches": B_b (h·d, r), A_b (r, D); "heads": head i's rows W + B_{b,i}ᵀ A_{b,i}); the merged
+    matrix stacks Q1, Q2, K1, K2, V rows. Equal to 1e-12 in float64; in bfloat16 the merge is rounded once
+    (computed in float32): within one bfloat16 rounding (2⁻⁸ relative) of the float64 value."""
+    config = ModelConfig.from_preset("shared_diff-tiny", base_sharing=sharing)
+    model = build_model(config, dtype=torch.float64).eval()
+    attention = model.layers[1].attention
+    h, d, r = config.n_heads, config.head_dim, config.lowrank_rank
+
+    def by_hand(branch: str):
+        base = (attention.wq if branch[0] == "q" else attention.wk).weight.double()
+        a, b = getattr(attention, f"{branch}_a").weight.double(), getattr(attention, f"{branch}_b")
+        if sharing == "branches":
+            return base + b.weight.double() @ a
+        heads = [base + b[i].double().t() @ a[i * r : (i + 1) * r] for i in range(h)]  # (d, D) each
+        return torch.cat(heads)
+
+    def expected():
+        return torch.cat([by_hand(b) for b in ("q1", "q2", "k1", "k2")] + [attention.wv.weight.double()])
+
+    with torch.no_grad():
+        assert expected().shape == (2 * h * d + 2 * h * d + h * 2 * d, config.d_model)
+        assert (attention.fused_weights()["projections"] - expected()).abs().max().item() <= 1e-12
+        model.to(torch.bfloat16)  # the same modules, bfloat16 parameters
+        merged = attention.fused_weights()["projections"]
+        assert merged.dtype == torch.bfloat16
+        exact = expected()  # of the bfloat16 parameters, in float64
+        assert ((merged.double() - exact).abs() <= 2**-8 * exact.abs()).all()
+
+
+def test_merged_weights_follow_the_parameters(seed):
+    """The decoder's merged weights are a snapshot: after an in-place change of a parameter (an optimiser-like
+    update under no_grad), the next prefill merges again, in place (the same tensors, so a captured graph keeps
+    reading them), and decodes like the reference with the new weights (≤ 1e-5); a change behind autograd's
+    back (``p.data.copy_``) is not seen until ``refresh()``; a model cast to float64 gets new merged tensors."""
+    model = build_model(ModelConfig.from_preset("shared_diff-tiny")).eval()
+    decoder = StaticDecoder(model, max_len=64)
+    ids, mask = _batch(model.config.vocab_size, padded=True)
+    _teacher_forced(model, decoder, ids, mask)
+    merged = decoder._fused[0]["projections"]
+    with torch.no_grad():
+        model.layers[0].attention.q1_b.weight.add_(0.1 * torch.randn_like(model.layers[0].attention.q1_b.weight))
+    ref, got = _teacher_forced(model, decoder, ids, mask)
+    assert (got - ref).abs().max().item() <= 1e-5
+    assert decoder._fused[0]["projections"] is merged
+    model.layers[0].feed_forward.w_up.weight.data.copy_(torch.randn_like(model.layers[0].feed_forward.w_up.weight))
+    ref, got = _teacher_forced(model, decoder, ids, mask)
+    assert (got - ref).abs().max().item() > 1e-3  # still the old w_up
+    decoder.refresh()
+    ref, got = _teacher_forced(model, decoder, ids, mask)
+    assert (got - ref).abs().max().item() <= 1e-5
+    model.double()
+    ref, got = _teacher_forced(model, decoder, ids, mask)
+    assert got.dtype == torch.float64 and (got - ref).abs().max().item() <= 1e-5  # RMSNorm computes in float32
+    assert decoder._fused[0]["projections"].dtype == torch.float64
 
 
 def test_sampling_through_the_decoder_equals_the_reference(seed):
@@ -93,15 +190,32 @@ def test_compiled_step_compiles_once(seed):
     assert counters["stats"]["unique_graphs"] == after_two
 
 
+def without_triton_interpreter(monkeypatch) -> None:
+    """Let inductor's CUDA kernels compile for the GPU in this test: conftest sets TRITON_INTERPRET=1 for the
+    session (the project's own kernel runs on the CPU interpreter), and inductor's generated Triton kernels would
+    then run in that interpreter on CUDA tensors and fail. Triton reads the variable when each kernel is defined
+    (``triton.jit`` asks ``knobs.runtime.interpret``, which reads the process environment at that moment), and
+    inductor defines its kernels when it compiles, so removing the variable before compiling suffices in this
+    process; the compile stays in this process (``compile_threads=1``) because a worker pool started earlier in
+    the session would have inherited the variable."""
+    import torch._inductor.config
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 @pytest.mark.parametrize("compile", [False, True], ids=["eager-step", "compiled-step"])
-def test_cuda_graph_decode_equals_reference(seed, compile):
+def test_cuda_graph_decode_equals_reference(seed, compile, fused, monkeypatch):
     """cuda_graph=True (the step captured once, then replayed; inductor without its own CUDA graphs when
     compiled): logits ≤ 1e-5 from the reference decode in float32 over 40 steps of a left-padded batch, the same
     greedy tokens, and the same again for a new prompt (the captured graph reused) and a new batch size (a new
     capture)."""
+    if compile:
+        without_triton_interpreter(monkeypatch)
     model = build_model(ModelConfig.from_preset("shared_diff-tiny"), device="cuda").eval()
-    decoder = StaticDecoder(model, max_len=64, compile=compile, cuda_graph=True)
+    decoder = StaticDecoder(model, max_len=64, compile=compile, cuda_graph=True, fused=fused)
     ids, mask = (t.cuda() for t in _batch(model.config.vocab_size, padded=True))
     for prompt, prompt_mask in ((ids, mask), (ids.flip(0), mask.flip(0)), (ids[:1, -9:], None)):
         ref, got = _teacher_forced(model, decoder, prompt, prompt_mask)
@@ -241,3 +355,17 @@ def test_bad_input_is_refused():
         StaticDecoder(model, cuda_graph=True)
     with pytest.raises(ValueError, match='mode="reduce-overhead" already replays CUDA graphs'):
         StaticDecoder(model, compile=True, mode="reduce-overhead", cuda_graph=True)
+    with pytest.raises(ValueError, match=r"torch\.compile takes a mode or options, not both: give mode='max-autotune'"):
+        StaticDecoder(model, compile=True, mode="max-autotune", compile_options={"coordinate_descent_tuning": True})
+
+
+def test_compile_options_reach_torch_compile(monkeypatch):
+    """``compile_options`` go to torch.compile as its options (on the CPU: alone; reduce-overhead's CUDA graphs
+    join them only on CUDA), and a mode without them as the mode."""
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: calls.append(kwargs) or fn)
+    model = build_model(ModelConfig.from_preset("transformer-tiny")).eval()
+    StaticDecoder(model, compile=True, compile_options={"coordinate_descent_tuning": True})
+    StaticDecoder(model, compile=True, mode="max-autotune-no-cudagraphs")
+    assert calls[0]["options"] == {"coordinate_descent_tuning": True} and "mode" not in calls[0]
+    assert calls[1]["mode"] == "max-autotune-no-cudagraphs" and "options" not in calls[1]

@@ -98,7 +98,8 @@ def generate(
         step = decoder.step
     else:
         cache = model.new_cache(total)
-        logits = model(prompt, cache, attention_mask)[:, -1]
+        last = torch.full((prompt.shape[0], 1), prompt.shape[1] - 1, device=prompt.device)  # rows end in a token
+        logits = model(prompt, cache, attention_mask, logits_at=last)[:, -1]  # the head at the last position only
 
         def step(token: Tensor) -> Tensor:
             return model(token[:, None], cache)[:, -1]

@@ -86,8 +86,17 @@ class SwiGLU(nn.Module):
         self.w_up = nn.Linear(d_model, ffn_dim, bias=False)
         self.w_down = nn.Linear(ffn_dim, d_model, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+    def forward(self, x: Tensor, gate_up: Tensor | None = None) -> Tensor:
+        """``gate_up``: [W_g; W_1] (2·ffn_dim, D) from ``gate_up_weight()``, for one GEMM in place of two
+        (``StaticDecoder``); None: the two Linears."""
+        if gate_up is None:
+            return self.w_down(F.silu(self.w_gate(x)) * self.w_up(x))
+        gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
+        return self.w_down(F.silu(gate) * up)
+
+    def gate_up_weight(self) -> Tensor:
+        """[W_g; W_1] (2·ffn_dim, D), a new tensor."""
+        return torch.cat([self.w_gate.weight, self.w_up.weight])
 
     def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         init_weight(self.w_gate.weight, std)

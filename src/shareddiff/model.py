@@ -10,6 +10,7 @@ import contextlib
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shareddiff.attention import build_attention
@@ -70,6 +71,11 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def fused_weights(self, layer_idx: int) -> dict[str, Tensor] | None:
+        """Layer ``layer_idx``'s weights merged for decoding (``Block.fused_weights``; ``StaticKVCache`` holds
+        them), or None: the layers use their parameters."""
+        return None
+
     def bytes_per_token(self) -> int:
         """Cache bytes one position costs across all layers (0 before the first update)."""
         return sum(
@@ -90,8 +96,23 @@ class Block(nn.Module):
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor], cache: KVCache | None = None, mask: Tensor | None = None
     ) -> Tensor:
-        x = x + self.attention(self.attention_norm(x), rope, cache, mask)
-        return x + self.feed_forward(self.ffn_norm(x))
+        fused = cache.fused_weights(self.attention.layer_idx) if cache is not None else None
+        if fused is None:
+            x = x + self.attention(self.attention_norm(x), rope, cache, mask)
+            return x + self.feed_forward(self.ffn_norm(x))
+        # decoding with weights merged once (fused_weights): the same block in fewer kernels (F.rms_norm is one
+        # on CUDA; the attention reads its own merged weights from the cache)
+        normed = F.rms_norm(x, x.shape[-1:], fused["attention_norm"], self.attention_norm.eps)
+        x = x + self.attention(normed, rope, cache, mask)
+        normed = F.rms_norm(x, x.shape[-1:], fused["ffn_norm"], self.ffn_norm.eps)
+        return x + self.feed_forward(normed, fused["gate_up"])
+
+    @torch.no_grad()
+    def fused_weights(self) -> dict[str, Tensor]:
+        """This block's weights merged for decoding, new tensors (``StaticDecoder`` keeps them): the attention's
+        (its ``fused_weights()``), the MLP's [W_g; W_1] (one GEMM for both) and the two norms' weights."""
+        norms = {"attention_norm": self.attention_norm.weight.clone(), "ffn_norm": self.ffn_norm.weight.clone()}
+        return {**self.attention.fused_weights(), "gate_up": self.feed_forward.gate_up_weight(), **norms}
 
 
 class LanguageModel(nn.Module):

@@ -11,6 +11,18 @@ fixed addresses updated in place (the new tokens are copied into one), so a repl
 it directly, without torch.compile's per-call guards and CUDA-graph-tree bookkeeping (PyTorch's "CUDA Graphs"
 notes: whole-network capture after a warm-up on a side stream). The prefill runs eagerly through
 ``LanguageModel.forward``.
+
+At batch 1 a GPU decode step is bound by the number of kernels it launches, not by the bytes of weights it reads,
+so by default (``fused=True``) the decoder merges each layer's weights once, at construction
+(``Block.fused_weights``), and hands them to the layers through its cache: one GEMM for all of a layer's attention
+input projections (Shared DIFF's low-rank updates merged into dense maps, W + A·B, as low-rank adapters are merged
+for inference; DIFF V2's W_λ included), one for the MLP's gate and up, λ and the head-norm scale precomputed,
+``F.rms_norm`` (one kernel on CUDA) for the norms, and K1, K2 in one cache buffer. The step also hands the layers
+an additive float mask made once per step, so no attention call converts a boolean one. The merged weights are a
+snapshot: ``prefill`` merges again when a parameter changed in place since (its version counter moved: optimiser
+steps, ``load_state_dict``, ``copy_``), and ``refresh()`` does so on demand; a change behind autograd's back
+(``p.data = ...``, ``p.data.copy_(...)``) needs ``refresh()``. The training path and ``LanguageModel.forward``
+with a ``KVCache`` (the reference decode) use the parameters as they are.
 """
 
 from __future__ import annotations
@@ -31,9 +43,13 @@ class StaticKVCache(KVCache):
     layer stores (K, V; K1, K2, V; ...): the caller's attention mask hides the positions not filled.
     """
 
-    def __init__(self, n_layers: int, max_len: int) -> None:
+    def __init__(self, n_layers: int, max_len: int, fused: list[dict[str, Tensor]] | None = None) -> None:
         super().__init__(n_layers, max_len)
         self.write_at: Tensor | None = None
+        self._fused = fused  # each layer's Block.fused_weights(), or None
+
+    def fused_weights(self, layer_idx: int) -> dict[str, Tensor] | None:
+        return None if self._fused is None else self._fused[layer_idx]
 
     def update(self, layer_idx: int, *new: Tensor) -> tuple[Tensor, ...]:
         if self.write_at is None:
@@ -62,11 +78,16 @@ class StaticDecoder:
     first step after each (re)allocation runs as usual (and compiles), the second captures the step in a CUDA
     graph, every later one replays it. Batches may be left-padded (``attention_mask``), as in
     ``LanguageModel.forward``; every row then decodes as it would alone. Works with every attention variant
-    whose layers store their keys/values through ``cache.update`` and take a boolean mask.
+    whose layers store their keys/values through ``cache.update`` and take a boolean or additive mask.
+    ``fused=True`` (default): decode with each layer's weights merged once (the module docstring; ``refresh``);
+    False: with the model's modules as they are (the reference decode's arithmetic, fixed shapes).
+    ``compile_options``: inductor's options for ``torch.compile(options=...)`` (e.g. gpt-fast's
+    ``{"coordinate_descent_tuning": True}``), joined to reduce-overhead's ``{"triton.cudagraphs": True}`` where that
+    mode would be the default; torch.compile takes a mode or options, so not with ``mode``.
 
     Raises ``ValueError`` if ``max_len`` exceeds the model's ``max_seq_len``, for ``cuda_graph`` with a model
-    off CUDA or with ``mode="reduce-overhead"``, and from ``prefill``/``step`` when a prompt or a step does not
-    fit ``max_len``.
+    off CUDA or with ``mode="reduce-overhead"``, for ``compile_options`` with a ``mode``, and from
+    ``prefill``/``step`` when a prompt or a step does not fit ``max_len``.
     """
 
     def __init__(
@@ -77,6 +98,8 @@ class StaticDecoder:
         backend: str = "inductor",
         mode: str | None = None,
         cuda_graph: bool = False,
+        fused: bool = True,
+        compile_options: dict | None = None,
     ) -> None:
         limit = model.config.max_seq_len
         max_len = limit if max_len is None else max_len
@@ -86,27 +109,75 @@ class StaticDecoder:
             raise ValueError(
                 'mode="reduce-overhead" already replays CUDA graphs; give cuda_graph=True with another mode, or not'
             )
+        if compile_options and mode is not None:
+            raise ValueError(
+                f"torch.compile takes a mode or options, not both: give mode={mode!r} or compile_options, or put the "
+                f"mode's options (torch._inductor.list_mode_options({mode!r})) into compile_options"
+            )
         on_cuda = next(model.parameters()).is_cuda
         if cuda_graph and not on_cuda:
             raise ValueError("cuda_graph=True needs the model on a CUDA device; move it there or leave cuda_graph off")
         self.model, self.max_len, self.cuda_graph = model, max_len, cuda_graph
         self.cache: StaticKVCache | None = None
+        self._fused: list[dict[str, Tensor]] | None = None
+        if fused:
+            self._merge()
         self._step_fn = self._step
         if compile:
-            if mode is None and backend == "inductor" and on_cuda and not cuda_graph:
-                mode = "reduce-overhead"
-            options = {"mode": mode} if mode is not None else {}
+            cuda_graph_trees = mode is None and backend == "inductor" and on_cuda and not cuda_graph
+            if compile_options:  # reduce-overhead is the option below; torch.compile takes a mode or options
+                options = {"options": {**({"triton.cudagraphs": True} if cuda_graph_trees else {}), **compile_options}}
+            else:
+                mode = "reduce-overhead" if cuda_graph_trees else mode
+                options = {"mode": mode} if mode is not None else {}
             self._step_fn = torch.compile(self._step, backend=backend, fullgraph=True, dynamic=False, **options)
 
     @property
     def batch_size(self) -> int | None:
         return None if self.cache is None else self._pad.shape[0]
 
+    def _merge(self) -> None:
+        """Merge the model's weights for decoding (``Block.fused_weights``), noting the parameters' versions."""
+        self._fused = [block.fused_weights() for block in self.model.layers]
+        for layer in self._fused:
+            for t in layer.values():
+                if t is not None:
+                    torch._dynamo.mark_static_address(t)  # read in place by CUDA graphs, never copied in
+        self._merged_params = list(self.model.parameters())  # held, so that their ids stay theirs
+        self._merged_state = self._parameter_state()
+
+    def _parameter_state(self) -> list[tuple]:
+        """Each parameter's identity, version counter (moved by every in-place change), dtype and device."""
+        return [(id(p), p._version, p.dtype, p.device) for p in self.model.parameters()]
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Merge the model's current weights again: in place where shapes, device and dtype are unchanged (compiled
+        steps and captured CUDA graphs keep reading them), else anew, with a fresh cache at the next ``prefill``.
+        ``prefill`` calls it when a parameter changed in place since; call it after changing one behind autograd's
+        back (``p.data``). Nothing to do for a decoder built with ``fused=False``."""
+        if self._fused is None:
+            return
+        old = self._fused
+        self._merge()
+        pairs = [
+            (a, b)
+            for layer_old, layer_new in zip(old, self._fused, strict=True)
+            for a, b in zip(layer_old.values(), layer_new.values(), strict=True)
+            if a is not None
+        ]
+        if all(a.shape == b.shape and a.device == b.device and a.dtype == b.dtype for a, b in pairs):
+            for a, b in pairs:
+                a.copy_(b)
+            self._fused = old
+        else:
+            self.cache = None
+
     def _allocate(self, batch_size: int, device: torch.device) -> None:
         """The per-batch-size state: cache, input tokens, position, padding, token mask and RoPE table (fixed
         addresses), and no CUDA graph yet."""
         c = self.model.config
-        self.cache = StaticKVCache(c.n_layers, self.max_len)
+        self.cache = StaticKVCache(c.n_layers, self.max_len, self._fused)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._warmed_up = False  # cuda_graph: whether the step ran once outside a graph
         self._tokens = torch.zeros(batch_size, dtype=torch.long, device=device)  # the step's input, copied into
@@ -133,11 +204,14 @@ class StaticDecoder:
                 f"static cache's max_len={self.max_len}; build the StaticDecoder with a larger max_len (at most "
                 f"max_seq_len={self.model.config.max_seq_len}) or shorten the prompt or the continuation"
             )
+        if self._fused is not None and self._parameter_state() != self._merged_state:
+            self.refresh()
         if self.cache is None or self.batch_size != b or self._position.device != prompt.device:
             self._allocate(b, prompt.device)
         fresh = not self.cache.tensors()
         self.cache.reset()
-        logits = self.model(prompt, self.cache, attention_mask)[:, -1]
+        last = torch.full((b, 1), t - 1, device=prompt.device)  # left-padded rows all end in a token
+        logits = self.model(prompt, self.cache, attention_mask, logits_at=last)[:, -1]
         token_mask = self.cache.token_mask  # (B, max_len): the prompt's mask, then True; None without padding
         if token_mask is None:
             self._token_mask.fill_(True)
@@ -206,6 +280,8 @@ class StaticDecoder:
         positions = position - self._pad  # (B, 1): each row's RoPE position counts its tokens only
         rope = self._cos[positions], self._sin[positions]  # (B, 1, 1, d/2) each
         visible = self._token_mask & (self._key_positions <= position)  # (B, max_len): filled tokens
-        logits = self.model.forward_blocks(tokens, rope, self.cache, visible[:, None, None, :])
+        dtype = self.model.tok_embeddings.weight.dtype
+        mask = torch.where(visible, 0.0, float("-inf")).to(dtype)  # additive, made once for every layer's attention
+        logits = self.model.forward_blocks(tokens, rope, self.cache, mask[:, None, None, :])
         position.add_(1)
         return logits[:, -1]

@@ -83,6 +83,11 @@ def test_backend_matches_float64_reference(seed, backend, shape, lam_shape, caus
     assert (inputs[5].grad.double() - inputs64[5].grad).norm() / scale <= TOL, "grad of lam"
 
 
+def as_given(mask: torch.Tensor, kind: str, dtype: torch.dtype) -> torch.Tensor:
+    """``mask`` (bool) as the op is given it: bool, or additive in ``dtype`` (0 where True, −inf where False)."""
+    return mask if kind == "bool" else torch.zeros(mask.shape, dtype=dtype).masked_fill(~mask, float("-inf"))
+
+
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 @pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[3], SHAPES[4], SHAPES[5]])
 @pytest.mark.parametrize("masked", [False, True])
@@ -110,10 +115,12 @@ def test_float64_inputs_are_computed_in_float64(seed, backend, shape, masked):
         assert a1.dtype == a2.dtype == torch.float64
 
 
+@pytest.mark.parametrize("kind", ["bool", "additive"])
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
 @pytest.mark.parametrize("shape", [(2, 2, 2, 13, 13, 16), (3, 4, 2, 6, 19, 8), (2, 2, 1, 1, 9, 16)])
-def test_mask_matches_float64_reference(seed, backend, shape):
-    """A random boolean (B, 1, N, N_k) mask (each query keeps at least one key), forward and gradients."""
+def test_mask_matches_float64_reference(seed, backend, shape, kind):
+    """A random (B, 1, N, N_k) mask (each query keeps at least one key), boolean or additive, forward and
+    gradients; the reference applies the boolean one."""
     b, h, h_kv, n, n_k, d = shape
     inputs = make_inputs(b, h, h_kv, n, n_k, d, (h,))
     mask = torch.rand(b, 1, n, n_k) < 0.5
@@ -121,7 +128,7 @@ def test_mask_matches_float64_reference(seed, backend, shape):
     for t in inputs:
         t.requires_grad_(True)
     inputs64 = [t.detach().double().requires_grad_(True) for t in inputs]
-    out = differential_attention(*inputs, causal=False, backend=backend, mask=mask)
+    out = differential_attention(*inputs, causal=False, backend=backend, mask=as_given(mask, kind, torch.float32))
     ref = reference(*inputs64, causal=False, mask=mask)
     assert rel_err(out, ref) <= TOL
     grad_out = torch.randn_like(ref)
@@ -131,14 +138,15 @@ def test_mask_matches_float64_reference(seed, backend, shape):
         assert rel_err(t.grad, t64.grad) <= TOL, f"grad of {name}"
 
 
+@pytest.mark.parametrize("kind", ["bool", "additive"])
 @pytest.mark.parametrize("backend", ["eager", "sdpa"])
-def test_softmax_attention_mask_matches_float64_reference(seed, backend):
+def test_softmax_attention_mask_matches_float64_reference(seed, backend, kind):
     """Reference: the same math with one softmax (λ = 0 and one branch of the differential reference)."""
     q, k = torch.randn(2, 4, 7, 8), torch.randn(2, 2, 12, 8)
     v = torch.randn(2, 2, 12, 16)
     mask = torch.rand(2, 1, 7, 12) < 0.5
     mask[..., 0] = True
-    out = softmax_attention(q, k, v, causal=False, backend=backend, mask=mask)
+    out = softmax_attention(q, k, v, causal=False, backend=backend, mask=as_given(mask, kind, torch.float32))
     ref = reference(q, q, k, k, v, 0.0, causal=False, mask=mask)
     assert rel_err(out, ref) <= TOL
 
@@ -157,8 +165,9 @@ def test_bad_masks_are_named(seed):
     mask = torch.ones(2, 1, 5, 5, dtype=torch.bool)
     with pytest.raises(ValueError, match="either causal=True or a mask"):
         differential_attention(q1, q2, k1, k2, v, lam, mask=mask)
-    with pytest.raises(ValueError, match=r"mask must be a bool tensor broadcastable to \(B, h, N, N_k\)"):
-        differential_attention(q1, q2, k1, k2, v, lam, causal=False, mask=mask.float())
+    bad_dtype = r"mask must be a bool tensor, or an additive one of the queries' dtype torch.float32, broadcastable"
+    with pytest.raises(ValueError, match=bad_dtype):
+        differential_attention(q1, q2, k1, k2, v, lam, causal=False, mask=mask.double())
     with pytest.raises(ValueError, match=r"mask's last two dims must be \(N, N_k\) = \(5, 5\)"):
         softmax_attention(q1, k1, v, causal=False, mask=mask[..., :4])
 

@@ -7,6 +7,7 @@ identical for both differential variants; they differ only in how Q1, Q2, K1, K2
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
@@ -55,26 +56,58 @@ class DiffAttentionBase(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None, mask: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape
-        *qk, v = self.project_qkv(x)
-        heads = [t.shape[2] for t in qk]
-        rotated = apply_rope(torch.cat(qk, dim=2), *rope).transpose(1, 2)  # one rotation of all four: fewer ops
-        q1, q2, k1, k2 = rotated.split(heads, dim=1)  # (B, h, N, d) twice, (B, h_kv, N, d) twice
+        h, h_kv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        fused = cache.fused_weights(self.layer_idx) if cache is not None else None
+        if fused is None:
+            *qk, v = self.project_qkv(x)
+            qk, lam = torch.cat(qk, dim=2), self.lam()  # (B, N, 2h + 2h_kv, d): Q1, Q2, K1, K2 heads
+        else:  # decoding with the weights merged once (fused_weights): one GEMM, Q1, Q2, K1, K2 already side by side
+            qk, v = F.linear(x, fused["projections"]).split([2 * (h + h_kv) * d, 2 * h_kv * d], dim=-1)
+            qk, v, lam = qk.unflatten(-1, (-1, d)), v.unflatten(-1, (h_kv, 2 * d)), fused["lam"]
+        rotated = apply_rope(qk, *rope).transpose(1, 2)  # one rotation of all four: fewer ops
+        q1, q2, k1, k2 = rotated.split([h, h, h_kv, h_kv], dim=1)  # (B, h, N, d) twice, (B, h_kv, N, d) twice
         v = v.transpose(1, 2)  # (B, h_kv, N, 2d)
-        if cache is not None:
+        if cache is not None and fused is None:
             k1, k2, v = cache.update(self.layer_idx, k1, k2, v)
+        elif cache is not None:  # K1 and K2 in one buffer (B, 2h_kv, N_k, d): one write per step
+            k, v = cache.update(self.layer_idx, rotated[:, 2 * h :], v)
+            k1, k2 = k.chunk(2, dim=1)
         if self.recorder is not None:
-            lam = self.lam()
             out, a1, a2 = eager_differential_attention(
                 q1, q2, k1, k2, v, lam, causal=mask is None, mask=mask, return_maps=True
             )
             self.recorder.append((a1.detach(), a2.detach()))  # each (B, h, N, N_k); the map is A1 − λ·A2
         else:
-            out = differential_attention(
-                q1, q2, k1, k2, v, self.lam(), causal=mask is None, backend=self.backend, mask=mask
-            )
-        if self.head_norm is not None:
+            out = differential_attention(q1, q2, k1, k2, v, lam, causal=mask is None, backend=self.backend, mask=mask)
+        if self.head_norm is not None and fused is None:
             out = self.head_norm(out) * (1.0 - self.lambda_init)  # each head normalised on its own
+        elif self.head_norm is not None:  # the same, its weight × (1 − λ_init) merged once: one kernel on CUDA
+            out = F.rms_norm(out, (2 * d,), fused["head_norm"], HEAD_NORM_EPS)
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))
+
+    def fused_weights(self) -> dict[str, Tensor]:
+        """The weights a ``StaticDecoder`` merges once. "projections": [W_Q1; W_Q2; W_K1; W_K2; W_V] (out, D), one
+        GEMM whose output holds Q1, Q2, K1, K2 (heads in order) and V; the query/key maps are the dense ones of
+        ``effective_qk_weights`` (Shared DIFF: W + A·B, the inference-time merge of low-rank adapters), computed in
+        float32 (float64 for float64 parameters) and rounded once to the parameters' dtype. "lam": λ, a scalar in
+        the parameters' dtype (the SDPA backend rounds it so anyway). "head_norm": the per-head RMSNorm's weight ×
+        (1 − λ_init) (2d,), or None without a head norm. New tensors: later changes to the parameters do not reach
+        them."""
+        dtype = self.wv.weight.dtype
+        wide = torch.promote_types(dtype, torch.float32)
+        qk = [w.t() for w in self.effective_qk_weights(wide)]
+        projections = torch.cat([*qk, self.wv.weight.to(wide)]).to(dtype)
+        head_norm = None
+        if self.head_norm is not None:
+            weight = self.head_norm.weight
+            weight = weight if weight is not None else self.wv.weight.new_ones(2 * self.head_dim)
+            head_norm = (weight.to(wide) * (1.0 - self.lambda_init)).to(dtype)
+        return {"projections": projections, "lam": self.lam().detach().to(dtype), "head_norm": head_norm}
+
+    def effective_qk_weights(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Dense (W_Q1, W_Q2, W_K1, W_K2) in ``X W`` orientation, (D, h·d) and (D, h_kv·d); head i in columns
+        [i·d, (i+1)·d); computed in ``dtype`` (default: the parameters')."""
+        raise NotImplementedError
 
     def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         """Linear weights Normal(0, std²) (W_O: out_std), or PyTorch's default init where None; λ vectors
@@ -105,6 +138,14 @@ class DiffAttention(DiffAttentionBase):
         k = k.view(b, n, self.n_kv_heads, 2, self.head_dim)
         v = v.view(b, n, self.n_kv_heads, 2 * self.head_dim)
         return q[..., 0, :], q[..., 1, :], k[..., 0, :], k[..., 1, :], v
+
+    def effective_qk_weights(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """W_Q's and W_K's sub-heads 2i and 2i+1 taken apart: (W_Q1, W_Q2, W_K1, W_K2), (D, h·d) and (D, h_kv·d)."""
+        d = self.head_dim
+        q = self.wq.weight.t().unflatten(1, (self.n_heads, 2, d))  # (D, h, {Q1, Q2}, d)
+        k = self.wk.weight.t().unflatten(1, (self.n_kv_heads, 2, d))
+        maps = q[:, :, 0].flatten(1), q[:, :, 1].flatten(1), k[:, :, 0].flatten(1), k[:, :, 1].flatten(1)
+        return tuple(m.to(dtype) for m in maps)
 
     def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         super().reset_parameters(std, out_std)

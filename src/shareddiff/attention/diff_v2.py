@@ -12,6 +12,7 @@ Shared DIFF V2, which only changes how the 2h query heads are projected.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
@@ -44,10 +45,16 @@ class PairedDifferentialAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None, mask: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape
-        q, k, v, lam_logits = self.project(x)
-        heads = [q.shape[2], k.shape[2]]
-        rotated = apply_rope(torch.cat([q, k], dim=2), *rope).transpose(1, 2)  # one rotation of both: fewer ops
-        q, k = rotated.split(heads, dim=1)  # (B, 2h, N, d), (B, h_kv, N, d)
+        h, h_kv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        fused = cache.fused_weights(self.layer_idx) if cache is not None else None
+        if fused is None:
+            q, k, v, lam_logits = self.project(x)
+            qk = torch.cat([q, k], dim=2)  # (B, N, 2h + h_kv, d)
+        else:  # decoding with [W_Q; W_K; W_V; W_λ] merged once (fused_weights): one GEMM, Q and K already side by side
+            qk, v, lam_logits = F.linear(x, fused["projections"]).split([(2 * h + h_kv) * d, h_kv * d, h], dim=-1)
+            qk, v = qk.unflatten(-1, (-1, d)), v.unflatten(-1, (h_kv, d))
+        rotated = apply_rope(qk, *rope).transpose(1, 2)  # one rotation of both: fewer ops
+        q, k = rotated.split([2 * h, h_kv], dim=1)  # (B, 2h, N, d), (B, h_kv, N, d)
         v = v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
@@ -59,6 +66,21 @@ class PairedDifferentialAttention(nn.Module):
         else:
             out = differential_v2_attention(q, k, v, lam, mask is None, self.backend, mask)  # (B, h, N, d)
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))
+
+    def dense_query_weight(self, dtype: torch.dtype | None = None) -> Tensor:
+        """The dense W_Q (2h·d, D) in ``nn.Linear`` orientation, query heads 2i and 2i+1 the pair of head i;
+        computed in ``dtype`` (default: the parameters')."""
+        raise NotImplementedError
+
+    def fused_weights(self) -> dict[str, Tensor]:
+        """The weights a ``StaticDecoder`` merges once: "projections" [W_Q; W_K; W_V; W_λ] (out, D), one GEMM whose
+        output holds the 2h query heads, K, V and the λ logits; W_Q is ``dense_query_weight`` (Shared DIFF V2: W +
+        A·B merged), computed in float32 (float64 for float64 parameters) and rounded once. A new tensor: later
+        changes to the parameters do not reach it."""
+        dtype = self.wk.weight.dtype
+        wide = torch.promote_types(dtype, torch.float32)
+        rest = (self.wk.weight, self.wv.weight, self.lambda_proj.weight)
+        return {"projections": torch.cat([self.dense_query_weight(wide), *(w.to(wide) for w in rest)]).to(dtype)}
 
     def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         """Linear weights Normal(0, std²) (W_O: out_std), or PyTorch's default init where None (W_λ too:
@@ -82,6 +104,9 @@ class DiffV2Attention(PairedDifferentialAttention):
         q, k, v, lam_logits = project_inputs(x, (self.wq, self.wk, self.wv, self.lambda_proj), self.fuse_projections)
         heads = (b, n, -1, self.head_dim)
         return q.view(heads), k.view(heads), v.view(heads), lam_logits
+
+    def dense_query_weight(self, dtype: torch.dtype | None = None) -> Tensor:
+        return self.wq.weight.to(dtype)
 
     def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         super().reset_parameters(std, out_std)

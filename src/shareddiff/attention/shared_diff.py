@@ -104,15 +104,16 @@ class SharedDiffAttention(SharedDiffBase):
             setattr(self, f"{name}_a", nn.Linear(d_model, r, bias=False))  # A: X → rank r
             setattr(self, f"{name}_b", nn.Linear(r, out_dim, bias=False))  # B: rank r → columns
 
-    def effective_qk_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Dense (W_Q1, W_Q2, W_K1, W_K2) in ``X W`` orientation, (D, h·d); head i in columns [i·d, (i+1)·d).
+    def effective_qk_weights(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Dense (W_Q1, W_Q2, W_K1, W_K2) in ``X W`` orientation, (D, h·d); head i in columns [i·d, (i+1)·d);
+        computed in ``dtype`` (default: the parameters').
 
         With GQA the key matrices are (D, h_kv·d).
         """
         out = []
         for name in BRANCHES:
-            base = (self.wq if name[0] == "q" else self.wk).weight.t()
-            a, b = getattr(self, f"{name}_a").weight.t(), getattr(self, f"{name}_b").weight.t()
+            base = (self.wq if name[0] == "q" else self.wk).weight.t().to(dtype)
+            a, b = getattr(self, f"{name}_a").weight.t().to(dtype), getattr(self, f"{name}_b").weight.t().to(dtype)
             out.append(base + a @ b)
         return tuple(out)
 
@@ -137,13 +138,15 @@ class SharedDiffHeadsAttention(SharedDiffBase):
         low = xa.unflatten(-1, (b_factors.shape[0], self.rank))  # (B, N, heads, r)
         return base.unsqueeze(2) + torch.einsum("bnhr,hrd->bnhd", low, b_factors.to(low.dtype))
 
-    def effective_qk_weights(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Dense (W_Q1, W_Q2, W_K1, W_K2), (D, heads·d); head i's columns are W + A_i B_i."""
+    def effective_qk_weights(self, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Dense (W_Q1, W_Q2, W_K1, W_K2), (D, heads·d); head i's columns are W + A_i B_i; computed in ``dtype``
+        (default: the parameters')."""
         out = []
         for name in BRANCHES:
-            base = (self.wq if name[0] == "q" else self.wk).weight.t()  # (D, d)
-            b_factors = getattr(self, f"{name}_b")  # (heads, r, d)
-            a = getattr(self, f"{name}_a").weight.t().unflatten(-1, (b_factors.shape[0], self.rank))  # (D, heads, r)
+            base = (self.wq if name[0] == "q" else self.wk).weight.t().to(dtype)  # (D, d)
+            b_factors = getattr(self, f"{name}_b").to(dtype)  # (heads, r, d)
+            a = getattr(self, f"{name}_a").weight.t().to(dtype)
+            a = a.unflatten(-1, (b_factors.shape[0], self.rank))  # (D, heads, r)
             per_head = base.unsqueeze(1) + torch.einsum("Dhr,hrd->Dhd", a, b_factors)
             out.append(per_head.flatten(1))
         return tuple(out)

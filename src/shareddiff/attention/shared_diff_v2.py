@@ -43,14 +43,17 @@ class SharedDiffV2Attention(SharedLowRankProjection, PairedDifferentialAttention
         q = torch.stack((q1, q2), dim=3).flatten(2, 3)  # (B, N, 2h, d): Q1_0, Q2_0, Q1_1, Q2_1, ...
         return q, k.view(heads), v.view(heads), lam_logits
 
-    def effective_query_weight(self) -> Tensor:
+    def effective_query_weight(self, dtype: torch.dtype | None = None) -> Tensor:
         """The dense DIFF V2 query matrix (D, 2h·d) in ``X W`` orientation: head 2i's columns are
-        (W_Q + A1 B1)'s head i, head 2i+1's (W_Q + A2 B2)'s."""
-        base = self.wq.weight.t()
-        w1 = base + self.q1_a.weight.t() @ self.q1_b.weight.t()
-        w2 = base + self.q2_a.weight.t() @ self.q2_b.weight.t()
+        (W_Q + A1 B1)'s head i, head 2i+1's (W_Q + A2 B2)'s; computed in ``dtype`` (default: the parameters')."""
+        base = self.wq.weight.t().to(dtype)
+        w1 = base + self.q1_a.weight.t().to(dtype) @ self.q1_b.weight.t().to(dtype)
+        w2 = base + self.q2_a.weight.t().to(dtype) @ self.q2_b.weight.t().to(dtype)
         d = self.head_dim
         return torch.stack((w1.unflatten(1, (-1, d)), w2.unflatten(1, (-1, d))), dim=2).flatten(1)
+
+    def dense_query_weight(self, dtype: torch.dtype | None = None) -> Tensor:
+        return self.effective_query_weight(dtype).t()
 
     def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         super().reset_parameters(std, out_std)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
@@ -31,10 +32,16 @@ class StandardAttention(nn.Module):
 
     def forward(self, x: Tensor, rope: tuple[Tensor, Tensor], cache=None, mask: Tensor | None = None) -> Tensor:
         b, n, _ = x.shape
-        q, k, v = project_inputs(x, (self.wq, self.wk, self.wv), self.fuse_projections)
-        qk = torch.cat([q, k], -1).view(b, n, self.n_heads + self.n_kv_heads, self.head_dim)
-        q, k = apply_rope(qk, *rope).transpose(1, 2).split([self.n_heads, self.n_kv_heads], dim=1)  # one rotation
-        v = v.view(b, n, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        h, h_kv, d = self.n_heads, self.n_kv_heads, self.head_dim
+        fused = cache.fused_weights(self.layer_idx) if cache is not None else None
+        if fused is None:
+            q, k, v = project_inputs(x, (self.wq, self.wk, self.wv), self.fuse_projections)
+            qk = torch.cat([q, k], -1).view(b, n, h + h_kv, d)
+        else:  # decoding with [W_Q; W_K; W_V] merged once (fused_weights): one GEMM, Q and K already side by side
+            qk, v = F.linear(x, fused["projections"]).split([(h + h_kv) * d, h_kv * d], dim=-1)
+            qk = qk.unflatten(-1, (h + h_kv, d))
+        q, k = apply_rope(qk, *rope).transpose(1, 2).split([h, h_kv], dim=1)  # one rotation
+        v = v.unflatten(-1, (h_kv, d)).transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
         if self.recorder is not None:
@@ -43,6 +50,11 @@ class StandardAttention(nn.Module):
         else:
             out = softmax_attention(q, k, v, causal=mask is None, backend=self.backend, mask=mask)  # (B, h, N, dh)
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))
+
+    def fused_weights(self) -> dict[str, Tensor]:
+        """The weights a ``StaticDecoder`` merges once: "projections" [W_Q; W_K; W_V] (out, D), one GEMM whose output
+        holds Q, K, V side by side. A new tensor: later changes to the parameters do not reach it."""
+        return {"projections": torch.cat([self.wq.weight, self.wk.weight, self.wv.weight])}
 
     def reset_parameters(self, std: float | None, out_std: float | None) -> None:
         for lin in (self.wq, self.wk, self.wv):

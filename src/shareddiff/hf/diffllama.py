@@ -66,16 +66,6 @@ def diffllama_config(model: LanguageModel, eos_id: int | None = None) -> DiffLla
     )
 
 
-def qk_weights(attention) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Dense (W_Q1, W_Q2, W_K1, W_K2) in ``X W`` form, head i in columns [i·d, (i+1)·d)."""
-    if hasattr(attention, "effective_qk_weights"):
-        return attention.effective_qk_weights()
-    d = attention.head_dim
-    q = attention.wq.weight.t().unflatten(1, (attention.n_heads, 2, d))  # DIFF: sub-heads 2i, 2i+1 interleaved
-    k = attention.wk.weight.t().unflatten(1, (attention.n_kv_heads, 2, d))
-    return q[:, :, 0].flatten(1), q[:, :, 1].flatten(1), k[:, :, 0].flatten(1), k[:, :, 1].flatten(1)
-
-
 def _rope_rows(w: Tensor, d: int) -> Tensor:
     """Rows (out features) of ``w`` reordered within each d-row sub-head: interleaved pairs → half-split."""
     order = torch.cat([torch.arange(0, d, 2), torch.arange(1, d, 2)])
@@ -101,7 +91,7 @@ def to_diffllama(model: LanguageModel, eos_id: int | None = None) -> DiffLlamaFo
         out.lm_head.weight.copy_(model.output.weight)
     for ours, theirs in zip(model.layers, target.layers, strict=True):
         att, tatt = ours.attention, theirs.self_attn
-        q1, q2, k1, k2 = (w.to(dtype) for w in qk_weights(att))
+        q1, q2, k1, k2 = att.effective_qk_weights(dtype)  # dense maps, head i in columns [i·d, (i+1)·d)
         tatt.q_proj.weight.copy_(_rope_rows(torch.cat([q1, q2], dim=1).t(), d))
         tatt.k_proj.weight.copy_(_rope_rows(torch.cat([k1, k2], dim=1).t(), d))
         v = att.wv.weight.unflatten(0, (c.n_kv_heads, 2, d))  # (h_kv, {first, second half}, d, D)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from shareddiff.ops.common import causal_mask, check_mask, expand_kv
+from shareddiff.ops.common import apply_mask, causal_mask, check_mask, expand_kv
 
 Backend = Callable[..., Tensor]
 _BACKENDS: dict[str, Backend] = {}
@@ -100,9 +100,10 @@ def differential_attention(
 
     q1, q2: (B, h, N, d); k1, k2: (B, h_kv, N_k, d); v: (B, h_kv, N_k, 2d); λ: scalar or (h,).
     With ``N < N_k`` (decoding with a cache) the queries are the last N positions. ``mask`` (padded
-    batches): bool, (B or 1, h or 1, N, N_k), True where a query may attend a key; it replaces the causal
-    mask (``causal`` must then be False, as in ``F.scaled_dot_product_attention``), must hold causality
-    itself, and must leave every query at least one key (see ``shareddiff.padding``). Returns (B, h, N, 2d).
+    batches): bool, (B or 1, h or 1, N, N_k), True where a query may attend a key, or additive in q1's dtype
+    (0 there, −inf elsewhere); it replaces the causal mask (``causal`` must then be False, as in
+    ``F.scaled_dot_product_attention``), must hold causality itself, and must leave every query at least one
+    key (see ``shareddiff.padding``). Returns (B, h, N, 2d).
     Raises ``ValueError`` on inconsistent shapes, and from backends that take no mask ("triton").
     """
     _check_shapes(q1, q2, k1, k2, v)
@@ -128,7 +129,7 @@ def eager_differential_attention(q1, q2, k1, k2, v, lam, causal=True, mask=None,
     def attention_map(q: Tensor, k: Tensor) -> Tensor:
         scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) * scale  # (B, h, N, N_k)
         if mask is not None:
-            scores = scores.masked_fill(~mask, float("-inf"))
+            scores = apply_mask(scores, mask)
         return scores.softmax(dim=-1)
 
     a1, a2 = attention_map(q1, k1), attention_map(q2, k2)
@@ -144,7 +145,7 @@ def sdpa_differential_attention(q1, q2, k1, k2, v, lam, causal=True, mask=None):
     On the CPU the fused (flash) kernel needs equal q/k and v widths, so q and k are zero-padded from
     d to 2d (scores unchanged, scale kept at 1/√d); elsewhere the memory-efficient kernel takes
     v of width 2d as it is. A cache decode step (N = 1) needs no mask; other N < N_k use an explicit
-    (N, N_k) mask; a given ``mask`` (padding) is passed on as SDPA's boolean ``attn_mask``.
+    (N, N_k) mask; a given ``mask`` (padding) is passed on as SDPA's ``attn_mask``.
     """
     h, n, n_k, d = q1.shape[1], q1.shape[2], k1.shape[2], q1.shape[3]
     k1, k2, v = (expand_kv(t, h) for t in (k1, k2, v))

@@ -50,7 +50,7 @@ def differential_v2_attention(
     lam: (B, h, N), the weight of each pair's second head (DIFF V2: sigmoid(X W_λ)). Returns (B, h, N, d).
 
     With ``N < N_k`` (decoding with a cache) the queries are the last N positions. ``backend`` and
-    ``mask`` (padded batches: bool (B or 1, 1, N, N_k), replacing the causal mask, so ``causal=False``)
+    ``mask`` (padded batches: bool (B or 1, 1, N, N_k) or additive, replacing the causal mask, so ``causal=False``)
     as for ``softmax_attention`` ("auto", "eager" or "sdpa"). Raises ``ValueError`` on shapes that do
     not fit and on any other backend name.
     """

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from shareddiff.ops.backends import check_backend, softmax_backends
-from shareddiff.ops.common import causal_mask, check_mask, expand_kv
+from shareddiff.ops.common import apply_mask, causal_mask, check_mask, expand_kv
 
 
 def softmax_attention(
@@ -17,11 +17,11 @@ def softmax_attention(
 ) -> Tensor:
     """softmax(q kᵀ/√d + mask) v. q: (B, h, N, d); k, v: (B, h_kv, N_k, ·); queries are the last N keys.
 
-    ``mask``: as in ``differential_attention`` (bool (B or 1, h or 1, N, N_k), True where allowed; it
-    replaces the causal mask, so ``causal`` must be False). ``backend``: "eager" materialises the map
-    (softmax in float32, float64 for float64 inputs); "sdpa" and "auto" call ``F.scaled_dot_product_attention``.
-    Raises ``ValueError`` for any other name ("triton" is the fused kernel of ``differential_attention`` only)
-    and for a bad mask.
+    ``mask``: as in ``differential_attention`` (bool (B or 1, h or 1, N, N_k), True where allowed, or additive
+    in q's dtype; it replaces the causal mask, so ``causal`` must be False). ``backend``: "eager" materialises
+    the map (softmax in float32, float64 for float64 inputs); "sdpa" and "auto" call
+    ``F.scaled_dot_product_attention``. Raises ``ValueError`` for any other name ("triton" is the fused kernel
+    of ``differential_attention`` only) and for a bad mask.
     """
     check_backend(backend, softmax_backends(), "backend", "softmax_attention (standard, diff_v2, shared_diff_v2)")
     check_mask(mask, causal, q, k.shape[2])
@@ -48,6 +48,6 @@ def eager_softmax_attention(
     if causal:
         mask = causal_mask(q.shape[2], k.shape[2], q.device)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = apply_mask(scores, mask)
     attn = scores.softmax(dim=-1)
     return (attn @ v.to(compute)).to(v.dtype), attn

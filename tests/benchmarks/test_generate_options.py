@@ -1,0 +1,30 @@
+"""benchmarks/generate.py's options for the decoder rows: --fusion (a row per choice), --inductor-option (inductor's
+options for the compiled modes only)."""
+
+import argparse
+
+import pytest
+from generate import build_parser, decoder_settings, inductor_option, row_plan
+
+
+def test_inductor_options_parse_as_literals():
+    assert inductor_option("coordinate_descent_tuning=True") == ("coordinate_descent_tuning", True)
+    assert inductor_option("max_autotune_gemm_backends=ATEN,TRITON") == ("max_autotune_gemm_backends", "ATEN,TRITON")
+    assert inductor_option("triton.cudagraph_skip_dynamic_graphs=0") == ("triton.cudagraph_skip_dynamic_graphs", 0)
+    with pytest.raises(argparse.ArgumentTypeError, match="expected KEY=VALUE"):
+        inductor_option("coordinate_descent_tuning")
+
+
+def test_decoder_rows_and_settings():
+    """A decoder mode gives a row per --fusion, other modes one; inductor options reach the compiled modes only,
+    and only with the inductor backend."""
+    command = "--modes eager graph compiled-graph --fusion fused unfused --inductor-option coordinate_descent_tuning=1"
+    args = build_parser().parse_args(command.split())
+    plan = row_plan(args.modes, args)
+    assert plan == [("eager", None), *[(m, f) for m in ("graph", "compiled-graph") for f in (True, False)]]
+    assert decoder_settings("graph", True, args) == {"cuda_graph": True, "fused": True, "backend": "inductor"}
+    compiled = decoder_settings("compiled-graph", False, args)
+    assert compiled["compile_options"] == {"coordinate_descent_tuning": 1} and compiled["fused"] is False
+    args.compile_backend = "aot_eager"
+    assert "compile_options" not in decoder_settings("compiled-graph", True, args)
+    assert build_parser().parse_args([]).fusion == ["fused"]
