@@ -10,6 +10,7 @@ from shareddiff.generation import decode_tokens, generate
 from shareddiff.padding import left_pad
 from shareddiff.presets import FAMILIES
 from shareddiff.static_decode import StaticDecoder
+from tests.conftest import rel_err
 
 STEPS = 40
 LENGTHS = (13, 6, 9)  # the prefill is 13 columns wide: odd, and not a multiple of anything the step uses
@@ -148,6 +149,28 @@ def test_merged_weights_follow_the_parameters(seed):
     ref, got = _teacher_forced(model, decoder, ids, mask)
     assert got.dtype == torch.float64 and (got - ref).abs().max().item() <= 1e-5  # RMSNorm computes in float32
     assert decoder._fused[0]["projections"].dtype == torch.float64
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
+@pytest.mark.parametrize("family", ["transformer", "shared_diff"])
+def test_one_decoder_under_bf16_autocast_and_outside_it_equals_the_reference(seed, family, fused):
+    """A float32 model decoded under CPU bf16 autocast, then without it, then under it again, by one decoder: its
+    additive mask and K/V take the queries' dtype in each context (a new cache when autocast switches). Reference:
+    the KVCache decode in the same context; bf16 logits within 2e-2 (relative, a few bf16 roundings of logits
+    ~0.7), float32 ones within 1e-5 with the same greedy tokens."""
+    model = _trained_looking(build_model(ModelConfig.from_preset(f"{family}-tiny")).eval())
+    decoder = StaticDecoder(model, max_len=64, fused=fused)
+    ids, mask = _batch(model.config.vocab_size, padded=True)
+    for autocast in (True, False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            ref, got = _teacher_forced(model, decoder, ids, mask)
+        if autocast:
+            assert got.dtype == ref.dtype == torch.bfloat16
+            assert rel_err(got.float(), ref.float()) <= 2e-2
+        else:
+            assert got.dtype == torch.float32
+            assert (got - ref).abs().max().item() <= 1e-5
+            assert torch.equal(got.argmax(-1), ref.argmax(-1))
 
 
 def test_sampling_through_the_decoder_equals_the_reference(seed):

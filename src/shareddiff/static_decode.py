@@ -173,10 +173,19 @@ class StaticDecoder:
         else:
             self.cache = None
 
+    def _query_dtype(self, device: torch.device) -> torch.dtype:
+        """The dtype of the attention's queries, which the additive mask and the cached K/V take: the model's, or
+        autocast's where it is on for ``device`` (autocast casts every floating dtype but float64)."""
+        dtype = self.model.tok_embeddings.weight.dtype
+        if dtype != torch.float64 and torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+        return dtype
+
     def _allocate(self, batch_size: int, device: torch.device) -> None:
         """The per-batch-size state: cache, input tokens, position, padding, token mask and RoPE table (fixed
-        addresses), and no CUDA graph yet."""
+        addresses), the additive mask's dtype (the queries', under autocast too), and no CUDA graph yet."""
         c = self.model.config
+        self._mask_dtype = self._query_dtype(device)
         self.cache = StaticKVCache(c.n_layers, self.max_len, self._fused)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._warmed_up = False  # cuda_graph: whether the step ran once outside a graph
@@ -206,7 +215,12 @@ class StaticDecoder:
             )
         if self._fused is not None and self._parameter_state() != self._merged_state:
             self.refresh()
-        if self.cache is None or self.batch_size != b or self._position.device != prompt.device:
+        if (
+            self.cache is None
+            or self.batch_size != b
+            or self._position.device != prompt.device
+            or self._mask_dtype != self._query_dtype(prompt.device)  # autocast switched: K/V and mask of another dtype
+        ):
             self._allocate(b, prompt.device)
         fresh = not self.cache.tensors()
         self.cache.reset()
@@ -280,8 +294,7 @@ class StaticDecoder:
         positions = position - self._pad  # (B, 1): each row's RoPE position counts its tokens only
         rope = self._cos[positions], self._sin[positions]  # (B, 1, 1, d/2) each
         visible = self._token_mask & (self._key_positions <= position)  # (B, max_len): filled tokens
-        dtype = self.model.tok_embeddings.weight.dtype
-        mask = torch.where(visible, 0.0, float("-inf")).to(dtype)  # additive, made once for every layer's attention
+        mask = torch.where(visible, 0.0, float("-inf")).to(self._mask_dtype)  # additive, once for every layer
         logits = self.model.forward_blocks(tokens, rope, self.cache, mask[:, None, None, :])
         position.add_(1)
         return logits[:, -1]
