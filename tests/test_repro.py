@@ -1076,5 +1076,5 @@ def test_run_patterns_that_select_nothing_say_why():
     assert "its own --run" not in message and "quotes" not in message
     assert message.count("-s1") == 20 and message.endswith("(144 runs; `shareddiff reproduce mqar --list` lists them)")
     short = load_experiment("retrieval")
-    with pytest.raises(ValueError, match="no run 'x'; its runs are: transformer-s1, diff-s1, shared_diff-s1$"):
+    with pytest.raises(ValueError, match=r"no run 'x'; its runs are: transformer-s1, diff-s1, shared_diff-s1$"):
         short.run("x")  # a short list stays whole
