@@ -128,7 +128,8 @@ def test_logits_at_equal_the_full_logits_there(seed, name):
 def test_logits_at_of_the_wrong_shape_is_refused():
     model = tiny("standard")
     ids = torch.randint(0, 97, (2, 9))
-    for bad in (torch.tensor([1, 2]), torch.zeros(3, 2, dtype=torch.long), torch.zeros(2, 2)):
+    bad_ones = (torch.tensor([1, 2]), torch.zeros(3, 2, dtype=torch.long), torch.zeros(2, 2), torch.ones(2, 9).bool())
+    for bad in bad_ones:
         with pytest.raises(ValueError, match="logits_at must be"):
             model(ids, logits_at=bad)
 
@@ -292,3 +293,13 @@ def test_cache_reorder_keeps_the_chosen_rows(seed, padded):
         model(ids[rows], fresh, None if mask is None else mask[rows])
         expected = model(nxt, fresh)
     assert rel_err(got, expected) <= 1e-6
+
+
+def test_logits_at_of_any_integer_type_works(seed):
+    model = tiny("standard")
+    ids = torch.randint(0, 97, (2, 9))
+    at = torch.tensor([[8, 0], [3, 3]])
+    with torch.no_grad():
+        expected = model(ids, logits_at=at)
+        for dtype in (torch.int32, torch.uint8, torch.int16):
+            assert torch.equal(model(ids, logits_at=at.to(dtype)), expected)

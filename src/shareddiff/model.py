@@ -230,11 +230,14 @@ class LanguageModel(nn.Module):
         else:
             positions = token_positions(token_mask)[:, start:]  # (B, N)
             mask = padded_attention_mask(token_mask, start, n)  # (B, 1, N, start + N)
-        if logits_at is not None and (logits_at.dim() != 2 or logits_at.shape[0] != b or logits_at.is_floating_point()):
-            raise ValueError(
-                f"logits_at must be (B, K) integer positions with B = {b} as input_ids, got "
-                f"{tuple(logits_at.shape)} {logits_at.dtype}"
-            )
+        if logits_at is not None:
+            integer = not (logits_at.dtype == torch.bool or logits_at.is_floating_point() or logits_at.is_complex())
+            if logits_at.dim() != 2 or logits_at.shape[0] != b or not integer:
+                raise ValueError(
+                    f"logits_at must be (B, K) integer positions with B = {b} as input_ids, got "
+                    f"{tuple(logits_at.shape)} {logits_at.dtype}"
+                )
+            logits_at = logits_at.long()  # gather's index type
         rope = rope_angles(positions, self.config.head_dim, self.config.rope_theta, self.tok_embeddings.weight.dtype)
         logits = self.forward_blocks(input_ids, rope, cache, mask, logits_at=logits_at)
         if cache is not None:

@@ -284,6 +284,7 @@ def test_logits_to_keep_follows_the_transformers_convention(seed):
             0: full,
             20: full,
             torch.tensor([2, 5]): full[:, [2, 5]],
+            torch.tensor([2, 5], dtype=torch.uint8): full[:, [2, 5]],
             per_row: full.gather(1, per_row[..., None].expand(-1, -1, full.shape[-1])),
         }
         for keep, expected in cases.items():
