@@ -31,6 +31,15 @@ class RMSNorm(nn.Module):
             nn.init.ones_(self.weight)
 
 
+def fused_rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    """``F.rms_norm`` over the last axis (one kernel on CUDA) with ``weight`` in ``x``'s dtype: under autocast a
+    bf16 ``x`` meets a float32 weight, which would send torch to its unfused path. The decode path's norm
+    (``StaticDecoder``); the same value as ``RMSNorm`` up to rounding."""
+    if weight is not None and weight.dtype != x.dtype:
+        weight = weight.to(x.dtype)
+    return F.rms_norm(x, x.shape[-1:], weight, eps)
+
+
 def rope_angles(positions: Tensor, dim: int, theta: float, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """cos and sin of the rotary angles, each (..., N, 1, dim/2) (the 1 broadcasts over heads), for integer
     ``positions`` (N,) shared by every row or (B, N) per row (padded batches). ``dtype``: the model's; the

@@ -10,12 +10,11 @@ import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shareddiff.attention import build_attention
 from shareddiff.config import ModelConfig
-from shareddiff.layers import RMSNorm, SwiGLU, init_weight, rope_angles
+from shareddiff.layers import RMSNorm, SwiGLU, fused_rms_norm, init_weight, rope_angles
 from shareddiff.ops import check_backend
 from shareddiff.padding import check_token_mask, padded_attention_mask, token_positions
 
@@ -102,9 +101,9 @@ class Block(nn.Module):
             return x + self.feed_forward(self.ffn_norm(x))
         # decoding with weights merged once (fused_weights): the same block in fewer kernels (F.rms_norm is one
         # on CUDA; the attention reads its own merged weights from the cache)
-        normed = F.rms_norm(x, x.shape[-1:], fused["attention_norm"], self.attention_norm.eps)
+        normed = fused_rms_norm(x, fused["attention_norm"], self.attention_norm.eps)
         x = x + self.attention(normed, rope, cache, mask)
-        normed = F.rms_norm(x, x.shape[-1:], fused["ffn_norm"], self.ffn_norm.eps)
+        normed = fused_rms_norm(x, fused["ffn_norm"], self.ffn_norm.eps)
         return x + self.feed_forward(normed, fused["gate_up"])
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
-from shareddiff.layers import RMSNorm, apply_rope, init_weight, project_inputs
+from shareddiff.layers import RMSNorm, apply_rope, fused_rms_norm, init_weight, project_inputs
 from shareddiff.ops import available_backends as differential_backends
 from shareddiff.ops import differential_attention, eager_differential_attention
 
@@ -82,7 +82,7 @@ class DiffAttentionBase(nn.Module):
         if self.head_norm is not None and fused is None:
             out = self.head_norm(out) * (1.0 - self.lambda_init)  # each head normalised on its own
         elif self.head_norm is not None:  # the same, its weight × (1 − λ_init) merged once: one kernel on CUDA
-            out = F.rms_norm(out, (2 * d,), fused["head_norm"], HEAD_NORM_EPS)
+            out = fused_rms_norm(out, fused["head_norm"], HEAD_NORM_EPS)
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))
 
     def fused_weights(self) -> dict[str, Tensor]:
