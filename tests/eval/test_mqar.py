@@ -91,7 +91,9 @@ def test_trainer_records_mqar_accuracy_along_training(tmp_path):
     result = mqar_results(str(tmp_path / "run"), None, 16, 0, "cpu", None)
     assert [r["seq_len"] for r in result["rows"]] == [64, 128] and result["pairs"] == 4
     assert result["rows"][0]["answers"] == 16 * 4
-    assert json.loads((tmp_path / "run" / "eval" / "mqar.json").read_text())["rows"] == result["rows"]
+    saved_result = json.loads((tmp_path / "run" / "eval" / "mqar.json").read_text())
+    assert saved_result["rows"] == result["rows"]
+    assert saved_result["task"] == {k: v for k, v in saved["run"]["mqar"].items() if k != "eval_samples"}
     line = main(["eval", "mqar", str(tmp_path / "run"), "--lengths", "64", "--samples", "8", "--device", "cpu"])
     assert line == 0
     record = mqar_run_record(tmp_path / "run")

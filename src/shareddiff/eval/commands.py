@@ -296,7 +296,9 @@ def run_mqar(
     """
     result = mqar_results(checkpoint, lengths, samples, seed, device, out)
     rows = ", ".join(f"N={r['seq_len']}: {r['accuracy']:.3f}" for r in result["rows"])
-    return f"MQAR accuracy ({result['pairs']} pairs) {rows} → {output_dir(checkpoint, out) / 'mqar.json'}"
+    updates = f", {result['task']['updates']} updates" if result["task"].get("updates") else ""
+    task = f"{result['pairs']} pairs, {result['queries']} queries{updates}"
+    return f"MQAR accuracy ({task}) {rows} → {output_dir(checkpoint, out) / 'mqar.json'}"
 
 
 def mqar_results(

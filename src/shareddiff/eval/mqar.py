@@ -9,6 +9,7 @@ its ``max_seq_len`` allows: its length extrapolation.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Iterable
@@ -34,7 +35,16 @@ def mqar_eval(
         check_context(model, length, f"MQAR at length {length}")
         scores = mqar_scores(model, *mqar_eval_set(config, length, samples, seed), batch_size)
         rows.append({"seq_len": length, **scores})
-    return {"pairs": config.pairs, "queries": config.n_queries(), "samples": samples, "seed": seed, "rows": rows}
+    task = dataclasses.asdict(config)  # every setting of the task (updates, shared_prefix, key_len, ...)
+    task.pop("eval_samples", None)
+    return {
+        "pairs": config.pairs,
+        "queries": config.n_queries(),
+        "samples": samples,
+        "seed": seed,
+        "task": task,
+        "rows": rows,
+    }
 
 
 def steps_to(curve: list[tuple[int, float]], level: float) -> int | None:
