@@ -393,3 +393,14 @@ def test_compile_options_reach_torch_compile(monkeypatch):
     StaticDecoder(model, compile=True, mode="max-autotune-no-cudagraphs")
     assert calls[0]["options"] == {"coordinate_descent_tuning": True} and "mode" not in calls[0]
     assert calls[1]["mode"] == "max-autotune-no-cudagraphs" and "options" not in calls[1]
+
+
+def test_a_model_on_the_triton_backend_is_refused_by_name():
+    """The fused kernel takes no mask: the decoder says so, and how to decode (not the kernel's padding error)."""
+    model = build_model(ModelConfig.from_preset("diff-tiny")).eval()
+    model.set_attention_backend("triton")
+    decoder = StaticDecoder(model, max_len=32)
+    with pytest.raises(ValueError, match=r"backend is 'triton'.*set_attention_backend\('auto'\)"):
+        decoder.prefill(torch.randint(0, model.config.vocab_size, (1, 5)), max_new_tokens=4)
+    model.set_attention_backend("auto")
+    assert decoder.prefill(torch.randint(0, model.config.vocab_size, (1, 5)), max_new_tokens=4).shape == (1, 512)

@@ -203,10 +203,17 @@ class StaticDecoder:
     def prefill(self, prompt: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 0) -> Tensor:
         """Run ``prompt`` (B, T), optionally left-padded with ``attention_mask`` (B, T) (1 on tokens), into a
         fresh cache; return the logits (B, vocab) of each row's last position. Raises ``ValueError`` if
-        T + ``max_new_tokens`` exceeds ``max_len``."""
+        T + ``max_new_tokens`` exceeds ``max_len``, or if the model's attention backend is "triton" (the fused
+        training kernel takes no mask, and every decode step masks the cache's unfilled positions)."""
         b, t = prompt.shape
         if t == 0:
             raise ValueError("the prompt is empty; give at least one token")
+        if any(getattr(block.attention, "backend", None) == "triton" for block in self.model.layers):
+            raise ValueError(
+                "the model's attention backend is 'triton', the fused training kernel, which takes no attention "
+                "mask; every static decode step masks the cache's positions not yet written. Call "
+                "model.set_attention_backend('auto') (SDPA) before decoding"
+            )
         if t + max_new_tokens > self.max_len:
             raise ValueError(
                 f"prompt ({t}) + max_new_tokens ({max_new_tokens}) = {t + max_new_tokens} positions exceed the "
