@@ -139,3 +139,17 @@ def saved_figures(monkeypatch):
     yield figures
     for fig in figures:
         real_close(fig)
+
+
+def without_triton_interpreter(monkeypatch) -> None:
+    """Let inductor's CUDA kernels compile for the GPU in this test: conftest sets TRITON_INTERPRET=1 for the
+    session (the project's own kernel runs on the CPU interpreter), and inductor's generated Triton kernels would
+    then run in that interpreter on CUDA tensors and fail. Triton reads the variable when each kernel is defined
+    (``triton.jit`` asks ``knobs.runtime.interpret``, which reads the process environment at that moment), and
+    inductor defines its kernels when it compiles, so removing the variable before compiling suffices in this
+    process; the compile stays in this process (``compile_threads=1``) because a worker pool started earlier in
+    the session would have inherited the variable."""
+    import torch._inductor.config
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)

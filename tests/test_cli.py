@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from shareddiff.cli import main
 from shareddiff.train import load_model
-from tests.conftest import synthetic_documents
+from tests.conftest import synthetic_documents, without_triton_interpreter
 
 
 @pytest.fixture
@@ -376,6 +376,38 @@ def test_generate_compile_gives_the_eager_tokens(tmp_path, capsys):
     assert outs[0] == outs[1] and outs[0].startswith("--- sample 1\ndef f(x):")
 
 
+def _diff_tiny_checkpoint(path):
+    from shareddiff import ModelConfig, build_model
+    from shareddiff.data.tokenizer import BUNDLED_TOKENIZERS
+    from shareddiff.train import save_checkpoint
+
+    model = build_model(ModelConfig.from_preset("diff-tiny", vocab_size=4096))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = {"model_config": model.config.to_dict()}
+    save_checkpoint(path, 1, model, optimizer, state, BUNDLED_TOKENIZERS["bundled-4k"], keep_last=1)
+
+
+def test_generate_cuda_graph_off_a_gpu_is_refused_by_name(tmp_path, capsys):
+    _diff_tiny_checkpoint(tmp_path)
+    assert main(["generate", str(tmp_path), "--prompt", "x", "--device", "cpu", "--cuda-graph"]) == 2
+    assert "--cuda-graph needs a CUDA device, and the model is on cpu" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("extra", [["--cuda-graph"], ["--cuda-graph", "--compile"]], ids=["graph", "compiled-graph"])
+def test_generate_cuda_graph_gives_the_eager_tokens(tmp_path, capsys, extra, monkeypatch):
+    """`generate --cuda-graph` (the static step replayed as one CUDA graph, compiled or not) prints the greedy text
+    of the eager KV-cache path, in float32 on the GPU."""
+    without_triton_interpreter(monkeypatch)  # inductor's kernels must not run in Triton's CPU interpreter
+    _diff_tiny_checkpoint(tmp_path)
+    args = ["generate", str(tmp_path), "--prompt", "def f(x):", "--max-new-tokens", "12", "--temperature", "0"]
+    outs = []
+    for flags in ([], extra):
+        assert main([*args, "--device", "cuda", *flags]) == 0
+        outs.append(capsys.readouterr().out)
+    assert outs[0] == outs[1] and outs[0].startswith("--- sample 1\ndef f(x):")
+
+
 @pytest.mark.parametrize("verb", [[], ["train"], ["generate"], ["eval"], ["eval", "needle"], ["reproduce"]])
 def test_help_does_not_import_torch(verb):
     """`shareddiff [VERB] --help` reads the command table without loading torch (seconds otherwise)."""
@@ -408,6 +440,7 @@ def test_options_come_from_the_command_functions():
         "seed": 0,
         "device": "auto",
         "compile": False,
+        "cuda_graph": False,
     }
     args = vars(parser.parse_args(["reproduce", "exp", "--run", "a", "--run", "b", "--list", "--no-summary"]))
     assert args["func"] is cmd_reproduce and args["runs"] == ["a", "b"] and args["list_only"] and not args["summary"]

@@ -10,7 +10,7 @@ from shareddiff.generation import decode_tokens, generate
 from shareddiff.padding import left_pad
 from shareddiff.presets import FAMILIES
 from shareddiff.static_decode import StaticDecoder
-from tests.conftest import rel_err
+from tests.conftest import rel_err, without_triton_interpreter
 
 STEPS = 40
 LENGTHS = (13, 6, 9)  # the prefill is 13 columns wide: odd, and not a multiple of anything the step uses
@@ -212,20 +212,6 @@ def test_compiled_step_compiles_once(seed):
     ref, got = _teacher_forced(model, second, ids, mask)
     assert (got - ref).abs().max().item() <= 1e-5
     assert counters["stats"]["unique_graphs"] == after_two
-
-
-def without_triton_interpreter(monkeypatch) -> None:
-    """Let inductor's CUDA kernels compile for the GPU in this test: conftest sets TRITON_INTERPRET=1 for the
-    session (the project's own kernel runs on the CPU interpreter), and inductor's generated Triton kernels would
-    then run in that interpreter on CUDA tensors and fail. Triton reads the variable when each kernel is defined
-    (``triton.jit`` asks ``knobs.runtime.interpret``, which reads the process environment at that moment), and
-    inductor defines its kernels when it compiles, so removing the variable before compiling suffices in this
-    process; the compile stays in this process (``compile_threads=1``) because a worker pool started earlier in
-    the session would have inherited the variable."""
-    import torch._inductor.config
-
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

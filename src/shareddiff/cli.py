@@ -112,6 +112,7 @@ def cmd_generate(
     seed: int = 0,
     device: str = "auto",
     compile: bool = False,
+    cuda_graph: bool = False,
 ) -> str:
     """Sample continuations of a prompt from a checkpoint (or a run folder's latest) with the KV cache.
 
@@ -122,6 +123,8 @@ def cmd_generate(
         top_p: 1 = no nucleus filter
         compile: decode with fixed shapes and a compiled step (CUDA graphs on a GPU); compiled in a short greedy
             warm-up first, whose seconds are reported apart from the tokens/s
+        cuda_graph: GPU only: decode with fixed shapes, each step replayed as one captured CUDA graph, without
+            compiling (seconds to start; with --compile, the compiled step is captured instead)
     """
     import torch
 
@@ -150,14 +153,20 @@ def cmd_generate(
     gen = torch.Generator(device=dev).manual_seed(seed)
     new = min(max_new_tokens, room)
     decoder = None
-    if compile:  # compile (and record the CUDA graph) in a greedy warm-up that draws nothing from ``gen``, untimed
-        decoder = StaticDecoder(model, static_cache_len(len(ids) + new, model.config.max_seq_len), compile=True)
+    if cuda_graph and dev.type != "cuda":
+        raise ValueError(
+            f"--cuda-graph needs a CUDA device, and the model is on {dev}; leave it off (or use --compile)"
+        )
+    if compile or cuda_graph:  # compile / capture in a greedy warm-up that draws nothing from ``gen``, untimed
+        max_len = static_cache_len(len(ids) + new, model.config.max_seq_len)
+        decoder = StaticDecoder(model, max_len, compile=compile, cuda_graph=cuda_graph)
         start = time.perf_counter()
         generate(model, prompt_ids, min(new, WARMUP_TOKENS), temperature=0, decoder=decoder)
         _synchronize(dev)
         warmup = time.perf_counter() - start
         steps = min(new, WARMUP_TOKENS) - 1
-        _note(f"compile and warm-up: {warmup:.2f} s (prefill and {steps} decode steps; not in the tokens/s below)")
+        what = "compile and warm-up" if compile else "CUDA-graph capture and warm-up"
+        _note(f"{what}: {warmup:.2f} s (prefill and {steps} decode steps; not in the tokens/s below)")
     start = time.perf_counter()
     out = generate(model, prompt_ids, new, temperature, top_k, top_p, tokenizer.eos_id, gen, decoder=decoder)
     _synchronize(dev)
