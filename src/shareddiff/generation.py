@@ -11,6 +11,7 @@ from torch import Tensor
 
 from shareddiff.model import LanguageModel
 from shareddiff.padding import left_pad
+from shareddiff.precision import upcast
 from shareddiff.static_decode import StaticDecoder
 
 STATIC_LEN_STEP = 256  # compile=True: static cache lengths are multiples of this (fewer distinct compiled shapes)
@@ -126,7 +127,7 @@ def next_token(
     softmax(logits / temperature) restricted by ``filter_logits``."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 logits stay float64
+    logits = upcast(logits)  # float64 logits stay float64
     probs = filter_logits(logits / temperature, top_k, top_p).softmax(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 

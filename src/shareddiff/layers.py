@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from shareddiff.precision import compute_dtype, upcast
+
 
 class RMSNorm(nn.Module):
-    """x / rms(x) · w, computed in float32 (float64 for a float64 ``x``: ``torch.promote_types``, so that float64
+    """x / rms(x) · w, computed in float32 (float64 for a float64 ``x``: ``precision.compute_dtype``, so that float64
     references stay float64 throughout); ``weight=False`` gives the weightless form."""
 
     def __init__(self, dim: int, eps: float = 1e-5, weight: bool = True) -> None:
@@ -19,7 +21,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if weight else None
 
     def forward(self, x: Tensor) -> Tensor:
-        compute = torch.promote_types(x.dtype, torch.float32)
+        compute = compute_dtype(x.dtype)
         xf = x.to(compute)
         out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         if self.weight is not None:
@@ -43,9 +45,9 @@ def fused_rms_norm(x: Tensor, weight: Tensor | None, eps: float) -> Tensor:
 def rope_angles(positions: Tensor, dim: int, theta: float, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """cos and sin of the rotary angles, each (..., N, 1, dim/2) (the 1 broadcasts over heads), for integer
     ``positions`` (N,) shared by every row or (B, N) per row (padded batches). ``dtype``: the model's; the
-    table is computed in ``torch.promote_types(dtype, float32)``: float32 for bf16/fp16/fp32 models,
+    table is computed in ``precision.compute_dtype(dtype)``: float32 for bf16/fp16/fp32 models,
     float64 for a float64 one (so that float64 references stay float64)."""
-    compute = torch.promote_types(dtype, torch.float32)
+    compute = compute_dtype(dtype)
     inv_freq = theta ** (-torch.arange(0, dim, 2, device=positions.device, dtype=compute) / dim)
     angles = positions.to(compute).view(*positions.shape, 1, 1) * inv_freq
     return angles.cos(), angles.sin()
@@ -55,7 +57,7 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate interleaved pairs (x[2j], x[2j+1]) as the official DIFF code does, in float32 or wider (the
     wider of x's and the table's dtypes). x: (B, N, H, dim); cos, sin: (N, 1, dim/2) or (B, N, 1, dim/2)
     from ``rope_angles``."""
-    xf = x.to(torch.promote_types(x.dtype, torch.float32))
+    xf = upcast(x)
     even, odd = xf.unflatten(-1, (-1, 2)).unbind(-1)  # (B, N, H, dim/2) each
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rotated.flatten(-2).to(x.dtype)

@@ -14,6 +14,7 @@ from shareddiff.config import ModelConfig
 from shareddiff.layers import RMSNorm, apply_rope, fused_rms_norm, init_weight, project_inputs
 from shareddiff.ops import available_backends as differential_backends
 from shareddiff.ops import differential_attention, eager_differential_attention
+from shareddiff.precision import compute_dtype
 
 HEAD_NORM_EPS = 1e-5
 
@@ -49,7 +50,7 @@ class DiffAttentionBase(nn.Module):
 
     def lam(self) -> Tensor:
         """λ = exp(λ_q1·λ_k1) − exp(λ_q2·λ_k2) + λ_init, a scalar in float32 (float64 for a float64 model)."""
-        dtype = torch.promote_types(self.lambda_q1.dtype, torch.float32)
+        dtype = compute_dtype(self.lambda_q1.dtype)
         lam1 = torch.exp(torch.dot(self.lambda_q1.to(dtype), self.lambda_k1.to(dtype)))
         lam2 = torch.exp(torch.dot(self.lambda_q2.to(dtype), self.lambda_k2.to(dtype)))
         return lam1 - lam2 + self.lambda_init
@@ -94,7 +95,7 @@ class DiffAttentionBase(nn.Module):
         (1 − λ_init) (2d,), or None without a head norm. New tensors: later changes to the parameters do not reach
         them."""
         dtype = self.wv.weight.dtype
-        wide = torch.promote_types(dtype, torch.float32)
+        wide = compute_dtype(dtype)
         qk = [w.t() for w in self.effective_qk_weights(wide)]
         projections = torch.cat([*qk, self.wv.weight.to(wide)]).to(dtype)
         head_norm = None

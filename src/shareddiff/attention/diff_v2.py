@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from shareddiff.config import ModelConfig
 from shareddiff.layers import apply_rope, init_weight, project_inputs
 from shareddiff.ops import differential_v2_attention, eager_differential_v2_attention, softmax_backends
+from shareddiff.precision import compute_dtype
 
 
 class PairedDifferentialAttention(nn.Module):
@@ -58,7 +59,7 @@ class PairedDifferentialAttention(nn.Module):
         v = v.transpose(1, 2)
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)
-        compute = torch.promote_types(lam_logits.dtype, torch.float32)  # float32, or float64 for a float64 model
+        compute = compute_dtype(lam_logits.dtype)  # float32, or float64 for a float64 model
         lam = torch.sigmoid(lam_logits.to(compute)).transpose(1, 2)  # (B, h, N)
         if self.recorder is not None:
             out, maps = eager_differential_v2_attention(q, k, v, lam, causal=mask is None, mask=mask)
@@ -78,7 +79,7 @@ class PairedDifferentialAttention(nn.Module):
         A·B merged), computed in float32 (float64 for float64 parameters) and rounded once. A new tensor: later
         changes to the parameters do not reach it."""
         dtype = self.wk.weight.dtype
-        wide = torch.promote_types(dtype, torch.float32)
+        wide = compute_dtype(dtype)
         rest = (self.wk.weight, self.wv.weight, self.lambda_proj.weight)
         return {"projections": torch.cat([self.dense_query_weight(wide), *(w.to(wide) for w in rest)]).to(dtype)}
 

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from shareddiff.data.tokenizer import Tokenizer
+from shareddiff.precision import upcast
 
 Example = tuple[str, str]  # (text, label)
 
@@ -146,7 +147,7 @@ def query_ids(tok: Tokenizer, text: str) -> list[int]:
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
     """log_softmax over the vocabulary in float32, or float64 for float64 logits."""
-    return logits.to(torch.promote_types(logits.dtype, torch.float32)).log_softmax(-1)
+    return upcast(logits).log_softmax(-1)
 
 
 @torch.no_grad()

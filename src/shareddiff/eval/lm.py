@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from shareddiff.precision import upcast
+
 
 def ar_hit_mask(window: np.ndarray, rare: set[int] | None = None, vocab: int = 0) -> np.ndarray:
     """Boolean mask over the targets x[1:] of one window: True where (x[i-1], x[i]) was seen before."""
@@ -45,7 +47,7 @@ def lm_loss(model, windows: torch.Tensor, batch_size: int = 8, rare: set[int] | 
     for i in range(0, len(windows), batch_size):
         rows = windows[i : i + batch_size]
         logits = model(rows[:, :-1].to(device))
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logits = upcast(logits)
         losses = F.cross_entropy(logits.flatten(0, 1), rows[:, 1:].flatten().to(device), reduction="none")
         losses = losses.view(rows.shape[0], -1).cpu()
         masks = torch.from_numpy(np.stack([ar_hit_mask(r.numpy(), rare, vocab) for r in rows]))

@@ -19,6 +19,7 @@ from transformers import DiffLlamaConfig, DiffLlamaForCausalLM
 from shareddiff.attention.diff import HEAD_NORM_EPS
 from shareddiff.config import DIFFERENTIAL_V2
 from shareddiff.model import LanguageModel
+from shareddiff.precision import compute_dtype
 
 
 def _check_exportable(model: LanguageModel) -> None:
@@ -80,7 +81,7 @@ def to_diffllama(model: LanguageModel, eos_id: int | None = None) -> DiffLlamaFo
     _check_exportable(model)
     c = model.config
     d = c.head_dim
-    dtype = torch.promote_types(model.tok_embeddings.weight.dtype, torch.float32)
+    dtype = compute_dtype(model.tok_embeddings.weight.dtype)
     out = DiffLlamaForCausalLM(diffllama_config(model, eos_id)).to(dtype).eval()
     out.generation_config.bos_token_id = None
     out.generation_config.eos_token_id = out.generation_config.pad_token_id = eos_id

@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from shareddiff.ops.common import apply_mask, causal_mask, check_mask, expand_kv
+from shareddiff.precision import compute_dtype
 
 Backend = Callable[..., Tensor]
 _BACKENDS: dict[str, Backend] = {}
@@ -114,13 +114,13 @@ def differential_attention(
 @register_backend("eager")
 def eager_differential_attention(q1, q2, k1, k2, v, lam, causal=True, mask=None, return_maps=False):
     """Reference: both attention maps materialised, softmax in float32 (float64 for float64 inputs:
-    ``torch.promote_types(q1.dtype, float32)``).
+    ``precision.compute_dtype``).
 
     With ``return_maps=True`` returns ``(out, A1, A2)``, the maps of shape (B, h, N, N_k) in that dtype,
     for analysis (the differential map is ``A1 − λ·A2``).
     """
     h, d = q1.shape[1], q1.shape[-1]
-    compute = torch.promote_types(q1.dtype, torch.float32)
+    compute = compute_dtype(q1.dtype)
     k1, k2, v = (expand_kv(t, h) for t in (k1, k2, v))
     scale = 1.0 / math.sqrt(d)
     if causal:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from shareddiff.ops.backends import check_backend, softmax_backends
 from shareddiff.ops.common import apply_mask, causal_mask, check_mask, expand_kv
+from shareddiff.precision import compute_dtype
 
 
 def softmax_attention(
@@ -40,10 +40,10 @@ def eager_softmax_attention(
     q: Tensor, k: Tensor, v: Tensor, causal: bool = True, mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor]:
     """Reference path returning ``(out, A)`` with the attention map A: (B, h, N, N_k) in float32 (float64 for
-    float64 inputs: ``torch.promote_types(q.dtype, float32)``)."""
+    float64 inputs: ``precision.compute_dtype``)."""
     h = q.shape[1]
     k, v = expand_kv(k, h), expand_kv(v, h)
-    compute = torch.promote_types(q.dtype, torch.float32)
+    compute = compute_dtype(q.dtype)
     scores = (q.to(compute) @ k.to(compute).transpose(-1, -2)) / math.sqrt(q.shape[-1])
     if causal:
         mask = causal_mask(q.shape[2], k.shape[2], q.device)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from shareddiff.data.loader import IGNORE
+from shareddiff.precision import upcast
 
 
 def token_loss(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -18,7 +19,7 @@ def token_loss(logits: Tensor, targets: Tensor, weights: Tensor | None = None) -
     int64; ``weights``: (B, T) non-negative, or None. NaN when no target carries weight (no check here: that
     would cost a device sync per micro-batch; the trainer's divergence check reports it).
     """
-    flat_logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, 1)
+    flat_logits = upcast(logits).flatten(0, 1)
     flat_targets = targets.flatten()
     if weights is None:
         return F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE)

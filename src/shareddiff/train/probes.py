@@ -19,6 +19,7 @@ from shareddiff.config import MQARConfig
 from shareddiff.data.loader import IGNORE
 from shareddiff.data.mqar import mqar_eval_set
 from shareddiff.data.needle import NeedleBuilder
+from shareddiff.precision import upcast
 
 
 @torch.no_grad()
@@ -36,8 +37,7 @@ def mqar_scores(
         with autocast():
             logits = model(x)
         answer = y != IGNORE
-        picked = logits[answer]  # (answers, V), in float32 (float64 for a float64 model)
-        picked = picked.to(torch.promote_types(picked.dtype, torch.float32))
+        picked = upcast(logits[answer])  # (answers, V), in float32 (float64 for a float64 model)
         loss_sum += F.cross_entropy(picked, y[answer], reduction="sum").item()
         correct += int((picked.argmax(-1) == y[answer]).sum())
         count += int(answer.sum())

@@ -30,6 +30,7 @@ from shareddiff.data.needle import NeedleBuilder, parse_mix
 from shareddiff.data.shards import content_sha256
 from shareddiff.data.tokenizer import BUNDLED_TOKENIZERS
 from shareddiff.model import build_model
+from shareddiff.precision import upcast
 from shareddiff.repro.runner import RECORD
 from shareddiff.train.checkpoint import (
     CHECKPOINTS,
@@ -130,7 +131,7 @@ def evaluate(model, windows: torch.Tensor, micro_batch: int, device: torch.devic
         rows = windows[i : i + micro_batch].to(device)
         with autocast():
             logits = model(rows[:, :-1])
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, 1)
+        logits = upcast(logits).flatten(0, 1)
         total += F.cross_entropy(logits, rows[:, 1:].flatten(), reduction="sum").item()
         count += rows[:, 1:].numel()
     model.train()
