@@ -73,9 +73,13 @@ def test_eager_and_sdpa_models_agree(seed, name):
     assert rel_err(logits["sdpa"][0], logits["eager"][0]) <= 1e-5
     flat = {k: torch.cat([g.flatten() for g in v[1]]) for k, v in logits.items()}
     assert rel_err(flat["sdpa"], flat["eager"]) <= 1e-5
-    # Each tensor on its own: the λ vectors' gradients are ~1e-8 sums with heavy cancellation in float32.
+    # Each tensor on its own: within 1e-2 of its own norm, or, where its gradient is a float32 cancellation
+    # residue (the λ vectors' ~1e-9 sums: seed 1551096027 gave 7 % apart at 2.9e-9), within 1e-6 of the whole
+    # gradient's norm. The float64 models of test_precision.py hold every tensor to 1e-9.
+    floor = 1e-6 * flat["eager"].norm().item()
     for g_sdpa, g_eager in zip(logits["sdpa"][1], logits["eager"][1], strict=True):
-        assert rel_err(g_sdpa, g_eager) <= 1e-2
+        error = (g_sdpa.double() - g_eager.double()).norm().item()
+        assert error <= max(1e-2 * g_eager.double().norm().item(), floor)
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
