@@ -2,13 +2,19 @@
 
 import os
 import random
+import re
+import subprocess
+import sys
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is defined: CPU runs of the kernel
+# The child process of in_subprocess_without_triton_interpreter sets this: there Triton compiles for the GPU.
+NATIVE_TRITON_ENV = "SHAREDDIFF_TEST_NATIVE_TRITON"
+if os.environ.get(NATIVE_TRITON_ENV) != "1":
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before any Triton kernel is defined: CPU runs of the kernel
 
-import pytest
-import torch
+import pytest  # noqa: E402 (after the interpreter's switch above)
+import torch  # noqa: E402
 
-from shareddiff.config import load_recipe
+from shareddiff.config import load_recipe  # noqa: E402
 
 
 @pytest.fixture
@@ -141,15 +147,24 @@ def saved_figures(monkeypatch):
         real_close(fig)
 
 
-def without_triton_interpreter(monkeypatch) -> None:
-    """Let inductor's CUDA kernels compile for the GPU in this test: conftest sets TRITON_INTERPRET=1 for the
-    session (the project's own kernel runs on the CPU interpreter), and inductor's generated Triton kernels would
-    then run in that interpreter on CUDA tensors and fail. Triton reads the variable when each kernel is defined
-    (``triton.jit`` asks ``knobs.runtime.interpret``, which reads the process environment at that moment), and
-    inductor defines its kernels when it compiles, so removing the variable before compiling suffices in this
-    process; the compile stays in this process (``compile_threads=1``) because a worker pool started earlier in
-    the session would have inherited the variable."""
-    import torch._inductor.config
+def in_subprocess_without_triton_interpreter(request) -> bool:
+    """Run the calling test again in a child pytest process whose Triton compiles for the GPU, and return True
+    once the child passed (the caller then returns); return False in that child, where the test runs.
 
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    monkeypatch.setattr(torch._inductor.config, "compile_threads", 1)
+    conftest sets TRITON_INTERPRET=1 for the session (the project's own kernel runs on the CPU interpreter), and
+    Triton decides at import and at each ``triton.jit`` whether a function is interpreted: helpers that Triton's
+    own modules define at import (e.g. ``tl.device_assert``'s gluon wrappers) stay interpreted for the whole
+    process, so inductor's CUDA kernels that call them fail to compile ("assert knobs.runtime.interpret or
+    isinstance(fn, JITFunction)") even with the variable removed later. Only a fresh process without the
+    variable compiles them. Raises ``AssertionError`` with the child's output when it fails."""
+    if os.environ.get(NATIVE_TRITON_ENV) == "1":
+        return False
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env[NATIVE_TRITON_ENV] = "1"
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid]
+    proc = subprocess.run(command, cwd=request.config.rootpath, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(command)} failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}"
+    # the child ran the test (not skipped or deselected)
+    assert re.search(r"(^|\s)1 passed", proc.stdout), proc.stdout[-2000:]
+    return True
