@@ -1,0 +1,199 @@
+"""The differential tail of one decode step in one Triton kernel: both attention maps of a single query, their
+difference, and the per-head RMSNorm (DIFF Transformer's differential attention, architecture §3).
+
+    o = softmax(q1·k1ᵀ/√d + mask)·V − λ·softmax(q2·k2ᵀ/√d + mask)·V,    out = RMSNorm(o) × weight
+
+The SDPA path of a decode step launches two attention kernels and a norm per layer (``sdpa_differential_attention``
+then ``fused_rms_norm``); at batch 1 a step is bound by its number of kernels, so this kernel does the three in one.
+One program per (batch row, query head) walks the keys in blocks with two online softmaxes (flash-decoding's
+running max and sum, in base 2), loads each block of V once for both accumulators, and normalises in the epilogue;
+everything is computed in float32. Scores are elementwise products summed over d (a one-row query is too small for
+``tl.dot``). With B·h programs the GPU is far from full for long caches: splitting the keys over several programs
+per head and merging their partial softmaxes (flash-decoding's split-K) is the next step there.
+
+``differential_decode_attention`` checks its inputs and calls the operator ``shareddiff::differential_decode_attention``
+(``torch.library.triton_op``), which ``torch.compile(fullgraph=True)`` traces and CUDA graphs capture. Under
+``TRITON_INTERPRET=1`` it runs on CPU tensors (tests), registered as an opaque ``torch.library.custom_op`` with a
+fake implementation instead (triton_op's tracing runs the kernel's Python on fake tensors, which the interpreter
+cannot launch on).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(LOG2E)  # the kernel's copy (Triton kernels read constexpr globals only)
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+BLOCK_N = 16 if INTERPRET else 64  # keys per loop iteration
+NUM_WARPS, NUM_STAGES = 4, 2  # GPU launch shape; untuned (no GPU measurement yet)
+OP_NAME = "shareddiff::differential_decode_attention"
+
+
+@triton.jit
+def _decode_kernel(
+    Q, K, V, Lam, Mask, W, Out,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, smb, sob, soh,
+    H, HKV, GROUP, NK, scale_log2, eps,
+    D: tl.constexpr, BN: tl.constexpr, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+):  # fmt: skip
+    """Program (b·H + head): query head ``head`` of row ``b`` against key/value head head // GROUP."""
+    pid = tl.program_id(0)
+    b = pid // H
+    head = pid % H
+    kv = head // GROUP
+    offs_d = tl.arange(0, D)
+    offs_v = tl.arange(0, 2 * D)
+    q1 = tl.load(Q + b * sqb + head * sqh + offs_d).to(tl.float32) * scale_log2  # scores in base 2
+    q2 = tl.load(Q + b * sqb + (H + head) * sqh + offs_d).to(tl.float32) * scale_log2
+    k1_base = K + b * skb + kv * skh
+    k2_base = K + b * skb + (HKV + kv) * skh
+    v_base = V + b * svb + kv * svh
+    m1 = float("-inf")
+    m2 = float("-inf")
+    l1 = 0.0
+    l2 = 0.0
+    acc1 = tl.zeros([2 * D], dtype=tl.float32)
+    acc2 = tl.zeros([2 * D], dtype=tl.float32)
+    for start in range(0, NK, BN):
+        offs_n = start + tl.arange(0, BN)
+        inside = offs_n < NK
+        k_off = offs_n[:, None] * skn + offs_d[None, :]
+        k1 = tl.load(k1_base + k_off, mask=inside[:, None], other=0.0).to(tl.float32)
+        k2 = tl.load(k2_base + k_off, mask=inside[:, None], other=0.0).to(tl.float32)
+        bias = tl.load(Mask + b * smb + offs_n, mask=inside, other=float("-inf")).to(tl.float32) * _LOG2E
+        s1 = tl.sum(q1[None, :] * k1, 1) + bias  # (BN,)
+        s2 = tl.sum(q2[None, :] * k2, 1) + bias
+        n1 = tl.maximum(m1, tl.max(s1, 0))
+        n2 = tl.maximum(m2, tl.max(s2, 0))
+        # while every key so far is masked the running max is −inf: shift by 0 instead, so exp2 gives 0, not NaN
+        c1 = tl.where(n1 == float("-inf"), 0.0, n1)
+        c2 = tl.where(n2 == float("-inf"), 0.0, n2)
+        p1 = tl.exp2(s1 - c1)
+        p2 = tl.exp2(s2 - c2)
+        a1 = tl.exp2(m1 - c1)
+        a2 = tl.exp2(m2 - c2)
+        v = tl.load(v_base + offs_n[:, None] * svn + offs_v[None, :], mask=inside[:, None], other=0.0).to(tl.float32)
+        acc1 = acc1 * a1 + tl.sum(p1[:, None] * v, 0)
+        acc2 = acc2 * a2 + tl.sum(p2[:, None] * v, 0)
+        l1 = l1 * a1 + tl.sum(p1, 0)
+        l2 = l2 * a2 + tl.sum(p2, 0)
+        m1 = n1
+        m2 = n2
+    lam = tl.load(Lam).to(tl.float32)
+    o = acc1 / l1 - lam * (acc2 / l2)  # (2D,)
+    if NORM:
+        o = o / tl.sqrt(tl.sum(o * o, 0) / (2 * D) + eps)
+        if HAS_WEIGHT:
+            o = o * tl.load(W + offs_v).to(tl.float32)
+    tl.store(Out + b * sob + head * soh + offs_v, o.to(Out.dtype.element_ty))
+
+
+def _decode(
+    q: Tensor, k: Tensor, v: Tensor, lam: Tensor, mask: Tensor, weight: Tensor | None, eps: float, norm: bool
+) -> Tensor:
+    """The checked arguments of ``differential_decode_attention`` (``norm``: whether to apply the RMSNorm)."""
+    b, two_h, _, d = q.shape
+    h, h_kv, n_k = two_h // 2, v.shape[1], k.shape[2]
+    out = q.new_empty(b, h, 1, 2 * d)
+    launch = {} if INTERPRET else {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
+    wrap_triton(_decode_kernel)[(b * h,)](
+        q, k, v, lam, mask, weight if weight is not None else out, out,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        mask.stride(0), out.stride(0), out.stride(1),
+        h, h_kv, h // h_kv, n_k, LOG2E / math.sqrt(d), eps,
+        D=d, BN=BLOCK_N, NORM=norm, HAS_WEIGHT=weight is not None, **launch,
+    )  # fmt: skip
+    return out
+
+
+if INTERPRET:  # the interpreter cannot launch on the fake tensors triton_op traces with: an opaque op with a fake
+    _decode_op = torch.library.custom_op(OP_NAME, _decode, mutates_args=())
+    _decode_op.register_fake(lambda q, *args: q.new_empty(q.shape[0], q.shape[1] // 2, 1, 2 * q.shape[3]))
+else:  # compiled graphs see the kernel itself (torch.library.triton_op; inductor can launch it directly)
+    _decode_op = triton_op(OP_NAME, _decode, mutates_args=())
+
+
+def differential_decode_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lam: Tensor,
+    mask: Tensor,
+    norm_weight: Tensor | None = None,
+    eps: float | None = None,
+) -> Tensor:
+    """Differential attention of one decode step with the per-head RMSNorm, in one kernel (module docstring).
+
+    q: (B, 2h, 1, d), the rotated Q1 heads then the Q2 heads; k: (B, 2h_kv, N_k, d), K1 heads then K2 heads (the
+    ``StaticKVCache`` buffer); v: (B, h_kv, N_k, 2d); query head i reads key/value head i // (h / h_kv) (GQA). λ: a
+    0-dim tensor (any float dtype). mask: (B or 1, 1, 1, N_k), additive in q's dtype (0 where a key is visible,
+    −inf elsewhere); every row must see at least one key (else its output is undefined). ``eps``: the RMSNorm's ε,
+    over each head's 2d values (None: no norm, DIFF without a head norm); ``norm_weight`` (2d,): its scale (None:
+    1), e.g. the head norm's weight × (1 − λ_init) merged once. d: a power of two. k and v in q's dtype (float16,
+    bfloat16 or float32), all on one device (CUDA, or the CPU under ``TRITON_INTERPRET=1``). Returns (B, h, 1, 2d)
+    in q's dtype, computed in float32: equal to ``sdpa_differential_attention`` then ``fused_rms_norm`` up to
+    rounding.
+
+    Raises ``ValueError`` naming the argument on a wrong rank, shape, dtype or device, or a ``norm_weight``
+    without ``eps``.
+    """
+    _check(q, k, v, lam, mask, norm_weight, eps)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
+    if mask.stride(-1) != 1:
+        mask = mask.contiguous()
+    if mask.shape[0] != q.shape[0]:
+        mask = mask.expand(q.shape[0], -1, -1, -1)  # batch stride 0: every row reads the one mask
+    weight = None if norm_weight is None else norm_weight.contiguous()
+    return _decode_op(q, k, v, lam, mask, weight, 0.0 if eps is None else float(eps), eps is not None)
+
+
+def _check(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, mask: Tensor, weight: Tensor | None, eps) -> None:
+    """Raises ``ValueError`` naming the first argument that does not fit (``differential_decode_attention``)."""
+    if q.dim() != 4 or q.shape[2] != 1 or q.shape[1] % 2:
+        raise ValueError(f"q must be (B, 2h, 1, d): Q1 then Q2 heads of one query; got shape {tuple(q.shape)}")
+    b, two_h, _, d = q.shape
+    if d & (d - 1):
+        raise ValueError(f"q's head dim d={d} must be a power of two (the kernel's tile width)")
+    if q.dtype not in DTYPES:
+        raise ValueError(f"q must be float16, bfloat16 or float32, got {q.dtype}")
+    if k.dim() != 4 or k.shape[0] != b or k.shape[1] % 2 or k.shape[3] != d:
+        raise ValueError(f"k must be (B, 2h_kv, N_k, d) = ({b}, 2h_kv, N_k, {d}); got shape {tuple(k.shape)}")
+    h, h_kv, n_k = two_h // 2, k.shape[1] // 2, k.shape[2]
+    if h % h_kv:
+        raise ValueError(f"k's {h_kv} key heads (2h_kv = {2 * h_kv}) must divide q's {h} query heads (GQA)")
+    if n_k < 1:
+        raise ValueError("k holds no keys (N_k = 0)")
+    if v.dim() != 4 or tuple(v.shape) != (b, h_kv, n_k, 2 * d):
+        raise ValueError(f"v must be (B, h_kv, N_k, 2d) = {(b, h_kv, n_k, 2 * d)}, got shape {tuple(v.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise ValueError(f"{name} must have q's dtype {q.dtype}, got {t.dtype}")
+    if not isinstance(lam, Tensor) or lam.dim() != 0 or not lam.is_floating_point():
+        shape = tuple(lam.shape) if isinstance(lam, Tensor) else type(lam).__name__
+        raise ValueError(f"lam must be a 0-dim floating-point tensor, got {shape}")
+    if mask.dim() != 4 or mask.shape[0] not in (1, b) or tuple(mask.shape[1:]) != (1, 1, n_k):
+        raise ValueError(f"mask must be (B or 1, 1, 1, N_k) = ({b}, 1, 1, {n_k}), got shape {tuple(mask.shape)}")
+    if mask.dtype != q.dtype:
+        raise ValueError(f"mask must be additive in q's dtype {q.dtype} (0 or −inf), got {mask.dtype}")
+    if weight is not None:
+        if eps is None:
+            raise ValueError("norm_weight is the RMSNorm's scale: give eps too (None means no norm)")
+        if weight.dim() != 1 or weight.shape[0] != 2 * d or not weight.is_floating_point():
+            raise ValueError(f"norm_weight must be a float vector of 2d = {2 * d} values, got {tuple(weight.shape)}")
+    tensors = {"k": k, "v": v, "lam": lam, "mask": mask} | ({"norm_weight": weight} if weight is not None else {})
+    for name, t in tensors.items():
+        if t.device != q.device:
+            raise ValueError(f"{name} is on {t.device}, q on {q.device}: put every input on one device")
+    if not (q.is_cuda or INTERPRET):
+        raise ValueError(f"q is on {q.device}: the kernel runs on CUDA tensors (or the CPU under TRITON_INTERPRET=1)")
