@@ -20,7 +20,10 @@ each layer's weights once, at construction
 input projections (Shared DIFF's low-rank updates merged into dense maps, W + A·B, as low-rank adapters are merged
 for inference; DIFF V2's W_λ included), one for the MLP's gate and up, λ and the head-norm scale precomputed,
 ``F.rms_norm`` (one kernel on CUDA) for the norms, and K1, K2 in one cache buffer. The step also hands the layers
-an additive float mask made once per step, so no attention call converts a boolean one. The merged weights are a
+an additive float mask made once per step, so no attention call converts a boolean one. On CUDA the DIFF and Shared
+DIFF (V1) layers then run their decode step's differential tail (two attention maps, their difference, the head
+norm) in one Triton kernel (``ops.triton_decode``; ``decode_kernel``), learnt through the cache as the merged
+weights are. The merged weights are a
 snapshot: ``prefill`` merges again when a parameter changed in place since (its version counter moved: optimiser
 steps, ``load_state_dict``, ``copy_``), and ``refresh()`` does so on demand; a change behind autograd's back
 (``p.data = ...``, ``p.data.copy_(...)``) needs ``refresh()``. The training path and ``LanguageModel.forward``
@@ -28,6 +31,8 @@ with a ``KVCache`` (the reference decode) use the parameters as they are.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -45,13 +50,25 @@ class StaticKVCache(KVCache):
     layer stores (K, V; K1, K2, V; ...): the caller's attention mask hides the positions not filled.
     """
 
-    def __init__(self, n_layers: int, max_len: int, fused: list[dict[str, Tensor]] | None = None) -> None:
+    def __init__(
+        self,
+        n_layers: int,
+        max_len: int,
+        fused: list[dict[str, Tensor]] | None = None,
+        decode_attention: Callable[..., Tensor] | None = None,
+    ) -> None:
         super().__init__(n_layers, max_len)
         self.write_at: Tensor | None = None
         self._fused = fused  # each layer's Block.fused_weights(), or None
+        self._decode_attention = decode_attention
 
     def fused_weights(self, layer_idx: int) -> dict[str, Tensor] | None:
         return None if self._fused is None else self._fused[layer_idx]
+
+    def decode_attention(self) -> Callable[..., Tensor] | None:
+        """The differential decode kernel (``ops.triton_decode.differential_decode_attention``) in a decode step of
+        a decoder that uses it; None in the prefill and otherwise."""
+        return None if self.write_at is None else self._decode_attention
 
     def update(self, layer_idx: int, *new: Tensor) -> tuple[Tensor, ...]:
         if self.write_at is None:
@@ -70,6 +87,37 @@ class StaticKVCache(KVCache):
         return [t for layer in self._buffers if layer for t in layer]
 
 
+def _decode_kernel(
+    model: LanguageModel, choice: bool | None, fused: bool, on_cuda: bool
+) -> Callable[..., Tensor] | None:
+    """The differential decode kernel a ``StaticDecoder`` hands its layers through the cache (its ``decode_kernel``
+    argument: ``choice``), or None. Raises ``ValueError`` for ``choice=True`` where the kernel cannot run."""
+    if choice is False:
+        return None
+    problems = []
+    if not fused:
+        problems.append("it reads the merged weights of fused=True")
+    d, dtype = model.config.head_dim, next(model.parameters()).dtype
+    if d & (d - 1):
+        problems.append(f"the head dim {d} is not a power of two")
+    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        problems.append(f"it runs in float16, bfloat16 or float32, the model is {dtype}")
+    try:
+        from shareddiff.ops.triton_decode import INTERPRET, differential_decode_attention
+    except ImportError:
+        problems.append("Triton is not installed")
+    else:
+        if not (on_cuda or INTERPRET):
+            problems.append("the model is not on CUDA (the CPU runs Triton kernels only under TRITON_INTERPRET=1)")
+    if problems:
+        if choice:
+            raise ValueError(f"decode_kernel=True, but the kernel cannot run: {'; '.join(problems)}; leave it None")
+        return None
+    if choice is None and not on_cuda:
+        return None
+    return differential_decode_attention
+
+
 class StaticDecoder:
     """Prefill, then single-token decode steps of fixed shapes, for ``model``, up to ``max_len`` positions a row.
 
@@ -86,10 +134,16 @@ class StaticDecoder:
     ``compile_options``: inductor's options for ``torch.compile(options=...)`` (e.g. gpt-fast's
     ``{"coordinate_descent_tuning": True}``), joined to reduce-overhead's ``{"triton.cudagraphs": True}`` where that
     mode would be the default; torch.compile takes a mode or options, so not with ``mode``.
+    ``decode_kernel``: whether the DIFF and Shared DIFF (V1) layers run each decode step's differential tail in one
+    Triton kernel (``ops.triton_decode``) instead of two SDPA calls and a norm. None (default): where it applies
+    (``fused``, a model on CUDA in float16, bfloat16 or float32, a power-of-two head dim, Triton installed); True:
+    always (on the CPU under ``TRITON_INTERPRET=1``: tests); False: never. The prefill and other layers are as
+    they were.
 
     Raises ``ValueError`` if ``max_len`` exceeds the model's ``max_seq_len``, for ``cuda_graph`` with a model
-    off CUDA or with ``mode="reduce-overhead"``, for ``compile_options`` with a ``mode``, and from
-    ``prefill``/``step`` when a prompt or a step does not fit ``max_len``.
+    off CUDA or with ``mode="reduce-overhead"``, for ``compile_options`` with a ``mode``, for ``decode_kernel=True``
+    without ``fused`` or where the kernel cannot run, and from ``prefill``/``step`` when a prompt or a step does
+    not fit ``max_len``.
     """
 
     def __init__(
@@ -102,6 +156,7 @@ class StaticDecoder:
         cuda_graph: bool = False,
         fused: bool = True,
         compile_options: dict | None = None,
+        decode_kernel: bool | None = None,
     ) -> None:
         limit = model.config.max_seq_len
         max_len = limit if max_len is None else max_len
@@ -120,6 +175,7 @@ class StaticDecoder:
         if cuda_graph and not on_cuda:
             raise ValueError("cuda_graph=True needs the model on a CUDA device; move it there or leave cuda_graph off")
         self.model, self.max_len, self.cuda_graph = model, max_len, cuda_graph
+        self._decode_attention = _decode_kernel(model, decode_kernel, fused, on_cuda)
         self.cache: StaticKVCache | None = None
         self._fused: list[dict[str, Tensor]] | None = None
         if fused:
@@ -188,7 +244,7 @@ class StaticDecoder:
         addresses), the additive mask's dtype (the queries', under autocast too), and no CUDA graph yet."""
         c = self.model.config
         self._mask_dtype = self._query_dtype(device)
-        self.cache = StaticKVCache(c.n_layers, self.max_len, self._fused)
+        self.cache = StaticKVCache(c.n_layers, self.max_len, self._fused, self._decode_attention)
         self._graph: torch.cuda.CUDAGraph | None = None
         self._warmed_up = False  # cuda_graph: whether the step ran once outside a graph
         self._tokens = torch.zeros(batch_size, dtype=torch.long, device=device)  # the step's input, copied into

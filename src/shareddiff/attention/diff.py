@@ -72,6 +72,11 @@ class DiffAttentionBase(nn.Module):
             k1, k2, v = cache.update(self.layer_idx, k1, k2, v)
         elif cache is not None:  # K1 and K2 in one buffer (B, 2h_kv, N_k, d): one write per step
             k, v = cache.update(self.layer_idx, rotated[:, 2 * h :], v)
+            kernel = cache.decode_attention() if n == 1 and mask is not None and self.recorder is None else None
+            if kernel is not None:  # a decode step's whole tail, head norm included, in one kernel (ops/triton_decode)
+                eps = None if self.head_norm is None else HEAD_NORM_EPS
+                out = kernel(rotated[:, : 2 * h], k, v, lam, mask, fused["head_norm"], eps)  # (B, h, 1, 2d)
+                return self.wo(out.transpose(1, 2).reshape(b, n, -1))
             k1, k2 = k.chunk(2, dim=1)
         if self.recorder is not None:
             out, a1, a2 = eager_differential_attention(

@@ -1,0 +1,250 @@
+"""The differential decode kernel (ops/triton_decode.py) under TRITON_INTERPRET=1 (CPU) against a float64 reference
+written here (architecture §3: two softmaxes, their difference, the per-head RMSNorm), against the SDPA path it
+replaces, under torch.compile, inside the StaticDecoder against the reference decode, and on bad input. The CUDA
+tests run on a GPU only. Skipped where Triton is absent."""
+
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from shareddiff import ModelConfig, build_model
+from shareddiff.layers import fused_rms_norm
+from shareddiff.ops import sdpa_differential_attention
+from shareddiff.ops.triton_decode import differential_decode_attention
+from shareddiff.static_decode import StaticDecoder
+from tests.conftest import in_subprocess_without_triton_interpreter, rel_err
+from tests.test_static_decode import STEPS, _batch, _teacher_forced, _trained_looking
+
+EPS = 1e-5
+TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.5e-2}  # ≈ 2 roundings of the output's dtype
+
+
+def reference(q, k, v, lam, mask, weight, eps):
+    """In float64: o = softmax(q1·k1ᵀ/√d + mask)·V − λ·softmax(q2·k2ᵀ/√d + mask)·V per query head (key head
+    i // (h / h_kv)), then o / sqrt(mean(o²) + eps) × weight (no norm for eps None). Returns (B, h, 1, 2d)."""
+    q, k, v, mask = (t.double() for t in (q, k, v, mask))
+    h, h_kv, d = q.shape[1] // 2, k.shape[1] // 2, q.shape[3]
+    heads = torch.arange(h) // (h // h_kv)  # each query head's key/value head
+
+    def attend(q_half, k_half):
+        scores = q_half @ k_half[:, heads].transpose(-1, -2) / math.sqrt(d) + mask  # (B, h, 1, N_k)
+        return scores.softmax(-1) @ v[:, heads]
+
+    o = attend(q[:, :h], k[:, :h_kv]) - lam.double() * attend(q[:, h:], k[:, h_kv:])
+    if eps is None:
+        return o
+    o = o / (o.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+    return o if weight is None else o * weight.double()
+
+
+def visible_keys(b: int, n_k: int, kind: str) -> torch.Tensor:
+    """(B, N_k) bool: "all" keys; "padded": each row's left padding and the cache's unfilled tail hidden (a decode
+    step's mask), at least one key visible, some rows with whole blocks of 16 hidden."""
+    if kind == "all":
+        return torch.ones(b, n_k, dtype=torch.bool)
+    filled = torch.randint(1, n_k + 1, (b,))
+    filled[0] = n_k  # one row at the cache's end
+    pad = (torch.rand(b) * filled).long()  # < filled
+    positions = torch.arange(n_k)
+    return (positions >= pad[:, None]) & (positions < filled[:, None])
+
+
+def make_inputs(b, h, h_kv, n_k, d, dtype, mask_kind="padded", weight=True):
+    q = torch.randn(b, 2 * h, 1, d, dtype=dtype)
+    k = torch.randn(b, 2 * h_kv, n_k, d, dtype=dtype)
+    v = torch.randn(b, h_kv, n_k, 2 * d, dtype=dtype)
+    lam = torch.rand(()) * 0.8 + 0.1
+    mask = torch.where(visible_keys(b, n_k, mask_kind), 0.0, float("-inf")).to(dtype)[:, None, None, :]
+    w = torch.randn(2 * d, dtype=dtype) * 0.3 + 1.0 if weight else None
+    return q, k, v, lam, mask, w
+
+
+SHAPES = [  # (B, h, h_kv, N_k, d)
+    (1, 1, 1, 1, 16),  # a single key
+    (2, 2, 2, 17, 16),  # odd N_k: a partial second block
+    (3, 4, 2, 77, 32),  # GQA, five blocks
+    (2, 4, 1, 40, 64),  # one key head for all (the 350m presets' d = 64)
+    (2, 2, 2, 33, 8),  # d below a tile of 16
+]
+
+
+@pytest.mark.parametrize("norm", ["weight", "no weight", "no norm"])
+@pytest.mark.parametrize("mask_kind", ["all", "padded"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_kernel_matches_float64_reference_float32(seed, shape, mask_kind, norm):
+    """Reference: ``reference`` above in float64 from the same inputs; relative error ≤ 1e-5 in float32, over the
+    whole output and in every head."""
+    q, k, v, lam, mask, w = make_inputs(*shape, torch.float32, mask_kind, weight=norm == "weight")
+    eps = None if norm == "no norm" else EPS
+    out = differential_decode_attention(q, k, v, lam, mask, w, eps)
+    expected = reference(q, k, v, lam, mask, w, eps)
+    assert out.shape == expected.shape and out.dtype == torch.float32
+    assert rel_err(out, expected) <= TOL[torch.float32]
+    for head in range(out.shape[1]):
+        assert rel_err(out[:, head], expected[:, head]) <= 4 * TOL[torch.float32]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES[1:4], ids=lambda s: "x".join(map(str, s)))
+def test_kernel_matches_float64_reference_half(seed, shape, dtype):
+    """Float16 and bfloat16 inputs (float32 inside, one rounding of the output): relative error within about two
+    roundings of the dtype (2e-3 for float16, 1.5e-2 for bfloat16) of the float64 reference of the same inputs."""
+    q, k, v, lam, mask, w = make_inputs(*shape, dtype)
+    out = differential_decode_attention(q, k, v, lam.to(dtype), mask, w, EPS)
+    assert out.dtype == dtype
+    assert rel_err(out, reference(q, k, v, lam.to(dtype), mask, w, EPS)) <= TOL[dtype]
+
+
+def test_kernel_equals_the_sdpa_path_it_replaces(seed):
+    """Reference: the decode step's current tail, ``sdpa_differential_attention`` then ``fused_rms_norm`` with the
+    merged weight, on a mask broadcast over the batch ((1, 1, 1, N_k)); ≤ 1e-5 relative in float32."""
+    b, h, h_kv, n_k, d = 2, 4, 2, 45, 16
+    q, k, v, lam, mask, w = make_inputs(b, h, h_kv, n_k, d, torch.float32)
+    mask = mask[:1]
+    out = differential_decode_attention(q, k, v, lam, mask, w, EPS)
+    q1, q2 = q.chunk(2, dim=1)
+    k1, k2 = k.chunk(2, dim=1)
+    current = fused_rms_norm(sdpa_differential_attention(q1, q2, k1, k2, v, lam, False, mask), w, EPS)
+    assert rel_err(out, current) <= 1e-5
+
+
+def test_kernel_under_torch_compile_equals_eager(seed):
+    """``torch.compile(fullgraph=True)`` traces the op (no graph break; on the interpreter the opaque op's fake
+    implementation gives the output's shape and dtype); the compiled call's output equals the eager one exactly, and
+    torch.library.opcheck finds the op's registration consistent."""
+    inputs = make_inputs(2, 2, 1, 21, 16, torch.float32)
+    compiled = torch.compile(differential_decode_attention, fullgraph=True, backend="aot_eager")
+    eager = differential_decode_attention(*inputs, EPS)
+    assert torch.equal(compiled(*inputs, EPS), eager)
+    torch.library.opcheck(torch.ops.shareddiff.differential_decode_attention.default, (*inputs, EPS, True))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "preset, overrides",
+    [("diff-tiny", {}), ("shared_diff-tiny", {}), ("diff-tiny", {"n_kv_heads": 1, "head_norm": False})],
+    ids=["diff", "shared_diff", "diff-gqa-no-head-norm"],
+)
+def test_decoder_with_the_kernel_equals_reference_decode(seed, preset, overrides):
+    """StaticDecoder(decode_kernel=True) against the reference decode (LanguageModel.forward with a KVCache):
+    logits ≤ 1e-5 (float32) over a left-padded 13-token prefill and 40 steps, the same greedy tokens, and the kernel
+    ran in every layer of every step (not in the prefill)."""
+    model = _trained_looking(build_model(ModelConfig.from_preset(preset, **overrides)).eval())
+    decoder = StaticDecoder(model, max_len=64, decode_kernel=True)
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return differential_decode_attention(*args)
+
+    decoder._decode_attention = counted  # what the cache hands the layers from the first prefill on
+    ids, mask = _batch(model.config.vocab_size, padded=True)
+    ref, got = _teacher_forced(model, decoder, ids, mask)
+    assert (got - ref).abs().max().item() <= 1e-5
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    assert len(calls) == model.config.n_layers * STEPS
+
+
+def test_decode_kernel_choice():
+    """None uses the kernel on CUDA only (here: not); True on the CPU uses it under the interpreter; False never;
+    True where it cannot run is refused, naming the reason."""
+    model = build_model(ModelConfig.from_preset("diff-tiny")).eval()
+    assert StaticDecoder(model, max_len=8)._decode_attention is None
+    assert StaticDecoder(model, max_len=8, decode_kernel=False)._decode_attention is None
+    assert StaticDecoder(model, max_len=8, decode_kernel=True)._decode_attention is differential_decode_attention
+    with pytest.raises(ValueError, match="decode_kernel=True, but .* merged weights of fused=True"):
+        StaticDecoder(model, max_len=8, fused=False, decode_kernel=True)
+    with pytest.raises(ValueError, match="decode_kernel=True, but .* the model is torch.float64"):
+        StaticDecoder(model.double(), max_len=8, decode_kernel=True)
+
+
+def test_bad_input_is_refused_naming_the_argument():
+    q, k, v, lam, mask, w = make_inputs(2, 2, 1, 9, 16, torch.float32)
+    cases = [
+        (dict(q=q[:, :, 0]), r"q must be \(B, 2h, 1, d\)"),
+        (dict(q=q[:, :3]), r"q must be \(B, 2h, 1, d\)"),
+        (dict(q=q.repeat(1, 1, 2, 1)), r"q must be \(B, 2h, 1, d\)"),
+        (dict(q=q.double(), k=k.double(), v=v.double(), mask=mask.double()), "q must be float16, bfloat16 or float32"),
+        (dict(q=q[..., :12], k=k[..., :12], v=v[..., :24]), "q's head dim d=12 must be a power of two"),
+        (dict(k=k[0]), r"k must be \(B, 2h_kv, N_k, d\)"),
+        (dict(k=k[:, :1]), r"k must be \(B, 2h_kv, N_k, d\)"),
+        (dict(k=k.half()), "k must have q's dtype"),
+        (dict(v=v[..., :16]), r"v must be \(B, h_kv, N_k, 2d\)"),
+        (dict(v=v.half()), "v must have q's dtype"),
+        (dict(lam=lam.view(1)), "lam must be a 0-dim floating-point tensor"),
+        (dict(lam=0.5), "lam must be a 0-dim floating-point tensor"),
+        (dict(mask=mask[:, 0]), r"mask must be \(B or 1, 1, 1, N_k\)"),
+        (dict(mask=mask[..., :5]), r"mask must be \(B or 1, 1, 1, N_k\)"),
+        (dict(mask=mask == 0), "mask must be additive in q's dtype"),
+        (dict(w=w[:5]), "norm_weight must be a float vector of 2d = 32 values"),
+        (dict(eps=None), "norm_weight is the RMSNorm's scale: give eps too"),
+    ]
+    for change, message in cases:
+        args = dict(q=q, k=k, v=v, lam=lam, mask=mask, w=w, eps=EPS) | change
+        with pytest.raises(ValueError, match=message):
+            differential_decode_attention(*args.values())
+
+
+def test_kernel_compiles_for_hopper():
+    """The kernel compiles to an sm_90 cubin (Triton's own compiler and ptxas, no GPU needed; a process without the
+    interpreter), for bfloat16 and float32, with and without the norm: what the interpreter cannot check (e.g.
+    the globals a kernel may read). Skipped where Triton has no ptxas."""
+    code = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from shareddiff.ops.triton_decode import BLOCK_N, NUM_STAGES, NUM_WARPS, _decode_kernel
+for dtype, norm in (("bf16", True), ("fp32", False)):
+    signature = {name: f"*{dtype}" for name in ("Q", "K", "V", "Lam", "Mask", "W", "Out")}
+    signature |= {name: "i32" for name in "sqb sqh skb skh skn svb svh svn smb sob soh H HKV GROUP NK".split()}
+    signature |= {"scale_log2": "fp32", "eps": "fp32"}
+    constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm}
+    signature |= dict.fromkeys(constants, "constexpr")
+    names = list(signature)
+    source = ASTSource(_decode_kernel, signature, {(names.index(c),): x for c, x in constants.items()})
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS, "num_stages": NUM_STAGES})
+    assert "cubin" in kernel.asm and ".local" not in kernel.asm["ptx"], "no cubin, or registers spilled"
+print("compiled")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if "ptxas" in proc.stderr and proc.returncode:
+        pytest.skip(f"Triton cannot run ptxas here: {proc.stderr[-300:]}")
+    assert proc.returncode == 0 and "compiled" in proc.stdout, proc.stderr[-4000:]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernel needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_kernel_matches_float64_reference(seed, dtype, request):
+    """On the GPU (compiled by Triton, no interpreter): eager and inside torch.compile(fullgraph=True) (inductor),
+    against the float64 reference, within TOL, on a 350m-like head layout (h 8, d 64) with a padded mask."""
+    if in_subprocess_without_triton_interpreter(request):
+        return
+    inputs = [t.cuda() if t is not None else None for t in make_inputs(3, 8, 8, 300, 64, dtype)]
+    expected = reference(*(t.cpu() for t in inputs), EPS)
+    compiled = torch.compile(differential_decode_attention, fullgraph=True)
+    for fn in (differential_decode_attention, compiled):
+        assert rel_err(fn(*inputs, EPS).cpu(), expected) <= TOL[dtype]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("preset", ["diff-tiny", "shared_diff-tiny"])
+def test_cuda_graph_decode_with_the_kernel_equals_reference(seed, preset, request):
+    """The default decoder on CUDA uses the kernel; compiled and captured in a CUDA graph
+    (``compile=True, cuda_graph=True``), its logits are ≤ 1e-5 from the reference decode in float32 over a
+    left-padded batch and 40 steps, with the same greedy tokens."""
+    if in_subprocess_without_triton_interpreter(request):
+        return
+    model = _trained_looking(build_model(ModelConfig.from_preset(preset), device="cuda").eval())
+    decoder = StaticDecoder(model, max_len=64, compile=True, cuda_graph=True)
+    assert decoder._decode_attention is differential_decode_attention
+    ids, mask = (t.cuda() for t in _batch(model.config.vocab_size, padded=True))
+    ref, got = _teacher_forced(model, decoder, ids, mask)
+    assert (got - ref).abs().max().item() <= 1e-5
+    assert torch.equal(got.argmax(-1), ref.argmax(-1))
