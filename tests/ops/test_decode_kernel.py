@@ -158,9 +158,9 @@ def test_decode_kernel_choice():
     assert StaticDecoder(model, max_len=8)._decode_attention is None
     assert StaticDecoder(model, max_len=8, decode_kernel=False)._decode_attention is None
     assert StaticDecoder(model, max_len=8, decode_kernel=True)._decode_attention is differential_decode_attention
-    with pytest.raises(ValueError, match="decode_kernel=True, but .* merged weights of fused=True"):
+    with pytest.raises(ValueError, match=r"decode_kernel=True, but .* merged weights of fused=True"):
         StaticDecoder(model, max_len=8, fused=False, decode_kernel=True)
-    with pytest.raises(ValueError, match="decode_kernel=True, but .* the model is torch.float64"):
+    with pytest.raises(ValueError, match=r"decode_kernel=True, but .* the model is torch\.float64"):
         StaticDecoder(model.double(), max_len=8, decode_kernel=True)
 
 
@@ -208,7 +208,8 @@ for dtype, norm in (("bf16", True), ("fp32", False)):
     signature |= dict.fromkeys(constants, "constexpr")
     names = list(signature)
     source = ASTSource(_decode_kernel, signature, {(names.index(c),): x for c, x in constants.items()})
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": NUM_WARPS, "num_stages": NUM_STAGES})
+    options = {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     assert "cubin" in kernel.asm and ".local" not in kernel.asm["ptx"], "no cubin, or registers spilled"
 print("compiled")
 """
