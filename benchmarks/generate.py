@@ -21,7 +21,8 @@ batch × new tokens / wall time of one whole ``generate`` call (prefill included
 The decoder modes run with ``--fusion``: fused (the default, ``StaticDecoder(fused=True)``: each layer's weights
 merged once, one GEMM for the attention inputs and one for gate and up) and/or unfused (the model's modules), a
 row each; ``--inductor-option KEY=VALUE`` (repeatable) hands options to inductor in the compiled modes (e.g.
-gpt-fast's ``coordinate_descent_tuning=True``).
+gpt-fast's ``coordinate_descent_tuning=True``); ``--decode-kernel``: default (the decoder's: the differential decode
+kernel on CUDA), on and/or off (``StaticDecoder(decode_kernel=None/True/False)``), a row each.
 
 Before timing a decoder (every mode but eager, static and the transformers ones), its logits are checked on the same
 device, teacher-forced for up to ``CHECK_STEPS`` steps over a left-padded batch at batch > 1. Rounding is judged
@@ -75,6 +76,7 @@ CHECKED_MODES = tuple(m for m in DECODER_MODES if m != "static")  # checked befo
 CHECK_STEPS = 32
 ERROR_FACTOR = 2.0  # a decoder may be this many times as far from the exact logits as the reference decode
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+DECODE_KERNEL = {"default": None, "on": True, "off": False}  # --decode-kernel: StaticDecoder(decode_kernel=...)
 
 
 def sync(device: torch.device) -> None:
@@ -174,10 +176,13 @@ def timed(fn, device: torch.device, repeats: int) -> tuple[float, list[float]]:
     return warmup, times
 
 
-def decoder_settings(mode: str, fused: bool, args) -> dict:
-    """The StaticDecoder keyword arguments of a decoder mode's row: the mode's, ``fused``, the compile backend, and
-    ``--inductor-option`` as ``compile_options`` where inductor compiles."""
+def decoder_settings(mode: str, fused: bool, args, kernel: str = "default") -> dict:
+    """The StaticDecoder keyword arguments of a decoder mode's row: the mode's, ``fused``, the compile backend,
+    ``--inductor-option`` as ``compile_options`` where inductor compiles, and ``decode_kernel`` unless ``kernel`` is
+    "default"."""
     settings = {**DECODER_MODES[mode], "fused": fused, "backend": args.compile_backend}
+    if kernel != "default":
+        settings["decode_kernel"] = DECODE_KERNEL[kernel]
     if settings.get("compile") and args.compile_backend == "inductor" and args.inductor_option:
         settings["compile_options"] = dict(args.inductor_option)
     return settings
@@ -217,12 +222,12 @@ def generation_call(mode: str, model, prompt: torch.Tensor, new: int, compile_ba
 
 
 def bench_row(
-    family: str, size: str, mode: str, fused: bool | None, batch: int, args, device, dtype, model, exact
+    family: str, size: str, mode: str, fused: bool | None, batch: int, args, device, dtype, model, exact, kernel=None
 ) -> dict | None:
-    """One timed row (``fused``: a decoder mode's weights, None for the others); a decoder mode's is checked
-    first against ``exact`` (``exact_model(model)``)."""
+    """One timed row (``fused``, ``kernel``: a decoder mode's weights and ``--decode-kernel``, None for the others);
+    a decoder mode's is checked first against ``exact`` (``exact_model(model)``)."""
     prompt = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), device=device)
-    settings = decoder_settings(mode, fused, args) if mode in DECODER_MODES else {}
+    settings = decoder_settings(mode, fused, args, kernel) if mode in DECODER_MODES else {}
     call = generation_call(mode, model, prompt, args.new_tokens, args.compile_backend, settings)
     if call is None:
         return None
@@ -230,6 +235,7 @@ def bench_row(
     row = {"preset": f"{family}-{size}", "mode": mode, "batch": batch, "dtype": str(dtype).split(".")[-1]}
     if mode in DECODER_MODES:
         row["fusion"] = "fused" if fused else "unfused"
+        row["decode_kernel"] = kernel
         if "compile_options" in settings:
             row["compile_options"] = settings["compile_options"]
     skips = counters["inductor"]["cudagraph_skips"]
@@ -274,11 +280,13 @@ def describe(row: dict) -> str:
 
 
 def label(row: dict) -> str:
-    """The row's mode, with "unfused" for a decoder on the model's modules and "+options" for inductor options."""
+    """The row's mode, with "unfused" for a decoder on the model's modules, "+options" for inductor options and
+    "kernel on/off" for a --decode-kernel other than the decoder's default."""
     return (
         row["mode"]
         + (" unfused" if row.get("fusion") == "unfused" else "")
         + (" +options" if row.get("compile_options") else "")
+        + (f" kernel {row['decode_kernel']}" if row.get("decode_kernel", "default") != "default" else "")
     )
 
 
@@ -323,7 +331,9 @@ def host_work(prof, new: int) -> dict:
     }
 
 
-def profile_generation(mode: str, fused: bool | None, model, batch: int, args, device: torch.device) -> dict:
+def profile_generation(
+    mode: str, fused: bool | None, model, batch: int, args, device: torch.device, kernel: str | None = None
+) -> dict:
     """PyTorch profiler over one greedy ``generate`` call in ``mode`` (eager or a decoder mode; an EOS id that never
     comes, so that the stop check runs), after a warm-up call: per new token, the wall time, the host work
     (``host_work``), CUDA kernel and graph launches, the GPU's kernel time, and the share of the wall time
@@ -336,7 +346,7 @@ def profile_generation(mode: str, fused: bool | None, model, batch: int, args, d
     prompt = torch.randint(0, model.config.vocab_size, (batch, args.prompt_len), device=device)
     decoder = None
     if mode in DECODER_MODES:
-        decoder = StaticDecoder(model, args.prompt_len + new, **decoder_settings(mode, fused, args))
+        decoder = StaticDecoder(model, args.prompt_len + new, **decoder_settings(mode, fused, args, kernel))
     eos = model.config.vocab_size  # outside the vocabulary: never produced
 
     def call():
@@ -362,7 +372,7 @@ def profile_generation(mode: str, fused: bool | None, model, batch: int, args, d
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), flush=True)
     return {
         "mode": mode,
-        **({"fusion": "fused" if fused else "unfused"} if mode in DECODER_MODES else {}),
+        **({"fusion": "fused" if fused else "unfused", "decode_kernel": kernel} if mode in DECODER_MODES else {}),
         "ms_per_token": wall / new * 1e3,
         **host_work(prof, new),
         "cuda_kernels_per_token": count("cudaLaunchKernel", "cuLaunchKernel") if on_cuda else None,
@@ -415,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="an inductor option for the compiled modes (torch.compile options=), e.g. "
         "coordinate_descent_tuning=True; repeatable",
     )
+    parser.add_argument(
+        "--decode-kernel",
+        nargs="+",
+        choices=sorted(DECODE_KERNEL),
+        default=["default"],
+        help="decoder modes: the differential decode kernel as the decoder chooses (default: on CUDA), on and/or "
+        "off, a row each",
+    )
     parser.add_argument("--budget-s", type=float, default=None, help="start no row after this many seconds")
     parser.add_argument("--profile", action="store_true", help="profile the eager/decoder modes instead of timing")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (CPU runs)")
@@ -451,21 +469,23 @@ def main() -> int:
         exact = exact_model(model) if checked else None
         if args.profile:
             for batch in args.batch:
-                for mode, fused in row_plan([m for m in args.modes if m == "eager" or m in DECODER_MODES], args):
+                for mode, fused, kernel in row_plan(
+                    [m for m in args.modes if m == "eager" or m in DECODER_MODES], args
+                ):
                     if DECODER_MODES.get(mode, {}).get("cuda_graph") and device.type != "cuda":
                         continue
                     result = {"preset": f"{family}-{args.size}", "batch": batch}
-                    result.update(profile_generation(mode, fused, model, batch, args, device))
+                    result.update(profile_generation(mode, fused, model, batch, args, device, kernel))
                     rows.append(result)
                     print({k: v for k, v in result.items() if k != "top_ops_self_ms_per_token"}, flush=True)
                     path = write_result(name, payload, args.out) if path is None else _rewrite(path, payload)
             continue
         for batch in args.batch:
-            for mode, fused in row_plan(args.modes, args):
+            for mode, fused, kernel in row_plan(args.modes, args):
                 if args.budget_s is not None and time.perf_counter() - began > args.budget_s:
                     print(f"{family}-{args.size} {mode} batch {batch}: skipped (--budget-s)", flush=True)
                     continue
-                row = bench_row(family, args.size, mode, fused, batch, args, device, dtype, model, exact)
+                row = bench_row(family, args.size, mode, fused, batch, args, device, dtype, model, exact, kernel)
                 if row is None:
                     continue
                 failures += bool(row.get("check") and not row["check"]["ok"])
@@ -481,10 +501,18 @@ def main() -> int:
     return 1 if failures else 0
 
 
-def row_plan(modes: list[str], args) -> list[tuple[str, bool | None]]:
-    """(mode, fused) of each row, in order: a decoder mode once per ``--fusion``, the others once (fused None)."""
+def row_plan(modes: list[str], args) -> list[tuple[str, bool | None, str | None]]:
+    """(mode, fused, decode kernel) of each row, in order: a decoder mode once per ``--fusion`` and
+    ``--decode-kernel`` (but not unfused with the kernel on), the others once (fused and kernel None)."""
     fusions = [f == "fused" for f in args.fusion]
-    return [(mode, fused) for mode in modes for fused in (fusions if mode in DECODER_MODES else [None])]
+    plan = []
+    for mode in modes:
+        if mode not in DECODER_MODES:
+            plan.append((mode, None, None))
+        else:
+            kernels = args.decode_kernel  # the kernel reads the merged weights: no "on" row unfused
+            plan.extend((mode, fused, k) for fused in fusions for k in kernels if fused or k != "on")
+    return plan
 
 
 def _rewrite(path: Path, payload: dict) -> Path:

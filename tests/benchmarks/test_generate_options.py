@@ -21,10 +21,28 @@ def test_decoder_rows_and_settings():
     command = "--modes eager graph compiled-graph --fusion fused unfused --inductor-option coordinate_descent_tuning=1"
     args = build_parser().parse_args(command.split())
     plan = row_plan(args.modes, args)
-    assert plan == [("eager", None), *[(m, f) for m in ("graph", "compiled-graph") for f in (True, False)]]
+    assert plan == [
+        ("eager", None, None),
+        *[(m, f, "default") for m in ("graph", "compiled-graph") for f in (True, False)],
+    ]
     assert decoder_settings("graph", True, args) == {"cuda_graph": True, "fused": True, "backend": "inductor"}
     compiled = decoder_settings("compiled-graph", False, args)
     assert compiled["compile_options"] == {"coordinate_descent_tuning": 1} and compiled["fused"] is False
     args.compile_backend = "aot_eager"
     assert "compile_options" not in decoder_settings("compiled-graph", True, args)
     assert build_parser().parse_args([]).fusion == ["fused"]
+
+
+def test_decode_kernel_rows_and_settings():
+    """--decode-kernel on off: a row each per decoder mode and fusion, handing decode_kernel=True/False to the
+    decoder; the default leaves the decoder's own default (no decode_kernel argument)."""
+    args = build_parser().parse_args("--modes eager compiled-graph --decode-kernel on off".split())
+    assert row_plan(args.modes, args) == [
+        ("eager", None, None),
+        ("compiled-graph", True, "on"),
+        ("compiled-graph", True, "off"),
+    ]
+    assert decoder_settings("compiled-graph", True, args, "on")["decode_kernel"] is True
+    assert decoder_settings("compiled-graph", True, args, "off")["decode_kernel"] is False
+    assert "decode_kernel" not in decoder_settings("compiled-graph", True, args)
+    assert build_parser().parse_args([]).decode_kernel == ["default"]
