@@ -588,7 +588,7 @@ overrides = ["data.seq_len=24", "mqar.pairs=4", "model.max_seq_len=48"]
         assert cell["lrs"] == {f"{r['lr']:g}": r["accuracy"] for r in sorted(group, key=lambda r: r["lr"])}
         assert cell["accuracy"] == max(cell["lrs"].values())
     text = (folder / "summary.md").read_text()
-    assert "![MQAR](mqar.png)" in text and "| 16 | 2 | standard |" in text
+    assert "![MQAR](mqar.png)" in text and "| 16 | 2 | Transformer |" in text
     png = (folder / "mqar.png").stat()
     assert png.st_size > 10_000
     (folder / "summary.json").unlink()

@@ -601,11 +601,11 @@ def _mqar_lines(mqar: dict | None) -> list[str]:
 
     cell = ["length", "pairs", "variant"]
     after = ["accuracy", "at 2x length", "lr", "steps to 50 %", "steps to 99 %", "stopped early at"]
-    best = [row(c, c["seq_len"], c["pairs"], c["variant"], c["d_model"], c["runs"]) for c in mqar["best"]]
+    best = [row(c, c["seq_len"], c["pairs"], variant_name(c["variant"]), c["d_model"], c["runs"]) for c in mqar["best"]]
     by_width = []
     for c in mqar["cells"]:
         rates = ", ".join(f"{lr}: {accuracy:.2f}" for lr, accuracy in c["lrs"].items())
-        by_width.append([*row(c, c["seq_len"], c["pairs"], c["variant"], c["d_model"]), rates])
+        by_width.append([*row(c, c["seq_len"], c["pairs"], variant_name(c["variant"]), c["d_model"]), rates])
     return [
         "",
         "MQAR accuracy at the answer positions (fixed evaluation set, at the end of training or at the run's early "
