@@ -151,6 +151,33 @@ def test_decoder_with_the_kernel_equals_reference_decode(seed, preset, overrides
     assert len(calls) == model.config.n_layers * STEPS
 
 
+@torch.no_grad()
+def test_decoder_with_the_kernel_under_bf16_autocast_equals_reference(seed):
+    """A float32 Shared DIFF model decoded under CPU bf16 autocast with the kernel: its queries, K/V and mask are
+    bfloat16, λ and the merged head-norm weight float32. Reference: the KVCache decode under the same autocast;
+    logits within 2e-2 relative (a few bf16 roundings, as the decoder's own autocast test) over 8 steps, and the
+    kernel ran in every layer of every step."""
+    model = _trained_looking(build_model(ModelConfig.from_preset("shared_diff-tiny")).eval())
+    decoder = StaticDecoder(model, max_len=32, decode_kernel=True)
+    dtypes = []
+
+    def counted(*args):
+        dtypes.append(args[0].dtype)
+        return differential_decode_attention(*args)
+
+    decoder._decode_attention = counted
+    ids, mask = _batch(model.config.vocab_size, padded=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cache = model.new_cache(ids.shape[1] + 8)
+        ref, got = model(ids, cache, mask)[:, -1], decoder.prefill(ids, mask, 8)
+        for _ in range(8):
+            token = ref.argmax(-1)
+            ref, got = model(token[:, None], cache)[:, -1], decoder.step(token)
+            assert got.dtype == ref.dtype == torch.bfloat16
+            assert rel_err(got.float(), ref.float()) <= 2e-2
+    assert dtypes == [torch.bfloat16] * (model.config.n_layers * 8)
+
+
 def test_decode_kernel_choice():
     """None uses the kernel on CUDA only (here: not); True on the CPU uses it under the interpreter; False never;
     True where it cannot run is refused, naming the reason."""

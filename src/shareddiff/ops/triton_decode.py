@@ -106,7 +106,7 @@ def _decode(
     out = q.new_empty(b, h, 1, 2 * d)
     launch = {} if INTERPRET else {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
     wrap_triton(_decode_kernel)[(b * h,)](
-        q, k, v, lam, mask, weight if weight is not None else out, out,
+        q, k, v, lam, mask, weight if weight is not None else lam, out,  # W: unread without a weight
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         mask.stride(0), out.stride(0), out.stride(1),
         h, h_kv, h // h_kv, n_k, LOG2E / math.sqrt(d), eps,
