@@ -2,9 +2,10 @@
 
 import os
 import random
-import re
 import subprocess
 import sys
+import tempfile
+from xml.etree import ElementTree
 
 # The child process of in_subprocess_without_triton_interpreter sets this: there Triton compiles for the GPU.
 NATIVE_TRITON_ENV = "SHAREDDIFF_TEST_NATIVE_TRITON"
@@ -162,9 +163,15 @@ def in_subprocess_without_triton_interpreter(request) -> bool:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env[NATIVE_TRITON_ENV] = "1"
     env["PYTHONPATH"] = os.pathsep.join(sys.path)
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", request.node.nodeid]
-    proc = subprocess.run(command, cwd=request.config.rootpath, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(command)} failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}"
-    # the child ran the test (not skipped or deselected)
-    assert re.search(r"(^|\s)1 passed", proc.stdout), proc.stdout[-2000:]
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "child.xml")  # the child's counts, whatever its terminal output (-qq, no:terminal)
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junit-xml={report}"]
+        command.append(request.node.nodeid)
+        proc = subprocess.run(command, cwd=request.config.rootpath, env=env, capture_output=True, text=True)
+        assert proc.returncode == 0, f"{' '.join(command)} failed:\n{proc.stdout[-8000:]}\n{proc.stderr[-4000:]}"
+        suite = ElementTree.parse(report).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    counts = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    # the child ran the test and it passed (not skipped, deselected or run twice)
+    assert counts == {"tests": 1, "failures": 0, "errors": 0, "skipped": 0}, (counts, proc.stdout[-2000:])
     return True

@@ -12,7 +12,7 @@ from shareddiff.generation import decode_tokens, generate
 from shareddiff.padding import left_pad
 from shareddiff.presets import FAMILIES
 from shareddiff.static_decode import StaticDecoder
-from tests.conftest import in_subprocess_without_triton_interpreter, rel_err
+from tests.conftest import NATIVE_TRITON_ENV, in_subprocess_without_triton_interpreter, rel_err
 
 STEPS = 40
 LENGTHS = (13, 6, 9)  # the prefill is 13 columns wide: odd, and not a multiple of anything the step uses
@@ -401,3 +401,22 @@ def test_the_native_triton_child_runs_the_test_without_the_interpreter(request):
         assert os.environ.get("TRITON_INTERPRET") == "1"  # the parent keeps the CPU interpreter
         return
     assert "TRITON_INTERPRET" not in os.environ
+
+
+@pytest.mark.parametrize("addopts", ["-q", "-p no:terminal"], ids=["qq", "no-terminal"])
+def test_the_native_triton_child_is_counted_whatever_its_terminal_output(addopts, request, monkeypatch):
+    """The parent reads the child's pass from its report, not its terminal: with ``PYTEST_ADDOPTS`` making the
+    child's run quieter (``-q`` twice prints no "1 passed"; no terminal at all), the helper still returns True."""
+    if os.environ.get(NATIVE_TRITON_ENV) != "1":
+        monkeypatch.setenv("PYTEST_ADDOPTS", addopts)
+    if in_subprocess_without_triton_interpreter(request):
+        return
+    assert "TRITON_INTERPRET" not in os.environ
+
+
+def test_the_native_triton_child_fails_the_parent_when_it_skips(request):
+    """A child that skips the test (no GPU there, say) is no pass: the parent's helper raises with the counts."""
+    if os.environ.get(NATIVE_TRITON_ENV) == "1":
+        pytest.skip("the child skips")
+    with pytest.raises(AssertionError, match="'skipped': 1"):
+        in_subprocess_without_triton_interpreter(request)
