@@ -127,7 +127,7 @@ def _decode_kernel(
     offs_d = tl.arange(0, D)
     q1 = tl.load(Q + b * sqb + head * sqh + offs_d).to(tl.float32) * scale_log2  # scores in base 2
     q2 = tl.load(Q + b * sqb + (H + head) * sqh + offs_d).to(tl.float32) * scale_log2
-    m1, l1, acc1, m2, l2, acc2 = _attend_keys(
+    _m1, l1, acc1, _m2, l2, acc2 = _attend_keys(  # the maxima: only for merging partials
         q1, q2, K + b * skb + kv * skh, K + b * skb + (HKV + kv) * skh, V + b * svb + kv * svh, Mask + b * smb,
         skn, svn, 0, NK, D, BN,
     )  # fmt: skip
