@@ -369,25 +369,38 @@ def test_bad_input_is_refused_naming_the_argument():
 
 
 def test_kernel_compiles_for_hopper():
-    """The kernel compiles to an sm_90 cubin (Triton's own compiler and ptxas, no GPU needed; a process without the
-    interpreter), for bfloat16 and float32, with and without the norm: what the interpreter cannot check (e.g.
-    the globals a kernel may read). Skipped where Triton has no ptxas."""
+    """The kernels compile to sm_90 cubins (Triton's own compiler and ptxas, no GPU needed; a process without the
+    interpreter) without spilling registers: the single kernel for bfloat16 and float32, with and without the
+    norm, and split-K's two kernels (bfloat16, with the norm), at the default launch settings: what the
+    interpreter cannot check (e.g. the globals a kernel may read, a loop over a range known at run time only).
+    Skipped where Triton has no ptxas."""
     code = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from shareddiff.ops.triton_decode import BLOCK_N, NUM_STAGES, NUM_WARPS, _decode_kernel
-for dtype, norm in (("bf16", True), ("fp32", False)):
-    signature = {name: f"*{dtype}" for name in ("Q", "K", "V", "Lam", "Mask", "W", "Out")}
-    signature |= {name: "i32" for name in "sqb sqh skb skh skn svb svh svn smb sob soh H HKV GROUP NK".split()}
-    signature |= {"scale_log2": "fp32", "eps": "fp32"}
-    constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm}
+from shareddiff.ops.triton_decode import (
+    BLOCK_N, MERGE_TILE, NUM_STAGES, NUM_WARPS, _decode_kernel, _merge_kernel, _split_kernel,
+)
+
+def compile(kernel, pointers, ints, floats, constants):
+    signature = pointers | dict.fromkeys(ints.split(), "i32") | dict.fromkeys(floats.split(), "fp32")
     signature |= dict.fromkeys(constants, "constexpr")
     names = list(signature)
-    source = ASTSource(_decode_kernel, signature, {(names.index(c),): x for c, x in constants.items()})
+    source = ASTSource(kernel, signature, {(names.index(c),): x for c, x in constants.items()})
     options = {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-    assert "cubin" in kernel.asm and ".local" not in kernel.asm["ptx"], "no cubin, or registers spilled"
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    assert "cubin" in compiled.asm and ".local" not in compiled.asm["ptx"], f"{kernel}: no cubin, or spills"
+
+strides = "sqb sqh skb skh skn svb svh svn smb"
+for dtype, norm in (("bf16", True), ("fp32", False)):
+    pointers = {name: f"*{dtype}" for name in ("Q", "K", "V", "Lam", "Mask", "W", "Out")}
+    constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm}
+    compile(_decode_kernel, pointers, strides + " sob soh H HKV GROUP NK", "scale_log2 eps", constants)
+pointers = {name: "*bf16" for name in ("Q", "K", "V", "Mask")} | {"Acc": "*fp32", "Stats": "*fp32"}
+compile(_split_kernel, pointers, strides + " H HKV GROUP NK CHUNK", "scale_log2", {"D": 64, "BN": BLOCK_N})
+pointers = {"Acc": "*fp32", "Stats": "*fp32", "Lam": "*bf16", "W": "*bf16", "Out": "*bf16"}
+constants = {"D": 64, "ST": MERGE_TILE, "NORM": True, "HAS_WEIGHT": True}
+compile(_merge_kernel, pointers, "sob soh H S", "eps", constants)
 print("compiled")
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": os.pathsep.join(sys.path)}
@@ -398,17 +411,20 @@ print("compiled")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernel needs a GPU")
+@pytest.mark.parametrize("splits", [None, 1, 4], ids=["rule", "1 split", "4 splits"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_cuda_kernel_matches_float64_reference(seed, dtype, request):
+def test_cuda_kernel_matches_float64_reference(seed, dtype, splits, request):
     """On the GPU (compiled by Triton, no interpreter): eager and inside torch.compile(fullgraph=True) (inductor),
-    against the float64 reference, within TOL, on a 350m-like head layout (h 8, d 64) with a padded mask."""
+    against the float64 reference, within TOL, on a 350m-like head layout (h 8, d 64) with a padded mask; the
+    split count of the rule (3 rows × 8 heads on an H200: 2), the single kernel and 4 splits."""
     if in_subprocess_without_triton_interpreter(request):
         return
     inputs = [t.cuda() if t is not None else None for t in make_inputs(3, 8, 8, 300, 64, dtype)]
     expected = reference(*(t.cpu() for t in inputs), EPS)
-    compiled = torch.compile(differential_decode_attention, fullgraph=True)
-    for fn in (differential_decode_attention, compiled):
-        assert rel_err(fn(*inputs, EPS).cpu(), expected) <= TOL[dtype]
+    with decode_kernel_settings(splits=splits):
+        compiled = torch.compile(differential_decode_attention, fullgraph=True)
+        for fn in (differential_decode_attention, compiled):
+            assert rel_err(fn(*inputs, EPS).cpu(), expected) <= TOL[dtype]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
