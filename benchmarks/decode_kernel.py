@@ -201,7 +201,6 @@ def bench_shape(args, config, batch: int, n_k: int, device, gen, deadline: float
         with decode_kernel_settings(splits=splits, block_n=block_n, num_warps=warps, num_stages=args.stages):
             rows.append(measure(row, kernel_path))
         print({k: (round(x, 4) if isinstance(x, float) else x) for k, x in rows[-1].items()}, flush=True)
-    del layers
     return rows
 
 
