@@ -9,9 +9,10 @@ to its end), it times one decode step's differential tail: the path of ``StaticD
 (``sdpa_differential_attention``: two ``F.scaled_dot_product_attention`` calls and o1 − λ·o2, then
 ``fused_rms_norm`` with the merged head-norm weight, as ``DiffAttention.forward`` does) and the kernel at each launch
 setting of the sweep: key splits (1, ``split_count``'s choice, half and twice it) × keys per block
-(``--block-n``) × warps (``--warps``). Each layer has its own cache (as a step reads them), so a call does not find
-the previous call's keys in L2. Before timing, every configuration's output (layer 0) is checked against the
-float32 SDPA path of the same inputs (relative error ≤ ``--tol``); a mismatch stops the run with an error.
+(``--block-n``) × warps (``--warps``). The calls of a step (``--layers``, the preset's layer count) cycle over
+enough distinct caches (≥ 256 MiB in all) that a call does not find its keys in L2, as in a real step. Before
+timing, every configuration's output (layer 0) is checked against the float32 SDPA path of the same inputs
+(relative error ≤ ``--tol``); a mismatch stops the run with an error.
 
 Times, per call (µs): "eager", CUDA events around ``--iters`` passes over the layers; "graph", one CUDA graph of
 the layers' calls back to back (what a captured decode step sees: no launch gaps from Python), replayed
@@ -34,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import environment, table, write_result
 
 HEAD_NORM_EPS = 1e-5
+DISTINCT_BYTES = 256 * 2**20
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,25 +64,34 @@ def smoke_settings(args: argparse.Namespace) -> None:
     args.block_n, args.warps, args.splits, args.iters = [16], [4], [1, 3], 1
 
 
-def make_layers(config, batch: int, n_k: int, layers: int, device, gen: torch.Generator) -> list[tuple]:
-    """Per layer: (q, k, v, λ, mask, weight) as a decode step hands the kernel, bfloat16; rows left-padded by up to
-    a quarter of the buffer (row 0 not at all), every key after the padding visible (the cache full)."""
+def make_layers(config, batch: int, n_k: int, caches: int, device, seed: int) -> list[tuple]:
+    """``caches`` sets of (q, k, v, λ, mask, weight) as a decode step hands the kernel, bfloat16, drawn on
+    ``device``; rows left-padded by up to a quarter of the buffer (row 0 not at all), every key after the padding
+    visible (the cache full)."""
     h, h_kv, d, dtype = config.n_heads, config.n_kv_heads, config.head_dim, torch.bfloat16
-    pad = torch.randint(0, max(1, n_k // 4), (batch,), generator=gen)
+    gen = torch.Generator(device).manual_seed(seed)
+    pad = torch.randint(0, max(1, n_k // 4), (batch,), generator=gen, device=device)
     pad[0] = 0
-    visible = torch.arange(n_k)[None, :] >= pad[:, None]
-    mask = torch.where(visible, 0.0, float("-inf")).to(dtype)[:, None, None, :].to(device)
+    visible = torch.arange(n_k, device=device)[None, :] >= pad[:, None]
+    mask = torch.where(visible, 0.0, float("-inf")).to(dtype)[:, None, None, :]
 
     def randn(*shape):
-        return torch.randn(*shape, generator=gen).to(device, dtype)
+        return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
     out = []
-    for _ in range(layers):
+    for _ in range(caches):
         q, k, v = randn(batch, 2 * h, 1, d), randn(batch, 2 * h_kv, n_k, d), randn(batch, h_kv, n_k, 2 * d)
-        lam = (torch.rand((), generator=gen) * 0.8 + 0.1).to(device, dtype)
-        weight = (torch.randn(2 * d, generator=gen) * 0.3 + 1.0).to(device, dtype)
+        lam = torch.rand((), generator=gen, device=device, dtype=dtype) * 0.8 + 0.1
+        weight = randn(2 * d) * 0.3 + 1.0
         out.append((q, k, v, lam, mask, weight))
     return out
+
+
+def distinct_caches(config, batch: int, n_k: int, calls: int) -> int:
+    """How many layers' caches to allocate: enough that the calls of a step read ≥ ``DISTINCT_BYTES`` of distinct
+    keys and values (more than an H200's L2: no call finds its cache there), at least 2, at most ``calls``."""
+    per_layer = batch * config.n_kv_heads * n_k * config.head_dim * 4 * 2  # K1, K2 (d) and V (2d), 2 bytes each
+    return min(calls, max(2, -(-DISTINCT_BYTES // per_layer)))
 
 
 def sdpa_path(q, k, v, lam, mask, weight):
@@ -159,16 +170,18 @@ def split_choices(args, batch: int, heads: int, n_k: int, sm_count: int) -> list
     return sorted({1, rule, max(1, rule // 2), 2 * rule} if rule > 1 else {1, 2, 4}, key=lambda s: (s != rule, s))
 
 
-def bench_shape(args, config, batch: int, n_k: int, device, gen, deadline: float, sm_count: int) -> list[dict]:
+def bench_shape(args, config, batch: int, n_k: int, device, deadline: float, sm_count: int) -> list[dict]:
     """Rows for one (batch, cache length): the SDPA path, then each kernel configuration (the rule's first)."""
     from shareddiff.ops.triton_decode import BLOCK_N, NUM_WARPS, decode_kernel_settings, split_count, split_plan
 
-    layers = make_layers(config, batch, n_k, args.layers or config.n_layers, device, gen)
+    calls = args.layers or config.n_layers
+    caches = make_layers(config, batch, n_k, distinct_caches(config, batch, n_k, calls), device, args.seed)
+    layers = [caches[i % len(caches)] for i in range(calls)]  # a step's calls, cycling over the distinct caches
     q, k, v, lam, mask, weight = layers[0]
     expected = sdpa_path(q.float(), k.float(), v.float(), lam.float(), mask.float(), weight.float())
     cache_bytes = (k.numel() + v.numel()) * k.element_size()
     rule = split_count(batch, config.n_heads, n_k, sm_count)
-    base = {"batch": batch, "n_k": n_k, "layers": len(layers), "rule_splits": rule}
+    base = {"batch": batch, "n_k": n_k, "layers": calls, "distinct_caches": len(caches), "rule_splits": rule}
     on_cuda = device.type == "cuda"
 
     def measure(row: dict, fn) -> dict:
@@ -240,12 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     config = ModelConfig.from_preset(args.preset)
     device = torch.device("cpu" if args.smoke else "cuda")
     sm_count = _sm_count(device)
-    gen = torch.Generator().manual_seed(args.seed)
     rows = []
     with torch.no_grad():
         for batch in args.batches:
             for n_k in args.lengths:
-                rows += bench_shape(args, config, batch, n_k, device, gen, deadline, sm_count)
+                rows += bench_shape(args, config, batch, n_k, device, deadline, sm_count)
     headers = ["batch", "n_k", "path", "splits", "block_n", "warps", "eager µs", "graph µs", "GB/s", "rel err"]
     keys = ["batch", "n_k", "path", "splits", "block_n", "warps", "eager_us", "graph_us", "graph_GBps", "rel_err"]
 
