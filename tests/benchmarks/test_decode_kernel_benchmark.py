@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-import decode_kernel  # noqa: E402 (after the skip)
+import decode_kernel
 
 
 def test_smoke_run_writes_checked_rows(tmp_path):
