@@ -1,7 +1,8 @@
 """The differential decode kernel (ops/triton_decode.py) under TRITON_INTERPRET=1 (CPU) against a float64 reference
 written here (architecture §3: two softmaxes, their difference, the per-head RMSNorm), against the SDPA path it
-replaces, under torch.compile, inside the StaticDecoder against the reference decode, and on bad input. The CUDA
-tests run on a GPU only. Skipped where Triton is absent."""
+replaces, under torch.compile, inside the StaticDecoder against the reference decode, and on bad input; its split-K
+path (partials merged by a second kernel) likewise, and the rule that picks the split count. The CUDA tests run on
+a GPU only. Skipped where Triton is absent."""
 
 import math
 import os
@@ -16,7 +17,13 @@ pytest.importorskip("triton")
 from shareddiff import ModelConfig, build_model
 from shareddiff.layers import fused_rms_norm
 from shareddiff.ops import sdpa_differential_attention
-from shareddiff.ops.triton_decode import differential_decode_attention
+from shareddiff.ops.triton_decode import (
+    DecodeKernelSettings,
+    decode_kernel_settings,
+    differential_decode_attention,
+    split_count,
+    split_plan,
+)
 from shareddiff.static_decode import StaticDecoder
 from tests.conftest import in_subprocess_without_triton_interpreter, rel_err
 from tests.test_static_decode import STEPS, _batch, _teacher_forced, _trained_looking
@@ -114,15 +121,158 @@ def test_kernel_equals_the_sdpa_path_it_replaces(seed):
     assert rel_err(out, current) <= 1e-5
 
 
-def test_kernel_under_torch_compile_equals_eager(seed):
+@pytest.mark.parametrize("splits", [None, 3], ids=["rule", "3 splits"])
+def test_kernel_under_torch_compile_equals_eager(seed, splits):
     """``torch.compile(fullgraph=True)`` traces the op (no graph break; on the interpreter the opaque op's fake
     implementation gives the output's shape and dtype); the compiled call's output equals the eager one exactly, and
-    torch.library.opcheck finds the op's registration consistent."""
-    inputs = make_inputs(2, 2, 1, 21, 16, torch.float32)
+    torch.library.opcheck finds the op's registration consistent; with the single kernel and with split-K."""
+    inputs = make_inputs(2, 2, 1, 41, 16, torch.float32)
     compiled = torch.compile(differential_decode_attention, fullgraph=True, backend="aot_eager")
-    eager = differential_decode_attention(*inputs, EPS)
-    assert torch.equal(compiled(*inputs, EPS), eager)
-    torch.library.opcheck(torch.ops.shareddiff.differential_decode_attention.default, (*inputs, EPS, True))
+    with decode_kernel_settings(splits=splits, block_n=16):
+        eager = differential_decode_attention(*inputs, EPS)
+        assert torch.equal(compiled(*inputs, EPS), eager)
+        torch.library.opcheck(torch.ops.shareddiff.differential_decode_attention.default, (*inputs, EPS, True))
+
+
+SPLIT_CASES = [  # (B, h, h_kv, N_k, d, splits requested, block_n) → the plan asserted in the test
+    (2, 2, 2, 77, 16, 3, 16),  # 3 splits of 32 keys, the last ragged (13)
+    (3, 4, 2, 77, 32, 5, 16),  # GQA; 5 splits of 16, the last 13 keys
+    (2, 4, 1, 40, 64, 2, 8),  # one key head for all; 2 splits of 24 and 16
+    (2, 2, 2, 33, 8, 8, 4),  # 8 splits of 8 keys over a tile narrower than d; the last holds 1 key
+    (1, 1, 1, 5, 16, 4, 16),  # 4 requested, one block of keys: one split (the single kernel)
+]
+
+
+def _split_mask(b: int, n_k: int, chunk: int, dtype) -> torch.Tensor:
+    """(B, 1, 1, N_k) additive: row 0 sees only keys inside its second split (its first split left padding, the
+    later ones unfilled cache: splits with every key masked; where there is one split, its keys), row 1 only the
+    last key, the others ``visible_keys``' padded rows."""
+    visible = visible_keys(b, n_k, "padded")
+    if chunk < n_k - 1:
+        visible[0] = False
+        visible[0, chunk : min(2 * chunk, n_k) - 1] = True
+    if b > 1:
+        visible[1] = False
+        visible[1, -1] = True
+    return torch.where(visible, 0.0, float("-inf")).to(dtype)[:, None, None, :]
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=lambda c: "x".join(map(str, c)))
+def test_split_kernel_matches_float64_reference(seed, case):
+    """Split-K (the keys of each head over several programs, partials merged by a second kernel) against the float64
+    ``reference``: ≤ 1e-5 relative in float32, over the whole output and in every head, with splits whose keys are
+    all masked (left padding, unfilled cache) and a ragged last split; the plan (split count, keys per split) is
+    the one each case names."""
+    b, h, h_kv, n_k, d, requested, block_n = case
+    splits, chunk = split_plan(n_k, requested, block_n)
+    expected_plan = {77: {3: (3, 32), 5: (5, 16)}, 40: {2: (2, 24)}, 33: {8: (5, 8)}, 5: {4: (1, 16)}}[n_k][requested]
+    assert (splits, chunk) == expected_plan
+    q, k, v, lam, _, w = make_inputs(b, h, h_kv, n_k, d, torch.float32)
+    mask = _split_mask(b, n_k, chunk, torch.float32)
+    with decode_kernel_settings(splits=requested, block_n=block_n):
+        out = differential_decode_attention(q, k, v, lam, mask, w, EPS)
+    expected = reference(q, k, v, lam, mask, w, EPS)
+    assert rel_err(out, expected) <= TOL[torch.float32]
+    for head in range(h):
+        assert rel_err(out[:, head], expected[:, head]) <= 4 * TOL[torch.float32]
+
+
+@pytest.mark.parametrize("norm", ["no weight", "no norm"])
+def test_split_kernel_without_weight_or_norm(seed, norm):
+    """Split-K's epilogue without the norm's weight, and without the norm (DIFF with ``head_norm=False``): float64
+    ``reference``, ≤ 1e-5 relative (float32), 3 splits of 32 keys."""
+    q, k, v, lam, mask, _ = make_inputs(2, 4, 2, 90, 16, torch.float32)
+    eps = None if norm == "no norm" else EPS
+    with decode_kernel_settings(splits=3, block_n=16):
+        out = differential_decode_attention(q, k, v, lam, mask, None, eps)
+    assert rel_err(out, reference(q, k, v, lam, mask, None, eps)) <= TOL[torch.float32]
+
+
+def test_split_kernel_float16(seed):
+    """Float16 inputs through split-K (float32 partials): within 2e-3 (about two float16 roundings) of the float64
+    reference of the same inputs, the first split all left padding for row 0."""
+    q, k, v, lam, _, w = make_inputs(3, 4, 2, 77, 32, torch.float16)
+    mask = _split_mask(3, 77, 16, torch.float16)
+    with decode_kernel_settings(splits=5, block_n=16):
+        out = differential_decode_attention(q, k, v, lam.half(), mask, w, EPS)
+    assert out.dtype == torch.float16
+    assert rel_err(out, reference(q, k, v, lam.half(), mask, w, EPS)) <= TOL[torch.float16]
+
+
+@pytest.mark.parametrize(
+    "batch, heads, n_k, sms, expected",
+    [
+        (1, 8, 384, 132, 3),  # 350m at batch 1, a 384-key cache: 3 splits of ≥ 128 keys
+        (1, 8, 2048, 132, 16),  # 16 splits of 128
+        (1, 8, 8192, 132, 33),  # two waves: ⌈264 / 8⌉
+        (4, 8, 8192, 132, 9),  # ⌈264 / 32⌉
+        (32, 8, 8192, 132, 1),  # 256 programs fill the 132 SMs already: the single kernel
+        (1, 8, 100, 132, 1),  # fewer keys than one split's minimum
+        (1, 1, 1 << 20, 132, 64),  # at most MAX_SPLITS
+        (2, 4, 4096, 1, 1),  # the interpreter's "device" (1 SM)
+    ],
+)
+def test_split_count_rule(batch, heads, n_k, sms, expected):
+    """The rule (``split_count``): 1 where B·h ≥ SMs, else min(⌈2·SMs / (B·h)⌉, ⌊N_k / 128⌋, 64), at least 1; the
+    values worked out by hand."""
+    assert split_count(batch, heads, n_k, sms) == expected
+
+
+def test_split_plan_covers_the_keys_with_whole_blocks():
+    """``split_plan``: each split a whole number of blocks, together covering N_k, none empty (a request of 33
+    splits over 8192 keys in blocks of 64 becomes 32 splits of 256)."""
+    assert split_plan(8192, 33, 64) == (32, 256)
+    for n_k in (1, 17, 64, 77, 384, 1000):
+        for requested in (1, 2, 3, 7, 64):
+            for block_n in (16, 64):
+                splits, chunk = split_plan(n_k, requested, block_n)
+                assert chunk % block_n == 0 and 1 <= splits <= requested
+                assert (splits - 1) * chunk < n_k <= splits * chunk
+
+
+def test_settings_are_checked_and_restored():
+    """A block size or warp count that is not a power of two, or fewer than 1 stage or split, is refused naming
+    the field; ``decode_kernel_settings`` restores the previous settings on exit, also after an error."""
+    for field, value in (("block_n", 48), ("num_warps", 3), ("num_stages", 0), ("splits", 0)):
+        with pytest.raises(ValueError, match=field):
+            DecodeKernelSettings(**{field: value})
+    with decode_kernel_settings(splits=2) as outer:
+        with pytest.raises(ValueError, match="block_n"), decode_kernel_settings(block_n=12):
+            pass
+        with decode_kernel_settings(block_n=32) as inner:
+            assert (inner.splits, inner.block_n) == (2, 32)
+        from shareddiff.ops import triton_decode
+
+        assert triton_decode._settings is outer
+    assert triton_decode._settings == DecodeKernelSettings()
+
+
+@pytest.mark.parametrize("preset", ["diff-tiny", "shared_diff-tiny"])
+def test_decoder_with_the_split_kernel_equals_reference_decode(seed, preset):
+    """StaticDecoder(decode_kernel=True) with 4 splits of 8 keys over its 32-key buffer forced: logits ≤ 1e-5 from
+    the reference decode (LanguageModel.forward with a KVCache, float32) over a left-padded 13-token prefill and 8
+    steps (the last split unfilled throughout, the first all padding but one key for one row), the same greedy
+    tokens, and the kernel ran in every layer of every step."""
+    model = _trained_looking(build_model(ModelConfig.from_preset(preset)).eval())
+    decoder = StaticDecoder(model, max_len=32, decode_kernel=True)
+    assert split_plan(decoder.max_len, 4, 8) == (4, 8)
+    calls = []
+
+    def counted(*args):
+        calls.append(args[0].shape)
+        return differential_decode_attention(*args)
+
+    decoder._decode_attention = counted
+    ids, mask = _batch(model.config.vocab_size, padded=True)
+    with torch.no_grad(), decode_kernel_settings(splits=4, block_n=8):
+        cache = model.new_cache(ids.shape[1] + 8)
+        ref, got = model(ids, cache, mask)[:, -1], decoder.prefill(ids, mask, 8)
+        for _ in range(8):
+            token = ref.argmax(-1)
+            ref, got = model(token[:, None], cache)[:, -1], decoder.step(token)
+            assert (got - ref).abs().max().item() <= 1e-5
+            assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    assert len(calls) == model.config.n_layers * 8
 
 
 @pytest.mark.slow
@@ -219,25 +369,38 @@ def test_bad_input_is_refused_naming_the_argument():
 
 
 def test_kernel_compiles_for_hopper():
-    """The kernel compiles to an sm_90 cubin (Triton's own compiler and ptxas, no GPU needed; a process without the
-    interpreter), for bfloat16 and float32, with and without the norm: what the interpreter cannot check (e.g.
-    the globals a kernel may read). Skipped where Triton has no ptxas."""
+    """The kernels compile to sm_90 cubins (Triton's own compiler and ptxas, no GPU needed; a process without the
+    interpreter) without spilling registers: the single kernel for bfloat16 and float32, with and without the
+    norm, and split-K's two kernels (bfloat16, with the norm), at the default launch settings: what the
+    interpreter cannot check (e.g. the globals a kernel may read, a loop over a range known at run time only).
+    Skipped where Triton has no ptxas."""
     code = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-from shareddiff.ops.triton_decode import BLOCK_N, NUM_STAGES, NUM_WARPS, _decode_kernel
-for dtype, norm in (("bf16", True), ("fp32", False)):
-    signature = {name: f"*{dtype}" for name in ("Q", "K", "V", "Lam", "Mask", "W", "Out")}
-    signature |= {name: "i32" for name in "sqb sqh skb skh skn svb svh svn smb sob soh H HKV GROUP NK".split()}
-    signature |= {"scale_log2": "fp32", "eps": "fp32"}
-    constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm}
+from shareddiff.ops.triton_decode import (
+    BLOCK_N, MERGE_TILE, NUM_STAGES, NUM_WARPS, _decode_kernel, _merge_kernel, _split_kernel,
+)
+
+def compile(kernel, pointers, ints, floats, constants):
+    signature = pointers | dict.fromkeys(ints.split(), "i32") | dict.fromkeys(floats.split(), "fp32")
     signature |= dict.fromkeys(constants, "constexpr")
     names = list(signature)
-    source = ASTSource(_decode_kernel, signature, {(names.index(c),): x for c, x in constants.items()})
+    source = ASTSource(kernel, signature, {(names.index(c),): x for c, x in constants.items()})
     options = {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
-    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-    assert "cubin" in kernel.asm and ".local" not in kernel.asm["ptx"], "no cubin, or registers spilled"
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    assert "cubin" in compiled.asm and ".local" not in compiled.asm["ptx"], f"{kernel}: no cubin, or spills"
+
+strides = "sqb sqh skb skh skn svb svh svn smb"
+for dtype, norm in (("bf16", True), ("fp32", False)):
+    pointers = {name: f"*{dtype}" for name in ("Q", "K", "V", "Lam", "Mask", "W", "Out")}
+    constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm}
+    compile(_decode_kernel, pointers, strides + " sob soh H HKV GROUP NK", "scale_log2 eps", constants)
+pointers = {name: "*bf16" for name in ("Q", "K", "V", "Mask")} | {"Acc": "*fp32", "Stats": "*fp32"}
+compile(_split_kernel, pointers, strides + " H HKV GROUP NK CHUNK", "scale_log2", {"D": 64, "BN": BLOCK_N})
+pointers = {"Acc": "*fp32", "Stats": "*fp32", "Lam": "*bf16", "W": "*bf16", "Out": "*bf16"}
+constants = {"D": 64, "ST": MERGE_TILE, "NORM": True, "HAS_WEIGHT": True}
+compile(_merge_kernel, pointers, "sob soh H S", "eps", constants)
 print("compiled")
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": os.pathsep.join(sys.path)}
@@ -248,17 +411,20 @@ print("compiled")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernel needs a GPU")
+@pytest.mark.parametrize("splits", [None, 1, 4], ids=["rule", "1 split", "4 splits"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_cuda_kernel_matches_float64_reference(seed, dtype, request):
+def test_cuda_kernel_matches_float64_reference(seed, dtype, splits, request):
     """On the GPU (compiled by Triton, no interpreter): eager and inside torch.compile(fullgraph=True) (inductor),
-    against the float64 reference, within TOL, on a 350m-like head layout (h 8, d 64) with a padded mask."""
+    against the float64 reference, within TOL, on a 350m-like head layout (h 8, d 64) with a padded mask; the
+    split count of the rule (3 rows × 8 heads on an H200: 2), the single kernel and 4 splits."""
     if in_subprocess_without_triton_interpreter(request):
         return
     inputs = [t.cuda() if t is not None else None for t in make_inputs(3, 8, 8, 300, 64, dtype)]
     expected = reference(*(t.cpu() for t in inputs), EPS)
-    compiled = torch.compile(differential_decode_attention, fullgraph=True)
-    for fn in (differential_decode_attention, compiled):
-        assert rel_err(fn(*inputs, EPS).cpu(), expected) <= TOL[dtype]
+    with decode_kernel_settings(splits=splits):
+        compiled = torch.compile(differential_decode_attention, fullgraph=True)
+        for fn in (differential_decode_attention, compiled):
+            assert rel_err(fn(*inputs, EPS).cpu(), expected) <= TOL[dtype]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -8,8 +8,18 @@ then ``fused_rms_norm``); at batch 1 a step is bound by its number of kernels, s
 One program per (batch row, query head) walks the keys in blocks with two online softmaxes (flash-decoding's
 running max and sum, in base 2), loads each block of V once for both accumulators, and normalises in the epilogue;
 everything is computed in float32. Scores are elementwise products summed over d (a one-row query is too small for
-``tl.dot``). With B·h programs the GPU is far from full for long caches: splitting the keys over several programs
-per head and merging their partial softmaxes (flash-decoding's split-K) is the next step there.
+``tl.dot``).
+
+Split-K (flash-decoding): B·h programs leave most of a GPU idle at small batches (8 at batch 1 on the 350m presets,
+132 SMs on an H200), each walking the whole cache. ``split_count`` then splits each head's keys into S contiguous
+ranges of whole key blocks: a first kernel, one program per (row, head, split), writes each range's partial softmaxes
+(running max m and sum l of both maps, and both unnormalised (2d,) accumulators, float32) to a workspace; a second,
+one program per (row, head), merges the S partials with the log-sum-exp rescaling (m = max mₛ, l = Σ lₛ·2^(mₛ − m),
+acc likewise) and runs the epilogue (o1/l1 − λ·o2/l2, the norm). S = 1 is the single kernel. S depends on the
+shapes and the SM count only (the cache's buffer length, not its fill), so a compiled or captured step keeps it.
+The workspace is allocated inside the op, as the output is: a CUDA graph capture or torch.compile's allocator
+gives it a fixed address from the graph's pool, and callers need not know S. ``decode_kernel_settings``
+overrides the launch (keys per block, warps, stages, S) for benchmarks (benchmarks/decode_kernel.py) and tests.
 
 ``differential_decode_attention`` checks its inputs and calls the operator ``shareddiff::differential_decode_attention``
 (``torch.library.triton_op``), which ``torch.compile(fullgraph=True)`` traces and CUDA graphs capture. Under
@@ -20,8 +30,12 @@ cannot launch on).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -35,41 +49,35 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 BLOCK_N = 16 if INTERPRET else 64  # keys per loop iteration
 NUM_WARPS, NUM_STAGES = 4, 2  # GPU launch shape; untuned (no GPU measurement yet)
+MIN_SPLIT_KEYS = 128  # split_count: the fewest keys a split walks
+MAX_SPLITS = 64
+MERGE_TILE = 16  # partials the merge kernel reads at a time
 OP_NAME = "shareddiff::differential_decode_attention"
 
 
 @triton.jit
-def _decode_kernel(
-    Q, K, V, Lam, Mask, W, Out,
-    sqb, sqh, skb, skh, skn, svb, svh, svn, smb, sob, soh,
-    H, HKV, GROUP, NK, scale_log2, eps,
-    D: tl.constexpr, BN: tl.constexpr, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+def _attend_keys(
+    q1, q2, k1_base, k2_base, v_base, mask_row, skn, svn, start, stop,
+    D: tl.constexpr, BN: tl.constexpr,
 ):  # fmt: skip
-    """Program (b·H + head): query head ``head`` of row ``b`` against key/value head head // GROUP."""
-    pid = tl.program_id(0)
-    b = pid // H
-    head = pid % H
-    kv = head // GROUP
+    """Both online softmaxes of one query over the keys [start, stop), in base 2: (m1, l1, acc1, m2, l2, acc2), the
+    running max, the sum of exp2(s − m) and the unnormalised Σ exp2(s − m)·v (2D,) of each map. With every key of
+    the range masked (or none in it) m is −inf and l, acc are 0."""
     offs_d = tl.arange(0, D)
     offs_v = tl.arange(0, 2 * D)
-    q1 = tl.load(Q + b * sqb + head * sqh + offs_d).to(tl.float32) * scale_log2  # scores in base 2
-    q2 = tl.load(Q + b * sqb + (H + head) * sqh + offs_d).to(tl.float32) * scale_log2
-    k1_base = K + b * skb + kv * skh
-    k2_base = K + b * skb + (HKV + kv) * skh
-    v_base = V + b * svb + kv * svh
     m1 = float("-inf")
     m2 = float("-inf")
     l1 = 0.0
     l2 = 0.0
     acc1 = tl.zeros([2 * D], dtype=tl.float32)
     acc2 = tl.zeros([2 * D], dtype=tl.float32)
-    for start in range(0, NK, BN):
-        offs_n = start + tl.arange(0, BN)
-        inside = offs_n < NK
+    for block in range(start, stop, BN):
+        offs_n = block + tl.arange(0, BN)
+        inside = offs_n < stop
         k_off = offs_n[:, None] * skn + offs_d[None, :]
         k1 = tl.load(k1_base + k_off, mask=inside[:, None], other=0.0).to(tl.float32)
         k2 = tl.load(k2_base + k_off, mask=inside[:, None], other=0.0).to(tl.float32)
-        bias = tl.load(Mask + b * smb + offs_n, mask=inside, other=float("-inf")).to(tl.float32) * _LOG2E
+        bias = tl.load(mask_row + offs_n, mask=inside, other=float("-inf")).to(tl.float32) * _LOG2E
         s1 = tl.sum(q1[None, :] * k1, 1) + bias  # (BN,)
         s2 = tl.sum(q2[None, :] * k2, 1) + bias
         n1 = tl.maximum(m1, tl.max(s1, 0))
@@ -88,13 +96,179 @@ def _decode_kernel(
         l2 = l2 * a2 + tl.sum(p2, 0)
         m1 = n1
         m2 = n2
+    return m1, l1, acc1, m2, l2, acc2
+
+
+@triton.jit
+def _finish(acc1, l1, acc2, l2, Lam, W, out_row, eps, D: tl.constexpr, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr):
+    """o = acc1/l1 − λ·acc2/l2 (2D,), the RMSNorm × weight, stored at ``out_row``."""
+    offs_v = tl.arange(0, 2 * D)
     lam = tl.load(Lam).to(tl.float32)
-    o = acc1 / l1 - lam * (acc2 / l2)  # (2D,)
+    o = acc1 / l1 - lam * (acc2 / l2)
     if NORM:
         o = o / tl.sqrt(tl.sum(o * o, 0) / (2 * D) + eps)
         if HAS_WEIGHT:
             o = o * tl.load(W + offs_v).to(tl.float32)
-    tl.store(Out + b * sob + head * soh + offs_v, o.to(Out.dtype.element_ty))
+    tl.store(out_row + offs_v, o.to(out_row.dtype.element_ty))
+
+
+@triton.jit
+def _decode_kernel(
+    Q, K, V, Lam, Mask, W, Out,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, smb, sob, soh,
+    H, HKV, GROUP, NK, scale_log2, eps,
+    D: tl.constexpr, BN: tl.constexpr, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+):  # fmt: skip
+    """Program (b·H + head): query head ``head`` of row ``b`` against key/value head head // GROUP, all keys."""
+    pid = tl.program_id(0)
+    b = pid // H
+    head = pid % H
+    kv = head // GROUP
+    offs_d = tl.arange(0, D)
+    q1 = tl.load(Q + b * sqb + head * sqh + offs_d).to(tl.float32) * scale_log2  # scores in base 2
+    q2 = tl.load(Q + b * sqb + (H + head) * sqh + offs_d).to(tl.float32) * scale_log2
+    _m1, l1, acc1, _m2, l2, acc2 = _attend_keys(  # the maxima: only for merging partials
+        q1, q2, K + b * skb + kv * skh, K + b * skb + (HKV + kv) * skh, V + b * svb + kv * svh, Mask + b * smb,
+        skn, svn, 0, NK, D, BN,
+    )  # fmt: skip
+    _finish(acc1, l1, acc2, l2, Lam, W, Out + b * sob + head * soh, eps, D, NORM, HAS_WEIGHT)
+
+
+@triton.jit
+def _split_kernel(
+    Q, K, V, Mask, Acc, Stats,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, smb,
+    H, HKV, GROUP, NK, CHUNK, scale_log2,
+    D: tl.constexpr, BN: tl.constexpr,
+):  # fmt: skip
+    """Program (b·H + head, split): the keys [split·CHUNK, (split + 1)·CHUNK) ∩ [0, NK) of query head ``head`` of row
+    ``b``; writes its partials to row (b·H + head)·S + split of Acc (·, 2, 2D) and Stats (·, 4): m1, l1, m2, l2."""
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    b = pid // H
+    head = pid % H
+    kv = head // GROUP
+    offs_d = tl.arange(0, D)
+    offs_v = tl.arange(0, 2 * D)
+    q1 = tl.load(Q + b * sqb + head * sqh + offs_d).to(tl.float32) * scale_log2
+    q2 = tl.load(Q + b * sqb + (H + head) * sqh + offs_d).to(tl.float32) * scale_log2
+    start = split * CHUNK
+    stop = tl.minimum(start + CHUNK, NK)
+    m1, l1, acc1, m2, l2, acc2 = _attend_keys(
+        q1, q2, K + b * skb + kv * skh, K + b * skb + (HKV + kv) * skh, V + b * svb + kv * svh, Mask + b * smb,
+        skn, svn, start, stop, D, BN,
+    )  # fmt: skip
+    row = pid * tl.num_programs(1) + split
+    tl.store(Acc + row * 4 * D + offs_v, acc1)
+    tl.store(Acc + row * 4 * D + 2 * D + offs_v, acc2)
+    tl.store(Stats + row * 4, m1)
+    tl.store(Stats + row * 4 + 1, l1)
+    tl.store(Stats + row * 4 + 2, m2)
+    tl.store(Stats + row * 4 + 3, l2)
+
+
+@triton.jit
+def _merge_kernel(
+    Acc, Stats, Lam, W, Out, sob, soh, H, S, eps,
+    D: tl.constexpr, ST: tl.constexpr, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+):  # fmt: skip
+    """Program (b·H + head): merges the S partials of ``_split_kernel`` (ST at a time, an online softmax over the
+    splits: m = max mₛ, l = Σ lₛ·2^(mₛ − m), acc = Σ accₛ·2^(mₛ − m)), then the epilogue."""
+    pid = tl.program_id(0)
+    offs_v = tl.arange(0, 2 * D)
+    m1 = float("-inf")
+    m2 = float("-inf")
+    l1 = 0.0
+    l2 = 0.0
+    acc1 = tl.zeros([2 * D], dtype=tl.float32)
+    acc2 = tl.zeros([2 * D], dtype=tl.float32)
+    for first in range(0, S, ST):
+        offs_s = first + tl.arange(0, ST)
+        valid = offs_s < S
+        rows = pid * S + offs_s  # (ST,)
+        ms1 = tl.load(Stats + rows * 4, mask=valid, other=float("-inf"))
+        ms2 = tl.load(Stats + rows * 4 + 2, mask=valid, other=float("-inf"))
+        n1 = tl.maximum(m1, tl.max(ms1, 0))
+        n2 = tl.maximum(m2, tl.max(ms2, 0))
+        c1 = tl.where(n1 == float("-inf"), 0.0, n1)  # a split with every key masked has m −inf, l and acc 0
+        c2 = tl.where(n2 == float("-inf"), 0.0, n2)
+        w1 = tl.exp2(ms1 - c1)  # (ST,)
+        w2 = tl.exp2(ms2 - c2)
+        a1 = tl.exp2(m1 - c1)
+        a2 = tl.exp2(m2 - c2)
+        l1 = l1 * a1 + tl.sum(w1 * tl.load(Stats + rows * 4 + 1, mask=valid, other=0.0), 0)
+        l2 = l2 * a2 + tl.sum(w2 * tl.load(Stats + rows * 4 + 3, mask=valid, other=0.0), 0)
+        part = rows[:, None] * 4 * D + offs_v[None, :]  # (ST, 2D)
+        p1 = tl.load(Acc + part, mask=valid[:, None], other=0.0)
+        p2 = tl.load(Acc + part + 2 * D, mask=valid[:, None], other=0.0)
+        acc1 = acc1 * a1 + tl.sum(w1[:, None] * p1, 0)
+        acc2 = acc2 * a2 + tl.sum(w2[:, None] * p2, 0)
+        m1 = n1
+        m2 = n2
+    _finish(acc1, l1, acc2, l2, Lam, W, Out + (pid // H) * sob + (pid % H) * soh, eps, D, NORM, HAS_WEIGHT)
+
+
+@dataclass(frozen=True)
+class DecodeKernelSettings:
+    """How the op launches: keys per block (``block_n``, a power of two; None: ``BLOCK_N``), the Triton launch's
+    ``num_warps`` and ``num_stages`` (of the key-walking kernel), and the key splits per head (``splits``; None:
+    ``split_count``'s rule; fewer are used where the keys fill fewer whole blocks of ``block_n``). Raises
+    ``ValueError`` naming a field out of range."""
+
+    block_n: int | None = None
+    num_warps: int = NUM_WARPS
+    num_stages: int = NUM_STAGES
+    splits: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("block_n", "num_warps"):
+            value = getattr(self, name)
+            if value is not None and (value < 1 or value & (value - 1)):
+                raise ValueError(f"{name} must be a power of two, got {value}")
+        for name in ("num_stages", "splits"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+
+
+_settings = DecodeKernelSettings()
+
+
+@contextmanager
+def decode_kernel_settings(**changes) -> Iterator[DecodeKernelSettings]:
+    """Within the block, the op launches with ``DecodeKernelSettings`` fields ``changes`` (benchmarks, tests). They
+    are read when the op runs: a torch.compile trace or a CUDA graph capture keeps those of its trace/capture."""
+    global _settings
+    previous = _settings
+    _settings = replace(previous, **changes)
+    try:
+        yield _settings
+    finally:
+        _settings = previous
+
+
+def split_count(batch: int, heads: int, n_k: int, sm_count: int) -> int:
+    """Key splits per (row, head) by default: 1 (the single kernel) where the B·h programs fill the SMs once;
+    otherwise enough for about two waves (2·SMs programs), but each split at least ``MIN_SPLIT_KEYS`` keys (so its
+    partial is worth writing and merging) and at most ``MAX_SPLITS``. ``n_k``: the cache's buffer length (fixed
+    per compiled step, not the filled length)."""
+    programs = batch * heads
+    if programs >= sm_count:
+        return 1
+    return max(1, min(triton.cdiv(2 * sm_count, programs), n_k // MIN_SPLIT_KEYS, MAX_SPLITS))
+
+
+def split_plan(n_k: int, splits: int, block_n: int) -> tuple[int, int]:
+    """(S, keys per split): ``splits`` ranges of whole blocks of ``block_n`` keys covering ``n_k``, the last one
+    ragged; S < ``splits`` where fewer ranges of that size cover the keys (no split is empty)."""
+    chunk = triton.cdiv(triton.cdiv(n_k, splits), block_n) * block_n
+    return triton.cdiv(n_k, chunk), chunk
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    """The device's SM count; 1 for the interpreter's CPU (its programs run one by one: nothing to fill)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
 def _decode(
@@ -103,14 +277,30 @@ def _decode(
     """The checked arguments of ``differential_decode_attention`` (``norm``: whether to apply the RMSNorm)."""
     b, two_h, _, d = q.shape
     h, h_kv, n_k = two_h // 2, v.shape[1], k.shape[2]
+    settings = _settings
+    block_n = settings.block_n or BLOCK_N
+    requested = settings.splits or split_count(b, h, n_k, _sm_count(q.device))
+    splits, chunk = split_plan(n_k, requested, block_n)
     out = q.new_empty(b, h, 1, 2 * d)
-    launch = {} if INTERPRET else {"num_warps": NUM_WARPS, "num_stages": NUM_STAGES}
-    wrap_triton(_decode_kernel)[(b * h,)](
-        q, k, v, lam, mask, weight if weight is not None else lam, out,  # W: unread without a weight
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        mask.stride(0), out.stride(0), out.stride(1),
-        h, h_kv, h // h_kv, n_k, LOG2E / math.sqrt(d), eps,
-        D=d, BN=BLOCK_N, NORM=norm, HAS_WEIGHT=weight is not None, **launch,
+    launch = {} if INTERPRET else {"num_warps": settings.num_warps, "num_stages": settings.num_stages}
+    w = weight if weight is not None else lam  # W: unread without a weight
+    strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2))
+    if splits == 1:
+        wrap_triton(_decode_kernel)[(b * h,)](
+            q, k, v, lam, mask, w, out, *strides, mask.stride(0), out.stride(0), out.stride(1),
+            h, h_kv, h // h_kv, n_k, LOG2E / math.sqrt(d), eps,
+            D=d, BN=block_n, NORM=norm, HAS_WEIGHT=weight is not None, **launch,
+        )  # fmt: skip
+        return out
+    acc = torch.empty(b * h * splits, 2, 2 * d, device=q.device, dtype=torch.float32)  # both maps' partial Σ p·v
+    stats = torch.empty(b * h * splits, 4, device=q.device, dtype=torch.float32)  # m1, l1, m2, l2
+    wrap_triton(_split_kernel)[(b * h, splits)](
+        q, k, v, mask, acc, stats, *strides, mask.stride(0),
+        h, h_kv, h // h_kv, n_k, chunk, LOG2E / math.sqrt(d), D=d, BN=block_n, **launch,
+    )  # fmt: skip
+    wrap_triton(_merge_kernel)[(b * h,)](
+        acc, stats, lam, w, out, out.stride(0), out.stride(1), h, splits, eps,
+        D=d, ST=MERGE_TILE, NORM=norm, HAS_WEIGHT=weight is not None, **({} if INTERPRET else {"num_warps": 4}),
     )  # fmt: skip
     return out
 
