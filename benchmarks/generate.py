@@ -60,6 +60,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import environment, table, write_result
 
 from shareddiff import ModelConfig, build_model
+from shareddiff.config import SUB_HEADS
 from shareddiff.generation import generate
 from shareddiff.padding import left_pad
 from shareddiff.presets import FAMILIES
@@ -470,7 +471,7 @@ def main() -> int:
         if args.profile:
             for batch in args.batch:
                 for mode, fused, kernel in row_plan(
-                    [m for m in args.modes if m == "eager" or m in DECODER_MODES], args
+                    [m for m in args.modes if m == "eager" or m in DECODER_MODES], args, family
                 ):
                     if DECODER_MODES.get(mode, {}).get("cuda_graph") and device.type != "cuda":
                         continue
@@ -481,7 +482,7 @@ def main() -> int:
                     path = write_result(name, payload, args.out) if path is None else _rewrite(path, payload)
             continue
         for batch in args.batch:
-            for mode, fused, kernel in row_plan(args.modes, args):
+            for mode, fused, kernel in row_plan(args.modes, args, family):
                 if args.budget_s is not None and time.perf_counter() - began > args.budget_s:
                     print(f"{family}-{args.size} {mode} batch {batch}: skipped (--budget-s)", flush=True)
                     continue
@@ -501,17 +502,19 @@ def main() -> int:
     return 1 if failures else 0
 
 
-def row_plan(modes: list[str], args) -> list[tuple[str, bool | None, str | None]]:
+def row_plan(modes: list[str], args, family: str | None = None) -> list[tuple[str, bool | None, str | None]]:
     """(mode, fused, decode kernel) of each row, in order: a decoder mode once per ``--fusion`` and
-    ``--decode-kernel`` (but not unfused with the kernel on), the others once (fused and kernel None)."""
+    ``--decode-kernel`` (but not unfused with the kernel on, nor on for a ``family`` without DIFF or Shared DIFF
+    (V1) layers, which the kernel serves alone), the others once (fused and kernel None)."""
     fusions = [f == "fused" for f in args.fusion]
+    has_kernel = family is None or FAMILIES[family] in SUB_HEADS
     plan = []
     for mode in modes:
         if mode not in DECODER_MODES:
             plan.append((mode, None, None))
         else:
             kernels = args.decode_kernel  # the kernel reads the merged weights: no "on" row unfused
-            plan.extend((mode, fused, k) for fused in fusions for k in kernels if fused or k != "on")
+            plan.extend((mode, f, k) for f in fusions for k in kernels if k != "on" or (f and has_kernel))
     return plan
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from shareddiff.config import SUB_HEADS
 from shareddiff.layers import rope_angles
 from shareddiff.model import KVCache, LanguageModel
 
@@ -95,6 +96,8 @@ def _decode_kernel(
     if choice is False:
         return None
     problems = []
+    if model.config.attention not in SUB_HEADS:
+        problems.append(f"its attention is {model.config.attention!r}, and it serves DIFF and Shared DIFF (V1) only")
     if not fused:
         problems.append("it reads the merged weights of fused=True")
     d, dtype = model.config.head_dim, next(model.parameters()).dtype
@@ -136,14 +139,14 @@ class StaticDecoder:
     mode would be the default; torch.compile takes a mode or options, so not with ``mode``.
     ``decode_kernel``: whether the DIFF and Shared DIFF (V1) layers run each decode step's differential tail in one
     Triton kernel (``ops.triton_decode``) instead of two SDPA calls and a norm. None (default): where it applies
-    (``fused``, a model on CUDA in float16, bfloat16 or float32, a power-of-two head dim, Triton installed); True:
-    always (on the CPU under ``TRITON_INTERPRET=1``: tests); False: never. The prefill and other layers are as
-    they were.
+    (``fused``, a DIFF or Shared DIFF model on CUDA in float16, bfloat16 or float32, a power-of-two head dim,
+    Triton installed); True: always (on the CPU under ``TRITON_INTERPRET=1``: tests); False: never. The prefill
+    and other layers are as they were.
 
     Raises ``ValueError`` if ``max_len`` exceeds the model's ``max_seq_len``, for ``cuda_graph`` with a model
     off CUDA or with ``mode="reduce-overhead"``, for ``compile_options`` with a ``mode``, for ``decode_kernel=True``
-    without ``fused`` or where the kernel cannot run, and from ``prefill``/``step`` when a prompt or a step does
-    not fit ``max_len``.
+    without ``fused``, for a model without DIFF or Shared DIFF (V1) layers or where the kernel cannot run, and from
+    ``prefill``/``step`` when a prompt or a step does not fit ``max_len``.
     """
 
     def __init__(

@@ -46,3 +46,7 @@ def test_decode_kernel_rows_and_settings():
     assert decoder_settings("compiled-graph", True, args, "off")["decode_kernel"] is False
     assert "decode_kernel" not in decoder_settings("compiled-graph", True, args)
     assert build_parser().parse_args([]).decode_kernel == ["default"]
+    # the Transformer and the V2 variants have no layer the kernel serves: no "on" row for them
+    for family, on in (("transformer", False), ("diff_v2", False), ("diff", True), ("shared_diff", True)):
+        kernels = [k for mode, _, k in row_plan(args.modes, args, family) if mode == "compiled-graph"]
+        assert kernels == (["on", "off"] if on else ["off"]), family

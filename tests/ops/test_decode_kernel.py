@@ -341,6 +341,33 @@ def test_decode_kernel_choice():
         StaticDecoder(model.double(), max_len=8, decode_kernel=True)
 
 
+@pytest.mark.parametrize("preset", ["transformer-tiny", "diff_v2-tiny", "shared_diff_v2-tiny"])
+def test_decode_kernel_is_refused_for_a_model_it_does_not_serve(preset):
+    """decode_kernel=True on a model without DIFF or Shared DIFF (V1) layers would run no kernel at all: refused,
+    naming the attention; None leaves it off."""
+    model = build_model(ModelConfig.from_preset(preset)).eval()
+    attention = model.config.attention
+    with pytest.raises(ValueError, match=rf"decode_kernel=True, but .*attention is '{attention}'.* leave it None"):
+        StaticDecoder(model, max_len=8, decode_kernel=True)
+    assert StaticDecoder(model, max_len=8)._decode_attention is None
+
+
+def test_decode_kernel_refusals_name_head_dim_and_device(monkeypatch):
+    """A head dim that is not a power of two, and a CPU model without Triton's interpreter: refused for True,
+    naming each problem; None leaves the kernel off."""
+    import shareddiff.ops.triton_decode as triton_decode
+
+    odd = build_model(ModelConfig.from_preset("diff-tiny", d_model=96, n_heads=2)).eval()  # d = 96 / 4 = 24
+    with pytest.raises(ValueError, match="the head dim 24 is not a power of two"):
+        StaticDecoder(odd, max_len=8, decode_kernel=True)
+    assert StaticDecoder(odd, max_len=8)._decode_attention is None
+    monkeypatch.setattr(triton_decode, "INTERPRET", False)
+    model = build_model(ModelConfig.from_preset("shared_diff-tiny")).eval()
+    with pytest.raises(ValueError, match=r"not on CUDA .*TRITON_INTERPRET=1"):
+        StaticDecoder(model, max_len=8, decode_kernel=True)
+    assert StaticDecoder(model, max_len=8)._decode_attention is None
+
+
 def test_bad_input_is_refused_naming_the_argument():
     q, k, v, lam, mask, w = make_inputs(2, 2, 1, 9, 16, torch.float32)
     cases = [
