@@ -393,6 +393,15 @@ def test_generate_cuda_graph_off_a_gpu_is_refused_by_name(tmp_path, capsys):
     assert "--cuda-graph needs a CUDA device, and the model is on cpu" in capsys.readouterr().err
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a CUDA device on a machine without one")
+def test_generate_device_cuda_off_a_gpu_names_the_flag(tmp_path, capsys):
+    """`generate --device cuda` on a machine without CUDA names the flag it came from, not train.device."""
+    _diff_tiny_checkpoint(tmp_path)
+    assert main(["generate", str(tmp_path), "--prompt", "x", "--device", "cuda", "--compile"]) == 2
+    err = capsys.readouterr().err
+    assert "--device cuda but no CUDA device is available; use --device cpu" in err and "train.device" not in err
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("extra", [["--cuda-graph"], ["--cuda-graph", "--compile"]], ids=["graph", "compiled-graph"])
 def test_generate_cuda_graph_gives_the_eager_tokens(tmp_path, capsys, extra, request):

@@ -134,7 +134,7 @@ def cmd_generate(
     from shareddiff.train.device import select_device
 
     _check_sampling(max_new_tokens, temperature, top_k, top_p, num_samples)
-    model, tokenizer, _ = load_model(checkpoint, device=select_device(device))
+    model, tokenizer, _ = load_model(checkpoint, device=select_device(device, "--device"))
     ids = tokenizer.encode(prompt)
     if not ids:
         raise ValueError("the prompt is empty; give at least one character")

@@ -19,7 +19,9 @@ def _load(checkpoint: str, device: str, text: bool = True):
     from shareddiff.train import load_model
     from shareddiff.train.device import select_device
 
-    model, tokenizer, state = load_model(checkpoint, device=select_device(device), attn_backend="auto", text=text)
+    model, tokenizer, state = load_model(
+        checkpoint, device=select_device(device, "--device"), attn_backend="auto", text=text
+    )
     return model, tokenizer, state
 
 

@@ -8,13 +8,15 @@ from collections.abc import Callable
 import torch
 
 
-def select_device(name: str) -> torch.device:
-    """``train.device`` as a device: "auto" is CUDA when available, else the CPU. Raises ValueError for a
-    CUDA device on a machine without one."""
+def select_device(name: str, option: str = "train.device") -> torch.device:
+    """``train.device`` (or the command-line ``option`` that named it, e.g. "--device") as a device: "auto" is
+    CUDA when available, else the CPU. Raises ValueError, naming ``option``, for a CUDA device on a machine
+    without one."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA device is available; use train.device=cpu")
+        sep = "=" if option.startswith("train.") else " "
+        raise ValueError(f"{option}{sep}{name} but no CUDA device is available; use {option}{sep}cpu (or auto)")
     return torch.device(name)
 
 
