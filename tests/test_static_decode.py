@@ -403,17 +403,18 @@ def test_the_native_triton_child_runs_the_test_without_the_interpreter(request):
     assert "TRITON_INTERPRET" not in os.environ
 
 
-@pytest.mark.parametrize("addopts", ["-q", "-p no:terminal"], ids=["qq", "no-terminal"])
-def test_the_native_triton_child_is_counted_whatever_its_terminal_output(addopts, request, monkeypatch):
-    """The parent reads the child's pass from its report, not its terminal: with ``PYTEST_ADDOPTS`` making the
-    child's run quieter (``-q`` twice prints no "1 passed"; no terminal at all), the helper still returns True."""
+@pytest.mark.slow  # a child pytest process (~5 s)
+def test_the_native_triton_child_is_counted_whatever_its_terminal_output(request, monkeypatch):
+    """The parent reads the child's pass from its report, not its terminal: with ``PYTEST_ADDOPTS=-q`` (the child
+    then runs at -qq, which prints no "1 passed"), the helper still returns True."""
     if os.environ.get(NATIVE_TRITON_ENV) != "1":
-        monkeypatch.setenv("PYTEST_ADDOPTS", addopts)
+        monkeypatch.setenv("PYTEST_ADDOPTS", "-q")
     if in_subprocess_without_triton_interpreter(request):
         return
     assert "TRITON_INTERPRET" not in os.environ
 
 
+@pytest.mark.slow  # a child pytest process (~5 s)
 def test_the_native_triton_child_fails_the_parent_when_it_skips(request):
     """A child that skips the test (no GPU there, say) is no pass: the parent's helper raises with the counts."""
     if os.environ.get(NATIVE_TRITON_ENV) == "1":
