@@ -387,10 +387,18 @@ def _diff_tiny_checkpoint(path):
     save_checkpoint(path, 1, model, optimizer, state, BUNDLED_TOKENIZERS["bundled-4k"], keep_last=1)
 
 
-def test_generate_cuda_graph_off_a_gpu_is_refused_by_name(tmp_path, capsys):
+def test_generate_off_a_gpu_decodes_step_by_step_whatever_the_cuda_graph_switch(tmp_path, capsys):
+    """The CUDA-graph step is the default on a GPU only: on the CPU `generate` prints the same greedy text with the
+    switch on (the default) and off, and mentions no capture."""
     _diff_tiny_checkpoint(tmp_path)
-    assert main(["generate", str(tmp_path), "--prompt", "x", "--device", "cpu", "--cuda-graph"]) == 2
-    assert "--cuda-graph needs a CUDA device, and the model is on cpu" in capsys.readouterr().err
+    args = ["generate", str(tmp_path), "--prompt", "def f(x):", "--max-new-tokens", "6", "--temperature", "0"]
+    outs = []
+    for flags in ([], ["--no-cuda-graph"]):
+        assert main([*args, "--device", "cpu", *flags]) == 0
+        captured = capsys.readouterr()
+        assert "CUDA-graph capture" not in captured.err
+        outs.append(captured.out)
+    assert outs[0] == outs[1] and outs[0].startswith("--- sample 1\ndef f(x):")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal of a CUDA device on a machine without one")
@@ -403,19 +411,36 @@ def test_generate_device_cuda_off_a_gpu_names_the_flag(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("extra", [["--cuda-graph"], ["--cuda-graph", "--compile"]], ids=["graph", "compiled-graph"])
+@pytest.mark.parametrize("extra", [[], ["--compile"]], ids=["graph", "compiled-graph"])
 def test_generate_cuda_graph_gives_the_eager_tokens(tmp_path, capsys, extra, request):
-    """`generate --cuda-graph` (the static step replayed as one CUDA graph, compiled or not) prints the greedy text
-    of the eager KV-cache path, in float32 on the GPU."""
+    """`generate` on a GPU (the static step replayed as one CUDA graph, the default, compiled or not) prints the
+    greedy text of the eager KV-cache path (`--no-cuda-graph`), in float32."""
     if "--compile" in extra and in_subprocess_without_triton_interpreter(request):
         return  # inductor's CUDA kernels compiled and the test passed in a process without Triton's interpreter
     _diff_tiny_checkpoint(tmp_path)
     args = ["generate", str(tmp_path), "--prompt", "def f(x):", "--max-new-tokens", "12", "--temperature", "0"]
     outs = []
-    for flags in ([], extra):
+    errs = []
+    for flags in (["--no-cuda-graph"], extra):
         assert main([*args, "--device", "cuda", *flags]) == 0
-        outs.append(capsys.readouterr().out)
+        captured = capsys.readouterr()
+        outs.append(captured.out)
+        errs.append(captured.err)
     assert outs[0] == outs[1] and outs[0].startswith("--- sample 1\ndef f(x):")
+    assert "warm-up" not in errs[0]
+    assert ("compile and warm-up" if extra else "CUDA-graph capture and warm-up") in errs[1]
+
+
+def test_the_cuda_graph_step_is_left_out_where_it_cannot_run():
+    """`generate` falls back to step-by-step decoding, naming why, off a GPU and for the triton backend."""
+    from shareddiff import ModelConfig, build_model
+    from shareddiff.cli import _no_cuda_graph_reason
+
+    model = build_model(ModelConfig.from_preset("diff-tiny"))
+    assert _no_cuda_graph_reason(model, torch.device("cuda")) is None
+    assert "CUDA graphs need a GPU" in _no_cuda_graph_reason(model, torch.device("cpu"))
+    model.layers[1].attention.backend = "triton"
+    assert "attention backend is 'triton'" in _no_cuda_graph_reason(model, torch.device("cuda"))
 
 
 @pytest.mark.parametrize("verb", [[], ["train"], ["generate"], ["eval"], ["eval", "needle"], ["reproduce"]])
@@ -450,7 +475,7 @@ def test_options_come_from_the_command_functions():
         "seed": 0,
         "device": "auto",
         "compile": False,
-        "cuda_graph": False,
+        "cuda_graph": True,
     }
     args = vars(parser.parse_args(["reproduce", "exp", "--run", "a", "--run", "b", "--list", "--no-summary"]))
     assert args["func"] is cmd_reproduce and args["runs"] == ["a", "b"] and args["list_only"] and not args["summary"]
