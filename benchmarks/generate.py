@@ -21,8 +21,9 @@ batch × new tokens / wall time of one whole ``generate`` call (prefill included
 The decoder modes run with ``--fusion``: fused (the default, ``StaticDecoder(fused=True)``: each layer's weights
 merged once, one GEMM for the attention inputs and one for gate and up) and/or unfused (the model's modules), a
 row each; ``--inductor-option KEY=VALUE`` (repeatable) hands options to inductor in the compiled modes (e.g.
-gpt-fast's ``coordinate_descent_tuning=True``); ``--decode-kernel``: default (the decoder's: the differential decode
-kernel on CUDA), on and/or off (``StaticDecoder(decode_kernel=None/True/False)``), a row each.
+gpt-fast's ``coordinate_descent_tuning=True``); ``--decode-kernel``: default (the decoder's: off until
+``DECODE_KERNEL_BY_DEFAULT`` is set, the differential decode kernel on CUDA after that), on and/or off
+(``StaticDecoder(decode_kernel=None/True/False)``), a row each.
 
 Before timing a decoder (every mode but eager, static and the transformers ones), its logits are checked on the same
 device, teacher-forced for up to ``CHECK_STEPS`` steps over a left-padded batch at batch > 1. Rounding is judged

@@ -22,8 +22,8 @@ for inference; DIFF V2's W_λ included), one for the MLP's gate and up, λ and t
 ``F.rms_norm`` (one kernel on CUDA) for the norms, and K1, K2 in one cache buffer. The step also hands the layers
 an additive float mask made once per step, so no attention call converts a boolean one. On CUDA the DIFF and Shared
 DIFF (V1) layers then run their decode step's differential tail (two attention maps, their difference, the head
-norm) in one Triton kernel (``ops.triton_decode``; ``decode_kernel``), learnt through the cache as the merged
-weights are. The merged weights are a
+norm) in one Triton kernel (``ops.triton_decode``; ``decode_kernel=True``, the default once measured on a GPU),
+learnt through the cache as the merged weights are. The merged weights are a
 snapshot: ``prefill`` merges again when a parameter changed in place since (its version counter moved: optimiser
 steps, ``load_state_dict``, ``copy_``), and ``refresh()`` does so on demand; a change behind autograd's back
 (``p.data = ...``, ``p.data.copy_(...)``) needs ``refresh()``. The training path and ``LanguageModel.forward``
@@ -88,6 +88,12 @@ class StaticKVCache(KVCache):
         return [t for layer in self._buffers if layer for t in layer]
 
 
+# Whether decode_kernel=None turns the differential decode kernel on for CUDA models. Off until the kernel has
+# passed its CUDA tests and beaten the SDPA path on a GPU (docs/performance.md, "fourth pass": it has run on the
+# CPU interpreter only); until then decode_kernel=True opts in.
+DECODE_KERNEL_BY_DEFAULT = False
+
+
 def _decode_kernel(
     model: LanguageModel, choice: bool | None, fused: bool, on_cuda: bool
 ) -> Callable[..., Tensor] | None:
@@ -116,7 +122,7 @@ def _decode_kernel(
         if choice:
             raise ValueError(f"decode_kernel=True, but the kernel cannot run: {'; '.join(problems)}; leave it None")
         return None
-    if choice is None and not on_cuda:
+    if choice is None and not (on_cuda and DECODE_KERNEL_BY_DEFAULT):
         return None
     return differential_decode_attention
 
@@ -140,8 +146,9 @@ class StaticDecoder:
     ``decode_kernel``: whether the DIFF and Shared DIFF (V1) layers run each decode step's differential tail in one
     Triton kernel (``ops.triton_decode``) instead of two SDPA calls and a norm. None (default): where it applies
     (``fused``, a DIFF or Shared DIFF model on CUDA in float16, bfloat16 or float32, a power-of-two head dim,
-    Triton installed); True: always (on the CPU under ``TRITON_INTERPRET=1``: tests); False: never. The prefill
-    and other layers are as they were.
+    Triton installed) once ``DECODE_KERNEL_BY_DEFAULT`` is set, which waits for its first GPU measurement (off
+    now); True: always (on the CPU under ``TRITON_INTERPRET=1``: tests); False: never. The prefill and other
+    layers are as they were.
 
     Raises ``ValueError`` if ``max_len`` exceeds the model's ``max_seq_len``, for ``cuda_graph`` with a model
     off CUDA or with ``mode="reduce-overhead"``, for ``compile_options`` with a ``mode``, for ``decode_kernel=True``
