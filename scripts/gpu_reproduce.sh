@@ -12,7 +12,8 @@
 # every run of the experiment when no --run is given), without checkpoints or .lock files. Unpack it at the repository root,
 # move runs/repro/EXPERIMENT/* to results/repro/EXPERIMENT/, then `shareddiff reproduce EXPERIMENT
 # --summary-only`. Exits 0 when the runs finished or were stopped by the budget, nonzero when the
-# reproduce command failed.
+# reproduce command failed. In a session's last call, `--start-by S` (passed on to reproduce) starts no run
+# afresh after S seconds, so that the runs under way can finish within the budget.
 set -u
 if [ $# -lt 3 ]; then
     echo "usage: $0 EXPERIMENT SECONDS OUT_DIR [reproduce options and --run RUN ...]" >&2

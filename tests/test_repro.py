@@ -212,6 +212,48 @@ def test_reproduce_end_to_end_and_rerun_skips(tmp_path, tiny_data, tiny_tokenize
     assert before == {n: (folder / n / "metrics.jsonl").read_text() for n in records}
 
 
+def test_no_run_starts_afresh_past_start_by(tmp_path, tiny_data, tiny_tokenizer, monkeypatch, caplog):
+    """--start-by: past it a finished run is still reused and a run with a checkpoint would still resume, but no
+    run starts afresh, one after another or in parallel; the runs left out are named, and a negative value is
+    refused."""
+    import subprocess
+
+    from shareddiff.repro.runner import has_started
+
+    exp = _tiny_experiment(tmp_path, tiny_data, tiny_tokenizer)
+    out = tmp_path / "out"
+    reproduce(str(exp), runs=["shared_diff-s1"], out=str(out), progress=False, summary=False)
+    caplog.set_level("INFO")
+    message = reproduce(str(exp), out=str(out), progress=False, summary=False, start_by=0)
+    left = "; 4 not started (past --start-by 0 s)"
+    assert message.endswith(f"1 run(s) of tiny done under {out / 'tiny'}{left}")
+    assert "shared_diff-s1: done before" in caplog.text
+    assert "4 run(s) of tiny not started, past --start-by 0 s: transformer-s1, transformer-s2, shared_diff-s2" in (
+        caplog.text
+    )
+    assert sorted(p.parent.name for p in (out / "tiny").glob("*/record.json")) == ["shared_diff-s1"]
+    assert not (out / "tiny" / "transformer-s1").exists() or not has_started(out / "tiny" / "transformer-s1")
+    # a run with a checkpoint counts as started (it resumes); one with an empty folder does not
+    run_dir = out / "tiny" / "shared_diff-s2"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    assert not has_started(run_dir)
+    (run_dir / "checkpoints" / "step_00000002").mkdir()
+    assert has_started(run_dir) and has_started(out / "tiny" / "shared_diff-s1")
+    shutil.rmtree(run_dir)
+    # in parallel (--jobs): a process only for the run that has something to reuse
+    launched = []
+
+    def fake_run(cmd, **kwargs):
+        launched.append(cmd[cmd.index("--run") + 1])
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    message = reproduce(str(exp), out=str(out), progress=False, summary=False, jobs=2, start_by=0)
+    assert launched == ["shared_diff-s1"] and message.endswith(left)
+    with pytest.raises(ValueError, match=r"--start-by -1 must be ≥ 0 seconds"):
+        reproduce(str(exp), out=str(out), progress=False, start_by=-1)
+
+
 def test_finished_runs_need_no_data(tmp_path, tiny_data, tiny_tokenizer):
     """Rerunning a finished experiment where its data is absent (e.g. a fresh clone) only rewrites the summary."""
     copy = tmp_path / "data-copy"

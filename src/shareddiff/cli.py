@@ -426,6 +426,7 @@ def cmd_reproduce(
     summary: bool = True,
     list_only: Annotated[bool, Flag("--list")] = False,
     progress: bool = True,
+    start_by: float | None = None,
     overrides: list[str] | None = None,
 ) -> str:
     """Run a reproduction experiment of configs/repro/ (train + evaluate each run, then summarize).
@@ -444,6 +445,8 @@ def cmd_reproduce(
         summary: summary (written after the runs)
         list_only: list the experiment's runs (their budgets, whether finished) and the runs it includes
         progress: progress bar
+        start_by: seconds after which no run starts afresh (runs with a checkpoint still resume); within a time
+            budget, the runs under way then finish sooner; the same command starts the rest
         overrides: section.key=value for every run, e.g. train.max_steps=50
     """
     from shareddiff.repro import experiment_names, load_experiment, reproduce
@@ -455,7 +458,9 @@ def cmd_reproduce(
 
         exp = load_experiment(name)
         return f"{exp.name}: {exp.description}\n\n{describe_runs(exp, Path(out), runs)}"
-    return reproduce(name, runs, out, list(overrides or []), keep_checkpoints, jobs, summary_only, summary, progress)
+    return reproduce(
+        name, runs, out, list(overrides or []), keep_checkpoints, jobs, summary_only, summary, progress, start_by
+    )
 
 
 COMMANDS: dict[str, Callable[..., str] | tuple[str, dict[str, Callable[..., str]]]] = {

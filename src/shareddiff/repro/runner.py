@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -246,10 +247,24 @@ def run_one(
     return record
 
 
-def run_parallel(exp: Experiment, specs: list[RunSpec], out: Path, overrides: list[str], keep: bool, jobs: int) -> None:
+def has_started(run_dir: Path) -> bool:
+    """Whether the run in ``run_dir`` has something to reuse or resume: its record or a checkpoint folder."""
+    return (run_dir / RECORD).is_file() or any((run_dir / "checkpoints").glob("step_*"))
+
+
+def run_parallel(
+    exp: Experiment,
+    specs: list[RunSpec],
+    out: Path,
+    overrides: list[str],
+    keep: bool,
+    jobs: int,
+    too_late: Callable[[RunSpec], bool] | None = None,
+) -> list[str]:
     """Each run in its own process, logging to RUN/reproduce.log. With several GPUs, each process gets one
     (CUDA_VISIBLE_DEVICES), ``jobs`` at a time; on one GPU the runs share it (for the 23m models on one
-    H100, three at a time took 1.4x longer in all than one after another: docs/results.md)."""
+    H100, three at a time took 1.4x longer in all than one after another: docs/results.md). A run for which
+    ``too_late`` holds when its turn comes is not started; returns those runs' names."""
     import queue
 
     import torch
@@ -259,13 +274,16 @@ def run_parallel(exp: Experiment, specs: list[RunSpec], out: Path, overrides: li
     for i in range(jobs):
         slots.put(str(i % gpus) if gpus > 1 else None)
 
-    def launch(spec: RunSpec) -> tuple[str, int]:
+    def launch(spec: RunSpec) -> tuple[str, int | None]:
         run_dir = out / exp.name / spec.name
         run_dir.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "shareddiff.cli", "reproduce", str(exp.path), "--run", spec.name]
         cmd += ["--out", str(out), "--no-progress", "--no-summary", *(["--keep-checkpoints"] if keep else [])]
         cmd += overrides
         gpu = slots.get()
+        if too_late is not None and too_late(spec):
+            slots.put(gpu)
+            return spec.name, None
         env = {**os.environ, CONCURRENT_ENV: str(jobs if gpu is None else -(-jobs // gpus))}
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -279,11 +297,13 @@ def run_parallel(exp: Experiment, specs: list[RunSpec], out: Path, overrides: li
         return spec.name, code
 
     with ThreadPoolExecutor(jobs) as pool:
-        failed = [n for n, code in pool.map(launch, specs) if code != 0]
+        codes = list(pool.map(launch, specs))
+    failed = [n for n, code in codes if code not in (0, None)]
     if failed:
         raise ValueError(
             f"runs {failed} failed; see their reproduce.log, then run the same command again to resume them"
         )
+    return [n for n, code in codes if code is None]
 
 
 def describe_runs(exp: Experiment, out: Path = DEFAULT_OUT, runs: list[str] | None = None) -> str:
