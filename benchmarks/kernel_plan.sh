@@ -38,28 +38,7 @@ STARTED=$(mktemp)  # its time stamp marks the plan's start
 trap 'rm -f "$STARTED"' EXIT
 [[ ${DRY:-0} == 1 ]] && echo "PLAN deadline $DEADLINE s"
 
-# step NAME SECONDS COMMAND...: the command under a time limit (SECONDS, or less if the deadline comes first),
-# its output to the screen and the log (DRY=1: print the command instead)
-step() {
-    local name=$1 limit=$2
-    shift 2
-    if [[ ${DRY:-0} == 1 ]]; then
-        printf 'PLAN command (%s s):' "$limit"
-        printf ' %q' "$@"
-        echo
-        return 0
-    fi
-    ((DEADLINE - SECONDS < limit)) && limit=$((DEADLINE - SECONDS))
-    if ((limit < 10)); then
-        echo "PLAN $name skipped: the deadline (+$DEADLINE s) is near" | tee -a "$LOG"
-        return 124
-    fi
-    echo "PLAN $name (at most $limit s) starts at +${SECONDS} s" | tee -a "$LOG"
-    timeout -k 10 "$limit" "$@" 2>&1 | tee -a "$LOG"
-    local rc=$?
-    echo "PLAN $name ends at +${SECONDS} s, rc $rc$( ((rc == 124)) && echo ': out of time')" | tee -a "$LOG"
-    return "$rc"
-}
+source benchmarks/plan_steps.sh  # step NAME SECONDS COMMAND...
 
 step versions 30 python3 -c 'import torch, triton; print(torch.__version__, triton.__version__,
     torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")'

@@ -457,13 +457,13 @@ def test_cuda_kernel_matches_float64_reference(seed, dtype, splits, request):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("preset", ["diff-tiny", "shared_diff-tiny"])
 def test_cuda_graph_decode_with_the_kernel_equals_reference(seed, preset, request):
-    """The default decoder on CUDA uses the kernel; compiled and captured in a CUDA graph
-    (``compile=True, cuda_graph=True``), its logits are ≤ 1e-5 from the reference decode in float32 over a
-    left-padded batch and 40 steps, with the same greedy tokens."""
+    """The decoder with the kernel (``decode_kernel=True``, opt-in until ``DECODE_KERNEL_BY_DEFAULT``), compiled and
+    captured in a CUDA graph (``compile=True, cuda_graph=True``): its logits are ≤ 1e-5 from the reference decode in
+    float32 over a left-padded batch and 40 steps, with the same greedy tokens."""
     if in_subprocess_without_triton_interpreter(request):
         return
     model = _trained_looking(build_model(ModelConfig.from_preset(preset), device="cuda").eval())
-    decoder = StaticDecoder(model, max_len=64, compile=True, cuda_graph=True)
+    decoder = StaticDecoder(model, max_len=64, compile=True, cuda_graph=True, decode_kernel=True)
     assert decoder._decode_attention is differential_decode_attention
     ids, mask = (t.cuda() for t in _batch(model.config.vocab_size, padded=True))
     ref, got = _teacher_forced(model, decoder, ids, mask)
