@@ -1,7 +1,7 @@
-"""The GPU plans (benchmarks/kernel_plan.sh, benchmarks/multi_gpu_plan.sh and the documented device commands)
-checked on the CPU before a device call spends time on them: every command's arguments parse with its
-script's own parser, its forms and presets exist, its time limits fit one 10-minute call; and the kernel
-plan runs end to end on the CPU interpreter (SMOKE=1), leaving few enough files for a call to bring back."""
+"""The GPU plans (benchmarks/kernel_plan.sh, benchmarks/decode_plan.sh, benchmarks/multi_gpu_plan.sh and the
+documented device commands) checked on the CPU before a device call spends time on them: every command's arguments
+parse with its script's own parser, its forms and presets exist, its time limits fit one 10-minute call; and the
+kernel and decode plans run end to end on the CPU (SMOKE=1), leaving few enough files for a call to bring back."""
 
 import json
 import os
@@ -17,6 +17,8 @@ import pytest
 pytest.importorskip("triton")
 
 import data_parallel
+import decode_kernel
+import decode_ops
 import generate
 import resume_world_sizes
 import train_throughput
@@ -100,6 +102,80 @@ def test_multi_gpu_plan_commands_parse(tmp_path, smoke):
         assert (a.device == "cpu") == (smoke == "1")
 
 
+DECODE_TEST_FILES = ["tests/ops/test_decode_kernel.py", "tests/test_static_decode.py", "tests/test_cli.py"]
+
+
+def decode_plan_steps(tmp_path: Path, smoke: str) -> tuple[dict[str, int], list[tuple[int, list[str]]]]:
+    """(the settings line of decode_plan.sh's DRY=1 output, its steps)."""
+    printed = dry_run("benchmarks/decode_plan.sh", tmp_path, SMOKE=smoke)
+    found = re.search(r"^PLAN deadline (\d+) s, reserve (\d+) s, last row (\d+) s$", printed, re.MULTILINE)
+    return dict(zip(["deadline", "reserve", "last_row"], map(int, found.groups()), strict=True)), plan_commands(printed)
+
+
+@pytest.mark.parametrize("smoke", ["0", "1"])
+def test_decode_plan_commands_parse_and_fit_one_call(tmp_path, smoke):
+    """The CUDA tests first, then the kernel alone, the decode steps, the tuned rows and the operator counts; every
+    command parses with its script's parser; the steps before the generate.py ones, each at its full limit, leave
+    the decode steps time for a row; the generate.py steps share the time left less step 5's, no row starting in
+    its last LAST_ROW s."""
+    plan, steps = decode_plan_steps(tmp_path, smoke)
+    assert plan["deadline"] <= DEVICE_CALL_S - 45  # start-up, a step's kill grace (10 s), the file listing
+    names = [script_args(argv)[0] if "-m" not in argv else argv[argv.index("-m") + 1] for _, argv in steps[1:]]
+    assert names == ["pytest", "decode_kernel", "generate", "generate", "generate", "decode_ops"]
+    assert steps[0][1][:2] == ["python3", "-c"]  # versions
+    fixed = sum(limit for limit, _ in steps[:3])
+    rows_limit = plan["deadline"] - fixed - plan["reserve"]
+    assert rows_limit - plan["last_row"] >= 10  # the worst case still times a row
+    tests = steps[1][1]
+    assert tests[tests.index("pytest") + 1 :][-len(DECODE_TEST_FILES) - 3 :] == [
+        *DECODE_TEST_FILES, "-k", "cuda", f"--junitxml={tmp_path / 'out' / 'decode_tests.xml'}"
+    ]  # fmt: skip
+    kernel = decode_kernel.build_parser().parse_args(script_args(steps[2][1])[1])
+    assert kernel.budget_s == 100 and kernel.smoke == (smoke == "1") and kernel.out == str(tmp_path / "out")
+    runs = []
+    for limit, argv in steps[3:6]:
+        a = generate.build_parser().parse_args(script_args(argv)[1])
+        assert limit == rows_limit and a.budget_s == limit - plan["last_row"] and a.fusion == ["fused"]
+        assert a.smoke == (smoke == "1") and (a.smoke or (a.batch == [1] and a.repeats == 2))
+        for family in a.families:
+            ModelConfig.from_preset(f"{family}-{a.size if not a.smoke else 'tiny'}")
+        runs.append({(f, m, k) for f in a.families for m, _, k in generate.row_plan(a.modes, a, f)})
+        runs.append(a.inductor_option)
+    graph, tuned_mode = (
+        (["compiled", "static"], "compiled") if smoke == "1" else (["compiled-graph", "graph"], "compiled-graph")
+    )
+    assert runs[0] == {(f, m, k) for f in ("shared_diff", "diff") for m in graph for k in ("on", "off")} | {
+        ("transformer", m, "off") for m in graph
+    }  # the Transformer has no kernel row
+    assert runs[1] == []
+    assert runs[2] == {("shared_diff", tuned_mode, "on")} and runs[4] == {("transformer", tuned_mode, "off")}
+    assert runs[3] == runs[5] == [("coordinate_descent_tuning", True)]
+    ops = decode_ops.build_parser().parse_args(script_args(steps[6][1])[1])
+    assert steps[6][0] == plan["reserve"] and ops.families == ["transformer", "shared_diff"]
+    assert ops.size == ("tiny" if smoke == "1" else "350m")
+
+
+def test_decode_plan_tests_select_every_cuda_only_test():
+    """The -k expression of the plan's first step keeps every test of its files that skips off a GPU."""
+    tests = next(argv for _, argv in plan_commands(dry_run("benchmarks/decode_plan.sh", ROOT)) if "pytest" in argv)
+    expression = tests[tests.index("-k") + 1]
+    cuda_only = set()
+    for path in DECODE_TEST_FILES:
+        source = (ROOT / path).read_text()
+        cuda_only |= set(re.findall(r"skipif\(not torch\.cuda\.is_available\(\).*\n(?:@.*\n)*def (\w+)", source))
+    assert {
+        "test_cuda_kernel_matches_float64_reference",
+        "test_cuda_graph_decode_with_the_kernel_equals_reference",
+        "test_cuda_graph_decode_equals_reference",
+        "test_generate_cuda_graph_gives_the_eager_tokens",
+    } <= cuda_only
+    collect = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *DECODE_TEST_FILES]
+    done = subprocess.run([*collect, "-k", expression], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    selected = {line.split("::")[1].split("[")[0] for line in done.stdout.splitlines() if "::" in line}
+    assert cuda_only <= selected
+
+
 DOCUMENTED = {"generate": generate, "train_throughput": train_throughput}
 
 
@@ -163,3 +239,42 @@ def test_benchmarks_run_this_checkout_without_pythonpath(tmp_path):
     module, pythonpath = done.stdout.splitlines()
     assert Path(module) == ROOT / "src" / "shareddiff" / "__init__.py"
     assert pythonpath.split(os.pathsep)[0] == str(ROOT / "src")
+
+
+@pytest.mark.slow
+def test_decode_plan_runs_on_the_cpu(tmp_path):
+    """SMOKE=1: all 7 steps run (the CUDA tests skip themselves, none fails, so the kernel rows run); the decode steps
+    time Shared DIFF and DIFF with the kernel on and off and the Transformer without it, every row checked; the
+    tuned rows carry the inductor option; few small files come back."""
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    python_dir = str(Path(sys.executable).parent)  # the plan calls `python3`: this interpreter's
+    if not (Path(python_dir) / "python3").exists():
+        pytest.skip("no python3 beside this interpreter")
+    out = tmp_path / "out"
+    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "OMP_NUM_THREADS": "1"}
+    env["PATH"] = f"{python_dir}:{env.get('PATH', '')}"
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "decode_plan.sh")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) == 7 and {"decode_plan.log", "decode_tests.xml"} <= set(files)
+    assert all(p.stat().st_size < 2**20 and p.suffix in (".log", ".xml", ".json") for p in out.iterdir())
+    log = (out / "decode_plan.log").read_text()
+    assert log.count(", rc 0") == 7 and "decode kernel tests: 0 passed, 0 failed of 8" in log  # skipped off a GPU
+    (kernel,) = [json.loads(p.read_text()) for p in out.glob("decode_kernel-*.json")]
+    assert kernel["results"] and not any("skipped" in r for r in kernel["results"])
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("generate-*.json"))]
+    assert len(runs) == 3 and all(row["check"]["ok"] for run in runs for row in run["results"])
+    labels = {(row["preset"], generate.label(row)) for row in runs[0]["results"]}
+    modes = [f"{m} kernel {k}" for m in ("compiled", "static") for k in ("on", "off")]
+    assert labels == {(f"{f}-tiny", m) for f in ("shared_diff", "diff") for m in modes} | {
+        ("transformer-tiny", m) for m in modes if m.endswith("off")
+    }
+    assert [{(row["preset"], generate.label(row)) for row in run["results"]} for run in runs[1:]] == [
+        {("shared_diff-tiny", "compiled kernel on")}, {("transformer-tiny", "compiled kernel off")}
+    ]  # fmt: skip
+    assert all(run["settings"]["inductor_option"] == [["coordinate_descent_tuning", True]] for run in runs[1:])
+    (ops,) = [json.loads(p.read_text()) for p in out.glob("decode_ops-*.json")]
+    assert sorted({r["preset"] for r in ops["results"]}) == ["shared_diff-tiny", "transformer-tiny"]
