@@ -30,14 +30,14 @@ LAST_ROW=90                # a generate.py row's most: a 350m compiled-graph com
 FAMILIES=(shared_diff diff transformer)
 MODES=(compiled-graph graph)
 TUNED=compiled-graph
-GENERATE=(--batch 1 --repeats 2 --fusion fused)
+GENERATE=(--batch 1 --repeats 2)
 KERNEL_ARGS=(--budget-s 100)
 OPS=(--size 350m)
 if [[ ${SMOKE:-0} == 1 ]]; then  # checks the plan, not the speed
     export TRITON_INTERPRET=1
     MODES=(compiled static)
     TUNED=compiled
-    GENERATE=(--smoke --repeats 1 --fusion fused)
+    GENERATE=(--smoke --repeats 1)
     KERNEL_ARGS=(--smoke --budget-s 100)
     OPS=(--size tiny --device cpu)
 fi
