@@ -135,7 +135,9 @@ def test_decode_plan_commands_parse_and_fit_one_call(tmp_path, smoke):
     runs = []
     for limit, argv in steps[3:6]:
         a = generate.build_parser().parse_args(script_args(argv)[1])
-        assert limit == rows_limit and a.budget_s == limit - plan["last_row"] and a.fusion == ["fused"]  # (--smoke adds unfused rows)
+        assert (
+            limit == rows_limit and a.budget_s == limit - plan["last_row"] and a.fusion == ["fused"]
+        )  # --smoke: and unfused
         assert a.smoke == (smoke == "1") and (a.smoke or (a.batch == [1] and a.repeats == 2))
         for family in a.families:
             ModelConfig.from_preset(f"{family}-{a.size if not a.smoke else 'tiny'}")
@@ -282,3 +284,26 @@ def test_decode_plan_runs_on_the_cpu(tmp_path):
     assert all(run["settings"]["inductor_option"] == [["coordinate_descent_tuning", True]] for run in runs[1:])
     (ops,) = [json.loads(p.read_text()) for p in out.glob("decode_ops-*.json")]
     assert sorted({r["preset"] for r in ops["results"]}) == ["shared_diff-tiny", "transformer-tiny"]
+
+
+@pytest.mark.parametrize(
+    ("cases", "smoke", "tested"),
+    [
+        ('<testcase classname="tests.ops.test_decode_kernel" name="a"/>', "0", True),
+        ('<testcase classname="tests.ops.test_decode_kernel" name="a"><failure/></testcase>', "0", False),
+        ('<testcase classname="tests.ops.test_decode_kernel" name="a"><error/></testcase>', "1", False),
+        ('<testcase classname="tests.ops.test_decode_kernel" name="a"><skipped/></testcase>', "0", False),  # on a GPU
+        ('<testcase classname="tests.ops.test_decode_kernel" name="a"><skipped/></testcase>', "1", True),  # CPU
+        ('<testcase classname="tests.ops.test_decode_kernel" name="a"/><testcase classname="x" name="b"><failure/>'
+         "</testcase>", "0", True),  # another file's failure: the kernel rows run, without that mode's rows
+    ],
+)  # fmt: skip
+def test_decode_plan_times_the_kernel_only_after_its_tests_pass(tmp_path, cases, smoke, tested):
+    """The verdict of decode_plan.sh on step 1's JUnit file: no decode kernel test failed and, on a GPU, one passed."""
+    script = (ROOT / "benchmarks" / "decode_plan.sh").read_text()
+    verdict = re.search(r"<<'EOF' 2>&1 \| tee -a \"\$LOG\"\n(.*?)\nEOF\n", script, re.DOTALL).group(1)
+    xml = tmp_path / "decode_tests.xml"
+    xml.write_text(f"<testsuites><testsuite>{cases}</testsuite></testsuites>")
+    done = subprocess.run([sys.executable, "-c", verdict, str(xml), smoke], capture_output=True, text=True)
+    assert (done.returncode == 0) == tested, done.stdout + done.stderr
+    assert done.stdout.startswith("PLAN decode kernel tests:")
