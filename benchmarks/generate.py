@@ -7,7 +7,9 @@
 
 Greedy decoding of ``--new-tokens`` after a random prompt of ``--prompt-len`` tokens, no EOS. tokens/s =
 batch × new tokens / wall time of one whole ``generate`` call (prefill included), the median of
-``--repeats`` calls after a warm-up call (which compiles; its time is reported as ``warmup_s``). Modes:
+``--repeats`` calls after a warm-up call (which compiles; its time is reported as ``warmup_s``). The eager and
+decoder modes also time the same call with one new token (the prefill: ``prefill_s``) and report the decode steps
+alone, (new tokens − 1) / (call − prefill) (``decode_tokens_per_s``, ``decode_ms_per_step``). Modes:
 
 - eager: ``shareddiff.generation.generate`` with the model's ``KVCache`` (the reference decode);
 - static: the ``StaticDecoder`` without compiling (fixed shapes, eager);
@@ -191,17 +193,18 @@ def decoder_settings(mode: str, fused: bool, args, kernel: str = "default") -> d
 
 
 def generation_call(mode: str, model, prompt: torch.Tensor, new: int, compile_backend: str, settings: dict):
-    """(a function running one greedy generation of ``new`` tokens in ``mode``, its StaticDecoder or None), or
+    """(a function running one greedy generation of ``new`` tokens in ``mode`` (the eager and decoder modes' take
+    another count as their argument: 1 is the prefill alone), its StaticDecoder or None), or
     None where ``mode`` does not apply to the model (the DiffLlama export of a non-differential model, CUDA
     graphs off CUDA). ``settings``: a decoder mode's StaticDecoder arguments (``decoder_settings``)."""
     total = prompt.shape[1] + new
     if mode == "eager":
-        return (lambda: generate(model, prompt, new, temperature=0)), None
+        return (lambda n=new: generate(model, prompt, n, temperature=0)), None
     if mode in DECODER_MODES:
         if settings.get("cuda_graph") and prompt.device.type != "cuda":
             return None
         decoder = StaticDecoder(model, total, **settings)
-        return (lambda: generate(model, prompt, new, temperature=0, decoder=decoder)), decoder
+        return (lambda n=new: generate(model, prompt, n, temperature=0, decoder=decoder)), decoder
     from shareddiff.hf import to_diffllama, wrap
 
     if mode == "wrapper":
@@ -255,9 +258,27 @@ def bench_row(
         tokens_per_s=batch * args.new_tokens / median,
         ms_per_step=median / args.new_tokens * 1e3,
     )
+    if (mode == "eager" or mode in DECODER_MODES) and args.new_tokens > 1:
+        row.update(decode_speed(lambda: fn(1), device, args.repeats, batch, args.new_tokens, median))
     if device.type == "cuda":  # compiled modes that fell back to launching kernels one by one
         row["cudagraph_skips"] = counters["inductor"]["cudagraph_skips"] - skips
     return row
+
+
+def decode_speed(prefill, device: torch.device, repeats: int, batch: int, new_tokens: int, call_s: float) -> dict:
+    """The decode steps alone: ``prefill`` (the same generation with one new token: the prompt's forward pass and
+    the first token) timed as the whole call is, its median subtracted from ``call_s`` (the whole call's median),
+    which leaves ``new_tokens`` − 1 steps. Returns ``prefill_s``, ``decode_tokens_per_s`` and ``decode_ms_per_step``
+    (None where the difference is not positive: timing noise on a tiny model)."""
+    _, times = timed(prefill, device, repeats)
+    prefill_s = statistics.median(times)
+    steps_s = call_s - prefill_s
+    ok = steps_s > 0
+    return {
+        "prefill_s": prefill_s,
+        "decode_tokens_per_s": batch * (new_tokens - 1) / steps_s if ok else None,
+        "decode_ms_per_step": steps_s / (new_tokens - 1) * 1e3 if ok else None,
+    }
 
 
 def describe(row: dict) -> str:
@@ -275,9 +296,12 @@ def describe(row: dict) -> str:
         )
     if row.get("cudagraph_skips"):
         verdict += f"  CUDA graphs skipped {row['cudagraph_skips']}x (see the log above)"
+    decode = ""
+    if row.get("decode_tokens_per_s"):
+        decode = f"  (prefill {row['prefill_s'] * 1e3:.1f} ms; steps alone {row['decode_tokens_per_s']:,.1f} tok/s)"
     return (
         f"{row['preset']:20s} {label(row):22s} batch {row['batch']:3d}: {row['tokens_per_s']:10,.1f} tok/s  "
-        f"{row['ms_per_step']:8.2f} ms/step  warm-up {row['warmup_s']:6.1f} s{verdict}"
+        f"{row['ms_per_step']:8.2f} ms/step  warm-up {row['warmup_s']:6.1f} s{decode}{verdict}"
     )
 
 

@@ -28,6 +28,10 @@ def test_generate_benchmark_smoke(tmp_path):
     expected = [(m, f, b) for b in (1, 3) for m in modes for f in (["fused", "unfused"] if m == "compiled" else [None])]
     assert [(r["mode"], r.get("fusion"), r["batch"]) for r in rows] == expected
     assert all(r["tokens_per_s"] > 0 and r["new_tokens"] == 6 for r in rows)
+    # the eager and decoder rows also time the prefill alone (one new token), shorter than the whole call
+    timed_prefill = [r for r in rows if r["mode"] in ("eager", "compiled")]
+    assert all(0 < r["prefill_s"] < min(r["call_s"]) or r["decode_tokens_per_s"] is None for r in timed_prefill)
+    assert all("prefill_s" not in r for r in rows if r["mode"] in ("wrapper", "hf"))
     checks = [r["check"] for r in rows if r["mode"] == "compiled"]
     assert len(checks) == 4 and all(c["ok"] and c["max_rel_err"] <= 1e-4 for c in checks)
     assert all(c["reference_rel_err"] < 1e-5 and c["error_factor"] == 2 for c in checks)

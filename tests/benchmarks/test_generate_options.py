@@ -4,6 +4,7 @@ options for the compiled modes only)."""
 import argparse
 
 import pytest
+import torch
 from generate import build_parser, decoder_settings, inductor_option, row_plan
 
 
@@ -50,3 +51,17 @@ def test_decode_kernel_rows_and_settings():
     for family, on in (("transformer", False), ("diff_v2", False), ("diff", True), ("shared_diff", True)):
         kernels = [k for mode, _, k in row_plan(args.modes, args, family) if mode == "compiled-graph"]
         assert kernels == (["on", "off"] if on else ["off"]), family
+
+
+def test_decode_speed_subtracts_the_prefill(monkeypatch):
+    """The decode steps alone: (new tokens − 1) / (whole call − prefill), both medians; None where noise leaves no
+    positive difference."""
+    import generate as bench
+
+    monkeypatch.setattr(bench, "timed", lambda fn, device, repeats: (9.0, [0.010, 0.030, 0.005]))
+    speed = bench.decode_speed(None, torch.device("cpu"), 3, batch=2, new_tokens=256, call_s=0.265)
+    assert speed["prefill_s"] == 0.010
+    assert speed["decode_tokens_per_s"] == pytest.approx(2 * 255 / 0.255)
+    assert speed["decode_ms_per_step"] == pytest.approx(1.0)
+    noisy = bench.decode_speed(None, torch.device("cpu"), 3, batch=1, new_tokens=2, call_s=0.009)
+    assert noisy["decode_tokens_per_s"] is None and noisy["decode_ms_per_step"] is None
