@@ -41,6 +41,20 @@ def dry_run(script: str, tmp_path: Path, **env: str) -> str:
     return done.stdout
 
 
+def smoke_run(script: str, out: Path, **env: str) -> None:
+    """``script`` run with SMOKE=1 (the plan on the CPU, tiny shapes) into ``out``, with this interpreter as the
+    ``python3`` it calls; asserts it exits 0."""
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    python_dir = str(Path(sys.executable).parent)  # the plan calls `python3`: this interpreter's
+    if not (Path(python_dir) / "python3").exists():
+        pytest.skip("no python3 beside this interpreter")
+    run_env = {**os.environ, "SMOKE": "1", "OUT": str(out), "OMP_NUM_THREADS": "1", **env}
+    run_env["PATH"] = f"{python_dir}:{run_env.get('PATH', '')}"
+    done = subprocess.run(["bash", str(ROOT / script)], env=run_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
 def plan_commands(printed: str) -> list[tuple[int | None, list[str]]]:
     """(time limit in s or None, argv) of each step in a DRY=1 output."""
     found = re.findall(r"^PLAN command(?: \((\d+) s\))?: (.*)$", printed, re.MULTILINE)
@@ -204,17 +218,8 @@ def test_documented_device_commands_parse():
 @pytest.mark.slow
 def test_kernel_plan_runs_on_the_cpu_interpreter(tmp_path):
     """SMOKE=1 (two modes): the checks pass in both dtypes, every variant is timed, few files come back."""
-    if shutil.which("bash") is None:
-        pytest.skip("needs bash")
-    python_dir = str(Path(sys.executable).parent)  # the plan calls `python3`: this interpreter's
-    if not (Path(python_dir) / "python3").exists():
-        pytest.skip("no python3 beside this interpreter")
     out = tmp_path / "out"
-    env = {**os.environ, "SMOKE": "1", "MODES": "split tma", "OUT": str(out), "OMP_NUM_THREADS": "1"}
-    env["PATH"] = f"{python_dir}:{env.get('PATH', '')}"
-    plan = ["bash", str(ROOT / "benchmarks" / "kernel_plan.sh")]
-    done = subprocess.run(plan, env=env, capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    smoke_run("benchmarks/kernel_plan.sh", out, MODES="split tma")
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= MAX_FILES and "kernel_plan.log" in files
     results = [json.loads(p.read_text()) for p in sorted(out.glob("attention-*.json"))]
@@ -248,18 +253,8 @@ def test_decode_plan_runs_on_the_cpu(tmp_path):
     """SMOKE=1: all 7 steps run (the CUDA tests skip themselves, none fails, so the kernel rows run); the decode steps
     time Shared DIFF and DIFF with the kernel on and off and the Transformer without it, every row checked; the
     tuned rows carry the inductor option; every compiled row passes its check; few small files come back."""
-    if shutil.which("bash") is None:
-        pytest.skip("needs bash")
-    python_dir = str(Path(sys.executable).parent)  # the plan calls `python3`: this interpreter's
-    if not (Path(python_dir) / "python3").exists():
-        pytest.skip("no python3 beside this interpreter")
     out = tmp_path / "out"
-    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "OMP_NUM_THREADS": "1"}
-    env["PATH"] = f"{python_dir}:{env.get('PATH', '')}"
-    done = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "decode_plan.sh")], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    smoke_run("benchmarks/decode_plan.sh", out)
     files = sorted(p.name for p in out.iterdir())
     assert len(files) == 7 and {"decode_plan.log", "decode_tests.xml"} <= set(files)
     assert all(p.stat().st_size < 2**20 and p.suffix in (".log", ".xml", ".json") for p in out.iterdir())
