@@ -184,7 +184,9 @@ def _no_cuda_graph_reason(model, device) -> str | None:
     """Why ``generate`` cannot replay its decode step as a CUDA graph for ``model`` on ``device``, or None."""
     if device.type != "cuda":
         return f"the model is on {device}, and CUDA graphs need a GPU"
-    if any(getattr(block.attention, "backend", None) == "triton" for block in model.layers):
+    from shareddiff.static_decode import on_triton_backend
+
+    if on_triton_backend(model):
         return "the model's attention backend is 'triton' (the fused training kernel takes no attention mask)"
     return None
 

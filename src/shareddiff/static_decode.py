@@ -88,6 +88,12 @@ class StaticKVCache(KVCache):
         return [t for layer in self._buffers if layer for t in layer]
 
 
+def on_triton_backend(model: LanguageModel) -> bool:
+    """Whether a layer of ``model`` runs its attention on the fused training kernel ("triton" backend), which takes
+    no attention mask, so no static decode step can run it."""
+    return any(getattr(block.attention, "backend", None) == "triton" for block in model.layers)
+
+
 # Whether decode_kernel=None turns the differential decode kernel on for CUDA models. Off until the kernel has
 # passed its CUDA tests and beaten the SDPA path on a GPU (docs/performance.md, "fourth pass": it has run on the
 # CPU interpreter only); until then decode_kernel=True opts in.
@@ -276,7 +282,7 @@ class StaticDecoder:
         b, t = prompt.shape
         if t == 0:
             raise ValueError("the prompt is empty; give at least one token")
-        if any(getattr(block.attention, "backend", None) == "triton" for block in self.model.layers):
+        if on_triton_backend(self.model):
             raise ValueError(
                 "the model's attention backend is 'triton', the fused training kernel, which takes no attention "
                 "mask; every static decode step masks the cache's positions not yet written. Call "
