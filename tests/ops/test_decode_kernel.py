@@ -398,8 +398,10 @@ def test_bad_input_is_refused_naming_the_argument():
 def test_kernel_compiles_for_hopper():
     """The kernels compile to sm_90 cubins (Triton's own compiler and ptxas, no GPU needed; a process without the
     interpreter) without spilling registers: the single kernel for bfloat16 and float32, with and without the
-    norm, and split-K's two kernels (bfloat16, with the norm), at the default launch settings: what the
-    interpreter cannot check (e.g. the globals a kernel may read, a loop over a range known at run time only).
+    norm, and split-K's two kernels (bfloat16, with the norm), at the default launch settings, with the float
+    arguments typed fp32 (an eager launch) and fp64 (inductor's launch from a compiled graph, which once changed a
+    loop-carried variable's type and failed to compile on the GPU only): what the interpreter cannot check (e.g.
+    the globals a kernel may read, a loop over a range known at run time only, type consistency in loops).
     Skipped where Triton has no ptxas."""
     code = """
 import triton
@@ -410,7 +412,7 @@ from shareddiff.ops.triton_decode import (
 )
 
 def compile(kernel, pointers, ints, floats, constants):
-    signature = pointers | dict.fromkeys(ints.split(), "i32") | dict.fromkeys(floats.split(), "fp32")
+    signature = pointers | dict.fromkeys(ints.split(), "i32") | dict.fromkeys(floats.split(), float_type)
     signature |= dict.fromkeys(constants, "constexpr")
     names = list(signature)
     source = ASTSource(kernel, signature, {(names.index(c),): x for c, x in constants.items()})
@@ -419,15 +421,16 @@ def compile(kernel, pointers, ints, floats, constants):
     assert "cubin" in compiled.asm and ".local" not in compiled.asm["ptx"], f"{kernel}: no cubin, or spills"
 
 strides = "sqb sqh skb skh skn svb svh svn smb"
-for dtype, norm in (("bf16", True), ("fp32", False)):
-    pointers = {name: f"*{dtype}" for name in ("Q", "K", "V", "Lam", "Mask", "W", "Out")}
-    constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm}
-    compile(_decode_kernel, pointers, strides + " sob soh H HKV GROUP NK", "scale_log2 eps", constants)
-pointers = {name: "*bf16" for name in ("Q", "K", "V", "Mask")} | {"Acc": "*fp32", "Stats": "*fp32"}
-compile(_split_kernel, pointers, strides + " H HKV GROUP NK CHUNK", "scale_log2", {"D": 64, "BN": BLOCK_N})
-pointers = {"Acc": "*fp32", "Stats": "*fp32", "Lam": "*bf16", "W": "*bf16", "Out": "*bf16"}
-constants = {"D": 64, "ST": MERGE_TILE, "NORM": True, "HAS_WEIGHT": True}
-compile(_merge_kernel, pointers, "sob soh H S", "eps", constants)
+for float_type in ("fp32", "fp64"):
+    for dtype, norm in (("bf16", True), ("fp32", False)):
+        pointers = {name: f"*{dtype}" for name in ("Q", "K", "V", "Lam", "Mask", "W", "Out")}
+        constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm}
+        compile(_decode_kernel, pointers, strides + " sob soh H HKV GROUP NK", "scale_log2 eps", constants)
+    pointers = {name: "*bf16" for name in ("Q", "K", "V", "Mask")} | {"Acc": "*fp32", "Stats": "*fp32"}
+    compile(_split_kernel, pointers, strides + " H HKV GROUP NK CHUNK", "scale_log2", {"D": 64, "BN": BLOCK_N})
+    pointers = {"Acc": "*fp32", "Stats": "*fp32", "Lam": "*bf16", "W": "*bf16", "Out": "*bf16"}
+    constants = {"D": 64, "ST": MERGE_TILE, "NORM": True, "HAS_WEIGHT": True}
+    compile(_merge_kernel, pointers, "sob soh H S", "eps", constants)
 print("compiled")
 """
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": os.pathsep.join(sys.path)}

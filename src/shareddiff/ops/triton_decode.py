@@ -65,10 +65,10 @@ def _attend_keys(
     the range masked (or none in it) m is −inf and l, acc are 0."""
     offs_d = tl.arange(0, D)
     offs_v = tl.arange(0, 2 * D)
-    m1 = float("-inf")
-    m2 = float("-inf")
-    l1 = 0.0
-    l2 = 0.0
+    m1 = tl.full([], float("-inf"), tl.float32)  # loop-carried: typed fp32 from the start
+    m2 = tl.full([], float("-inf"), tl.float32)
+    l1 = tl.zeros([], tl.float32)
+    l2 = tl.zeros([], tl.float32)
     acc1 = tl.zeros([2 * D], dtype=tl.float32)
     acc2 = tl.zeros([2 * D], dtype=tl.float32)
     for block in range(start, stop, BN):
@@ -106,7 +106,7 @@ def _finish(acc1, l1, acc2, l2, Lam, W, out_row, eps, D: tl.constexpr, NORM: tl.
     lam = tl.load(Lam).to(tl.float32)
     o = acc1 / l1 - lam * (acc2 / l2)
     if NORM:
-        o = o / tl.sqrt(tl.sum(o * o, 0) / (2 * D) + eps)
+        o = o / tl.sqrt(tl.sum(o * o, 0) / (2 * D) + tl.cast(eps, tl.float32))
         if HAS_WEIGHT:
             o = o * tl.load(W + offs_v).to(tl.float32)
     tl.store(out_row + offs_v, o.to(out_row.dtype.element_ty))
@@ -125,8 +125,9 @@ def _decode_kernel(
     head = pid % H
     kv = head // GROUP
     offs_d = tl.arange(0, D)
-    q1 = tl.load(Q + b * sqb + head * sqh + offs_d).to(tl.float32) * scale_log2  # scores in base 2
-    q2 = tl.load(Q + b * sqb + (H + head) * sqh + offs_d).to(tl.float32) * scale_log2
+    scale = tl.cast(scale_log2, tl.float32)  # a Python float arrives as fp64 from a compiled graph: keep the math fp32
+    q1 = tl.load(Q + b * sqb + head * sqh + offs_d).to(tl.float32) * scale  # scores in base 2
+    q2 = tl.load(Q + b * sqb + (H + head) * sqh + offs_d).to(tl.float32) * scale
     _m1, l1, acc1, _m2, l2, acc2 = _attend_keys(  # the maxima: only for merging partials
         q1, q2, K + b * skb + kv * skh, K + b * skb + (HKV + kv) * skh, V + b * svb + kv * svh, Mask + b * smb,
         skn, svn, 0, NK, D, BN,
@@ -150,8 +151,9 @@ def _split_kernel(
     kv = head // GROUP
     offs_d = tl.arange(0, D)
     offs_v = tl.arange(0, 2 * D)
-    q1 = tl.load(Q + b * sqb + head * sqh + offs_d).to(tl.float32) * scale_log2
-    q2 = tl.load(Q + b * sqb + (H + head) * sqh + offs_d).to(tl.float32) * scale_log2
+    scale = tl.cast(scale_log2, tl.float32)  # a Python float arrives as fp64 from a compiled graph: keep the math fp32
+    q1 = tl.load(Q + b * sqb + head * sqh + offs_d).to(tl.float32) * scale
+    q2 = tl.load(Q + b * sqb + (H + head) * sqh + offs_d).to(tl.float32) * scale
     start = split * CHUNK
     stop = tl.minimum(start + CHUNK, NK)
     m1, l1, acc1, m2, l2, acc2 = _attend_keys(
@@ -176,10 +178,10 @@ def _merge_kernel(
     splits: m = max mₛ, l = Σ lₛ·2^(mₛ − m), acc = Σ accₛ·2^(mₛ − m)), then the epilogue."""
     pid = tl.program_id(0)
     offs_v = tl.arange(0, 2 * D)
-    m1 = float("-inf")
-    m2 = float("-inf")
-    l1 = 0.0
-    l2 = 0.0
+    m1 = tl.full([], float("-inf"), tl.float32)  # loop-carried: typed fp32 from the start
+    m2 = tl.full([], float("-inf"), tl.float32)
+    l1 = tl.zeros([], tl.float32)
+    l2 = tl.zeros([], tl.float32)
     acc1 = tl.zeros([2 * D], dtype=tl.float32)
     acc2 = tl.zeros([2 * D], dtype=tl.float32)
     for first in range(0, S, ST):
