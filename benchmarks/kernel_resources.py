@@ -71,8 +71,10 @@ def record_launches(settings: KernelSettings, d: int, dtype: torch.dtype, n: int
     return launches
 
 
-def signature_of(kernel, bound: dict) -> tuple[dict, dict, dict]:
-    """Triton's signature, constexprs and divisibility hints for ``bound`` (as the JIT would specialise)."""
+def signature_of(kernel, bound: dict, float_type: str = "fp32") -> tuple[dict, dict, dict]:
+    """Triton's signature, constexprs and divisibility hints for ``bound`` (as the JIT would specialise: an int
+    equal to 1 becomes a constexpr). Python floats are typed ``float_type``: "fp32" as an eager launch types them,
+    "fp64" as inductor's launch from a compiled graph does."""
     signature, constexprs, attrs = {}, {}, {}
     for i, name in enumerate(kernel.arg_names):
         value = bound[name]
@@ -87,12 +89,14 @@ def signature_of(kernel, bound: dict) -> tuple[dict, dict, dict]:
                 attrs[(i,)] = [["tt.divisibility", 16]]
         elif isinstance(value, bool):
             signature[name] = "i1"
+        elif isinstance(value, int) and value == 1:
+            signature[name], constexprs[name] = "constexpr", value
         elif isinstance(value, int):
             signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
             if value % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
         else:
-            signature[name] = "fp32"
+            signature[name] = float_type
     return signature, constexprs, attrs
 
 

@@ -209,6 +209,7 @@ def _fwd_kernel(
 ):  # fmt: skip
     # VW: the V columns of this program (2D, or D when V's columns are split over two programs that
     # each recompute both maps: half-width accumulators, for large d where two 2D-wide ones spill)
+    scale_log2 = tl.cast(scale_log2, tl.float32)  # fp64 from a compiled graph: keep the math fp32
     bh = tl.program_id(1)
     b, h, hk, offs_m, row_ok, shift, hi, full = _query_rows(tl.program_id(0), bh, H, GROUP, N, NK, BN, BM, CAUSAL)
     offs_d = tl.arange(0, D)
@@ -260,6 +261,7 @@ def _fwd_map_kernel(
     """One map of one query block (``forward="maps"``): program 2i runs map 1 of query block i and program
     2i + 1 map 2, so the two programs that read the same K/V tiles run side by side (shared in L2). Each
     keeps one (BM, 2D) accumulator instead of two; writes O1 or O2 and its log-sum-exp."""
+    scale_log2 = tl.cast(scale_log2, tl.float32)  # fp64 from a compiled graph: keep the math fp32
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     b, h, hk, offs_m, row_ok, shift, hi, full = _query_rows(pid // 2, bh, H, GROUP, N, NK, BN, BM, CAUSAL)
@@ -387,6 +389,8 @@ def _bwd_kernel(
     DQ_MODE says (DQ1/DQ2: a zeroed float32 (B, h, N, d) buffer for DQ_ATOMIC, the workspace
     (launch's key blocks, B·h, NP, d) for DQ_WORKSPACE, tensor descriptors over (B·h, N, d) for
     DQ_DESCRIPTOR)."""
+    scale_log2 = tl.cast(scale_log2, tl.float32)  # fp64 from a compiled graph: keep the math fp32
+    sm_scale = tl.cast(sm_scale, tl.float32)
     pid_n = tl.program_id(0)
     if DQ_MODE == DQ_WORKSPACE:  # only "reduce" launches key blocks in chunks (split: the PTX of before)
         pid_n += kb0
@@ -463,6 +467,7 @@ def _dq_reduce_kernel(
     workspace, added in key-block order (deterministic), only those of key blocks this query block sees
     (the others wrote nothing there). ACCUMULATE adds them to the running float32 sums ACC of earlier
     launches; LAST writes dQ·scale in DQ's dtype, else the running sums back to ACC."""
+    sm_scale = tl.cast(sm_scale, tl.float32)  # fp64 from a compiled graph: keep the math fp32
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     offs_m = pid_m * BM + tl.arange(0, BM)
@@ -521,6 +526,8 @@ def _bwd_dq_kernel(
     SPLIT: tl.constexpr,
 ):  # fmt: skip
     """dQ1, dQ2 of one block of queries, accumulated in registers over the key blocks it sees (no atomics)."""
+    scale_log2 = tl.cast(scale_log2, tl.float32)  # fp64 from a compiled graph: keep the math fp32
+    sm_scale = tl.cast(sm_scale, tl.float32)
     bh = tl.program_id(1)
     b, h, hk, offs_m, row_ok, shift, hi, full = _query_rows(tl.program_id(0), bh, H, GROUP, N, NK, BN, BM, CAUSAL)
     offs_d = tl.arange(0, D)
