@@ -8,8 +8,9 @@
 #   2. the kernel alone against the SDPA path it replaces (benchmarks/decode_kernel.py, its launch sweep)
 #   3. whole decode steps, batch 1: Shared DIFF, DIFF and the Transformer, compiled-graph and graph, kernel on and
 #      off (the Transformer has no kernel row); the time left less $RESERVE, no row starting in its last $LAST_ROW s
-#   4. if time is left: compiled-graph with inductor's coordinate_descent_tuning, Shared DIFF (kernel on where
-#      step 1 passed) then the Transformer
+#   4. if time is left: compiled-graph without inductor's coordinate_descent_tuning (the compiled decode's default
+#      on CUDA since 2026-12-01, static_decode.CUDA_COMPILE_OPTIONS), Shared DIFF (kernel on where step 1 passed)
+#      then the Transformer: what the tuning gives
 #   5. the operators one decode step dispatches, Transformer and Shared DIFF at 350m (seconds)
 # Files in $OUT (at most 7): decode_plan.log (every step's output), decode_tests.xml, decode_kernel-*.json,
 # generate-*.json (one per generate.py call: step 3 and step 4's two), decode_ops-*.json.
@@ -29,14 +30,14 @@ RESERVE=40                 # seconds kept for step 5 (decode_ops.py: seconds) af
 LAST_ROW=90                # a generate.py row's most: a 350m compiled-graph compile (tuned), its check, its calls
 FAMILIES=(shared_diff diff transformer)
 MODES=(compiled-graph graph)
-TUNED=compiled-graph
+UNTUNED=compiled-graph
 GENERATE=(--batch 1 --repeats 2)
 KERNEL_ARGS=(--budget-s 100)
 OPS=(--size 350m)
 if [[ ${SMOKE:-0} == 1 ]]; then  # checks the plan, not the speed
     export TRITON_INTERPRET=1
     MODES=(compiled static)
-    TUNED=compiled
+    UNTUNED=compiled
     GENERATE=(--smoke --repeats 1)
     KERNEL_ARGS=(--smoke --budget-s 100)
     OPS=(--size tiny --device cpu)
@@ -98,10 +99,10 @@ else
 fi
 rows_step "decode steps" python3 benchmarks/generate.py "${GENERATE[@]}" --families "${FAMILIES[@]}" \
     --modes "${MODES[@]}" --decode-kernel "${KERNEL[@]}" --out "$OUT"
-rows_step "tuned shared_diff" python3 benchmarks/generate.py "${GENERATE[@]}" --families shared_diff \
-    --modes "$TUNED" --decode-kernel "${KERNEL[0]}" --inductor-option coordinate_descent_tuning=True --out "$OUT"
-rows_step "tuned transformer" python3 benchmarks/generate.py "${GENERATE[@]}" --families transformer \
-    --modes "$TUNED" --decode-kernel off --inductor-option coordinate_descent_tuning=True --out "$OUT"
+rows_step "untuned shared_diff" python3 benchmarks/generate.py "${GENERATE[@]}" --families shared_diff \
+    --modes "$UNTUNED" --decode-kernel "${KERNEL[0]}" --inductor-option coordinate_descent_tuning=False --out "$OUT"
+rows_step "untuned transformer" python3 benchmarks/generate.py "${GENERATE[@]}" --families transformer \
+    --modes "$UNTUNED" --decode-kernel off --inductor-option coordinate_descent_tuning=False --out "$OUT"
 step "decode ops" "$RESERVE" python3 benchmarks/decode_ops.py "${OPS[@]}" --families transformer shared_diff \
     --out "$OUT"
 [[ ${DRY:-0} == 1 ]] && exit 0

@@ -631,8 +631,9 @@ overrides = ["data.seq_len=24", "mqar.pairs=4", "model.max_seq_len=48"]
         assert cell["accuracy"] == max(cell["lrs"].values())
     text = (folder / "summary.md").read_text()
     assert "![MQAR](mqar.png)" in text and "| 16 | 2 | Transformer |" in text
+    assert text.index("![MQAR](mqar.png)") < text.index("![MQAR by rate](mqar_rates.png)")
     png = (folder / "mqar.png").stat()
-    assert png.st_size > 10_000
+    assert png.st_size > 10_000 and (folder / "mqar_rates.png").stat().st_size > 10_000
     (folder / "summary.json").unlink()
     main_output(["reproduce", str(tmp_path / "mqar.toml"), "--out", str(out), "--summary-only"])
     assert json.loads((folder / "summary.json").read_text())["mqar"] == summary

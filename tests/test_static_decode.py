@@ -383,6 +383,24 @@ def test_compile_options_reach_torch_compile(monkeypatch):
     assert calls[1]["mode"] == "max-autotune-no-cudagraphs" and "options" not in calls[1]
 
 
+def test_compile_arguments_default_to_coordinate_descent_on_cuda():
+    """Inductor on CUDA without a mode or options: the CUDA default options (plus reduce-overhead's CUDA graphs
+    unless the decoder captures its own); ``{}`` opts out; a mode, another backend or the CPU get none."""
+    from shareddiff.static_decode import CUDA_COMPILE_OPTIONS, compile_arguments
+
+    tuned = dict(CUDA_COMPILE_OPTIONS)
+    assert tuned == {"coordinate_descent_tuning": True}
+    assert compile_arguments("inductor", None, None, True, True) == {"options": tuned}
+    assert compile_arguments("inductor", None, None, True, False) == {"options": {"triton.cudagraphs": True} | tuned}
+    assert compile_arguments("inductor", None, {}, True, True) == {}
+    assert compile_arguments("inductor", None, {}, True, False) == {"mode": "reduce-overhead"}
+    assert compile_arguments("inductor", "max-autotune", None, True, True) == {"mode": "max-autotune"}
+    assert compile_arguments("inductor", None, None, False, False) == {}
+    assert compile_arguments("aot_eager", None, None, True, True) == {}
+    autotune = {"max_autotune": True}
+    assert compile_arguments("inductor", None, autotune, True, True) == {"options": autotune}
+
+
 def test_a_model_on_the_triton_backend_is_refused_by_name():
     """The fused kernel takes no mask: the decoder says so, and how to decode (not the kernel's padding error)."""
     model = build_model(ModelConfig.from_preset("diff-tiny")).eval()

@@ -340,9 +340,7 @@ def plot_mqar_heatmap(summary: dict, out: str | Path, title: str = "MQAR") -> Pa
 
     rows = sorted({(c["seq_len"], c["pairs"]) for c in summary["cells"]})
     widths = sorted({c["d_model"] for c in summary["cells"]})
-    variants = [v for v in VARIANT_NAMES if v in summary["variants"]] + [
-        v for v in summary["variants"] if v not in VARIANT_NAMES
-    ]
+    variants = _variant_order(summary["variants"])
 
     def panel(ax, columns: list, cell_of, heading: str, xlabel: str, labels: list[str]):
         grid = np.full((len(rows), len(columns)), np.nan)
@@ -387,6 +385,83 @@ def plot_mqar_heatmap(summary: dict, out: str | Path, title: str = "MQAR") -> Pa
         ax.tick_params(axis="y", labelleft=False)
     fig.suptitle(f"{title}: MQAR accuracy at the training length\n(in brackets: at 2× the length)", fontsize=10)
     fig.colorbar(image, ax=list(axes), fraction=0.04)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def _variant_order(variants: list[str]) -> list[str]:
+    """``variants`` in the papers' order (Transformer, DIFF, Shared DIFF, ...), unknown ones after."""
+    return [v for v in VARIANT_NAMES if v in variants] + [v for v in variants if v not in VARIANT_NAMES]
+
+
+def _rates_title(name: str, grid, seeds: set[int], level: float) -> str:
+    """A panel title of ``plot_mqar_rates``: how many finished settings reached ``level``, then the settings
+    without a finished run and the seeds averaged, where there are any."""
+    import numpy as np
+
+    finished = int(np.isfinite(grid).sum())
+    if not finished:
+        return f"{name}: no finished run"
+    notes = []
+    if finished < grid.size:
+        notes.append(f"{grid.size - finished} not finished")
+    if max(seeds) > 1:
+        notes.append(f"mean of {min(seeds)}–{max(seeds)} seeds" if len(seeds) > 1 else f"mean of {max(seeds)} seeds")
+    solved = int((grid[np.isfinite(grid)] >= level).sum())
+    return f"{name}: {solved} of {finished} ≥ {level:g}" + ("\n" + "; ".join(notes) if notes else "")
+
+
+def plot_mqar_rates(summary: dict, out: str | Path, title: str = "MQAR", level: float = 0.99) -> Path:
+    """MQAR accuracy at the training length by model width (y) and learning rate (x) from
+    ``eval.mqar.mqar_summary``'s per-width ``lrs`` (with several seeds, their mean): one panel per cell
+    (sequence length, pairs; rows) and variant (columns), so that it shows at how many settings a variant
+    solves a cell, not only its best one (``plot_mqar_heatmap``). A setting without a finished run stays
+    blank; each title counts the settings whose accuracy is ≥ ``level``, whose values are bold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = sorted({(c["seq_len"], c["pairs"]) for c in summary["cells"]})
+    widths = sorted({c["d_model"] for c in summary["cells"]})
+    rates = sorted({float(lr) for c in summary["cells"] for lr in c["lrs"]})
+    variants = _variant_order(summary["variants"])
+    by_width = {(c["variant"], c["seq_len"], c["pairs"], c["d_model"]): c for c in summary["cells"]}
+    size = (max(6.4, (0.55 * len(rates) + 1.2) * len(variants) + 1.5), (0.35 * len(widths) + 1.1) * len(rows) + 1.2)
+    fig, axes = plt.subplots(
+        len(rows), len(variants), figsize=size, dpi=120, squeeze=False, sharex=True, sharey=True, layout="constrained"
+    )
+    for i, (n, p) in enumerate(rows):
+        for j, variant in enumerate(variants):
+            ax = axes[i][j]
+            grid = np.full((len(widths), len(rates)), np.nan)  # (width, rate)
+            seeds = set()
+            for y, d in enumerate(widths):
+                cell = by_width.get((variant, n, p, d), {"lrs": {}, "lr_seeds": {}})
+                for x, lr in enumerate(rates):
+                    key = f"{lr:g}"
+                    if key not in cell["lrs"]:
+                        continue
+                    grid[y, x] = accuracy = cell["lrs"][key]
+                    seeds.add(cell["lr_seeds"][key])
+                    weight = "bold" if accuracy >= level else "normal"
+                    ax.text(x, y, f"{accuracy:.2f}", ha="center", va="center", fontsize=7, fontweight=weight)
+            image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto", origin="lower")
+            ax.set_title(_rates_title(variant_name(variant), grid, seeds or {1}, level), fontsize=8)
+            ax.set_xticks(range(len(rates)), [f"{lr:g}" for lr in rates], fontsize=7)
+            ax.set_yticks(range(len(widths)), [str(d) for d in widths], fontsize=7)
+            if j == 0:
+                ax.set_ylabel(f"N={n}, {p} pairs\nmodel width", fontsize=8)
+            if i == len(rows) - 1:
+                ax.set_xlabel("learning rate", fontsize=8)
+    fig.suptitle(
+        f"{title}: MQAR accuracy at the training length by width and learning rate (bold: ≥ {level:g})", fontsize=10
+    )
+    fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)

@@ -133,6 +133,32 @@ def _decode_kernel(
     return differential_decode_attention
 
 
+# inductor's options for a compiled decode step on CUDA when none are given (gpt-fast's choice): on one H200,
+# bf16, 350m, batch 1 (docs/performance.md, "The decode plan's second run") coordinate descent over each
+# kernel's launch settings took the compiled CUDA-graph step from 919 to 1,109 tokens/s (Transformer) and from
+# 735 to 813 (Shared DIFF), for 15-20 s more compile time
+CUDA_COMPILE_OPTIONS = {"coordinate_descent_tuning": True}
+
+
+def compile_arguments(
+    backend: str, mode: str | None, compile_options: dict | None, on_cuda: bool, cuda_graph: bool
+) -> dict:
+    """The ``mode``/``options`` keyword arguments ``StaticDecoder`` hands to ``torch.compile`` for its step.
+
+    ``compile_options`` None: ``CUDA_COMPILE_OPTIONS`` for inductor on CUDA without a ``mode``, else none; ``{}``:
+    none. Inductor on CUDA without a ``mode`` and without ``cuda_graph`` (the decoder's own capture) also replays
+    CUDA graphs: ``mode="reduce-overhead"``, or its option ``triton.cudagraphs`` joined to the options, since
+    torch.compile takes a mode or options, not both."""
+    inductor_on_cuda = backend == "inductor" and on_cuda and mode is None
+    if compile_options is None:
+        compile_options = dict(CUDA_COMPILE_OPTIONS) if inductor_on_cuda else {}
+    cuda_graph_trees = inductor_on_cuda and not cuda_graph
+    if compile_options:
+        return {"options": {**({"triton.cudagraphs": True} if cuda_graph_trees else {}), **compile_options}}
+    mode = "reduce-overhead" if cuda_graph_trees else mode
+    return {"mode": mode} if mode is not None else {}
+
+
 class StaticDecoder:
     """Prefill, then single-token decode steps of fixed shapes, for ``model``, up to ``max_len`` positions a row.
 
@@ -146,9 +172,10 @@ class StaticDecoder:
     whose layers store their keys/values through ``cache.update`` and take a boolean or additive mask.
     ``fused=True`` (default): decode with each layer's weights merged once (the module docstring; ``refresh``);
     False: with the model's modules as they are (the reference decode's arithmetic, fixed shapes).
-    ``compile_options``: inductor's options for ``torch.compile(options=...)`` (e.g. gpt-fast's
-    ``{"coordinate_descent_tuning": True}``), joined to reduce-overhead's ``{"triton.cudagraphs": True}`` where that
-    mode would be the default; torch.compile takes a mode or options, so not with ``mode``.
+    ``compile_options``: inductor's options for ``torch.compile(options=...)``, joined to reduce-overhead's
+    ``{"triton.cudagraphs": True}`` where that mode would be the default; torch.compile takes a mode or options, so
+    not with ``mode``. None (default): ``CUDA_COMPILE_OPTIONS`` (gpt-fast's ``{"coordinate_descent_tuning":
+    True}``) for inductor on CUDA without a ``mode``, none elsewhere; ``{}``: none (``compile_arguments``).
     ``decode_kernel``: whether the DIFF and Shared DIFF (V1) layers run each decode step's differential tail in one
     Triton kernel (``ops.triton_decode``) instead of two SDPA calls and a norm. None (default): where it applies
     (``fused``, a DIFF or Shared DIFF model on CUDA in float16, bfloat16 or float32, a power-of-two head dim,
@@ -198,12 +225,7 @@ class StaticDecoder:
             self._merge()
         self._step_fn = self._step
         if compile:
-            cuda_graph_trees = mode is None and backend == "inductor" and on_cuda and not cuda_graph
-            if compile_options:  # reduce-overhead is the option below; torch.compile takes a mode or options
-                options = {"options": {**({"triton.cudagraphs": True} if cuda_graph_trees else {}), **compile_options}}
-            else:
-                mode = "reduce-overhead" if cuda_graph_trees else mode
-                options = {"mode": mode} if mode is not None else {}
+            options = compile_arguments(backend, mode, compile_options, on_cuda, cuda_graph)
             self._step_fn = torch.compile(self._step, backend=backend, fullgraph=True, dynamic=False, **options)
 
     @property

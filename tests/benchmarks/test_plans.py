@@ -128,7 +128,7 @@ def decode_plan_steps(tmp_path: Path, smoke: str) -> tuple[dict[str, int], list[
 
 @pytest.mark.parametrize("smoke", ["0", "1"])
 def test_decode_plan_commands_parse_and_fit_one_call(tmp_path, smoke):
-    """The CUDA tests first, then the kernel alone, the decode steps, the tuned rows and the operator counts; every
+    """The CUDA tests first, then the kernel alone, the decode steps, the untuned rows and the operator counts; every
     command parses with its script's parser; the steps before the generate.py ones, each at its full limit, leave
     the decode steps time for a row; the generate.py steps share the time left less step 5's, no row starting in
     its last LAST_ROW s."""
@@ -157,15 +157,15 @@ def test_decode_plan_commands_parse_and_fit_one_call(tmp_path, smoke):
             ModelConfig.from_preset(f"{family}-{a.size if not a.smoke else 'tiny'}")
         runs.append({(f, m, k) for f in a.families for m, _, k in generate.row_plan(a.modes, a, f)})
         runs.append(a.inductor_option)
-    graph, tuned_mode = (
+    graph, untuned_mode = (
         (["compiled", "static"], "compiled") if smoke == "1" else (["compiled-graph", "graph"], "compiled-graph")
     )
     assert runs[0] == {(f, m, k) for f in ("shared_diff", "diff") for m in graph for k in ("on", "off")} | {
         ("transformer", m, "off") for m in graph
     }  # the Transformer has no kernel row
     assert runs[1] == []
-    assert runs[2] == {("shared_diff", tuned_mode, "on")} and runs[4] == {("transformer", tuned_mode, "off")}
-    assert runs[3] == runs[5] == [("coordinate_descent_tuning", True)]
+    assert runs[2] == {("shared_diff", untuned_mode, "on")} and runs[4] == {("transformer", untuned_mode, "off")}
+    assert runs[3] == runs[5] == [("coordinate_descent_tuning", False)]
     ops = decode_ops.build_parser().parse_args(script_args(steps[6][1])[1])
     assert steps[6][0] == plan["reserve"] and ops.families == ["transformer", "shared_diff"]
     assert ops.size == ("tiny" if smoke == "1" else "350m")
@@ -252,7 +252,8 @@ def test_benchmarks_run_this_checkout_without_pythonpath(tmp_path):
 def test_decode_plan_runs_on_the_cpu(tmp_path):
     """SMOKE=1: all 7 steps run (the CUDA tests skip themselves, none fails, so the kernel rows run); the decode steps
     time Shared DIFF and DIFF with the kernel on and off and the Transformer without it, every row checked; the
-    tuned rows carry the inductor option; every compiled row passes its check; few small files come back."""
+    untuned rows turn the CUDA default inductor option off; every compiled row passes its check; few small files
+    come back."""
     out = tmp_path / "out"
     smoke_run("benchmarks/decode_plan.sh", out)
     files = sorted(p.name for p in out.iterdir())
@@ -276,7 +277,7 @@ def test_decode_plan_runs_on_the_cpu(tmp_path):
     assert [labels(run) for run in runs[1:]] == [
         {("shared_diff-tiny", "compiled kernel on")}, {("transformer-tiny", "compiled kernel off")}
     ]  # fmt: skip
-    assert all(run["settings"]["inductor_option"] == [["coordinate_descent_tuning", True]] for run in runs[1:])
+    assert all(run["settings"]["inductor_option"] == [["coordinate_descent_tuning", False]] for run in runs[1:])
     (ops,) = [json.loads(p.read_text()) for p in out.glob("decode_ops-*.json")]
     assert sorted({r["preset"] for r in ops["results"]}) == ["shared_diff-tiny", "transformer-tiny"]
 

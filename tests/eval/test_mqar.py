@@ -388,6 +388,63 @@ def test_heatmap_is_written(tmp_path):
     assert out.stat().st_size > 10_000
 
 
+def test_summary_averages_the_seeds_of_a_learning_rate():
+    """``lrs`` holds each rate's mean final accuracy over its seeds, ``lr_seeds`` their number; the best run
+    stays one run."""
+    runs = [
+        run_row("diff", 64, 1e-3, [(100, 0.5)]),
+        run_row("diff", 64, 1e-3, [(100, 1.0)]),  # the second seed of 1e-3
+        run_row("diff", 64, 3e-3, [(100, 0.8)]),
+    ]
+    (cell,) = mqar_summary(runs)["cells"]
+    assert cell["lrs"] == {"0.001": 0.75, "0.003": 0.8} and cell["lr_seeds"] == {"0.001": 2, "0.003": 1}
+    assert (cell["accuracy"], cell["lr"]) == (1.0, 1e-3)
+
+
+def test_rates_plot_has_a_panel_per_cell_and_variant_counting_the_solved_settings(tmp_path, saved_figures):
+    """mqar_rates.png: rows (N, pairs), columns the variants in the papers' order, each panel width (y) × rate (x)
+    annotated with the final accuracy, blank where no run finished, its title counting the settings ≥ 0.99."""
+    from shareddiff.plots import plot_mqar_rates
+
+    rates = (1e-3, 3e-3, 1e-2)
+    diff_n64 = {(64, 1e-3): 0.995, (64, 3e-3): 0.42, (64, 1e-2): 0.05, (128, 1e-3): 0.99, (128, 3e-3): 0.98999}
+    runs = [run_row("diff", d, lr, [(100, acc)]) for (d, lr), acc in diff_n64.items()]  # (128, 1e-2) unfinished
+    runs += [
+        run_row(v, d, lr, [(100, 1.0)], seq_len=n, pairs=p)
+        for v in ("shared_diff", "standard")
+        for d in (64, 128)
+        for lr in rates
+        for n, p in ((64, 4), (128, 8))
+    ]
+    runs += [run_row("diff", 64, 1e-3, [(100, 0.3)], seq_len=128, pairs=8)]
+    runs += [run_row("diff", 64, 1e-3, [(100, 0.5)], seq_len=128, pairs=8)]  # a second seed
+    out = plot_mqar_rates(mqar_summary(runs), tmp_path / "mqar_rates.png", "MQAR")
+    assert out.stat().st_size > 10_000
+    (fig,) = saved_figures
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    assert len(panels) == 6  # 2 cells × 3 variants
+    titles = [ax.get_title() for ax in panels]
+    assert titles == [
+        "Transformer: 6 of 6 ≥ 0.99",
+        "DIFF: 2 of 5 ≥ 0.99\n1 not finished",
+        "Shared DIFF: 6 of 6 ≥ 0.99",
+        "Transformer: 6 of 6 ≥ 0.99",
+        "DIFF: 0 of 1 ≥ 0.99\n5 not finished; mean of 2 seeds",
+        "Shared DIFF: 6 of 6 ≥ 0.99",
+    ]
+    diff = panels[1]
+    assert panels[0].get_ylabel() == "N=64, 4 pairs\nmodel width" and panels[4].get_xlabel() == "learning rate"
+    assert [t.get_text() for t in panels[4].get_xticklabels()] == ["0.001", "0.003", "0.01"]
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == ["64", "128"]
+    values = {(int(t.get_position()[1]), int(t.get_position()[0])): t.get_text() for t in diff.texts}
+    assert values == {(0, 0): "0.99", (0, 1): "0.42", (0, 2): "0.05", (1, 0): "0.99", (1, 1): "0.99"}
+    bold = {(int(t.get_position()[1]), int(t.get_position()[0])) for t in diff.texts if t.get_fontweight() == "bold"}
+    assert bold == {(0, 0), (1, 0)}  # 0.98999 shows as 0.99 but is below the level
+    image = diff.images[0].get_array()
+    assert image.mask[1, 2] and image[0, 1] == 0.42 and diff.images[0].get_clim() == (0, 1)
+    assert [t.get_text() for t in panels[4].texts] == ["0.40"]  # the mean of the two seeds
+
+
 @pytest.mark.slow
 def test_a_tiny_transformer_learns_mqar_and_stops_once_solved(tmp_path):
     """The task is learnable and the harness right: a 2-layer width-64 Transformer (transformer-mqar,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import statistics
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -118,24 +119,35 @@ def _best_entry(group: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _by_rate(group: list[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
+    """Each learning rate's final accuracy over its runs (the seeds of one setting): ``lrs`` the mean,
+    ``lr_seeds`` how many runs, both keyed by the rate as ``f"{lr:g}"`` in increasing order."""
+    accuracies: dict[float, list[float]] = {}
+    for run in group:
+        accuracies.setdefault(run["lr"], []).append(run["accuracy"])
+    rates = sorted(accuracies.items())
+    return {
+        "lrs": {f"{lr:g}": statistics.fmean(values) for lr, values in rates},
+        "lr_seeds": {f"{lr:g}": len(values) for lr, values in rates},
+    }
+
+
 def mqar_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The grid's summary from ``mqar_run_record`` dicts: per (cell, variant) the best run over widths and
     learning rates (``best``), and per (cell, width, variant) the best over learning rates (``cells``),
     each with its steps to 50 % and 99 % accuracy and its accuracy at 2× the training length.
 
     The best run is the one of highest final accuracy (ties: the one that reached 99 %, then 50 %,
-    first). A cell is (seq_len, pairs). ``cells`` rows also list every learning rate's final accuracy in
-    ``lrs`` (one seed per rate: a second seed of a rate would count as another candidate and replace the
-    first in ``lrs``). Returns {"variants": [...], "best": [...], "cells": [...]}.
+    first). A cell is (seq_len, pairs). ``cells`` rows also give every learning rate's final accuracy in
+    ``lrs`` (the mean over that rate's seeds) and the number of seeds in ``lr_seeds``; the best run is
+    still one run, so with several seeds its accuracy can exceed its rate's mean.
+    Returns {"variants": [...], "best": [...], "cells": [...]}.
     """
     by_width: dict[tuple, list[dict]] = {}
     by_cell: dict[tuple, list[dict]] = {}
     for run in runs:
         by_width.setdefault((run["seq_len"], run["pairs"], run["d_model"], run["variant"]), []).append(run)
         by_cell.setdefault((run["seq_len"], run["pairs"], run["variant"]), []).append(run)
-    cells = [
-        _best_entry(group) | {"lrs": {f"{r['lr']:g}": r["accuracy"] for r in sorted(group, key=lambda r: r["lr"])}}
-        for _, group in sorted(by_width.items())
-    ]
+    cells = [_best_entry(group) | _by_rate(group) for _, group in sorted(by_width.items())]
     best = [_best_entry(group) for _, group in sorted(by_cell.items())]
     return {"variants": sorted({c["variant"] for c in cells}), "best": best, "cells": cells}

@@ -4,7 +4,8 @@ Per group (runs that differ only in their seed): mean ± std of the losses, the 
 parameter, passes over the data), λ per layer, speed. Per sweep family: the best value of the swept key
 and whether it lies inside the swept range. Fits of loss against parameters (``scaling``) and against
 training tokens (``tokens_fit``), each with a parametric-bootstrap interval from the seed spread. MQAR
-runs (their records' ``evals.mqar``): ``eval.mqar.mqar_summary`` and its heatmap ``mqar.png``.
+runs (their records' ``evals.mqar``): ``eval.mqar.mqar_summary``, its heatmap ``mqar.png`` and every width and
+learning rate's accuracy ``mqar_rates.png``.
 """
 
 from __future__ import annotations
@@ -319,6 +320,7 @@ def summarize(exp: Experiment, out: Path, command: str | None = None) -> Path:
     if mqar_runs:
         summary["mqar"] = mqar_summary(mqar_runs)
         plots.plot_mqar_heatmap(summary["mqar"], folder / "mqar.png", exp.name)
+        plots.plot_mqar_rates(summary["mqar"], folder / "mqar_rates.png", exp.name)
     (folder / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     (folder / "summary.md").write_text(summary_markdown(exp, summary, baseline))
     return folder / "summary.md"
@@ -616,7 +618,13 @@ def _mqar_lines(mqar: dict | None) -> list[str]:
         "",
         "![MQAR](mqar.png)",
         "",
-        "Per width, the best over learning rates (and each rate's final accuracy):",
+        "![MQAR by rate](mqar_rates.png)",
+        "",
+        "The final accuracy of every width and learning rate per cell and variant (the mean over seeds where a "
+        "setting has several), each panel's title counting its settings at ≥ 0.99: how many settings solve a "
+        "cell, and which rate works at each width.",
+        "",
+        "Per width, the best over learning rates (and each rate's final accuracy, the mean over its seeds):",
         "",
         *md_table([*cell, "width", *after, "accuracy by lr"], by_width),
     ]
