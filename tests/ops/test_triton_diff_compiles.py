@@ -84,8 +84,9 @@ report.write_text(json.dumps({"failures": failures, "compiled": compiled_kernels
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize(
+    ("dtype", "d"), [("bfloat16", 64), ("bfloat16", 128), ("float32", 64)]
+)  # float32 at d = 128 compiles the same code for ~140 s more on 2 CPU cores: left out of CI's budget
 def test_kernels_compile_for_hopper(dtype, d, tmp_path):
     """Every kernel the op launches (forward fused / vsplit / maps, combine, δ preprocess, the key-block backward in
     each dQ mode, the dQ kernel, the dQ reduction), causal, at the launch settings of an H100/H200, compiles to an
