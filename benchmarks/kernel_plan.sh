@@ -4,14 +4,18 @@
 # after the start (default 550), so that a slow compile cuts only what follows:
 #   1. bf16 checks of every mode against float64 in NaN-poisoned memory (a mode that fails is not timed; if
 #      the sdpa path fails or no checks file is written, the plan ends: nothing timed)
-#   2. fwd and fwd+bwd of each mode that passed, at N = 8192/16384, d = 64/128 (benchmarks/attention.py)
-#   3. Nsight Compute on the key-block backward (_bwd_kernel), one launch per dQ mode, N = 8192, d = 64
+#   2. the op's CUDA tests (tests/ops/test_triton.py -k cuda): the op and a tiny model's training step inside
+#      torch.compile(fullgraph=True) against eager and float64; logged as passed or failed, and the plan goes
+#      on either way (the timings are of the eager op)
+#   3. fwd and fwd+bwd of each mode that passed step 1, at N = 8192/16384, d = 64/128 (benchmarks/attention.py)
+#   4. Nsight Compute on the key-block backward (_bwd_kernel), one launch per dQ mode, N = 8192, d = 64
 #      ("reduce" last: it launches the kernel once per chunk of key blocks, 16 times at this shape)
-#   4. fp32 checks of every mode (the exactness path; slow to compile: 33 kernels, ~2 min of Triton 3.6 on a
-#      CPU core; it gets the time left, and its JSON is rewritten after each check)
-# Files in $OUT (5, within what a device call brings back): kernel_plan.log (every step's output, the Nsight
-# Compute details of step 3 included), attention-*.json (bf16 checks, timings, fp32 checks; each rewritten as
-# its rows come), bwd_kernel.ncu-rep.
+#   5. fp32 checks of every mode (the exactness path; slow to compile: 33 kernels, ~2 min of Triton 3.6 on a
+#      CPU core; it gets the time left, none if every step before runs to its limit, and its JSON is rewritten
+#      after each check)
+# Files in $OUT (6, within what a device call brings back): kernel_plan.log (every step's output, the Nsight
+# Compute details of step 4 included), kernel_tests.xml (step 2's JUnit report), attention-*.json (bf16
+# checks, timings, fp32 checks; each rewritten as its rows come), bwd_kernel.ncu-rep.
 #
 #   OUT=/path/to/results bash benchmarks/kernel_plan.sh      # default OUT: benchmarks/results
 #   SMOKE=1 OUT=/tmp/smoke bash benchmarks/kernel_plan.sh    # the same plan on the CPU interpreter, tiny shapes
@@ -33,18 +37,41 @@ fi
 DEADLINE=${DEADLINE:-550}  # seconds after the start; one device call is 600
 mkdir -p "$OUT"
 LOG=$OUT/kernel_plan.log
+TESTS_XML=$OUT/kernel_tests.xml
 : >"$LOG"
+[[ ${DRY:-0} == 1 ]] || rm -f "$TESTS_XML"  # a file left from an earlier run would read as this one's verdict
 STARTED=$(mktemp)  # its time stamp marks the plan's start
 trap 'rm -f "$STARTED"' EXIT
 [[ ${DRY:-0} == 1 ]] && echo "PLAN deadline $DEADLINE s"
 
 source benchmarks/plan_steps.sh  # step NAME SECONDS COMMAND...
 
-step versions 30 python3 -c 'import torch, triton; print(torch.__version__, triton.__version__,
+step versions 15 python3 -c 'import torch, triton; print(torch.__version__, triton.__version__,
     torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")'
 step "bf16 checks" 150 python3 benchmarks/attention.py "${SMOKE_ARGS[@]}" --checks-only --check-dtypes bf16 \
     --modes "${MODES[@]}" --out "$OUT" || echo "PLAN some bf16 checks failed or did not run: their modes are not timed" |
     tee -a "$LOG"
+# the CUDA tests in this one process with Triton compiling for the GPU (tests/conftest.py); SMOKE=1: on the
+# interpreter, where they skip themselves
+NATIVE=()
+[[ ${SMOKE:-0} == 1 ]] || NATIVE=(env SHAREDDIFF_TEST_NATIVE_TRITON=1)
+step "compiled op tests" 90 "${NATIVE[@]}" python3 -m pytest -q -p no:cacheprovider tests/ops/test_triton.py \
+    -k cuda --junitxml="$TESTS_XML"
+if [[ ${DRY:-0} != 1 ]]; then  # the verdict, from the JUnit file (none: out of time, or no pytest)
+    python3 - "$TESTS_XML" <<'EOF' 2>&1 | tee -a "$LOG"
+import os
+import sys
+from xml.etree import ElementTree
+
+if not os.path.exists(sys.argv[1]):
+    sys.exit(print("PLAN compiled op tests did not finish (no JUnit file): the op is untested under torch.compile"))
+cases = list(ElementTree.parse(sys.argv[1]).iter("testcase"))
+failed = [c.get("name") for c in cases if c.find("failure") is not None or c.find("error") is not None]
+skipped = len([c for c in cases if c.find("skipped") is not None])
+passed = len(cases) - len(failed) - skipped
+print(f"PLAN compiled op tests: {passed} passed, {len(failed)} failed, {skipped} skipped {failed or ''}")
+EOF
+fi
 CHECKED=""  # the results file step 1 wrote: the newest one since the plan started
 for f in "$OUT"/attention-*.json; do
     [[ -f $f && $f -nt $STARTED && (-z $CHECKED || $f -nt $CHECKED) ]] && CHECKED=$f
@@ -57,10 +84,10 @@ fi
 step timings 200 python3 benchmarks/attention.py "${SMOKE_ARGS[@]}" --skip-checks --passed-in "$CHECKED" \
     --no-projections --modes "${MODES[@]}" --sizes "${SIZES[@]}" --out "$OUT"
 if [[ ${DRY:-0} == 1 ]] || { command -v ncu >/dev/null && [[ ${SMOKE:-0} != 1 ]]; }; then
-    step "Nsight Compute" 90 ncu --clock-control none --kernel-name regex:_bwd_kernel --launch-count "${#NCU_MODES[@]}" \
+    step "Nsight Compute" 85 ncu --clock-control none --kernel-name regex:_bwd_kernel --launch-count "${#NCU_MODES[@]}" \
         --set full --export "$OUT/bwd_kernel" --force-overwrite \
         python3 benchmarks/attention.py --profile --modes "${NCU_MODES[@]}" --sizes 8192x64 &&
-        step "Nsight Compute details" 15 ncu --import "$OUT/bwd_kernel.ncu-rep" --page details \
+        step "Nsight Compute details" 10 ncu --import "$OUT/bwd_kernel.ncu-rep" --page details \
             --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
 else
     echo "PLAN Nsight Compute skipped (no ncu on the PATH, or SMOKE=1)" | tee -a "$LOG"

@@ -25,10 +25,12 @@ import train_throughput
 
 import attention
 from shareddiff.config import ModelConfig
+from tests.conftest import NATIVE_TRITON_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVICE_CALL_S = 600  # one device command's limit
 MAX_FILES = 8  # what one device call brings back from $OUT
+KERNEL_TESTS = ["tests/ops/test_triton.py", "-k", "cuda"]  # kernel_plan.sh's step 2
 
 
 def dry_run(script: str, tmp_path: Path, **env: str) -> str:
@@ -73,24 +75,48 @@ def test_kernel_plan_commands_parse_and_fit_one_call(tmp_path):
     deadline = int(re.search(r"^PLAN deadline (\d+) s$", printed, re.MULTILINE).group(1))
     assert deadline <= DEVICE_CALL_S - 45  # headroom: start-up, a step's kill grace (10 s), the file listing
     steps = plan_commands(printed)
-    assert steps[-1][0] == deadline and sum(limit for limit, _ in steps[:-1]) <= deadline - 60  # fp32: ≥ 60 s left
+    # every step but the fp32 checks at its full limit still ends by the deadline; the fp32 checks get the time left
+    assert steps[-1][0] == deadline and sum(limit for limit, _ in steps[:-1]) <= deadline
+    tests = steps[2][1]  # right after the bf16 checks, before the timings; in one process compiling for the GPU
+    assert tests == [
+        "env", f"{NATIVE_TRITON_ENV}=1", "python3", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        *KERNEL_TESTS, f"--junitxml={tmp_path / 'out' / 'kernel_tests.xml'}",
+    ]  # fmt: skip
     parsed = []
     for _, argv in steps:
         if "benchmarks/attention.py" in argv:
             parsed.append(attention.build_parser().parse_args(script_args(argv)[1]))
         else:
-            assert argv[0] in ("python3", "ncu"), argv
+            assert argv[0] in ("python3", "ncu") or argv is tests, argv
     checks = [a for a in parsed if a.checks_only]
     assert sorted(d for a in checks for d in a.check_dtypes) == ["bf16", "fp32"]
     assert all(a.modes == list(attention.MODES) for a in checks)
     timed = next(a for a in parsed if a.skip_checks)
     assert timed.modes == list(attention.MODES) and timed.sizes == [(8192, 64), (8192, 128), (16384, 64), (16384, 128)]
     assert timed.passed_in == str(tmp_path / "out" / "attention-CHECKS.json")  # the modes that passed step 1
+    assert parsed[0].check_dtypes == ["bf16"] and parsed[1] is timed  # the tests between them
     profiled = next(a for a in parsed if a.profile)
     ncu = next(argv for _, argv in steps if argv[0] == "ncu" and "--launch-count" in argv)
     assert int(ncu[ncu.index("--launch-count") + 1]) == len(profiled.modes)
     # "reduce" launches the key-block kernel once per chunk of key blocks: last, so each mode gets one launch
     assert profiled.modes[-1] == "reduce" and set(profiled.modes) == {"split", "atomic", "tma", "reduce"}
+
+
+def test_kernel_plan_tests_select_the_cuda_tests():
+    """The plan's -k expression keeps every test of tests/ops/test_triton.py that skips off a GPU and no other (the
+    CPU interpreter's tests would only spend the step's time there)."""
+    source = (ROOT / KERNEL_TESTS[0]).read_text()
+    cuda_only = set(re.findall(r"skipif\(not torch\.cuda\.is_available\(\).*\n(?:@.*\n)*def (\w+)", source))
+    assert {
+        "test_cuda_compiled_op_matches_eager_and_float64",
+        "test_cuda_compiled_model_step_with_the_kernel_matches_eager",
+    } <= cuda_only
+    collect = [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *KERNEL_TESTS]
+    done = subprocess.run(collect, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    selected = [line.split("::")[1] for line in done.stdout.splitlines() if "::" in line]
+    assert {name.split("[")[0] for name in selected} == cuda_only
+    assert len(selected) == 3  # the op at d = 64 and 128, the model step
 
 
 @pytest.mark.parametrize("smoke", ["0", "1"])
@@ -217,11 +243,12 @@ def test_documented_device_commands_parse():
 
 @pytest.mark.slow
 def test_kernel_plan_runs_on_the_cpu_interpreter(tmp_path):
-    """SMOKE=1 (two modes): the checks pass in both dtypes, every variant is timed, few files come back."""
+    """SMOKE=1 (two modes): the checks pass in both dtypes, the CUDA tests skip themselves, every variant is timed,
+    few files come back."""
     out = tmp_path / "out"
     smoke_run("benchmarks/kernel_plan.sh", out, MODES="split tma")
     files = sorted(p.name for p in out.iterdir())
-    assert len(files) <= MAX_FILES and "kernel_plan.log" in files
+    assert len(files) <= MAX_FILES and {"kernel_plan.log", "kernel_tests.xml"} <= set(files)
     results = [json.loads(p.read_text()) for p in sorted(out.glob("attention-*.json"))]
     checks = [c for r in results for c in r["checks"]]
     assert sorted({(c["backend"], c["dtype"]) for c in checks}) == sorted(
@@ -232,7 +259,8 @@ def test_kernel_plan_runs_on_the_cpu_interpreter(tmp_path):
     sdpa = ["standard SDPA", "DIFF 2 SDPA calls", "DIFF 4 SDPA calls"]
     assert timed == [*sdpa, "fused kernel, split", "fused kernel, tma"]
     log = (out / "kernel_plan.log").read_text()
-    assert "Nsight Compute skipped" in log and log.count("rc 0") == 4  # versions, bf16 checks, timings, fp32 checks
+    assert "Nsight Compute skipped" in log and "compiled op tests: 0 passed, 0 failed, 3 skipped" in log
+    assert log.count("rc 0") == 5  # versions, bf16 checks, compiled op tests (skipped: no GPU), timings, fp32 checks
 
 
 def test_benchmarks_run_this_checkout_without_pythonpath(tmp_path):

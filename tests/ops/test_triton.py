@@ -2,7 +2,10 @@
 gradient (q1, q2, k1, k2, v, λ) for every dQ mode (split, atomic, reduce in one launch and in several, tma)
 and every forward mode (fused, vsplit, maps), float32 and float16, odd N, GQA, a single key, causal and not,
 with a cache offset. Every output and workspace starts as NaN, so an element a kernel leaves unwritten shows.
-Skipped where Triton is absent."""
+Skipped where Triton is absent. The test_cuda_* tests (a GPU only) run the kernels compiled by Triton, inside
+torch.compile(fullgraph=True) (inductor) against the same op eager: the op alone and a model's training step."""
+
+import copy
 
 import pytest
 import torch
@@ -20,7 +23,7 @@ from shareddiff.ops.kernel_settings import (
     settings_from_env,
 )
 from shareddiff.ops.triton_diff import triton_differential_attention
-from tests.conftest import rel_err
+from tests.conftest import in_subprocess_without_triton_interpreter, rel_err
 from tests.ops.test_differential import make_inputs, reference
 
 SHAPES = [  # (B, h, h_kv, N, N_k, d)
@@ -328,3 +331,89 @@ def test_an_unrunnable_input_names_only_what_is_wrong(monkeypatch, interpret, d,
     text = str(err.value)
     assert all(n in text for n in names) and "use attn_backend 'auto' (SDPA) or 'eager'" in text
     assert ("CUDA" in text) == (not interpret) and ("half-dim" in text) == (d == 24)
+
+
+BF16_TOL = 1e-2  # against float64: ~2.5 bf16 roundings (2^-8 each): the output's, P's before P·V, dS's before dS·K
+ROUNDING = 2**-8  # one bf16 rounding (relative)
+VALUES = ("out", "q1", "q2", "k1", "k2", "v", "lam")
+
+
+def causal_op(q1, q2, k1, k2, v, lam):
+    return triton_differential_attention(q1, q2, k1, k2, v, lam, causal=True)
+
+
+def op_and_grads(fn, inputs, grad) -> list[torch.Tensor]:
+    """``fn``'s output and the gradients of all six inputs for the output gradient ``grad``, on the CPU."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    out = fn(*leaves)
+    out.backward(grad)
+    return [out.detach().cpu()] + [t.grad.cpu() for t in leaves]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels compile for a GPU")
+@pytest.mark.parametrize("d", [64, 128])
+def test_cuda_compiled_op_matches_eager_and_float64(seed, d, request):
+    """On the GPU (Triton compiling, no interpreter), bf16, causal, GQA (4 query heads on 2 key heads), N = 383
+    (no multiple of any block: partial tiles), per-head λ, outputs and workspaces NaN-poisoned: the op inside
+    ``torch.compile(fullgraph=True, dynamic=False)`` (inductor passes its floats as fp64) and eager, output and
+    every gradient (q1, q2, k1, k2, v, λ). Both within BF16_TOL of the float64 reference; compiled against eager
+    within one bf16 rounding (the same kernels on the same inputs: only PyTorch's side, e.g. dλ's sum, may
+    reorder; a kernel that inductor mis-types or mis-strides is off by O(1))."""
+    if in_subprocess_without_triton_interpreter(request):
+        return
+    q1, q2, k1, k2, v, lam = make_inputs(2, 4, 2, 383, 383, d, (4,))
+    inputs = [t.cuda().bfloat16() for t in (q1, q2, k1, k2, v)] + [lam.cuda()]  # λ float32, as the model's
+    grad = torch.randn(2, 4, 383, 2 * d, device="cuda", dtype=torch.bfloat16)
+    inputs64 = [t.detach().cpu().double().requires_grad_(True) for t in inputs]  # the bf16 values, exactly
+    ref = reference(*inputs64, causal=True)
+    ref.backward(grad.cpu().double())
+    expected = [ref.detach()] + [t.grad for t in inputs64]
+    o2 = reference(*inputs64[:5], torch.zeros(()), causal=True) - reference(*inputs64[:5], torch.ones(()), causal=True)
+    lam_scale = grad.double().norm().item() * o2.norm().item()  # dλ = −Σ dO ⊙ O2 (as check_against_float64)
+
+    def error(name, got, want):
+        if name == "lam":
+            return (got.double() - want.double()).norm().item() / lam_scale
+        return rel_err(got, want)
+
+    eager = op_and_grads(causal_op, inputs, grad)
+    compiled = op_and_grads(torch.compile(causal_op, fullgraph=True, dynamic=False), inputs, grad)
+    for name, e, c, want in zip(VALUES, eager, compiled, expected, strict=True):
+        assert e.dtype == c.dtype and torch.isfinite(c).all(), name
+        assert error(name, e, want) <= BF16_TOL and error(name, c, want) <= BF16_TOL, name
+        assert error(name, c, e) <= ROUNDING, name
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernels compile for a GPU")
+def test_cuda_compiled_model_step_with_the_kernel_matches_eager(seed, request):
+    """A training step of shared_diff-tiny on the GPU with attention backend "triton" under bf16 autocast (the
+    trainer's CUDA default): compiled (``torch.compile(model, fullgraph=True)``, inductor) its loss and gradients
+    are as close to the eager step's as bf16 rounding lets two orders of the same sums be, i.e. within twice
+    the eager step's own distance from the float64 step (the eager backend, no autocast); and the eager step
+    is itself near that float64 step."""
+    if in_subprocess_without_triton_interpreter(request):
+        return
+    from shareddiff import ModelConfig, build_model
+    from shareddiff.train.loss import token_loss
+
+    model = build_model(ModelConfig.from_preset("shared_diff-tiny"), attn_backend="triton", device="cuda")
+    reference_model = copy.deepcopy(model).double()
+    reference_model.set_attention_backend("eager")
+    ids = torch.randint(0, model.config.vocab_size, (2, 101), device="cuda")  # N = 100: a partial block
+
+    def step(forward, module, autocast=True) -> torch.Tensor:
+        """The loss, then every parameter's gradient, in one float64 vector."""
+        module.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            loss = token_loss(forward(ids[:, :-1]), ids[:, 1:])
+        loss.backward()
+        return torch.cat([loss.detach().reshape(1)] + [p.grad.flatten() for p in module.parameters()]).double()
+
+    expected = step(reference_model, reference_model, autocast=False)
+    eager = step(model, model)
+    compiled = step(torch.compile(model, fullgraph=True, dynamic=False), model)
+    assert torch.isfinite(compiled).all()
+    eager_err = rel_err(eager[1:], expected[1:])
+    assert eager_err <= 5e-2 and abs(eager[0] - expected[0]) <= 1e-2 * expected[0]
+    assert rel_err(compiled[1:], eager[1:]) <= 2 * eager_err
+    assert abs(compiled[0] - eager[0]) <= 2 * abs(eager[0] - expected[0]) + ROUNDING * expected[0]
