@@ -5,7 +5,8 @@ transformers answers ``cache_implementation="static"`` with its ``StaticCache`` 
 compiled with ``mode="reduce-overhead"``. Its ``StaticCache`` holds one K and one V per layer, which does not
 fit the differential variants (K1, K2, V), so the wrapper answers it with the project's own static decoder,
 compiled the same way (on CUDA unless ``disable_compile``, or wherever a ``compile_config`` is given; its
-``backend`` and ``mode`` are honoured). Greedy decoding and sampling with temperature, top-k and top-p
+``backend`` and ``mode`` are honoured; without one, on CUDA, CUDA graphs with the decoder's default inductor
+options, ``static_decode.CUDA_COMPILE_OPTIONS``). Greedy decoding and sampling with temperature, top-k and top-p
 (transformers' defaults included) go that way; anything else the call asks for (beams, other logits
 processors, stopping criteria, streamers, scores in the output, ...) falls back to transformers' own loop with
 the dynamic ``KVCache``, with a warning naming the reason. The result is what transformers' loop returns:
