@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -77,7 +78,8 @@ def _figure(figsize=(7, 4.2)):
 def _save(plt, fig, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
     return out
@@ -144,62 +146,83 @@ def plot_group_curves(
     variant) colours each variant alike in every panel (``VARIANT_COLORS``). Where a panel holds exactly one
     group of the ``baseline`` variant, a second row shows each other group's mean loss minus the baseline's at
     the same step: the gap along training (negative = below the baseline). The loss axis leaves out the first
-    fifth of training, whose high losses would flatten the rest."""
+    fifth of training, whose high losses would flatten the rest. Where a panel holds more than ``MAX_LEGEND``
+    groups whose names share a structure (``factor_grid``), each panel splits into rows by the names' leading
+    factors, and colour and line style encode the last two, named in one legend beside the panels; otherwise
+    such a panel's legend sits beside it."""
     plt = _pyplot()
     panels = panels or {g: "" for g in groups}
     variants = variants or {}
     names = list(dict.fromkeys(panels[g] for g in groups))
     curves = {g: _mean_curve(dirs) for g, dirs in groups.items()}
+    crowded = max(list(panels.values()).count(name) for name in names) > MAX_LEGEND
+    grid = factor_grid(list(groups), panels) if crowded else None
+    row_of = grid["row"] if grid else {g: "" for g in groups}
+    row_names = grid["rows"] if grid else [""]
     base_of = {}
-    for name in names:
+    for name in names if len(row_names) == 1 else []:
         bases = [g for g in groups if panels[g] == name and variants.get(g) == baseline]
         if len(bases) == 1:
             base_of[name] = bases[0]
-    rows = 2 if base_of else 1
+    rows = len(row_names) + (1 if base_of else 0)
+    width = max(6.4, 3.6 * len(names)) + (2.2 if crowded else 0.0)
     fig, axes = plt.subplots(
-        rows, len(names), figsize=(max(6.4, 3.6 * len(names)), 3.4 * rows + 0.6), dpi=120, squeeze=False
+        rows,
+        len(names),
+        figsize=(width, 3.4 * rows + 0.6),
+        dpi=120,
+        squeeze=False,
+        layout="constrained" if crowded else None,
     )
     for col, name in enumerate(names):
-        members = [g for g in groups if panels[g] == name]
-        by_colour = len({variants.get(g) for g in members}) == len(members) and all(variants.get(g) for g in members)
-        ax, delta_ax = axes[0][col], axes[1][col] if rows == 2 else None
-        kept, gaps = [], []
-        for i, group in enumerate(members):
-            curve = curves[group]
-            if not curve:
-                continue
-            steps = sorted(curve)
-            tokens, mean, lo, hi = (list(v) for v in zip(*(curve[s] for s in steps), strict=True))
-            colour = VARIANT_COLORS.get(variants.get(group), f"C{i % 10}") if by_colour else f"C{i % 10}"
-            if len(members) > 10:
-                colour = plt.cm.tab20(i % 20)
-            ax.plot(tokens, mean, color=colour, marker="o", ms=2.5, lw=1.5, label=group)
-            if lo != hi:
-                ax.fill_between(tokens, lo, hi, color=colour, alpha=0.15)
-            kept += [m for t, m in zip(tokens, mean, strict=True) if t >= 0.2 * tokens[-1]]
-            base = base_of.get(name)
-            if delta_ax is not None and base and group != base:
-                ref = curves[base]
-                shared = [s for s in steps if s in ref]
-                gap = ([curve[s][0] for s in shared], [curve[s][1] - ref[s][1] for s in shared])
-                gaps.append(gap)
-                delta_ax.plot(
-                    *gap,
-                    color=colour,
-                    marker="o",
-                    ms=2.5,
-                    lw=1.5,
-                    label=group,
-                )
-        if kept:
-            ax.set_ylim(min(kept) - 0.02, max(kept) + 0.05)
-        ax.set_title(variant_name(name) if name else title, fontsize=10)
-        ax.set_xlabel("training tokens")
-        ax.xaxis.set_major_formatter(_count_formatter())
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2 if len(members) > 8 else 1)
-        if col == 0:
-            ax.set_ylabel("validation loss (nats/token)")
+        delta_ax = axes[-1][col] if base_of else None
+        gaps = []
+        for row, row_name in enumerate(row_names):
+            members = [g for g in groups if panels[g] == name and row_of[g] == row_name]
+            by_colour = len({variants.get(g) for g in members}) == len(members) and all(
+                variants.get(g) for g in members
+            )
+            ax = axes[row][col]
+            kept = []
+            for i, group in enumerate(members):
+                curve = curves[group]
+                if not curve:
+                    continue
+                steps = sorted(curve)
+                tokens, mean, lo, hi = (list(v) for v in zip(*(curve[s] for s in steps), strict=True))
+                if grid:
+                    style = grid["style"][group]
+                elif len(members) > MAX_LEGEND:
+                    style = _cycled_style(i)
+                else:
+                    colour = VARIANT_COLORS.get(variants.get(group), f"C{i % 10}") if by_colour else f"C{i % 10}"
+                    style = {"color": colour, "marker": "o"}
+                ax.plot(tokens, mean, ms=2.5, lw=1.5, label=group, **style)
+                if lo != hi:
+                    ax.fill_between(tokens, lo, hi, color=style["color"], alpha=0.15)
+                kept += [m for t, m in zip(tokens, mean, strict=True) if t >= 0.2 * tokens[-1]]
+                base = base_of.get(name)
+                if delta_ax is not None and base and group != base:
+                    ref = curves[base]
+                    shared = [s for s in steps if s in ref]
+                    gap = ([curve[s][0] for s in shared], [curve[s][1] - ref[s][1] for s in shared])
+                    gaps.append(gap)
+                    delta_ax.plot(*gap, ms=2.5, lw=1.5, label=group, **style)
+            if kept:
+                ax.set_ylim(min(kept) - 0.02, max(kept) + 0.05)
+            panel_title = variant_name(name) if name else ("" if grid else title)
+            ax.set_title(" · ".join(t for t in (panel_title, row_name) if t), fontsize=10)
+            ax.set_xlabel("training tokens")
+            ax.xaxis.set_major_formatter(_count_formatter())
+            ax.grid(alpha=0.3)
+            if grid:
+                pass  # one legend for the figure, below
+            elif len(members) > MAX_LEGEND:
+                _legend_beside(ax)
+            else:
+                ax.legend(fontsize=7, ncol=2 if len(members) > 8 else 1)
+            if col == 0:
+                ax.set_ylabel("validation loss (nats/token)")
         if delta_ax is not None:
             delta_ax.axhline(0.0, color="black", lw=0.8)
             delta_ax.set_xlabel("training tokens")
@@ -212,9 +235,125 @@ def plot_group_curves(
                     delta_ax.set_ylim(*limits)
             if col == 0:
                 delta_ax.set_ylabel("Δ validation loss (nats)")
-    if names != [""]:
+    if grid:
+        _grid_legend(fig, grid)
+    if names != [""] or grid:
         fig.suptitle(title, fontsize=11)
     return _save(plt, fig, out)
+
+
+MAX_LEGEND = 10  # more entries than this and a legend covers the curves it names
+LINE_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
+
+
+def _level_key(level: str) -> tuple:
+    """Sorts levels by the numbers in them: ``lr0.0003`` < ``lr0.01``, ``n64-p4`` < ``n128-p8``."""
+    parts = re.split(r"(\d+(?:\.\d+)?(?:e[-+]?\d+)?)", level)
+    return tuple((1, float(p), "") if i % 2 else (0, 0.0, p) for i, p in enumerate(parts))
+
+
+def name_factors(names: list[str]) -> list[dict[str, str]] | None:
+    """The factors in which group names differ, from the names' shared structure: each name's first word split at
+    "-" (``shared_diff-n64-p4-lr0.001-d_model128 (n=1)`` → five fields); fields alike in every name are left out
+    and fields that always vary together (``n64`` beside ``p4``) form one factor (``n64-p4``). Returns the factors
+    in the order of their first field, each a mapping name → level; None where the names have different numbers
+    of fields (no shared structure)."""
+    words = [name.split(" ")[0].split("-") for name in names]
+    if not words or len({len(w) for w in words}) != 1:
+        return None
+    fields = [[w[i] for w in words] for i in range(len(words[0]))]
+    factors: list[list[list[str]]] = []
+    for field in (f for f in fields if len(set(f)) > 1):
+        for factor in factors:
+            first = factor[0]
+            if len(set(zip(first, field, strict=True))) == len(set(first)) == len(set(field)):
+                factor.append(field)
+                break
+        else:
+            factors.append([field])
+    return [{n: "-".join(f[k] for f in factor) for k, n in enumerate(names)} for factor in factors]
+
+
+def factor_grid(names: list[str], panels: dict[str, str] | None = None) -> dict | None:
+    """A layout for too many groups to name one by one (``name_factors``): the last two factors of the names
+    become colour (the one with more levels, at most 10) and line style with marker (at most 4 levels); the
+    factors before them split the groups into rows (``row``: name → row title, ``rows``: the titles in order)
+    and, without ``panels`` (name → column, kept as given), the first of them into columns (``column``,
+    ``columns``). Factors that ``panels`` already tells apart are left out. ``style``: name → plot keywords;
+    ``legend``: (handles, labels) naming the encoding. None where the names share no such structure."""
+    factors = name_factors(names)
+    if factors is None:
+        return None
+    if panels is not None:
+        factors = [f for f in factors if any(len({f[n] for n in names if panels[n] == p}) > 1 for p in panels.values())]
+    if len(factors) < 2:
+        return None
+    colour, style = sorted(factors[-2:], key=lambda f: -len(set(f.values())))
+    levels = {id(f): sorted(set(f.values()), key=_level_key) for f in factors}
+    if len(levels[id(colour)]) > 10 or len(levels[id(style)]) > len(LINE_STYLES):
+        return None
+    lead = factors[:-2]
+    if panels is None and lead:
+        column, lead = lead[0], lead[1:]
+    else:
+        column = panels or dict.fromkeys(names, "")
+    row = {n: "-".join(f[n] for f in lead) for n in names}
+    colours = {level: f"C{i}" for i, level in enumerate(levels[id(colour)])}
+    styles = {level: LINE_STYLES[i] for i, level in enumerate(levels[id(style)])}
+    plot_style = {
+        n: {"color": colours[colour[n]], "ls": styles[style[n]][0], "marker": styles[style[n]][1]} for n in names
+    }
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, lw=2.5) for c in colours.values()]
+    handles += [Line2D([], [], color="0.3", ls=ls, marker=m, ms=4) for ls, m in styles.values()]
+    title = f"colour: {_field_name(levels[id(colour)]) or 'colour'}\nline: {_field_name(levels[id(style)]) or 'line'}"
+    return {
+        "title": title,
+        "row": row,
+        "rows": sorted(set(row.values()), key=_level_key),
+        "column": column,
+        "columns": list(dict.fromkeys(column[n] for n in names)),
+        "style": plot_style,
+        "legend": (handles, [*colours, *styles]),
+    }
+
+
+def _field_name(levels: list[str]) -> str:
+    """What the levels of a factor name, where they share a word before their values: ``lr`` of ``lr0.001`` and
+    ``lr0.01``; empty where they share none."""
+    words = {re.match(r"\D*", level).group() for level in levels}
+    return words.pop().rstrip("_-") if len(words) == 1 else ""
+
+
+def _grid_legend(fig, grid: dict) -> None:
+    """``factor_grid``'s one legend, right of the panels: the colours, then the line styles; empty panels say so."""
+    handles, labels = grid["legend"]
+    fig.legend(handles, labels, loc="outside right upper", fontsize=8, title=grid["title"], title_fontsize=8)
+    for ax in fig.axes:
+        if not ax.lines or all(line.get_label().startswith("_") for line in ax.lines):
+            ax.text(
+                0.5,
+                0.5,
+                "no runs",
+                transform=ax.transAxes,
+                ha="center",
+                va="center",
+                color="0.4",
+                bbox={"fc": "white", "ec": "none"},
+            )
+
+
+def _cycled_style(i: int) -> dict:
+    """The ``i``-th of 40 distinguishable line styles: ten colours, then the next dash pattern and marker."""
+    ls, marker = LINE_STYLES[(i // 10) % len(LINE_STYLES)]
+    return {"color": f"C{i % 10}", "ls": ls, "marker": marker}
+
+
+def _legend_beside(ax) -> None:
+    """A legend right of the axes (the figure's layout makes room), in columns of at most 25 entries."""
+    count = len(ax.get_legend_handles_labels()[1])
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0, ncol=-(-count // 25))
 
 
 def gap_limits(gaps: list[tuple[list[float], list[float]]]) -> tuple[float, float] | None:
@@ -290,23 +429,61 @@ LAMBDA_SYMLOG = 10.0
 
 
 def plot_lambdas(lambdas: dict[str, list[float]], out: str | Path) -> Path:
-    """Final λ of every layer per group (the differential variants' learned weight of the second map). Where some
-    |λ| exceeds ``LAMBDA_SYMLOG`` (a layer whose λ ran away, e.g. to 10⁵), the axis is symmetric-log (linear
-    within ±1), so that the ordinary layers stay readable beside it."""
-    plt, fig, ax = _figure((6.4, 3.8))
+    """Final λ of every layer per group (the differential variants' learned weight of the second map), layers
+    on an integer axis. Where some |λ| exceeds ``LAMBDA_SYMLOG`` (a layer whose λ ran away, e.g. to 10⁵), the
+    axis is symmetric-log (linear within ±1), so that the ordinary layers stay readable beside it. More than
+    ``MAX_LEGEND`` groups whose names share a structure get a grid of panels sharing their axes (``factor_grid``:
+    columns and rows by the names' leading factors, colour and line style by the last two, one legend beside
+    them); without such structure, the legend sits beside the axes."""
+    from matplotlib.ticker import MaxNLocator
+
+    plt = _pyplot()
+    crowded = len(lambdas) > MAX_LEGEND
+    grid = factor_grid(list(lambdas)) if crowded else None
+    columns, rows = (grid["columns"], grid["rows"]) if grid else ([""], [""])
+    size = (max(6.4, 3.2 * len(columns) + 2.2), 2.6 * len(rows) + 1.0) if grid else (9.6 if crowded else 6.4, 3.8)
+    fig, axes = plt.subplots(
+        len(rows),
+        len(columns),
+        figsize=size,
+        dpi=120,
+        squeeze=False,
+        sharex=True,
+        sharey=True,
+        layout="constrained" if crowded else None,
+    )
     for i, (group, values) in enumerate(lambdas.items()):
-        color = plt.cm.tab20(i % 20) if len(lambdas) > 10 else f"C{i}"
-        ax.plot(range(1, len(values) + 1), values, marker="o", color=color, label=group)
-    ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("layer")
-    ax.set_ylabel("λ at the end of training")
-    if any(abs(x) > LAMBDA_SYMLOG for values in lambdas.values() for x in values):
-        ax.set_yscale("symlog", linthresh=1.0)
+        if grid:
+            ax = axes[grid["rows"].index(grid["row"][group])][grid["columns"].index(grid["column"][group])]
+            style = grid["style"][group]
+        else:
+            ax = axes[0][0]
+            style = _cycled_style(i) if crowded else {"color": f"C{i}", "marker": "o"}
+        ax.plot(range(1, len(values) + 1), values, label=group, **style)
+    runaway = any(abs(x) > LAMBDA_SYMLOG for values in lambdas.values() for x in values)
+    for r, row in enumerate(rows):
+        for c, column in enumerate(columns):
+            ax = axes[r][c]
+            ax.axhline(0, color="grey", lw=0.8)
+            ax.grid(alpha=0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if grid:
+                ax.set_title(" · ".join(t for t in (variant_name(column), row) if t), fontsize=9)
+            if r == len(rows) - 1:
+                ax.set_xlabel("layer")
+            if c == 0:
+                ax.set_ylabel("λ at the end of training" + (" (symlog)" if runaway else ""))
+    if runaway:
+        axes[0][0].set_yscale("symlog", linthresh=1.0)  # shared by every panel
         low = min(x for values in lambdas.values() for x in values)
-        ax.set_ylim(bottom=min(-1.0, 2 * low))
-        ax.set_ylabel("λ at the end of training (symlog)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+        axes[0][0].set_ylim(bottom=min(-1.0, 2 * low))
+    if grid:
+        _grid_legend(fig, grid)
+        fig.suptitle("λ at the end of training per layer", fontsize=10)
+    elif crowded:
+        _legend_beside(axes[0][0])
+    else:
+        axes[0][0].legend(fontsize=7)
     return _save(plt, fig, out)
 
 
