@@ -1121,3 +1121,109 @@ def test_run_patterns_that_select_nothing_say_why():
     short = load_experiment("retrieval")
     with pytest.raises(ValueError, match=r"no run 'x'; its runs are: transformer-s1, diff-s1, shared_diff-s1$"):
         short.run("x")  # a short list stays whole
+
+
+def _inside_and_clear(fig) -> None:
+    """Every legend of ``fig`` lies inside the figure and over no axes' data area."""
+    fig.canvas.draw()
+    legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend())]
+    assert legends
+    page = fig.bbox
+    for legend in legends:
+        box = legend.get_window_extent()
+        assert page.x0 - 1 <= box.x0 and box.x1 <= page.x1 + 1 and page.y0 - 1 <= box.y0 and box.y1 <= page.y1 + 1
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent()), (legend, ax.get_title())
+
+
+def _grid_names() -> list[str]:
+    """36 group names of a sweep: 3 cells × 4 learning rates × 3 widths, as the MQAR grid names them."""
+    return [
+        f"diff-n{n}-p{n // 16}-lr{lr:g}-d_model{d} (n=1)"
+        for n in (64, 128, 256)
+        for lr in (3e-4, 1e-3, 3e-3, 1e-2)
+        for d in (64, 128, 256)
+    ]
+
+
+def test_name_factors_merge_fields_that_vary_together_and_order_levels_by_value():
+    """The shared structure of sweep names: fields alike everywhere are left out, the sequence length and pair
+    count (always together) are one factor, and levels sort by their numbers, not as strings."""
+    from shareddiff import plots
+
+    names = _grid_names()
+    factors = plots.name_factors(names)
+    assert [sorted(set(f.values()), key=plots._level_key) for f in factors] == [
+        ["n64-p4", "n128-p8", "n256-p16"],
+        ["lr0.0003", "lr0.001", "lr0.003", "lr0.01"],
+        ["d_model64", "d_model128", "d_model256"],
+    ]
+    assert factors[0][names[-1]] == "n256-p16" and factors[2][names[-1]] == "d_model256"
+    assert plots.name_factors(["a-b", "c"]) is None  # no shared structure
+    grid = plots.factor_grid(names)
+    assert grid["columns"] == ["n64-p4", "n128-p8", "n256-p16"] and grid["rows"] == [""]
+    assert grid["legend"][1] == ["lr0.0003", "lr0.001", "lr0.003", "lr0.01", "d_model64", "d_model128", "d_model256"]
+    assert grid["title"] == "colour: lr\nline: d_model"
+    styles = {(s["color"], s["ls"], s["marker"]) for s in grid["style"].values()}
+    assert len(styles) == 12  # every (rate, width) of a panel drawn apart
+
+
+def test_many_group_loss_curves_split_into_panels_with_one_legend_beside(tmp_path, saved_figures, recwarn):
+    """36 groups per panel (the MQAR grid): one row per cell, a single legend naming the encoding that lies inside
+    the figure and over no axes, no tight-layout warning; a sweep without shared structure puts its legend beside
+    the axes, also inside the figure."""
+    from shareddiff import plots
+
+    rng = np.random.default_rng()
+    names, dirs = _grid_names(), {}
+    for variant in ("standard", "diff"):
+        for name in names:
+            label = name.replace("diff", variant, 1)
+            folder = tmp_path / label.split(" ")[0]
+            folder.mkdir()
+            rows = [{"step": s, "tokens": s * 64, "val_loss": float(rng.uniform(1, 4))} for s in (100, 200, 300)]
+            (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+            dirs[label] = [folder]
+    panels = {g: g.split("-")[0] for g in dirs}
+    plots.plot_group_curves(dirs, tmp_path / "grid.png", "x", variants=panels, panels=panels)
+    fig = saved_figures[-1]
+    assert len(fig.axes) == 2 * 3 and len(fig.legends) == 1
+    assert {ax.get_title() for ax in fig.axes} == {
+        f"{v} · n{n}-p{n // 16}" for v in ("Transformer", "DIFF") for n in (64, 128, 256)
+    }
+    assert all(len(ax.lines) == 12 for ax in fig.axes)
+    _inside_and_clear(fig)
+    unstructured = {f"run{i}" if i % 2 else f"run-{i}" for i in range(24)}
+    plots.plot_group_curves({g: next(iter(dirs.values())) for g in sorted(unstructured)}, tmp_path / "u.png", "x")
+    assert len(saved_figures[-1].axes[0].get_legend().get_texts()) == 24
+    _inside_and_clear(saved_figures[-1])
+    assert not [w for w in recwarn if "layout" in str(w.message).lower()]
+
+
+def test_many_group_lambda_plot_splits_into_panels_with_integer_layer_ticks(tmp_path, saved_figures, recwarn):
+    """72 groups of a 2-layer model (2 variants × 36): a panel per variant (columns) and cell (rows), integer
+    layer ticks only, one legend inside the figure and over no axes, no layout warning; a few groups keep the
+    single axes with its legend inside, also with integer ticks."""
+    from shareddiff import plots
+
+    rng = np.random.default_rng()
+    lambdas = {
+        name.replace("diff", variant, 1).split(" ")[0]: rng.uniform(-1, 1, 2).tolist()
+        for variant in ("diff", "shared_diff")
+        for name in _grid_names()
+    }
+    lambdas["shared_diff-n64-p4-lr0.01-d_model256"] = [0.5, -3e5]  # a runaway λ: symlog in every panel
+    plots.plot_lambdas(lambdas, tmp_path / "lambda.png")
+    fig = saved_figures[-1]
+    assert len(fig.axes) == 6 and len(fig.legends) == 1
+    assert fig.axes[0].get_title() == "DIFF · n64-p4" and fig.axes[1].get_title() == "Shared DIFF · n64-p4"
+    assert all(ax.get_yscale() == "symlog" for ax in fig.axes)
+    _inside_and_clear(fig)
+    for ax in fig.axes:
+        ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+        assert ticks == [1.0, 2.0]
+    plots.plot_lambdas({"a": [0.2, 0.4], "b": [0.3, 0.1]}, tmp_path / "few.png")
+    ax = saved_figures[-1].axes[0]
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    assert ticks == [1.0, 2.0] and len(ax.get_legend().get_texts()) == 2
+    assert not [w for w in recwarn if "layout" in str(w.message).lower()]
