@@ -13,9 +13,11 @@ alone, (new tokens − 1) / (call − prefill) (``decode_tokens_per_s``, ``decod
 
 - eager: ``shareddiff.generation.generate`` with the model's ``KVCache`` (the reference decode);
 - static: the ``StaticDecoder`` without compiling (fixed shapes, eager);
-- compiled: the ``StaticDecoder`` compiled (inductor, ``mode="reduce-overhead"``: CUDA graphs on a GPU);
+- compiled: the ``StaticDecoder`` compiled (inductor; on a GPU CUDA graphs, reduce-overhead's option, with the
+  decoder's default options, ``static_decode.CUDA_COMPILE_OPTIONS``);
 - graph, compiled-graph (CUDA only): the ``StaticDecoder`` with ``cuda_graph=True``, its step uncompiled or
-  compiled (inductor's default mode) and captured in one CUDA graph that each step replays directly;
+  compiled (inductor, with the decoder's default options on CUDA) and captured in one CUDA graph that each step
+  replays directly;
 - wrapper: the transformers wrapper's ``generate(cache_implementation="static")`` (compiled on a GPU);
 - hf, hf-static: ``DiffLlamaForCausalLM.generate`` of the exported model (diff and shared_diff only), with
   transformers' dynamic cache, or its ``cache_implementation="static"`` (which transformers compiles on a GPU).

@@ -143,7 +143,8 @@ def cmd_generate(
     room = model.config.max_seq_len - len(ids)
     if room < 1:
         raise ValueError(
-            f"the prompt is {len(ids)} tokens, which fills the model's context ({model.config.max_seq_len}); shorten it"
+            f"the prompt is {len(ids)} tokens and the model's context is {model.config.max_seq_len}, which leaves no "
+            "room for a new token; shorten it"
         )
     if max_new_tokens > room:
         _note(

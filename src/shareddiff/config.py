@@ -176,10 +176,10 @@ class ModelConfig:
             limit, what = self.head_dim, "the head half-dim d"
         if not isinstance(r, int) or r <= 0 or r >= limit:
             example = max(1, limit // 4) if self.base_sharing == "heads" else default_lowrank_rank(self.d_model)
+            why = " (a rank that large is not low-rank)" if isinstance(r, int) and r >= limit else ""
             raise ValueError(
                 f"lowrank_rank={r!r} must satisfy 0 < lowrank_rank < {what} = {limit} for "
-                f"attention={self.attention!r}, base_sharing={self.base_sharing!r} (a rank that large is not "
-                f"low-rank); e.g. {example}"
+                f"attention={self.attention!r}, base_sharing={self.base_sharing!r}{why}; e.g. {example}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -376,8 +376,9 @@ class RunConfig:
             "optim.lr": self.optim.lr,
         }
         for name, value in positive.items():
-            if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a positive number")
+            kind = (int | float) if name == "optim.lr" else int
+            if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive {'number' if name == 'optim.lr' else 'integer'}")
         if self.data.source not in ("corpus", "mqar"):
             raise ValueError(f"data.source={self.data.source!r} must be 'corpus' or 'mqar'")
         if self.data.source == "mqar":

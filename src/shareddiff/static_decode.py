@@ -5,7 +5,8 @@ A decode step writes its keys and values at a position held in a device tensor a
 cache buffer, the positions not written yet (and each row's left padding) masked out; its RoPE angles are
 rows of a table indexed by that position tensor. No shape and no Python number in the step changes from one
 position to the next, and nothing in it reads back from the device, so ``torch.compile`` traces it once and,
-with ``mode="reduce-overhead"`` on CUDA, replays it as one CUDA graph per token. Its inputs are buffers of
+with CUDA graphs on CUDA (reduce-overhead's ``triton.cudagraphs``, with ``CUDA_COMPILE_OPTIONS`` by default),
+replays it as one CUDA graph per token. Its inputs are buffers of
 fixed addresses updated in place (the new tokens are copied into one), so a replay copies no input.
 ``cuda_graph=True`` instead captures the step (compiled or not) in one ``torch.cuda.CUDAGraph`` and replays
 it directly, without torch.compile's per-call guards and CUDA-graph-tree bookkeeping (PyTorch's "CUDA Graphs"
@@ -164,8 +165,9 @@ class StaticDecoder:
 
     Keep one across calls: its cache buffers and compiled step serve every later batch of the same size (a
     new batch size allocates and compiles once more). ``compile=True`` compiles the step with
-    ``torch.compile(backend, mode, fullgraph=True, dynamic=False)``; ``mode`` defaults to "reduce-overhead"
-    (CUDA graphs) for the inductor backend on CUDA, unless ``cuda_graph``. ``cuda_graph=True`` (CUDA only): the
+    ``torch.compile(backend, fullgraph=True, dynamic=False)`` and the mode or options of ``compile_arguments``:
+    for the inductor backend on CUDA without a ``mode``, CUDA graphs (reduce-overhead's option, unless
+    ``cuda_graph``) with ``CUDA_COMPILE_OPTIONS``. ``cuda_graph=True`` (CUDA only): the
     first step after each (re)allocation runs as usual (and compiles), the second captures the step in a CUDA
     graph, every later one replays it. Batches may be left-padded (``attention_mask``), as in
     ``LanguageModel.forward``; every row then decodes as it would alone. Works with every attention variant

@@ -195,7 +195,7 @@ def test_diverged_run_stops_and_keeps_the_last_good_checkpoint(make_run, monkeyp
     [
         (["data.seq_len=300"], "data.seq_len=300 exceeds model max_seq_len=256"),
         (["model.vocab_size=100"], "model.vocab_size=100 is smaller than the tokenizer's 300"),
-        (["train.micro_batch=0"], "train.micro_batch=0 must be a positive number"),
+        (["train.micro_batch=0"], "train.micro_batch=0 must be a positive integer"),
         (["train.precision=fp8"], "train.precision='fp8' must be"),
         (["model.attention=mamba"], "attention='mamba' is not a known variant"),
         (["parallel.compile_unit=layer"], "parallel.compile_unit='layer' must be one of 'model', 'block'"),
