@@ -1227,3 +1227,30 @@ def test_many_group_lambda_plot_splits_into_panels_with_integer_layer_ticks(tmp_
     ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
     assert ticks == [1.0, 2.0] and len(ax.get_legend().get_texts()) == 2
     assert not [w for w in recwarn if "layout" in str(w.message).lower()]
+
+
+def test_mqar_rates_plot_of_one_variant_keeps_its_title_inside_the_figure(tmp_path, saved_figures):
+    """The narrowest rates figure (one variant, two cells, as mqar_budget): the two-line title, every panel
+    title and the bold/plain accuracy texts lie inside the figure, and each panel counts its settings ≥ 0.99."""
+    from shareddiff import plots
+
+    rng = np.random.default_rng()
+    cells = []
+    for n, p in ((64, 4), (128, 8)):
+        for d in (64, 128):
+            lrs = {f"{lr:g}": float(rng.uniform(0, 1)) for lr in (3e-4, 1e-3, 3e-3, 1e-2)}
+            lrs["0.001"] = 0.995  # at least one setting solves every cell
+            cells.append({"variant": "standard", "seq_len": n, "pairs": p, "d_model": d, "lrs": lrs,
+                          "lr_seeds": dict.fromkeys(lrs, 1)})  # fmt: skip
+    plots.plot_mqar_rates({"cells": cells, "variants": ["standard"]}, tmp_path / "rates.png", "mqar_budget")
+    fig = saved_figures[-1]
+    fig.canvas.draw()
+    page = fig.bbox
+    texts = [fig._suptitle, *(ax.title for ax in fig.axes), *(t for ax in fig.axes for t in ax.texts)]
+    for text in texts:
+        box = text.get_window_extent()
+        assert page.x0 - 1 <= box.x0 and box.x1 <= page.x1 + 1 and box.y1 <= page.y1 + 1, text.get_text()
+    for ax, n in zip(fig.axes[:2], (64, 128), strict=True):
+        solved = sum(v >= 0.99 for c in cells if c["seq_len"] == n for v in c["lrs"].values())
+        assert ax.get_title() == f"Transformer: {solved} of 8 ≥ 0.99"
+        assert sum(t.get_fontweight() == "bold" for t in ax.texts) == solved

@@ -636,8 +636,8 @@ def plot_mqar_rates(summary: dict, out: str | Path, title: str = "MQAR", level: 
             if i == len(rows) - 1:
                 ax.set_xlabel("learning rate", fontsize=8)
     fig.suptitle(
-        f"{title}: MQAR accuracy at the training length by width and learning rate (bold: ≥ {level:g})", fontsize=10
-    )
+        f"{title}: MQAR accuracy at the training length\nby width and learning rate (bold: ≥ {level:g})", fontsize=10
+    )  # two lines: one variant's figure is narrower than the title on one line
     fig.colorbar(image, ax=axes.ravel().tolist(), fraction=0.03)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
