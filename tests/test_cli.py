@@ -205,7 +205,8 @@ def test_generate_checks_its_flags_caps_aloud_and_reports_speed(tiny_run, capsys
     captured = capsys.readouterr()
     prompt_len = len(load_model(ckpt)[1].encode("the module"))
     assert f"--max-new-tokens 1000 capped at {256 - prompt_len}: the model's context is 256 tokens" in captured.err
-    assert re.search(r"^\d+ new tokens in \d+\.\d\d s: [\d,.]+ tokens/s$", captured.err.splitlines()[-1])
+    last = captured.err.splitlines()[-1]
+    assert re.search(r"^(1 new token|\d+ new tokens) in \d+\.\d\d s: [\d,.]+ tokens/s$", last)
     assert captured.out.startswith("--- sample 1\nthe module") and "tokens/s" not in captured.out
 
 
@@ -260,7 +261,7 @@ def test_generate_compile_times_only_the_decode_after_its_warm_up(tiny_run, caps
     assert timed_start == 100.0  # the timed call began after the warm-up
     assert err[-2] == "compile and warm-up: 100.00 s (prefill and 2 decode steps; not in the tokens/s below)"
     count = int(err[-1].split()[0])
-    assert err[-1] == f"{count} new tokens in 2.00 s: {count / 2:,.1f} tokens/s"
+    assert err[-1] == f"{count} new token{'' if count == 1 else 's'} in 2.00 s: {count / 2:,.1f} tokens/s"
     calls.clear()
     assert main(args) == 0  # eager: no warm-up, no compile line
     assert len(calls) == 1 and calls[0][1] is None

@@ -176,7 +176,8 @@ def cmd_generate(
     seconds = time.perf_counter() - start
     new_tokens = [[t for t in row.tolist()[len(ids) :] if t != tokenizer.eos_id] for row in out]
     count = sum(map(len, new_tokens))
-    _note(f"{count} new tokens in {seconds:.2f} s: {count / max(seconds, 1e-9):,.1f} tokens/s")
+    noun = "new token" if count == 1 else "new tokens"
+    _note(f"{count} {noun} in {seconds:.2f} s: {count / max(seconds, 1e-9):,.1f} tokens/s")
     texts = [tokenizer.decode(row) for row in new_tokens]
     return "\n\n".join(f"--- sample {i + 1}\n{prompt}{text}" for i, text in enumerate(texts))
 
