@@ -149,7 +149,8 @@ def plot_group_curves(
     fifth of training, whose high losses would flatten the rest. Where a panel holds more than ``MAX_LEGEND``
     groups whose names share a structure (``factor_grid``), each panel splits into rows by the names' leading
     factors, and colour and line style encode the last two, named in one legend beside the panels; otherwise
-    such a panel's legend sits beside it."""
+    such a panel's legend sits beside it. A smaller panel's legend sits at matplotlib's "best" place inside the
+    axes, or beside them where that place still covers a curve or band (``_move_covering_legends``)."""
     plt = _pyplot()
     panels = panels or {g: "" for g in groups}
     variants = variants or {}
@@ -174,6 +175,7 @@ def plot_group_curves(
         squeeze=False,
         layout="constrained" if crowded else None,
     )
+    legends_inside = []
     for col, name in enumerate(names):
         delta_ax = axes[-1][col] if base_of else None
         gaps = []
@@ -221,6 +223,7 @@ def plot_group_curves(
                 _legend_beside(ax)
             else:
                 ax.legend(fontsize=7, ncol=2 if len(members) > 8 else 1)
+                legends_inside.append(ax)
             if col == 0:
                 ax.set_ylabel("validation loss (nats/token)")
         if delta_ax is not None:
@@ -239,7 +242,44 @@ def plot_group_curves(
         _grid_legend(fig, grid)
     if names != [""] or grid:
         fig.suptitle(title, fontsize=11)
+    if legends_inside:
+        _move_covering_legends(fig, legends_inside)
     return _save(plt, fig, out)
+
+
+def _move_covering_legends(fig, axes: list) -> None:
+    """Lays out ``fig`` (tight layout) and moves each of ``axes``' legends whose place inside its axes still covers
+    one of its lines (markers included) or bands beside those axes, widening the figure by that legend's width;
+    again until no legend inside covers data (a move changes the other axes' sizes, so their best places)."""
+    inside = list(axes)
+    while True:
+        fig.tight_layout()
+        fig.canvas.draw()
+        covering = [ax for ax in inside if _legend_covers_data(ax)]
+        if not covering:
+            return
+        for ax in covering:
+            _legend_beside(ax)
+            inside.remove(ax)
+        fig.canvas.draw()
+        extra = sum(ax.get_legend().get_window_extent().width + 10 for ax in covering) / fig.dpi
+        fig.set_size_inches(fig.get_size_inches() + (extra, 0.0))
+
+
+def _legend_covers_data(ax) -> bool:
+    """Whether the drawn legend of ``ax`` lies over any of its lines (padded by their marker and line width) or
+    over any of its filled areas (``fill_between`` bands), in display coordinates."""
+    box = ax.get_legend().get_window_extent()
+    points = ax.figure.dpi / 72
+    for line in ax.lines:
+        pad = (max(line.get_markersize(), line.get_linewidth()) / 2 + 1) * points
+        if line.get_transform().transform_path(line.get_path()).intersects_bbox(box.padded(pad), filled=False):
+            return True
+    for band in ax.collections:
+        transform = band.get_transform()
+        if any(transform.transform_path(path).intersects_bbox(box, filled=True) for path in band.get_paths()):
+            return True
+    return False
 
 
 MAX_LEGEND = 10  # more entries than this and a legend covers the curves it names

@@ -52,14 +52,32 @@ def load_records(exp: Experiment, out: Path, command: str | None = None) -> list
             )
         run_dirs.append(out / ref)
     records = [json.loads((d / RECORD).read_text()) | {"dir": str(d)} for d in run_dirs if (d / RECORD).is_file()]
-    for record in records:  # records written before train_loss_tail existed: from their metrics
+    for record in records:  # records written before train_loss_tail, lr and passes existed: from their run folder
         if record.get("train_loss_tail") is None:
             rows = [r for r in read_metrics(record["dir"]) if "loss" in r]
             record["train_loss_tail"] = tail_mean_loss(rows) if rows else record.get("train_loss")
+        _fill_from_run_config(record)
     if not records:
         command = command or f"shareddiff reproduce {exp.name}"
         raise ValueError(f"no finished runs under {folder}; run `{command}` first")
     return records
+
+
+def _fill_from_run_config(record: dict) -> None:
+    """The peak learning rate (``run.optim.lr``) and the passes over the training split (training tokens over
+    ``train_tokens``) of a record that lacks them, from its run's ``run_config.json``, as ``build_record`` takes
+    them. Passes stay None where the run did not record its split's size (runs before that was recorded; MQAR,
+    whose every batch is new)."""
+    from shareddiff.train.trainer import RUN_CONFIG
+
+    path = Path(record["dir"]) / RUN_CONFIG
+    if (record.get("lr") is not None and record.get("passes") is not None) or not path.is_file():
+        return
+    run_config = json.loads(path.read_text())
+    if record.get("lr") is None:
+        record["lr"] = run_config["run"]["optim"]["lr"]
+    if record.get("passes") is None and run_config.get("train_tokens"):
+        record["passes"] = record["tokens"] / run_config["train_tokens"]
 
 
 def group_entry(recs: list[dict]) -> dict[str, Any]:
@@ -463,7 +481,9 @@ def _fmt_ratio(x: float) -> str:
 def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> str:
     groups = summary["groups"]
     with_delta = baseline in groups
-    header = ["group", "params", "tokens", "tokens/param", "passes", "lr", "seeds", "val loss", "train loss²"]
+    unknown_passes = any(e["passes"] is None for e in groups.values())
+    passes = "passes³" if unknown_passes else "passes"
+    header = ["group", "params", "tokens", "tokens/param", passes, "lr", "seeds", "val loss", "train loss²"]
     header += ["tokens/s¹"] + [f"Δ vs {baseline}"] * with_delta
     rows = [
         [
@@ -490,14 +510,16 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
         f"² training loss: the mean of the logged step losses over the last {TAIL_FRACTION:.0%} of each run's steps "
         "(one step's batch loss varies by about 0.1 nats), then mean ± std over seeds.",
     ]
-    if with_delta and any(e.get("delta_se") for e in groups.values()):
-        lines += ["", _delta_note([len(e["seeds"]) for e in groups.values() if e.get("delta_se")])]
-    overrides = {g: " ".join(e["overrides"]) for g, e in groups.items() if e["overrides"]}
-    if overrides:
+    if unknown_passes:
         lines += [
             "",
-            *md_table(["group", "preset", "overrides"], [[g, groups[g]["preset"], o] for g, o in overrides.items()]),
+            "³ passes over the training split: — where the run's run_config.json does not record the split's size "
+            "(`train_tokens`: runs from before it was recorded, and MQAR, whose every batch is new).",
         ]
+    if with_delta and any(e.get("delta_se") for e in groups.values()):
+        lines += ["", _delta_note([len(e["seeds"]) for e in groups.values() if e.get("delta_se")])]
+    rows = [[g, e["preset"], " ".join(e["overrides"]) or "—"] for g, e in groups.items()]
+    lines += ["", *md_table(["group", "preset", "overrides"], rows)]
     if summary["seed_sigma"]:
         lines += ["", f"Pooled seed standard deviation of the validation loss: {summary['seed_sigma']:.4f} nats."]
     if "select" in summary:
