@@ -809,6 +809,52 @@ def test_a_run_locked_by_another_reproduce_is_skipped_and_named(tmp_path, tiny_d
     assert not (out / "tiny" / "transformer-s1" / "record.json").exists()
 
 
+def test_summary_of_old_records_takes_lr_and_passes_from_run_config_and_names_every_preset(tmp_path):
+    """Records written before lr and passes were recorded (norm_lr_cpu, early_*): the summary takes the peak lr
+    from each run's run_config.json and the passes from its recorded training-split size where there is one,
+    else shows "—" with a note; the preset table names every group, with "—" for no overrides."""
+    from shareddiff.repro.summary import load_records, summarize
+
+    rng = np.random.default_rng()
+    exp = load_experiment("norm_lr_cpu")
+    specs = {s.group: s for s in exp.runs}
+    chosen = {"shared_diff-lr3e-3": None, "no-norm-lr1e-2": int(rng.integers(10**5, 10**6))}  # group → train_tokens
+    lrs, tokens = {}, int(rng.integers(10**5, 10**6))
+    for group, train_tokens in chosen.items():
+        spec, lrs[group] = specs[group], float(rng.uniform(1e-4, 1e-2))
+        run_dir = tmp_path / exp.name / spec.name
+        run_dir.mkdir(parents=True)
+        val_loss = float(rng.uniform(4, 6))
+        rows = [{"step": s, "tokens": s * 4096, "loss": float(rng.uniform(4, 6))} for s in range(5, 155, 5)]
+        rows.append({"step": 150, "tokens": tokens, "val_loss": val_loss})
+        (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        config = {"run": {"optim": {"lr": lrs[group]}}, "world_size": 1}
+        if train_tokens is not None:
+            config["train_tokens"] = train_tokens
+        (run_dir / "run_config.json").write_text(json.dumps(config))
+        record = {  # an old record: no lr, passes, train_loss_tail, family or point
+            "experiment": exp.name, "run": spec.name, "group": group, "preset": spec.preset, "variant": "shared_diff",
+            "seed": 1, "overrides": list(spec.overrides), "params": 1861504, "params_non_embedding": 812928,
+            "val_loss": val_loss, "train_loss": rows[-2]["loss"], "tokens": tokens, "tokens_per_s": 1e4,
+            "concurrent_runs": 1, "device": "CPU", "evals": {},
+        }  # fmt: skip
+        (run_dir / "record.json").write_text(json.dumps(record))
+    loaded = {r["group"]: r for r in load_records(exp, tmp_path)}
+    assert {g: r["lr"] for g, r in loaded.items()} == lrs
+    assert loaded["shared_diff-lr3e-3"].get("passes") is None
+    assert loaded["no-norm-lr1e-2"]["passes"] == pytest.approx(tokens / chosen["no-norm-lr1e-2"], rel=1e-12)
+    md = summarize(exp, tmp_path).read_text()
+    groups = json.loads((tmp_path / exp.name / "summary.json").read_text())["groups"]
+    assert {g: e["lr"] for g, e in groups.items()} == lrs
+    cells = {line.split(" | ")[0][2:]: line.split(" | ") for line in md.splitlines() if line.count("|") == 11}
+    assert cells["shared_diff-lr3e-3"][4:6] == ["—", f"{lrs['shared_diff-lr3e-3']:g}"]
+    assert cells["no-norm-lr1e-2"][4:6] == [f"{tokens / chosen['no-norm-lr1e-2']:.2f}", f"{lrs['no-norm-lr1e-2']:g}"]
+    assert "| passes³ |" in md and "³ passes over the training split: — where" in md
+    presets = [line for line in md.splitlines() if line.startswith("| shared_diff-lr3e-3 | shared_diff-mini |")]
+    assert presets == ["| shared_diff-lr3e-3 | shared_diff-mini | — |"]
+    assert "| no-norm-lr1e-2 | shared_diff-mini | model.head_norm=false optim.lr=1e-2 |" in md
+
+
 def test_summary_wording_follows_the_numbers():
     """The Δ note is worded by the actual seed counts; λ rows of shallower groups are padded to the header;
     small tokens/param keep two significant digits; the MQAR per-run line is rounded."""
@@ -1235,7 +1281,10 @@ def test_few_group_loss_curve_legends_cover_no_curve(tmp_path, saved_figures, re
                 folder.mkdir()
                 drop = rng.uniform(0.5, 0.7, 2).cumsum() + rng.uniform(0, 0.01)
                 losses = [start, *(start - drop)]
-                rows = [{"step": s, "tokens": s * 4096, "val_loss": float(v)} for s, v in zip((50, 100, 150), losses)]
+                rows = [
+                    {"step": s, "tokens": s * 4096, "val_loss": float(v)}
+                    for s, v in zip((50, 100, 150), losses, strict=True)
+                ]
                 (folder / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
                 dirs.setdefault(group, []).append(folder)
             panels[group] = variant

@@ -263,7 +263,8 @@ def _move_covering_legends(fig, axes: list) -> None:
             inside.remove(ax)
         fig.canvas.draw()
         extra = sum(ax.get_legend().get_window_extent().width + 10 for ax in covering) / fig.dpi
-        fig.set_size_inches(fig.get_size_inches() + (extra, 0.0))
+        width, height = fig.get_size_inches()
+        fig.set_size_inches(width + extra, height)
 
 
 def _legend_covers_data(ax) -> bool:
