@@ -849,7 +849,7 @@ def test_summary_of_old_records_takes_lr_and_passes_from_run_config_and_names_ev
     cells = {line.split(" | ")[0][2:]: line.split(" | ") for line in md.splitlines() if line.count("|") == 11}
     assert cells["shared_diff-lr3e-3"][4:6] == ["—", f"{lrs['shared_diff-lr3e-3']:g}"]
     assert cells["no-norm-lr1e-2"][4:6] == [f"{tokens / chosen['no-norm-lr1e-2']:.2f}", f"{lrs['no-norm-lr1e-2']:g}"]
-    assert "| passes³ |" in md and "³ passes over the training split: — where" in md
+    assert "| passes³ |" in md and "³ passes over the training split: — where the run's run_config.json" in md
     presets = [line for line in md.splitlines() if line.startswith("| shared_diff-lr3e-3 | shared_diff-mini |")]
     assert presets == ["| shared_diff-lr3e-3 | shared_diff-mini | — |"]
     assert "| no-norm-lr1e-2 | shared_diff-mini | model.head_norm=false optim.lr=1e-2 |" in md
@@ -1266,7 +1266,7 @@ def test_many_group_loss_curves_split_into_panels_with_one_legend_beside(tmp_pat
 
 def test_few_group_loss_curve_legends_cover_no_curve(tmp_path, saved_figures, recwarn):
     """9 groups in two panels (6 and 3, as norm_lr_cpu): six curves spread over the whole left panel leave its
-    legend no clear corner inside, so it goes beside the panel; every legend lies inside the figure and covers no
+    legend no clear corner inside, so it goes below the panel; every legend lies inside the figure and covers no
     curve or band, and every curve is named."""
     from shareddiff import plots
 
@@ -1293,7 +1293,7 @@ def test_few_group_loss_curve_legends_cover_no_curve(tmp_path, saved_figures, re
     assert len(fig.axes) == 2 and [len(ax.lines) for ax in fig.axes] == [6, 3]
     assert [len(ax.get_legend().get_texts()) for ax in fig.axes] == [6, 3]
     left, frame = fig.axes[0].get_legend().get_window_extent(), fig.axes[0].get_window_extent()
-    assert left.x0 >= frame.x1  # beside the crowded panel
+    assert left.y1 <= frame.y0  # below the crowded panel
     _inside_and_clear(fig)
     assert not [w for w in recwarn if "layout" in str(w.message).lower()]
 

@@ -150,7 +150,7 @@ def plot_group_curves(
     groups whose names share a structure (``factor_grid``), each panel splits into rows by the names' leading
     factors, and colour and line style encode the last two, named in one legend beside the panels; otherwise
     such a panel's legend sits beside it. A smaller panel's legend sits at matplotlib's "best" place inside the
-    axes, or beside them where that place still covers a curve or band (``_move_covering_legends``)."""
+    axes, or below them where that place still covers a curve or band (``_move_covering_legends``)."""
     plt = _pyplot()
     panels = panels or {g: "" for g in groups}
     variants = variants or {}
@@ -249,8 +249,9 @@ def plot_group_curves(
 
 def _move_covering_legends(fig, axes: list) -> None:
     """Lays out ``fig`` (tight layout) and moves each of ``axes``' legends whose place inside its axes still covers
-    one of its lines (markers included) or bands beside those axes, widening the figure by that legend's width;
-    again until no legend inside covers data (a move changes the other axes' sizes, so their best places)."""
+    one of its lines (markers included) or bands below those axes (``_legend_below``), making the figure taller
+    by the legend's height; again until no legend inside covers data (a move changes the other axes' sizes, so
+    their best places)."""
     inside = list(axes)
     while True:
         fig.tight_layout()
@@ -259,12 +260,29 @@ def _move_covering_legends(fig, axes: list) -> None:
         if not covering:
             return
         for ax in covering:
-            _legend_beside(ax)
+            _legend_below(ax)
             inside.remove(ax)
         fig.canvas.draw()
-        extra = sum(ax.get_legend().get_window_extent().width + 10 for ax in covering) / fig.dpi
+        extra = max(ax.get_legend().get_window_extent().height for ax in covering) / fig.dpi
         width, height = fig.get_size_inches()
-        fig.set_size_inches(width + extra, height)
+        fig.set_size_inches(width, height + extra + 0.1)
+
+
+def _legend_below(ax) -> None:
+    """``ax``'s legend under its tick labels and axis label, centred, in two columns where they fit the axes'
+    width (else one); its offset is in inches, so it stays clear of the labels when the layout resizes the axes."""
+    from matplotlib.transforms import ScaledTranslation
+
+    fig = ax.figure
+    fig.canvas.draw()
+    frame = ax.get_window_extent()
+    depth = (frame.y0 - ax.get_tightbbox().y0) / fig.dpi + 0.08
+    anchor = ax.transAxes + ScaledTranslation(0, -depth, fig.dpi_scale_trans)
+    for ncol in (2, 1):
+        legend = ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, 0.0), bbox_transform=anchor, ncol=ncol)
+        fig.canvas.draw()
+        if legend.get_window_extent().width <= frame.width:
+            return
 
 
 def _legend_covers_data(ax) -> bool:

@@ -510,11 +510,13 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
         f"² training loss: the mean of the logged step losses over the last {TAIL_FRACTION:.0%} of each run's steps "
         "(one step's batch loss varies by about 0.1 nats), then mean ± std over seeds.",
     ]
-    if unknown_passes:
+    if unknown_passes and summary.get("mqar"):
+        lines += ["", "³ passes over the training data: none for MQAR, which draws new sequences every step."]
+    elif unknown_passes:
         lines += [
             "",
             "³ passes over the training split: — where the run's run_config.json does not record the split's size "
-            "(`train_tokens`: runs from before it was recorded, and MQAR, whose every batch is new).",
+            "in tokens (`train_tokens`; runs from before it was recorded).",
         ]
     if with_delta and any(e.get("delta_se") for e in groups.values()):
         lines += ["", _delta_note([len(e["seeds"]) for e in groups.values() if e.get("delta_se")])]
