@@ -56,6 +56,15 @@ OP_NAME = "shareddiff::differential_decode_attention"
 
 
 @triton.jit
+def _empty_state(D: tl.constexpr):
+    """Both maps' online-softmax state before any key or split: (m1, l1, acc1, m2, l2, acc2) = (−inf, 0, 0 (2D,),
+    −inf, 0, 0 (2D,)), typed float32 from the start (loop-carried: a type change inside a loop does not compile)."""
+    m_empty = tl.full([], float("-inf"), tl.float32)
+    l_empty = tl.zeros([], tl.float32)
+    return m_empty, l_empty, tl.zeros([2 * D], dtype=tl.float32), m_empty, l_empty, tl.zeros([2 * D], dtype=tl.float32)
+
+
+@triton.jit
 def _attend_keys(
     q1, q2, k1_base, k2_base, v_base, mask_row, skn, svn, start, stop,
     D: tl.constexpr, BN: tl.constexpr,
@@ -65,12 +74,7 @@ def _attend_keys(
     the range masked (or none in it) m is −inf and l, acc are 0."""
     offs_d = tl.arange(0, D)
     offs_v = tl.arange(0, 2 * D)
-    m1 = tl.full([], float("-inf"), tl.float32)  # loop-carried: typed fp32 from the start
-    m2 = tl.full([], float("-inf"), tl.float32)
-    l1 = tl.zeros([], tl.float32)
-    l2 = tl.zeros([], tl.float32)
-    acc1 = tl.zeros([2 * D], dtype=tl.float32)
-    acc2 = tl.zeros([2 * D], dtype=tl.float32)
+    m1, l1, acc1, m2, l2, acc2 = _empty_state(D)
     for block in range(start, stop, BN):
         offs_n = block + tl.arange(0, BN)
         inside = offs_n < stop
@@ -178,12 +182,7 @@ def _merge_kernel(
     splits: m = max mₛ, l = Σ lₛ·2^(mₛ − m), acc = Σ accₛ·2^(mₛ − m)), then the epilogue."""
     pid = tl.program_id(0)
     offs_v = tl.arange(0, 2 * D)
-    m1 = tl.full([], float("-inf"), tl.float32)  # loop-carried: typed fp32 from the start
-    m2 = tl.full([], float("-inf"), tl.float32)
-    l1 = tl.zeros([], tl.float32)
-    l2 = tl.zeros([], tl.float32)
-    acc1 = tl.zeros([2 * D], dtype=tl.float32)
-    acc2 = tl.zeros([2 * D], dtype=tl.float32)
+    m1, l1, acc1, m2, l2, acc2 = _empty_state(D)
     for first in range(0, S, ST):
         offs_s = first + tl.arange(0, ST)
         valid = offs_s < S
