@@ -645,9 +645,20 @@ def dq_reduce_plan(b: int, h: int, n: int, n_k: int, d: int, blocks: Blocks, set
     }
 
 
-def _pick(kernel, values: dict) -> dict:
-    """The entries of ``values`` that are parameters of ``kernel`` (its arguments sliced by name)."""
-    return {name: values[name] for name in kernel.arg_names if name in values}
+# Each launched kernel's parameter names, read here once: inside ``torch.compile`` Dynamo cannot iterate a Triton
+# kernel's attributes ("Unsupported hasattr call" on ``arg_names``, H200, torch 2.11, 2026-12-01), but it reads a
+# module-level tuple of strings as a constant.
+_PARAMETERS = {
+    name: tuple(kernel.arg_names)
+    for name, kernel in (
+        ("fwd", _fwd_kernel), ("fwd_map", _fwd_map_kernel), ("bwd", _bwd_kernel), ("bwd_dq", _bwd_dq_kernel),
+    )
+}  # fmt: skip
+
+
+def _pick(kernel: str, values: dict) -> dict:
+    """The entries of ``values`` that are parameters of the kernel named ``kernel`` (a key of ``_PARAMETERS``)."""
+    return {name: values[name] for name in _PARAMETERS[kernel] if name in values}
 
 
 def _strides(prefix: str, t: Tensor) -> dict:
@@ -681,13 +692,13 @@ class _FusedDifferentialAttentionFunction(torch.autograd.Function):
         blocks = settings.fwd_blocks or fwd_blocks(d, q1.element_size() == 4, settings.forward)
         if settings.forward == "maps":
             grid = (2 * triton.cdiv(n, blocks.bm), b * h)
-            _fwd_map_kernel[grid](**_pick(_fwd_map_kernel, values), **flags, **blocks.launch(INTERPRET))
+            _fwd_map_kernel[grid](**_pick("fwd_map", values), **flags, **blocks.launch(INTERPRET))
             combine_bm = 16 if INTERPRET else 32
             _combine_kernel[(triton.cdiv(n, combine_bm), b * h)](o1, o2, lam, out, h, n, BM=combine_bm, VW=2 * d)
         else:
             programs = 2 if settings.forward == "vsplit" else 1
             grid = (triton.cdiv(n, blocks.bm), b * h, programs)
-            _fwd_kernel[grid](**_pick(_fwd_kernel, values), **flags, VW=2 * d // programs, **blocks.launch(INTERPRET))
+            _fwd_kernel[grid](**_pick("fwd", values), **flags, VW=2 * d // programs, **blocks.launch(INTERPRET))
         ctx.save_for_backward(q1, q2, k1, k2, v, lam, o1, o2, lse1, lse2)
         ctx.causal = causal
         ctx.settings = settings
@@ -729,7 +740,7 @@ class _FusedDifferentialAttentionFunction(torch.autograd.Function):
 
         def key_blocks(first: int, count: int, dq1, dq2) -> None:
             grid = (count, b * h_kv)
-            args = _pick(_bwd_kernel, values | {"DQ1": dq1, "DQ2": dq2, "kb0": first})
+            args = _pick("bwd", values | {"DQ1": dq1, "DQ2": dq2, "kb0": first})
             _bwd_kernel[grid](**args, **flags, DQ_MODE=_DQ_CODE[mode])
 
         if mode == "split":
@@ -739,7 +750,7 @@ class _FusedDifferentialAttentionFunction(torch.autograd.Function):
             dq_shape = settings.dq_blocks or dq_blocks(d, wide)
             dq_flags = flags | dq_shape.launch(INTERPRET)
             _bwd_dq_kernel[(triton.cdiv(n, dq_shape.bm), b * h)](
-                **_pick(_bwd_dq_kernel, values | {"DQ1": dq1, "DQ2": dq2}), **dq_flags
+                **_pick("bwd_dq", values | {"DQ1": dq1, "DQ2": dq2}), **dq_flags
             )
         elif mode in ("atomic", "tma"):  # float32 sums the key-block kernel adds into, tile by tile
             dq1, dq2 = (torch.zeros(b, h, n, d, device=dev, dtype=torch.float32) for _ in range(2))
