@@ -26,8 +26,8 @@ The decoder modes run with ``--fusion``: fused (the default, ``StaticDecoder(fus
 merged once, one GEMM for the attention inputs and one for gate and up) and/or unfused (the model's modules), a
 row each; ``--inductor-option KEY=VALUE`` (repeatable) hands options to inductor in the compiled modes instead of
 the decoder's default (on CUDA ``static_decode.CUDA_COMPILE_OPTIONS``, gpt-fast's ``coordinate_descent_tuning=True``;
-``coordinate_descent_tuning=False`` for an untuned row); ``--decode-kernel``: default (the decoder's: off until
-``DECODE_KERNEL_BY_DEFAULT`` is set, the differential decode kernel on CUDA after that), on and/or off
+``coordinate_descent_tuning=False`` for an untuned row); ``--decode-kernel``: default (the decoder's: the
+differential decode kernel on CUDA while ``DECODE_KERNEL_BY_DEFAULT`` is set, as it is), on and/or off
 (``StaticDecoder(decode_kernel=None/True/False)``), a row each.
 
 Before timing a decoder (every mode but eager, static and the transformers ones), its logits are checked on the same
