@@ -342,7 +342,7 @@ def test_decode_kernel_choice():
 
 
 @pytest.mark.parametrize("preset", ["diff-tiny", "shared_diff-tiny", "transformer-tiny", "diff_v2-tiny"])
-def test_decode_kernel_default_on_cuda(preset):
+def test_decode_kernel_default_for_gpu_models(preset):
     """decode_kernel=None on a CUDA model (the device flag handed in directly: no GPU here) picks the kernel for DIFF
     and Shared DIFF (V1) while DECODE_KERNEL_BY_DEFAULT is set, nothing for the other variants or with the flag
     cleared, and nothing off CUDA; unfused decoding never gets it."""
