@@ -23,8 +23,8 @@ for inference; DIFF V2's W_λ included), one for the MLP's gate and up, λ and t
 ``F.rms_norm`` (one kernel on CUDA) for the norms, and K1, K2 in one cache buffer. The step also hands the layers
 an additive float mask made once per step, so no attention call converts a boolean one. On CUDA the DIFF and Shared
 DIFF (V1) layers then run their decode step's differential tail (two attention maps, their difference, the head
-norm) in one Triton kernel (``ops.triton_decode``; ``decode_kernel=True``, the default once measured on a GPU),
-learnt through the cache as the merged weights are. The merged weights are a
+norm) in one Triton kernel (``ops.triton_decode``; by default on CUDA: ``DECODE_KERNEL_BY_DEFAULT``), learnt
+through the cache as the merged weights are. The merged weights are a
 snapshot: ``prefill`` merges again when a parameter changed in place since (its version counter moved: optimiser
 steps, ``load_state_dict``, ``copy_``), and ``refresh()`` does so on demand; a change behind autograd's back
 (``p.data = ...``, ``p.data.copy_(...)``) needs ``refresh()``. The training path and ``LanguageModel.forward``
@@ -95,10 +95,11 @@ def on_triton_backend(model: LanguageModel) -> bool:
     return any(getattr(block.attention, "backend", None) == "triton" for block in model.layers)
 
 
-# Whether decode_kernel=None turns the differential decode kernel on for CUDA models. Off until the kernel has
-# passed its CUDA tests and beaten the SDPA path on a GPU (docs/performance.md, "fourth pass": it has run on the
-# CPU interpreter only); until then decode_kernel=True opts in.
-DECODE_KERNEL_BY_DEFAULT = False
+# Whether decode_kernel=None turns the differential decode kernel on for CUDA models. On since its first GPU
+# record (one H200, bf16, 350m, 2026-12-01; docs/performance.md, "The decode kernel on the GPU"): its CUDA tests
+# passed, and at batch 1 it took the compiled CUDA-graph step of Shared DIFF from 826 to 966 tokens/s and DIFF's
+# from 813 to 958; at batch 32 the two were level (18,683 against 18,828 tokens/s for Shared DIFF).
+DECODE_KERNEL_BY_DEFAULT = True
 
 
 def _decode_kernel(
@@ -181,9 +182,9 @@ class StaticDecoder:
     ``decode_kernel``: whether the DIFF and Shared DIFF (V1) layers run each decode step's differential tail in one
     Triton kernel (``ops.triton_decode``) instead of two SDPA calls and a norm. None (default): where it applies
     (``fused``, a DIFF or Shared DIFF model on CUDA in float16, bfloat16 or float32, a power-of-two head dim,
-    Triton installed) once ``DECODE_KERNEL_BY_DEFAULT`` is set, which waits for its first GPU measurement (off
-    now); True: always (on the CPU under ``TRITON_INTERPRET=1``: tests); False: never. The prefill and other
-    layers are as they were.
+    Triton installed) while ``DECODE_KERNEL_BY_DEFAULT`` is set (it is, since the kernel's GPU record); True:
+    always (on the CPU under ``TRITON_INTERPRET=1``: tests); False: never. The prefill and other layers are as they
+    were.
 
     Raises ``ValueError`` if ``max_len`` exceeds the model's ``max_seq_len``, for ``cuda_graph`` with a model
     off CUDA or with ``mode="reduce-overhead"``, for ``compile_options`` with a ``mode``, for ``decode_kernel=True``

@@ -341,6 +341,25 @@ def test_decode_kernel_choice():
         StaticDecoder(model.double(), max_len=8, decode_kernel=True)
 
 
+@pytest.mark.parametrize("preset", ["diff-tiny", "shared_diff-tiny", "transformer-tiny", "diff_v2-tiny"])
+def test_decode_kernel_default_on_cuda(preset):
+    """decode_kernel=None on a CUDA model (the device flag handed in directly: no GPU here) picks the kernel for DIFF
+    and Shared DIFF (V1) while DECODE_KERNEL_BY_DEFAULT is set, nothing for the other variants or with the flag
+    cleared, and nothing off CUDA; unfused decoding never gets it."""
+    from shareddiff import static_decode
+
+    model = build_model(ModelConfig.from_preset(preset)).eval()
+    serves = preset in ("diff-tiny", "shared_diff-tiny")
+    assert static_decode.DECODE_KERNEL_BY_DEFAULT
+    chosen = static_decode._decode_kernel(model, None, fused=True, on_cuda=True)
+    assert chosen is (differential_decode_attention if serves else None)
+    assert static_decode._decode_kernel(model, None, fused=True, on_cuda=False) is None
+    assert static_decode._decode_kernel(model, None, fused=False, on_cuda=True) is None
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(static_decode, "DECODE_KERNEL_BY_DEFAULT", False)
+        assert static_decode._decode_kernel(model, None, fused=True, on_cuda=True) is None
+
+
 @pytest.mark.parametrize("preset", ["transformer-tiny", "diff_v2-tiny", "shared_diff_v2-tiny"])
 def test_decode_kernel_is_refused_for_a_model_it_does_not_serve(preset):
     """decode_kernel=True on a model without DIFF or Shared DIFF (V1) layers would run no kernel at all: refused,
@@ -460,7 +479,7 @@ def test_cuda_kernel_matches_float64_reference(seed, dtype, splits, request):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("preset", ["diff-tiny", "shared_diff-tiny"])
 def test_cuda_graph_decode_with_the_kernel_equals_reference(seed, preset, request):
-    """The decoder with the kernel (``decode_kernel=True``, opt-in until ``DECODE_KERNEL_BY_DEFAULT``), compiled and
+    """The decoder with the kernel (``decode_kernel=True``, the default on CUDA), compiled and
     captured in a CUDA graph (``compile=True, cuda_graph=True``): its logits are ≤ 1e-5 from the reference decode in
     float32 over a left-padded batch and 40 steps, with the same greedy tokens."""
     if in_subprocess_without_triton_interpreter(request):
