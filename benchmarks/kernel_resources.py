@@ -8,8 +8,10 @@ run (so the launch shapes, block sizes and arguments are exactly those a GPU run
 every recorded kernel with ``triton.compile`` for the target (default sm_90: H100/H200) and reads
 ``ptxas -v``. Columns: registers per thread, spill stores / loads (bytes), shared memory (bytes), and
 counts in the PTX of ``wgmma`` (Hopper tensor-core MMA), ``mma.sync`` (the pre-Hopper MMA), per-element
-global atomics/reductions, and ``cp.reduce.async.bulk.tensor`` (TMA reduce-add). Writes JSON beside the
-other results (or to --out).
+global atomics/reductions, ``cp.reduce.async.bulk.tensor`` (TMA reduce-add), and the signs of software
+pipelining and warp specialisation: ``cp.async`` copies (one per pipelined load and stage), ``wgmma.wait_group``
+waits, ``setmaxnreg`` (per-partition register budgets) and, in the TTGIR, ``ttg.warp_specialize`` regions.
+``--kernels _fwd_kernel`` compiles only the kernels named. Writes JSON beside the other results (or to --out).
 """
 
 from __future__ import annotations
@@ -43,7 +45,11 @@ PTX_COUNTS = {
     "mma.sync": r"\bmma\.sync",
     "atomics": r"\b(red|atom)\.global",
     "tma_reduce": r"cp\.reduce\.async\.bulk\.tensor",
+    "cp.async": r"\bcp\.async\.c[ag]\b",
+    "wgmma_wait": r"wgmma\.wait_group",
+    "setmaxnreg": r"\bsetmaxnreg\b",
 }
+TTGIR_COUNTS = {"warp_specialize": r"\bttg\.warp_specialize\b"}
 
 
 def record_launches(settings: KernelSettings, d: int, dtype: torch.dtype, n: int, h: int) -> list[tuple]:
@@ -144,6 +150,7 @@ def compile_one(kernel, bound: dict, capability: int) -> dict:
         "shared_bytes": compiled.metadata.shared,
         **ptxas_report(ptx, capability),
         **{name: len(re.findall(pattern, ptx)) for name, pattern in PTX_COUNTS.items()},
+        **{name: len(re.findall(pattern, compiled.asm["ttgir"])) for name, pattern in TTGIR_COUNTS.items()},
     }
 
 
@@ -172,6 +179,7 @@ def main() -> None:
         default=["dq=split", "dq=atomic", "dq=reduce", "dq=tma", "forward=maps", "forward=vsplit"],
         help='KernelSettings fields per run, ";"-separated: "dq=tma;bwd_blocks=64,64,4,2"',
     )
+    parser.add_argument("--kernels", nargs="+", help="compile only these kernels (e.g. _fwd_kernel); default all")
     parser.add_argument("--capability", type=int, default=90, help="compute capability ×10 (90: H100/H200)")
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
     args = parser.parse_args()
@@ -182,6 +190,8 @@ def main() -> None:
         for mode in args.modes:
             settings = parse_mode(mode)
             for kernel, grid, bound in record_launches(settings, d, dtype, n=1024, h=2):
+                if args.kernels and kernel.__name__ not in args.kernels:
+                    continue
                 _, constexprs, _ = signature_of(kernel, bound)
                 shape = (bound.get("num_warps"), bound.get("num_stages"))
                 key = (kernel.__name__, tuple(sorted(constexprs.items())), shape)
@@ -197,12 +207,14 @@ def main() -> None:
                 print(row, flush=True)
     path = write_result(f"kernel_resources-sm{args.capability}", {"kernels": rows}, args.out)
     headers = ["d", "mode", "kernel", "blocks", "regs", "spill st/ld", "smem", "wgmma", "mma.sync", "atom", "tma red"]
+    headers += ["cp.async", "wgmma wait", "setmaxnreg", "ws regions"]
     cells = []
     for r in rows:
         spills = f"{r.get('spill_stores', '-')}/{r.get('spill_loads', '-')}"
         shape = r.get("error", "")[:60] or r["blocks"]
         cells.append([r["d"], r["mode"], r["kernel"], shape, r.get("registers", "-"), spills])
-        cells[-1] += [r.get(k, "-") for k in ("shared_bytes", "wgmma", "mma.sync", "atomics", "tma_reduce")]
+        counts = ("shared_bytes", "wgmma", "mma.sync", "atomics", "tma_reduce", "cp.async", "wgmma_wait", "setmaxnreg")
+        cells[-1] += [r.get(k, "-") for k in (*counts, "warp_specialize")]
     print(table(headers, cells))
     print(f"wrote {path}")
 
