@@ -97,6 +97,18 @@ def test_kernel_matches_float64_reference_float32(seed, shape, mask_kind, norm):
         assert rel_err(out[:, head], expected[:, head]) <= 4 * TOL[torch.float32]
 
 
+@pytest.mark.parametrize("splits", [1, 2], ids=["single", "2 splits"])
+@pytest.mark.parametrize("n_k", [1, 40, 129, 300])
+def test_kernel_at_the_gpu_block_size_matches_float64_reference(seed, n_k, splits):
+    """The GPU's launch shape (``triton_decode``'s GPU ``BLOCK_N``: 128 keys a block, the interpreter's default is
+    16): caches shorter than a block, one key past a block, a ragged last block, with the single kernel and with
+    split-K; padded rows; float32 within 1e-5 of the float64 reference."""
+    q, k, v, lam, mask, w = make_inputs(2, 4, 2, n_k, 16, torch.float32)
+    with decode_kernel_settings(block_n=128, splits=splits):
+        out = differential_decode_attention(q, k, v, lam, mask, w, EPS)
+    assert rel_err(out, reference(q, k, v, lam, mask, w, EPS)) <= TOL[torch.float32]
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", SHAPES[1:4], ids=lambda s: "x".join(map(str, s)))
 def test_kernel_matches_float64_reference_half(seed, shape, dtype):
