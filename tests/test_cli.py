@@ -331,6 +331,33 @@ def test_hf_export_weights_are_readable_by_others(tiny_run, tmp_path):
     assert weights and all(stat.S_IMODE(w.stat().st_mode) == 0o644 for w in weights)
 
 
+@pytest.mark.parametrize(
+    ("missing", "verb", "message"),
+    [
+        ("transformers", ["export", "RUN", "--to", "hf", "OUT"], "exporting to Hugging Face needs the [hf] extra"),
+        ("transformers", ["export", "RUN", "--to", "diffllama", "OUT"], "exporting to DiffLlama needs the [hf] extra"),
+        ("transformers", ["eval", "harness", "RUN", "--tasks", "t"], "the harness needs the [hf] extra"),
+        ("lm_eval", ["eval", "harness", "RUN", "--tasks", "t"], "the harness needs the [hf] extra"),
+    ],
+)
+def test_a_missing_optional_package_names_the_extra_that_installs_it(
+    tmp_path, monkeypatch, capsys, missing, verb, message
+):
+    """Without transformers or lm-eval, the [hf] commands say which extra to install, in one line."""
+    if missing == "transformers":  # shareddiff.hf imported again, against the missing package (failing before it
+        for name in [n for n in sys.modules if n == "shareddiff.hf" or n.startswith("shareddiff.hf.")]:  # registers
+            monkeypatch.delitem(sys.modules, name)  # anything with the Auto classes)
+    monkeypatch.setitem(sys.modules, missing, None)  # `import missing` raises ModuleNotFoundError
+    for variable in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):  # the harness sets them for local tasks
+        monkeypatch.setenv(variable, "1")
+    args = [str(tmp_path / "run") if a == "RUN" else str(tmp_path / "out") if a == "OUT" else a for a in verb]
+    assert main(args) == 2
+    err = capsys.readouterr().err  # after the harness's online/offline note, when it gets that far
+    package = "lm-eval" if missing == "lm_eval" else missing
+    assert err.splitlines()[-1] == f"error: {message}: pip install 'shareddiff[hf]' ({package} is not installed)"
+    assert "Traceback" not in err
+
+
 def test_params_explains_the_size_in_the_name(capsys):
     assert main(["params", "shared_diff-830m"]) == 0
     out = capsys.readouterr().out

@@ -11,6 +11,7 @@ on its line. ``--help`` imports no torch: the command functions import what they
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import logging
@@ -20,7 +21,7 @@ import sys
 import time
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -330,7 +331,8 @@ def cmd_export(checkpoint: str, out: str, *, to: Literal["safetensors", "hf", "d
     from shareddiff.train.checkpoint import load_weights, make_readable, read_state, resolve_checkpoint
 
     if to in ("hf", "diffllama"):
-        from shareddiff.hf import export
+        with needs_extra(f"exporting to {'Hugging Face' if to == 'hf' else 'DiffLlama'}"):
+            from shareddiff.hf import export
 
         folder = export(checkpoint, out, to)
         for weights in folder.glob("*.safetensors"):
@@ -373,10 +375,11 @@ def cmd_eval_harness(
         limit: at most this many documents per task
         out: write the results as JSON here
     """
-    from shareddiff.hf.harness import hub_mode, run_harness
+    with needs_extra("the harness"):
+        from shareddiff.hf.harness import hub_mode, run_harness
 
-    _note(hub_mode(tasks.split(","), include_path)[1])
-    results = run_harness(checkpoint, tasks.split(","), include_path, num_fewshot, limit, batch_size, device)
+        _note(hub_mode(tasks.split(","), include_path)[1])
+        results = run_harness(checkpoint, tasks.split(","), include_path, num_fewshot, limit, batch_size, device)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(
@@ -385,6 +388,30 @@ def cmd_eval_harness(
     from lm_eval.utils import make_table
 
     return make_table(results)
+
+
+# The optional packages the commands import (the top-level module: its name on PyPI, the extra that installs it).
+OPTIONAL_PACKAGES = {
+    "transformers": ("transformers", "hf"),
+    "accelerate": ("accelerate", "hf"),
+    "lm_eval": ("lm-eval", "hf"),
+}
+
+
+@contextlib.contextmanager
+def needs_extra(what: str) -> Iterator[None]:
+    """Turn the ModuleNotFoundError of an optional package (``OPTIONAL_PACKAGES``) into a ValueError naming the
+    extra that installs it; any other missing module stays an error of its own."""
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        top = (err.name or "").split(".")[0]
+        if top not in OPTIONAL_PACKAGES:
+            raise
+        package, extra = OPTIONAL_PACKAGES[top]
+        raise ValueError(
+            f"{what} needs the [{extra}] extra: pip install 'shareddiff[{extra}]' ({package} is not installed)"
+        ) from err
 
 
 def cmd_report(runs: list[str], *, out: str = "runs/report.md") -> str:

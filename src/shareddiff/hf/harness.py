@@ -62,8 +62,12 @@ def run_harness(
     try:
         import lm_eval
         from lm_eval.models.huggingface import HFLM
-    except ImportError as err:
-        raise ValueError("the harness needs lm-eval: pip install 'shareddiff[hf]'") from err
+    except ModuleNotFoundError as err:
+        if (err.name or "").split(".")[0] != "lm_eval":
+            raise  # transformers (which lm-eval's HFLM imports), or a module lm-eval itself lacks
+        raise ValueError(
+            "the harness needs the [hf] extra: pip install 'shareddiff[hf]' (lm-eval is not installed)"
+        ) from err
     from shareddiff.hf.folders import hf_tokenizer, wrap
     from shareddiff.train import load_model
 
