@@ -438,6 +438,28 @@ def test_generate_device_cuda_off_a_gpu_names_the_flag(tmp_path, capsys):
     assert "--device cuda but no CUDA device is available; use --device cpu" in err and "train.device" not in err
 
 
+@pytest.mark.parametrize(
+    ("verb", "option"),
+    [
+        (["generate", "RUN", "--prompt", "def ", "--device", "tpu"], "--device tpu"),
+        (["eval", "lm", "RUN", "--device", "tpu"], "--device tpu"),
+        (["eval", "needle", "RUN", "--device", "tpu"], "--device tpu"),
+        (["eval", "harness", "RUN", "--tasks", "t", "--device", "tpu"], "--device tpu"),
+        (["train", "--preset", "shared_diff-tiny", "train.device=tpu", "train.out_dir=OUT"], "train.device=tpu"),
+    ],
+)
+def test_an_unknown_device_names_the_accepted_ones(tmp_path, capsys, verb, option):
+    """A device name torch cannot read is one line naming the option and the forms it takes, for every command."""
+    args = [a.replace("RUN", str(tmp_path / "run")).replace("OUT", str(tmp_path / "out")) for a in verb]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == (
+        f"error: {option} is not a device; use auto (CUDA when available, else the CPU), cpu, cuda, cuda:N "
+        "(the GPU numbered N) or mps"
+    )
+    assert "Traceback" not in err
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("extra", [[], ["--compile"]], ids=["graph", "compiled-graph"])
 def test_generate_cuda_graph_gives_the_eager_tokens(tmp_path, capsys, extra, request):

@@ -373,8 +373,12 @@ def cmd_eval_harness(
         tasks: comma-separated, e.g. arc_easy,piqa or a local task's name
         include_path: a folder of task YAML files
         limit: at most this many documents per task
+        device: cpu, cuda, cuda:N, mps, or auto (CUDA when available, else the CPU)
         out: write the results as JSON here
     """
+    from shareddiff.train.device import select_device
+
+    device = str(select_device(device, "--device"))
     with needs_extra("the harness"):
         from shareddiff.hf.harness import hub_mode, run_harness
 

@@ -10,14 +10,21 @@ import torch
 
 def select_device(name: str, option: str = "train.device") -> torch.device:
     """``train.device`` (or the command-line ``option`` that named it, e.g. "--device") as a device: "auto" is
-    CUDA when available, else the CPU. Raises ValueError, naming ``option``, for a CUDA device on a machine
-    without one."""
+    CUDA when available, else the CPU. Raises ValueError, naming ``option``, for a name torch does not read as a
+    device and for a CUDA device on a machine without one."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        sep = "=" if option.startswith("train.") else " "
+    sep = "=" if option.startswith("train.") else " "
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:  # torch's "Expected one of cpu, cuda, ... device type at start of ..."
+        raise ValueError(
+            f"{option}{sep}{name} is not a device; use auto (CUDA when available, else the CPU), cpu, cuda, cuda:N "
+            "(the GPU numbered N) or mps"
+        ) from err
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"{option}{sep}{name} but no CUDA device is available; use {option}{sep}cpu (or auto)")
-    return torch.device(name)
+    return device
 
 
 def compute_precision(precision: str, device: torch.device) -> str:
