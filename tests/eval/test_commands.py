@@ -102,11 +102,30 @@ def test_eval_commands_and_report(make_run, tmp_path, capsys):
         ("needle", ["--lengths", "0"], "--lengths 0: every length must be a positive token count"),
         ("attention", ["--depths", "2"], "--depths 2.0: a depth"),
         ("attention", ["--samples", "0"], "--samples 0 must be at least 1"),
+        ("lm", ["--seq-len", "0"], "--seq-len 0 must be at least 1 (leave it out for the training length)"),
+        ("lm", ["--seq-len", "64", "--max-tokens", "63"], "--max-tokens 63 is below one evaluation window of 64"),
+        ("lm", ["--max-train-count", "-1"], "--max-train-count -1 must be at least 1 (AR-Hit then counts only the"),
+        ("lm", ["--max-train-count", "0"], "--max-train-count 0 must be at least 1"),
     ],
 )
 def test_probe_flags_are_checked_before_anything_runs(tmp_path, capsys, verb, flags, message):
     assert main(["eval", verb, str(tmp_path / "no-run"), *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_lm_max_tokens_below_one_training_length_window_is_refused_before_lm_json_is_written(
+    make_run, tmp_path, capsys
+):
+    ckpt = str(train(make_run("train.max_steps=1", "checkpoint.every=1"), progress=False).checkpoint)
+    for max_tokens in ("-1", "0", "1", "31"):
+        assert main(["eval", "lm", ckpt, "--max-tokens", max_tokens, "--device", "cpu"]) == 2
+        assert capsys.readouterr().err == (
+            f"error: --max-tokens {max_tokens} is below one evaluation window of 32 tokens (the training length); "
+            "pass at least 32\n"
+        )
+    assert not (tmp_path / "run" / "eval" / "lm.json").exists()
+    assert main(["eval", "lm", ckpt, "--max-tokens", "32", "--device", "cpu"]) == 0  # one window: its 32 targets
+    assert json.loads((tmp_path / "run" / "eval" / "lm.json").read_text())["tokens"] == 32
 
 
 def test_needle_results_are_named_by_their_settings():

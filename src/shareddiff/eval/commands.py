@@ -52,8 +52,8 @@ def run_lm(
     Args:
         checkpoint: a run folder or one of its checkpoints/step_* folders
         seq_len: window length (default: the training length)
-        max_tokens: validation tokens to score
-        max_train_count: AR-Hit only for bigrams seen at most this often in training
+        max_tokens: validation tokens to score, at least one window (--seq-len)
+        max_train_count: AR-Hit only for bigrams seen at most this often (at least once) in training
         device: auto, cpu or cuda
         out: output folder (default RUN/eval)
     """
@@ -73,8 +73,11 @@ def lm_results(
     from shareddiff.data import eval_windows
     from shareddiff.eval.lm import lm_loss, rare_bigrams
 
+    check_lm_args(seq_len, max_tokens, max_train_count)
     model, tok, state = _load(checkpoint, device)
-    seq_len = seq_len or state["run"]["data"]["seq_len"]
+    trained = state["run"]["data"]["seq_len"]
+    check_lm_args(seq_len or trained, max_tokens, max_train_count, "" if seq_len else " (the training length)")
+    seq_len = seq_len or trained
     from shareddiff.eval.common import check_context
 
     check_context(model, seq_len, f"an evaluation window of {seq_len}")
@@ -94,6 +97,24 @@ def lm_results(
     }
     write_json(output_dir(checkpoint, out) / "lm.json", result)
     return result
+
+
+def check_lm_args(seq_len: int | None, max_tokens: int, max_train_count: int | None, what: str = "") -> None:
+    """Bad flags of ``eval lm`` as one clear error each, before anything is scored or written; ``seq_len`` None
+    (the training length, not yet read) leaves ``max_tokens`` unchecked; ``what`` says where ``seq_len`` came
+    from."""
+    if seq_len is not None and seq_len < 1:
+        raise ValueError(f"--seq-len {seq_len} must be at least 1 (leave it out for the training length)")
+    if seq_len is not None and max_tokens < seq_len:  # a window scores seq_len targets
+        raise ValueError(
+            f"--max-tokens {max_tokens} is below one evaluation window of {seq_len} tokens{what}; "
+            f"pass at least {seq_len}"
+        )
+    if max_train_count is not None and max_train_count < 1:
+        raise ValueError(
+            f"--max-train-count {max_train_count} must be at least 1 (AR-Hit then counts only the bigrams seen at "
+            "most this often in training); leave it out to count every bigram"
+        )
 
 
 def check_probe_args(depths: list[float], samples: int, needles: int, queries: int = 1) -> None:
