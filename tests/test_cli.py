@@ -537,6 +537,27 @@ def test_options_come_from_the_command_functions():
         parser.parse_args(["export", "ckpt", "out", "--to", "onnx"])  # the Literal's choices
 
 
+def test_every_no_switch_reads_as_what_it_turns_off():
+    """A --no-NAME switch's help is "no " and the docstring's thing it turns off: a noun phrase, not a sentence."""
+    from shareddiff.cli import build_parser
+
+    parser = build_parser()
+    verbs = parser._subparsers._group_actions[0].choices
+    switches = {
+        (verb, o): action.help
+        for verb, sub in verbs.items()
+        for action in sub._actions
+        for o in action.option_strings
+        if o.startswith("--no-")
+    }
+    assert switches[("generate", "--no-cuda-graph")].startswith(
+        "no CUDA-graph decoding: decode step by step from Python (the reference path, ~10x slower at batch 1) "
+        "instead of the default on a GPU, fixed shapes with each step replayed as one captured CUDA graph"
+    )
+    assert switches[("train", "--no-progress")] == "no progress bar"
+    assert not [s for s, text in switches.items() if re.match(r"no (on|a|an|the|decode|with|do|use)\b", text)]
+
+
 def test_overrides_mix_with_options_in_any_order():
     from shareddiff.cli import take_overrides
 

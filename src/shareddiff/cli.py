@@ -122,12 +122,14 @@ def cmd_generate(
         temperature: 0 = greedy; 1 = the model's own distribution
         top_k: 0 = no top-k filter
         top_p: 1 = no nucleus filter
+        device: auto (CUDA when available, else the CPU), cpu, cuda, cuda:N or mps
         compile: decode with fixed shapes and a compiled step (CUDA graphs on a GPU); compiled in a short greedy
             warm-up first, whose seconds are reported apart from the tokens/s
-        cuda_graph: on a GPU, decode with fixed shapes, each step replayed as one captured CUDA graph (a second to
-            capture; with --compile, the compiled step is captured instead); --no-cuda-graph decodes step by step
-            from Python (the reference path, ~10x slower at batch 1). Ignored off a GPU, and for a model whose
-            attention backend is "triton" (the fused training kernel takes no attention mask)
+        cuda_graph: CUDA-graph decoding: decode step by step from Python (the reference path, ~10x slower at
+            batch 1) instead of the default on a GPU, fixed shapes with each step replayed as one captured CUDA
+            graph (a second to capture; with --compile, the compiled step is captured instead). Off a GPU, and for
+            a model whose attention backend is "triton" (the fused training kernel takes no attention mask),
+            decoding is step by step anyway
     """
     import torch
 
