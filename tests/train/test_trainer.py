@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from shareddiff import ModelConfig, build_model
-from shareddiff.config import OptimConfig
+from shareddiff.config import OptimConfig, load_recipe
 from shareddiff.train import TrainingDiverged, latest_checkpoint, load_model, lr_at, train
 from shareddiff.train.checkpoint import list_checkpoints
 from shareddiff.train.metrics import read_metrics
@@ -80,10 +80,26 @@ def test_truncated_checkpoint_is_never_loaded(make_run, caplog):
     assert line.endswith(f"; using {ckpts[-2].name} instead")
 
 
-def test_resume_refuses_another_config(make_run):
+def test_resume_refuses_another_config(make_run, tmp_path):
     train(make_run("train.max_steps=3"), progress=False)
-    with pytest.raises(ValueError, match=r"another model config \(model.lowrank_rank: checkpoint 8, this run 4"):
+    with pytest.raises(ValueError, match=r"another model config \(model.lowrank_rank: checkpoint 8, this run 4") as e:
         train(make_run("model.lowrank_rank=4"), resume=True, progress=False)
+    record = tmp_path / "run" / "run_config.json"
+    assert str(e.value).endswith(
+        f"; resume with the recipe it was made with, as {record} records it: its --config FILE and overrides, or "
+        "this command with train.max_steps=3 and without model.lowrank_rank=4; or start a new run folder"
+    )
+    with pytest.raises(ValueError, match=r"another model config \(model.d_model: checkpoint 64") as e:
+        # the recipe left out (`train train.out_dir=RUN --resume`): the values to pass, written as overrides
+        train(
+            load_recipe(None, "shared_diff-small", [f"train.out_dir={tmp_path / 'run'}"]), resume=True, progress=False
+        )
+    hint = str(e.value).split("; resume with the recipe it was made with, ")[1]
+    assert hint.startswith(f"as {record} records it: its --config FILE and overrides, or this command with ")
+    assert "model.preset=shared_diff-tiny " in hint and "data.seq_len=32 " in hint and "train.device=cpu " in hint
+    assert (
+        "data.path=" in hint and "data.tokenizer=" in hint and "optim.lr=0.01 " in hint and "train.out_dir" not in hint
+    )
     with pytest.raises(ValueError, match=r"already holds checkpoints; pass --resume"):
         train(make_run(), progress=False)
 

@@ -154,9 +154,52 @@ def layer_lambdas(model: torch.nn.Module) -> list[float] | None:
     return values
 
 
-def _check_resume_compatible(state: dict, model_config: ModelConfig, tokenizer: Tokenizer | None, ckpt: Path) -> None:
-    """A resume with another model config or tokenizer raises ValueError naming each difference. ``state``: a
-    checkpoint's, or run_config.json's (``ckpt`` that file; it records no tokenizer hash: ``tokenizer`` None)."""
+def _recipe_overrides(recorded: dict, run: RunConfig) -> tuple[list[str], list[str]]:
+    """(``section.key=value`` overrides, this run's model overrides to leave out) that turn ``run`` into the
+    recipe ``recorded`` (a checkpoint's or run_config.json's ``run``): one per value that differs (train.out_dir
+    aside: the same folder, spelled either way; a value TOML cannot write, None, as ``section.key unset``), each
+    quoted for a shell. The ``[model]`` section holds only a preset and its overrides, hence the second list."""
+    import shlex
+
+    from shareddiff.config import parse_override_value
+
+    now, items = run.to_dict(), []
+    for section, values in recorded.items():
+        if not isinstance(values, dict):
+            continue
+        for name, value in values.items():
+            if (section, name) == ("train", "out_dir") or now.get(section, {}).get(name) == value:
+                continue
+            if value is None:
+                items.append(f"{section}.{name} unset")
+                continue
+            text = value if isinstance(value, str) else json.dumps(value)
+            if parse_override_value(text) != value:  # a string TOML would read as a number, a bool...
+                text = json.dumps(value)
+            items.append(shlex.quote(f"{section}.{name}={text}"))
+    model = recorded.get("model", {})
+    drop = [f"model.{k}={json.dumps(v)}" for k, v in now.get("model", {}).items() if k not in model and v is not None]
+    return items, drop
+
+
+def _recipe_hint(recorded: dict, run: RunConfig, record: Path) -> str:
+    """How to resume with the recipe ``recorded`` (``record``: the run_config.json that holds it)."""
+    overrides, drop = _recipe_overrides(recorded, run)
+    if not overrides and not drop:
+        return f"resume with the recipe it was made with ({record} records it)"
+    changes = [f"with {' '.join(overrides)}"] * bool(overrides) + [f"without {' '.join(drop)}"] * bool(drop)
+    return (
+        f"resume with the recipe it was made with, as {record} records it: its --config FILE and overrides, or "
+        f"this command {' and '.join(changes)}"
+    )
+
+
+def _check_resume_compatible(
+    state: dict, model_config: ModelConfig, tokenizer: Tokenizer | None, ckpt: Path, run: RunConfig
+) -> None:
+    """A resume with another model config or tokenizer raises ValueError naming each difference and the recipe
+    values to resume with. ``state``: a checkpoint's, or run_config.json's (``ckpt`` that file; it records no
+    tokenizer hash: ``tokenizer`` None); ``run``: this run's recipe."""
     saved, was = state["model_config"], "checkpoint" if ckpt.name != RUN_CONFIG else "run"
     what = "checkpoint" if ckpt.name != RUN_CONFIG else "the run recorded in"
     diffs = [
@@ -167,7 +210,7 @@ def _check_resume_compatible(state: dict, model_config: ModelConfig, tokenizer: 
     if diffs:
         raise ValueError(
             f"{what} {ckpt} was trained with another model config ({'; '.join(diffs)}); "
-            "resume with the recipe it was made with, or start a new run folder"
+            f"{_recipe_hint(state['run'], run, Path(run.train.out_dir) / RUN_CONFIG)}; or start a new run folder"
         )
     if tokenizer is not None and state["tokenizer_sha256"] != tokenizer.sha256:
         raise ValueError(
@@ -308,7 +351,7 @@ class Trainer:
             log.info("no checkpoint in %s: starting from step 0", self.run_dir)
             return None
         state = read_state(ckpt)
-        _check_resume_compatible(state, self.model_config, self.tokenizer, ckpt)
+        _check_resume_compatible(state, self.model_config, self.tokenizer, ckpt, self.run)
         _check_same_batches(state, self.run, self.dist.world, self.content_hashes(), f"checkpoint {ckpt.name}")
         _check_same_schedule(state, self.run, ckpt, new_schedule)
         if state["step"] >= self.run.train.max_steps:
@@ -334,7 +377,7 @@ class Trainer:
         it again from step 0: refuse, before anything is written, a recipe other than the one it was started
         with (model, batches, schedule) as a checkpoint resume does, then say that it starts again."""
         path = self.run_dir / RUN_CONFIG
-        _check_resume_compatible(recorded, self.model_config, None, path)
+        _check_resume_compatible(recorded, self.model_config, None, path, self.run)
         source = f"the run recorded in {path}"
         _check_same_batches(recorded, self.run, self.dist.world, self.content_hashes(), source)
         _check_same_schedule({**recorded, "step": 0}, self.run, path, new_schedule)
