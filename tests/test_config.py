@@ -40,7 +40,7 @@ from shareddiff.presets import SIZES
             r"lowrank_rank=0 must satisfy 0 < lowrank_rank < d_model \(the width of W_Q\) = 64 .*e\.g\. 8",
         ),
         (dict(attention="shared_diff_v2", d_model=64, lowrank_rank=64), r"lowrank_rank=64 must satisfy"),
-        (dict(attention="shared_diff_v2", lowrank_rank=2.5), r"lowrank_rank=2.5 must satisfy"),
+        (dict(attention="shared_diff_v2", lowrank_rank=2.5), r"lowrank_rank=2.5 is not an integer; it must satisfy"),
         (
             dict(attention="shared_diff_v2", base_sharing="heads"),
             r"base_sharing='heads' is defined for shared_diff only.*leave base_sharing='branches'",
@@ -144,6 +144,33 @@ def test_flags_take_booleans_only(override, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         load_recipe(None, "shared_diff-tiny", [override]).model_config()  # the model table becomes a ModelConfig
     assert load_recipe(None, "shared_diff-tiny", ["model.tie_embeddings=false"]).model_config().tie_embeddings is False
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "train.max_steps=1e3",
+            "train.max_steps=1000.0 must be a positive integer; it is a float, not an integer (TOML reads 1e3 and "
+            "1000.0 as floats): write 1000",
+        ),
+        (
+            "model.lowrank_rank=abc",
+            "lowrank_rank='abc' is not an integer; it must satisfy 0 < lowrank_rank < d_model/2",
+        ),
+        ("model.lowrank_rank=8.0", "lowrank_rank=8.0 is a float, not an integer (TOML reads 1e3 and 1000.0 as floats)"),
+        ("model.d_model=abc", "d_model='abc' must be a positive integer; it is not an integer"),
+        ("model.n_heads=2.0", "n_heads=2.0 must be a positive integer; it is a float, not an integer"),
+        ("train.micro_batch=x", "train.micro_batch='x' must be a positive integer; it is not an integer"),
+        ("mqar.pairs=1e1", "mqar.pairs=10.0 must be a positive integer; it is a float, not an integer"),
+    ],
+)
+def test_a_count_that_is_not_an_integer_says_so(override, message):
+    """A count given as a float (1e3) or a word is named as not an integer, not as out of range (or a TypeError)."""
+    extra = ["data.source=mqar"] if override.startswith("mqar.") else []
+    with pytest.raises(ValueError) as refused:
+        load_recipe(None, "shared_diff-tiny", [override, *extra]).model_config()
+    assert str(refused.value).startswith(message)
 
 
 def test_a_size_given_as_a_preset_gets_a_hint():

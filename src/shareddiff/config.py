@@ -86,7 +86,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.ffn_dim is None:
-            self.ffn_dim = default_ffn_dim(self.d_model) if self.d_model > 0 else 0
+            self.ffn_dim = default_ffn_dim(self.d_model) if not not_an_integer(self.d_model) and self.d_model > 0 else 0
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.attention in LOW_RANK and self.lowrank_rank is None and self._shape_ok():
@@ -97,6 +97,8 @@ class ModelConfig:
         self.validate()
 
     def _shape_ok(self) -> bool:
+        if not_an_integer(self.d_model) or not_an_integer(self.n_heads):
+            return False  # validate() names the field
         return self.d_model > 0 and self.n_heads > 0 and self.d_model % (self.n_heads * self.width_factor) == 0
 
     @property
@@ -127,8 +129,8 @@ class ModelConfig:
             )
         for name in ("d_model", "n_layers", "n_heads", "vocab_size", "max_seq_len", "ffn_dim", "n_kv_heads"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+            if not_an_integer(value) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer{not_an_integer(value, '; it is ')}")
         if self.d_model % (self.n_heads * self.width_factor):
             unit = "2·n_heads" if self.width_factor == 2 else "n_heads"
             why = " (each differential head holds two sub-heads)" if self.width_factor == 2 else ""
@@ -174,11 +176,12 @@ class ModelConfig:
             limit, what = self.d_model // 2, "d_model/2"
         else:
             limit, what = self.head_dim, "the head half-dim d"
-        if not isinstance(r, int) or r <= 0 or r >= limit:
+        if not_an_integer(r) or r <= 0 or r >= limit:
             example = max(1, limit // 4) if self.base_sharing == "heads" else default_lowrank_rank(self.d_model)
-            why = " (a rank that large is not low-rank)" if isinstance(r, int) and r >= limit else ""
+            why = " (a rank that large is not low-rank)" if not not_an_integer(r) and r >= limit else ""
+            head = f"lowrank_rank={r!r} is {not_an_integer(r)}; it" if not_an_integer(r) else f"lowrank_rank={r!r}"
             raise ValueError(
-                f"lowrank_rank={r!r} must satisfy 0 < lowrank_rank < {what} = {limit} for "
+                f"{head} must satisfy 0 < lowrank_rank < {what} = {limit} for "
                 f"attention={self.attention!r}, base_sharing={self.base_sharing!r}{why}; e.g. {example}"
             )
 
@@ -247,10 +250,11 @@ class MQARConfig:
         """Raise ``ValueError`` naming the field and the fix when sequences of ``seq_len`` cannot be built."""
         for name in ("vocab_size", "pairs", "key_len", "eval_samples"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"mqar.{name}={value!r} must be a positive integer")
-        if not isinstance(self.updates, int) or self.updates < 0:
-            raise ValueError(f"mqar.updates={self.updates!r} must be a non-negative integer")
+            if not_an_integer(value) or value <= 0:
+                raise ValueError(f"mqar.{name}={value!r} must be a positive integer{not_an_integer(value, '; it is ')}")
+        if not_an_integer(self.updates) or self.updates < 0:
+            why = not_an_integer(self.updates, "; it is ")
+            raise ValueError(f"mqar.updates={self.updates!r} must be a non-negative integer{why}")
         if not 1 <= self.n_queries() <= self.pairs:
             raise ValueError(f"mqar.queries={self.queries!r} must be between 1 and mqar.pairs={self.pairs}")
         if self.power_a <= 0:
@@ -376,9 +380,11 @@ class RunConfig:
             "optim.lr": self.optim.lr,
         }
         for name, value in positive.items():
-            kind = (int | float) if name == "optim.lr" else int
-            if not isinstance(value, kind) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a positive {'number' if name == 'optim.lr' else 'integer'}")
+            if name == "optim.lr":
+                if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+                    raise ValueError(f"{name}={value!r} must be a positive number")
+            elif not_an_integer(value) or value <= 0:
+                raise ValueError(f"{name}={value!r} must be a positive integer{not_an_integer(value, '; it is ')}")
         if self.data.source not in ("corpus", "mqar"):
             raise ValueError(f"data.source={self.data.source!r} must be 'corpus' or 'mqar'")
         if self.data.source == "mqar":
@@ -407,9 +413,10 @@ class RunConfig:
                     f"parallel.{name}={getattr(self.parallel, name)!r} must be one of {', '.join(map(repr, valid))}"
                 )
         prefetch = self.parallel.prefetch_blocks
-        if not isinstance(prefetch, int) or isinstance(prefetch, bool) or prefetch < 0:
+        if not_an_integer(prefetch) or prefetch < 0:
             raise ValueError(
                 f"parallel.prefetch_blocks={prefetch!r} must be an integer ≥ 0 (0 = FSDP2's implicit prefetch)"
+                f"{not_an_integer(prefetch, '; it is ')}"
             )
         if not isinstance(self.train.tokens_per_param, int | float) or self.train.tokens_per_param < 0:
             raise ValueError(
@@ -432,8 +439,11 @@ class RunConfig:
             raise ValueError(
                 f"train.early_stop_accuracy={threshold!r} must be in [0, 1] (0 = off; 0.99 = stop a solved run)"
             )
-        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
-            raise ValueError(f"train.early_stop_patience={patience!r} must be a positive integer (evaluations)")
+        if not_an_integer(patience) or patience < 1:
+            raise ValueError(
+                f"train.early_stop_patience={patience!r} must be a positive integer (evaluations)"
+                f"{not_an_integer(patience, '; it is ')}"
+            )
         if threshold > 0 and self.data.source != "mqar":
             raise ValueError(
                 f"train.early_stop_accuracy={threshold} watches MQAR accuracy, and this run trains on "
@@ -498,6 +508,16 @@ class RunConfig:
         run = cls(**kwargs)
         run.validate()
         return run
+
+
+def not_an_integer(value: Any, prefix: str = "") -> str:
+    """Why ``value`` (read from a recipe or an override) is not an integer, after ``prefix``; "" for an int.
+    A whole float names the integer to write (TOML reads ``1e3`` and ``1000.0`` as floats)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return f"{prefix}a float, not an integer (TOML reads 1e3 and 1000.0 as floats): write {int(value)}"
+    return f"{prefix}not an integer"
 
 
 def check_flags(obj: Any, prefix: str = "") -> None:
