@@ -299,6 +299,43 @@ def test_safetensors_export_makes_parents_and_writes_into_a_folder(tiny_run, tmp
     assert weights.keys() == saved.keys() and all(torch.equal(weights[k], v) for k, v in saved.items())
 
 
+def test_export_overwrites_a_file_only_with_force(tiny_run, tmp_path, capsys):
+    out = tmp_path / "w.safetensors"
+    out.write_text("precious")
+    assert main(["export", str(tiny_run.checkpoint), str(out)]) == 2
+    assert (
+        capsys.readouterr().err == f"error: {out} already exists; pass --force to overwrite it, or give another path\n"
+    )
+    assert out.read_text() == "precious"
+    assert main(["export", str(tiny_run.checkpoint), str(out), "--force"]) == 0
+    assert load_file(out).keys() == load_file(tiny_run.checkpoint / "model.safetensors").keys()
+
+
+@pytest.mark.parametrize(
+    ("to", "where"),
+    [
+        ("safetensors", "step/model.safetensors"),  # the checkpoint's own weights
+        ("safetensors", "step/"),  # the same, as a folder
+        ("safetensors", "checkpoints/w.safetensors"),
+        ("hf", "checkpoints/hf"),
+        ("diffllama", "step/dl"),
+    ],
+)
+def test_export_never_writes_into_a_runs_checkpoints(tiny_run, capsys, to, where):
+    """Even with --force: the export would replace a checkpoint's files (or sit among them) and damage it."""
+    step = tiny_run.checkpoint
+    before = {p: p.read_bytes() for p in step.rglob("*") if p.is_file()}
+    folder, _, rest = where.partition("/")
+    out = f"{step if folder == 'step' else step.parent}/{rest}"
+    assert main(["export", str(tiny_run.run_dir), out, "--to", to, "--force"]) == 2
+    err = capsys.readouterr().err
+    example = tiny_run.run_dir.resolve() / ("model.safetensors" if to == "safetensors" else f"model-{to}")
+    assert f"is inside {step.parent.resolve()} (a run's checkpoints folder): an export there would damage" in err
+    assert err.endswith(f"; write it outside, e.g. {example}\n") and err.count("\n") == 1
+    assert {p: p.read_bytes() for p in step.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in step.parent.iterdir()) == [step.name]
+
+
 @pytest.mark.parametrize("target", ["run", "step folder"])
 def test_a_checkpoint_copied_in_from_another_run_is_refused(tiny_run, make_run, tmp_path, capsys, target):
     """A step folder of a wider model copied into the run's checkpoints/ (as its newest) is named, not used."""

@@ -321,17 +321,29 @@ def cmd_tokenizer_train(
     return line
 
 
-def cmd_export(checkpoint: str, out: str, *, to: Literal["safetensors", "hf", "diffllama"] = "safetensors") -> str:
+def cmd_export(
+    checkpoint: str,
+    out: str,
+    *,
+    to: Literal["safetensors", "hf", "diffllama"] = "safetensors",
+    force: bool = False,
+) -> str:
     """Export a checkpoint: safetensors weights, a Hugging Face folder, or a native DiffLlama folder.
 
     Args:
         checkpoint: a run folder or one of its checkpoints/step_* folders
         out: output file (safetensors; an existing folder or one ending in / gets model.safetensors inside it)
-            or folder (hf, diffllama); missing parent folders are made
+            or folder (hf, diffllama); missing parent folders are made; never inside a run's checkpoints/
         to: safetensors (a file), hf (a transformers folder), diffllama (DiffLlamaForCausalLM folder)
+        force: overwrite an existing safetensors file (without it, an existing file is an error)
     """
     from shareddiff.train.checkpoint import load_weights, make_readable, read_state, resolve_checkpoint
 
+    target = Path(out)
+    into = ""
+    if to == "safetensors" and (target.is_dir() or out.endswith(("/", os.sep))):  # the weights go inside it
+        target, into = target / "model.safetensors", f" (the folder {out} given: its model.safetensors)"
+    _refuse_checkpoint_destination(target, to)
     if to in ("hf", "diffllama"):
         with needs_extra(f"exporting to {'Hugging Face' if to == 'hf' else 'DiffLlama'}"):
             from shareddiff.hf import export
@@ -342,18 +354,35 @@ def cmd_export(checkpoint: str, out: str, *, to: Literal["safetensors", "hf", "d
         return f"wrote {folder} ({to})"
     if to != "safetensors":
         raise ValueError(f"--to {to!r} is not supported; use safetensors, hf or diffllama")
+    if target.exists() and not force:
+        raise ValueError(f"{target} already exists; pass --force to overwrite it, or give another path")
     from safetensors.torch import save_file
 
     ckpt = resolve_checkpoint(checkpoint)
     state = read_state(ckpt)
-    target = Path(out)
-    into = ""
-    if target.is_dir() or out.endswith(("/", os.sep)):  # a folder: the weights go inside it
-        target, into = target / "model.safetensors", f" (the folder {out} given: its model.safetensors)"
     target.parent.mkdir(parents=True, exist_ok=True)
     save_file(load_weights(ckpt), target, metadata={"model_config": json.dumps(state["model_config"])})
     make_readable(target)
     return f"wrote {target} from {ckpt}{into}"
+
+
+def _refuse_checkpoint_destination(target: Path, to: str) -> None:
+    """A ValueError when ``target`` (the file or folder an export writes) lies in a run's checkpoints/ folder or
+    in a checkpoint folder: its files would replace a checkpoint's (or sit among them) and damage it."""
+    from shareddiff.train.checkpoint import CHECKPOINTS, STATE
+
+    path = target.expanduser().resolve()
+    folders = (path, *path.parents)
+    store = next((f for f in folders if f.name == CHECKPOINTS and (f.parent / "run_config.json").is_file()), None)
+    store = store or next((f for f in folders if (f / STATE).is_file()), None)
+    if store is None:
+        return
+    what = "a run's checkpoints folder" if store.name == CHECKPOINTS else "a checkpoint folder"
+    example = store.parent / ("model.safetensors" if to == "safetensors" else f"model-{to}")
+    raise ValueError(
+        f"{target} is inside {store} ({what}): an export there would damage the checkpoints; write it outside, "
+        f"e.g. {example}"
+    )
 
 
 def cmd_eval_harness(
