@@ -733,7 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # a training run says where it stopped and how to continue
         if os.environ.get("RANK", "0") == "0":
             print(str(err) or "interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(err, "signum", 2)  # 130 for Ctrl-C, 143 for SIGTERM, as a shell reports them
     if out:
         return _print_result(out)
     return 0

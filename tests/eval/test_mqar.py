@@ -471,7 +471,8 @@ def test_a_tiny_transformer_learns_mqar_and_stops_once_solved(tmp_path):
     assert evals[-3]["mqar_accuracy"] < 0.99  # the first two in a row
     assert result.early_stop["step"] == result.step == final["step"] < 1000
     record = mqar_run_record(run.train.out_dir)
-    assert steps_to(record["curve"], 0.99) == evals[-2]["step"] and record["accuracy_2x"] == final["mqar_accuracy_2x"]
+    first = next(e["step"] for e in evals if e["mqar_accuracy"] >= 0.99)  # one evaluation may cross, then dip
+    assert steps_to(record["curve"], 0.99) == first and record["accuracy_2x"] == final["mqar_accuracy_2x"]
 
 
 @pytest.mark.parametrize(

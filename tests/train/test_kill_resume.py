@@ -45,7 +45,10 @@ def test_sigkill_then_resume_matches_uninterrupted(make_run):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint_ends_with_one_line_and_resumes_bitwise(make_run):
+@pytest.mark.parametrize(("signum", "name"), [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_saves_a_checkpoint_ends_with_one_line_and_resumes_bitwise(make_run, signum, name):
+    """Ctrl-C, and SIGTERM (schedulers, ``timeout``), finish the step, save a checkpoint, end with one line and exit
+    with 128 + the signal; the resumed run's losses equal an uninterrupted run's bitwise."""
     from shareddiff.train import train
     from shareddiff.train.checkpoint import list_checkpoints
 
@@ -61,9 +64,9 @@ def test_ctrl_c_saves_a_checkpoint_ends_with_one_line_and_resumes_bitwise(make_r
         if any(r.get("step", 0) >= 3 for r in read_metrics(interrupted.train.out_dir)):
             break
         time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     ckpts = list_checkpoints(interrupted.train.out_dir)
     assert len(ckpts) == 1, "the first Ctrl-C saves a checkpoint at the end of the step"
@@ -72,7 +75,7 @@ def test_ctrl_c_saves_a_checkpoint_ends_with_one_line_and_resumes_bitwise(make_r
     assert err.strip().splitlines()[-1] == (
         f"interrupted at step {step} of 60; last checkpoint step {step} ({ckpts[0]}); continue with --resume"
     )
-    assert "Ctrl-C: stopping after this step with a checkpoint" in out
+    assert f"{name}: stopping after this step with a checkpoint" in out
 
     train(interrupted, resume=True, progress=False)
     assert losses(interrupted.train.out_dir) == losses(reference.train.out_dir)

@@ -75,10 +75,11 @@ class ScheduleChanged(ValueError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the run after ``step`` steps; ``checkpoint`` is the newest one to resume from."""
+    """Ctrl-C (SIGINT) or SIGTERM stopped the run after ``step`` steps; ``checkpoint`` is the newest one to resume
+    from; ``signum`` the signal (the CLI exits with 128 + it)."""
 
-    def __init__(self, step: int, max_steps: int, checkpoint: Path | None) -> None:
-        self.step, self.max_steps, self.checkpoint = step, max_steps, checkpoint
+    def __init__(self, step: int, max_steps: int, checkpoint: Path | None, signum: int = signal.SIGINT) -> None:
+        self.step, self.max_steps, self.checkpoint, self.signum = step, max_steps, checkpoint, int(signum)
         if checkpoint is None:
             super().__init__(
                 f"interrupted at step {step} of {max_steps}; no checkpoint yet, so nothing to resume: "
@@ -456,13 +457,13 @@ class Trainer:
                     self.window_start += time.perf_counter() - paused  # tokens/s counts training steps only
                 bar.update(1)
                 if stopping:
-                    raise TrainingInterrupted(self.step, max_steps, self.last_ckpt)
+                    raise TrainingInterrupted(self.step, max_steps, self.last_ckpt, ctrl_c.signum)
                 if self.early_stop:
                     break
         except KeyboardInterrupt as err:
             if isinstance(err, TrainingInterrupted):
                 raise
-            raise TrainingInterrupted(self.step, max_steps, self.last_ckpt) from None
+            raise TrainingInterrupted(self.step, max_steps, self.last_ckpt, ctrl_c.signum) from None
         finally:
             ctrl_c.restore()
             bar.close()
@@ -887,26 +888,31 @@ def _already_complete(run_dir: Path, ckpt: Path, state: dict) -> TrainResult:
     )
 
 
+_STOP_SIGNALS = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM"}  # what a stop request is called in the log
+
+
 class _CtrlC:
-    """The first Ctrl-C lets the current step finish (the loop then saves a checkpoint and stops); a second
-    one interrupts at once. Only in one process, on the main thread: under torchrun every rank gets the
-    signal and stops where it is."""
+    """The first Ctrl-C (SIGINT) or SIGTERM (what schedulers, ``timeout`` and ``kill`` send) lets the current step
+    finish (the loop then saves a checkpoint and stops); a second one interrupts at once. Only in one process, on the
+    main thread: under torchrun every rank gets the signal and stops where it is."""
 
     def __init__(self, enabled: bool) -> None:
-        self.pressed, self._previous = False, None
+        self.pressed, self.signum, self._previous = False, signal.SIGINT, {}
         if enabled and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+            for signum in _STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
 
-    def _on_sigint(self, signum, frame) -> None:
+    def _on_signal(self, signum, frame) -> None:
         if self.pressed:
             raise KeyboardInterrupt
-        self.pressed = True
-        log.warning("\nCtrl-C: stopping after this step with a checkpoint (press Ctrl-C again to stop at once)")
+        self.pressed, self.signum = True, signum
+        name = _STOP_SIGNALS.get(signum, f"signal {signum}")
+        log.warning("\n%s: stopping after this step with a checkpoint (send it again to stop at once)", name)
 
     def restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
 
 def _budget(run: RunConfig, n_params: int, train_tokens: int | None, world: int) -> dict:
