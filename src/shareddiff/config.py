@@ -570,7 +570,12 @@ def parse_override_value(text: str) -> Any:
 
 
 def load_recipe(path: str | None = None, preset: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """A RunConfig from an optional TOML recipe, then ``--preset``, then ``section.key=value`` overrides."""
+    """A RunConfig from an optional TOML recipe, then ``--preset``, then ``section.key=value`` overrides.
+
+    A count given as an override wins over a budget that would otherwise derive it: ``train.max_steps=N``
+    sets ``train.tokens_per_param`` to 0 and ``optim.warmup_steps=N`` sets ``optim.warmup_fraction`` to 0,
+    unless a later override sets the budget again (the last of the two wins).
+    """
     data: dict[str, Any] = {}
     if path is not None:
         data = read_toml(path)
@@ -582,5 +587,11 @@ def load_recipe(path: str | None = None, preset: str | None = None, overrides: l
         if not sep or not dot or not name:
             raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=100")
         data.setdefault(section, {})[name] = parse_override_value(value)
+    last = {item.partition("=")[0].strip(): i for i, item in enumerate(overrides or [])}
+    for count, budget in (("train.max_steps", "train.tokens_per_param"), ("optim.warmup_steps", "optim.warmup_fraction")):
+        if count in last and last.get(budget, -1) < last[count]:
+            section, name = budget.split(".")
+            if data.get(section, {}).get(name):
+                data[section][name] = 0  # else the budget read from the recipe would silently replace the count
     data.setdefault("model", {}).setdefault("preset", "shared_diff-tiny")
     return RunConfig.from_dict(data)

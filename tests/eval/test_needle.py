@@ -2,6 +2,7 @@
 
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,6 +125,16 @@ def test_short_samples_fill_the_end_of_a_row(builder):
         eos = [i for i, t in enumerate(row) if t == builder.tok.eos_id]
         assert eos and 600 - 300 - 1 in eos  # the filler head closes with end-of-text right before the sample
         assert "The magic number of" not in builder.tok.decode(row[:300])
+
+
+def test_a_sample_one_token_short_of_its_row_gets_only_the_end_of_text_head(builder):
+    # min_len draws sample lengths up to the row's; length - 1 leaves a filler head of no tokens, which once
+    # failed inside TokenData.window (np.concatenate of nothing) some thousand rows into a run
+    for seed in range(3):
+        row, (start, end) = builder.training_row(600, 2, random.Random(seed), sample_len=599)
+        assert len(row) == 600 and row[0] == builder.tok.eos_id and builder.tok.decode(row[1:]).count("The magic number of") >= 3
+        assert builder.tok.decode(row[start:end])[1:].isdigit() and builder.tok.decode(row[:start]).endswith(" is")
+    assert builder.filler.window(5, 0).dtype == np.int64 and builder.filler.window(5, 0).shape == (0,)
 
 
 def test_digit_accuracy_and_answer_logprob_by_hand():

@@ -31,6 +31,21 @@ def test_without_a_budget_the_recipe_decides():
     assert (sized.train.max_steps, sized.optim.warmup_steps) == (77, 5)
 
 
+def test_a_count_given_on_the_command_line_wins_over_the_recipes_budget(tmp_path):
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("[train]\ntokens_per_param = 10\n[optim]\nwarmup_fraction = 0.03\n")
+    budget = load_recipe(str(recipe), "shared_diff-tiny", ["data.seq_len=128", "train.micro_batch=8"])
+    assert budget.sized(n_params=1_000_003).train.max_steps == math.ceil(10 * 1_000_003 / (8 * 128)) == 9766
+    run = load_recipe(str(recipe), "shared_diff-tiny", ["train.max_steps=30", "optim.warmup_steps=3"])
+    assert (run.train.tokens_per_param, run.optim.warmup_fraction) == (0, 0)
+    sized = run.sized(n_params=1_000_003)
+    assert (sized.train.max_steps, sized.optim.warmup_steps) == (30, 3)
+    # the last of the two wins: a budget set after the count (an experiment's run, then the command line) stays
+    again = load_recipe(str(recipe), "shared_diff-tiny", ["train.max_steps=30", "train.tokens_per_param=2"])
+    assert again.sized(n_params=1_000_003, world_size=1).train.max_steps == math.ceil(2 * 1_000_003 / (8 * 256))
+    assert again.optim.warmup_fraction == 0.03
+
+
 @pytest.mark.parametrize(
     ("override", "field"),
     [("train.tokens_per_param=-1", "train.tokens_per_param"), ("optim.warmup_fraction=0.7", "optim.warmup_fraction")],

@@ -147,8 +147,8 @@ class TokenData:
         return int(self.offsets[-1])
 
     def window(self, start: int, length: int) -> np.ndarray:
-        """Tokens [start, start + length) as int64, across shard boundaries if needed."""
-        out, pos, end = [], start, start + length
+        """Tokens [start, start + length) as int64, across shard boundaries if needed (empty for length 0)."""
+        out, pos, end = [np.empty(0, dtype=np.int64)], start, start + length
         while pos < end:
             i = int(np.searchsorted(self.offsets, pos, side="right")) - 1
             local = pos - int(self.offsets[i])
