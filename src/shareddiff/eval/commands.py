@@ -198,9 +198,11 @@ def needle_results(
     seed: int,
     device: str,
     out: str | None,
+    progress: bool = True,
 ) -> dict:
     """Multi-needle retrieval accuracy per (length, depth); also written as JSON and a heatmap PNG, named by
-    the settings (:func:`needle_stem`). Lengths default to :func:`default_needle_lengths`."""
+    the settings (:func:`needle_stem`). Lengths default to :func:`default_needle_lengths`; ``progress``
+    False: no progress bar."""
     from tqdm.auto import tqdm
 
     from shareddiff.data.needle import builder_for_run
@@ -215,7 +217,7 @@ def needle_results(
     note = None
     if not lengths:
         lengths, note = default_needle_lengths(model.config.max_seq_len, answer_room(builder.tok, queries))
-    with tqdm(total=len(lengths) * len(depths) * samples, unit="sample") as bar:
+    with tqdm(total=len(lengths) * len(depths) * samples, unit="sample", disable=not progress) as bar:
         result = needle_eval(model, builder, lengths, depths, needles, queries, samples, seed, bar)
     result.update(checkpoint=str(checkpoint), model=_name(state), lengths=lengths, depths=depths)
     if note:

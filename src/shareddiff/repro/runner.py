@@ -108,9 +108,10 @@ def resolve_run(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str])
     return run_recipe(exp, spec, out, overrides), False
 
 
-def evaluate_run(exp: Experiment, run_dir: Path) -> dict[str, Any]:
+def evaluate_run(exp: Experiment, run_dir: Path, progress: bool = True) -> dict[str, Any]:
     """The experiment's evaluations of one trained run, as the evaluation functions return them. An MQAR
-    run (data.source = "mqar") also keeps the accuracy its trainer measured along training (``mqar``)."""
+    run (data.source = "mqar") also keeps the accuracy its trainer measured along training (``mqar``).
+    ``progress`` False: no progress bars (``reproduce --no-progress``)."""
     from shareddiff.eval import commands
     from shareddiff.eval.mqar import mqar_run_record
     from shareddiff.train.trainer import RUN_CONFIG
@@ -135,6 +136,7 @@ def evaluate_run(exp: Experiment, run_dir: Path) -> dict[str, Any]:
                 cfg["seed"],
                 "auto",
                 None,
+                progress,
             )
             by_length = {
                 str(n): statistics.fmean(c["accuracy"] for c in data["cells"] if c["length"] == n)
@@ -227,7 +229,7 @@ def run_one(
     start = time.perf_counter()
     train(run, resume="if_present", progress=progress)
     trained = time.perf_counter() - start
-    record = build_record(exp, spec, run_dir, overrides, evaluate_run(exp, run_dir))
+    record = build_record(exp, spec, run_dir, overrides, evaluate_run(exp, run_dir, progress))
     record["seconds_train"] = trained  # of this invocation (a resumed run: the rest of its steps)
     record["seconds_total"] = time.perf_counter() - start
     tmp = run_dir / (RECORD + ".tmp")
