@@ -1352,3 +1352,68 @@ def test_mqar_rates_plot_of_one_variant_keeps_its_title_inside_the_figure(tmp_pa
         solved = sum(v >= 0.99 for c in cells if c["seq_len"] == n for v in c["lrs"].values())
         assert ax.get_title() == f"Transformer: {solved} of 8 ≥ 0.99"
         assert sum(t.get_fontweight() == "bold" for t in ax.texts) == solved
+
+
+def test_the_needle_probe_summary_finds_first_crossings_and_last_values(tmp_path):
+    from shareddiff.plots import plot_needle_probe
+    from shareddiff.repro.summary import _attention_lines, _probe_lines, needle_probe_entry
+
+    rng = np.random.default_rng()
+    runs = []
+    for seed in range(2):
+        run = tmp_path / f"r{seed}"
+        run.mkdir()
+        exact = np.sort(rng.uniform(0, 1, 6))
+        rows = [{"step": 10 * (i + 1), "loss": 3.0, "tokens": 640 * (i + 1)} for i in range(6)]
+        for i, a in enumerate(exact):  # the probe on every other logged line, as the trainer writes it
+            rows.append(
+                {
+                    "step": 10 * (i + 1),
+                    "val_loss": 3.0,
+                    "tokens": 640 * (i + 1),
+                    "needle_accuracy": float(a),
+                    "needle_token_accuracy": float(min(1.0, a + 0.1)),
+                    "needle_answer_logprob": float(-5 * (1 - a)),
+                }
+            )
+        (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        runs.append((run, exact))
+    entry = needle_probe_entry([r for r, _ in runs])
+    for got, (_, exact) in zip(entry["runs"], runs, strict=True):
+        for t in (0.5, 0.9):
+            hits = [i for i, a in enumerate(exact) if a >= t]
+            want = None if not hits else {"step": 10 * (hits[0] + 1), "tokens": 640 * (hits[0] + 1)}
+            assert got["first"][str(t)] == want
+        assert got["last"]["needle_accuracy"] == pytest.approx(exact[-1])
+    last = [exact[-1] for _, exact in runs]
+    assert entry["last"]["needle_accuracy"]["mean"] == pytest.approx(np.mean(last))
+    assert entry["last"]["needle_accuracy"]["std"] == pytest.approx(np.std(last, ddof=1))
+    md = "\n".join(_probe_lines({"t": entry}))
+    assert "first step ≥ 0.9" in md and "needle_probe.png" in md
+    assert ("never" in md) == any(e["first"]["0.9"] is None for e in entry["runs"])
+    empty = tmp_path / "none"
+    empty.mkdir()
+    (empty / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 3.0, "tokens": 64}) + "\n")
+    assert needle_probe_entry([runs[0][0], empty]) is None  # a run without the probe: no entry
+    png = plot_needle_probe({"t": [r for r, _ in runs]}, tmp_path / "probe.png", "title", {"t": "standard"})
+    assert png.stat().st_size > 5000
+    groups = {
+        "t": {
+            "attention": {
+                k: {"mean": v, "std": 0.0, "n": 1}
+                for k, v in {"answer": 0.02, "noise": 0.44, "question": 0.54, "total": 1.0}.items()
+            }
+        },
+        "d": {
+            "attention": {
+                k: {"mean": v, "std": 0.0, "n": 1}
+                for k, v in {"answer": 0.001, "noise": -0.005, "question": 0.464, "total": 0.46}.items()
+            },
+            "lambda": [0.2, 0.4, 0.6],
+        },
+    }
+    table = _attention_lines(groups)
+    assert (
+        "| d | 0.001 | -0.005 | 0.464 | 0.460 | 0.400 |" in table
+        and "| t | 0.020 | 0.440 | 0.540 | 1.000 | — |" in table
+    )

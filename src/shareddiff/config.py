@@ -588,7 +588,10 @@ def load_recipe(path: str | None = None, preset: str | None = None, overrides: l
             raise ValueError(f"override {item!r} must look like section.key=value, e.g. train.max_steps=100")
         data.setdefault(section, {})[name] = parse_override_value(value)
     last = {item.partition("=")[0].strip(): i for i, item in enumerate(overrides or [])}
-    for count, budget in (("train.max_steps", "train.tokens_per_param"), ("optim.warmup_steps", "optim.warmup_fraction")):
+    for count, budget in (
+        ("train.max_steps", "train.tokens_per_param"),
+        ("optim.warmup_steps", "optim.warmup_fraction"),
+    ):
         if count in last and last.get(budget, -1) < last[count]:
             section, name = budget.split(".")
             if data.get(section, {}).get(name):

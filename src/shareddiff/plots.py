@@ -547,20 +547,69 @@ def plot_lambdas(lambdas: dict[str, list[float]], out: str | Path) -> Path:
 
 
 def plot_needle_bars(summary: dict, out: str | Path) -> Path:
-    """Multi-needle accuracy per (N, R) setting and group (mean over lengths and depths)."""
+    """Multi-needle accuracy per (N, R) setting and group (mean over lengths and depths); the legend sits in a
+    band above the bars (accuracy ≤ 1), so it covers none of them."""
     groups = {g: e for g, e in summary["groups"].items() if "needle" in e}
     labels = [f"N={r['n_needles']}\nR={r['n_queries']}" for r in next(iter(groups.values()))["needle"]]
-    plt, fig, ax = _figure((max(6, len(labels) * 1.1), 3.6))
+    plt, fig, ax = _figure((max(6, len(labels) * 1.1), 3.8))
     width = 0.8 / len(groups)
     for i, (group, entry) in enumerate(groups.items()):
         xs = [j + (i - (len(groups) - 1) / 2) * width for j in range(len(labels))]
-        ax.bar(xs, [r["accuracy"]["mean"] for r in entry["needle"]], width, label=group, color=f"C{i}")
+        colour = VARIANT_COLORS.get(entry.get("variant"), f"C{i % 10}") if len(groups) <= 5 else f"C{i % 10}"
+        ax.bar(xs, [r["accuracy"]["mean"] for r in entry["needle"]], width, label=group, color=colour)
     ax.set_xticks(range(len(labels)), labels)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.2)
+    ax.set_yticks([0, 0.2, 0.4, 0.6, 0.8, 1.0])
     ax.set_ylabel("accuracy (all lengths and depths)")
     ax.set_title(f"{summary['experiment']}: multi-needle retrieval")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", ncol=min(len(groups), 5), frameon=False)
     ax.grid(axis="y", alpha=0.3)
+    return _save(plt, fig, out)
+
+
+NEEDLE_PROBE = (
+    ("needle_accuracy", "exact match"),
+    ("needle_token_accuracy", "per-digit accuracy"),
+    ("needle_answer_logprob", "answer log-prob (nats)"),
+)
+
+
+def plot_needle_probe(
+    groups: dict[str, list[str | Path]], out: str | Path, title: str, variants: dict[str, str] | None = None
+) -> Path:
+    """The needle probe logged along training (``shareddiff.train.probes``: exact match, per-digit accuracy
+    and the answer's log-probability on fixed validation prompts, ``NEEDLE_PROBE``) against training tokens,
+    one panel per metric: each group's mean over its runs (seeds) at the steps all of them logged, with a
+    min–max band where there are several. Groups whose runs logged no probe are left out."""
+    import numpy as np
+    from matplotlib.ticker import FuncFormatter
+
+    from shareddiff.train.metrics import read_metrics
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(NEEDLE_PROBE), figsize=(4.2 * len(NEEDLE_PROBE), 3.6), dpi=120)
+    variants = variants or {}
+    for i, (group, dirs) in enumerate(groups.items()):
+        per_run = [{r["step"]: r for r in read_metrics(d) if NEEDLE_PROBE[0][0] in r} for d in dirs]
+        steps = sorted(set.intersection(*(set(rows) for rows in per_run))) if per_run else []
+        if not steps:
+            continue
+        colour = VARIANT_COLORS.get(variants.get(group), f"C{i % 10}") if len(groups) <= 5 else f"C{i % 10}"
+        tokens = [per_run[0][s]["tokens"] for s in steps]
+        for ax, (key, _) in zip(axes, NEEDLE_PROBE, strict=True):
+            values = np.array([[rows[s][key] for s in steps] for rows in per_run])
+            ax.plot(tokens, values.mean(0), color=colour, marker="o", ms=2.5, lw=1.5, label=group)
+            if len(per_run) > 1:
+                ax.fill_between(tokens, values.min(0), values.max(0), color=colour, alpha=0.15)
+    for ax, (key, label) in zip(axes, NEEDLE_PROBE, strict=True):
+        ax.set_xlabel("tokens seen")
+        ax.xaxis.set_major_formatter(FuncFormatter(count_label))
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if key != "needle_answer_logprob":
+            ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle(title)
     return _save(plt, fig, out)
 
 

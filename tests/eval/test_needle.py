@@ -132,7 +132,11 @@ def test_a_sample_one_token_short_of_its_row_gets_only_the_end_of_text_head(buil
     # failed inside TokenData.window (np.concatenate of nothing) some thousand rows into a run
     for seed in range(3):
         row, (start, end) = builder.training_row(600, 2, random.Random(seed), sample_len=599)
-        assert len(row) == 600 and row[0] == builder.tok.eos_id and builder.tok.decode(row[1:]).count("The magic number of") >= 3
+        assert (
+            len(row) == 600
+            and row[0] == builder.tok.eos_id
+            and builder.tok.decode(row[1:]).count("The magic number of") >= 3
+        )
         assert builder.tok.decode(row[start:end])[1:].isdigit() and builder.tok.decode(row[:start]).endswith(" is")
     assert builder.filler.window(5, 0).dtype == np.int64 and builder.filler.window(5, 0).shape == (0,)
 

@@ -123,9 +123,30 @@ def group_entry(recs: list[dict]) -> dict[str, Any]:
     if all("attention" in r["evals"] for r in recs):
         entry["attention"] = {
             key: _mean_std([statistics.fmean(row[key] for row in r["evals"]["attention"]["rows"]) for r in recs])
-            for key in ("answer", "noise")
+            for key in ("answer", "noise", "question", "total")
+            if all(key in row for r in recs for row in r["evals"]["attention"]["rows"])
         }
     return entry
+
+
+PROBE_KEYS = ("needle_accuracy", "needle_token_accuracy", "needle_answer_logprob")
+
+
+def needle_probe_entry(run_dirs: list[str | Path], thresholds: tuple[float, ...] = (0.5, 0.9)) -> dict | None:
+    """The needle probe logged along training (``shareddiff.train.probes``) of one group's runs: per run the
+    first step (and tokens) at which exact match reached each threshold (None: never) and its last values;
+    the last values' mean ± std over the runs. None when a run logged no probe."""
+    runs = []
+    for d in run_dirs:
+        rows = [r for r in read_metrics(d) if PROBE_KEYS[0] in r]
+        if not rows:
+            return None
+        first = {
+            str(t): next(({"step": r["step"], "tokens": r["tokens"]} for r in rows if r[PROBE_KEYS[0]] >= t), None)
+            for t in thresholds
+        }
+        runs.append({"first": first, "last": {"step": rows[-1]["step"], **{k: rows[-1][k] for k in PROBE_KEYS}}})
+    return {"runs": runs, "last": {k: _mean_std([r["last"][k] for r in runs]) for k in PROBE_KEYS}}
 
 
 def select_best(groups: dict[str, dict], key: str) -> dict[str, dict]:
@@ -334,6 +355,16 @@ def summarize(exp: Experiment, out: Path, command: str | None = None) -> Path:
         plots.plot_lambdas({g: e["lambda"] for g, e in groups.items() if "lambda" in e}, folder / "lambda.png")
     if any("needle" in e for e in groups.values()):
         plots.plot_needle_bars(summary, folder / "needle.png")
+    probes = {g: needle_probe_entry([r["dir"] for r in by_group[g]]) for g in groups}
+    probes = {g: p for g, p in probes.items() if p is not None}
+    if probes:
+        summary["needle_probe"] = probes
+        plots.plot_needle_probe(
+            {g: [r["dir"] for r in by_group[g]] for g in probes},
+            folder / "needle_probe.png",
+            f"{exp.name}: the needle probe along training (mean over seeds)",
+            variants={g: groups[g]["variant"] for g in probes},
+        )
     mqar_runs = [r["evals"]["mqar"] for r in records if "mqar" in r["evals"]]
     if mqar_runs:
         summary["mqar"] = mqar_summary(mqar_runs)
@@ -565,14 +596,9 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
             ]
         lines += ["", "![lambda](lambda.png)"]
     lines += _needle_lines(groups)
+    lines += _probe_lines(summary.get("needle_probe"))
     lines += _mqar_lines(summary.get("mqar"))
-    if any("attention" in e for e in groups.values()):
-        rows = [
-            [g, _fmt(e["attention"]["answer"], 3), _fmt(e["attention"]["noise"], 3)]
-            for g, e in groups.items()
-            if "attention" in e
-        ]
-        lines += ["", *md_table(["group", "attention on the answer", "attention on noise"], rows)]
+    lines += _attention_lines(groups)
     if "params_fit" in summary:
         lines += _efficiency_rows(summary["params_fit"], "non-embedding parameters")
         lines += ["", "![scaling](scaling.png)"] if summary["params_fit"]["match"] else []
@@ -603,6 +629,61 @@ def _needle_lines(groups: dict) -> list[str]:
         *md_table(["group", *lengths], rows),
     ]
     return [*lines, "", "![needle](needle.png)"]
+
+
+def _probe_lines(probes: dict | None) -> list[str]:
+    """The needle probe's table: last values (mean over seeds) and, per seed, the first step at each
+    exact-match threshold."""
+    if not probes:
+        return []
+    thresholds = list(next(iter(probes.values()))["runs"][0]["first"])
+    head = ["group", "exact match", "per-digit accuracy", "answer log-prob", *(f"first step ≥ {t}" for t in thresholds)]
+    rows = []
+    for g, p in probes.items():
+        firsts = [
+            " / ".join("never" if r["first"][t] is None else f"{r['first'][t]['step']:,}" for r in p["runs"])
+            for t in thresholds
+        ]
+        rows.append([g, *(_fmt(p["last"][k], 3) for k in PROBE_KEYS), *firsts])
+    return [
+        "",
+        "The needle probe along training (the trainer's fixed validation prompts; exact match moves in steps of "
+        "1/prompts), at the last step (mean over seeds); first steps per seed:",
+        "",
+        *md_table(head, rows),
+        "",
+        "![needle probe](needle_probe.png)",
+    ]
+
+
+def _attention_lines(groups: dict) -> list[str]:
+    """Table 5's buckets (``eval.attention_allocation``), means over depths, and each group's mean final λ."""
+    att = {g: e for g, e in groups.items() if "attention" in e}
+    if not att:
+        return []
+    keys = [k for k in ("answer", "noise", "question", "total") if all(k in e["attention"] for e in att.values())]
+    rows = [
+        [
+            g,
+            *(_fmt(e["attention"][k], 3) for k in keys),
+            f"{statistics.fmean(e['lambda']):.3f}" if "lambda" in e else "—",
+        ]
+        for g, e in att.items()
+    ]
+    lines = [
+        "",
+        *md_table(["group", *(f"attention on the {k}" if k != "total" else "total" for k in keys), "mean λ"], rows),
+    ]
+    if "question" in keys:
+        lines += [
+            "",
+            "(The row of the position that predicts the answer, per layer and head, split into the answer needle, "
+            "the rest of the context (noise) and the question, each bucket's signed mass over the row's absolute "
+            "mass, averaged over heads, layers, samples and depths; the differential maps are A₁ − λA₂, so their "
+            "buckets can be negative and sum to less than 1: `eval/attention.json` has them per layer, with A₁ "
+            "and A₂ apart.)",
+        ]
+    return lines
 
 
 def _mqar_lines(mqar: dict | None) -> list[str]:
