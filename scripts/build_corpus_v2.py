@@ -2,7 +2,7 @@
 """Build corpus-v2: English technical documentation and everyday English, de-duplicated (docs/data.md).
 
     pip install -e '.[corpus]'          # lxml, cssselect, datasketch; groff and pod2text from Debian
-    python scripts/build_corpus_v2.py build OUT_DIR --jobs 2
+    python scripts/build_corpus_v2.py build OUT_DIR --jobs 2       # or --subset v2s: corpus-v2s
     shareddiff tokenizer train OUT_DIR --val-fraction 0.01 --split-digits --out tokenizer.json
     shareddiff data prepare OUT_DIR --out PREPARED --tokenizer docs-16k-digits --val-fraction 0.01
     python scripts/build_corpus_v2.py report OUT_DIR --tokenizer docs-16k-digits --val-fraction 0.01 --prepared PREPARED
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 OPTIONAL_DEPS = ("lxml", "cssselect", "datasketch")  # pyproject.toml's `corpus` extra
 try:
     from corpus_v2.dedup import Deduplicator, DedupStats, minhash_signature
-    from corpus_v2.sources import LEFT_OUT, READERS, SOURCES, SOURCES_BY_NAME, Source
+    from corpus_v2.sources import LEFT_OUT, READERS, SOURCES, SOURCES_BY_NAME, SUBSETS, Source
 except ModuleNotFoundError as error:
     if (error.name or "").split(".")[0] not in OPTIONAL_DEPS:
         raise
@@ -170,7 +170,8 @@ def cmd_build(args: argparse.Namespace) -> None:
     stats_path = args.out / "stats.json"
     all_stats = {"sources": {}, "left_out": LEFT_OUT, "min_chars": MIN_CHARS}
     dedup = Deduplicator(threshold=args.threshold, min_chars=MIN_CHARS)
-    chosen = [SOURCES_BY_NAME[n] for n in args.sources] if args.sources else SOURCES
+    names = SUBSETS[args.subset] if getattr(args, "subset", None) else args.sources
+    chosen = [SOURCES_BY_NAME[n] for n in names] if names else SOURCES
     with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
         for source in chosen:
             start = time.perf_counter()
@@ -272,7 +273,11 @@ def main() -> None:
     p.add_argument("out", type=Path)
     p.add_argument("--cache", type=Path, default=Path.home() / ".cache/shareddiff/corpus-v2-packages")
     p.add_argument("--jobs", type=int, default=2, help="extraction processes")
-    p.add_argument("--sources", nargs="+", choices=list(SOURCES_BY_NAME), help="a subset (default: all)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--sources", nargs="+", choices=list(SOURCES_BY_NAME), help="these, in this order (default: all)"
+    )
+    which.add_argument("--subset", choices=list(SUBSETS), help="a named subset (scripts/corpus_v2/sources.py: SUBSETS)")
     p.add_argument("--threshold", type=float, default=0.8, help="MinHash Jaccard threshold of a near duplicate")
     p.set_defaults(func=cmd_build)
     p = sub.add_parser("report", help="count each source's tokens; print the docs/data.md table")
