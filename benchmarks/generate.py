@@ -4,6 +4,7 @@
     python benchmarks/generate.py --families transformer --out $OUT        # GPU: 350m, batch 1 and 32, bf16
     python benchmarks/generate.py --smoke                                  # CPU: tiny presets, a few tokens
     python benchmarks/generate.py --profile --size small --batch 1         # where a decode step's time goes
+                                                                           # (host work, and GPU time per kernel)
 
 Greedy decoding of ``--new-tokens`` after a random prompt of ``--prompt-len`` tokens, no EOS. tokens/s =
 batch × new tokens / wall time of one whole ``generate`` call (prefill included), the median of
@@ -360,6 +361,24 @@ def host_work(prof, new: int) -> dict:
     }
 
 
+def device_kernels(events, new: int, top: int = 20) -> dict[str, dict[str, float]]:
+    """Per new token, the GPU work of a profile's ``events`` (``prof.events()``) by kernel name: device
+    microseconds and calls, the ``top`` costliest first (also the kernels a CUDA graph replays, which the
+    profiler records as such). Names are cut to 160 characters. Empty on the CPU. Comparing two families'
+    tables shows which kernels a step of one spends its extra time in."""
+    from torch.autograd import DeviceType
+
+    by_name: dict[str, list[float]] = {}
+    for e in events:
+        if e.device_type == DeviceType.CPU:
+            continue
+        entry = by_name.setdefault(e.name[:160], [0.0, 0.0])
+        entry[0] += e.device_time_total
+        entry[1] += 1
+    ranked = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]
+    return {name: {"us_per_token": us / new, "calls_per_token": calls / new} for name, (us, calls) in ranked}
+
+
 def profile_generation(
     mode: str, fused: bool | None, model, batch: int, args, device: torch.device, kernel: str | None = None
 ) -> dict:
@@ -411,6 +430,7 @@ def profile_generation(
         "top_ops_self_ms_per_token": {
             e.key: e.self_cpu_time_total / new / 1e3 for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
         },
+        "top_gpu_kernels_per_token": device_kernels(prof.events(), new),
     }
 
 
@@ -506,7 +526,10 @@ def main() -> int:
                     result = {"preset": f"{family}-{args.size}", "batch": batch}
                     result.update(profile_generation(mode, fused, model, batch, args, device, kernel))
                     rows.append(result)
-                    print({k: v for k, v in result.items() if k != "top_ops_self_ms_per_token"}, flush=True)
+                    tables = ("top_ops_self_ms_per_token", "top_gpu_kernels_per_token")
+                    print({k: v for k, v in result.items() if k not in tables}, flush=True)
+                    for kernel_name, cost in result["top_gpu_kernels_per_token"].items():
+                        print(f"  {cost['us_per_token']:9.2f} us {cost['calls_per_token']:7.2f} calls  {kernel_name}")
                     path = write_result(name, payload, args.out) if path is None else _rewrite(path, payload)
             continue
         for batch in args.batch:

@@ -65,3 +65,29 @@ def test_decode_speed_subtracts_the_prefill(monkeypatch):
     assert speed["decode_ms_per_step"] == pytest.approx(1.0)
     noisy = bench.decode_speed(None, torch.device("cpu"), 3, batch=1, new_tokens=2, call_s=0.009)
     assert noisy["decode_tokens_per_s"] is None and noisy["decode_ms_per_step"] is None
+
+
+def test_device_kernels_sum_each_kernels_time_and_calls_per_token():
+    from types import SimpleNamespace
+
+    import numpy as np
+    from generate import device_kernels
+    from torch.autograd import DeviceType
+
+    rng = np.random.default_rng()
+    names = ["triton_poi_fused_add_0", "sm90_xmma_gemm_bf16", "decode_kernel_" + "x" * 300]
+    events, want = [], {}
+    for _ in range(60):
+        name = names[rng.integers(3)]
+        us = float(rng.uniform(1, 50))
+        events.append(SimpleNamespace(name=name, device_type=DeviceType.CUDA, device_time_total=us))
+        key = name[:160]
+        want[key] = [want.get(key, [0.0, 0])[0] + us, want.get(key, [0.0, 0])[1] + 1]
+    events.append(SimpleNamespace(name="aten::mm", device_type=DeviceType.CPU, device_time_total=999.0))
+    got = device_kernels(events, new=4, top=2)
+    ranked = sorted(want.items(), key=lambda kv: -kv[1][0])[:2]
+    assert list(got) == [name for name, _ in ranked]  # the costliest first, the CPU operator left out
+    for name, (us, calls) in ranked:
+        assert got[name]["us_per_token"] == pytest.approx(us / 4)
+        assert got[name]["calls_per_token"] == pytest.approx(calls / 4)
+    assert all(len(name) <= 160 for name in device_kernels(events, new=1))
