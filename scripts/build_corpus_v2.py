@@ -170,7 +170,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     stats_path = args.out / "stats.json"
     all_stats = {"sources": {}, "left_out": LEFT_OUT, "min_chars": MIN_CHARS}
     dedup = Deduplicator(threshold=args.threshold, min_chars=MIN_CHARS)
-    names = SUBSETS[args.subset] if getattr(args, "subset", None) else args.sources
+    names = SUBSETS[args.subset] if args.subset else args.sources
     chosen = [SOURCES_BY_NAME[n] for n in names] if names else SOURCES
     with multiprocessing.get_context("fork").Pool(args.jobs) as pool:
         for source in chosen:

@@ -546,6 +546,12 @@ def plot_lambdas(lambdas: dict[str, list[float]], out: str | Path) -> Path:
     return _save(plt, fig, out)
 
 
+def _group_colour(variant: str | None, i: int, n_groups: int) -> str:
+    """The colour of the ``i``-th of ``n_groups`` groups: its variant's (``VARIANT_COLORS``) while there are at
+    most five groups, one per variant; else (or for an unknown variant) matplotlib's i-th."""
+    return VARIANT_COLORS.get(variant, f"C{i % 10}") if n_groups <= 5 else f"C{i % 10}"
+
+
 def plot_needle_bars(summary: dict, out: str | Path) -> Path:
     """Multi-needle accuracy per (N, R) setting and group (mean over lengths and depths); the legend sits in a
     band above the bars (accuracy ≤ 1), so it covers none of them."""
@@ -555,7 +561,7 @@ def plot_needle_bars(summary: dict, out: str | Path) -> Path:
     width = 0.8 / len(groups)
     for i, (group, entry) in enumerate(groups.items()):
         xs = [j + (i - (len(groups) - 1) / 2) * width for j in range(len(labels))]
-        colour = VARIANT_COLORS.get(entry.get("variant"), f"C{i % 10}") if len(groups) <= 5 else f"C{i % 10}"
+        colour = _group_colour(entry.get("variant"), i, len(groups))
         ax.bar(xs, [r["accuracy"]["mean"] for r in entry["needle"]], width, label=group, color=colour)
     ax.set_xticks(range(len(labels)), labels)
     ax.set_ylim(0, 1.2)
@@ -594,7 +600,7 @@ def plot_needle_probe(
         steps = sorted(set.intersection(*(set(rows) for rows in per_run))) if per_run else []
         if not steps:
             continue
-        colour = VARIANT_COLORS.get(variants.get(group), f"C{i % 10}") if len(groups) <= 5 else f"C{i % 10}"
+        colour = _group_colour(variants.get(group), i, len(groups))
         tokens = [per_run[0][s]["tokens"] for s in steps]
         for ax, (key, _) in zip(axes, NEEDLE_PROBE, strict=True):
             values = np.array([[rows[s][key] for s in steps] for rows in per_run])

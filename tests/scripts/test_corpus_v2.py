@@ -217,7 +217,9 @@ def test_build_command_keeps_each_licence_beside_its_jsonl(package, tmp_path, mo
         monkeypatch.setitem(sources.SOURCES_BY_NAME, source.name, source)
     monkeypatch.setitem(build.FETCHERS, "deb", lambda name, cache: (package, f"{name}_1.0-1_all.deb"))
     out = tmp_path / "out"
-    args = argparse.Namespace(out=out, cache=tmp_path / "cache", jobs=1, sources=[s.name for s in FAKE], threshold=0.8)
+    args = argparse.Namespace(
+        out=out, cache=tmp_path / "cache", jobs=1, sources=[s.name for s in FAKE], subset=None, threshold=0.8
+    )
     build.cmd_build(args)
     stats = json.loads((out / "stats.json").read_text())
     assert sorted(stats["sources"]) == sorted(s.name for s in FAKE)

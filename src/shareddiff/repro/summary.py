@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from shareddiff.plots import variant_name
+from shareddiff.plots import NEEDLE_PROBE, variant_name
 from shareddiff.repro.runner import DEFAULT_OUT, RECORD
 from shareddiff.repro.spec import Experiment
 from shareddiff.train.metrics import TAIL_FRACTION, read_metrics, tail_mean_loss
@@ -129,7 +129,7 @@ def group_entry(recs: list[dict]) -> dict[str, Any]:
     return entry
 
 
-PROBE_KEYS = ("needle_accuracy", "needle_token_accuracy", "needle_answer_logprob")
+PROBE_KEYS = tuple(key for key, _ in NEEDLE_PROBE)  # exact match first
 
 
 def needle_probe_entry(run_dirs: list[str | Path], thresholds: tuple[float, ...] = (0.5, 0.9)) -> dict | None:
