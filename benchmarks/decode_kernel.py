@@ -172,7 +172,13 @@ def split_choices(args, batch: int, heads: int, n_k: int, sm_count: int) -> list
 
 def bench_shape(args, config, batch: int, n_k: int, device, deadline: float, sm_count: int) -> list[dict]:
     """Rows for one (batch, cache length): the SDPA path, then each kernel configuration (the rule's first)."""
-    from shareddiff.ops.triton_decode import BLOCK_N, NUM_WARPS, decode_kernel_settings, split_count, split_plan
+    from shareddiff.ops.triton_decode import (
+        NUM_WARPS,
+        decode_kernel_settings,
+        default_block_n,
+        split_count,
+        split_plan,
+    )
 
     calls = args.layers or config.n_layers
     caches = make_layers(config, batch, n_k, distinct_caches(config, batch, n_k, calls), device, args.seed)
@@ -198,7 +204,7 @@ def bench_shape(args, config, batch: int, n_k: int, device, deadline: float, sm_
     rows = [measure(base | {"path": "sdpa"}, sdpa_path)]
     configs = [(s, bn, w) for s in split_choices(args, batch, config.n_heads, n_k, sm_count)
                for bn in args.block_n for w in args.warps]  # fmt: skip
-    default = (rule, BLOCK_N, NUM_WARPS)
+    default = (rule, default_block_n(batch, config.n_heads, n_k, sm_count), NUM_WARPS)
     configs = [default, *configs]  # the default launch first: timed whatever the budget
     seen = set()
     for splits, block_n, warps in configs:

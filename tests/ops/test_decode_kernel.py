@@ -18,9 +18,14 @@ from shareddiff import ModelConfig, build_model
 from shareddiff.layers import fused_rms_norm
 from shareddiff.ops import sdpa_differential_attention
 from shareddiff.ops.triton_decode import (
+    BLOCK_N,
+    INTERPRET,
+    SHORT_BLOCK_N,
     DecodeKernelSettings,
     decode_kernel_settings,
+    default_block_n,
     differential_decode_attention,
+    short_cache,
     split_count,
     split_plan,
 )
@@ -97,14 +102,15 @@ def test_kernel_matches_float64_reference_float32(seed, shape, mask_kind, norm):
         assert rel_err(out[:, head], expected[:, head]) <= 4 * TOL[torch.float32]
 
 
-@pytest.mark.parametrize("splits", [1, 2], ids=["single", "2 splits"])
+@pytest.mark.parametrize("block_n", [64, 128])
+@pytest.mark.parametrize("splits", [1, 2, 3], ids=["single", "2 splits", "3 splits"])
 @pytest.mark.parametrize("n_k", [1, 40, 129, 300])
-def test_kernel_at_the_gpu_block_size_matches_float64_reference(seed, n_k, splits):
-    """The GPU's launch shape (``triton_decode``'s GPU ``BLOCK_N``: 128 keys a block, the interpreter's default is
-    16): caches shorter than a block, one key past a block, a ragged last block, with the single kernel and with
-    split-K; padded rows; float32 within 1e-5 of the float64 reference."""
+def test_kernel_at_the_gpu_block_size_matches_float64_reference(seed, n_k, splits, block_n):
+    """The GPU's launch shapes (``triton_decode``'s GPU ``BLOCK_N`` and ``SHORT_BLOCK_N``: 128 and 64 keys a block,
+    the interpreter's default is 16): caches shorter than a block, one key past a block, a ragged last block, with
+    the single kernel and with split-K; padded rows; float32 within 1e-5 of the float64 reference."""
     q, k, v, lam, mask, w = make_inputs(2, 4, 2, n_k, 16, torch.float32)
-    with decode_kernel_settings(block_n=128, splits=splits):
+    with decode_kernel_settings(block_n=block_n, splits=splits):
         out = differential_decode_attention(q, k, v, lam, mask, w, EPS)
     assert rel_err(out, reference(q, k, v, lam, mask, w, EPS)) <= TOL[torch.float32]
 
@@ -214,20 +220,44 @@ def test_split_kernel_float16(seed):
 @pytest.mark.parametrize(
     "batch, heads, n_k, sms, expected",
     [
-        (1, 8, 384, 132, 3),  # 350m at batch 1, a 384-key cache: 3 splits of ≥ 128 keys
+        (1, 8, 384, 132, 6),  # 350m at batch 1, a 384-key cache (a short one): 6 splits of ≥ 64 keys
+        (1, 8, 192, 132, 3),  # 3 splits of 64
+        (1, 8, 512, 132, 8),  # the longest short cache: 8 splits of 64
+        (1, 8, 1024, 132, 8),  # longer: splits of ≥ 128 keys again
         (1, 8, 2048, 132, 16),  # 16 splits of 128
         (1, 8, 8192, 132, 33),  # two waves: ⌈264 / 8⌉
         (4, 8, 8192, 132, 9),  # ⌈264 / 32⌉
         (32, 8, 8192, 132, 1),  # 256 programs fill the 132 SMs already: the single kernel
         (1, 8, 100, 132, 1),  # fewer keys than one split's minimum
+        (1, 8, 127, 132, 1),  # below 2 · 64: not a short cache, so splits of ≥ 128 keys: 1
         (1, 1, 1 << 20, 132, 64),  # at most MAX_SPLITS
         (2, 4, 4096, 1, 1),  # the interpreter's "device" (1 SM)
     ],
 )
 def test_split_count_rule(batch, heads, n_k, sms, expected):
-    """The rule (``split_count``): 1 where B·h ≥ SMs, else min(⌈2·SMs / (B·h)⌉, ⌊N_k / 128⌋, 64), at least 1; the
-    values worked out by hand."""
+    """The rule (``split_count``): 1 where B·h ≥ SMs, else min(⌈2·SMs / (B·h)⌉, ⌊N_k / K⌋, 64), at least 1, with
+    K = 64 keys for a short cache (128 ≤ N_k ≤ 512) and 128 otherwise; the values worked out by hand."""
     assert split_count(batch, heads, n_k, sms) == expected
+
+
+@pytest.mark.parametrize(
+    "batch, heads, n_k, sms, short",
+    [
+        (1, 8, 192, 132, True),
+        (1, 8, 384, 132, True),
+        (1, 8, 512, 132, True),
+        (1, 8, 513, 132, False),  # past SHORT_CACHE_KEYS
+        (1, 8, 127, 132, False),  # under two 64-key blocks
+        (32, 8, 384, 132, False),  # 256 programs fill the SMs: the single kernel and its 128-key blocks
+        (2, 4, 384, 1, False),  # the interpreter's "device" (1 SM): nothing is split
+    ],
+)
+def test_default_block_n_rule(batch, heads, n_k, sms, short):
+    """``default_block_n``: ``SHORT_BLOCK_N`` (64 on a GPU) exactly where the keys are split over a cache of 128 to
+    512 keys, ``BLOCK_N`` (128) elsewhere; under the interpreter both are 16."""
+    assert short_cache(batch, heads, n_k, sms) is short
+    assert default_block_n(batch, heads, n_k, sms) == (SHORT_BLOCK_N if short else BLOCK_N)
+    assert ((16, 16) if INTERPRET else (64, 128)) == (SHORT_BLOCK_N, BLOCK_N)
 
 
 def test_split_plan_covers_the_keys_with_whole_blocks():
@@ -429,17 +459,17 @@ def test_bad_input_is_refused_naming_the_argument():
 def test_kernel_compiles_for_hopper():
     """The kernels compile to sm_90 cubins (Triton's own compiler and ptxas, no GPU needed; a process without the
     interpreter) without spilling registers: the single kernel for bfloat16 and float32, with and without the
-    norm, and split-K's two kernels (bfloat16, with the norm), at the default launch settings, with the float
-    arguments typed fp32 (an eager launch) and fp64 (inductor's launch from a compiled graph, which once changed a
-    loop-carried variable's type and failed to compile on the GPU only): what the interpreter cannot check (e.g.
-    the globals a kernel may read, a loop over a range known at run time only, type consistency in loops).
-    Skipped where Triton has no ptxas."""
+    norm, and split-K's two kernels (bfloat16, with the norm; 128- and 64-key blocks), at the default launch
+    settings, with the float arguments typed fp32 (an eager launch) and fp64 (inductor's launch from a compiled
+    graph, which once changed a loop-carried variable's type and failed to compile on the GPU only): what the
+    interpreter cannot check (e.g. the globals a kernel may read, a loop over a range known at run time only, type
+    consistency in loops). Skipped where Triton has no ptxas."""
     code = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from shareddiff.ops.triton_decode import (
-    BLOCK_N, MERGE_TILE, NUM_STAGES, NUM_WARPS, _decode_kernel, _merge_kernel, _split_kernel,
+    BLOCK_N, MERGE_TILE, NUM_STAGES, NUM_WARPS, SHORT_BLOCK_N, _decode_kernel, _merge_kernel, _split_kernel,
 )
 
 def compile(kernel, pointers, ints, floats, constants):
@@ -458,7 +488,8 @@ for float_type in ("fp32", "fp64"):
         constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm}
         compile(_decode_kernel, pointers, strides + " sob soh H HKV GROUP NK", "scale_log2 eps", constants)
     pointers = {name: "*bf16" for name in ("Q", "K", "V", "Mask")} | {"Acc": "*fp32", "Stats": "*fp32"}
-    compile(_split_kernel, pointers, strides + " H HKV GROUP NK CHUNK", "scale_log2", {"D": 64, "BN": BLOCK_N})
+    for block_n in (BLOCK_N, SHORT_BLOCK_N):  # split-K walks 64-key blocks over short caches
+        compile(_split_kernel, pointers, strides + " H HKV GROUP NK CHUNK", "scale_log2", {"D": 64, "BN": block_n})
     pointers = {"Acc": "*fp32", "Stats": "*fp32", "Lam": "*bf16", "W": "*bf16", "Out": "*bf16"}
     constants = {"D": 64, "ST": MERGE_TILE, "NORM": True, "HAS_WEIGHT": True}
     compile(_merge_kernel, pointers, "sob soh H S", "eps", constants)

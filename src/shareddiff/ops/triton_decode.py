@@ -52,8 +52,14 @@ DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # 20261201T101152.json) 128 keys and 4 warps was the fastest at all six shapes, 15-38% less time than 64 keys and 4
 # warps (the first default) and 1.03-2.64x faster than the SDPA path; 2 stages (not swept)
 BLOCK_N = 16 if INTERPRET else 128
+# short caches split into 64-key blocks (default_block_n): at batch 1 (350m layout, one H200, bf16, in a CUDA graph;
+# benchmarks/results/decode_kernel-NVIDIA_H200-20261202T132128.json and ...20261201T101152.json) 3 splits of 64 keys
+# took 6.5 us a call at 192 keys against 7.8 for 128-key blocks (1 split), and 6 splits of 64 keys 7.3 us at 384 keys
+# against 7.8-8.4 for 3 of 128; at 2,048 keys 16 splits of 128 (10.6 us) beat 32 of 64 (11.3)
+SHORT_BLOCK_N = 16 if INTERPRET else 64
+MIN_SPLIT_KEYS, SHORT_SPLIT_KEYS = 128, 64  # split_count: the fewest keys a split walks (a GPU block of keys)
+SHORT_CACHE_KEYS = 512  # the longest cache split into SHORT_SPLIT_KEYS-key splits and SHORT_BLOCK_N-key blocks
 NUM_WARPS, NUM_STAGES = 4, 2
-MIN_SPLIT_KEYS = 128  # split_count: the fewest keys a split walks
 MAX_SPLITS = 64
 MERGE_TILE = 16  # partials the merge kernel reads at a time
 OP_NAME = "shareddiff::differential_decode_attention"
@@ -215,12 +221,12 @@ def _merge_kernel(
 
 @dataclass(frozen=True)
 class DecodeKernelSettings:
-    """How the op launches: keys per block (``block_n``, a power of two; None: ``BLOCK_N``), the Triton launch's
-    ``num_warps`` and ``num_stages`` (of the key-walking kernel), and the key splits per head (``splits``; None:
-    ``split_count``'s rule; fewer are used where the keys fill fewer whole blocks of ``block_n``). Raises
-    ``ValueError`` naming a field out of range."""
+    """How the op launches: keys per block (``block_n``, a power of two; None: ``default_block_n``'s rule), the
+    Triton launch's ``num_warps`` and ``num_stages`` (of the key-walking kernel), and the key splits per head
+    (``splits``; None: ``split_count``'s rule; fewer are used where the keys fill fewer whole blocks of ``block_n``).
+    Raises ``ValueError`` naming a field out of range."""
 
-    block_n: int | None = None
+    block_n: int | None = None  # None: default_block_n's rule
     num_warps: int = NUM_WARPS
     num_stages: int = NUM_STAGES
     splits: int | None = None
@@ -252,15 +258,29 @@ def decode_kernel_settings(**changes) -> Iterator[DecodeKernelSettings]:
         _settings = previous
 
 
+def short_cache(batch: int, heads: int, n_k: int, sm_count: int) -> bool:
+    """Whether the keys are split (B·h programs below the SM count) over a short cache (2·64 to
+    ``SHORT_CACHE_KEYS`` = 512 keys): then the splits walk 64 keys each, not 128, so that a short cache still
+    gets several splits of one block each."""
+    return batch * heads < sm_count and 2 * SHORT_SPLIT_KEYS <= n_k <= SHORT_CACHE_KEYS
+
+
+def default_block_n(batch: int, heads: int, n_k: int, sm_count: int) -> int:
+    """Keys per block by default: ``SHORT_BLOCK_N`` (64 on a GPU) for a ``short_cache``, else ``BLOCK_N`` (128;
+    16 for both under the interpreter). ``n_k``: the cache's buffer length (fixed per compiled step)."""
+    return SHORT_BLOCK_N if short_cache(batch, heads, n_k, sm_count) else BLOCK_N
+
+
 def split_count(batch: int, heads: int, n_k: int, sm_count: int) -> int:
     """Key splits per (row, head) by default: 1 (the single kernel) where the B·h programs fill the SMs once;
-    otherwise enough for about two waves (2·SMs programs), but each split at least ``MIN_SPLIT_KEYS`` keys (so its
-    partial is worth writing and merging) and at most ``MAX_SPLITS``. ``n_k``: the cache's buffer length (fixed
-    per compiled step, not the filled length)."""
+    otherwise enough for about two waves (2·SMs programs), but each split at least ``MIN_SPLIT_KEYS`` (128) keys,
+    ``SHORT_SPLIT_KEYS`` (64) for a ``short_cache`` (so its partial is worth writing and merging), and at most
+    ``MAX_SPLITS``. ``n_k``: the cache's buffer length (fixed per compiled step, not the filled length)."""
     programs = batch * heads
     if programs >= sm_count:
         return 1
-    return max(1, min(triton.cdiv(2 * sm_count, programs), n_k // MIN_SPLIT_KEYS, MAX_SPLITS))
+    least = SHORT_SPLIT_KEYS if short_cache(batch, heads, n_k, sm_count) else MIN_SPLIT_KEYS
+    return max(1, min(triton.cdiv(2 * sm_count, programs), n_k // least, MAX_SPLITS))
 
 
 def split_plan(n_k: int, splits: int, block_n: int) -> tuple[int, int]:
@@ -282,9 +302,9 @@ def _decode(
     """The checked arguments of ``differential_decode_attention`` (``norm``: whether to apply the RMSNorm)."""
     b, two_h, _, d = q.shape
     h, h_kv, n_k = two_h // 2, v.shape[1], k.shape[2]
-    settings = _settings
-    block_n = settings.block_n or BLOCK_N
-    requested = settings.splits or split_count(b, h, n_k, _sm_count(q.device))
+    settings, sm_count = _settings, _sm_count(q.device)
+    block_n = settings.block_n or default_block_n(b, h, n_k, sm_count)
+    requested = settings.splits or split_count(b, h, n_k, sm_count)
     splits, chunk = split_plan(n_k, requested, block_n)
     out = q.new_empty(b, h, 1, 2 * d)
     launch = {} if INTERPRET else {"num_warps": settings.num_warps, "num_stages": settings.num_stages}
