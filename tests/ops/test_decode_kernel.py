@@ -15,7 +15,7 @@ import torch
 pytest.importorskip("triton")
 
 from shareddiff import ModelConfig, build_model
-from shareddiff.layers import fused_rms_norm
+from shareddiff.layers import fused_rms_norm, rope_angles
 from shareddiff.ops import sdpa_differential_attention
 from shareddiff.ops.triton_decode import (
     BLOCK_N,
@@ -126,6 +126,36 @@ def test_kernel_matches_float64_reference_half(seed, shape, dtype):
     assert rel_err(out, reference(q, k, v, lam.to(dtype), mask, w, EPS)) <= TOL[dtype]
 
 
+def rotate64(x, cos, sin):
+    """Interleaved-pair RoPE in float64, written from its definition: (x[2j], x[2j+1]) → (x[2j]·cos_j − x[2j+1]·sin_j,
+    x[2j]·sin_j + x[2j+1]·cos_j); x (B, H, 1, d), cos/sin broadcastable to (B, 1, 1, d/2)."""
+    x, cos, sin = x.double(), cos.double(), sin.double()
+    out = torch.empty_like(x)
+    out[..., 0::2] = x[..., 0::2] * cos - x[..., 1::2] * sin
+    out[..., 1::2] = x[..., 0::2] * sin + x[..., 1::2] * cos
+    return out
+
+
+@pytest.mark.parametrize("splits", [1, 3], ids=["single", "3 splits"])
+@pytest.mark.parametrize("per_row", [False, True], ids=["one position", "a position per row"])
+def test_kernel_rotating_q_matches_float64_reference(seed, per_row, splits):
+    """``rope``: q given unrotated with one position's angles, shared ((1, 1, d/2), a decode step without padding) or
+    per row ((B, 1, 1, d/2), a left-padded batch); the kernel rotates Q1 and Q2 itself. Equals the float64
+    reference of q rotated in float64 (≤ 1e-5 in float32), and differs from the unrotated q's output (the rotation
+    is applied)."""
+    b, h, h_kv, n_k, d = 3, 4, 2, 50, 16
+    q, k, v, lam, mask, w = make_inputs(b, h, h_kv, n_k, d, torch.float32)
+    positions = torch.randint(0, 4096, (b, 1) if per_row else (1,))
+    cos, sin = rope_angles(positions, d, 10_000.0)  # (B, 1, 1, d/2) or (1, 1, d/2)
+    with decode_kernel_settings(splits=splits):
+        out = differential_decode_attention(q, k, v, lam, mask, w, EPS, rope=(cos, sin))
+        unrotated = differential_decode_attention(q, k, v, lam, mask, w, EPS)
+    expected = reference(rotate64(q, cos if per_row else cos[None], sin if per_row else sin[None]), k, v, lam, mask,
+                         w, EPS)  # fmt: skip
+    assert rel_err(out, expected) <= TOL[torch.float32]
+    assert rel_err(unrotated, expected) > 0.01
+
+
 def test_kernel_equals_the_sdpa_path_it_replaces(seed):
     """Reference: the decode step's current tail, ``sdpa_differential_attention`` then ``fused_rms_norm`` with the
     merged weight, on a mask broadcast over the batch ((1, 1, 1, N_k)); ≤ 1e-5 relative in float32."""
@@ -139,17 +169,22 @@ def test_kernel_equals_the_sdpa_path_it_replaces(seed):
     assert rel_err(out, current) <= 1e-5
 
 
+@pytest.mark.parametrize("rotate", [False, True], ids=["q rotated", "rope in the kernel"])
 @pytest.mark.parametrize("splits", [None, 3], ids=["rule", "3 splits"])
-def test_kernel_under_torch_compile_equals_eager(seed, splits):
+def test_kernel_under_torch_compile_equals_eager(seed, splits, rotate):
     """``torch.compile(fullgraph=True)`` traces the op (no graph break; on the interpreter the opaque op's fake
     implementation gives the output's shape and dtype); the compiled call's output equals the eager one exactly, and
-    torch.library.opcheck finds the op's registration consistent; with the single kernel and with split-K."""
+    torch.library.opcheck finds the op's registration consistent; with the single kernel and with split-K, with q
+    rotated before and rotated inside the kernel (``rope``)."""
     inputs = make_inputs(2, 2, 1, 41, 16, torch.float32)
+    rope = rope_angles(torch.tensor([[3], [40]]), 16, 10_000.0) if rotate else None
     compiled = torch.compile(differential_decode_attention, fullgraph=True, backend="aot_eager")
+    tables = tuple(t.reshape(2, 8) for t in rope) if rotate else (None, None)  # the op's own (B, d/2) rows
     with decode_kernel_settings(splits=splits, block_n=16):
-        eager = differential_decode_attention(*inputs, EPS)
-        assert torch.equal(compiled(*inputs, EPS), eager)
-        torch.library.opcheck(torch.ops.shareddiff.differential_decode_attention.default, (*inputs, EPS, True))
+        eager = differential_decode_attention(*inputs, EPS, rope)
+        assert torch.equal(compiled(*inputs, EPS, rope), eager)
+        op = torch.ops.shareddiff.differential_decode_attention.default
+        torch.library.opcheck(op, (*inputs, EPS, True, *tables))
 
 
 SPLIT_CASES = [  # (B, h, h_kv, N_k, d, splits requested, block_n) → the plan asserted in the test
@@ -300,9 +335,10 @@ def test_decoder_with_the_split_kernel_equals_reference_decode(seed, preset):
     assert split_plan(decoder.max_len, 4, 8) == (4, 8)
     calls = []
 
-    def counted(*args):
+    def counted(*args, rope=None):
         calls.append(args[0].shape)
-        return differential_decode_attention(*args)
+        assert rope is not None  # the kernel rotates the queries itself
+        return differential_decode_attention(*args, rope=rope)
 
     decoder._decode_attention = counted
     ids, mask = _batch(model.config.vocab_size, padded=True)
@@ -331,9 +367,10 @@ def test_decoder_with_the_kernel_equals_reference_decode(seed, preset, overrides
     decoder = StaticDecoder(model, max_len=64, decode_kernel=True)
     calls = []
 
-    def counted(*args):
+    def counted(*args, rope=None):
         calls.append(args[0].shape)
-        return differential_decode_attention(*args)
+        assert rope is not None  # the kernel rotates the queries itself
+        return differential_decode_attention(*args, rope=rope)
 
     decoder._decode_attention = counted  # what the cache hands the layers from the first prefill on
     ids, mask = _batch(model.config.vocab_size, padded=True)
@@ -353,9 +390,9 @@ def test_decoder_with_the_kernel_under_bf16_autocast_equals_reference(seed):
     decoder = StaticDecoder(model, max_len=32, decode_kernel=True)
     dtypes = []
 
-    def counted(*args):
+    def counted(*args, rope=None):
         dtypes.append(args[0].dtype)
-        return differential_decode_attention(*args)
+        return differential_decode_attention(*args, rope=rope)
 
     decoder._decode_attention = counted
     ids, mask = _batch(model.config.vocab_size, padded=True)
@@ -449,9 +486,12 @@ def test_bad_input_is_refused_naming_the_argument():
         (dict(mask=mask == 0), "mask must be additive in q's dtype"),
         (dict(w=w[:5]), "norm_weight must be a float vector of 2d = 32 values"),
         (dict(eps=None), "norm_weight is the RMSNorm's scale: give eps too"),
+        (dict(rope=(torch.ones(1, 1, 7), torch.ones(1, 1, 8))), r"rope's cos must be .* \(1, 1, d/2\)"),
+        (dict(rope=(torch.ones(1, 1, 8), torch.ones(3, 1, 1, 8))), r"rope's sin must be .*\(2, 1, 1, 8\)"),
+        (dict(rope=(torch.ones(1, 1, 8), torch.ones(1, 1, 8, dtype=torch.long))), "rope's sin must be a float"),
     ]
     for change, message in cases:
-        args = dict(q=q, k=k, v=v, lam=lam, mask=mask, w=w, eps=EPS) | change
+        args = dict(q=q, k=k, v=v, lam=lam, mask=mask, w=w, eps=EPS, rope=None) | change
         with pytest.raises(ValueError, match=message):
             differential_decode_attention(*args.values())
 
@@ -459,7 +499,8 @@ def test_bad_input_is_refused_naming_the_argument():
 def test_kernel_compiles_for_hopper():
     """The kernels compile to sm_90 cubins (Triton's own compiler and ptxas, no GPU needed; a process without the
     interpreter) without spilling registers: the single kernel for bfloat16 and float32, with and without the
-    norm, and split-K's two kernels (bfloat16, with the norm; 128- and 64-key blocks), at the default launch
+    norm and the rotation of q, and split-K's two kernels (bfloat16, with the norm; 128- and 64-key blocks, with
+    and without the rotation), at the default launch
     settings, with the float arguments typed fp32 (an eager launch) and fp64 (inductor's launch from a compiled
     graph, which once changed a loop-carried variable's type and failed to compile on the GPU only): what the
     interpreter cannot check (e.g. the globals a kernel may read, a loop over a range known at run time only, type
@@ -482,14 +523,16 @@ def compile(kernel, pointers, ints, floats, constants):
     assert "cubin" in compiled.asm and ".local" not in compiled.asm["ptx"], f"{kernel}: no cubin, or spills"
 
 strides = "sqb sqh skb skh skn svb svh svn smb"
+tables = {"Cos": "*fp32", "Sin": "*fp32"}  # the RoPE angles (rope=...)
 for float_type in ("fp32", "fp64"):
-    for dtype, norm in (("bf16", True), ("fp32", False)):
-        pointers = {name: f"*{dtype}" for name in ("Q", "K", "V", "Lam", "Mask", "W", "Out")}
-        constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm}
-        compile(_decode_kernel, pointers, strides + " sob soh H HKV GROUP NK", "scale_log2 eps", constants)
-    pointers = {name: "*bf16" for name in ("Q", "K", "V", "Mask")} | {"Acc": "*fp32", "Stats": "*fp32"}
-    for block_n in (BLOCK_N, SHORT_BLOCK_N):  # split-K walks 64-key blocks over short caches
-        compile(_split_kernel, pointers, strides + " H HKV GROUP NK CHUNK", "scale_log2", {"D": 64, "BN": block_n})
+    for dtype, norm, rope in (("bf16", True, True), ("bf16", True, False), ("fp32", False, False)):
+        pointers = {name: f"*{dtype}" for name in ("Q", "K", "V", "Lam", "Mask", "W", "Out")} | tables
+        constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm, "ROPE": rope}
+        compile(_decode_kernel, pointers, strides + " sob soh scb H HKV GROUP NK", "scale_log2 eps", constants)
+    pointers = {name: "*bf16" for name in ("Q", "K", "V", "Mask")} | {"Acc": "*fp32", "Stats": "*fp32"} | tables
+    for block_n, rope in ((BLOCK_N, True), (SHORT_BLOCK_N, True), (BLOCK_N, False)):  # 64-key blocks: short caches
+        constants = {"D": 64, "BN": block_n, "ROPE": rope}
+        compile(_split_kernel, pointers, strides + " scb H HKV GROUP NK CHUNK", "scale_log2", constants)
     pointers = {"Acc": "*fp32", "Stats": "*fp32", "Lam": "*bf16", "W": "*bf16", "Out": "*bf16"}
     constants = {"D": 64, "ST": MERGE_TILE, "NORM": True, "HAS_WEIGHT": True}
     compile(_merge_kernel, pointers, "sob soh H S", "eps", constants)

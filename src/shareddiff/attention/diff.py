@@ -65,18 +65,22 @@ class DiffAttentionBase(nn.Module):
         else:  # decoding with the weights merged once (fused_weights): one GEMM, Q1, Q2, K1, K2 already side by side
             qk, v = F.linear(x, fused["projections"]).split([2 * (h + h_kv) * d, 2 * h_kv * d], dim=-1)
             qk, v, lam = qk.unflatten(-1, (-1, d)), v.unflatten(-1, (h_kv, 2 * d)), fused["lam"]
+        v = v.transpose(1, 2)  # (B, h_kv, N, 2d)
+        kernel = None
+        if fused is not None and n == 1 and mask is not None and self.recorder is None:
+            kernel = cache.decode_attention()
+        if kernel is not None:  # a decode step's whole tail, head norm included, in one kernel (ops/triton_decode)
+            # the kernel rotates Q1, Q2 itself: only the keys are rotated here, on their way into the cache
+            k, v = cache.update(self.layer_idx, apply_rope(qk[:, :, 2 * h :], *rope).transpose(1, 2), v)
+            eps = None if self.head_norm is None else HEAD_NORM_EPS
+            out = kernel(qk[:, :, : 2 * h].transpose(1, 2), k, v, lam, mask, fused["head_norm"], eps, rope=rope)
+            return self.wo(out.transpose(1, 2).reshape(b, n, -1))  # out: (B, h, 1, 2d)
         rotated = apply_rope(qk, *rope).transpose(1, 2)  # one rotation of all four: fewer ops
         q1, q2, k1, k2 = rotated.split([h, h, h_kv, h_kv], dim=1)  # (B, h, N, d) twice, (B, h_kv, N, d) twice
-        v = v.transpose(1, 2)  # (B, h_kv, N, 2d)
         if cache is not None and fused is None:
             k1, k2, v = cache.update(self.layer_idx, k1, k2, v)
         elif cache is not None:  # K1 and K2 in one buffer (B, 2h_kv, N_k, d): one write per step
             k, v = cache.update(self.layer_idx, rotated[:, 2 * h :], v)
-            kernel = cache.decode_attention() if n == 1 and mask is not None and self.recorder is None else None
-            if kernel is not None:  # a decode step's whole tail, head norm included, in one kernel (ops/triton_decode)
-                eps = None if self.head_norm is None else HEAD_NORM_EPS
-                out = kernel(rotated[:, : 2 * h], k, v, lam, mask, fused["head_norm"], eps)  # (B, h, 1, 2d)
-                return self.wo(out.transpose(1, 2).reshape(b, n, -1))
             k1, k2 = k.chunk(2, dim=1)
         if self.recorder is not None:
             out, a1, a2 = eager_differential_attention(

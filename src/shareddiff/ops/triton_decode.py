@@ -8,7 +8,8 @@ then ``fused_rms_norm``); at batch 1 a step is bound by its number of kernels, s
 One program per (batch row, query head) walks the keys in blocks with two online softmaxes (flash-decoding's
 running max and sum, in base 2), loads each block of V once for both accumulators, and normalises in the epilogue;
 everything is computed in float32. Scores are elementwise products summed over d (a one-row query is too small for
-``tl.dot``).
+``tl.dot``). Given the position's rotary angles (``rope``), it also rotates Q1 and Q2 as it loads them, so that the
+step does not write the rotated queries out first (the keys are rotated where they are written to the cache).
 
 Split-K (flash-decoding): B·h programs leave most of a GPU idle at small batches (8 at batch 1 on the 350m presets,
 132 SMs on an H200), each walking the whole cache. ``split_count`` then splits each head's keys into S contiguous
@@ -75,6 +76,23 @@ def _empty_state(D: tl.constexpr):
 
 
 @triton.jit
+def _load_query(q_row, cos_row, sin_row, scale, D: tl.constexpr, ROPE: tl.constexpr):
+    """One query head (D,) in float32 × ``scale``; with ROPE, rotated first by the angles at ``cos_row``/``sin_row``
+    (D/2 each): interleaved pairs (x[2j], x[2j+1]) → (x[2j]·cos_j − x[2j+1]·sin_j, x[2j]·sin_j + x[2j+1]·cos_j), as
+    ``layers.apply_rope``."""
+    if ROPE:
+        offs_h = tl.arange(0, D // 2)
+        even = tl.load(q_row + 2 * offs_h).to(tl.float32)
+        odd = tl.load(q_row + 2 * offs_h + 1).to(tl.float32)
+        cos = tl.load(cos_row + offs_h).to(tl.float32)
+        sin = tl.load(sin_row + offs_h).to(tl.float32)
+        q = tl.interleave(even * cos - odd * sin, even * sin + odd * cos)
+    else:
+        q = tl.load(q_row + tl.arange(0, D)).to(tl.float32)
+    return q * scale
+
+
+@triton.jit
 def _attend_keys(
     q1, q2, k1_base, k2_base, v_base, mask_row, skn, svn, start, stop,
     D: tl.constexpr, BN: tl.constexpr,
@@ -128,20 +146,20 @@ def _finish(acc1, l1, acc2, l2, Lam, W, out_row, eps, D: tl.constexpr, NORM: tl.
 
 @triton.jit
 def _decode_kernel(
-    Q, K, V, Lam, Mask, W, Out,
-    sqb, sqh, skb, skh, skn, svb, svh, svn, smb, sob, soh,
+    Q, K, V, Lam, Mask, W, Out, Cos, Sin,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, smb, sob, soh, scb,
     H, HKV, GROUP, NK, scale_log2, eps,
-    D: tl.constexpr, BN: tl.constexpr, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    D: tl.constexpr, BN: tl.constexpr, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, ROPE: tl.constexpr,
 ):  # fmt: skip
-    """Program (b·H + head): query head ``head`` of row ``b`` against key/value head head // GROUP, all keys."""
+    """Program (b·H + head): query head ``head`` of row ``b`` against key/value head head // GROUP, all keys; with
+    ROPE the query heads are rotated here by row b's angles (Cos, Sin: (·, D/2), row stride ``scb``)."""
     pid = tl.program_id(0)
     b = pid // H
     head = pid % H
     kv = head // GROUP
-    offs_d = tl.arange(0, D)
     scale = tl.cast(scale_log2, tl.float32)  # a Python float arrives as fp64 from a compiled graph: keep the math fp32
-    q1 = tl.load(Q + b * sqb + head * sqh + offs_d).to(tl.float32) * scale  # scores in base 2
-    q2 = tl.load(Q + b * sqb + (H + head) * sqh + offs_d).to(tl.float32) * scale
+    q1 = _load_query(Q + b * sqb + head * sqh, Cos + b * scb, Sin + b * scb, scale, D, ROPE)  # scores in base 2
+    q2 = _load_query(Q + b * sqb + (H + head) * sqh, Cos + b * scb, Sin + b * scb, scale, D, ROPE)
     _m1, l1, acc1, _m2, l2, acc2 = _attend_keys(  # the maxima: only for merging partials
         q1, q2, K + b * skb + kv * skh, K + b * skb + (HKV + kv) * skh, V + b * svb + kv * svh, Mask + b * smb,
         skn, svn, 0, NK, D, BN,
@@ -151,10 +169,10 @@ def _decode_kernel(
 
 @triton.jit
 def _split_kernel(
-    Q, K, V, Mask, Acc, Stats,
-    sqb, sqh, skb, skh, skn, svb, svh, svn, smb,
+    Q, K, V, Mask, Acc, Stats, Cos, Sin,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, smb, scb,
     H, HKV, GROUP, NK, CHUNK, scale_log2,
-    D: tl.constexpr, BN: tl.constexpr,
+    D: tl.constexpr, BN: tl.constexpr, ROPE: tl.constexpr,
 ):  # fmt: skip
     """Program (b·H + head, split): the keys [split·CHUNK, (split + 1)·CHUNK) ∩ [0, NK) of query head ``head`` of row
     ``b``; writes its partials to row (b·H + head)·S + split of Acc (·, 2, 2D) and Stats (·, 4): m1, l1, m2, l2."""
@@ -163,11 +181,10 @@ def _split_kernel(
     b = pid // H
     head = pid % H
     kv = head // GROUP
-    offs_d = tl.arange(0, D)
     offs_v = tl.arange(0, 2 * D)
     scale = tl.cast(scale_log2, tl.float32)  # a Python float arrives as fp64 from a compiled graph: keep the math fp32
-    q1 = tl.load(Q + b * sqb + head * sqh + offs_d).to(tl.float32) * scale
-    q2 = tl.load(Q + b * sqb + (H + head) * sqh + offs_d).to(tl.float32) * scale
+    q1 = _load_query(Q + b * sqb + head * sqh, Cos + b * scb, Sin + b * scb, scale, D, ROPE)
+    q2 = _load_query(Q + b * sqb + (H + head) * sqh, Cos + b * scb, Sin + b * scb, scale, D, ROPE)
     start = split * CHUNK
     stop = tl.minimum(start + CHUNK, NK)
     m1, l1, acc1, m2, l2, acc2 = _attend_keys(
@@ -297,9 +314,19 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _decode(
-    q: Tensor, k: Tensor, v: Tensor, lam: Tensor, mask: Tensor, weight: Tensor | None, eps: float, norm: bool
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lam: Tensor,
+    mask: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    norm: bool,
+    cos: Tensor | None,
+    sin: Tensor | None,
 ) -> Tensor:
-    """The checked arguments of ``differential_decode_attention`` (``norm``: whether to apply the RMSNorm)."""
+    """The checked arguments of ``differential_decode_attention`` (``norm``: whether to apply the RMSNorm; ``cos``,
+    ``sin``: (B or 1, d/2) angles to rotate q by, or None for a q rotated already)."""
     b, two_h, _, d = q.shape
     h, h_kv, n_k = two_h // 2, v.shape[1], k.shape[2]
     settings, sm_count = _settings, _sm_count(q.device)
@@ -309,19 +336,22 @@ def _decode(
     out = q.new_empty(b, h, 1, 2 * d)
     launch = {} if INTERPRET else {"num_warps": settings.num_warps, "num_stages": settings.num_stages}
     w = weight if weight is not None else lam  # W: unread without a weight
+    rope = cos is not None
+    cos, sin = (cos, sin) if rope else (lam, lam)  # unread without rotation
+    scb = cos.stride(0) if rope and cos.shape[0] > 1 else 0  # one row of angles for every batch row: stride 0
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2))
     if splits == 1:
         wrap_triton(_decode_kernel)[(b * h,)](
-            q, k, v, lam, mask, w, out, *strides, mask.stride(0), out.stride(0), out.stride(1),
+            q, k, v, lam, mask, w, out, cos, sin, *strides, mask.stride(0), out.stride(0), out.stride(1), scb,
             h, h_kv, h // h_kv, n_k, LOG2E / math.sqrt(d), eps,
-            D=d, BN=block_n, NORM=norm, HAS_WEIGHT=weight is not None, **launch,
+            D=d, BN=block_n, NORM=norm, HAS_WEIGHT=weight is not None, ROPE=rope, **launch,
         )  # fmt: skip
         return out
     acc = torch.empty(b * h * splits, 2, 2 * d, device=q.device, dtype=torch.float32)  # both maps' partial Σ p·v
     stats = torch.empty(b * h * splits, 4, device=q.device, dtype=torch.float32)  # m1, l1, m2, l2
     wrap_triton(_split_kernel)[(b * h, splits)](
-        q, k, v, mask, acc, stats, *strides, mask.stride(0),
-        h, h_kv, h // h_kv, n_k, chunk, LOG2E / math.sqrt(d), D=d, BN=block_n, **launch,
+        q, k, v, mask, acc, stats, cos, sin, *strides, mask.stride(0), scb,
+        h, h_kv, h // h_kv, n_k, chunk, LOG2E / math.sqrt(d), D=d, BN=block_n, ROPE=rope, **launch,
     )  # fmt: skip
     wrap_triton(_merge_kernel)[(b * h,)](
         acc, stats, lam, w, out, out.stride(0), out.stride(1), h, splits, eps,
@@ -345,23 +375,32 @@ def differential_decode_attention(
     mask: Tensor,
     norm_weight: Tensor | None = None,
     eps: float | None = None,
+    rope: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Differential attention of one decode step with the per-head RMSNorm, in one kernel (module docstring).
 
-    q: (B, 2h, 1, d), the rotated Q1 heads then the Q2 heads; k: (B, 2h_kv, N_k, d), K1 heads then K2 heads (the
-    ``StaticKVCache`` buffer); v: (B, h_kv, N_k, 2d); query head i reads key/value head i // (h / h_kv) (GQA). λ: a
-    0-dim tensor (any float dtype). mask: (B or 1, 1, 1, N_k), additive in q's dtype (0 where a key is visible,
-    −inf elsewhere); every row must see at least one key (else its output is undefined). ``eps``: the RMSNorm's ε,
-    over each head's 2d values (None: no norm, DIFF without a head norm); ``norm_weight`` (2d,): its scale (None:
-    1), e.g. the head norm's weight × (1 − λ_init) merged once. d: a power of two. k and v in q's dtype (float16,
-    bfloat16 or float32), all on one device (CUDA, or the CPU under ``TRITON_INTERPRET=1``). Returns (B, h, 1, 2d)
-    in q's dtype, computed in float32: equal to ``sdpa_differential_attention`` then ``fused_rms_norm`` up to
-    rounding.
+    q: (B, 2h, 1, d), the rotated Q1 heads then the Q2 heads (unrotated with ``rope``); k: (B, 2h_kv, N_k, d), K1
+    heads then K2 heads (the ``StaticKVCache`` buffer); v: (B, h_kv, N_k, 2d); query head i reads key/value head i
+    // (h / h_kv) (GQA). λ: a 0-dim tensor (any float dtype). mask: (B or 1, 1, 1, N_k), additive in q's dtype (0
+    where a key is visible, −inf elsewhere); every row must see at least one key (else its output is undefined).
+    ``eps``: the RMSNorm's ε, over each head's 2d values (None: no norm, DIFF without a head norm); ``norm_weight``
+    (2d,): its scale (None: 1), e.g. the head norm's weight × (1 − λ_init) merged once. d: a power of two. k and v
+    in q's dtype (float16, bfloat16 or float32), all on one device (CUDA, or the CPU under ``TRITON_INTERPRET=1``).
+    Returns (B, h, 1, 2d) in q's dtype, computed in float32: equal to ``sdpa_differential_attention`` then
+    ``fused_rms_norm`` up to rounding.
+
+    ``rope``: (cos, sin) of ``layers.rope_angles`` for this position, each (1, 1, d/2) or (B, 1, 1, d/2) (any float
+    dtype): q is then given unrotated and rotated inside the kernel, in float32 (``layers.apply_rope``'s
+    interleaved pairs), which saves the decode step the kernel that would write the rotated q (the keys are
+    rotated where they are written to the cache).
 
     Raises ``ValueError`` naming the argument on a wrong rank, shape, dtype or device, or a ``norm_weight``
     without ``eps``.
     """
     _check(q, k, v, lam, mask, norm_weight, eps)
+    cos = sin = None
+    if rope is not None:
+        cos, sin = (_rope_rows(t, name, q) for t, name in zip(rope, ("cos", "sin"), strict=True))
     if q.stride(-1) != 1:
         q = q.contiguous()
     k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
@@ -370,7 +409,24 @@ def differential_decode_attention(
     if mask.shape[0] != q.shape[0]:
         mask = mask.expand(q.shape[0], -1, -1, -1)  # batch stride 0: every row reads the one mask
     weight = None if norm_weight is None else norm_weight.contiguous()
-    return _decode_op(q, k, v, lam, mask, weight, 0.0 if eps is None else float(eps), eps is not None)
+    return _decode_op(q, k, v, lam, mask, weight, 0.0 if eps is None else float(eps), eps is not None, cos, sin)
+
+
+def _rope_rows(t: Tensor, name: str, q: Tensor) -> Tensor:
+    """A rotary table of one position as (B or 1, d/2) rows with unit stride, from (1, 1, d/2) or (B, 1, 1, d/2);
+    raises ``ValueError`` naming ``rope``'s ``name`` otherwise."""
+    b, d = q.shape[0], q.shape[3]
+    shape = tuple(t.shape)
+    if not (isinstance(t, Tensor) and t.is_floating_point() and shape in ((1, 1, d // 2), (1, 1, 1, d // 2),
+                                                                       (b, 1, 1, d // 2))):  # fmt: skip
+        raise ValueError(
+            f"rope's {name} must be a float tensor of one position's angles, (1, 1, d/2) or (B, 1, 1, d/2) = "
+            f"({b}, 1, 1, {d // 2}); got {shape if isinstance(t, Tensor) else type(t).__name__}"
+        )
+    if t.device != q.device:
+        raise ValueError(f"rope's {name} is on {t.device}, q on {q.device}: put every input on one device")
+    rows = t.reshape(-1, d // 2)
+    return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
 def _check(q: Tensor, k: Tensor, v: Tensor, lam: Tensor, mask: Tensor, weight: Tensor | None, eps) -> None:
