@@ -89,6 +89,8 @@ def mqar_run_folder(root, name: str, early_stop: dict | None, continued: bool = 
         ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     mqar = {"pairs": 4, "samples": 32, "rows": [{"seq_len": 64, "accuracy": 0.998}, {"seq_len": 128, "accuracy": 0.41}]}
+    if continued:  # `eval mqar` records the checkpoint's step (older records have none)
+        mqar["step"] = 8
     (run / "eval" / "mqar.json").write_text(json.dumps(mqar))
     return run
 
@@ -112,4 +114,6 @@ def test_report_shows_mqar_accuracy_along_training_the_early_stop_and_eval_mqar(
     assert "![MQAR accuracy](stopped_mqar.png)" in report and "![MQAR accuracy](continued_mqar.png)" in report
     assert (tmp_path / "out" / "stopped_mqar.png").stat().st_size > 10_000
     assert "**MQAR evaluation** (`mqar.json`, 4 pairs, 32 sequences per length): N=64 accuracy 0.998, " in report
+    evaluated = "**MQAR evaluation** (`mqar.json`, the checkpoint of step 8, 4 pairs, 32 sequences per length): "
+    assert evaluated + "N=64 accuracy 0.998, " in report  # beside "at step 20" of training: now it says when
     assert "N=128 accuracy 0.410" in report

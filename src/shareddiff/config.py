@@ -277,6 +277,7 @@ class MQARConfig:
             raise ValueError(
                 f"data.seq_len={seq_len} cannot hold {self.pairs + self.updates} key-value pairs and "
                 f"{self.n_queries()} queries (at least {need} tokens); raise data.seq_len or lower mqar.pairs"
+                + (" or mqar.key_len" if self.key_len > 1 else "")
             )
 
 

@@ -43,7 +43,9 @@ def _eval_sections(run: Path, out_dir: Path) -> list[str]:
             ]
         elif path.stem == "mqar":
             lines += [
-                f"**MQAR evaluation** (`{path.name}`, {data['pairs']} pairs, {data['samples']} sequences per length): "
+                f"**MQAR evaluation** (`{path.name}`"
+                + (f", the checkpoint of step {data['step']}" if data.get("step") is not None else "")
+                + f", {data['pairs']} pairs, {data['samples']} sequences per length): "
                 + ", ".join(f"N={r['seq_len']} accuracy {r['accuracy']:.3f}" for r in data["rows"]),
                 "",
             ]

@@ -113,7 +113,7 @@ def _decode_kernel(
     if model.config.attention not in SUB_HEADS:
         problems.append(f"its attention is {model.config.attention!r}, and it serves DIFF and Shared DIFF (V1) only")
     if not fused:
-        problems.append("it reads the merged weights of fused=True")
+        problems.append("it reads the merged weights of fused=True (set fused=True)")
     d, dtype = model.config.head_dim, next(model.parameters()).dtype
     if d & (d - 1):
         problems.append(f"the head dim {d} is not a power of two")
@@ -128,7 +128,9 @@ def _decode_kernel(
             problems.append("the model is not on CUDA (the CPU runs Triton kernels only under TRITON_INTERPRET=1)")
     if problems:
         if choice:
-            raise ValueError(f"decode_kernel=True, but the kernel cannot run: {'; '.join(problems)}; leave it None")
+            raise ValueError(
+                f"decode_kernel=True, but the kernel cannot run: {'; '.join(problems)}; fix that, or leave it None"
+            )
         return None
     if choice is None and not (on_cuda and DECODE_KERNEL_BY_DEFAULT):
         return None

@@ -101,7 +101,8 @@ def test_seeded_and_independent_of_the_process_count(seed):
 @pytest.mark.parametrize(
     ("fields", "seq_len", "message"),
     [
-        (dict(pairs=16), 40, r"data.seq_len=40 cannot hold 16 key-value pairs and 16 queries \(at least 64"),
+        (dict(pairs=16), 40, r"data.seq_len=40 cannot hold 16 key-value pairs and 16 queries \(at least 64.*pairs$"),
+        (dict(pairs=4, key_len=20), 64, r"cannot hold .*raise data.seq_len or lower mqar.pairs or mqar.key_len$"),
         (dict(pairs=4, queries=5), 64, r"mqar.queries=5 must be between 1 and mqar.pairs=4"),
         (dict(vocab_size=16, pairs=8), 64, r"mqar.vocab_size=16 is too small for 8 keys"),
         (dict(shared_prefix=True), 64, r"mqar.shared_prefix needs keys of at least 2 tokens"),

@@ -3,6 +3,7 @@ checkpoint evaluation, the grid summary, and (slow) a tiny Transformer that lear
 
 import itertools
 import json
+import logging
 import math
 from typing import ClassVar
 
@@ -78,13 +79,17 @@ def mqar_run(tmp_path, *overrides: str):
     return load_recipe(None, "transformer-mqar", base + list(overrides))
 
 
-def test_trainer_records_mqar_accuracy_along_training(tmp_path):
+def test_trainer_records_mqar_accuracy_along_training(tmp_path, caplog):
     run = mqar_run(tmp_path, "train.max_steps=6", "train.eval_every=3", "optim.warmup_steps=2")
-    result = train(run, progress=False)
+    with caplog.at_level(logging.INFO, logger="shareddiff.train.trainer"):
+        result = train(run, progress=False)
     evals = [r for r in read_metrics(run.train.out_dir) if "mqar_accuracy" in r]
     assert [r["step"] for r in evals] == [3, 6]
     assert all(r["val_loss"] == r["mqar_loss"] and "mqar_accuracy_2x" in r and "val_ppl" not in r for r in evals)
     assert result.val_loss == evals[-1]["mqar_loss"]
+    last = evals[-1]  # the console says what the run is for: its accuracy, at N and 2N
+    line = f"step 6: val loss {last['val_loss']:.4f}, MQAR accuracy {last['mqar_accuracy']:.3f} (2× the length: "
+    assert line + f"{last['mqar_accuracy_2x']:.3f})" in caplog.messages
     assert math.log(64) - 1.0 < evals[0]["mqar_loss"] < math.log(64) + 1.0  # near chance after 3 steps
     saved = json.loads((tmp_path / "run" / "run_config.json").read_text())
     assert saved["model_config"]["vocab_size"] == 64  # the task's vocabulary, not the tokenizer's
@@ -92,7 +97,7 @@ def test_trainer_records_mqar_accuracy_along_training(tmp_path):
     assert [r["seq_len"] for r in result["rows"]] == [64, 128] and result["pairs"] == 4
     assert result["rows"][0]["answers"] == 16 * 4
     saved_result = json.loads((tmp_path / "run" / "eval" / "mqar.json").read_text())
-    assert saved_result["rows"] == result["rows"]
+    assert saved_result["rows"] == result["rows"] and saved_result["step"] == 6  # which checkpoint it measured
     assert saved_result["task"] == {k: v for k, v in saved["run"]["mqar"].items() if k != "eval_samples"}
     line = main(["eval", "mqar", str(tmp_path / "run"), "--lengths", "64", "--samples", "8", "--device", "cpu"])
     assert line == 0
@@ -315,6 +320,15 @@ def test_a_compiled_mqar_run_compiles_once_and_matches_eager(tmp_path, monkeypat
         got, want = [r[key] for r in rows if key in r], [r[key] for r in eager if key in r]
         assert len(got) == len(want) == 3
         assert got == pytest.approx(want, rel=1e-5, abs=1e-6), key
+
+
+def test_eval_mqar_refuses_bad_options_naming_them(tiny_mqar_run):
+    with pytest.raises(ValueError, match=r"--samples -5 must be at least 1"):
+        mqar_results(str(tiny_mqar_run), None, -5, 0, "cpu", None)
+    with pytest.raises(ValueError, match=r"--samples 0 must be at least 1"):
+        mqar_results(str(tiny_mqar_run), None, 0, 0, "cpu", None)
+    with pytest.raises(ValueError, match=r"^--lengths 8 cannot hold 4 key-value pairs .* give longer --lengths$"):
+        mqar_results(str(tiny_mqar_run), [64, 8], 4, 0, "cpu", None)
 
 
 def test_mqar_recipe_errors_name_the_fix(tmp_path):

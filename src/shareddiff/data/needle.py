@@ -162,7 +162,7 @@ class NeedleBuilder:
             raise ValueError(
                 f"a context of {length} tokens leaves no room for filler around {n_needles} needle(s) "
                 f"({length - budget} tokens of needles and question, at least 16 of filler needed): use a longer "
-                "context (data.seq_len, --length) or fewer needles"
+                "context (data.seq_len in training, --lengths in eval needle) or fewer needles"
             )
         start = rng.randrange(0, max(1, len(self.filler) - budget))
         filler = self.filler.window(start, budget)

@@ -560,7 +560,14 @@ class Trainer:
         self.window_start += seconds  # tokens/s counts training steps only
         if self.metrics is not None:
             self.metrics.log({"step": self.step, **scores, "tokens": self.tokens_seen, "eval_s": seconds})
-            log.info("step %d: val loss %.4f", self.step, self.val_loss)
+            if self.mqar:  # the accuracy is what an MQAR run is for: on the console too
+                twice = scores.get("mqar_accuracy_2x")
+                log.info(
+                    "step %d: val loss %.4f, MQAR accuracy %.3f (2× the length: %s)", self.step, self.val_loss,
+                    scores["mqar_accuracy"], "not measured" if twice is None else f"{twice:.3f}",
+                )  # fmt: skip
+            else:
+                log.info("step %d: val loss %.4f", self.step, self.val_loss)
         if self.mqar and self.run.train.early_stop_accuracy > 0:
             self.watch_accuracy(scores["mqar_accuracy"])
 
