@@ -598,4 +598,10 @@ def load_recipe(path: str | None = None, preset: str | None = None, overrides: l
             if data.get(section, {}).get(name):
                 data[section][name] = 0  # else the budget read from the recipe would silently replace the count
     data.setdefault("model", {}).setdefault("preset", "shared_diff-tiny")
+    mqar_keys = [key for key in last if key.startswith("mqar.")]
+    if mqar_keys and data.get("data", {}).get("source", "corpus") == "corpus":
+        raise ValueError(
+            f"{', '.join(mqar_keys)} set, but [mqar] is read only with data.source=mqar (this run trains on the "
+            "corpus); add data.source=mqar or drop them"
+        )
     return RunConfig.from_dict(data)

@@ -346,6 +346,8 @@ def test_mqar_recipe_errors_name_the_fix(tmp_path):
         mqar_run(tmp_path, "train.compile_mode=fast")
     with pytest.raises(ValueError, match=r"train.early_stop_patience=0 must be a positive integer"):
         mqar_run(tmp_path, "train.early_stop_patience=0")
+    with pytest.raises(ValueError, match=r"mqar.pairs, mqar.vocab_size set, but \[mqar\] is read only with data.sou"):
+        load_recipe(None, "transformer-tiny", ["mqar.pairs=4", "mqar.vocab_size=64", "data.seq_len=64"])
     with pytest.raises(ValueError, match=r"watches MQAR accuracy, .* data.source='corpus'; set train.early_stop_acc"):
         load_recipe(None, "transformer-tiny", ["train.early_stop_accuracy=0.99"])
 
