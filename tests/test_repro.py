@@ -637,6 +637,17 @@ overrides = ["data.seq_len=24", "mqar.pairs=4", "model.max_seq_len=48"]
     (folder / "summary.json").unlink()
     main_output(["reproduce", str(tmp_path / "mqar.toml"), "--out", str(out), "--summary-only"])
     assert json.loads((folder / "summary.json").read_text())["mqar"] == summary
+    assert "Partial" not in text and json.loads((folder / "summary.json").read_text())["runs"]["missing"] == []
+    gone = sorted(folder.glob("diff-*"))  # a summary of some of the runs says so, and which are missing
+    for run in gone:
+        (run / "record.json").unlink()
+    main_output(["reproduce", str(tmp_path / "mqar.toml"), "--out", str(out), "--summary-only"])
+    runs = json.loads((folder / "summary.json").read_text())["runs"]
+    assert runs == {"finished": 5, "total": 7, "missing": [r.name for r in gone]}
+    assert (
+        f"**Partial: 5 of the experiment's 7 runs have records** (missing: {gone[0].name}, {gone[1].name})"
+        in (folder / "summary.md").read_text()
+    )
 
 
 def test_pooled_seed_sigma_weights_groups_by_their_degrees_of_freedom():

@@ -308,6 +308,8 @@ def summarize(exp: Experiment, out: Path, command: str | None = None) -> Path:
         by_group.setdefault(record["group"], []).append(record)
     groups = {group: group_entry(recs) for group, recs in by_group.items()}
     summary: dict[str, Any] = {"experiment": exp.name, "description": exp.description, "groups": groups}
+    missing = [spec.name for spec in exp.runs if not (folder / spec.name / RECORD).is_file()]
+    summary["runs"] = {"finished": len(exp.runs) - len(missing), "total": len(exp.runs), "missing": missing}
     baseline = exp.summary.get("baseline")
     if baseline in groups:
         ref = groups[baseline]["val_loss"]
@@ -532,7 +534,16 @@ def summary_markdown(exp: Experiment, summary: dict, baseline: str | None) -> st
         ]
         for group, e in groups.items()
     ]
-    lines = [f"# {exp.name}", "", exp.description, "", *md_table(header, rows)]
+    lines = [f"# {exp.name}", "", exp.description, ""]
+    runs = summary.get("runs")
+    if runs and runs["missing"]:  # a partial summary says so before any table
+        shown = ", ".join(runs["missing"][:5]) + (", …" if len(runs["missing"]) > 5 else "")
+        lines += [
+            f"**Partial: {runs['finished']} of the experiment's {runs['total']} runs have records** (missing: "
+            f"{shown}); the tables and plots below cover those only.",
+            "",
+        ]
+    lines += md_table(header, rows)
     shared = max(e["concurrent_runs"] for e in groups.values())
     note = f"; up to {shared} runs shared a GPU at a time, so these are not speed measurements." if shared > 1 else "."
     lines += ["", "¹ training tokens/s: each run's median over its log windows, averaged over the group's seeds" + note]
