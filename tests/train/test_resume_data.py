@@ -1,6 +1,7 @@
 """What a resume counts as the same data: a prepared folder by its content (the manifest's shard hashes), not by
 how its path is spelled; a tokenizer by its file's hash; an MQAR run by its [mqar] section."""
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -140,9 +141,14 @@ def test_resume_of_an_mqar_run_accepts_another_evaluation_set_size(mqar_finished
 
 
 def test_resume_of_a_corpus_run_ignores_the_mqar_section(make_run, finished):
-    """[mqar] is read only when data.source = "mqar"."""
-    result = train(make_run("train.max_steps=2", "mqar.pairs=3"), resume=True, progress=False)
+    """[mqar] is read only when data.source = "mqar": a corpus run's resume check ignores it (a recipe's [mqar]
+    differing from the record's), and an mqar.* override on such a run is refused, naming the fix."""
+    run = make_run("train.max_steps=2")
+    run.mqar = dataclasses.replace(run.mqar, pairs=3)
+    result = train(run, resume=True, progress=False)
     assert result.already_complete
+    with pytest.raises(ValueError, match=r"mqar.pairs set, but \[mqar\] is read only with data.source=mqar"):
+        make_run("train.max_steps=2", "mqar.pairs=3")
 
 
 def test_an_mqar_field_missing_from_an_older_record_counts_as_its_default(mqar_finished):
