@@ -246,8 +246,10 @@ class MQARConfig:
         """Tokens of the key-value part: (pairs + updates) · (key_len + 1)."""
         return (self.pairs + self.updates) * (self.key_len + 1)
 
-    def validate(self, seq_len: int) -> None:
-        """Raise ``ValueError`` naming the field and the fix when sequences of ``seq_len`` cannot be built."""
+    def validate(self, seq_len: int, length_option: str | None = None) -> None:
+        """Raise ``ValueError`` naming the field and the fix when sequences of ``seq_len`` cannot be built.
+        ``length_option``: the option that gave ``seq_len`` when it is not the recipe's data.seq_len (an
+        evaluation's ``--lengths``), named with its own fix in the too-short message."""
         for name in ("vocab_size", "pairs", "key_len", "eval_samples"):
             value = getattr(self, name)
             if not_an_integer(value) or value <= 0:
@@ -274,9 +276,15 @@ class MQARConfig:
         slots = (seq_len - self.context_len()) // (self.key_len + 1)
         if slots < self.n_queries():
             need = self.context_len() + self.n_queries() * (self.key_len + 1)
+            holds = f"{self.pairs + self.updates} key-value pairs and {self.n_queries()} queries"
+            holds += f" (at least {need} tokens)"
+            if length_option is not None:
+                raise ValueError(
+                    f"{length_option} {seq_len} cannot hold {holds}, the task this run was trained on; "
+                    f"give longer {length_option}"
+                )
             raise ValueError(
-                f"data.seq_len={seq_len} cannot hold {self.pairs + self.updates} key-value pairs and "
-                f"{self.n_queries()} queries (at least {need} tokens); raise data.seq_len or lower mqar.pairs"
+                f"data.seq_len={seq_len} cannot hold {holds}; raise data.seq_len or lower mqar.pairs"
                 + (" or mqar.key_len" if self.key_len > 1 else "")
             )
 

@@ -347,11 +347,7 @@ def mqar_results(
     if samples is not None and samples < 1:
         raise ValueError(f"--samples {samples} must be at least 1 (each length's accuracy is a mean over sequences)")
     for length in lengths or ():
-        try:
-            config.validate(length)
-        except ValueError as exc:  # the task's own message names the training recipe's fields: name the option
-            why = str(exc).split("; raise")[0].replace(f"data.seq_len={length}", f"--lengths {length}")
-            raise ValueError(f"{why}, the task this run was trained on; give longer --lengths") from None
+        config.validate(length, length_option="--lengths")
     lengths = lengths or [length for length in (n, 2 * n) if length <= model.config.max_seq_len]
     result = {
         "checkpoint": str(checkpoint),

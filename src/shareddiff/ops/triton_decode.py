@@ -416,12 +416,12 @@ def _rope_rows(t: Tensor, name: str, q: Tensor) -> Tensor:
     """A rotary table of one position as (B or 1, d/2) rows with unit stride, from (1, 1, d/2) or (B, 1, 1, d/2);
     raises ``ValueError`` naming ``rope``'s ``name`` otherwise."""
     b, d = q.shape[0], q.shape[3]
-    shape = tuple(t.shape)
+    shape = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
     if not (isinstance(t, Tensor) and t.is_floating_point() and shape in ((1, 1, d // 2), (1, 1, 1, d // 2),
                                                                        (b, 1, 1, d // 2))):  # fmt: skip
         raise ValueError(
             f"rope's {name} must be a float tensor of one position's angles, (1, 1, d/2) or (B, 1, 1, d/2) = "
-            f"({b}, 1, 1, {d // 2}); got {shape if isinstance(t, Tensor) else type(t).__name__}"
+            f"({b}, 1, 1, {d // 2}); got {shape}"
         )
     if t.device != q.device:
         raise ValueError(f"rope's {name} is on {t.device}, q on {q.device}: put every input on one device")
