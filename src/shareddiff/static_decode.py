@@ -80,6 +80,15 @@ class StaticKVCache(KVCache):
             buf.index_copy_(2, self.write_at, t)
         return tuple(stored)
 
+    def buffers(self, layer_idx: int) -> tuple[Tensor, ...]:
+        """A decode step's view of layer ``layer_idx``: its whole buffers, as ``update`` returns them, without writing
+        (for a kernel that writes the step's entries at ``write_at`` itself). Raises ``RuntimeError`` before the
+        prefill has allocated them or outside a decode step."""
+        stored = self._buffers[layer_idx]
+        if self.write_at is None or stored is None:
+            raise RuntimeError(f"layer {layer_idx}'s buffers are read in decode steps only, after the prefill")
+        return tuple(stored)
+
     def reset(self) -> None:
         """Empty the cache for a new prompt, keeping the buffers (and their addresses)."""
         self.length, self.token_mask, self.write_at = 0, None, None

@@ -156,6 +156,81 @@ def test_kernel_rotating_q_matches_float64_reference(seed, per_row, splits):
     assert rel_err(unrotated, expected) > 0.01
 
 
+def _updated_cache(k, v, k_new, v_new, pos, cos, sin):
+    """In float64: the cache after writing the step's key (rotated in float64 by ``rotate64``) and value at ``pos``
+    (what ``StaticKVCache.update`` does), rounded to the cache's dtype as a cache write rounds them."""
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, pos : pos + 1] = rotate64(k_new, cos, sin).to(k.dtype)
+    v2[:, :, pos : pos + 1] = v_new
+    return k2, v2
+
+
+@pytest.mark.parametrize("splits", [1, 3], ids=["single", "3 splits"])
+@pytest.mark.parametrize("per_row", [False, True], ids=["one position", "a position per row"])
+@pytest.mark.parametrize("pos", [0, 17, 49])
+def test_kernel_writing_the_cache_matches_float64_reference(seed, pos, per_row, splits):
+    """``update``: the step's new K1, K2 (unrotated) and V are written into the cache at ``write_at`` by the kernel,
+    which attends to them there. Reference: the cache written in float64 (keys rotated by ``rotate64``), then
+    ``reference`` on it with q rotated likewise: output ≤ 1e-5 relative in float32, the cache's written position
+    equal to the rotated key and the value to 1e-6, every other position untouched (GQA: two query heads a key
+    head, so one writer of each), at the first, a middle and the last position, with the single kernel and split-K
+    (the write in the split that holds the position)."""
+    b, h, h_kv, n_k, d = 3, 4, 2, 50, 16
+    q, k, v, lam, mask, w = make_inputs(b, h, h_kv, n_k, d, torch.float32)
+    mask[..., pos] = 0.0  # the new position is visible
+    k_new, v_new = torch.randn(b, 2 * h_kv, 1, d), torch.randn(b, h_kv, 1, 2 * d)
+    cos, sin = rope_angles(torch.randint(0, 4096, (b, 1) if per_row else (1,)), d, 10_000.0)
+    cos4, sin4 = (cos, sin) if per_row else (cos[None], sin[None])
+    k_ref, v_ref = _updated_cache(k.double(), v.double(), k_new, v_new, pos, cos4, sin4)
+    expected = reference(rotate64(q, cos4, sin4), k_ref, v_ref, lam, mask, w, EPS)
+    k_cache, v_cache = k.clone(), v.clone()
+    with decode_kernel_settings(splits=splits):
+        out = differential_decode_attention(
+            q, k_cache, v_cache, lam, mask, w, EPS, rope=(cos, sin), update=(k_new, v_new, torch.tensor([pos]))
+        )
+    assert rel_err(out, expected) <= TOL[torch.float32]
+    assert (k_cache.double() - k_ref).abs().max().item() <= 1e-6
+    assert torch.equal(v_cache[:, :, pos], v_new[:, :, 0])
+    others = torch.arange(n_k) != pos
+    assert torch.equal(k_cache[:, :, others], k[:, :, others]) and torch.equal(v_cache[:, :, others], v[:, :, others])
+    assert not torch.equal(k_cache[:, :, pos], k[:, :, pos])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_kernel_writing_the_cache_half(seed, dtype):
+    """``update`` in float16 and bfloat16: the key is rotated in float32 and rounded once to the cache's dtype, then
+    attended as stored; output within TOL of the float64 reference on the float64-written cache, the stored key
+    within one rounding of the float64 rotation."""
+    b, h, h_kv, n_k, d, pos = 2, 4, 4, 40, 32, 23
+    q, k, v, lam, mask, w = make_inputs(b, h, h_kv, n_k, d, dtype)
+    mask[..., pos] = 0.0
+    k_new, v_new = torch.randn(b, 2 * h_kv, 1, d, dtype=dtype), torch.randn(b, h_kv, 1, 2 * d, dtype=dtype)
+    cos, sin = rope_angles(torch.tensor([pos]), d, 10_000.0)
+    k_ref, v_ref = _updated_cache(k, v, k_new, v_new, pos, cos[None], sin[None])
+    expected = reference(rotate64(q, cos[None], sin[None]), k_ref, v_ref, lam.to(dtype), mask, w, EPS)
+    out = differential_decode_attention(
+        q, k, v, lam.to(dtype), mask, w, EPS, rope=(cos, sin), update=(k_new, v_new, torch.tensor([pos]))
+    )
+    assert rel_err(out, expected) <= TOL[dtype]
+    exact = rotate64(k_new, cos[None], sin[None])[:, :, 0]
+    assert rel_err(k[:, :, pos], exact) <= TOL[dtype] / 2
+    assert torch.equal(v[:, :, pos], v_new[:, :, 0])
+
+
+def test_kernel_writing_outside_the_cache_writes_nothing(seed):
+    """A ``write_at`` outside [0, N_k) writes nothing (the caches stay equal) and the output equals the kernel's
+    without ``update`` on the same cache (the new key is attended nowhere)."""
+    q, k, v, lam, mask, w = make_inputs(2, 2, 2, 30, 16, torch.float32)
+    k_new, v_new = torch.randn(2, 4, 1, 16), torch.randn(2, 2, 1, 32)
+    for pos in (-1, 30, 1000):
+        k_cache, v_cache = k.clone(), v.clone()
+        out = differential_decode_attention(
+            q, k_cache, v_cache, lam, mask, w, EPS, update=(k_new, v_new, torch.tensor([pos]))
+        )
+        assert torch.equal(k_cache, k) and torch.equal(v_cache, v)
+        assert torch.equal(out, differential_decode_attention(q, k, v, lam, mask, w, EPS))
+
+
 def test_kernel_equals_the_sdpa_path_it_replaces(seed):
     """Reference: the decode step's current tail, ``sdpa_differential_attention`` then ``fused_rms_norm`` with the
     merged weight, on a mask broadcast over the batch ((1, 1, 1, N_k)); ≤ 1e-5 relative in float32."""
@@ -185,6 +260,27 @@ def test_kernel_under_torch_compile_equals_eager(seed, splits, rotate):
         assert torch.equal(compiled(*inputs, EPS, rope), eager)
         op = torch.ops.shareddiff.differential_decode_attention.default
         torch.library.opcheck(op, (*inputs, EPS, True, *tables))
+
+
+@pytest.mark.parametrize("splits", [None, 3], ids=["rule", "3 splits"])
+def test_kernel_writing_the_cache_under_torch_compile_equals_eager(seed, splits):
+    """The op with ``update`` under ``torch.compile(fullgraph=True)``: the compiled call's output and the caches it
+    writes equal the eager call's exactly, and opcheck finds the registration (k and v declared mutated)
+    consistent."""
+    q, k, v, lam, mask, w = make_inputs(2, 2, 1, 41, 16, torch.float32)
+    mask[..., 7] = 0.0
+    rope = rope_angles(torch.tensor([[3], [40]]), 16, 10_000.0)
+    new = (torch.randn(2, 2, 1, 16), torch.randn(2, 1, 1, 32), torch.tensor([7]))
+    compiled = torch.compile(differential_decode_attention, fullgraph=True, backend="aot_eager")
+    with decode_kernel_settings(splits=splits, block_n=16):
+        caches = [(k.clone(), v.clone()) for _ in range(2)]
+        eager = differential_decode_attention(q, *caches[0], lam, mask, w, EPS, rope, new)
+        assert torch.equal(compiled(q, *caches[1], lam, mask, w, EPS, rope, new), eager)
+        assert all(torch.equal(a, b) for a, b in zip(caches[0], caches[1], strict=True))
+        assert not torch.equal(caches[0][0], k)
+        op = torch.ops.shareddiff.differential_decode_attention_update.default
+        tables = tuple(t.reshape(2, 8) for t in rope)
+        torch.library.opcheck(op, (q, k.clone(), v.clone(), lam, mask, w, EPS, True, *tables, *new))
 
 
 SPLIT_CASES = [  # (B, h, h_kv, N_k, d, splits requested, block_n) → the plan asserted in the test
@@ -335,10 +431,10 @@ def test_decoder_with_the_split_kernel_equals_reference_decode(seed, preset):
     assert split_plan(decoder.max_len, 4, 8) == (4, 8)
     calls = []
 
-    def counted(*args, rope=None):
+    def counted(*args, rope=None, update=None):
         calls.append(args[0].shape)
-        assert rope is not None  # the kernel rotates the queries itself
-        return differential_decode_attention(*args, rope=rope)
+        assert rope is not None and update is not None  # the kernel rotates the queries and writes the cache itself
+        return differential_decode_attention(*args, rope=rope, update=update)
 
     decoder._decode_attention = counted
     ids, mask = _batch(model.config.vocab_size, padded=True)
@@ -367,10 +463,10 @@ def test_decoder_with_the_kernel_equals_reference_decode(seed, preset, overrides
     decoder = StaticDecoder(model, max_len=64, decode_kernel=True)
     calls = []
 
-    def counted(*args, rope=None):
+    def counted(*args, rope=None, update=None):
         calls.append(args[0].shape)
-        assert rope is not None  # the kernel rotates the queries itself
-        return differential_decode_attention(*args, rope=rope)
+        assert rope is not None and update is not None  # the kernel rotates the queries and writes the cache itself
+        return differential_decode_attention(*args, rope=rope, update=update)
 
     decoder._decode_attention = counted  # what the cache hands the layers from the first prefill on
     ids, mask = _batch(model.config.vocab_size, padded=True)
@@ -390,9 +486,9 @@ def test_decoder_with_the_kernel_under_bf16_autocast_equals_reference(seed):
     decoder = StaticDecoder(model, max_len=32, decode_kernel=True)
     dtypes = []
 
-    def counted(*args, rope=None):
+    def counted(*args, rope=None, update=None):
         dtypes.append(args[0].dtype)
-        return differential_decode_attention(*args, rope=rope)
+        return differential_decode_attention(*args, rope=rope, update=update)
 
     decoder._decode_attention = counted
     ids, mask = _batch(model.config.vocab_size, padded=True)
@@ -468,6 +564,7 @@ def test_decode_kernel_refusals_name_head_dim_and_device(monkeypatch):
 
 def test_bad_input_is_refused_naming_the_argument():
     q, k, v, lam, mask, w = make_inputs(2, 2, 1, 9, 16, torch.float32)
+    k_new, v_new, at = torch.randn(2, 2, 1, 16), torch.randn(2, 1, 1, 32), torch.tensor([3])  # update=...
     cases = [
         (dict(q=q[:, :, 0]), r"q must be \(B, 2h, 1, d\)"),
         (dict(q=q[:, :3]), r"q must be \(B, 2h, 1, d\)"),
@@ -489,9 +586,18 @@ def test_bad_input_is_refused_naming_the_argument():
         (dict(rope=(torch.ones(1, 1, 7), torch.ones(1, 1, 8))), r"rope's cos must be .* \(1, 1, d/2\)"),
         (dict(rope=(torch.ones(1, 1, 8), torch.ones(3, 1, 1, 8))), r"rope's sin must be .*\(2, 1, 1, 8\)"),
         (dict(rope=(torch.ones(1, 1, 8), torch.ones(1, 1, 8, dtype=torch.long))), "rope's sin must be a float"),
+        (dict(update=(k_new, v_new)), r"update must be \(k_new, v_new, write_at\)"),
+        (dict(update=(k_new[:, :1], v_new, at)), r"update's k_new must be \(2, 2, 1, 16\)"),
+        (dict(update=(k_new, v_new[..., :16], at)), r"update's v_new must be \(2, 1, 1, 32\)"),
+        (dict(update=(k_new.half(), v_new, at)), "update's k_new must have the cache's dtype torch.float32"),
+        (dict(update=(k_new, v_new, at.int())), "update's write_at must be an int64 tensor of one element"),
+        (dict(update=(k_new, v_new, torch.tensor([1, 2]))), "update's write_at must be an int64 tensor of one"),
+        (dict(update=(k_new, v_new, 3)), "update's write_at must be an int64 tensor of one element"),
+        (dict(k=k.transpose(-1, -2).contiguous().transpose(-1, -2), update=(k_new, v_new, at)),
+         "with update, k must be the cache's buffer itself, unit stride"),
     ]
     for change, message in cases:
-        args = dict(q=q, k=k, v=v, lam=lam, mask=mask, w=w, eps=EPS, rope=None) | change
+        args = dict(q=q, k=k, v=v, lam=lam, mask=mask, w=w, eps=EPS, rope=None, update=None) | change
         with pytest.raises(ValueError, match=message):
             differential_decode_attention(*args.values())
 
@@ -525,14 +631,20 @@ def compile(kernel, pointers, ints, floats, constants):
 strides = "sqb sqh skb skh skn svb svh svn smb"
 tables = {"Cos": "*fp32", "Sin": "*fp32"}  # the RoPE angles (rope=...)
 for float_type in ("fp32", "fp64"):
-    for dtype, norm, rope in (("bf16", True, True), ("bf16", True, False), ("fp32", False, False)):
+    for dtype, norm, rope, update in (("bf16", True, True, True), ("bf16", True, True, False),
+                                      ("bf16", True, False, False), ("fp32", False, False, True)):
         pointers = {name: f"*{dtype}" for name in ("Q", "K", "V", "Lam", "Mask", "W", "Out")} | tables
-        constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm, "ROPE": rope}
-        compile(_decode_kernel, pointers, strides + " sob soh scb H HKV GROUP NK", "scale_log2 eps", constants)
+        pointers |= {"KN": f"*{dtype}", "VN": f"*{dtype}", "Pos": "*i64"}  # the cache write (update=...)
+        constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm, "ROPE": rope, "UPDATE": update}
+        ints = strides + " sob soh scb sknb sknh svnb svnh H HKV GROUP NK"
+        compile(_decode_kernel, pointers, ints, "scale_log2 eps", constants)
     pointers = {name: "*bf16" for name in ("Q", "K", "V", "Mask")} | {"Acc": "*fp32", "Stats": "*fp32"} | tables
-    for block_n, rope in ((BLOCK_N, True), (SHORT_BLOCK_N, True), (BLOCK_N, False)):  # 64-key blocks: short caches
-        constants = {"D": 64, "BN": block_n, "ROPE": rope}
-        compile(_split_kernel, pointers, strides + " scb H HKV GROUP NK CHUNK", "scale_log2", constants)
+    pointers |= {"KN": "*bf16", "VN": "*bf16", "Pos": "*i64"}
+    for block_n, rope, update in ((BLOCK_N, True, True), (SHORT_BLOCK_N, True, True), (SHORT_BLOCK_N, True, False),
+                                  (BLOCK_N, False, False)):  # 64-key blocks: short caches
+        constants = {"D": 64, "BN": block_n, "ROPE": rope, "UPDATE": update}
+        ints = strides + " scb sknb sknh svnb svnh H HKV GROUP NK CHUNK"
+        compile(_split_kernel, pointers, ints, "scale_log2", constants)
     pointers = {"Acc": "*fp32", "Stats": "*fp32", "Lam": "*bf16", "W": "*bf16", "Out": "*bf16"}
     constants = {"D": 64, "ST": MERGE_TILE, "NORM": True, "HAS_WEIGHT": True}
     compile(_merge_kernel, pointers, "sob soh H S", "eps", constants)

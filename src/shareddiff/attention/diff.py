@@ -70,10 +70,11 @@ class DiffAttentionBase(nn.Module):
         if fused is not None and n == 1 and mask is not None and self.recorder is None:
             kernel = cache.decode_attention()
         if kernel is not None:  # a decode step's whole tail, head norm included, in one kernel (ops/triton_decode)
-            # the kernel rotates Q1, Q2 itself: only the keys are rotated here, on their way into the cache
-            k, v = cache.update(self.layer_idx, apply_rope(qk[:, :, 2 * h :], *rope).transpose(1, 2), v)
+            # the kernel rotates Q1, Q2 and the new K1, K2 itself and writes the new keys and values to the cache
             eps = None if self.head_norm is None else HEAD_NORM_EPS
-            out = kernel(qk[:, :, : 2 * h].transpose(1, 2), k, v, lam, mask, fused["head_norm"], eps, rope=rope)
+            new = (qk[:, :, 2 * h :].transpose(1, 2), v, cache.write_at)
+            out = kernel(qk[:, :, : 2 * h].transpose(1, 2), *cache.buffers(self.layer_idx), lam, mask,
+                         fused["head_norm"], eps, rope=rope, update=new)  # fmt: skip
             return self.wo(out.transpose(1, 2).reshape(b, n, -1))  # out: (B, h, 1, 2d)
         rotated = apply_rope(qk, *rope).transpose(1, 2)  # one rotation of all four: fewer ops
         q1, q2, k1, k2 = rotated.split([h, h, h_kv, h_kv], dim=1)  # (B, h, N, d) twice, (B, h_kv, N, d) twice

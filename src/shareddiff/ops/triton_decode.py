@@ -64,6 +64,7 @@ NUM_WARPS, NUM_STAGES = 4, 2
 MAX_SPLITS = 64
 MERGE_TILE = 16  # partials the merge kernel reads at a time
 OP_NAME = "shareddiff::differential_decode_attention"
+UPDATE_OP_NAME = "shareddiff::differential_decode_attention_update"  # the same, writing the step's K, V to the cache
 
 
 @triton.jit
@@ -94,12 +95,14 @@ def _load_query(q_row, cos_row, sin_row, scale, D: tl.constexpr, ROPE: tl.conste
 
 @triton.jit
 def _attend_keys(
-    q1, q2, k1_base, k2_base, v_base, mask_row, skn, svn, start, stop,
-    D: tl.constexpr, BN: tl.constexpr,
+    q1, q2, k1_base, k2_base, v_base, mask_row, skn, svn, start, stop, kn1, kn2, vn, pos,
+    D: tl.constexpr, BN: tl.constexpr, UPDATE: tl.constexpr,
 ):  # fmt: skip
     """Both online softmaxes of one query over the keys [start, stop), in base 2: (m1, l1, acc1, m2, l2, acc2), the
     running max, the sum of exp2(s − m) and the unnormalised Σ exp2(s − m)·v (2D,) of each map. With every key of
-    the range masked (or none in it) m is −inf and l, acc are 0."""
+    the range masked (or none in it) m is −inf and l, acc are 0. With UPDATE the step's new key and value (kn1, kn2
+    (D,), vn (2D,), float32) stand at position ``pos`` in place of what the cache holds there (which another program
+    may be overwriting with them)."""
     offs_d = tl.arange(0, D)
     offs_v = tl.arange(0, 2 * D)
     m1, l1, acc1, m2, l2, acc2 = _empty_state(D)
@@ -109,6 +112,10 @@ def _attend_keys(
         k_off = offs_n[:, None] * skn + offs_d[None, :]
         k1 = tl.load(k1_base + k_off, mask=inside[:, None], other=0.0).to(tl.float32)
         k2 = tl.load(k2_base + k_off, mask=inside[:, None], other=0.0).to(tl.float32)
+        if UPDATE:
+            new = (offs_n == pos)[:, None]
+            k1 = tl.where(new, kn1[None, :], k1)
+            k2 = tl.where(new, kn2[None, :], k2)
         bias = tl.load(mask_row + offs_n, mask=inside, other=float("-inf")).to(tl.float32) * _LOG2E
         s1 = tl.sum(q1[None, :] * k1, 1) + bias  # (BN,)
         s2 = tl.sum(q2[None, :] * k2, 1) + bias
@@ -122,6 +129,8 @@ def _attend_keys(
         a1 = tl.exp2(m1 - c1)
         a2 = tl.exp2(m2 - c2)
         v = tl.load(v_base + offs_n[:, None] * svn + offs_v[None, :], mask=inside[:, None], other=0.0).to(tl.float32)
+        if UPDATE:
+            v = tl.where(new, vn[None, :], v)
         acc1 = acc1 * a1 + tl.sum(p1[:, None] * v, 0)
         acc2 = acc2 * a2 + tl.sum(p2[:, None] * v, 0)
         l1 = l1 * a1 + tl.sum(p1, 0)
@@ -129,6 +138,34 @@ def _attend_keys(
         m1 = n1
         m2 = n2
     return m1, l1, acc1, m2, l2, acc2
+
+
+@triton.jit
+def _new_entry(
+    K, V, KN, VN, Pos, Cos, Sin, b, kv, skb, skh, skn, svb, svh, svn, sknb, sknh, svnb, svnh, scb, HKV, NK, write,
+    D: tl.constexpr, ROPE: tl.constexpr, UPDATE: tl.constexpr,
+):  # fmt: skip
+    """With UPDATE: the step's new K1, K2 (rotated here with ROPE, as the queries) and V of key/value head ``kv`` of
+    row ``b``, rounded to the cache's dtype and returned in float32 with their position (kn1, kn2, vn, pos); where
+    ``write`` (one program per key/value head and row) they are also stored at ``pos`` of the cache (K, V), unless
+    pos lies outside its NK positions. Without UPDATE: placeholders, nothing read."""
+    if UPDATE:
+        pos = tl.load(Pos)
+        kn1 = _load_query(KN + b * sknb + kv * sknh, Cos + b * scb, Sin + b * scb, 1.0, D, ROPE)
+        kn2 = _load_query(KN + b * sknb + (HKV + kv) * sknh, Cos + b * scb, Sin + b * scb, 1.0, D, ROPE)
+        offs_d = tl.arange(0, D)
+        offs_v = tl.arange(0, 2 * D)
+        vn = tl.load(VN + b * svnb + kv * svnh + offs_v)
+        kn1 = kn1.to(K.dtype.element_ty)
+        kn2 = kn2.to(K.dtype.element_ty)
+        width = tl.where(write & (pos >= 0) & (pos < NK), D, 0)  # D: store, 0: not (a mask of one comparison)
+        tl.store(K + b * skb + kv * skh + pos * skn + offs_d, kn1, mask=offs_d < width)
+        tl.store(K + b * skb + (HKV + kv) * skh + pos * skn + offs_d, kn2, mask=offs_d < width)
+        tl.store(V + b * svb + kv * svh + pos * svn + offs_v, vn.to(V.dtype.element_ty), mask=offs_v < 2 * width)
+        return kn1.to(tl.float32), kn2.to(tl.float32), vn.to(V.dtype.element_ty).to(tl.float32), pos
+    else:
+        empty = tl.zeros([D], dtype=tl.float32)
+        return empty, empty, tl.zeros([2 * D], dtype=tl.float32), tl.full([], -1, tl.int64)
 
 
 @triton.jit
@@ -146,13 +183,16 @@ def _finish(acc1, l1, acc2, l2, Lam, W, out_row, eps, D: tl.constexpr, NORM: tl.
 
 @triton.jit
 def _decode_kernel(
-    Q, K, V, Lam, Mask, W, Out, Cos, Sin,
-    sqb, sqh, skb, skh, skn, svb, svh, svn, smb, sob, soh, scb,
+    Q, K, V, Lam, Mask, W, Out, Cos, Sin, KN, VN, Pos,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, smb, sob, soh, scb, sknb, sknh, svnb, svnh,
     H, HKV, GROUP, NK, scale_log2, eps,
     D: tl.constexpr, BN: tl.constexpr, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, ROPE: tl.constexpr,
+    UPDATE: tl.constexpr,
 ):  # fmt: skip
     """Program (b·H + head): query head ``head`` of row ``b`` against key/value head head // GROUP, all keys; with
-    ROPE the query heads are rotated here by row b's angles (Cos, Sin: (·, D/2), row stride ``scb``)."""
+    ROPE the query heads are rotated here by row b's angles (Cos, Sin: (·, D/2), row stride ``scb``); with UPDATE
+    the step's new key and value (KN, VN) are written to the cache at Pos (by the group's first head) and attended
+    there."""
     pid = tl.program_id(0)
     b = pid // H
     head = pid % H
@@ -160,22 +200,27 @@ def _decode_kernel(
     scale = tl.cast(scale_log2, tl.float32)  # a Python float arrives as fp64 from a compiled graph: keep the math fp32
     q1 = _load_query(Q + b * sqb + head * sqh, Cos + b * scb, Sin + b * scb, scale, D, ROPE)  # scores in base 2
     q2 = _load_query(Q + b * sqb + (H + head) * sqh, Cos + b * scb, Sin + b * scb, scale, D, ROPE)
+    kn1, kn2, vn, pos = _new_entry(
+        K, V, KN, VN, Pos, Cos, Sin, b, kv, skb, skh, skn, svb, svh, svn, sknb, sknh, svnb, svnh, scb, HKV, NK,
+        head % GROUP == 0, D, ROPE, UPDATE,
+    )  # fmt: skip
     _m1, l1, acc1, _m2, l2, acc2 = _attend_keys(  # the maxima: only for merging partials
         q1, q2, K + b * skb + kv * skh, K + b * skb + (HKV + kv) * skh, V + b * svb + kv * svh, Mask + b * smb,
-        skn, svn, 0, NK, D, BN,
+        skn, svn, 0, NK, kn1, kn2, vn, pos, D, BN, UPDATE,
     )  # fmt: skip
     _finish(acc1, l1, acc2, l2, Lam, W, Out + b * sob + head * soh, eps, D, NORM, HAS_WEIGHT)
 
 
 @triton.jit
 def _split_kernel(
-    Q, K, V, Mask, Acc, Stats, Cos, Sin,
-    sqb, sqh, skb, skh, skn, svb, svh, svn, smb, scb,
+    Q, K, V, Mask, Acc, Stats, Cos, Sin, KN, VN, Pos,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, smb, scb, sknb, sknh, svnb, svnh,
     H, HKV, GROUP, NK, CHUNK, scale_log2,
-    D: tl.constexpr, BN: tl.constexpr, ROPE: tl.constexpr,
+    D: tl.constexpr, BN: tl.constexpr, ROPE: tl.constexpr, UPDATE: tl.constexpr,
 ):  # fmt: skip
     """Program (b·H + head, split): the keys [split·CHUNK, (split + 1)·CHUNK) ∩ [0, NK) of query head ``head`` of row
-    ``b``; writes its partials to row (b·H + head)·S + split of Acc (·, 2, 2D) and Stats (·, 4): m1, l1, m2, l2."""
+    ``b``; writes its partials to row (b·H + head)·S + split of Acc (·, 2, 2D) and Stats (·, 4): m1, l1, m2, l2.
+    With UPDATE the new key and value are written at Pos by the group's first head in the split holding Pos."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // H
@@ -187,9 +232,16 @@ def _split_kernel(
     q2 = _load_query(Q + b * sqb + (H + head) * sqh, Cos + b * scb, Sin + b * scb, scale, D, ROPE)
     start = split * CHUNK
     stop = tl.minimum(start + CHUNK, NK)
+    writer = head % GROUP == 0
+    if UPDATE:  # of the group's first head, the split holding the new position writes it
+        writer = writer & (tl.load(Pos) // CHUNK == split)
+    kn1, kn2, vn, pos = _new_entry(
+        K, V, KN, VN, Pos, Cos, Sin, b, kv, skb, skh, skn, svb, svh, svn, sknb, sknh, svnb, svnh, scb, HKV, NK,
+        writer, D, ROPE, UPDATE,
+    )  # fmt: skip
     m1, l1, acc1, m2, l2, acc2 = _attend_keys(
         q1, q2, K + b * skb + kv * skh, K + b * skb + (HKV + kv) * skh, V + b * svb + kv * svh, Mask + b * smb,
-        skn, svn, start, stop, D, BN,
+        skn, svn, start, stop, kn1, kn2, vn, pos, D, BN, UPDATE,
     )  # fmt: skip
     row = pid * tl.num_programs(1) + split
     tl.store(Acc + row * 4 * D + offs_v, acc1)
@@ -313,7 +365,7 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
 
 
-def _decode(
+def _launch(
     q: Tensor,
     k: Tensor,
     v: Tensor,
@@ -324,9 +376,13 @@ def _decode(
     norm: bool,
     cos: Tensor | None,
     sin: Tensor | None,
+    k_new: Tensor | None,
+    v_new: Tensor | None,
+    write_at: Tensor | None,
 ) -> Tensor:
     """The checked arguments of ``differential_decode_attention`` (``norm``: whether to apply the RMSNorm; ``cos``,
-    ``sin``: (B or 1, d/2) angles to rotate q by, or None for a q rotated already)."""
+    ``sin``: (B or 1, d/2) angles to rotate q by, or None for a q rotated already; ``k_new``, ``v_new``,
+    ``write_at``: the step's new key and value to write into k and v at that position and attend there, or None)."""
     b, two_h, _, d = q.shape
     h, h_kv, n_k = two_h // 2, v.shape[1], k.shape[2]
     settings, sm_count = _settings, _sm_count(q.device)
@@ -340,18 +396,24 @@ def _decode(
     cos, sin = (cos, sin) if rope else (lam, lam)  # unread without rotation
     scb = cos.stride(0) if rope and cos.shape[0] > 1 else 0  # one row of angles for every batch row: stride 0
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2))
+    update = k_new is not None
+    if update:
+        new, new_strides = (k_new, v_new, write_at), (k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1))
+    else:
+        new, new_strides = (lam, lam, lam), (0, 0, 0, 0)  # unread without an update
     if splits == 1:
         wrap_triton(_decode_kernel)[(b * h,)](
-            q, k, v, lam, mask, w, out, cos, sin, *strides, mask.stride(0), out.stride(0), out.stride(1), scb,
+            q, k, v, lam, mask, w, out, cos, sin, *new,
+            *strides, mask.stride(0), out.stride(0), out.stride(1), scb, *new_strides,
             h, h_kv, h // h_kv, n_k, LOG2E / math.sqrt(d), eps,
-            D=d, BN=block_n, NORM=norm, HAS_WEIGHT=weight is not None, ROPE=rope, **launch,
+            D=d, BN=block_n, NORM=norm, HAS_WEIGHT=weight is not None, ROPE=rope, UPDATE=update, **launch,
         )  # fmt: skip
         return out
     acc = torch.empty(b * h * splits, 2, 2 * d, device=q.device, dtype=torch.float32)  # both maps' partial Σ p·v
     stats = torch.empty(b * h * splits, 4, device=q.device, dtype=torch.float32)  # m1, l1, m2, l2
     wrap_triton(_split_kernel)[(b * h, splits)](
-        q, k, v, mask, acc, stats, cos, sin, *strides, mask.stride(0), scb,
-        h, h_kv, h // h_kv, n_k, chunk, LOG2E / math.sqrt(d), D=d, BN=block_n, ROPE=rope, **launch,
+        q, k, v, mask, acc, stats, cos, sin, *new, *strides, mask.stride(0), scb, *new_strides,
+        h, h_kv, h // h_kv, n_k, chunk, LOG2E / math.sqrt(d), D=d, BN=block_n, ROPE=rope, UPDATE=update, **launch,
     )  # fmt: skip
     wrap_triton(_merge_kernel)[(b * h,)](
         acc, stats, lam, w, out, out.stride(0), out.stride(1), h, splits, eps,
@@ -360,11 +422,54 @@ def _decode(
     return out
 
 
+def _decode(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lam: Tensor,
+    mask: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    norm: bool,
+    cos: Tensor | None,
+    sin: Tensor | None,
+) -> Tensor:
+    """The operator without a cache write (k and v only read)."""
+    return _launch(q, k, v, lam, mask, weight, eps, norm, cos, sin, None, None, None)
+
+
+def _decode_update(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lam: Tensor,
+    mask: Tensor,
+    weight: Tensor | None,
+    eps: float,
+    norm: bool,
+    cos: Tensor | None,
+    sin: Tensor | None,
+    k_new: Tensor,
+    v_new: Tensor,
+    write_at: Tensor,
+) -> Tensor:
+    """The operator that also writes the step's key and value into the cache (k and v mutated)."""
+    return _launch(q, k, v, lam, mask, weight, eps, norm, cos, sin, k_new, v_new, write_at)
+
+
+
+def _fake_output(q: Tensor, *args) -> Tensor:
+    return q.new_empty(q.shape[0], q.shape[1] // 2, 1, 2 * q.shape[3])
+
+
 if INTERPRET:  # the interpreter cannot launch on the fake tensors triton_op traces with: an opaque op with a fake
     _decode_op = torch.library.custom_op(OP_NAME, _decode, mutates_args=())
-    _decode_op.register_fake(lambda q, *args: q.new_empty(q.shape[0], q.shape[1] // 2, 1, 2 * q.shape[3]))
+    _decode_op.register_fake(_fake_output)
+    _decode_update_op = torch.library.custom_op(UPDATE_OP_NAME, _decode_update, mutates_args=("k", "v"))
+    _decode_update_op.register_fake(_fake_output)
 else:  # compiled graphs see the kernel itself (torch.library.triton_op; inductor can launch it directly)
     _decode_op = triton_op(OP_NAME, _decode, mutates_args=())
+    _decode_update_op = triton_op(UPDATE_OP_NAME, _decode_update, mutates_args=("k", "v"))
 
 
 def differential_decode_attention(
@@ -376,6 +481,7 @@ def differential_decode_attention(
     norm_weight: Tensor | None = None,
     eps: float | None = None,
     rope: tuple[Tensor, Tensor] | None = None,
+    update: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Differential attention of one decode step with the per-head RMSNorm, in one kernel (module docstring).
 
@@ -394,6 +500,13 @@ def differential_decode_attention(
     interleaved pairs), which saves the decode step the kernel that would write the rotated q (the keys are
     rotated where they are written to the cache).
 
+    ``update``: (k_new, v_new, write_at), the step's new key (B, 2h_kv, 1, d), K1 heads then K2 heads, unrotated
+    with ``rope`` (rotated already without it), its value (B, h_kv, 1, 2d), both in k's dtype, and the cache
+    position to write them to, an int64 tensor of one element on the device: the kernel writes them into k and v
+    (which must then be the cache's buffers, unit stride in the last dimension) at that position, rotating the key
+    as it rotates q, and attends to them there, which saves the decode step the kernels of the cache write
+    (``StaticKVCache.update``); the mask must show that position. A position outside [0, N_k) writes nothing.
+
     Raises ``ValueError`` naming the argument on a wrong rank, shape, dtype or device, or a ``norm_weight``
     without ``eps``.
     """
@@ -403,13 +516,44 @@ def differential_decode_attention(
         cos, sin = (_rope_rows(t, name, q) for t, name in zip(rope, ("cos", "sin"), strict=True))
     if q.stride(-1) != 1:
         q = q.contiguous()
-    k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
     if mask.stride(-1) != 1:
         mask = mask.contiguous()
     if mask.shape[0] != q.shape[0]:
         mask = mask.expand(q.shape[0], -1, -1, -1)  # batch stride 0: every row reads the one mask
     weight = None if norm_weight is None else norm_weight.contiguous()
-    return _decode_op(q, k, v, lam, mask, weight, 0.0 if eps is None else float(eps), eps is not None, cos, sin)
+    args = (weight, 0.0 if eps is None else float(eps), eps is not None, cos, sin)
+    if update is not None:
+        return _decode_update_op(q, k, v, lam, mask, *args, *_check_update(update, q, k, v))
+    k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
+    return _decode_op(q, k, v, lam, mask, *args)
+
+
+def _check_update(update, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``update``'s (k_new, v_new, write_at) with unit last strides; raises ``ValueError`` naming what does not fit
+    (``differential_decode_attention``)."""
+    if not (isinstance(update, tuple | list) and len(update) == 3):
+        raise ValueError("update must be (k_new, v_new, write_at): the step's key, value and cache position")
+    k_new, v_new, write_at = update
+    b, d, h_kv = q.shape[0], q.shape[3], v.shape[1]
+    for name, t, shape in (("k_new", k_new, (b, 2 * h_kv, 1, d)), ("v_new", v_new, (b, h_kv, 1, 2 * d))):
+        if not isinstance(t, Tensor) or tuple(t.shape) != shape:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"update's {name} must be {shape} (one position of the cache's layout), got {got}")
+        if t.dtype != k.dtype:
+            raise ValueError(f"update's {name} must have the cache's dtype {k.dtype}, got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"update's {name} is on {t.device}, q on {q.device}: put every input on one device")
+    if not (isinstance(write_at, Tensor) and write_at.dtype == torch.int64 and write_at.numel() == 1):
+        raise ValueError("update's write_at must be an int64 tensor of one element (the cache position to write)")
+    if write_at.device != q.device:
+        raise ValueError(f"update's write_at is on {write_at.device}, q on {q.device}: put every input on one device")
+    for name, t in (("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            raise ValueError(
+                f"with update, {name} must be the cache's buffer itself, unit stride in its last dimension (a copy "
+                f"would lose the write); got strides {t.stride()}"
+            )
+    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in (k_new, v_new)) + (write_at.reshape(1),)
 
 
 def _rope_rows(t: Tensor, name: str, q: Tensor) -> Tensor:
