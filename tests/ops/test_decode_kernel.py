@@ -593,8 +593,10 @@ def test_bad_input_is_refused_naming_the_argument():
         (dict(update=(k_new, v_new, at.int())), "update's write_at must be an int64 tensor of one element"),
         (dict(update=(k_new, v_new, torch.tensor([1, 2]))), "update's write_at must be an int64 tensor of one"),
         (dict(update=(k_new, v_new, 3)), "update's write_at must be an int64 tensor of one element"),
-        (dict(k=k.transpose(-1, -2).contiguous().transpose(-1, -2), update=(k_new, v_new, at)),
-         "with update, k must be the cache's buffer itself, unit stride"),
+        (
+            dict(k=k.transpose(-1, -2).contiguous().transpose(-1, -2), update=(k_new, v_new, at)),
+            "with update, k must be the cache's buffer itself, unit stride",
+        ),
     ]
     for change, message in cases:
         args = dict(q=q, k=k, v=v, lam=lam, mask=mask, w=w, eps=EPS, rope=None, update=None) | change

@@ -397,10 +397,8 @@ def _launch(
     scb = cos.stride(0) if rope and cos.shape[0] > 1 else 0  # one row of angles for every batch row: stride 0
     strides = (q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2))
     update = k_new is not None
-    if update:
-        new, new_strides = (k_new, v_new, write_at), (k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1))
-    else:
-        new, new_strides = (lam, lam, lam), (0, 0, 0, 0)  # unread without an update
+    new = (k_new, v_new, write_at) if update else (lam, lam, lam)  # unread without an update
+    new_strides = (k_new.stride(0), k_new.stride(1), v_new.stride(0), v_new.stride(1)) if update else (0, 0, 0, 0)
     if splits == 1:
         wrap_triton(_decode_kernel)[(b * h,)](
             q, k, v, lam, mask, w, out, cos, sin, *new,
@@ -455,7 +453,6 @@ def _decode_update(
 ) -> Tensor:
     """The operator that also writes the step's key and value into the cache (k and v mutated)."""
     return _launch(q, k, v, lam, mask, weight, eps, norm, cos, sin, k_new, v_new, write_at)
-
 
 
 def _fake_output(q: Tensor, *args) -> Tensor:
@@ -553,7 +550,8 @@ def _check_update(update, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tens
                 f"with update, {name} must be the cache's buffer itself, unit stride in its last dimension (a copy "
                 f"would lose the write); got strides {t.stride()}"
             )
-    return tuple(t if t.stride(-1) == 1 else t.contiguous() for t in (k_new, v_new)) + (write_at.reshape(1),)
+    k_new, v_new = (t if t.stride(-1) == 1 else t.contiguous() for t in (k_new, v_new))
+    return k_new, v_new, write_at.reshape(1)
 
 
 def _rope_rows(t: Tensor, name: str, q: Tensor) -> Tensor:
