@@ -68,7 +68,7 @@ class StaticKVCache(KVCache):
         return None if self._fused is None else self._fused[layer_idx]
 
     def decode_attention(self) -> Callable[..., Tensor] | None:
-        """The differential decode kernel (``ops.triton_decode.differential_decode_attention``) in a decode step of
+        """The differential decode kernel (``ops.triton_decode.differential_decode_step``) in a decode step of
         a decoder that uses it; None in the prefill and otherwise."""
         return None if self.write_at is None else self._decode_attention
 
@@ -129,7 +129,7 @@ def _decode_kernel(
     if dtype not in (torch.float16, torch.bfloat16, torch.float32):
         problems.append(f"it runs in float16, bfloat16 or float32, the model is {dtype}")
     try:
-        from shareddiff.ops.triton_decode import INTERPRET, differential_decode_attention
+        from shareddiff.ops.triton_decode import INTERPRET, differential_decode_step
     except ImportError:
         problems.append("Triton is not installed")
     else:
@@ -143,7 +143,7 @@ def _decode_kernel(
         return None
     if choice is None and not (on_cuda and DECODE_KERNEL_BY_DEFAULT):
         return None
-    return differential_decode_attention
+    return differential_decode_step
 
 
 # inductor's options for a compiled decode step on CUDA when none are given (gpt-fast's choice): on one H200,

@@ -25,6 +25,7 @@ from shareddiff.ops.triton_decode import (
     decode_kernel_settings,
     default_block_n,
     differential_decode_attention,
+    differential_decode_step,
     short_cache,
     split_count,
     split_plan,
@@ -156,6 +157,13 @@ def test_kernel_rotating_q_matches_float64_reference(seed, per_row, splits):
     assert rel_err(unrotated, expected) > 0.01
 
 
+def pack(q, k_new, v_new):
+    """The step's merged projection row (B, 1, (2h + 4h_kv)·d) that ``differential_decode_step`` reads: the Q1, Q2
+    heads of q (B, 2h, 1, d), the K1, K2 heads of k_new (B, 2h_kv, 1, d), then the value heads of v_new (B, h_kv,
+    1, 2d), each head's d (or 2d) values side by side."""
+    return torch.cat([t[:, :, 0].flatten(1) for t in (q, k_new, v_new)], dim=1)[:, None]
+
+
 def _updated_cache(k, v, k_new, v_new, pos, cos, sin):
     """In float64: the cache after writing the step's key (rotated in float64 by ``rotate64``) and value at ``pos``
     (what ``StaticKVCache.update`` does), rounded to the cache's dtype as a cache write rounds them."""
@@ -169,12 +177,12 @@ def _updated_cache(k, v, k_new, v_new, pos, cos, sin):
 @pytest.mark.parametrize("per_row", [False, True], ids=["one position", "a position per row"])
 @pytest.mark.parametrize("pos", [0, 17, 49])
 def test_kernel_writing_the_cache_matches_float64_reference(seed, pos, per_row, splits):
-    """``update``: the step's new K1, K2 (unrotated) and V are written into the cache at ``write_at`` by the kernel,
-    which attends to them there. Reference: the cache written in float64 (keys rotated by ``rotate64``), then
-    ``reference`` on it with q rotated likewise: output ≤ 1e-5 relative in float32, the cache's written position
-    equal to the rotated key and the value to 1e-6, every other position untouched (GQA: two query heads a key
-    head, so one writer of each), at the first, a middle and the last position, with the single kernel and split-K
-    (the write in the split that holds the position)."""
+    """``differential_decode_step``: from the packed projection row, the step's new K1, K2 (unrotated) and V are
+    written into the cache at ``write_at`` by the kernel, which attends to them there. Reference: the cache
+    written in float64 (keys rotated by ``rotate64``), then ``reference`` on it with q rotated likewise: output
+    ≤ 1e-5 relative in float32, the cache's written position equal to the rotated key and the value to 1e-6,
+    every other position untouched (GQA: two query heads a key head, so one writer of each), at the first, a
+    middle and the last position, with the single kernel and split-K (the write in the split that holds it)."""
     b, h, h_kv, n_k, d = 3, 4, 2, 50, 16
     q, k, v, lam, mask, w = make_inputs(b, h, h_kv, n_k, d, torch.float32)
     mask[..., pos] = 0.0  # the new position is visible
@@ -185,8 +193,8 @@ def test_kernel_writing_the_cache_matches_float64_reference(seed, pos, per_row, 
     expected = reference(rotate64(q, cos4, sin4), k_ref, v_ref, lam, mask, w, EPS)
     k_cache, v_cache = k.clone(), v.clone()
     with decode_kernel_settings(splits=splits):
-        out = differential_decode_attention(
-            q, k_cache, v_cache, lam, mask, w, EPS, rope=(cos, sin), update=(k_new, v_new, torch.tensor([pos]))
+        out = differential_decode_step(
+            pack(q, k_new, v_new), k_cache, v_cache, lam, mask, torch.tensor([pos]), w, EPS, rope=(cos, sin)
         )
     assert rel_err(out, expected) <= TOL[torch.float32]
     assert (k_cache.double() - k_ref).abs().max().item() <= 1e-6
@@ -198,9 +206,9 @@ def test_kernel_writing_the_cache_matches_float64_reference(seed, pos, per_row, 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_kernel_writing_the_cache_half(seed, dtype):
-    """``update`` in float16 and bfloat16: the key is rotated in float32 and rounded once to the cache's dtype, then
-    attended as stored; output within TOL of the float64 reference on the float64-written cache, the stored key
-    within one rounding of the float64 rotation."""
+    """``differential_decode_step`` in float16 and bfloat16: the key is rotated in float32 and rounded once to the
+    cache's dtype, then attended as stored; output within TOL of the float64 reference on the float64-written
+    cache, the stored key within one rounding of the float64 rotation."""
     b, h, h_kv, n_k, d, pos = 2, 4, 4, 40, 32, 23
     q, k, v, lam, mask, w = make_inputs(b, h, h_kv, n_k, d, dtype)
     mask[..., pos] = 0.0
@@ -208,8 +216,8 @@ def test_kernel_writing_the_cache_half(seed, dtype):
     cos, sin = rope_angles(torch.tensor([pos]), d, 10_000.0)
     k_ref, v_ref = _updated_cache(k, v, k_new, v_new, pos, cos[None], sin[None])
     expected = reference(rotate64(q, cos[None], sin[None]), k_ref, v_ref, lam.to(dtype), mask, w, EPS)
-    out = differential_decode_attention(
-        q, k, v, lam.to(dtype), mask, w, EPS, rope=(cos, sin), update=(k_new, v_new, torch.tensor([pos]))
+    out = differential_decode_step(
+        pack(q, k_new, v_new), k, v, lam.to(dtype), mask, torch.tensor([pos]), w, EPS, rope=(cos, sin)
     )
     assert rel_err(out, expected) <= TOL[dtype]
     exact = rotate64(k_new, cos[None], sin[None])[:, :, 0]
@@ -219,14 +227,13 @@ def test_kernel_writing_the_cache_half(seed, dtype):
 
 def test_kernel_writing_outside_the_cache_writes_nothing(seed):
     """A ``write_at`` outside [0, N_k) writes nothing (the caches stay equal) and the output equals the kernel's
-    without ``update`` on the same cache (the new key is attended nowhere)."""
+    ``differential_decode_attention`` on the same cache (the new key is attended nowhere)."""
     q, k, v, lam, mask, w = make_inputs(2, 2, 2, 30, 16, torch.float32)
     k_new, v_new = torch.randn(2, 4, 1, 16), torch.randn(2, 2, 1, 32)
     for pos in (-1, 30, 1000):
         k_cache, v_cache = k.clone(), v.clone()
-        out = differential_decode_attention(
-            q, k_cache, v_cache, lam, mask, w, EPS, update=(k_new, v_new, torch.tensor([pos]))
-        )
+        qkv = pack(q, k_new, v_new)
+        out = differential_decode_step(qkv, k_cache, v_cache, lam, mask, torch.tensor([pos]), w, EPS)
         assert torch.equal(k_cache, k) and torch.equal(v_cache, v)
         assert torch.equal(out, differential_decode_attention(q, k, v, lam, mask, w, EPS))
 
@@ -264,23 +271,23 @@ def test_kernel_under_torch_compile_equals_eager(seed, splits, rotate):
 
 @pytest.mark.parametrize("splits", [None, 3], ids=["rule", "3 splits"])
 def test_kernel_writing_the_cache_under_torch_compile_equals_eager(seed, splits):
-    """The op with ``update`` under ``torch.compile(fullgraph=True)``: the compiled call's output and the caches it
-    writes equal the eager call's exactly, and opcheck finds the registration (k and v declared mutated)
+    """``differential_decode_step`` under ``torch.compile(fullgraph=True)``: the compiled call's output and the
+    caches it writes equal the eager call's exactly, and opcheck finds the registration (k and v declared mutated)
     consistent."""
     q, k, v, lam, mask, w = make_inputs(2, 2, 1, 41, 16, torch.float32)
     mask[..., 7] = 0.0
     rope = rope_angles(torch.tensor([[3], [40]]), 16, 10_000.0)
-    new = (torch.randn(2, 2, 1, 16), torch.randn(2, 1, 1, 32), torch.tensor([7]))
-    compiled = torch.compile(differential_decode_attention, fullgraph=True, backend="aot_eager")
+    qkv, at = pack(q, torch.randn(2, 2, 1, 16), torch.randn(2, 1, 1, 32)), torch.tensor([7])
+    compiled = torch.compile(differential_decode_step, fullgraph=True, backend="aot_eager")
     with decode_kernel_settings(splits=splits, block_n=16):
         caches = [(k.clone(), v.clone()) for _ in range(2)]
-        eager = differential_decode_attention(q, *caches[0], lam, mask, w, EPS, rope, new)
-        assert torch.equal(compiled(q, *caches[1], lam, mask, w, EPS, rope, new), eager)
+        eager = differential_decode_step(qkv, *caches[0], lam, mask, at, w, EPS, rope)
+        assert torch.equal(compiled(qkv, *caches[1], lam, mask, at, w, EPS, rope), eager)
         assert all(torch.equal(a, b) for a, b in zip(caches[0], caches[1], strict=True))
         assert not torch.equal(caches[0][0], k)
-        op = torch.ops.shareddiff.differential_decode_attention_update.default
+        op = torch.ops.shareddiff.differential_decode_step.default
         tables = tuple(t.reshape(2, 8) for t in rope)
-        torch.library.opcheck(op, (q, k.clone(), v.clone(), lam, mask, w, EPS, True, *tables, *new))
+        torch.library.opcheck(op, (qkv, k.clone(), v.clone(), lam, mask, w, EPS, True, *tables, at))
 
 
 SPLIT_CASES = [  # (B, h, h_kv, N_k, d, splits requested, block_n) → the plan asserted in the test
@@ -431,10 +438,10 @@ def test_decoder_with_the_split_kernel_equals_reference_decode(seed, preset):
     assert split_plan(decoder.max_len, 4, 8) == (4, 8)
     calls = []
 
-    def counted(*args, rope=None, update=None):
+    def counted(*args, rope=None):
         calls.append(args[0].shape)
-        assert rope is not None and update is not None  # the kernel rotates the queries and writes the cache itself
-        return differential_decode_attention(*args, rope=rope, update=update)
+        assert rope is not None  # the kernel rotates the queries and the keys itself
+        return differential_decode_step(*args, rope=rope)
 
     decoder._decode_attention = counted
     ids, mask = _batch(model.config.vocab_size, padded=True)
@@ -463,10 +470,10 @@ def test_decoder_with_the_kernel_equals_reference_decode(seed, preset, overrides
     decoder = StaticDecoder(model, max_len=64, decode_kernel=True)
     calls = []
 
-    def counted(*args, rope=None, update=None):
+    def counted(*args, rope=None):
         calls.append(args[0].shape)
-        assert rope is not None and update is not None  # the kernel rotates the queries and writes the cache itself
-        return differential_decode_attention(*args, rope=rope, update=update)
+        assert rope is not None  # the kernel rotates the queries and the keys itself
+        return differential_decode_step(*args, rope=rope)
 
     decoder._decode_attention = counted  # what the cache hands the layers from the first prefill on
     ids, mask = _batch(model.config.vocab_size, padded=True)
@@ -486,9 +493,9 @@ def test_decoder_with_the_kernel_under_bf16_autocast_equals_reference(seed):
     decoder = StaticDecoder(model, max_len=32, decode_kernel=True)
     dtypes = []
 
-    def counted(*args, rope=None, update=None):
+    def counted(*args, rope=None):
         dtypes.append(args[0].dtype)
-        return differential_decode_attention(*args, rope=rope, update=update)
+        return differential_decode_step(*args, rope=rope)
 
     decoder._decode_attention = counted
     ids, mask = _batch(model.config.vocab_size, padded=True)
@@ -509,7 +516,7 @@ def test_decode_kernel_choice():
     model = build_model(ModelConfig.from_preset("diff-tiny")).eval()
     assert StaticDecoder(model, max_len=8)._decode_attention is None
     assert StaticDecoder(model, max_len=8, decode_kernel=False)._decode_attention is None
-    assert StaticDecoder(model, max_len=8, decode_kernel=True)._decode_attention is differential_decode_attention
+    assert StaticDecoder(model, max_len=8, decode_kernel=True)._decode_attention is differential_decode_step
     with pytest.raises(ValueError, match=r"decode_kernel=True, but .* merged weights of fused=True"):
         StaticDecoder(model, max_len=8, fused=False, decode_kernel=True)
     with pytest.raises(ValueError, match=r"decode_kernel=True, but .* the model is torch\.float64"):
@@ -527,7 +534,7 @@ def test_decode_kernel_default_for_gpu_models(preset):
     serves = preset in ("diff-tiny", "shared_diff-tiny")
     assert static_decode.DECODE_KERNEL_BY_DEFAULT
     chosen = static_decode._decode_kernel(model, None, fused=True, on_cuda=True)
-    assert chosen is (differential_decode_attention if serves else None)
+    assert chosen is (differential_decode_step if serves else None)
     assert static_decode._decode_kernel(model, None, fused=True, on_cuda=False) is None
     assert static_decode._decode_kernel(model, None, fused=False, on_cuda=True) is None
     with pytest.MonkeyPatch.context() as patch:
@@ -564,7 +571,6 @@ def test_decode_kernel_refusals_name_head_dim_and_device(monkeypatch):
 
 def test_bad_input_is_refused_naming_the_argument():
     q, k, v, lam, mask, w = make_inputs(2, 2, 1, 9, 16, torch.float32)
-    k_new, v_new, at = torch.randn(2, 2, 1, 16), torch.randn(2, 1, 1, 32), torch.tensor([3])  # update=...
     cases = [
         (dict(q=q[:, :, 0]), r"q must be \(B, 2h, 1, d\)"),
         (dict(q=q[:, :3]), r"q must be \(B, 2h, 1, d\)"),
@@ -586,22 +592,42 @@ def test_bad_input_is_refused_naming_the_argument():
         (dict(rope=(torch.ones(1, 1, 7), torch.ones(1, 1, 8))), r"rope's cos must be .* \(1, 1, d/2\)"),
         (dict(rope=(torch.ones(1, 1, 8), torch.ones(3, 1, 1, 8))), r"rope's sin must be .*\(2, 1, 1, 8\)"),
         (dict(rope=(torch.ones(1, 1, 8), torch.ones(1, 1, 8, dtype=torch.long))), "rope's sin must be a float"),
-        (dict(update=(k_new, v_new)), r"update must be \(k_new, v_new, write_at\)"),
-        (dict(update=(k_new[:, :1], v_new, at)), r"update's k_new must be \(2, 2, 1, 16\)"),
-        (dict(update=(k_new, v_new[..., :16], at)), r"update's v_new must be \(2, 1, 1, 32\)"),
-        (dict(update=(k_new.half(), v_new, at)), "update's k_new must have the cache's dtype torch.float32"),
-        (dict(update=(k_new, v_new, at.int())), "update's write_at must be an int64 tensor of one element"),
-        (dict(update=(k_new, v_new, torch.tensor([1, 2]))), "update's write_at must be an int64 tensor of one"),
-        (dict(update=(k_new, v_new, 3)), "update's write_at must be an int64 tensor of one element"),
-        (
-            dict(k=k.transpose(-1, -2).contiguous().transpose(-1, -2), update=(k_new, v_new, at)),
-            "with update, k must be the cache's buffer itself, unit stride",
-        ),
     ]
     for change, message in cases:
-        args = dict(q=q, k=k, v=v, lam=lam, mask=mask, w=w, eps=EPS, rope=None, update=None) | change
+        args = dict(q=q, k=k, v=v, lam=lam, mask=mask, w=w, eps=EPS, rope=None) | change
         with pytest.raises(ValueError, match=message):
             differential_decode_attention(*args.values())
+
+
+def test_decode_step_bad_input_is_refused_naming_the_argument():
+    """``differential_decode_step``: a row that is not (B, 1, W), a width that does not fit the cache's key heads, a
+    cache buffer that is not unit-stride (a copy would lose the write), a bad ``write_at``, and what
+    ``differential_decode_attention`` refuses (here a cache of another dtype), each with a ``ValueError`` that names
+    it."""
+    q, k, v, lam, mask, w = make_inputs(2, 2, 1, 9, 16, torch.float32)
+    qkv, at = pack(q, torch.randn(2, 2, 1, 16), torch.randn(2, 1, 1, 32)), torch.tensor([3])
+    cases = [
+        (dict(qkv=qkv[:, 0]), r"qkv must be \(B, 1, \(2h \+ 4h_kv\)·d\)"),
+        (dict(qkv=qkv[..., :-16]), "qkv's width 112 does not fit k's 1 key heads of dim 16"),
+        (dict(qkv=qkv[..., :64]), "qkv's width 64 does not fit"),
+        (dict(k=k[0]), r"k must be \(B, 2h_kv, N_k, d\)"),
+        (
+            dict(k=k.transpose(-1, -2).contiguous().transpose(-1, -2)),
+            "k must be the cache's buffer itself, unit stride",
+        ),
+        (
+            dict(v=v.transpose(-1, -2).contiguous().transpose(-1, -2)),
+            "v must be the cache's buffer itself, unit stride",
+        ),
+        (dict(k=k.half()), "k must have q's dtype"),
+        (dict(at=at.int()), "write_at must be an int64 tensor of one element"),
+        (dict(at=torch.tensor([1, 2])), "write_at must be an int64 tensor of one element"),
+        (dict(at=3), "write_at must be an int64 tensor of one element"),
+    ]
+    for change, message in cases:
+        args = dict(qkv=qkv, k=k, v=v, lam=lam, mask=mask, at=at, w=w, eps=EPS) | change
+        with pytest.raises(ValueError, match=message):
+            differential_decode_step(*args.values())
 
 
 def test_kernel_compiles_for_hopper():
@@ -686,7 +712,7 @@ def test_cuda_graph_decode_with_the_kernel_equals_reference(seed, preset, reques
         return
     model = _trained_looking(build_model(ModelConfig.from_preset(preset), device="cuda").eval())
     decoder = StaticDecoder(model, max_len=64, compile=True, cuda_graph=True, decode_kernel=True)
-    assert decoder._decode_attention is differential_decode_attention
+    assert decoder._decode_attention is differential_decode_step
     ids, mask = (t.cuda() for t in _batch(model.config.vocab_size, padded=True))
     ref, got = _teacher_forced(model, decoder, ids, mask)
     assert (got - ref).abs().max().item() <= 1e-5

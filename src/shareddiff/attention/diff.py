@@ -63,19 +63,17 @@ class DiffAttentionBase(nn.Module):
             *qk, v = self.project_qkv(x)
             qk, lam = torch.cat(qk, dim=2), self.lam()  # (B, N, 2h + 2h_kv, d): Q1, Q2, K1, K2 heads
         else:  # decoding with the weights merged once (fused_weights): one GEMM, Q1, Q2, K1, K2 already side by side
-            qk, v = F.linear(x, fused["projections"]).split([2 * (h + h_kv) * d, 2 * h_kv * d], dim=-1)
-            qk, v, lam = qk.unflatten(-1, (-1, d)), v.unflatten(-1, (h_kv, 2 * d)), fused["lam"]
+            qkv, lam = F.linear(x, fused["projections"]), fused["lam"]
+            kernel = cache.decode_attention() if n == 1 and mask is not None and self.recorder is None else None
+            if kernel is not None:  # a decode step's whole tail in one kernel (ops/triton_decode): it rotates Q1,
+                # Q2, K1, K2, writes the new keys and values to the cache, attends and applies the head norm
+                eps = None if self.head_norm is None else HEAD_NORM_EPS
+                out = kernel(qkv, *cache.buffers(self.layer_idx), lam, mask, cache.write_at, fused["head_norm"], eps,
+                             rope=rope)  # fmt: skip
+                return self.wo(out.transpose(1, 2).reshape(b, n, -1))  # out: (B, h, 1, 2d)
+            qk, v = qkv.split([2 * (h + h_kv) * d, 2 * h_kv * d], dim=-1)
+            qk, v = qk.unflatten(-1, (-1, d)), v.unflatten(-1, (h_kv, 2 * d))
         v = v.transpose(1, 2)  # (B, h_kv, N, 2d)
-        kernel = None
-        if fused is not None and n == 1 and mask is not None and self.recorder is None:
-            kernel = cache.decode_attention()
-        if kernel is not None:  # a decode step's whole tail, head norm included, in one kernel (ops/triton_decode)
-            # the kernel rotates Q1, Q2 and the new K1, K2 itself and writes the new keys and values to the cache
-            eps = None if self.head_norm is None else HEAD_NORM_EPS
-            new = (qk[:, :, 2 * h :].transpose(1, 2), v, cache.write_at)
-            out = kernel(qk[:, :, : 2 * h].transpose(1, 2), *cache.buffers(self.layer_idx), lam, mask,
-                         fused["head_norm"], eps, rope=rope, update=new)  # fmt: skip
-            return self.wo(out.transpose(1, 2).reshape(b, n, -1))  # out: (B, h, 1, 2d)
         rotated = apply_rope(qk, *rope).transpose(1, 2)  # one rotation of all four: fewer ops
         q1, q2, k1, k2 = rotated.split([h, h, h_kv, h_kv], dim=1)  # (B, h, N, d) twice, (B, h_kv, N, d) twice
         if cache is not None and fused is None:

@@ -64,7 +64,7 @@ NUM_WARPS, NUM_STAGES = 4, 2
 MAX_SPLITS = 64
 MERGE_TILE = 16  # partials the merge kernel reads at a time
 OP_NAME = "shareddiff::differential_decode_attention"
-UPDATE_OP_NAME = "shareddiff::differential_decode_attention_update"  # the same, writing the step's K, V to the cache
+STEP_OP_NAME = "shareddiff::differential_decode_step"  # the same from the packed projection, writing the cache
 
 
 @triton.jit
@@ -436,8 +436,8 @@ def _decode(
     return _launch(q, k, v, lam, mask, weight, eps, norm, cos, sin, None, None, None)
 
 
-def _decode_update(
-    q: Tensor,
+def _decode_step(
+    qkv: Tensor,
     k: Tensor,
     v: Tensor,
     lam: Tensor,
@@ -447,26 +447,41 @@ def _decode_update(
     norm: bool,
     cos: Tensor | None,
     sin: Tensor | None,
-    k_new: Tensor,
-    v_new: Tensor,
     write_at: Tensor,
 ) -> Tensor:
-    """The operator that also writes the step's key and value into the cache (k and v mutated)."""
+    """The operator of ``differential_decode_step``: q, the new key and the new value are views of the one packed
+    row ``qkv`` (so a compiled graph hands the kernel one buffer, not three copies of its slices), and k and v are
+    mutated (the step's entry written at ``write_at``)."""
+    q, k_new, v_new = _unpack(qkv, k.shape[1] // 2, k.shape[3])
     return _launch(q, k, v, lam, mask, weight, eps, norm, cos, sin, k_new, v_new, write_at)
+
+
+def _unpack(qkv: Tensor, h_kv: int, d: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Views of a packed row (B, 1, W): q (B, 2h, 1, d), k_new (B, 2h_kv, 1, d), v_new (B, h_kv, 1, 2d)."""
+    row = qkv[:, 0]  # (B, W)
+    two_hd = row.shape[-1] - 4 * h_kv * d
+    q = row[:, :two_hd].unflatten(-1, (-1, d)).unsqueeze(2)
+    k_new = row[:, two_hd : two_hd + 2 * h_kv * d].unflatten(-1, (2 * h_kv, d)).unsqueeze(2)
+    v_new = row[:, two_hd + 2 * h_kv * d :].unflatten(-1, (h_kv, 2 * d)).unsqueeze(2)
+    return q, k_new, v_new
 
 
 def _fake_output(q: Tensor, *args) -> Tensor:
     return q.new_empty(q.shape[0], q.shape[1] // 2, 1, 2 * q.shape[3])
 
 
+def _fake_step_output(qkv: Tensor, k: Tensor, *args) -> Tensor:
+    return _fake_output(_unpack(qkv, k.shape[1] // 2, k.shape[3])[0])
+
+
 if INTERPRET:  # the interpreter cannot launch on the fake tensors triton_op traces with: an opaque op with a fake
     _decode_op = torch.library.custom_op(OP_NAME, _decode, mutates_args=())
     _decode_op.register_fake(_fake_output)
-    _decode_update_op = torch.library.custom_op(UPDATE_OP_NAME, _decode_update, mutates_args=("k", "v"))
-    _decode_update_op.register_fake(_fake_output)
+    _decode_step_op = torch.library.custom_op(STEP_OP_NAME, _decode_step, mutates_args=("k", "v"))
+    _decode_step_op.register_fake(_fake_step_output)
 else:  # compiled graphs see the kernel itself (torch.library.triton_op; inductor can launch it directly)
     _decode_op = triton_op(OP_NAME, _decode, mutates_args=())
-    _decode_update_op = triton_op(UPDATE_OP_NAME, _decode_update, mutates_args=("k", "v"))
+    _decode_step_op = triton_op(STEP_OP_NAME, _decode_step, mutates_args=("k", "v"))
 
 
 def differential_decode_attention(
@@ -478,7 +493,6 @@ def differential_decode_attention(
     norm_weight: Tensor | None = None,
     eps: float | None = None,
     rope: tuple[Tensor, Tensor] | None = None,
-    update: tuple[Tensor, Tensor, Tensor] | None = None,
 ) -> Tensor:
     """Differential attention of one decode step with the per-head RMSNorm, in one kernel (module docstring).
 
@@ -497,61 +511,83 @@ def differential_decode_attention(
     interleaved pairs), which saves the decode step the kernel that would write the rotated q (the keys are
     rotated where they are written to the cache).
 
-    ``update``: (k_new, v_new, write_at), the step's new key (B, 2h_kv, 1, d), K1 heads then K2 heads, unrotated
-    with ``rope`` (rotated already without it), its value (B, h_kv, 1, 2d), both in k's dtype, and the cache
-    position to write them to, an int64 tensor of one element on the device: the kernel writes them into k and v
-    (which must then be the cache's buffers, unit stride in the last dimension) at that position, rotating the key
-    as it rotates q, and attends to them there, which saves the decode step the kernels of the cache write
-    (``StaticKVCache.update``); the mask must show that position. A position outside [0, N_k) writes nothing.
-
     Raises ``ValueError`` naming the argument on a wrong rank, shape, dtype or device, or a ``norm_weight``
     without ``eps``.
     """
     _check(q, k, v, lam, mask, norm_weight, eps)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    return _decode_op(q, k, v, *_prepare(q, lam, mask, norm_weight, eps, rope))
+
+
+def differential_decode_step(
+    qkv: Tensor,
+    k: Tensor,
+    v: Tensor,
+    lam: Tensor,
+    mask: Tensor,
+    write_at: Tensor,
+    norm_weight: Tensor | None = None,
+    eps: float | None = None,
+    rope: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
+    """A whole decode step of differential attention from the merged projection's output: writes the step's key
+    and value into the cache and attends (both maps, their difference, the per-head RMSNorm), in one kernel.
+
+    qkv: (B, 1, (2h + 4h_kv)·d), the step's row of the merged projection ``[W_Q1; W_Q2; W_K1; W_K2; W_V]``
+    (``DiffAttentionBase.fused_weights``): the h Q1 heads, the h Q2 heads, the h_kv K1 heads and the h_kv K2 heads
+    (dim d each), then the h_kv value heads of dim 2d; unrotated given ``rope`` (the kernel rotates the queries and
+    the keys), rotated already without it. k: (B, 2h_kv, N_k, d) and v: (B, h_kv, N_k, 2d), the layer's cache
+    buffers (``StaticKVCache.buffers``; unit stride in the last dimension, in qkv's dtype), into which the kernel
+    writes the rotated key and the value at ``write_at``, an int64 tensor of one element (a position outside
+    [0, N_k) writes nothing and attends nowhere new); the mask (B or 1, 1, 1, N_k) must show that position. λ,
+    ``norm_weight``, ``eps`` and ``rope`` as in ``differential_decode_attention``. Returns (B, h, 1, 2d) in qkv's
+    dtype: equal, up to rounding, to writing the cache (``StaticKVCache.update``) and then
+    ``differential_decode_attention``. One buffer in, not three slices: a compiled step hands the kernel the
+    projection's output as it is (three slices would each be copied out first, a kernel each).
+
+    Raises ``ValueError`` naming the argument on a wrong rank, shape, dtype or device (those of
+    ``differential_decode_attention`` included), or cache buffers that are not unit-stride.
+    """
+    if not isinstance(qkv, Tensor) or qkv.dim() != 3 or qkv.shape[1] != 1:
+        got = tuple(qkv.shape) if isinstance(qkv, Tensor) else type(qkv).__name__
+        raise ValueError(f"qkv must be (B, 1, (2h + 4h_kv)·d): one step's merged projection row; got {got}")
+    if not (isinstance(k, Tensor) and k.dim() == 4 and k.shape[1] % 2 == 0 and isinstance(v, Tensor)):
+        raise ValueError("k must be (B, 2h_kv, N_k, d) and v (B, h_kv, N_k, 2d): the layer's cache buffers")
+    h_kv, d = k.shape[1] // 2, k.shape[3]
+    two_hd = qkv.shape[2] - 4 * h_kv * d
+    if two_hd <= 0 or two_hd % (2 * d) or (two_hd // (2 * d)) % max(h_kv, 1):
+        raise ValueError(
+            f"qkv's width {qkv.shape[2]} does not fit k's {h_kv} key heads of dim {d}: it must be (2h + 4·{h_kv})·{d} "
+            f"for h query heads, a multiple of {h_kv} (the merged projection of this layer's weights)"
+        )
+    if qkv.stride(-1) != 1:
+        qkv = qkv.contiguous()
+    q = _unpack(qkv, h_kv, d)[0]
+    _check(q, k, v, lam, mask, norm_weight, eps)
+    for name, t in (("k", k), ("v", v)):
+        if t.stride(-1) != 1:
+            raise ValueError(
+                f"{name} must be the cache's buffer itself, unit stride in its last dimension (a copy would lose the "
+                f"write); got strides {t.stride()}"
+            )
+    if not (isinstance(write_at, Tensor) and write_at.dtype == torch.int64 and write_at.numel() == 1):
+        raise ValueError("write_at must be an int64 tensor of one element (the cache position to write)")
+    if write_at.device != q.device:
+        raise ValueError(f"write_at is on {write_at.device}, qkv on {q.device}: put every input on one device")
+    return _decode_step_op(qkv, k, v, *_prepare(q, lam, mask, norm_weight, eps, rope), write_at.reshape(1))
+
+
+def _prepare(q: Tensor, lam: Tensor, mask: Tensor, norm_weight: Tensor | None, eps, rope) -> tuple:
+    """The op's arguments after k and v: (λ, mask broadcast over the batch, weight, ε, norm, cos, sin)."""
     cos = sin = None
     if rope is not None:
         cos, sin = (_rope_rows(t, name, q) for t, name in zip(rope, ("cos", "sin"), strict=True))
-    if q.stride(-1) != 1:
-        q = q.contiguous()
     if mask.stride(-1) != 1:
         mask = mask.contiguous()
     if mask.shape[0] != q.shape[0]:
         mask = mask.expand(q.shape[0], -1, -1, -1)  # batch stride 0: every row reads the one mask
     weight = None if norm_weight is None else norm_weight.contiguous()
-    args = (weight, 0.0 if eps is None else float(eps), eps is not None, cos, sin)
-    if update is not None:
-        return _decode_update_op(q, k, v, lam, mask, *args, *_check_update(update, q, k, v))
-    k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (k, v))
-    return _decode_op(q, k, v, lam, mask, *args)
-
-
-def _check_update(update, q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``update``'s (k_new, v_new, write_at) with unit last strides; raises ``ValueError`` naming what does not fit
-    (``differential_decode_attention``)."""
-    if not (isinstance(update, tuple | list) and len(update) == 3):
-        raise ValueError("update must be (k_new, v_new, write_at): the step's key, value and cache position")
-    k_new, v_new, write_at = update
-    b, d, h_kv = q.shape[0], q.shape[3], v.shape[1]
-    for name, t, shape in (("k_new", k_new, (b, 2 * h_kv, 1, d)), ("v_new", v_new, (b, h_kv, 1, 2 * d))):
-        if not isinstance(t, Tensor) or tuple(t.shape) != shape:
-            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"update's {name} must be {shape} (one position of the cache's layout), got {got}")
-        if t.dtype != k.dtype:
-            raise ValueError(f"update's {name} must have the cache's dtype {k.dtype}, got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"update's {name} is on {t.device}, q on {q.device}: put every input on one device")
-    if not (isinstance(write_at, Tensor) and write_at.dtype == torch.int64 and write_at.numel() == 1):
-        raise ValueError("update's write_at must be an int64 tensor of one element (the cache position to write)")
-    if write_at.device != q.device:
-        raise ValueError(f"update's write_at is on {write_at.device}, q on {q.device}: put every input on one device")
-    for name, t in (("k", k), ("v", v)):
-        if t.stride(-1) != 1:
-            raise ValueError(
-                f"with update, {name} must be the cache's buffer itself, unit stride in its last dimension (a copy "
-                f"would lose the write); got strides {t.stride()}"
-            )
-    k_new, v_new = (t if t.stride(-1) == 1 else t.contiguous() for t in (k_new, v_new))
-    return k_new, v_new, write_at.reshape(1)
+    return lam, mask, weight, 0.0 if eps is None else float(eps), eps is not None, cos, sin
 
 
 def _rope_rows(t: Tensor, name: str, q: Tensor) -> Tensor:
