@@ -61,6 +61,7 @@ class StaticKVCache(KVCache):
     ) -> None:
         super().__init__(n_layers, max_len)
         self.write_at: Tensor | None = None
+        self.split_counters: Tensor | None = None  # the decode kernel's arrival counters (differential_decode_step)
         self._fused = fused  # each layer's Block.fused_weights(), or None
         self._decode_attention = decode_attention
 
@@ -304,6 +305,9 @@ class StaticDecoder:
         self._pad = torch.zeros(batch_size, 1, dtype=torch.long, device=device)  # left padding of each row
         self._token_mask = torch.ones(batch_size, self.max_len, dtype=torch.bool, device=device)
         self._key_positions = torch.arange(self.max_len, device=device)
+        if self._decode_attention is not None:  # zero between launches, so every layer and step shares them
+            self.cache.split_counters = torch.zeros(batch_size * c.n_heads, dtype=torch.int32, device=device)
+            torch._dynamo.mark_static_address(self.cache.split_counters)
         dtype = self.model.tok_embeddings.weight.dtype  # the table's precision follows the model's, as in forward
         self._cos, self._sin = rope_angles(self._key_positions, c.head_dim, c.rope_theta, dtype)  # (max_len, 1, d/2)
         for t in (self._tokens, self._position, self._pad, self._token_mask, self._key_positions, self._cos, self._sin):

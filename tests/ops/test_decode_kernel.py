@@ -182,7 +182,8 @@ def test_kernel_writing_the_cache_matches_float64_reference(seed, pos, per_row, 
     written in float64 (keys rotated by ``rotate64``), then ``reference`` on it with q rotated likewise: output
     ≤ 1e-5 relative in float32, the cache's written position equal to the rotated key and the value to 1e-6,
     every other position untouched (GQA: two query heads a key head, so one writer of each), at the first, a
-    middle and the last position, with the single kernel and split-K (the write in the split that holds it)."""
+    middle and the last position, with the single kernel and split-K (the write in the split that holds it; the
+    partials merged in the same kernel by the last split of each head, its arrival counters left zero)."""
     b, h, h_kv, n_k, d = 3, 4, 2, 50, 16
     q, k, v, lam, mask, w = make_inputs(b, h, h_kv, n_k, d, torch.float32)
     mask[..., pos] = 0.0  # the new position is visible
@@ -192,11 +193,14 @@ def test_kernel_writing_the_cache_matches_float64_reference(seed, pos, per_row, 
     k_ref, v_ref = _updated_cache(k.double(), v.double(), k_new, v_new, pos, cos4, sin4)
     expected = reference(rotate64(q, cos4, sin4), k_ref, v_ref, lam, mask, w, EPS)
     k_cache, v_cache = k.clone(), v.clone()
+    counters = torch.zeros(b * h + 3, dtype=torch.int32)  # more than B·h: the first B·h count
     with decode_kernel_settings(splits=splits):
+        qkv = pack(q, k_new, v_new)
         out = differential_decode_step(
-            pack(q, k_new, v_new), k_cache, v_cache, lam, mask, torch.tensor([pos]), w, EPS, rope=(cos, sin)
+            qkv, k_cache, v_cache, lam, mask, torch.tensor([pos]), w, EPS, (cos, sin), counters
         )
     assert rel_err(out, expected) <= TOL[torch.float32]
+    assert not counters.any()  # left zero for the next launch (split-K: merged by the last split of each head)
     assert (k_cache.double() - k_ref).abs().max().item() <= 1e-6
     assert torch.equal(v_cache[:, :, pos], v_new[:, :, 0])
     others = torch.arange(n_k) != pos
@@ -287,7 +291,8 @@ def test_kernel_writing_the_cache_under_torch_compile_equals_eager(seed, splits)
         assert not torch.equal(caches[0][0], k)
         op = torch.ops.shareddiff.differential_decode_step.default
         tables = tuple(t.reshape(2, 8) for t in rope)
-        torch.library.opcheck(op, (qkv, k.clone(), v.clone(), lam, mask, w, EPS, True, *tables, at))
+        counters = torch.zeros(2 * 2, dtype=torch.int32)
+        torch.library.opcheck(op, (qkv, k.clone(), v.clone(), lam, mask, w, EPS, True, *tables, at, counters))
 
 
 SPLIT_CASES = [  # (B, h, h_kv, N_k, d, splits requested, block_n) → the plan asserted in the test
@@ -438,10 +443,11 @@ def test_decoder_with_the_split_kernel_equals_reference_decode(seed, preset):
     assert split_plan(decoder.max_len, 4, 8) == (4, 8)
     calls = []
 
-    def counted(*args, rope=None):
+    def counted(*args, rope=None, counters=None):
         calls.append(args[0].shape)
         assert rope is not None  # the kernel rotates the queries and the keys itself
-        return differential_decode_step(*args, rope=rope)
+        assert counters is not None and not counters.any()  # the decoder's own, zero between launches
+        return differential_decode_step(*args, rope=rope, counters=counters)
 
     decoder._decode_attention = counted
     ids, mask = _batch(model.config.vocab_size, padded=True)
@@ -470,10 +476,11 @@ def test_decoder_with_the_kernel_equals_reference_decode(seed, preset, overrides
     decoder = StaticDecoder(model, max_len=64, decode_kernel=True)
     calls = []
 
-    def counted(*args, rope=None):
+    def counted(*args, rope=None, counters=None):
         calls.append(args[0].shape)
         assert rope is not None  # the kernel rotates the queries and the keys itself
-        return differential_decode_step(*args, rope=rope)
+        assert counters is not None and not counters.any()  # the decoder's own, zero between launches
+        return differential_decode_step(*args, rope=rope, counters=counters)
 
     decoder._decode_attention = counted  # what the cache hands the layers from the first prefill on
     ids, mask = _batch(model.config.vocab_size, padded=True)
@@ -493,9 +500,9 @@ def test_decoder_with_the_kernel_under_bf16_autocast_equals_reference(seed):
     decoder = StaticDecoder(model, max_len=32, decode_kernel=True)
     dtypes = []
 
-    def counted(*args, rope=None):
+    def counted(*args, rope=None, counters=None):
         dtypes.append(args[0].dtype)
-        return differential_decode_step(*args, rope=rope)
+        return differential_decode_step(*args, rope=rope, counters=counters)
 
     decoder._decode_attention = counted
     ids, mask = _batch(model.config.vocab_size, padded=True)
@@ -623,9 +630,12 @@ def test_decode_step_bad_input_is_refused_naming_the_argument():
         (dict(at=at.int()), "write_at must be an int64 tensor of one element"),
         (dict(at=torch.tensor([1, 2])), "write_at must be an int64 tensor of one element"),
         (dict(at=3), "write_at must be an int64 tensor of one element"),
+        (dict(counters=torch.zeros(3, dtype=torch.int32)), r"counters must be a contiguous int32 vector of at least"),
+        (dict(counters=torch.zeros(4)), r"counters must be .* got torch.float32 \(4,\)"),
+        (dict(counters=torch.zeros(8, dtype=torch.int32)[::2]), "counters must be a contiguous int32 vector"),
     ]
     for change, message in cases:
-        args = dict(qkv=qkv, k=k, v=v, lam=lam, mask=mask, at=at, w=w, eps=EPS) | change
+        args = dict(qkv=qkv, k=k, v=v, lam=lam, mask=mask, at=at, w=w, eps=EPS, rope=None, counters=None) | change
         with pytest.raises(ValueError, match=message):
             differential_decode_step(*args.values())
 
@@ -633,8 +643,9 @@ def test_decode_step_bad_input_is_refused_naming_the_argument():
 def test_kernel_compiles_for_hopper():
     """The kernels compile to sm_90 cubins (Triton's own compiler and ptxas, no GPU needed; a process without the
     interpreter) without spilling registers: the single kernel for bfloat16 and float32, with and without the
-    norm and the rotation of q, and split-K's two kernels (bfloat16, with the norm; 128- and 64-key blocks, with
-    and without the rotation), at the default launch
+    norm and the rotation of q and with and without the cache write, and split-K's two kernels (bfloat16, with the
+    norm; 128- and 64-key blocks, with and without the rotation, the cache write and the in-kernel merge), at the
+    default launch
     settings, with the float arguments typed fp32 (an eager launch) and fp64 (inductor's launch from a compiled
     graph, which once changed a loop-carried variable's type and failed to compile on the GPU only): what the
     interpreter cannot check (e.g. the globals a kernel may read, a loop over a range known at run time only, type
@@ -667,12 +678,14 @@ for float_type in ("fp32", "fp64"):
         ints = strides + " sob soh scb sknb sknh svnb svnh H HKV GROUP NK"
         compile(_decode_kernel, pointers, ints, "scale_log2 eps", constants)
     pointers = {name: "*bf16" for name in ("Q", "K", "V", "Mask")} | {"Acc": "*fp32", "Stats": "*fp32"} | tables
-    pointers |= {"KN": "*bf16", "VN": "*bf16", "Pos": "*i64"}
+    pointers |= {"KN": "*bf16", "VN": "*bf16", "Pos": "*i64", "Counter": "*i32"}
+    pointers |= {"Lam": "*bf16", "W": "*bf16", "Out": "*bf16"}
     for block_n, rope, update in ((BLOCK_N, True, True), (SHORT_BLOCK_N, True, True), (SHORT_BLOCK_N, True, False),
                                   (BLOCK_N, False, False)):  # 64-key blocks: short caches
-        constants = {"D": 64, "BN": block_n, "ROPE": rope, "UPDATE": update}
-        ints = strides + " scb sknb sknh svnb svnh H HKV GROUP NK CHUNK"
-        compile(_split_kernel, pointers, ints, "scale_log2", constants)
+        constants = {"D": 64, "BN": block_n, "ROPE": rope, "UPDATE": update, "MERGE": update, "ST": MERGE_TILE,
+                     "NORM": True, "HAS_WEIGHT": True}
+        ints = strides + " scb sknb sknh svnb svnh sob soh H HKV GROUP NK CHUNK"
+        compile(_split_kernel, pointers, ints, "scale_log2 eps", constants)
     pointers = {"Acc": "*fp32", "Stats": "*fp32", "Lam": "*bf16", "W": "*bf16", "Out": "*bf16"}
     constants = {"D": 64, "ST": MERGE_TILE, "NORM": True, "HAS_WEIGHT": True}
     compile(_merge_kernel, pointers, "sob soh H S", "eps", constants)

@@ -69,7 +69,7 @@ class DiffAttentionBase(nn.Module):
                 # Q2, K1, K2, writes the new keys and values to the cache, attends and applies the head norm
                 eps = None if self.head_norm is None else HEAD_NORM_EPS
                 out = kernel(qkv, *cache.buffers(self.layer_idx), lam, mask, cache.write_at, fused["head_norm"], eps,
-                             rope=rope)  # fmt: skip
+                             rope=rope, counters=cache.split_counters)  # fmt: skip
                 return self.wo(out.transpose(1, 2).reshape(b, n, -1))  # out: (B, h, 1, 2d)
             qk, v = qkv.split([2 * (h + h_kv) * d, 2 * h_kv * d], dim=-1)
             qk, v = qk.unflatten(-1, (-1, d)), v.unflatten(-1, (h_kv, 2 * d))

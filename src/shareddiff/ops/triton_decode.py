@@ -213,14 +213,17 @@ def _decode_kernel(
 
 @triton.jit
 def _split_kernel(
-    Q, K, V, Mask, Acc, Stats, Cos, Sin, KN, VN, Pos,
-    sqb, sqh, skb, skh, skn, svb, svh, svn, smb, scb, sknb, sknh, svnb, svnh,
-    H, HKV, GROUP, NK, CHUNK, scale_log2,
-    D: tl.constexpr, BN: tl.constexpr, ROPE: tl.constexpr, UPDATE: tl.constexpr,
+    Q, K, V, Mask, Acc, Stats, Cos, Sin, KN, VN, Pos, Counter, Lam, W, Out,
+    sqb, sqh, skb, skh, skn, svb, svh, svn, smb, scb, sknb, sknh, svnb, svnh, sob, soh,
+    H, HKV, GROUP, NK, CHUNK, scale_log2, eps,
+    D: tl.constexpr, BN: tl.constexpr, ROPE: tl.constexpr, UPDATE: tl.constexpr, MERGE: tl.constexpr,
+    ST: tl.constexpr, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
 ):  # fmt: skip
     """Program (b·H + head, split): the keys [split·CHUNK, (split + 1)·CHUNK) ∩ [0, NK) of query head ``head`` of row
     ``b``; writes its partials to row (b·H + head)·S + split of Acc (·, 2, 2D) and Stats (·, 4): m1, l1, m2, l2.
-    With UPDATE the new key and value are written at Pos by the group's first head in the split holding Pos."""
+    With UPDATE the new key and value are written at Pos by the group's first head in the split holding Pos. With
+    MERGE the last of a head's S programs to finish (counted in Counter[b·H + head], int32, zero before the launch
+    and left zero after it) merges the S partials and writes the output: no second kernel."""
     pid = tl.program_id(0)
     split = tl.program_id(1)
     b = pid // H
@@ -250,24 +253,28 @@ def _split_kernel(
     tl.store(Stats + row * 4 + 1, l1)
     tl.store(Stats + row * 4 + 2, m2)
     tl.store(Stats + row * 4 + 3, l2)
+    if MERGE:
+        tl.debug_barrier()  # every thread's partial stores before the release below (which publishes them)
+        arrived = tl.atomic_add(Counter + pid, 1, sem="acq_rel", scope="gpu")  # splits of this head done before
+        if arrived == tl.num_programs(1) - 1:  # the last: every other split's partials are visible (acquire)
+            acc1, l1, acc2, l2 = _merge_partials(Acc, Stats, pid, tl.num_programs(1), D, ST)
+            _finish(acc1, l1, acc2, l2, Lam, W, Out + b * sob + head * soh, eps, D, NORM, HAS_WEIGHT)
+            tl.atomic_xchg(Counter + pid, 0, sem="relaxed", scope="gpu")  # zero again for the next launch
 
 
 @triton.jit
-def _merge_kernel(
-    Acc, Stats, Lam, W, Out, sob, soh, H, S, eps,
-    D: tl.constexpr, ST: tl.constexpr, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-):  # fmt: skip
-    """Program (b·H + head): merges the S partials of ``_split_kernel`` (ST at a time, an online softmax over the
-    splits: m = max mₛ, l = Σ lₛ·2^(mₛ − m), acc = Σ accₛ·2^(mₛ − m)), then the epilogue."""
-    pid = tl.program_id(0)
+def _merge_partials(Acc, Stats, pid, S, D: tl.constexpr, ST: tl.constexpr):
+    """Both maps' state (acc1, l1, acc2, l2) from the S partials of program row ``pid`` of ``_split_kernel``, ST at a
+    time: an online softmax over the splits (m = max mₛ, l = Σ lₛ·2^(mₛ − m), acc = Σ accₛ·2^(mₛ − m)). Loads
+    bypass L1 (``.cg``): in the in-kernel merge the partials were written by other programs of the same launch."""
     offs_v = tl.arange(0, 2 * D)
     m1, l1, acc1, m2, l2, acc2 = _empty_state(D)
     for first in range(0, S, ST):
         offs_s = first + tl.arange(0, ST)
         valid = offs_s < S
         rows = pid * S + offs_s  # (ST,)
-        ms1 = tl.load(Stats + rows * 4, mask=valid, other=float("-inf"))
-        ms2 = tl.load(Stats + rows * 4 + 2, mask=valid, other=float("-inf"))
+        ms1 = tl.load(Stats + rows * 4, mask=valid, other=float("-inf"), cache_modifier=".cg")
+        ms2 = tl.load(Stats + rows * 4 + 2, mask=valid, other=float("-inf"), cache_modifier=".cg")
         n1 = tl.maximum(m1, tl.max(ms1, 0))
         n2 = tl.maximum(m2, tl.max(ms2, 0))
         c1 = tl.where(n1 == float("-inf"), 0.0, n1)  # a split with every key masked has m −inf, l and acc 0
@@ -276,15 +283,26 @@ def _merge_kernel(
         w2 = tl.exp2(ms2 - c2)
         a1 = tl.exp2(m1 - c1)
         a2 = tl.exp2(m2 - c2)
-        l1 = l1 * a1 + tl.sum(w1 * tl.load(Stats + rows * 4 + 1, mask=valid, other=0.0), 0)
-        l2 = l2 * a2 + tl.sum(w2 * tl.load(Stats + rows * 4 + 3, mask=valid, other=0.0), 0)
+        l1 = l1 * a1 + tl.sum(w1 * tl.load(Stats + rows * 4 + 1, mask=valid, other=0.0, cache_modifier=".cg"), 0)
+        l2 = l2 * a2 + tl.sum(w2 * tl.load(Stats + rows * 4 + 3, mask=valid, other=0.0, cache_modifier=".cg"), 0)
         part = rows[:, None] * 4 * D + offs_v[None, :]  # (ST, 2D)
-        p1 = tl.load(Acc + part, mask=valid[:, None], other=0.0)
-        p2 = tl.load(Acc + part + 2 * D, mask=valid[:, None], other=0.0)
+        p1 = tl.load(Acc + part, mask=valid[:, None], other=0.0, cache_modifier=".cg")
+        p2 = tl.load(Acc + part + 2 * D, mask=valid[:, None], other=0.0, cache_modifier=".cg")
         acc1 = acc1 * a1 + tl.sum(w1[:, None] * p1, 0)
         acc2 = acc2 * a2 + tl.sum(w2[:, None] * p2, 0)
         m1 = n1
         m2 = n2
+    return acc1, l1, acc2, l2
+
+
+@triton.jit
+def _merge_kernel(
+    Acc, Stats, Lam, W, Out, sob, soh, H, S, eps,
+    D: tl.constexpr, ST: tl.constexpr, NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+):  # fmt: skip
+    """Program (b·H + head): merges the S partials of ``_split_kernel`` (``_merge_partials``), then the epilogue."""
+    pid = tl.program_id(0)
+    acc1, l1, acc2, l2 = _merge_partials(Acc, Stats, pid, S, D, ST)
     _finish(acc1, l1, acc2, l2, Lam, W, Out + (pid // H) * sob + (pid % H) * soh, eps, D, NORM, HAS_WEIGHT)
 
 
@@ -379,10 +397,12 @@ def _launch(
     k_new: Tensor | None,
     v_new: Tensor | None,
     write_at: Tensor | None,
+    counters: Tensor | None,
 ) -> Tensor:
     """The checked arguments of ``differential_decode_attention`` (``norm``: whether to apply the RMSNorm; ``cos``,
     ``sin``: (B or 1, d/2) angles to rotate q by, or None for a q rotated already; ``k_new``, ``v_new``,
-    ``write_at``: the step's new key and value to write into k and v at that position and attend there, or None)."""
+    ``write_at``: the step's new key and value to write into k and v at that position and attend there, or None;
+    ``counters``: B·h zeroed int32 for split-K merged in the key-walking kernel, or None for a merge kernel)."""
     b, two_h, _, d = q.shape
     h, h_kv, n_k = two_h // 2, v.shape[1], k.shape[2]
     settings, sm_count = _settings, _sm_count(q.device)
@@ -409,14 +429,19 @@ def _launch(
         return out
     acc = torch.empty(b * h * splits, 2, 2 * d, device=q.device, dtype=torch.float32)  # both maps' partial Σ p·v
     stats = torch.empty(b * h * splits, 4, device=q.device, dtype=torch.float32)  # m1, l1, m2, l2
+    merge = counters is not None  # merged by the last split of each head, in the same kernel
     wrap_triton(_split_kernel)[(b * h, splits)](
-        q, k, v, mask, acc, stats, cos, sin, *new, *strides, mask.stride(0), scb, *new_strides,
-        h, h_kv, h // h_kv, n_k, chunk, LOG2E / math.sqrt(d), D=d, BN=block_n, ROPE=rope, UPDATE=update, **launch,
+        q, k, v, mask, acc, stats, cos, sin, *new, counters if merge else lam, lam, w, out,
+        *strides, mask.stride(0), scb, *new_strides, out.stride(0), out.stride(1),
+        h, h_kv, h // h_kv, n_k, chunk, LOG2E / math.sqrt(d), eps,
+        D=d, BN=block_n, ROPE=rope, UPDATE=update, MERGE=merge, ST=MERGE_TILE, NORM=norm,
+        HAS_WEIGHT=weight is not None, **launch,
     )  # fmt: skip
-    wrap_triton(_merge_kernel)[(b * h,)](
-        acc, stats, lam, w, out, out.stride(0), out.stride(1), h, splits, eps,
-        D=d, ST=MERGE_TILE, NORM=norm, HAS_WEIGHT=weight is not None, **({} if INTERPRET else {"num_warps": 4}),
-    )  # fmt: skip
+    if not merge:
+        wrap_triton(_merge_kernel)[(b * h,)](
+            acc, stats, lam, w, out, out.stride(0), out.stride(1), h, splits, eps,
+            D=d, ST=MERGE_TILE, NORM=norm, HAS_WEIGHT=weight is not None, **({} if INTERPRET else {"num_warps": 4}),
+        )  # fmt: skip
     return out
 
 
@@ -433,7 +458,7 @@ def _decode(
     sin: Tensor | None,
 ) -> Tensor:
     """The operator without a cache write (k and v only read)."""
-    return _launch(q, k, v, lam, mask, weight, eps, norm, cos, sin, None, None, None)
+    return _launch(q, k, v, lam, mask, weight, eps, norm, cos, sin, None, None, None, None)
 
 
 def _decode_step(
@@ -448,12 +473,13 @@ def _decode_step(
     cos: Tensor | None,
     sin: Tensor | None,
     write_at: Tensor,
+    counters: Tensor,
 ) -> Tensor:
     """The operator of ``differential_decode_step``: q, the new key and the new value are views of the one packed
-    row ``qkv`` (so a compiled graph hands the kernel one buffer, not three copies of its slices), and k and v are
-    mutated (the step's entry written at ``write_at``)."""
+    row ``qkv`` (so a compiled graph hands the kernel one buffer, not three copies of its slices), k and v are
+    mutated (the step's entry written at ``write_at``), and so is ``counters`` (left zero)."""
     q, k_new, v_new = _unpack(qkv, k.shape[1] // 2, k.shape[3])
-    return _launch(q, k, v, lam, mask, weight, eps, norm, cos, sin, k_new, v_new, write_at)
+    return _launch(q, k, v, lam, mask, weight, eps, norm, cos, sin, k_new, v_new, write_at, counters)
 
 
 def _unpack(qkv: Tensor, h_kv: int, d: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -477,11 +503,11 @@ def _fake_step_output(qkv: Tensor, k: Tensor, *args) -> Tensor:
 if INTERPRET:  # the interpreter cannot launch on the fake tensors triton_op traces with: an opaque op with a fake
     _decode_op = torch.library.custom_op(OP_NAME, _decode, mutates_args=())
     _decode_op.register_fake(_fake_output)
-    _decode_step_op = torch.library.custom_op(STEP_OP_NAME, _decode_step, mutates_args=("k", "v"))
+    _decode_step_op = torch.library.custom_op(STEP_OP_NAME, _decode_step, mutates_args=("k", "v", "counters"))
     _decode_step_op.register_fake(_fake_step_output)
 else:  # compiled graphs see the kernel itself (torch.library.triton_op; inductor can launch it directly)
     _decode_op = triton_op(OP_NAME, _decode, mutates_args=())
-    _decode_step_op = triton_op(STEP_OP_NAME, _decode_step, mutates_args=("k", "v"))
+    _decode_step_op = triton_op(STEP_OP_NAME, _decode_step, mutates_args=("k", "v", "counters"))
 
 
 def differential_decode_attention(
@@ -529,6 +555,7 @@ def differential_decode_step(
     norm_weight: Tensor | None = None,
     eps: float | None = None,
     rope: tuple[Tensor, Tensor] | None = None,
+    counters: Tensor | None = None,
 ) -> Tensor:
     """A whole decode step of differential attention from the merged projection's output: writes the step's key
     and value into the cache and attends (both maps, their difference, the per-head RMSNorm), in one kernel.
@@ -544,6 +571,11 @@ def differential_decode_step(
     dtype: equal, up to rounding, to writing the cache (``StaticKVCache.update``) and then
     ``differential_decode_attention``. One buffer in, not three slices: a compiled step hands the kernel the
     projection's output as it is (three slices would each be copied out first, a kernel each).
+
+    ``counters``: at least B·h int32 zeros, contiguous, on qkv's device (``StaticKVCache.split_counters``): where the
+    keys are split (``split_count``), the last split of each head to finish merges the partials in the same
+    kernel, counting arrivals there and leaving them zero, so one buffer serves every layer and step of a stream.
+    None: a fresh one each call (an extra fill; keep one for repeated steps).
 
     Raises ``ValueError`` naming the argument on a wrong rank, shape, dtype or device (those of
     ``differential_decode_attention`` included), or cache buffers that are not unit-stride.
@@ -574,7 +606,22 @@ def differential_decode_step(
         raise ValueError("write_at must be an int64 tensor of one element (the cache position to write)")
     if write_at.device != q.device:
         raise ValueError(f"write_at is on {write_at.device}, qkv on {q.device}: put every input on one device")
-    return _decode_step_op(qkv, k, v, *_prepare(q, lam, mask, norm_weight, eps, rope), write_at.reshape(1))
+    programs = q.shape[0] * q.shape[1] // 2
+    if counters is None:
+        counters = torch.zeros(programs, dtype=torch.int32, device=q.device)
+    elif not (
+        isinstance(counters, Tensor)
+        and (counters.dtype, counters.dim(), counters.device) == (torch.int32, 1, q.device)
+        and counters.numel() >= programs
+        and counters.is_contiguous()
+    ):
+        got = f"{counters.dtype} {tuple(counters.shape)} on {counters.device}" if isinstance(counters, Tensor) else ""
+        raise ValueError(
+            f"counters must be a contiguous int32 vector of at least B·h = {programs} zeros on {q.device}, got "
+            f"{got or type(counters).__name__}; leave it None for a fresh one"
+        )
+    args = _prepare(q, lam, mask, norm_weight, eps, rope)
+    return _decode_step_op(qkv, k, v, *args, write_at.reshape(1), counters)
 
 
 def _prepare(q: Tensor, lam: Tensor, mask: Tensor, norm_weight: Tensor | None, eps, rope) -> tuple:
