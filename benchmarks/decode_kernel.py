@@ -7,10 +7,14 @@ For the head layout of ``--preset`` (shared_diff-350m: h = h_kv = 8, d = 64, 24 
 ``--batches`` and cache length of ``--lengths`` (a left-padded mask over the static buffer, every row's cache full
 to its end), it times one decode step's differential tail: the path of ``StaticDecoder`` without the kernel
 (``sdpa_differential_attention``: two ``F.scaled_dot_product_attention`` calls and o1 − λ·o2, then
-``fused_rms_norm`` with the merged head-norm weight, as ``DiffAttention.forward`` does) and the kernel at each launch
-setting of the sweep: key splits (1, ``split_count``'s choice, half and twice it) × keys per block
-(``--block-n``) × warps (``--warps``). The calls of a step (``--layers``, the preset's layer count) cycle over
-enough distinct caches (≥ 256 MiB in all) that a call does not find its keys in L2, as in a real step. Before
+``fused_rms_norm`` with the merged head-norm weight, as ``DiffAttention.forward`` does), the kernel at each launch
+setting of the sweep (path "kernel": ``differential_decode_attention``, split-K merged by a second kernel) and the
+decode step's own call at the same settings (path "step": ``differential_decode_step``, which reads the step's
+packed projection row, writes its key and value to the cache at the last position (the values already there, so
+every call sees the same cache) and merges split-K in the same kernel); ``--paths`` picks. The sweep: key splits
+(1, ``split_count``'s choice, half and twice it) × keys per block (``--block-n``) × warps (``--warps``). The
+calls of a step (``--layers``, the preset's layer count) cycle over enough distinct caches (≥ 256 MiB in all) that
+a call does not find its keys in L2, as in a real step. Before
 timing, every configuration's output (layer 0) is checked against the float32 SDPA path of the same inputs
 (relative error ≤ ``--tol``); a mismatch stops the run with an error.
 
@@ -47,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
     parser.add_argument("--stages", type=int, default=2)
     parser.add_argument("--splits", type=int, nargs="+", help="default: 1, the rule's S, S // 2 and 2·S")
+    parser.add_argument(
+        "--paths", nargs="+", choices=["kernel", "step"], default=["kernel", "step"], help="the kernel's rows to time"
+    )
     parser.add_argument("--layers", type=int, help="distinct caches per step (default: the preset's n_layers)")
     parser.add_argument("--iters", type=int, default=10, help="eager passes over the layers")
     parser.add_argument("--replays", type=int, default=10, help="replays of the captured graph")
@@ -65,9 +72,10 @@ def smoke_settings(args: argparse.Namespace) -> None:
 
 
 def make_layers(config, batch: int, n_k: int, caches: int, device, seed: int) -> list[tuple]:
-    """``caches`` sets of (q, k, v, λ, mask, weight) as a decode step hands the kernel, bfloat16, drawn on
-    ``device``; rows left-padded by up to a quarter of the buffer (row 0 not at all), every key after the padding
-    visible (the cache full)."""
+    """``caches`` sets of (q, k, v, λ, mask, weight, qkv, write_at, counters) as a decode step hands the kernel,
+    bfloat16, drawn on ``device``; rows left-padded by up to a quarter of the buffer (row 0 not at all), every key
+    after the padding visible (the cache full). qkv: the step's packed row (``differential_decode_step``) of q and
+    the cache's last key and value, which write_at (the last position) points at; counters: shared, zero."""
     h, h_kv, d, dtype = config.n_heads, config.n_kv_heads, config.head_dim, torch.bfloat16
     gen = torch.Generator(device).manual_seed(seed)
     pad = torch.randint(0, max(1, n_k // 4), (batch,), generator=gen, device=device)
@@ -79,11 +87,14 @@ def make_layers(config, batch: int, n_k: int, caches: int, device, seed: int) ->
         return torch.randn(*shape, generator=gen, device=device, dtype=dtype)
 
     out = []
+    write_at = torch.tensor([n_k - 1], device=device)
+    counters = torch.zeros(batch * h, dtype=torch.int32, device=device)
     for _ in range(caches):
         q, k, v = randn(batch, 2 * h, 1, d), randn(batch, 2 * h_kv, n_k, d), randn(batch, h_kv, n_k, 2 * d)
         lam = torch.rand((), generator=gen, device=device, dtype=dtype) * 0.8 + 0.1
         weight = randn(2 * d) * 0.3 + 1.0
-        out.append((q, k, v, lam, mask, weight))
+        qkv = torch.cat([t[:, :, -1].flatten(1) for t in (q, k, v)], dim=1)[:, None]
+        out.append((q, k, v, lam, mask, weight, qkv, write_at, counters))
     return out
 
 
@@ -94,7 +105,7 @@ def distinct_caches(config, batch: int, n_k: int, calls: int) -> int:
     return min(calls, max(2, -(-DISTINCT_BYTES // per_layer)))
 
 
-def sdpa_path(q, k, v, lam, mask, weight):
+def sdpa_path(q, k, v, lam, mask, weight, *step):
     """The decode step's tail without the kernel: ``sdpa_differential_attention`` then ``fused_rms_norm``."""
     from shareddiff.layers import fused_rms_norm
     from shareddiff.ops import sdpa_differential_attention
@@ -104,10 +115,16 @@ def sdpa_path(q, k, v, lam, mask, weight):
     return fused_rms_norm(sdpa_differential_attention(q1, q2, k1, k2, v, lam, False, mask), weight, HEAD_NORM_EPS)
 
 
-def kernel_path(q, k, v, lam, mask, weight):
+def kernel_path(q, k, v, lam, mask, weight, *step):
     from shareddiff.ops.triton_decode import differential_decode_attention
 
     return differential_decode_attention(q, k, v, lam, mask, weight, HEAD_NORM_EPS)
+
+
+def step_path(q, k, v, lam, mask, weight, qkv, write_at, counters):
+    from shareddiff.ops.triton_decode import differential_decode_step
+
+    return differential_decode_step(qkv, k, v, lam, mask, write_at, weight, HEAD_NORM_EPS, counters=counters)
 
 
 def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
@@ -183,7 +200,7 @@ def bench_shape(args, config, batch: int, n_k: int, device, deadline: float, sm_
     calls = args.layers or config.n_layers
     caches = make_layers(config, batch, n_k, distinct_caches(config, batch, n_k, calls), device, args.seed)
     layers = [caches[i % len(caches)] for i in range(calls)]  # a step's calls, cycling over the distinct caches
-    q, k, v, lam, mask, weight = layers[0]
+    q, k, v, lam, mask, weight = layers[0][:6]
     expected = sdpa_path(q.float(), k.float(), v.float(), lam.float(), mask.float(), weight.float())
     cache_bytes = (k.numel() + v.numel()) * k.element_size()
     rule = split_count(batch, config.n_heads, n_k, sm_count)
@@ -212,34 +229,36 @@ def bench_shape(args, config, batch: int, n_k: int, device, deadline: float, sm_
         if (effective, block_n, warps) in seen:
             continue
         seen.add((effective, block_n, warps))
-        row = base | {"path": "kernel", "splits": effective, "block_n": block_n, "warps": warps}
-        row["default"] = (splits, block_n, warps) == default
-        if time.monotonic() > deadline and not row["default"]:
-            rows.append(row | {"skipped": "budget"})
-            continue
-        with decode_kernel_settings(splits=splits, block_n=block_n, num_warps=warps, num_stages=args.stages):
-            rows.append(measure(row, kernel_path))
-        print({k: (round(x, 4) if isinstance(x, float) else x) for k, x in rows[-1].items()}, flush=True)
+        for path in args.paths:
+            row = base | {"path": path, "splits": effective, "block_n": block_n, "warps": warps}
+            row["default"] = (splits, block_n, warps) == default
+            if time.monotonic() > deadline and not row["default"]:
+                rows.append(row | {"skipped": "budget"})
+                continue
+            with decode_kernel_settings(splits=splits, block_n=block_n, num_warps=warps, num_stages=args.stages):
+                rows.append(measure(row, kernel_path if path == "kernel" else step_path))
+            print({k: (round(x, 4) if isinstance(x, float) else x) for k, x in rows[-1].items()}, flush=True)
     return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per (batch, n_k): the SDPA path's time, the default launch's and the fastest kernel configuration's (graph
-    time on CUDA, eager on the CPU)."""
+    """Per (batch, n_k) and kernel path: the SDPA path's time, the default launch's and the fastest kernel
+    configuration's (graph time on CUDA, eager on the CPU)."""
     key = "graph_us" if any("graph_us" in r for r in rows) else "eager_us"
     out = []
     for shape in dict.fromkeys((r["batch"], r["n_k"]) for r in rows):
         timed = [r for r in rows if (r["batch"], r["n_k"]) == shape and key in r]
         sdpa = next(r for r in timed if r["path"] == "sdpa")
-        kernels = [r for r in timed if r["path"] == "kernel"]
-        default = next(r for r in kernels if r["default"])
-        best = min(kernels, key=lambda r: r[key])
-        out.append({
-            "batch": shape[0], "n_k": shape[1], "time": key, "sdpa_us": sdpa[key], "default_us": default[key],
-            "default_splits": default["splits"], "best_us": best[key],
-            "best": "splits {splits}, block_n {block_n}, warps {warps}".format(**best),
-            "speedup_default": sdpa[key] / default[key], "speedup_best": sdpa[key] / best[key],
-        })  # fmt: skip
+        for path in dict.fromkeys(r["path"] for r in timed if r["path"] != "sdpa"):
+            kernels = [r for r in timed if r["path"] == path]
+            default = next(r for r in kernels if r["default"])
+            best = min(kernels, key=lambda r: r[key])
+            out.append({
+                "batch": shape[0], "n_k": shape[1], "path": path, "time": key, "sdpa_us": sdpa[key],
+                "default_us": default[key], "default_splits": default["splits"], "best_us": best[key],
+                "best": "splits {splits}, block_n {block_n}, warps {warps}".format(**best),
+                "speedup_default": sdpa[key] / default[key], "speedup_best": sdpa[key] / best[key],
+            })  # fmt: skip
     return out
 
 
@@ -273,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(table(headers, [[cell(r, k) for k in keys] for r in rows]))
     summary = summarise(rows)
-    columns = ["batch", "n_k", "time", "sdpa_us", "default_us", "default_splits", "best_us", "best"]
+    columns = ["batch", "n_k", "path", "time", "sdpa_us", "default_us", "default_splits", "best_us", "best"]
     columns += ["speedup_default", "speedup_best"]
     print(table(columns, [[cell(s, k) for k in columns] for s in summary]))
     skipped = sum("skipped" in r for r in rows)

@@ -12,17 +12,21 @@ import decode_kernel
 
 
 def test_smoke_run_writes_checked_rows(tmp_path):
-    """The SDPA path and the kernel with 1 and 3 splits (40 keys in blocks of 16: 3 splits), each with a relative
-    error against the float32 SDPA path below bf16's 1e-2 but above 0 (bfloat16 inputs), and a summary per shape."""
+    """The SDPA path, then the kernel and the decode step's call with 1 and 3 splits (40 keys in blocks of 16: 3
+    splits), each with a relative error against the float32 SDPA path below bf16's 1e-2 but above 0 (bfloat16
+    inputs), and a summary per shape and path."""
     assert decode_kernel.main(["--smoke", "--out", str(tmp_path)]) == 0
     (path,) = tmp_path.glob("decode_kernel-*.json")
     payload = json.loads(path.read_text())
     rows = payload["results"]
-    assert [(r["path"], r.get("splits")) for r in rows] == [("sdpa", None), ("kernel", 1), ("kernel", 3)]
+    expected = [("sdpa", None), ("kernel", 1), ("step", 1), ("kernel", 3), ("step", 3)]
+    assert [(r["path"], r.get("splits")) for r in rows] == expected
     assert all(0 < r["rel_err"] <= 1e-2 and r["eager_us"] > 0 for r in rows)
-    assert [r.get("default") for r in rows] == [None, True, False]
-    (summary,) = payload["summary"]
-    assert (summary["batch"], summary["n_k"], summary["default_splits"]) == (2, 40, 1)
+    assert [r.get("default") for r in rows] == [None, True, True, False, False]
+    assert [(s["path"], s["batch"], s["n_k"], s["default_splits"]) for s in payload["summary"]] == [
+        ("kernel", 2, 40, 1),
+        ("step", 2, 40, 1),
+    ]
     assert payload["layout"] == {"n_heads": 2, "n_kv_heads": 2, "head_dim": 16, "sm_count": 1}
 
 
