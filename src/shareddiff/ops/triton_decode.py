@@ -22,8 +22,17 @@ The workspace is allocated inside the op, as the output is: a CUDA graph capture
 gives it a fixed address from the graph's pool, and callers need not know S. ``decode_kernel_settings``
 overrides the launch (keys per block, warps, stages, S) for benchmarks (benchmarks/decode_kernel.py) and tests.
 
+The decode step itself calls ``differential_decode_step``, which does more in the same launch: it reads the step's
+merged projection row (Q1, Q2, K1, K2, V side by side) as one buffer, rotates the new keys as it rotates the
+queries and writes them and the new values into the cache at the step's position (the cache write of
+``StaticKVCache.update``), attends to them there, and merges split-K without a second kernel: the last of a head's
+S programs to finish, counted on an int32 arrival counter (acquire-release atomics; the cache keeps the counters,
+which each launch leaves zero), merges the partials and runs the epilogue. At batch 1 a decode step is bound by its
+number of kernels (docs/performance.md, "The decode step with the cache write in the kernel").
+
 ``differential_decode_attention`` checks its inputs and calls the operator ``shareddiff::differential_decode_attention``
-(``torch.library.triton_op``), which ``torch.compile(fullgraph=True)`` traces and CUDA graphs capture. Under
+(``differential_decode_step``: ``shareddiff::differential_decode_step``, which mutates the cache and the counters;
+``torch.library.triton_op``), which ``torch.compile(fullgraph=True)`` traces and CUDA graphs capture. Under
 ``TRITON_INTERPRET=1`` it runs on CPU tensors (tests), registered as an opaque ``torch.library.custom_op`` with a
 fake implementation instead (triton_op's tracing runs the kernel's Python on fake tensors, which the interpreter
 cannot launch on).
