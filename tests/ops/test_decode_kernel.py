@@ -715,18 +715,56 @@ def test_cuda_kernel_matches_float64_reference(seed, dtype, splits, request):
             assert rel_err(fn(*inputs, EPS).cpu(), expected) <= TOL[dtype]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernel needs a GPU")
+@pytest.mark.parametrize("splits", [None, 4, 8], ids=["rule", "4 splits", "8 splits"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cuda_decode_step_matches_float64_reference(seed, dtype, splits, request):
+    """On the GPU, eager and inside torch.compile(fullgraph=True) (inductor): ``differential_decode_step`` (the
+    packed row, the cache write, split-K merged by the last split of each head) against the float64 reference of
+    writing the cache then attending, within TOL, on a 350m-like layout (h 8, d 64, 300 keys, a padded mask);
+    40 calls in a row on one cache and one set of counters, each writing a new position, the counters zero after
+    every call: a merge that reads a partial too early or a counter left non-zero shows as a wrong output."""
+    if in_subprocess_without_triton_interpreter(request):
+        return
+    b, h, h_kv, n_k, d = 3, 8, 8, 300, 64
+    q, k, v, lam, mask, w = (t.cuda() for t in make_inputs(b, h, h_kv, n_k, d, dtype))
+    counters = torch.zeros(b * h, dtype=torch.int32, device="cuda")
+    cos, sin = (t.cuda() for t in rope_angles(torch.tensor([[5], [900], [77]]), d, 10_000.0))  # a position per row
+    compiled = torch.compile(differential_decode_step, fullgraph=True)
+    with decode_kernel_settings(splits=splits):
+        for call in range(40):
+            pos = (37 * call + 11) % n_k
+            mask[..., pos] = 0.0
+            k_new = torch.randn(b, 2 * h_kv, 1, d, dtype=dtype, device="cuda")
+            v_new = torch.randn(b, h_kv, 1, 2 * d, dtype=dtype, device="cuda")
+            k_ref, v_ref = _updated_cache(k.cpu(), v.cpu(), k_new.cpu(), v_new.cpu(), pos, cos.cpu(), sin.cpu())
+            expected = reference(rotate64(q.cpu(), cos.cpu(), sin.cpu()), k_ref, v_ref, lam.cpu(), mask.cpu(),
+                                 w.cpu(), EPS)  # fmt: skip
+            fn = differential_decode_step if call % 2 else compiled
+            at = torch.tensor([pos], device="cuda")
+            out = fn(pack(q, k_new, v_new), k, v, lam, mask, at, w, EPS, (cos, sin), counters)
+            assert rel_err(out.cpu(), expected) <= TOL[dtype], f"call {call}"
+            assert not counters.any(), f"call {call}"
+            assert torch.equal(v[:, :, pos].cpu(), v_new[:, :, 0].cpu())
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("splits", [None, 4], ids=["rule", "4 splits of 16 keys"])
 @pytest.mark.parametrize("preset", ["diff-tiny", "shared_diff-tiny"])
-def test_cuda_graph_decode_with_the_kernel_equals_reference(seed, preset, request):
+def test_cuda_graph_decode_with_the_kernel_equals_reference(seed, preset, splits, request):
     """The decoder with the kernel (``decode_kernel=True``, the default on CUDA), compiled and
     captured in a CUDA graph (``compile=True, cuda_graph=True``): its logits are ≤ 1e-5 from the reference decode in
-    float32 over a left-padded batch and 40 steps, with the same greedy tokens."""
+    float32 over a left-padded batch and 40 steps, with the same greedy tokens; with the rule's launch (one split
+    at this 64-key buffer) and with split-K forced (4 splits of 16 keys, merged in the kernel on the decoder's
+    counters, which end zero)."""
     if in_subprocess_without_triton_interpreter(request):
         return
     model = _trained_looking(build_model(ModelConfig.from_preset(preset), device="cuda").eval())
     decoder = StaticDecoder(model, max_len=64, compile=True, cuda_graph=True, decode_kernel=True)
     assert decoder._decode_attention is differential_decode_step
     ids, mask = (t.cuda() for t in _batch(model.config.vocab_size, padded=True))
-    ref, got = _teacher_forced(model, decoder, ids, mask)
+    with decode_kernel_settings(splits=splits, block_n=16 if splits else None):
+        ref, got = _teacher_forced(model, decoder, ids, mask)
     assert (got - ref).abs().max().item() <= 1e-5
     assert torch.equal(got.argmax(-1), ref.argmax(-1))
+    assert not decoder.cache.split_counters.any()
