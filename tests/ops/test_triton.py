@@ -208,7 +208,7 @@ def test_defaults_are_the_measured_algorithm(monkeypatch):
     q = torch.randn(1, 2, 8, 16)
     triton_differential_attention(q, q, q, q, torch.randn(1, 2, 8, 32), 0.5)
     assert seen == [KernelSettings()]
-    assert AUTO_RULES == [] and resolve_backend("auto", q) == "sdpa"
+    assert resolve_backend("auto", q) == "sdpa"  # every AUTO_RULES row is a GPU's; q is on the CPU
     monkeypatch.setattr(kernels, "INTERPRET", False)  # the GPU's shapes (bf16: wide=False)
     assert [kernels.fwd_blocks(d, False) for d in (64, 128)] == [Blocks(128, 64, 8, 3), Blocks(64, 64, 8, 2)]
     assert [kernels.bwd_blocks(d, False) for d in (64, 128)] == [Blocks(64, 64, 4, 2), Blocks(64, 32, 4, 2)]
@@ -283,7 +283,36 @@ def test_auto_rules_pick_the_kernel_only_where_a_row_matches():
     assert auto_rule_for(q, [rule]) is rule
     assert auto_rule_for(q[:, :, :50], [rule]) is None and auto_rule_for(q.float(), [rule]) is None
     assert auto_rule_for(q, [AutoRule(64, torch.bfloat16, 64, None, (9, 0))]) is None  # a GPU row; q is on CPU
-    assert auto_rule_for(q) is None  # AUTO_RULES is empty until a GPU measurement fills it
+    assert auto_rule_for(q) is None  # AUTO_RULES's rows are for sm_90 GPUs
+
+
+def test_forward_only_rules_skip_what_autograd_records():
+    """A ``forward_only`` row matches queries without gradients (no requires_grad, or under no_grad / inference
+    mode) and not queries that autograd records; a plain row matches both."""
+    rule = AutoRule(64, torch.bfloat16, 64, None, None, KernelSettings(), "test row", forward_only=True)
+    plain = AutoRule(64, torch.bfloat16, 64)
+    q = torch.randn(1, 2, 100, 64, dtype=torch.bfloat16)
+    leaf = q.clone().requires_grad_()
+    assert auto_rule_for(q, [rule]) is rule
+    assert auto_rule_for(leaf, [rule]) is None and auto_rule_for(leaf * 2, [rule]) is None
+    assert auto_rule_for(leaf, [rule, plain]) is plain
+    with torch.no_grad():
+        assert auto_rule_for(leaf, [rule]) is rule
+    with torch.inference_mode():
+        assert auto_rule_for(leaf, [rule]) is rule
+
+
+def test_the_measured_auto_row():
+    """AUTO_RULES's one row: d = 64, bfloat16, sm_90, N ≥ 8192, forward only, the default settings, its record
+    named; it matches an H200's inference shapes and nothing else (checked through ``matches``, no GPU here)."""
+    (row,) = AUTO_RULES
+    assert (row.d, row.dtype, row.n_min, row.n_max, row.capability) == (64, torch.bfloat16, 8192, None, (9, 0))
+    assert row.forward_only and row.settings == KernelSettings()
+    assert "attention-NVIDIA_H200-20261201T102010.json" in row.note
+    assert row.matches(64, torch.bfloat16, 8192, (9, 0)) and row.matches(64, torch.bfloat16, 65536, (9, 0))
+    assert not row.matches(64, torch.bfloat16, 8192, (9, 0), needs_grad=True)
+    assert not row.matches(64, torch.bfloat16, 4096, (9, 0)) and not row.matches(128, torch.bfloat16, 8192, (9, 0))
+    assert not row.matches(64, torch.float16, 8192, (9, 0)) and not row.matches(64, torch.bfloat16, 8192, (8, 0))
 
 
 def test_model_with_triton_backend_matches_sdpa(seed):
