@@ -175,7 +175,7 @@ def _updated_cache(k, v, k_new, v_new, pos, cos, sin):
 
 @pytest.mark.parametrize("splits", [1, 3], ids=["single", "3 splits"])
 @pytest.mark.parametrize("per_row", [False, True], ids=["one position", "a position per row"])
-@pytest.mark.parametrize("pos", [0, 17, 49])
+@pytest.mark.parametrize("pos", [0, 17, 47])
 def test_kernel_writing_the_cache_matches_float64_reference(seed, pos, per_row, splits):
     """``differential_decode_step``: from the packed projection row, the step's new K1, K2 (unrotated) and V are
     written into the cache at ``write_at`` by the kernel, which attends to them there. Reference: the cache
@@ -184,7 +184,8 @@ def test_kernel_writing_the_cache_matches_float64_reference(seed, pos, per_row, 
     every other position untouched (GQA: two query heads a key head, so one writer of each), at the first, a
     middle and the last position, with the single kernel and split-K (the write in the split that holds it; the
     partials merged in the same kernel by the last split of each head, its arrival counters left zero)."""
-    b, h, h_kv, n_k, d = 3, 4, 2, 50, 16
+    b, h, h_kv, n_k, d = 3, 4, 2, 48, 16
+    assert split_plan(n_k, splits, 16) == (splits, n_k // splits)  # 3 splits of 16 keys: positions in each
     q, k, v, lam, mask, w = make_inputs(b, h, h_kv, n_k, d, torch.float32)
     mask[..., pos] = 0.0  # the new position is visible
     k_new, v_new = torch.randn(b, 2 * h_kv, 1, d), torch.randn(b, h_kv, 1, 2 * d)
@@ -194,7 +195,7 @@ def test_kernel_writing_the_cache_matches_float64_reference(seed, pos, per_row, 
     expected = reference(rotate64(q, cos4, sin4), k_ref, v_ref, lam, mask, w, EPS)
     k_cache, v_cache = k.clone(), v.clone()
     counters = torch.zeros(b * h + 3, dtype=torch.int32)  # more than B·h: the first B·h count
-    with decode_kernel_settings(splits=splits):
+    with decode_kernel_settings(splits=splits, block_n=16):
         qkv = pack(q, k_new, v_new)
         out = differential_decode_step(
             qkv, k_cache, v_cache, lam, mask, torch.tensor([pos]), w, EPS, (cos, sin), counters
@@ -210,9 +211,9 @@ def test_kernel_writing_the_cache_matches_float64_reference(seed, pos, per_row, 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_kernel_writing_the_cache_half(seed, dtype):
-    """``differential_decode_step`` in float16 and bfloat16: the key is rotated in float32 and rounded once to the
-    cache's dtype, then attended as stored; output within TOL of the float64 reference on the float64-written
-    cache, the stored key within one rounding of the float64 rotation."""
+    """``differential_decode_step`` in float16 and bfloat16: the key is rotated and rounded to the cache's dtype,
+    then attended as stored; output within TOL of the float64 reference on the float64-written cache, the stored
+    key within half that tolerance of the float64 rotation (about one rounding)."""
     b, h, h_kv, n_k, d, pos = 2, 4, 4, 40, 32, 23
     q, k, v, lam, mask, w = make_inputs(b, h, h_kv, n_k, d, dtype)
     mask[..., pos] = 0.0
@@ -229,17 +230,27 @@ def test_kernel_writing_the_cache_half(seed, dtype):
     assert torch.equal(v[:, :, pos], v_new[:, :, 0])
 
 
-def test_kernel_writing_outside_the_cache_writes_nothing(seed):
-    """A ``write_at`` outside [0, N_k) writes nothing (the caches stay equal) and the output equals the kernel's
-    ``differential_decode_attention`` on the same cache (the new key is attended nowhere)."""
-    q, k, v, lam, mask, w = make_inputs(2, 2, 2, 30, 16, torch.float32)
+@pytest.mark.parametrize("splits", [1, 3], ids=["single", "3 splits"])
+def test_kernel_writing_outside_the_cache_writes_nothing(seed, splits):
+    """A ``write_at`` outside [0, N_k) (−1 falls in split 0 by truncating division; N_k and beyond in none) writes
+    nothing (the caches stay equal) and the output equals ``differential_decode_attention`` on the same cache (the
+    new key is attended nowhere), with the single kernel and with 3 splits (GQA: 2 query heads a key head; the
+    queries rotated in the kernel); the counters end zero."""
+    q, k, v, lam, mask, w = make_inputs(2, 4, 2, 48, 16, torch.float32)
     k_new, v_new = torch.randn(2, 4, 1, 16), torch.randn(2, 2, 1, 32)
-    for pos in (-1, 30, 1000):
-        k_cache, v_cache = k.clone(), v.clone()
-        qkv = pack(q, k_new, v_new)
-        out = differential_decode_step(qkv, k_cache, v_cache, lam, mask, torch.tensor([pos]), w, EPS)
-        assert torch.equal(k_cache, k) and torch.equal(v_cache, v)
-        assert torch.equal(out, differential_decode_attention(q, k, v, lam, mask, w, EPS))
+    rope = rope_angles(torch.tensor([[3], [40]]), 16, 10_000.0)
+    counters = torch.zeros(2 * 4, dtype=torch.int32)
+    with decode_kernel_settings(splits=splits, block_n=16):
+        expected = differential_decode_attention(q, k, v, lam, mask, w, EPS, rope)
+        for pos in (-1, 48, 1000):
+            k_cache, v_cache = k.clone(), v.clone()
+            qkv = pack(q, k_new, v_new)
+            out = differential_decode_step(
+                qkv, k_cache, v_cache, lam, mask, torch.tensor([pos]), w, EPS, rope, counters
+            )
+            assert torch.equal(k_cache, k) and torch.equal(v_cache, v)
+            assert torch.equal(out, expected)
+            assert not counters.any()
 
 
 def test_kernel_equals_the_sdpa_path_it_replaces(seed):
@@ -721,12 +732,13 @@ def test_cuda_kernel_matches_float64_reference(seed, dtype, splits, request):
 def test_cuda_decode_step_matches_float64_reference(seed, dtype, splits, request):
     """On the GPU, eager and inside torch.compile(fullgraph=True) (inductor): ``differential_decode_step`` (the
     packed row, the cache write, split-K merged by the last split of each head) against the float64 reference of
-    writing the cache then attending, within TOL, on a 350m-like layout (h 8, d 64, 300 keys, a padded mask);
+    writing the cache then attending, within TOL, on a 350m-like head (h 8, d 64; GQA with 2 key heads, so one
+    writer and three readers of each written row; 300 keys, a padded mask);
     40 calls in a row on one cache and one set of counters, each writing a new position, the counters zero after
     every call: a merge that reads a partial too early or a counter left non-zero shows as a wrong output."""
     if in_subprocess_without_triton_interpreter(request):
         return
-    b, h, h_kv, n_k, d = 3, 8, 8, 300, 64
+    b, h, h_kv, n_k, d = 3, 8, 2, 300, 64  # GQA: 4 query heads a key head, one of them its writer
     q, k, v, lam, mask, w = (t.cuda() for t in make_inputs(b, h, h_kv, n_k, d, dtype))
     counters = torch.zeros(b * h, dtype=torch.int32, device="cuda")
     cos, sin = (t.cuda() for t in rope_angles(torch.tensor([[5], [900], [77]]), d, 10_000.0))  # a position per row
@@ -746,6 +758,31 @@ def test_cuda_decode_step_matches_float64_reference(seed, dtype, splits, request
             assert rel_err(out.cpu(), expected) <= TOL[dtype], f"call {call}"
             assert not counters.any(), f"call {call}"
             assert torch.equal(v[:, :, pos].cpu(), v_new[:, :, 0].cpu())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernel needs a GPU")
+def test_cuda_in_kernel_merge_under_stress(seed, request):
+    """The in-kernel merge against the merge kernel on the GPU: 64 splits of 64 keys for each of 2 × 8 heads (1,024
+    programs racing to be a head's last), 300 launches in a row on one set of counters, each with a new packed row
+    and a new position; each output equals ``differential_decode_attention`` (the two-kernel merge) on the cache
+    after the write within 1e-6 relative (float32: the same partials merged in the same order, up to the order of
+    the last split's arrival), and the counters are zero after every launch. A partial read before it was written
+    (a lost release/acquire) or a counter left behind would show as a mismatch."""
+    if in_subprocess_without_triton_interpreter(request):
+        return
+    b, h, h_kv, n_k, d = 2, 8, 2, 4096, 64
+    q, k, v, lam, mask, w = (t.cuda() for t in make_inputs(b, h, h_kv, n_k, d, torch.float32, mask_kind="all"))
+    counters = torch.zeros(b * h, dtype=torch.int32, device="cuda")
+    with decode_kernel_settings(splits=64, block_n=64):
+        for call in range(300):
+            q = torch.randn_like(q)
+            k_new = torch.randn(b, 2 * h_kv, 1, d, device="cuda")
+            v_new = torch.randn(b, h_kv, 1, 2 * d, device="cuda")
+            at = torch.tensor([(977 * call) % n_k], device="cuda")
+            out = differential_decode_step(pack(q, k_new, v_new), k, v, lam, mask, at, w, EPS, None, counters)
+            expected = differential_decode_attention(q, k, v, lam, mask, w, EPS)  # k, v written by the step
+            assert rel_err(out, expected) <= 1e-6, f"launch {call}"
+            assert not counters.any(), f"launch {call}"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -488,6 +488,8 @@ def _decode_step(
     row ``qkv`` (so a compiled graph hands the kernel one buffer, not three copies of its slices), k and v are
     mutated (the step's entry written at ``write_at``), and so is ``counters`` (left zero)."""
     q, k_new, v_new = _unpack(qkv, k.shape[1] // 2, k.shape[3])
+    if counters.numel() < q.shape[0] * q.shape[1] // 2:  # each (row, head) counts on its own counter
+        raise ValueError(f"counters holds {counters.numel()} values, fewer than B·h = {q.shape[0] * q.shape[1] // 2}")
     return _launch(q, k, v, lam, mask, weight, eps, norm, cos, sin, k_new, v_new, write_at, counters)
 
 
