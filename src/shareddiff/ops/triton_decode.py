@@ -164,14 +164,14 @@ def _new_entry(
         kn2 = _load_query(KN + b * sknb + (HKV + kv) * sknh, Cos + b * scb, Sin + b * scb, 1.0, D, ROPE)
         offs_d = tl.arange(0, D)
         offs_v = tl.arange(0, 2 * D)
-        vn = tl.load(VN + b * svnb + kv * svnh + offs_v)
+        vn = tl.load(VN + b * svnb + kv * svnh + offs_v).to(V.dtype.element_ty)
         kn1 = kn1.to(K.dtype.element_ty)
         kn2 = kn2.to(K.dtype.element_ty)
         width = tl.where(write & (pos >= 0) & (pos < NK), D, 0)  # D: store, 0: not (a mask of one comparison)
         tl.store(K + b * skb + kv * skh + pos * skn + offs_d, kn1, mask=offs_d < width)
         tl.store(K + b * skb + (HKV + kv) * skh + pos * skn + offs_d, kn2, mask=offs_d < width)
-        tl.store(V + b * svb + kv * svh + pos * svn + offs_v, vn.to(V.dtype.element_ty), mask=offs_v < 2 * width)
-        return kn1.to(tl.float32), kn2.to(tl.float32), vn.to(V.dtype.element_ty).to(tl.float32), pos
+        tl.store(V + b * svb + kv * svh + pos * svn + offs_v, vn, mask=offs_v < 2 * width)
+        return kn1.to(tl.float32), kn2.to(tl.float32), vn.to(tl.float32), pos
     else:
         empty = tl.zeros([D], dtype=tl.float32)
         return empty, empty, tl.zeros([2 * D], dtype=tl.float32), tl.full([], -1, tl.int64)
@@ -408,10 +408,11 @@ def _launch(
     write_at: Tensor | None,
     counters: Tensor | None,
 ) -> Tensor:
-    """The checked arguments of ``differential_decode_attention`` (``norm``: whether to apply the RMSNorm; ``cos``,
-    ``sin``: (B or 1, d/2) angles to rotate q by, or None for a q rotated already; ``k_new``, ``v_new``,
-    ``write_at``: the step's new key and value to write into k and v at that position and attend there, or None;
-    ``counters``: B·h zeroed int32 for split-K merged in the key-walking kernel, or None for a merge kernel)."""
+    """Launch the kernels on checked arguments (``_decode``, ``_decode_step``). ``norm``: whether to apply the
+    RMSNorm; ``cos``, ``sin``: (B or 1, d/2) angles to rotate q by, or None for a q rotated already; ``k_new``,
+    ``v_new``, ``write_at``: the step's new key and value to write into k and v at that position and attend there,
+    or None; ``counters``: B·h zeroed int32 for split-K merged in the key-walking kernel, or None for a merge
+    kernel."""
     b, two_h, _, d = q.shape
     h, h_kv, n_k = two_h // 2, v.shape[1], k.shape[2]
     settings, sm_count = _settings, _sm_count(q.device)
