@@ -686,7 +686,7 @@ for float_type in ("fp32", "fp64"):
         pointers = {name: f"*{dtype}" for name in ("Q", "K", "V", "Lam", "Mask", "W", "Out")} | tables
         pointers |= {"KN": f"*{dtype}", "VN": f"*{dtype}", "Pos": "*i64"}  # the cache write (update=...)
         constants = {"D": 64, "BN": BLOCK_N, "NORM": norm, "HAS_WEIGHT": norm, "ROPE": rope, "UPDATE": update}
-        ints = strides + " sob soh scb sknb sknh svnb svnh H HKV GROUP NK"
+        ints = strides + " sob soh scb sknb sknh svnb svnh kno vno H HKV GROUP NK"
         compile(_decode_kernel, pointers, ints, "scale_log2 eps", constants)
     pointers = {name: "*bf16" for name in ("Q", "K", "V", "Mask")} | {"Acc": "*fp32", "Stats": "*fp32"} | tables
     pointers |= {"KN": "*bf16", "VN": "*bf16", "Pos": "*i64", "Counter": "*i32"}
@@ -695,7 +695,7 @@ for float_type in ("fp32", "fp64"):
                                   (BLOCK_N, False, False)):  # 64-key blocks: short caches
         constants = {"D": 64, "BN": block_n, "ROPE": rope, "UPDATE": update, "MERGE": update, "ST": MERGE_TILE,
                      "NORM": True, "HAS_WEIGHT": True}
-        ints = strides + " scb sknb sknh svnb svnh sob soh H HKV GROUP NK CHUNK"
+        ints = strides + " scb sknb sknh svnb svnh kno vno sob soh H HKV GROUP NK CHUNK"
         compile(_split_kernel, pointers, ints, "scale_log2 eps", constants)
     pointers = {"Acc": "*fp32", "Stats": "*fp32", "Lam": "*bf16", "W": "*bf16", "Out": "*bf16"}
     constants = {"D": 64, "ST": MERGE_TILE, "NORM": True, "HAS_WEIGHT": True}
