@@ -69,6 +69,20 @@ def test_static_decode_equals_reference_decode(seed, family, padded, fused):
     )
 
 
+@pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
+def test_decode_to_the_last_cache_position_equals_the_reference(seed, padded):
+    """A cache exactly as long as the prefill and STEPS new tokens: the last step fills its last column, and writes
+    the next step's mask and RoPE rows for a position past the cache (the table's last row is read: no step runs
+    there). Logits ≤ 1e-5 apart at every step; one more step is refused by name."""
+    model = _trained_looking(build_model(ModelConfig.from_preset("shared_diff-tiny")).eval())
+    ids, mask = _batch(model.config.vocab_size, padded)
+    decoder = StaticDecoder(model, max_len=ids.shape[1] + STEPS)
+    ref, got = _teacher_forced(model, decoder, ids, mask)
+    assert (got - ref).abs().max().item() <= 1e-5
+    with pytest.raises(ValueError, match="positions are full"):
+        decoder.step(got[:, -1].argmax(-1))
+
+
 @pytest.mark.parametrize(
     "preset, overrides",
     [
