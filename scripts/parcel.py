@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Carry a prepared data folder (`shareddiff data prepare --out DIR`) in compressed parts of at most 60 MB.
+"""Carry a prepared data folder (`shareddiff data prepare --out DIR`) in compressed parts of at most 36 MB
+(one part and the repository, about 28 MB, fit one GPU-machine call's 64 MiB: docs/data.md).
 
-    python scripts/parcel.py pack data/corpus-v2 parcels/ [--codec xz|zstd] [--part-bytes 60000000]
+    python scripts/parcel.py pack data/corpus-v2 parcels/ [--codec xz|zstd] [--part-bytes 36000000]
     python scripts/parcel.py unpack parcels/ data/      # -> data/corpus-v2
 
 `pack` writes the folder as one tar stream (sorted names, zeroed times and owners, so the same folder
@@ -24,7 +25,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-PART_BYTES = 60_000_000
+PART_BYTES = 36_000_000
 SUFFIX = {"xz": ".tar.xz", "zstd": ".tar.zst"}
 
 
