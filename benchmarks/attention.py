@@ -1,6 +1,6 @@
 """Differential attention on the GPU: correctness of the fused kernel, then its speed against SDPA.
 
-    python3 benchmarks/attention.py [--quick] [--sweep] [--modes split atomic reduce tma vsplit maps]
+    python3 benchmarks/attention.py [--quick] [--sweep] [--modes split atomic reduce tma vsplit maps poly]
         [--sizes 8192x64 16384x128] [--check-dtypes bf16 fp32] [--checks-only | --skip-checks]
         [--no-projections] [--profile] [--smoke]
 
@@ -56,6 +56,7 @@ MODES = {  # the fused kernel's settings by name (KernelSettings); "split" is th
     "tma": KernelSettings(dq="tma"),
     "vsplit": KernelSettings(forward="vsplit"),
     "maps": KernelSettings(forward="maps"),
+    "poly": KernelSettings(exp2="poly"),  # the default modes with map 2's exponentials on the FMA units
 }
 
 

@@ -48,6 +48,8 @@ PTX_COUNTS = {
     "cp.async": r"\bcp\.async\.c[ag]\b",
     "wgmma_wait": r"wgmma\.wait_group",
     "setmaxnreg": r"\bsetmaxnreg\b",
+    "ex2": r"\bex2\.approx",  # exponentials on the special-function unit (exp2="poly" moves map 2's off it)
+    "fma.f32": r"\bfma\.rn\.f32",
 }
 TTGIR_COUNTS = {"warp_specialize": r"\bttg\.warp_specialize\b"}
 
@@ -207,13 +209,14 @@ def main() -> None:
                 print(row, flush=True)
     path = write_result(f"kernel_resources-sm{args.capability}", {"kernels": rows}, args.out)
     headers = ["d", "mode", "kernel", "blocks", "regs", "spill st/ld", "smem", "wgmma", "mma.sync", "atom", "tma red"]
-    headers += ["cp.async", "wgmma wait", "setmaxnreg", "ws regions"]
+    headers += ["cp.async", "wgmma wait", "setmaxnreg", "ex2", "fma.f32", "ws regions"]
     cells = []
     for r in rows:
         spills = f"{r.get('spill_stores', '-')}/{r.get('spill_loads', '-')}"
         shape = r.get("error", "")[:60] or r["blocks"]
         cells.append([r["d"], r["mode"], r["kernel"], shape, r.get("registers", "-"), spills])
         counts = ("shared_bytes", "wgmma", "mma.sync", "atomics", "tma_reduce", "cp.async", "wgmma_wait", "setmaxnreg")
+        counts += ("ex2", "fma.f32")
         cells[-1] += [r.get(k, "-") for k in (*counts, "warp_specialize")]
     print(table(headers, cells))
     print(f"wrote {path}")

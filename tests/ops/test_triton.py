@@ -12,6 +12,9 @@ import torch
 
 pytest.importorskip("triton")
 
+import triton
+import triton.language as tl
+
 import shareddiff.ops.triton_diff as kernels
 from shareddiff.ops import available_backends, differential_attention, resolve_backend
 from shareddiff.ops.kernel_settings import (
@@ -131,6 +134,61 @@ def test_single_key_query_gradient_is_zero_in_half_precision(seed, mode):
     assert inputs[4].grad.float().sub(grad.float() * (1 - inputs[5].float())).norm() <= 1e-2 * grad.float().norm()
 
 
+@triton.jit
+def _exp2_fma_kernel(X, Y, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    tl.store(Y + offs, kernels._exp2_fma(tl.load(X + offs)))
+
+
+def test_exp2_on_the_fma_units_matches_float64(seed):
+    """``_exp2_fma`` (exp2="poly") against float64 2^x: relative error ≤ 1.04e-4 (the fit's 1.03e-4) over
+    [−126, 1), exact at integers (the cubic is 1 at 0 and 2 at 1), 0 below −126 and at −inf."""
+    x = torch.cat([torch.linspace(-126.0, 0.999, 3000), -126 * torch.rand(966), torch.arange(-126.0, 1.0)])
+    x = torch.cat([x, torch.tensor([-126.5, -300.0, float("-inf")])]).float()
+    assert x.numel() == 4096  # a power of two: one tl.arange
+    y = torch.empty_like(x)
+    _exp2_fma_kernel[(1,)](x, y, N=x.numel())
+    exact = torch.exp2(x.double())
+    inside = x >= -126
+    assert ((y.double() - exact).abs() / exact)[inside].max() <= 1.04e-4
+    integers = inside & (x == x.round())
+    assert torch.equal(y[integers].double(), exact[integers])
+    assert (y[~inside] == 0).all()
+
+
+@pytest.mark.parametrize("options", [{"exp2": "poly"}, {"exp2": "poly", "dq": "atomic", "forward": "vsplit"}])
+def test_poly_exp2_float16_matches_float64(seed, options):
+    """Map 2's exponentials on the FMA units, forward and every gradient (the key-block backward and the dQ
+    kernel; the atomic dQ with the V-split forward), odd N, GQA, per-head λ: float16's tolerances."""
+    inputs = [t.half() for t in make_inputs(1, 4, 2, 33, 33, 32, (4,))]
+    check_against_float64(inputs, True, 5e-3, 1e-2, **options)
+
+
+def test_poly_exp2_runs_in_half_precision_only(seed):
+    """exp2="poly" changes float16's results by ≤ 1e-3 relative wherever it applies, and leaves float32's bit for
+    bit (the exactness path keeps the hardware exp2). The fused forward's output moves; under forward="maps" (whose
+    forward keeps the hardware exp2, so both runs share O1, O2 and the log-sum-exps) dQ2 moves with the dQ kernel
+    alone and dK2 with the key-block kernel alone, so each of the three kernels is seen to take the path."""
+    inputs = make_inputs(1, 2, 2, 29, 29, 16, (2,))
+    grad = torch.randn(1, 2, 29, 32).half()
+    results = {}
+    for forward in ("fused", "maps"):
+        for mode in ("poly", "hardware"):
+            half = [t.half().requires_grad_(True) for t in inputs]
+            out = triton_differential_attention(*half, exp2=mode, forward=forward)
+            out.backward(grad)
+            results[forward, mode] = [out.float(), half[1].grad.float(), half[3].grad.float()]  # out, dQ2, dK2
+
+    def moved(a, b):
+        return not torch.equal(a, b) and (a - b).norm() <= 1e-3 * b.norm()
+
+    assert moved(results["fused", "poly"][0], results["fused", "hardware"][0])
+    out, dq2, dk2 = results["maps", "poly"]
+    out_hw, dq2_hw, dk2_hw = results["maps", "hardware"]
+    assert torch.equal(out, out_hw) and moved(dq2, dq2_hw) and moved(dk2, dk2_hw)
+    assert torch.equal(triton_differential_attention(*inputs, exp2="poly"), triton_differential_attention(*inputs))
+
+
 def test_modes_agree_with_the_default(seed):
     """Every mode against the default (dq split, forward fused) on the same inputs: the same function, to
     float32 rounding (the sums run in other orders)."""
@@ -239,6 +297,7 @@ def test_environment_still_sets_the_kernel_and_keywords_win(monkeypatch):
         ("SHAREDDIFF_TRITON_FWD_BLOCKS", "64,32,4", "SHAREDDIFF_TRITON_FWD_BLOCKS.*four integers"),
         ("SHAREDDIFF_TRITON_BWD_BLOCKS", "48,32,4,2", "powers of two"),
         ("SHAREDDIFF_TRITON_DQ_BLOCKS", "64,32,3,2", "num_warps"),
+        ("SHAREDDIFF_TRITON_EXP2", "fast", "SHAREDDIFF_TRITON_EXP2='fast'; use one of hardware, poly"),
     ],
 )
 def test_bad_environment_values_are_named(monkeypatch, env, value, match):
@@ -254,6 +313,7 @@ def test_bad_settings_are_named():
     for kwargs, match in (
         ({"dq": "fast"}, "use one of split, atomic, reduce, tma"),
         ({"forward": "split"}, "use one of fused, vsplit, maps"),
+        ({"exp2": "fma"}, "exp2='fma'; use one of hardware, poly"),
         ({"bwd_blocks": (64, 64, 4, 2)}, "must be a Blocks"),
         ({"dq_workspace_mib": 0}, "at least 1"),
         ({"dq_chunk": 0}, "at least 1 key block"),

@@ -45,6 +45,7 @@ SETTINGS = [  # together: every kernel of the file, each dQ mode, and dq_reduce'
     KernelSettings(forward="vsplit", dq="atomic"),
     KernelSettings(forward="maps", dq="reduce", dq_chunk=2),
     KernelSettings(dq="tma"),
+    KernelSettings(exp2="poly"),  # map 2's exponentials on the FMA units: the forward and both backward kernels
 ]
 
 
@@ -109,3 +110,6 @@ def test_kernels_compile_for_hopper(dtype, d, tmp_path):
         assert {c["DQ_MODE"] for name, c in compiled if name == "_bwd_kernel"} == {0, 1, 2, 3}  # every dQ mode
         reduce_launches = {(c["ACCUMULATE"], c["LAST"]) for name, c in compiled if name == "_dq_reduce_kernel"}
         assert reduce_launches == {(False, False), (True, False), (True, True)}  # first, middle, last
+        if dtype != "float32":  # exp2="poly" (map 2's exponentials on the FMA units) in the forward and both backwards
+            polys = {name for name, c in compiled if c.get("POLY")}
+            assert polys == {"_fwd_kernel", "_bwd_kernel", "_bwd_dq_kernel"}, polys

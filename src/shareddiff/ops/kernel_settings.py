@@ -22,6 +22,7 @@ import torch
 
 DQ_MODES = ("split", "atomic", "reduce", "tma")
 FORWARD_MODES = ("fused", "vsplit", "maps")
+EXP2_MODES = ("hardware", "poly")
 BLOCK_KINDS = ("FWD", "BWD", "DQ")
 
 
@@ -76,6 +77,13 @@ class KernelSettings:
       ``"vsplit"``: two programs per query block, each over half of V's 2d columns (half-width accumulators,
       twice the QKᵀ work); ``"maps"``: one program per (query block, map), each a standard flash-attention
       forward with one 2d-wide accumulator, then out = O1 − λ·O2 by a small kernel.
+    exp2: how the exponentials of the softmax maps are computed. ``"hardware"`` (default): ``tl.exp2``, on
+      NVIDIA GPUs the special-function unit (16 results a clock per SM on Hopper against 128 FMAs); ``"poly"``:
+      map 2's score exponentials (in the fused forward, the key-block backward and the dQ kernel) by a cubic
+      on the FMA units (``triton_diff._exp2_fma``, relative error ≤ 1.03e-4), so that the two maps' exponentials
+      run on both units at once, as FlashAttention-4 splits its own; map 1's and the per-row rescales stay on
+      the hardware unit. float32 inputs (the exactness path) and ``forward="maps"``'s forward always take
+      ``"hardware"``.
     fwd_blocks, bwd_blocks, dq_blocks: launch shapes of the forward, the key-block backward and the dQ kernel
       (``"split"``); ``None`` means the defaults of ``triton_diff`` for the head dim and dtype.
     dq_workspace_mib: the most workspace ``"reduce"`` may allocate per launch (MiB); key blocks run in chunks
@@ -84,6 +92,7 @@ class KernelSettings:
 
     dq: str = "split"
     forward: str = "fused"
+    exp2: str = "hardware"
     fwd_blocks: Blocks | None = None
     bwd_blocks: Blocks | None = None
     dq_blocks: Blocks | None = None
@@ -95,6 +104,8 @@ class KernelSettings:
             raise ValueError(f"dq={self.dq!r}; use one of {', '.join(DQ_MODES)}")
         if self.forward not in FORWARD_MODES:
             raise ValueError(f"forward={self.forward!r}; use one of {', '.join(FORWARD_MODES)}")
+        if self.exp2 not in EXP2_MODES:
+            raise ValueError(f"exp2={self.exp2!r}; use one of {', '.join(EXP2_MODES)}")
         for name in ("fwd_blocks", "bwd_blocks", "dq_blocks"):
             if (value := getattr(self, name)) is not None and not isinstance(value, Blocks):
                 raise ValueError(f"{name} must be a Blocks(bm, bn, num_warps, num_stages) or None, got {value!r}")
@@ -110,7 +121,8 @@ class KernelSettings:
 
 def settings_from_env(base: KernelSettings | None = None) -> KernelSettings:
     """``base`` (default ``KernelSettings()``) with the environment's overrides: ``SHAREDDIFF_TRITON_DQ``
-    (a dq mode), ``SHAREDDIFF_TRITON_VSPLIT`` (``1``: fused forward, ``2``: vsplit),
+    (a dq mode), ``SHAREDDIFF_TRITON_VSPLIT`` (``1``: fused forward, ``2``: vsplit), ``SHAREDDIFF_TRITON_EXP2``
+    (an exp2 mode),
     ``SHAREDDIFF_TRITON_{FWD,BWD,DQ}_BLOCKS="BM,BN,num_warps,num_stages"``. Raises ``ValueError`` naming the
     variable on a bad value."""
     settings = base or KernelSettings()
@@ -126,6 +138,10 @@ def settings_from_env(base: KernelSettings | None = None) -> KernelSettings:
             changes["forward"] = "vsplit"
         elif settings.forward == "vsplit":
             changes["forward"] = "fused"
+    if exp2 := os.environ.get("SHAREDDIFF_TRITON_EXP2"):
+        if exp2 not in EXP2_MODES:
+            raise ValueError(f"SHAREDDIFF_TRITON_EXP2={exp2!r}; use one of {', '.join(EXP2_MODES)}")
+        changes["exp2"] = exp2
     for kind in BLOCK_KINDS:
         name = f"SHAREDDIFF_TRITON_{kind}_BLOCKS"
         if raw := os.environ.get(name):
