@@ -55,6 +55,29 @@ def test_bad_config_names_field_and_fix(fields, message):
         ModelConfig(**fields)
 
 
+@pytest.mark.parametrize(
+    ("fields", "rank"),
+    [
+        (dict(attention="shared_diff_v2", d_model=8, n_heads=2), 4),  # D/16 → 8 is not below D = 8: half of it
+        (dict(attention="shared_diff", d_model=16, n_heads=2), 4),  # 8 is not below D/2 = 8
+        (dict(attention="shared_diff", d_model=64, n_heads=2), 8),  # the D/16 rule's floor, below D/2 = 32
+        (dict(attention="shared_diff_v2", d_model=1024, n_heads=8), 64),  # D/16
+        (dict(attention="shared_diff", base_sharing="heads", d_model=256, n_heads=4), 8),  # d/4, d = 32
+    ],
+)
+def test_the_default_rank_fits_every_width(fields, rank):
+    """Without lowrank_rank the default is D/16 (at least 8; per-head sharing d/4), lowered to half the bound at
+    widths where it would not be below it, so a small model builds without a rank of its own."""
+    assert ModelConfig(**fields).lowrank_rank == rank
+
+
+def test_a_rank_out_of_range_is_answered_with_a_valid_one():
+    with pytest.raises(ValueError, match=r"lowrank_rank=8 must satisfy 0 < lowrank_rank < d_model .* = 8 .*e\.g\. 4 "):
+        ModelConfig(attention="shared_diff_v2", d_model=8, n_heads=2, lowrank_rank=8)
+    # the smallest shape RoPE allows (head half-dim 2) still has a rank below its bound: 1
+    assert ModelConfig(attention="shared_diff", d_model=4, n_heads=1).lowrank_rank == 1
+
+
 def test_unknown_preset_lists_valid_ones():
     with pytest.raises(ValueError, match=r"unknown preset 'shared_diff-7b' \(did you mean .*\); valid presets are: "):
         ModelConfig.from_preset("shared_diff-7b")

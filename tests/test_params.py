@@ -1,6 +1,7 @@
 """Parameter accounting against closed forms written here from the architecture page."""
 
 import json
+import re
 
 import pytest
 
@@ -121,3 +122,24 @@ def test_cli_unknown_preset(capsys):
     assert main(["params", "transformer-9b"]) == 2
     err = capsys.readouterr().err
     assert "unknown preset 'transformer-9b'" in err and "; valid presets are: transformer-tiny" in err
+
+
+def evaluate(expression: str, config: ModelConfig) -> int:
+    """A printed closed form ("2D² = 4·D·(D/2)", "D² + D·(D·h_kv/h)") evaluated at the config's D, h, h_kv, d, r."""
+    symbols = {"D": config.d_model, "h": config.n_heads, "h_kv": config.n_kv_heads, "d": config.head_dim}
+    symbols |= {"r": config.lowrank_rank, "r_h": config.lowrank_rank}
+    python = expression.replace("·", "*").replace("²", "**2")
+    python = re.sub(r"(\d)([A-Za-z(])", r"\1*\2", python)  # 2D → 2*D
+    python = re.sub(r"[A-Za-z_]+", lambda m: str(symbols[m.group()]), python)
+    return round(eval(python))  # noqa: S307 (the project's own formula strings)
+
+
+@pytest.mark.parametrize("fields", [{"preset": n} for n in PRESET_NAMES if "tiny" in n] + CUSTOM)
+def test_printed_qk_formula_evaluates_to_its_value(fields):
+    """Each side of the printed Q/K expression, at the config's symbols, equals the counted value: with GQA the
+    DIFF and Shared DIFF labels must carry h_kv (they showed the paper's 2D² beside a GQA count)."""
+    fields = dict(fields)
+    config = ModelConfig.from_preset(fields.pop("preset")) if "preset" in fields else ModelConfig(**fields)
+    expression, value = qk_formula(config)
+    for side in expression.split(" = "):
+        assert evaluate(side, config) == value, (side, value)

@@ -90,11 +90,26 @@ class ModelConfig:
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.attention in LOW_RANK and self.lowrank_rank is None and self._shape_ok():
-            if self.attention == "shared_diff" and self.base_sharing == "heads":
-                self.lowrank_rank = max(1, self.head_dim // 4)
-            else:
-                self.lowrank_rank = default_lowrank_rank(self.d_model)
+            self.lowrank_rank = self._default_rank()
         self.validate()
+
+    def _rank_limit(self) -> tuple[int, str]:
+        """The bound a low-rank update's rank must stay under, and its name (architecture.md, Shared DIFF)."""
+        if self.attention == "shared_diff_v2":
+            return self.d_model, "d_model (the width of W_Q)"
+        if self.base_sharing == "branches":
+            return self.d_model // 2, "d_model/2"
+        return self.head_dim, "the head half-dim d"
+
+    def _default_rank(self) -> int:
+        """The rank when none is given: D/16 rounded to a multiple of 8, at least 8 (per-head sharing: d/4); at
+        widths where that is not below the bound (``_rank_limit``), half the bound."""
+        if self.attention == "shared_diff" and self.base_sharing == "heads":
+            rank = max(1, self.head_dim // 4)
+        else:
+            rank = default_lowrank_rank(self.d_model)
+        limit, _ = self._rank_limit()
+        return rank if rank < limit else max(1, limit // 2)
 
     def _shape_ok(self) -> bool:
         if not_an_integer(self.d_model) or not_an_integer(self.n_heads):
@@ -170,19 +185,14 @@ class ModelConfig:
         if self.lowrank_init not in LOWRANK_INIT:
             raise ValueError(f"lowrank_init={self.lowrank_init!r} is not known; use one of {list(LOWRANK_INIT)}")
         r = self.lowrank_rank
-        if self.attention == "shared_diff_v2":
-            limit, what = self.d_model, "d_model (the width of W_Q)"
-        elif self.base_sharing == "branches":
-            limit, what = self.d_model // 2, "d_model/2"
-        else:
-            limit, what = self.head_dim, "the head half-dim d"
+        limit, what = self._rank_limit()
         if not_an_integer(r) or r <= 0 or r >= limit:
-            example = max(1, limit // 4) if self.base_sharing == "heads" else default_lowrank_rank(self.d_model)
             why = " (a rank that large is not low-rank)" if not not_an_integer(r) and r >= limit else ""
             head = f"lowrank_rank={r!r} is {not_an_integer(r)}; it" if not_an_integer(r) else f"lowrank_rank={r!r}"
             raise ValueError(
                 f"{head} must satisfy 0 < lowrank_rank < {what} = {limit} for "
-                f"attention={self.attention!r}, base_sharing={self.base_sharing!r}{why}; e.g. {example}"
+                f"attention={self.attention!r}, base_sharing={self.base_sharing!r}{why}; e.g. {self._default_rank()} "
+                "(the default for this width: leave lowrank_rank unset)"
             )
 
     def to_dict(self) -> dict[str, Any]:

@@ -97,10 +97,11 @@ def qk_formula(config: ModelConfig) -> tuple[str, int]:
     GQA exactly (the key term scales by n_kv_heads / n_heads).
     """
     dm, h, d, kv = config.d_model, config.n_heads, config.head_dim, config.n_kv_heads
+    gqa = kv != h  # the paper's expressions hold without GQA; with it, the key terms carry h_kv/h
     if config.attention == "standard":
         return "D² + D·(D·h_kv/h)", dm * dm + dm * d * kv
     if config.attention == "diff":
-        return "2D² = 4·D·(D/2)", dm * dm + dm * 2 * d * kv
+        return "D² + D·(D·h_kv/h)" if gqa else "2D² = 4·D·(D/2)", dm * dm + dm * 2 * d * kv
     if config.attention == "diff_v2":
         return "2D² + D·(D·h_kv/h)", dm * 2 * h * d + dm * kv * d
     if config.attention == "shared_diff_v2":
@@ -108,11 +109,14 @@ def qk_formula(config: ModelConfig) -> tuple[str, int]:
         return "D² + 4·r·D + D·(D·h_kv/h)", dm * h * d + 2 * r * (dm + h * d) + dm * kv * d
     r = config.lowrank_rank
     if config.base_sharing == "heads":
-        return ("2·D·d + 4·h·r_h·(D + d)", 2 * dm * d + 2 * h * r * (dm + d) + 2 * kv * r * (dm + d))
-    return (
-        "D² + 6·r·D = 2·D·(D/2) + 4·r·(D + D/2)",
-        dm * h * d + dm * kv * d + 2 * r * (dm + h * d) + 2 * r * (dm + kv * d),
+        expression = "2·D·d + 2·(h + h_kv)·r_h·(D + d)" if gqa else "2·D·d + 4·h·r_h·(D + d)"
+        return expression, 2 * dm * d + 2 * h * r * (dm + d) + 2 * kv * r * (dm + d)
+    expression = (
+        "D·(D/2) + D·(D/2)·h_kv/h + 2·r·(D + D/2) + 2·r·(D + (D/2)·h_kv/h)"
+        if gqa
+        else "D² + 6·r·D = 2·D·(D/2) + 4·r·(D + D/2)"
     )
+    return expression, dm * h * d + dm * kv * d + 2 * r * (dm + h * d) + 2 * r * (dm + kv * d)
 
 
 def attention_formula(config: ModelConfig) -> tuple[str, int]:
