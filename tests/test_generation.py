@@ -64,6 +64,47 @@ def test_bad_prompts_are_refused():
         generate(model, [torch.ones(3, dtype=torch.long), torch.ones(0, dtype=torch.long)], 3)
     with pytest.raises(ValueError, match="the prompt is empty"):
         generate(model, torch.ones(2, 0, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match=r"token id 50 is outside the model's vocabulary \[0, 50\)"):
+        generate(model, torch.tensor([[1, 2, 50]]), 3)
+    with pytest.raises(ValueError, match=r"token id -1 is outside"):
+        generate(model, [[1, -1]], 3)
+    with pytest.raises(ValueError, match=r"prompt 1 must be a 1-D tensor or a list of integer token ids"):
+        generate(model, [[1, 2], [3, 4.5]], 3)  # a float would be truncated silently
+    with pytest.raises(ValueError, match=r"prompt 0 must be a 1-D tensor"):
+        generate(model, [torch.ones(2, 2, dtype=torch.long)], 3)
+    with pytest.raises(ValueError, match=r"prompt of shape \(3,\) .*give integer token ids of shape \(B, T\)"):
+        generate(model, torch.ones(3, dtype=torch.long), 3)
+    with pytest.raises(ValueError, match=r"token id 99 is outside .*padded with an id past the vocabulary"):
+        generate(model, [[1, 2], [3]], 3, pad_id=99)  # the model embeds padding positions too
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(max_new_tokens=-1), r"max_new_tokens=-1 must be an integer ≥ 0"),
+        (dict(max_new_tokens=2.0), r"max_new_tokens=2.0 must be an integer"),
+        (dict(temperature=-0.5), r"temperature=-0.5 must be ≥ 0"),
+        (dict(temperature=float("nan")), r"temperature=nan must be ≥ 0"),
+        (dict(top_k=-1), r"top_k=-1 must be ≥ 0 \(0 or None = no top-k filter\)"),
+        (dict(top_p=0.0), r"top_p=0.0 must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p=1.5 must be in \(0, 1\]"),
+    ],
+)
+def test_sampling_options_out_of_range_are_named(options, message):
+    """A negative temperature would sample the least likely tokens; a negative max_new_tokens failed as a cache
+    error: each is refused by name before any work."""
+    model = build_model(ModelConfig(vocab_size=50, max_seq_len=40)).eval()
+    options = {"max_new_tokens": 3} | options
+    with pytest.raises(ValueError, match=message):
+        generate(model, torch.ones(1, 4, dtype=torch.long), **options)
+
+
+def test_list_prompts_of_ints_equal_tensor_prompts(seed):
+    model = build_model(ModelConfig(vocab_size=50, max_seq_len=40)).eval()
+    as_tensors = generate(model, [torch.tensor([1, 2, 3]), torch.tensor([4, 5])], 4, temperature=0)
+    as_lists = generate(model, [[1, 2, 3], [4, 5]], 4, temperature=0)
+    assert all(torch.equal(a, b) for a, b in zip(as_tensors, as_lists, strict=True))
+    assert generate(model, torch.ones(1, 4, dtype=torch.long), 0).shape == (1, 4)  # nothing new to make
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])

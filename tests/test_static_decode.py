@@ -320,12 +320,12 @@ def _host_work(model, decoder: StaticDecoder, prompt: torch.Tensor, new: int) ->
 def test_decode_loop_dispatches_a_few_ops_and_syncs_every_8_steps():
     """Per token, around the decode step: the sampling (argmax) and the copy into the step's input buffer, plus
     the stop check every 8 steps and the final fill/trim amortised (≤ 4 ops per token over 32 tokens); host
-    syncs: the 4 stop checks and the final trim, 5 / 32 per token. A per-step sync or per-step bookkeeping op
-    (a position, a mask, a cache index, a per-step "all finished") would break these bounds."""
+    syncs: the prompt's token-id check, the 4 stop checks and the final trim, 6 / 32 per token. A per-step sync or
+    per-step bookkeeping op (a position, a mask, a cache index, a per-step "all finished") would break these bounds."""
     torch.manual_seed(0)
     model = build_model(ModelConfig.from_preset("transformer-tiny")).eval()
     ops, syncs = _host_work(model, StaticDecoder(model, max_len=64), torch.randint(0, 512, (2, 9)), 32)
-    assert syncs == 5 / 32
+    assert syncs == 6 / 32
     assert 2 <= ops <= 4
 
 

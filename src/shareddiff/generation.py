@@ -61,9 +61,14 @@ def generate(
     calls to reuse its compiled step); ``compile=True`` builds a compiled ``StaticDecoder`` for this call,
     its cache rounded up to a multiple of ``STATIC_LEN_STEP`` positions so that calls of similar lengths
     reuse the compiled code. Raises ``ValueError`` for an empty prompt, a prompt that does not fit
-    ``max_seq_len`` (or the decoder's ``max_len``), or a mask with padding anywhere but on the left.
+    ``max_seq_len`` (or the decoder's ``max_len``), token ids outside [0, vocab_size), a mask with padding
+    anywhere but on the left, and sampling options out of range (``max_new_tokens`` < 0, ``temperature`` < 0,
+    ``top_k`` < 0 with 0 = no filter, ``top_p`` outside (0, 1] with 1 = no filter). A list prompt's items may be
+    1-D tensors or lists of ints.
     """
+    check_sampling_options(max_new_tokens, temperature, top_k, top_p)
     if not isinstance(prompt, Tensor):
+        prompt = [_as_token_row(p, i, model) for i, p in enumerate(prompt)]
         empty = [i for i, p in enumerate(prompt) if len(p) == 0]
         if empty:
             raise ValueError(f"prompt(s) {empty} are empty; give at least one token each")
@@ -82,8 +87,14 @@ def generate(
             decoder=decoder,
         )
         return [row[ids.shape[1] - len(p) :] for row, p in zip(out, prompt, strict=True)]
+    if prompt.dim() != 2 or prompt.dtype not in (torch.long, torch.int32, torch.int64):
+        raise ValueError(
+            f"prompt of shape {tuple(prompt.shape)} and dtype {prompt.dtype}: give integer token ids of shape "
+            "(B, T), or a list of 1-D prompts"
+        )
     if prompt.shape[1] == 0:
         raise ValueError("the prompt is empty; give at least one token")
+    check_token_ids(prompt, model.config.vocab_size)
     total = prompt.shape[1] + max_new_tokens
     if total > model.config.max_seq_len:
         raise ValueError(
@@ -109,6 +120,48 @@ def generate(
     sample = partial(next_token, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
     new = decode_tokens(logits, step, max_new_tokens, sample, eos_ids, eos_id)
     return torch.cat([prompt, new], dim=1)
+
+
+def check_sampling_options(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    """Raises ``ValueError`` naming the option for a ``max_new_tokens`` that is not an integer ≥ 0, a ``temperature``
+    below 0 (or NaN), a ``top_k`` below 0 (0: no filter) or a ``top_p`` outside (0, 1] (1: no filter)."""
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer ≥ 0")
+    if not temperature >= 0:
+        raise ValueError(f"temperature={temperature!r} must be ≥ 0 (0 = greedy; 1 = the model's own distribution)")
+    if top_k is not None and not top_k >= 0:
+        raise ValueError(f"top_k={top_k!r} must be ≥ 0 (0 or None = no top-k filter)")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p!r} must be in (0, 1] (1 or None = no nucleus filter)")
+
+
+def check_token_ids(ids: Tensor, vocab_size: int) -> None:
+    """Raises ``ValueError`` naming the first token id outside [0, ``vocab_size``) (padding included: the model
+    embeds every position); one device synchronisation."""
+    outside = (ids < 0) | (ids >= vocab_size)
+    if outside.any():
+        bad = ids[outside][0].item()
+        raise ValueError(
+            f"token id {bad} is outside the model's vocabulary [0, {vocab_size}): was the prompt encoded with "
+            "another tokenizer (or padded with an id past the vocabulary)? Encode it with the tokenizer the model "
+            "was trained with"
+        )
+
+
+def _as_token_row(prompt, index: int, model: LanguageModel) -> Tensor:
+    """One prompt of a list as a 1-D tensor of token ids on the model's device (a tensor, or a list of ints)."""
+    if isinstance(prompt, Tensor):
+        row = prompt
+    else:
+        try:
+            row = torch.as_tensor(prompt, device=model.tok_embeddings.weight.device)
+        except (TypeError, ValueError, RuntimeError):
+            row = None
+        if row is not None and row.numel() == 0:  # [] reads as float32: an empty prompt, refused by the caller
+            row = row.long()
+    if row is None or row.dim() != 1 or row.is_floating_point() or row.is_complex() or row.dtype == torch.bool:
+        raise ValueError(f"prompt {index} must be a 1-D tensor or a list of integer token ids, got {prompt!r:.80}")
+    return row
 
 
 def static_cache_len(total: int, max_seq_len: int) -> int:
