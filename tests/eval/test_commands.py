@@ -145,3 +145,25 @@ def test_default_lengths_fit_the_context():
         "note: the model's context is 256 tokens, below 1K: testing at length 210, the longest that leaves room "
         "for the answers (46 positions)"
     )
+
+
+def test_attention_line_gives_v2_lambda_at_the_predicting_token(monkeypatch, tmp_path):
+    """V2 has no λ per layer ("lambdas" all None); the line reports its per-token λ at the predicting row by
+    layer, the mean over depths of what attention_eval recorded; DIFF keeps "λ by layer"."""
+    from shareddiff.eval import commands
+
+    def fake(lambdas, per_row):
+        rows = [
+            {"depth": d, "answer": 0.5, "noise": 0.1, "question": 0.2, "layers": [{"lambda": x} for x in lams]}
+            for d, lams in per_row
+        ]
+        return {"lambdas": lambdas, "rows": rows}
+
+    v2 = fake([None, None], [(0.0, [0.2, 0.6]), (1.0, [0.4, 0.8])])
+    monkeypatch.setattr(commands, "attention_results", lambda *a, **k: v2)
+    line = commands.run_attention(str(tmp_path))
+    assert "λ at the predicting token by layer (per token in V2; mean over heads, samples, depths): 0.300, 0.700" in (
+        line
+    )
+    monkeypatch.setattr(commands, "attention_results", lambda *a, **k: fake([0.7, 0.9], [(0.0, [0.7, 0.9])]))
+    assert "λ by layer: 0.700, 0.900" in commands.run_attention(str(tmp_path))

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from shareddiff.config import ModelConfig
 from shareddiff.layers import apply_rope, init_weight, project_inputs
-from shareddiff.ops import differential_v2_attention, eager_differential_v2_attention, softmax_backends
+from shareddiff.ops import differential_v2_attention, eager_differential_v2_pair_maps, softmax_backends
 from shareddiff.precision import compute_dtype
 
 
@@ -38,7 +38,7 @@ class PairedDifferentialAttention(nn.Module):
         self.lambda_proj = nn.Linear(d_model, config.n_heads, bias=False)  # W_λ: X → one λ logit per head
         self.backend = "auto"
         self.fuse_projections = True  # one GEMM for every projection of X (project_inputs)
-        self.recorder: list | None = None  # set to a list to collect (A_2i − λ_i·A_2i+1,) (eager, analysis only)
+        self.recorder: list | None = None  # set to a list to collect (A_2i, A_2i+1, λ) (eager, analysis only)
 
     def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Q: (B, N, 2h, d), pairs (2i, 2i+1); K, V: (B, N, h_kv, d); λ logits X·W_λ: (B, N, h)."""
@@ -62,8 +62,8 @@ class PairedDifferentialAttention(nn.Module):
         compute = compute_dtype(lam_logits.dtype)  # float32, or float64 for a float64 model
         lam = torch.sigmoid(lam_logits.to(compute)).transpose(1, 2)  # (B, h, N)
         if self.recorder is not None:
-            out, maps = eager_differential_v2_attention(q, k, v, lam, causal=mask is None, mask=mask)
-            self.recorder.append((maps.detach(),))  # (B, h, N, N_k): λ depends on the token, the map is net
+            out, first, second = eager_differential_v2_pair_maps(q, k, v, lam, causal=mask is None, mask=mask)
+            self.recorder.append((first.detach(), second.detach(), lam.detach()))  # maps (B, h, N, N_k); λ (B, h, N)
         else:
             out = differential_v2_attention(q, k, v, lam, mask is None, self.backend, mask)  # (B, h, N, d)
         return self.wo(out.transpose(1, 2).reshape(b, n, -1))

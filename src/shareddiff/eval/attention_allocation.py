@@ -11,6 +11,10 @@ averaged over heads, layers and samples. Per layer, the same sums without normal
 on their own (softmax maps: each sums to 1 over the row) and for A1 − λ·A2 (which sums to 1 − λ),
 and λ itself: the net context mass (answer + noise) of a layer is (1 − λ) − (its net question mass), so
 a negative one comes from λ > 1, from net weight on the question tokens, or both.
+
+The V2 variants (DIFF V2, Shared DIFF V2) subtract head 2i+1's softmax map from head 2i's with a λ of each
+head and query token: A = A_2i − λ_i(t)·A_2i+1. Their A1 and A2 are A_2i and A_2i+1, and the layer's λ is
+λ_i(t) at the predicting row, averaged over heads (and samples): still in (0, 1), and the net row sums to 1 − λ.
 """
 
 from __future__ import annotations
@@ -30,8 +34,8 @@ BUCKETS = ("answer", "noise", "question")
 @contextlib.contextmanager
 def recording(model):
     """Collect every layer's attention maps (eager path) during the forwards inside the block: one tuple
-    per layer and forward, (A1, A2) for the differential variants, (softmax map,) for ``standard``,
-    each (B, h, N, N_k)."""
+    per layer and forward, (A1, A2) for DIFF and Shared DIFF, (A_2i, A_2i+1, λ) for the V2 variants (λ of
+    each head and query, (B, h, N)), (softmax map,) for ``standard``; maps (B, h, N, N_k)."""
     maps: list[tuple[Tensor, ...]] = []
     attentions = [block.attention for block in model.layers]
     for att in attentions:
@@ -56,14 +60,20 @@ def attention_mass(
 ) -> dict:
     """The three buckets of query ``row`` (keys [0, row]), averaged over layers and heads, and per layer.
 
-    ``layers``: per layer (A1, A2) with its λ (differential) or (A,) with λ None (softmax), each map
-    (h, N, N); ``answer``: the answer needle's token span; ``context_end``: where the question starts.
-    Returns {"answer", "noise", "question", "total", "layers": [...]}, see the module docstring.
+    ``layers``: per layer (A1, A2) with its λ (DIFF, Shared DIFF), (A_2i, A_2i+1, λ (h, N)) with λ None (the V2
+    variants: λ per head and query, read at ``row``) or (A,) with λ None (softmax), each map (h, N, N);
+    ``answer``: the answer needle's token span; ``context_end``: where the question starts.
+    Returns {"answer", "noise", "question", "total", "layers": [...]}, see the module docstring; a V2 layer's
+    "lambda" is its λ at ``row`` averaged over heads.
     """
     normalised, per_layer = [], []
     for maps, lam in zip(layers, lambdas, strict=True):
-        rows = [m[:, row, : row + 1].double() for m in maps]  # (h, keys)
-        net = rows[0] if lam is None else rows[0] - lam * rows[1]
+        rows = [m[:, row, : row + 1].double() for m in maps[:2]]  # (h, keys)
+        if len(maps) == 3:  # V2: λ of each head at this query
+            lam_h = maps[2][:, row].double()[:, None]  # (h, 1)
+            net, lam = rows[0] - lam_h * rows[1], float(lam_h.mean())
+        else:
+            net = rows[0] if lam is None else rows[0] - lam * rows[1]
         norm = net.abs().sum(-1, keepdim=True).clamp_min(1e-30)
         normalised.append(bucket_sums(net / norm, answer, context_end).mean(0))  # (3,) over heads
         layer = {"lambda": lam, "net": _named(bucket_sums(net, answer, context_end).mean(0))}
@@ -75,6 +85,14 @@ def attention_mass(
     return {**_named(mean), "total": float(mean.sum()), "layers": per_layer}
 
 
+def _net_map(maps: tuple[Tensor, ...], lam: float | None) -> Tensor:
+    """A layer's head maps (h, N, N_k) from its recorded tuple (see ``recording``): A, A1 − λ·A2, or V2's
+    A_2i − λ_i(t)·A_2i+1 with λ of each head and query row."""
+    if len(maps) == 3:
+        return maps[0] - maps[2][..., None] * maps[1]
+    return maps[0] if lam is None else maps[0] - lam * maps[1]
+
+
 def _named(sums: Tensor) -> dict[str, float]:
     return {name: float(value) for name, value in zip(BUCKETS, sums.tolist(), strict=True)}
 
@@ -83,7 +101,8 @@ def _mean_layers(samples: list[list[dict]]) -> list[dict]:
     """Per layer, the mean over samples of every number of ``attention_mass``'s layer records."""
     out = []
     for records in zip(*samples, strict=True):
-        layer = {"lambda": records[0]["lambda"]}  # λ does not depend on the input
+        lams = [r["lambda"] for r in records]  # DIFF's λ does not depend on the input; V2's does (its mean)
+        layer = {"lambda": lams[0] if lams[0] is None or len(set(lams)) == 1 else float(np.mean(lams))}
         for part in ("net", "a1", "a2"):
             if part in records[0]:
                 layer[part] = {b: float(np.mean([r[part][b] for r in records])) for b in BUCKETS}
@@ -119,7 +138,7 @@ def attention_eval(
                 )
             )
             if not example and depth == depths[len(depths) // 2]:
-                nets = [m[0] if lam is None else m[0] - lam * m[1] for m, lam in zip(per_layer, lambdas, strict=True)]
+                nets = [_net_map(m, lam) for m, lam in zip(per_layer, lambdas, strict=True)]
                 example = {"map": torch.stack(nets).mean(dim=(0, 1)), "answer": sample.answer_span(), "depth": depth}
         rows.append(
             {

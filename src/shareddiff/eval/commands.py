@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -259,7 +260,12 @@ def run_attention(
         f"{r['depth']:.0%}: {r['answer']:.3f}/{r['noise']:.3f}/{r['question']:.3f}" for r in result["rows"]
     )
     lambdas = ", ".join("—" if lam is None else f"{lam:.3f}" for lam in result["lambdas"])
-    line = f"answer/noise/question mass by depth: {rows}; λ by layer: {lambdas} → "
+    label = "λ by layer"
+    layer_lambdas = [[layer["lambda"] for layer in r["layers"]] for r in result["rows"]]
+    if all(lam is None for lam in result["lambdas"]) and all(x is not None for row in layer_lambdas for x in row):
+        label = "λ at the predicting token by layer (per token in V2; mean over heads, samples, depths)"
+        lambdas = ", ".join(f"{statistics.fmean(layer):.3f}" for layer in zip(*layer_lambdas, strict=True))
+    line = f"answer/noise/question mass by depth: {rows}; {label}: {lambdas} → "
     line += str(output_dir(checkpoint, out) / "attention.json")
     return f"{result['note']}\n{line}" if result.get("note") else line
 

@@ -11,7 +11,11 @@ from shareddiff.ops.differential import (
     resolve_backend,
     sdpa_differential_attention,
 )
-from shareddiff.ops.differential_v2 import differential_v2_attention, eager_differential_v2_attention
+from shareddiff.ops.differential_v2 import (
+    differential_v2_attention,
+    eager_differential_v2_attention,
+    eager_differential_v2_pair_maps,
+)
 from shareddiff.ops.softmax import eager_softmax_attention, softmax_attention
 
 with contextlib.suppress(ImportError):  # the fused kernel registers itself as "triton" where Triton exists
@@ -25,6 +29,7 @@ __all__ = [
     "differential_v2_attention",
     "eager_differential_attention",
     "eager_differential_v2_attention",
+    "eager_differential_v2_pair_maps",
     "eager_softmax_attention",
     "register_backend",
     "resolve_backend",

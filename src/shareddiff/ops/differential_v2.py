@@ -66,3 +66,14 @@ def eager_differential_v2_attention(
     _check_shapes(q, k, v, lam)
     out, maps = eager_softmax_attention(q, k, v, causal, mask)
     return _pair_difference(out, lam), _pair_difference(maps, lam)
+
+
+def eager_differential_v2_pair_maps(
+    q: Tensor, k: Tensor, v: Tensor, lam: Tensor, causal: bool = True, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Reference path returning ``(out, A_first, A_second)``: the output and each pair's two softmax maps
+    A_{2i}, A_{2i+1} (B, h, N, N_k), whose difference A_{2i} − λ_i ⊙ A_{2i+1} (λ per query row) is the head's
+    map (``eager_differential_v2_attention``). For the attention-mass analysis (eval ``attention``)."""
+    _check_shapes(q, k, v, lam)
+    out, maps = eager_softmax_attention(q, k, v, causal, mask)
+    return _pair_difference(out, lam), maps[:, 0::2], maps[:, 1::2]
