@@ -20,12 +20,12 @@
 #   OUT=/path/to/results bash benchmarks/kernel_plan.sh      # default OUT: benchmarks/results
 #   SMOKE=1 OUT=/tmp/smoke bash benchmarks/kernel_plan.sh    # the same plan on the CPU interpreter, tiny shapes
 #   DRY=1 bash benchmarks/kernel_plan.sh                     # print each step's command, run none
-# MODES="split tma" narrows the modes (default: all six).
+# MODES="split tma" narrows the modes (default: all seven, poly included).
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
-read -r -a MODES <<<"${MODES:-split atomic reduce tma vsplit maps}"
+read -r -a MODES <<<"${MODES:-split atomic reduce tma vsplit maps poly}"
 NCU_MODES=(split atomic tma reduce)
 SIZES=(8192x64 8192x128 16384x64 16384x128)
 SMOKE_ARGS=()
