@@ -1,6 +1,7 @@
 """Sampling: cache-based generation against a naive loop, padded batches against each prompt alone, and the
 top-k / top-p filters by hand."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -105,6 +106,7 @@ def test_list_prompts_of_ints_equal_tensor_prompts(seed):
     as_lists = generate(model, [[1, 2, 3], [4, 5]], 4, temperature=0)
     assert all(torch.equal(a, b) for a, b in zip(as_tensors, as_lists, strict=True))
     assert generate(model, torch.ones(1, 4, dtype=torch.long), 0).shape == (1, 4)  # nothing new to make
+    assert generate(model, torch.ones(1, 4, dtype=torch.long), np.int64(2)).shape == (1, 6)  # any integral type
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float64])

@@ -3,6 +3,7 @@ eager, or through a ``StaticDecoder`` whose decode step is compiled."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -125,7 +126,7 @@ def generate(
 def check_sampling_options(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
     """Raises ``ValueError`` naming the option for a ``max_new_tokens`` that is not an integer ≥ 0, a ``temperature``
     below 0 (or NaN), a ``top_k`` below 0 (0: no filter) or a ``top_p`` outside (0, 1] (1: no filter)."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, numbers.Integral) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens={max_new_tokens!r} must be an integer ≥ 0")
     if not temperature >= 0:
         raise ValueError(f"temperature={temperature!r} must be ≥ 0 (0 = greedy; 1 = the model's own distribution)")
