@@ -88,7 +88,7 @@ def generate(
             decoder=decoder,
         )
         return [row[ids.shape[1] - len(p) :] for row, p in zip(out, prompt, strict=True)]
-    if prompt.dim() != 2 or prompt.dtype not in (torch.long, torch.int32, torch.int64):
+    if prompt.dim() != 2 or prompt.dtype not in (torch.int64, torch.int32):
         raise ValueError(
             f"prompt of shape {tuple(prompt.shape)} and dtype {prompt.dtype}: give integer token ids of shape "
             "(B, T), or a list of 1-D prompts"

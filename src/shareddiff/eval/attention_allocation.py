@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -68,12 +69,10 @@ def attention_mass(
     """
     normalised, per_layer = [], []
     for maps, lam in zip(layers, lambdas, strict=True):
-        rows = [m[:, row, : row + 1].double() for m in maps[:2]]  # (h, keys)
-        if len(maps) == 3:  # V2: λ of each head at this query
-            lam_h = maps[2][:, row].double()[:, None]  # (h, 1)
-            net, lam = rows[0] - lam_h * rows[1], float(lam_h.mean())
-        else:
-            net = rows[0] if lam is None else rows[0] - lam * rows[1]
+        rows = [m[:, row, : row + 1].double() for m in maps[:2]] + [m[:, row].double() for m in maps[2:]]  # (h, ·)
+        net = _net_map(rows, lam)  # (h, keys)
+        if len(maps) == 3:  # V2: λ of each head at this query, averaged over heads
+            lam = float(rows[2].mean())
         norm = net.abs().sum(-1, keepdim=True).clamp_min(1e-30)
         normalised.append(bucket_sums(net / norm, answer, context_end).mean(0))  # (3,) over heads
         layer = {"lambda": lam, "net": _named(bucket_sums(net, answer, context_end).mean(0))}
@@ -85,9 +84,9 @@ def attention_mass(
     return {**_named(mean), "total": float(mean.sum()), "layers": per_layer}
 
 
-def _net_map(maps: tuple[Tensor, ...], lam: float | None) -> Tensor:
-    """A layer's head maps (h, N, N_k) from its recorded tuple (see ``recording``): A, A1 − λ·A2, or V2's
-    A_2i − λ_i(t)·A_2i+1 with λ of each head and query row."""
+def _net_map(maps: Sequence[Tensor], lam: float | None) -> Tensor:
+    """A layer's head maps (h, N, N_k), or one query's rows (h, N_k), from its recorded tuple (see ``recording``;
+    V2's λ (h, N) or (h,) to match): A, A1 − λ·A2, or V2's A_2i − λ_i(t)·A_2i+1 with λ of each head and query."""
     if len(maps) == 3:
         return maps[0] - maps[2][..., None] * maps[1]
     return maps[0] if lam is None else maps[0] - lam * maps[1]

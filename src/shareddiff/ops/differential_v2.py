@@ -63,9 +63,8 @@ def eager_differential_v2_attention(
 ) -> tuple[Tensor, Tensor]:
     """Reference path returning ``(out, M)`` with the differential maps M_i = A_{2i} − λ_i ⊙ A_{2i+1}:
     (B, h, N, N_k) in the maps' float32 (float64 for float64 inputs), λ applied per query row."""
-    _check_shapes(q, k, v, lam)
-    out, maps = eager_softmax_attention(q, k, v, causal, mask)
-    return _pair_difference(out, lam), _pair_difference(maps, lam)
+    out, first, second = eager_differential_v2_pair_maps(q, k, v, lam, causal, mask)
+    return out, first - lam.unsqueeze(-1).to(first.dtype) * second
 
 
 def eager_differential_v2_pair_maps(

@@ -694,6 +694,11 @@ _PARAMETERS = {
 }  # fmt: skip
 
 
+def _poly(settings: KernelSettings, dtype: torch.dtype) -> bool:
+    """Whether map 2's exponentials run on the FMA units (``exp2="poly"``): never for float32, the exactness path."""
+    return settings.exp2 == "poly" and dtype != torch.float32
+
+
 def _pick(kernel: str, values: dict) -> dict:
     """The entries of ``values`` that are parameters of the kernel named ``kernel`` (a key of ``_PARAMETERS``)."""
     return {name: values[name] for name in _PARAMETERS[kernel] if name in values}
@@ -736,10 +741,10 @@ class _FusedDifferentialAttentionFunction(torch.autograd.Function):
         else:
             programs = 2 if settings.forward == "vsplit" else 1
             grid = (triton.cdiv(n, blocks.bm), b * h, programs)
-            poly = settings.exp2 == "poly" and q1.dtype != torch.float32
             _fwd_kernel[grid](
-                **_pick("fwd", values), **flags, VW=2 * d // programs, POLY=poly, **blocks.launch(INTERPRET)
-            )
+                **_pick("fwd", values), **flags, VW=2 * d // programs, POLY=_poly(settings, q1.dtype),
+                **blocks.launch(INTERPRET),
+            )  # fmt: skip
         ctx.save_for_backward(q1, q2, k1, k2, v, lam, o1, o2, lse1, lse2)
         ctx.causal = causal
         ctx.settings = settings
@@ -776,7 +781,7 @@ class _FusedDifferentialAttentionFunction(torch.autograd.Function):
             "scale_log2": LOG2E / math.sqrt(d), "sm_scale": 1.0 / math.sqrt(d),
         }  # fmt: skip
         flags = {"D": d, "CAUSAL": ctx.causal, "IEEE": q1.dtype == torch.float32, "SPLIT": split_tiles(q1.dtype)}
-        flags |= blocks.launch(INTERPRET) | {"POLY": settings.exp2 == "poly" and q1.dtype != torch.float32}
+        flags |= blocks.launch(INTERPRET) | {"POLY": _poly(settings, q1.dtype)}
         n_kb = triton.cdiv(n_k, blocks.bn)
 
         def key_blocks(first: int, count: int, dq1, dq2) -> None:
