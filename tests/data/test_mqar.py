@@ -77,14 +77,16 @@ def test_updates_really_overwrite(seed):
 
 
 def test_query_slots_follow_the_power_law(seed):
-    """power_a = 0.01 puts most queries in the first slots; power_a = 1 spreads them evenly."""
+    """power_a = 0.01 puts most queries in the first slots; power_a = 1 spreads them evenly. The share in the first
+    10 % of slots over 200 seeds: 0.586 ± 0.028 (0.01) and 0.098 ± 0.019 (1; 25/252 = 0.099 expected); the bounds
+    sit 6 standard deviations out (0.5 and 0.03 were 3.1 and 3.6: seed 1325856901 gave 0.492)."""
     near = {}
     for power in (0.01, 1.0):
         config = MQARConfig(vocab_size=1024, pairs=4, power_a=power)
         _, targets = mqar_batch(config, 512, 64, torch.Generator().manual_seed(seed))
         slots = ((targets != IGNORE).nonzero()[:, 1] - 8) // 2
         near[power] = (slots < 25).float().mean().item()  # the first 10 % of the 252 slots
-    assert near[0.01] > 0.5 and 0.03 < near[1.0] < 0.25
+    assert near[0.01] > 0.41 and near[1.0] < 0.21
 
 
 def test_seeded_and_independent_of_the_process_count(seed):
