@@ -44,6 +44,10 @@ MODES = {  # every dQ mode and every forward mode; "reduce, chunks": one key blo
     "reduce, chunks/fused": {"dq": "reduce", "forward": "fused", "dq_chunk": 1},
     "tma/maps": {"dq": "tma", "forward": "maps"},
 }
+POLY_MODES = {  # exp2="poly" (map 2's exponentials on the FMA units; half precision only) in two kernel paths
+    "split/fused, poly": {"exp2": "poly"},
+    "atomic/vsplit, poly": {"exp2": "poly", "dq": "atomic", "forward": "vsplit"},
+}
 
 
 @pytest.fixture(autouse=True)
@@ -120,12 +124,12 @@ def test_kernel_float16(seed, mode):
     check_against_float64(inputs, True, 5e-3, 1e-2, **MODES[mode])
 
 
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, *POLY_MODES])
 def test_single_key_query_gradient_is_zero_in_half_precision(seed, mode):
     """With one key both maps are 1, so dQ is exactly 0: the backward's δ comes from the stored O1 and
     O2 (not from out + λ·O2, whose rounding left 2.7e-2 in bf16 on the GPU, 5e-6 relative here)."""
     inputs = [t.half().requires_grad_(True) for t in make_inputs(1, 2, 2, 1, 1, 32, ())]
-    out = triton_differential_attention(*inputs, **MODES[mode])
+    out = triton_differential_attention(*inputs, **{**MODES, **POLY_MODES}[mode])
     grad = torch.randn_like(out)
     out.backward(grad)
     scale = grad.float().norm() * inputs[4].float().norm()
@@ -156,12 +160,16 @@ def test_exp2_on_the_fma_units_matches_float64(seed):
     assert (y[~inside] == 0).all()
 
 
-@pytest.mark.parametrize("options", [{"exp2": "poly"}, {"exp2": "poly", "dq": "atomic", "forward": "vsplit"}])
-def test_poly_exp2_float16_matches_float64(seed, options):
+@pytest.mark.parametrize(
+    "shape", [(1, 4, 2, 33, 33, 32), SHAPES[0], SHAPES[5]], ids=["odd N, GQA", "single key", "GQA after a cache"]
+)
+@pytest.mark.parametrize("mode", POLY_MODES)
+def test_poly_exp2_float16_matches_float64(seed, shape, mode):
     """Map 2's exponentials on the FMA units, forward and every gradient (the key-block backward and the dQ
-    kernel; the atomic dQ with the V-split forward), odd N, GQA, per-head λ: float16's tolerances."""
-    inputs = [t.half() for t in make_inputs(1, 4, 2, 33, 33, 32, (4,))]
-    check_against_float64(inputs, True, 5e-3, 1e-2, **options)
+    kernel; the atomic dQ with the V-split forward), odd N, GQA, a single key, queries after a cache,
+    per-head λ: float16's tolerances."""
+    inputs = [t.half() for t in make_inputs(*shape, (shape[1],))]
+    check_against_float64(inputs, True, 5e-3, 1e-2, **POLY_MODES[mode])
 
 
 def test_poly_exp2_runs_in_half_precision_only(seed):
