@@ -254,6 +254,49 @@ def test_no_run_starts_afresh_past_start_by(tmp_path, tiny_data, tiny_tokenizer,
         reproduce(str(exp), out=str(out), progress=False, start_by=-1)
 
 
+def test_parallel_runs_out_of_gpu_memory_are_named_with_the_fix(
+    tmp_path, tiny_data, tiny_tokenizer, monkeypatch, caplog
+):
+    """A run whose launch ends in a CUDA out-of-memory error is named as such, with the number of runs that
+    shared the device and the fix (fewer --jobs); an out-of-memory error left in its log by an earlier launch
+    does not count for a later failure of another cause."""
+    import subprocess
+
+    exp = _tiny_experiment(tmp_path, tiny_data, tiny_tokenizer)
+    out = tmp_path / "out"
+    earlier = out / "tiny" / "transformer-s2" / "reproduce.log"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 128.00 MiB\n")
+    oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 1024.00 MiB. GPU 0 has ...\n"
+
+    def fake_run(cmd, stdout, **kwargs):
+        name = cmd[cmd.index("--run") + 1]
+        if name == "transformer-s1":
+            stdout.write(f"Traceback (most recent call last):\n{oom}")
+            return subprocess.CompletedProcess(cmd, 1)
+        if name == "transformer-s2":
+            stdout.write("ValueError: something else\n")
+            return subprocess.CompletedProcess(cmd, 1)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    caplog.set_level("INFO")
+    with pytest.raises(ValueError) as info:
+        reproduce(str(exp), out=str(out), progress=False, summary=False, jobs=3)
+    message = str(info.value)
+    assert (
+        "runs ['transformer-s1', 'transformer-s2'] failed; 1 of them ran out of GPU memory (transformer-s1)" in message
+    )
+    assert "with up to 3 runs sharing a device: run again with fewer --jobs" in message
+    assert "transformer-s1: failed (exit 1)" in caplog.text and "out of GPU memory, with up to 3 runs" in caplog.text
+    assert "transformer-s2: failed (exit 1), see" in caplog.text
+    assert "transformer-s2: failed (exit 1), see " + str(earlier) + ": out of" not in caplog.text
+    from shareddiff.repro.runner import ran_out_of_memory
+
+    assert ran_out_of_memory(earlier) and not ran_out_of_memory(earlier, earlier.stat().st_size - 5)
+    assert not ran_out_of_memory(tmp_path / "missing.log")
+
+
 def test_finished_runs_need_no_data(tmp_path, tiny_data, tiny_tokenizer):
     """Rerunning a finished experiment where its data is absent (e.g. a fresh clone) only rewrites the summary."""
     copy = tmp_path / "data-copy"

@@ -286,26 +286,52 @@ def run_parallel(
         if too_late is not None and too_late(spec):
             slots.put(gpu)
             return spec.name, None
-        env = {**os.environ, CONCURRENT_ENV: str(jobs if gpu is None else -(-jobs // gpus))}
+        sharing = jobs if gpu is None else -(-jobs // gpus)  # runs at once on this run's device
+        env = {**os.environ, CONCURRENT_ENV: str(sharing)}
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
+        log_path = run_dir / "reproduce.log"
         try:
-            with (run_dir / "reproduce.log").open("a") as f:
+            with log_path.open("a") as f:
+                start = f.tell()
                 code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
         finally:
             slots.put(gpu)
-        outcome = "finished" if code == 0 else f"failed (exit {code}), see {run_dir}/reproduce.log"
+        outcome = "finished" if code == 0 else f"failed (exit {code}), see {log_path}"
+        if code not in (0, None) and ran_out_of_memory(log_path, start):
+            out_of_memory.append(spec.name)
+            outcome += f": out of GPU memory, with up to {sharing} runs sharing the device"
         log.info("%s/%s: %s", exp.name, spec.name, outcome)
         return spec.name, code
 
+    out_of_memory: list[str] = []
     with ThreadPoolExecutor(jobs) as pool:
         codes = list(pool.map(launch, specs))
     failed = [n for n, code in codes if code not in (0, None)]
     if failed:
+        hint = ""
+        if out_of_memory:
+            hint = (
+                f"; {len(out_of_memory)} of them ran out of GPU memory ({', '.join(out_of_memory)}) with up to "
+                f"{jobs if gpus <= 1 else -(-jobs // gpus)} runs sharing a device: run again with fewer --jobs"
+            )
         raise ValueError(
-            f"runs {failed} failed; see their reproduce.log, then run the same command again to resume them"
+            f"runs {failed} failed{hint}; see their reproduce.log, then run the same command again to resume them "
+            "(each from its last checkpoint)"
         )
     return [n for n, code in codes if code is None]
+
+
+def ran_out_of_memory(log_path: Path, start: int = 0) -> bool:
+    """Whether the part of a run's log from byte ``start`` on (one launch's output) ends in a CUDA out-of-memory
+    error (``torch.OutOfMemoryError``, or the allocator's "CUDA out of memory" message)."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(max(start, log_path.stat().st_size - (1 << 16)))  # the traceback is at the end
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return False
+    return "OutOfMemoryError" in tail or "CUDA out of memory" in tail
 
 
 def describe_runs(exp: Experiment, out: Path = DEFAULT_OUT, runs: list[str] | None = None) -> str:
