@@ -408,13 +408,22 @@ def test_summary_averages_the_seeds_of_a_learning_rate():
     """``lrs`` holds each rate's mean final accuracy over its seeds, ``lr_seeds`` their number; the best run
     stays one run."""
     runs = [
-        run_row("diff", 64, 1e-3, [(100, 0.5)]),
-        run_row("diff", 64, 1e-3, [(100, 1.0)]),  # the second seed of 1e-3
-        run_row("diff", 64, 3e-3, [(100, 0.8)]),
+        run_row("diff", 64, 1e-3, [(100, 1.0)]) | {"run": "diff-lr0.001-s2"},  # listed before seed 1
+        run_row("diff", 64, 1e-3, [(100, 0.5)]) | {"run": "diff-lr0.001-s1"},
+        run_row("diff", 64, 3e-3, [(100, 0.8)]) | {"run": "diff-lr0.003-s1"},
     ]
-    (cell,) = mqar_summary(runs)["cells"]
+    summary = mqar_summary(runs)
+    (cell,) = summary["cells"]
     assert cell["lrs"] == {"0.001": 0.75, "0.003": 0.8} and cell["lr_seeds"] == {"0.001": 2, "0.003": 1}
+    assert cell["lr_runs"] == {"0.001": [0.5, 1.0], "0.003": [0.8]}  # in seed order
     assert (cell["accuracy"], cell["lr"]) == (1.0, 1e-3)
+    from shareddiff.repro.summary import _mqar_lines
+
+    line = [line for line in _mqar_lines(summary) if line.startswith("| 64 | 4 | DIFF | 64 |")][-1]  # per width
+    assert line.endswith("| 0.001: 0.75 (0.50, 1.00), 0.003: 0.80 |")
+    del cell["lr_runs"]  # a summary written before the seeds were kept: the means alone
+    line = [line for line in _mqar_lines(summary) if line.startswith("| 64 | 4 | DIFF | 64 |")][-1]
+    assert line.endswith("| 0.001: 0.75, 0.003: 0.80 |")
 
 
 def test_rates_plot_has_a_panel_per_cell_and_variant_counting_the_solved_settings(tmp_path, saved_figures):

@@ -121,14 +121,16 @@ def _best_entry(group: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _by_rate(group: list[dict[str, Any]]) -> dict[str, dict[str, float | int]]:
     """Each learning rate's final accuracy over its runs (the seeds of one setting): ``lrs`` the mean,
-    ``lr_seeds`` how many runs, both keyed by the rate as ``f"{lr:g}"`` in increasing order."""
+    ``lr_seeds`` how many runs, ``lr_runs`` each run's (in the order of the run names: seed 1, 2, ...), all
+    keyed by the rate as ``f"{lr:g}"`` in increasing order."""
     accuracies: dict[float, list[float]] = {}
-    for run in group:
+    for run in sorted(group, key=lambda r: r.get("run", "")):
         accuracies.setdefault(run["lr"], []).append(run["accuracy"])
     rates = sorted(accuracies.items())
     return {
         "lrs": {f"{lr:g}": statistics.fmean(values) for lr, values in rates},
         "lr_seeds": {f"{lr:g}": len(values) for lr, values in rates},
+        "lr_runs": {f"{lr:g}": values for lr, values in rates},
     }
 
 
@@ -139,7 +141,8 @@ def mqar_summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
     The best run is the one of highest final accuracy (ties: the one that reached 99 %, then 50 %,
     first). A cell is (seq_len, pairs). ``cells`` rows also give every learning rate's final accuracy in
-    ``lrs`` (the mean over that rate's seeds) and the number of seeds in ``lr_seeds``; the best run is
+    ``lrs`` (the mean over that rate's seeds), the number of seeds in ``lr_seeds`` and each seed's in
+    ``lr_runs``; the best run is
     still one run, so with several seeds its accuracy can exceed its rate's mean.
     Returns {"variants": [...], "best": [...], "cells": [...]}.
     """

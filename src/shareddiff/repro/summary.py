@@ -697,6 +697,11 @@ def _attention_lines(groups: dict) -> list[str]:
     return lines
 
 
+def _by_seed(accuracies: list[float]) -> str:
+    """A rate's accuracy per seed in brackets, where it has several (else nothing)."""
+    return f" ({', '.join(f'{a:.2f}' for a in accuracies)})" if len(accuracies) > 1 else ""
+
+
 def _mqar_lines(mqar: dict | None) -> list[str]:
     """The MQAR tables: per (cell, variant) the best over widths and rates, then per width over rates."""
     if not mqar:
@@ -722,7 +727,8 @@ def _mqar_lines(mqar: dict | None) -> list[str]:
     best = [row(c, c["seq_len"], c["pairs"], variant_name(c["variant"]), c["d_model"], c["runs"]) for c in mqar["best"]]
     by_width = []
     for c in mqar["cells"]:
-        rates = ", ".join(f"{lr}: {accuracy:.2f}" for lr, accuracy in c["lrs"].items())
+        seeds = c.get("lr_runs", {})  # absent from summaries written before it
+        rates = ", ".join(f"{lr}: {accuracy:.2f}{_by_seed(seeds.get(lr, []))}" for lr, accuracy in c["lrs"].items())
         by_width.append([*row(c, c["seq_len"], c["pairs"], variant_name(c["variant"]), c["d_model"]), rates])
     return [
         "",
@@ -740,7 +746,8 @@ def _mqar_lines(mqar: dict | None) -> list[str]:
         "setting has several), each panel's title counting its settings at ≥ 0.99: how many settings solve a "
         "cell, and which rate works at each width.",
         "",
-        "Per width, the best over learning rates (and each rate's final accuracy, the mean over its seeds):",
+        "Per width, the best over learning rates (and each rate's final accuracy, the mean over its seeds; where a "
+        "rate has several, each seed's in brackets, seed 1 first):",
         "",
         *md_table([*cell, "width", *after, "accuracy by lr"], by_width),
     ]
