@@ -297,6 +297,36 @@ def test_parallel_runs_out_of_gpu_memory_are_named_with_the_fix(
     assert not ran_out_of_memory(tmp_path / "missing.log")
 
 
+@pytest.mark.parametrize(
+    "text, why",
+    [
+        ('{"run": "transformer-s1", "gro', "Unterminated string"),
+        ("", "Expecting value"),
+        ("[1, 2]", "a JSON list, not an object"),
+        ("{}", "no run, group, variant, val_loss, tokens, evals"),
+        (b"\xff\xfe", "can't decode"),
+    ],
+)
+def test_a_damaged_record_is_named_with_the_fix(tmp_path, tiny_data, tiny_tokenizer, text, why):
+    """A record.json that is not a run's record (truncated, empty, another JSON value, undecodable) stops the run
+    and the summary with a message naming the file, what is wrong and the fix; the file is left as it was."""
+    exp = _tiny_experiment(tmp_path, tiny_data, tiny_tokenizer)
+    out = tmp_path / "out"
+    path = out / "tiny" / "transformer-s1" / "record.json"
+    path.parent.mkdir(parents=True)
+    experiment = load_experiment(str(exp))
+    run = run_recipe(experiment, experiment.runs[0], out, [], check_data=False)  # a finished run's own run config
+    (path.parent / "run_config.json").write_text(json.dumps({"run": run.to_dict(), "world_size": 1}))
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    for summary_only in (True, False):
+        with pytest.raises(ValueError) as info:
+            reproduce(str(exp), runs=["transformer-s1"], out=str(out), progress=False, summary_only=summary_only)
+        message = str(info.value)
+        assert message.startswith(f"{path} is not a run record (") and why in message
+        assert "or delete it and run the same command again to train and evaluate that run anew" in message
+    assert path.read_bytes() == (text if isinstance(text, bytes) else text.encode())
+
+
 def test_finished_runs_need_no_data(tmp_path, tiny_data, tiny_tokenizer):
     """Rerunning a finished experiment where its data is absent (e.g. a fresh clone) only rewrites the summary."""
     copy = tmp_path / "data-copy"

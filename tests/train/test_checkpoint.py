@@ -68,8 +68,8 @@ def test_truncated_file_of_each_kind_is_skipped_and_resume_uses_the_previous(
         result = train(resumed, resume=True, progress=False)
     line, moved = logged_warnings(caplog)
     assert re.fullmatch(rf"skipping damaged checkpoint {newest}: {kind} .*; using step_00000006 instead", line)
-    (aside,) = (damaged_dir / "checkpoints" / "rejected").iterdir()  # step 9 saved again: the damaged one kept
-    assert moved == f"{newest} was skipped on resume and is saved again: the skipped folder is kept as {aside}"
+    (aside,) = (damaged_dir / "checkpoints" / "rejected").iterdir()  # set aside on resume: the damaged one kept
+    assert moved == f"step_00000009: damaged; kept as {aside}"
     assert (aside / kind).stat().st_size < (newest / kind).stat().st_size
     assert result.step == 9 and not result.already_complete
     assert losses(damaged_dir) == losses(full.train.out_dir)  # steps 7-9 retrained from step 6, bitwise

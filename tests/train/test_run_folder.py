@@ -165,9 +165,23 @@ def test_a_skipped_step_folder_saved_again_is_moved_aside_not_deleted(make_run, 
     assert aside.name.startswith("step_00000006-") and (aside / "note.txt").read_text() == "kept"
     assert (skipped / "manifest.json").is_file()  # the new step 6
     assert [p.name for p in list_checkpoints(tmp_path / "run")][-1] == "step_00000006"
-    assert f"{skipped} was skipped on resume and is saved again: the skipped folder is kept as {aside}" in (
-        logged_warnings(caplog)
-    )
+    assert f"step_00000006: incomplete; kept as {aside}" in logged_warnings(caplog)
+
+
+def test_a_skipped_folder_of_a_step_not_saved_again_outlives_rotation(make_run, tmp_path, caplog):
+    """A damaged folder of a step the resumed run does not save again (as one written at a Ctrl-C between the
+    periodic saves) is set aside when the run resumes past it, so rotation (keep_last) cannot delete it later."""
+    train(make_run("train.max_steps=6"), progress=False)
+    run = make_run("train.max_steps=6", "checkpoint.keep_last=1")
+    root = tmp_path / "run" / "checkpoints"
+    shutil.rmtree(root / "step_00000006")
+    shutil.copytree(root / "step_00000003", root / "step_00000004")  # its state says step 3: damaged
+    with caplog.at_level(logging.WARNING, logger="shareddiff"):
+        train(run, resume=True, progress=False)  # from step 3; saves step 6, rotation keeps that one only
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step_00000006"]
+    (aside,) = (root / "rejected").iterdir()
+    assert aside.name.startswith("step_00000004-") and (aside / "manifest.json").is_file()
+    assert f"step_00000004: damaged; kept as {aside}" in logged_warnings(caplog)
 
 
 def test_a_config_error_leaves_no_new_folder_behind(make_run, tmp_path):

@@ -69,6 +69,27 @@ def run_recipe(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str], 
     return run
 
 
+_RECORD_KEYS = ("run", "group", "variant", "val_loss", "tokens", "evals")  # what the summary reads from every record
+
+
+def read_record(run_dir: Path) -> dict[str, Any]:
+    """A finished run's record (RUN/record.json). Raises ``ValueError`` naming the file and the fix when it is not
+    a JSON object holding the fields every record has (truncated, empty, edited, or another tool's file)."""
+    path = Path(run_dir) / RECORD
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict):
+            raise ValueError(f"a JSON {type(record).__name__}, not an object")
+        if missing := [key for key in _RECORD_KEYS if key not in record]:
+            raise ValueError(f"no {', '.join(missing)}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"{path} is not a run record ({exc}); restore it (a committed result: `git checkout -- {path}`), "
+            "or delete it and run the same command again to train and evaluate that run anew"
+        ) from None
+    return record
+
+
 def check_recorded_recipe(run: RunConfig, run_dir: Path) -> None:
     """A finished run is reused only for the recipe it was trained with; otherwise name what differs. A field
     missing from an older record counts as its default (what that run was trained with)."""
@@ -223,8 +244,9 @@ def run_one(
     run, finished = resolve_run(exp, spec, out, overrides)
     run_dir = Path(run.train.out_dir)
     if finished:
+        record = read_record(run_dir)
         log.info("%s/%s: done before (%s)", exp.name, spec.name, run_dir / RECORD)
-        return json.loads((run_dir / RECORD).read_text())
+        return record
     log.info("== %s/%s: %s, seed %d", exp.name, spec.name, spec.preset, spec.seed)
     start = time.perf_counter()
     train(run, resume="if_present", progress=progress)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from shareddiff.plots import NEEDLE_PROBE, variant_name
-from shareddiff.repro.runner import DEFAULT_OUT, RECORD
+from shareddiff.repro.runner import DEFAULT_OUT, RECORD, read_record
 from shareddiff.repro.spec import Experiment
 from shareddiff.train.metrics import TAIL_FRACTION, read_metrics, tail_mean_loss
 
@@ -51,7 +51,7 @@ def load_records(exp: Experiment, out: Path, command: str | None = None) -> list
                 f"--run {ref.split('/')[-1]}{out_option}` first"
             )
         run_dirs.append(out / ref)
-    records = [json.loads((d / RECORD).read_text()) | {"dir": str(d)} for d in run_dirs if (d / RECORD).is_file()]
+    records = [read_record(d) | {"dir": str(d)} for d in run_dirs if (d / RECORD).is_file()]
     for record in records:  # records written before train_loss_tail, lr and passes existed: from their run folder
         if record.get("train_loss_tail") is None:
             rows = [r for r in read_metrics(record["dir"]) if "loss" in r]

@@ -14,9 +14,9 @@ files and renames the folder, so a run killed mid-write (any rank, any moment) l
 folder, never loaded. A checkpoint is trusted only once each file it needs matches the manifest: a
 truncated or altered file (weights or distributed state alike) makes it skipped, by name, for the
 previous one. A step folder without its manifest (a partial or foreign copy: the trainer writes the manifest
-last, inside the rename) is incomplete and skipped the same way; nothing skipped is ever deleted (when the
-resumed run saves that step again, the skipped folder moves to ``checkpoints/rejected/step_X-<time>-<pid>``,
-which resume and rotation ignore). A write
+last, inside the rename) is incomplete and skipped the same way; nothing skipped is ever deleted: a run that
+resumes past skipped folders moves them to ``checkpoints/rejected/step_X-<time>-<pid>``, which resume and rotation
+ignore (so that rotation cannot delete them once newer checkpoints exist). A write
 that fails (a full disk) removes its ``.tmp`` folder and says why.
 A multi-node run needs the run folder on a filesystem every node sees.
 """
@@ -175,14 +175,21 @@ def _finish(tmp: Path, final: Path, listed: dict, run_dir: str | Path, keep_last
     (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, "files": dict(sorted(listed.items()))}, indent=2))
     _fsync_tree(tmp)
     if final.exists():  # a step folder the resume skipped (incomplete or damaged): keep it, out of the way
-        aside = final.parent / REJECTED / f"{final.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-        aside.parent.mkdir(exist_ok=True)
-        os.replace(final, aside)
+        aside = set_aside(final)
         log.warning("%s was skipped on resume and is saved again: the skipped folder is kept as %s", final, aside)
     os.replace(tmp, final)
     _fsync(final.parent)
     for old in _with_manifest(run_dir)[:-keep_last]:  # step folders without one are never deleted
         shutil.rmtree(old, ignore_errors=True)
+
+
+def set_aside(ckpt: Path) -> Path:
+    """Move a checkpoint folder that is not trusted to ``checkpoints/rejected/step_X-<time>-<pid>`` (which resume
+    and rotation ignore) and return its new path: skipped folders are kept for the user, never deleted."""
+    aside = ckpt.parent / REJECTED / f"{ckpt.name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    aside.parent.mkdir(exist_ok=True)
+    os.replace(ckpt, aside)
+    return aside
 
 
 def _on_every_rank(dist: DistInfo, root: Path, fn: Callable[..., Any], *args: Any, main_only: bool = False) -> Any:

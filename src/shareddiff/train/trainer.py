@@ -40,6 +40,7 @@ from shareddiff.train.checkpoint import (
     read_state,
     rejected_summary,
     save_checkpoint,
+    set_aside,
 )
 from shareddiff.train.device import autocast_for, compute_precision
 from shareddiff.train.distributed import (
@@ -842,6 +843,10 @@ def _resume_point(run_dir: Path, dist: DistInfo) -> Path | None:
     choice: tuple[Path | None, str | None] = (None, None)
     if dist.is_main:
         ckpt, rejected = choose_checkpoint(run_dir)
+        if ckpt is not None:  # the skipped newer folders: out of the way of rotation, kept (rank 0, before any load)
+            for err in rejected:
+                if err.ckpt.is_dir() and err.ckpt.parent == run_dir / CHECKPOINTS:
+                    log.warning("%s: %s; kept as %s", err.ckpt.name, err.kind, set_aside(err.ckpt))
         if ckpt is None and list_checkpoints(run_dir):
             choice = (
                 None,
