@@ -285,12 +285,14 @@ def test_parallel_runs_out_of_gpu_memory_are_named_with_the_fix(
         reproduce(str(exp), out=str(out), progress=False, summary=False, jobs=3)
     message = str(info.value)
     assert (
-        "runs ['transformer-s1', 'transformer-s2'] failed; 1 of them ran out of GPU memory (transformer-s1)" in message
-    )
+        "runs ['transformer-s1', 'transformer-s2'] did not finish; 1 of them ran out of GPU memory (transformer-s1)"
+    ) in message
     assert "with up to 3 runs sharing a device: run again with fewer --jobs" in message
     assert "transformer-s1: failed (exit 1)" in caplog.text and "out of GPU memory, with up to 3 runs" in caplog.text
-    assert "transformer-s2: failed (exit 1), see" in caplog.text
-    assert "transformer-s2: failed (exit 1), see " + str(earlier) + ": out of" not in caplog.text
+    assert f"transformer-s2: failed (exit 1), see {earlier}: ValueError: something else" in caplog.text
+    from shareddiff.repro.runner import last_line
+
+    assert last_line(earlier, earlier.stat().st_size) == "" and last_line(tmp_path / "missing.log") == ""
     from shareddiff.repro.runner import ran_out_of_memory
 
     assert ran_out_of_memory(earlier) and not ran_out_of_memory(earlier, earlier.stat().st_size - 5)
@@ -325,6 +327,34 @@ def test_a_damaged_record_is_named_with_the_fix(tmp_path, tiny_data, tiny_tokeni
         assert message.startswith(f"{path} is not a run record (") and why in message
         assert "or delete it and run the same command again to train and evaluate that run anew" in message
     assert path.read_bytes() == (text if isinstance(text, bytes) else text.encode())
+
+
+def test_parallel_runs_refuse_a_model_that_cannot_be_built_and_name_an_interrupt(
+    tmp_path, tiny_data, tiny_tokenizer, monkeypatch, caplog
+):
+    """Under --jobs a model override that cannot be built is refused before any run starts (as one after another),
+    and a run stopped by Ctrl-C or SIGTERM is reported as interrupted, which the same command resumes."""
+    import signal
+    import subprocess
+
+    exp = _tiny_experiment(tmp_path, tiny_data, tiny_tokenizer)
+    out = tmp_path / "out"
+    launched = []
+
+    def fake_run(cmd, stdout, **kwargs):
+        launched.append(cmd[cmd.index("--run") + 1])
+        stdout.write("interrupted at step 3 of 4; ...\n")
+        return subprocess.CompletedProcess(cmd, 128 + signal.SIGINT)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    with pytest.raises(ValueError, match=r"^d_model=33 is not divisible by n_heads"):
+        reproduce(str(exp), out=str(out), progress=False, summary=False, jobs=2, overrides=["model.d_model=33"])
+    assert launched == []
+    caplog.set_level("INFO")
+    with pytest.raises(ValueError, match=r"^runs \['transformer-s1'\] did not finish; fix what the end"):
+        reproduce(str(exp), runs=["transformer-s1"], out=str(out), progress=False, summary=False, jobs=2)
+    log_path = out / "tiny" / "transformer-s1" / "reproduce.log"
+    assert f"transformer-s1: interrupted (exit 130), see {log_path}; the same command resumes it" in caplog.text
 
 
 def test_finished_runs_need_no_data(tmp_path, tiny_data, tiny_tokenizer):
@@ -1501,3 +1531,16 @@ def test_the_needle_probe_summary_finds_first_crossings_and_last_values(tmp_path
         "| d | 0.001 | -0.005 | 0.464 | 0.460 | 0.400 |" in table
         and "| t | 0.020 | 0.440 | 0.540 | 1.000 | — |" in table
     )
+
+
+def test_list_sizes_the_runs_with_the_overrides_and_jobs_below_one_is_refused(capsys):
+    """`reproduce NAME --list OVERRIDES` lists the runs as that command would train them; --jobs 0 is named."""
+    args = ["reproduce", "mqar_seeds", "--run", "diff_v2-*-s2", "--list"]
+    assert main(args) in (0, None)
+    (default,) = capsys.readouterr().out.split("---\n")[-1].splitlines()
+    assert main([*args, "train.max_steps=30", "model.d_model=32"]) in (0, None)
+    (small,) = capsys.readouterr().out.split("---\n")[-1].splitlines()
+    assert default.split()[4:7] == ["5,933,312", "71.80", "6,500"]
+    assert small.split()[6] == "30" and small.split()[4] != "5,933,312"
+    assert main(["reproduce", "mqar_seeds", "--jobs", "0"]) == 2
+    assert "error: --jobs 0: runs at once must be ≥ 1" in capsys.readouterr().err

@@ -523,7 +523,7 @@ def cmd_reproduce(
         from shareddiff.repro.runner import describe_runs
 
         exp = load_experiment(name)
-        return f"{exp.name}: {exp.description}\n\n{describe_runs(exp, Path(out), runs)}"
+        return f"{exp.name}: {exp.description}\n\n{describe_runs(exp, Path(out), runs, list(overrides or []))}"
     return reproduce(
         name, runs, out, list(overrides or []), keep_checkpoints, jobs, summary_only, summary, progress, start_by
     )

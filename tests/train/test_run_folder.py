@@ -194,3 +194,44 @@ def test_restart_with_a_damaged_run_config_is_an_error_naming_it(make_run, kille
     (killed_at_step_2 / "run_config.json").write_text('{"run": {')  # killed while writing it
     with pytest.raises(ValueError, match=r"run_config.json is damaged .* drop --resume to start the run over there"):
         train(make_run("train.max_steps=4"), resume=True, progress=False)
+
+
+def test_resuming_over_a_metrics_file_that_lacks_the_earlier_steps_warns(make_run, tmp_path, caplog):
+    """metrics.jsonl emptied (or truncated, or restored from an older copy) while a checkpoint stays: the run
+    resumes, and says which steps its curves will miss; a resume over an intact file says nothing of the kind."""
+    run = make_run("train.max_steps=6")
+    train(run, progress=False)
+    folder = tmp_path / "run"
+    shutil.rmtree(folder / "checkpoints" / "step_00000006")
+    with caplog.at_level(logging.WARNING, logger="shareddiff"):
+        train(run, resume=True, progress=False)  # from step 3 over the whole file
+    assert not [w for w in logged_warnings(caplog) if "holds training rows only up to" in w]
+    shutil.rmtree(folder / "checkpoints" / "step_00000006")
+    (folder / "metrics.jsonl").write_text("")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="shareddiff"):
+        train(run, resume=True, progress=False)
+    (line,) = [w for w in logged_warnings(caplog) if "holds training rows only up to" in w]
+    assert line == (
+        f"{folder / 'metrics.jsonl'} holds training rows only up to step 0, and the run resumes from step 3: its "
+        "curves (and what is read from them: steps to an accuracy, the loss tail) miss steps 1-3; restore the file "
+        "from a copy before resuming to keep them"
+    )
+    assert [r["step"] for r in read_metrics(folder) if "loss" in r] == [4, 5, 6]
+
+
+def test_an_mqar_preset_on_the_corpus_is_named(make_run, caplog):
+    """A preset sized for the MQAR task trained on text (data.source not mqar) trains, and says so."""
+    from shareddiff.train.trainer import _checked_model_config
+
+    run = make_run("model.preset=diff_v2-mqar", "model.d_model=32")
+    with caplog.at_level(logging.WARNING, logger="shareddiff"):
+        _checked_model_config(run, type("Tok", (), {"vocab_size": 512})())
+    (line,) = logged_warnings(caplog)
+    assert line.startswith("preset diff_v2-mqar is sized for the MQAR task, but data.source is 'corpus'")
+    assert line.endswith("the tokenizer's vocabulary (512); add data.source=mqar (or use "
+                         "configs/repro/recipe-mqar.toml) for the task")  # fmt: skip
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="shareddiff"):
+        _checked_model_config(make_run("model.d_model=32"), type("Tok", (), {"vocab_size": 512})())
+    assert logged_warnings(caplog) == []

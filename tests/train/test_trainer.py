@@ -59,6 +59,8 @@ def test_resume_continues_the_same_curve_bitwise(make_run, monkeypatch):
         r"step_00000006\); continue with --resume$",
     ):
         train(part, progress=False)
+    with pytest.raises(KeyboardInterrupt, match=r"step_00000006\); run the same command again to continue$"):
+        train(part, resume="if_present", progress=False)  # as reproduce and demo resume: their command again
     monkeypatch.setattr(WindowLoader, "batch", real_batch)
     train(part, resume=True, progress=False)
     assert losses(part.train.out_dir) == losses(full.train.out_dir)

@@ -62,6 +62,8 @@ def reproduce(
     runs under way get the machine to themselves instead of sharing it with runs the budget would cut off
     (whose checkpoints a borrowed machine takes with it). The runs left out are named, and the same command
     starts them. Raises ``ValueError`` for a negative ``start_by``."""
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: runs at once must be ≥ 1")
     if start_by is not None and not start_by >= 0:
         raise ValueError(f"--start-by {start_by} must be ≥ 0 seconds (the time after which no run starts afresh)")
     started = time.monotonic()

@@ -8,10 +8,12 @@ reused only for the recipe it was trained with.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -126,7 +128,23 @@ def resolve_run(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str])
     if (run_dir / RECORD).is_file():
         check_recorded_recipe(run, run_dir)
         return run, True
-    return run_recipe(exp, spec, out, overrides), False
+    run = run_recipe(exp, spec, out, overrides)
+    _check_model(run)  # a model that cannot be built is named here, before any run starts (also under --jobs)
+    return run, False
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(path: str) -> Any:
+    from shareddiff.data.tokenizer import Tokenizer
+
+    return Tokenizer(path)
+
+
+def _check_model(run: RunConfig) -> None:
+    """Build the run's model config as the trainer will (ValueError naming a field that does not fit)."""
+    from shareddiff.train.trainer import _checked_model_config
+
+    _checked_model_config(run, None if run.data.source == "mqar" else _tokenizer(run.data.tokenizer))
 
 
 def evaluate_run(exp: Experiment, run_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -319,10 +337,17 @@ def run_parallel(
                 code = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
         finally:
             slots.put(gpu)
-        outcome = "finished" if code == 0 else f"failed (exit {code}), see {log_path}"
-        if code not in (0, None) and ran_out_of_memory(log_path, start):
-            out_of_memory.append(spec.name)
-            outcome += f": out of GPU memory, with up to {sharing} runs sharing the device"
+        if code == 0:
+            outcome = "finished"
+        elif code in (128 + signal.SIGINT, 128 + signal.SIGTERM):
+            outcome = f"interrupted (exit {code}), see {log_path}; the same command resumes it"
+        else:
+            outcome = f"failed (exit {code}), see {log_path}"
+            if ran_out_of_memory(log_path, start):
+                out_of_memory.append(spec.name)
+                outcome += f": out of GPU memory, with up to {sharing} runs sharing the device"
+            elif last := last_line(log_path, start):
+                outcome += f": {last}"
         log.info("%s/%s: %s", exp.name, spec.name, outcome)
         return spec.name, code
 
@@ -338,10 +363,22 @@ def run_parallel(
                 f"{jobs if gpus <= 1 else -(-jobs // gpus)} runs sharing a device: run again with fewer --jobs"
             )
         raise ValueError(
-            f"runs {failed} failed{hint}; see their reproduce.log, then run the same command again to resume them "
-            "(each from its last checkpoint)"
+            f"runs {failed} did not finish{hint}; fix what the end of each one's reproduce.log names (logged "
+            "above), then run the same command again: each resumes from its last checkpoint"
         )
     return [n for n, code in codes if code is None]
+
+
+def last_line(log_path: Path, start: int = 0) -> str:
+    """The last non-empty line that one launch (from byte ``start`` on) wrote to a run's log: its error message,
+    where it failed with one ("" when it wrote nothing)."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(max(start, log_path.stat().st_size - (1 << 16)))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
 def ran_out_of_memory(log_path: Path, start: int = 0) -> bool:
@@ -356,8 +393,11 @@ def ran_out_of_memory(log_path: Path, start: int = 0) -> bool:
     return "OutOfMemoryError" in tail or "CUDA out of memory" in tail
 
 
-def describe_runs(exp: Experiment, out: Path = DEFAULT_OUT, runs: list[str] | None = None) -> str:
-    """The experiment's runs (``runs`` only, when given) as a table a reader can check the budgets against:
+def describe_runs(
+    exp: Experiment, out: Path = DEFAULT_OUT, runs: list[str] | None = None, overrides: list[str] | None = None
+) -> str:
+    """The experiment's runs (``runs`` only, when given; with ``overrides``, section.key=value for every run, as
+    the same command would train them) as a table a reader can check the budgets against:
     preset, learning rate, seed, tokens per parameter, steps, warmup steps and training tokens, sized as the
     trainer sizes them (:meth:`RunConfig.sized` on the model's total parameters, one process), and whether each
     is finished under ``out``; without ``runs``, then the runs of other experiments its summary includes, each
@@ -369,7 +409,7 @@ def describe_runs(exp: Experiment, out: Path = DEFAULT_OUT, runs: list[str] | No
 
     rows, tokenizers = [], {}
     for spec in exp.select(runs):
-        run = run_recipe(exp, spec, out, [], check_data=False)
+        run = run_recipe(exp, spec, out, list(overrides or []), check_data=False)
         if run.data.tokenizer not in tokenizers:
             tokenizers[run.data.tokenizer] = Tokenizer(run.data.tokenizer)
         n_params = count_parameters(_checked_model_config(run, tokenizers[run.data.tokenizer])).total

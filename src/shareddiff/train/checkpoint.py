@@ -45,7 +45,7 @@ from shareddiff.train.distributed import DistInfo, all_gather_objects, broadcast
 CHECKPOINTS = "checkpoints"
 STATE = "state.json"
 MANIFEST = "manifest.json"
-REJECTED = "rejected"  # skipped step folders that a resumed run saved again, kept under checkpoints/
+REJECTED = "rejected"  # skipped step folders, set aside by the run that resumed past them, kept under checkpoints/
 FORMAT = "shareddiff-checkpoint/2"
 DCP_DIR = "dcp"
 FILES = ("model.safetensors", "rng_rank0.pt", "tokenizer.json", STATE, f"{DCP_DIR}/.metadata")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 METRICS = "metrics.jsonl"
 
@@ -71,13 +74,27 @@ def tail_mean_loss(train_rows: list[dict[str, Any]], fraction: float = TAIL_FRAC
 
 
 class MetricsLogger:
-    """Appends one JSON object per record; on resume drops records after the checkpoint's step."""
+    """Appends one JSON object per record; on resume drops records after the checkpoint's step, and warns when
+    the file lacks the steps before it (``log_every``: the training rows' interval; a file emptied, truncated or
+    restored from an older copy: the run's curves, and what is read from them, would start late)."""
 
-    def __init__(self, run_dir: str | Path, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: str | Path, resume_step: int | None = None, log_every: int | None = None) -> None:
         self.path = Path(run_dir) / METRICS
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is not None:
             kept = [r for r in read_metrics(run_dir) if r.get("step", 0) <= resume_step]
+            last = max((r.get("step", 0) for r in kept if "loss" in r), default=0)
+            if log_every is not None and resume_step - last >= log_every:
+                log.warning(
+                    "%s holds training rows only up to step %d, and the run resumes from step %d: its curves (and "
+                    "what is read from them: steps to an accuracy, the loss tail) miss steps %d-%d; restore the "
+                    "file from a copy before resuming to keep them",
+                    self.path,
+                    last,
+                    resume_step,
+                    last + 1,
+                    resume_step,
+                )
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
             os.replace(tmp, self.path)

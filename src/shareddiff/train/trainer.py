@@ -79,7 +79,14 @@ class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C (SIGINT) or SIGTERM stopped the run after ``step`` steps; ``checkpoint`` is the newest one to resume
     from; ``signum`` the signal (the CLI exits with 128 + it)."""
 
-    def __init__(self, step: int, max_steps: int, checkpoint: Path | None, signum: int = signal.SIGINT) -> None:
+    def __init__(
+        self,
+        step: int,
+        max_steps: int,
+        checkpoint: Path | None,
+        signum: int = signal.SIGINT,
+        again: str = "continue with --resume",
+    ) -> None:
         self.step, self.max_steps, self.checkpoint, self.signum = step, max_steps, checkpoint, int(signum)
         if checkpoint is None:
             super().__init__(
@@ -88,7 +95,7 @@ class TrainingInterrupted(KeyboardInterrupt):
             )
             return
         last = f"step {int(checkpoint.name.removeprefix('step_'))} ({checkpoint})"
-        super().__init__(f"interrupted at step {step} of {max_steps}; last checkpoint {last}; continue with --resume")
+        super().__init__(f"interrupted at step {step} of {max_steps}; last checkpoint {last}; {again}")
 
 
 @dataclass
@@ -286,10 +293,14 @@ class Trainer:
     parallelism, optimizer), :meth:`resume_from_checkpoint`, then :meth:`train`, a loop of
     :meth:`train_step` that calls :meth:`log_metrics`, :meth:`validate` and :meth:`save_checkpoint` when due."""
 
-    def __init__(self, run: RunConfig, dist: DistInfo, device: torch.device, resume: bool, progress: bool) -> None:
+    def __init__(
+        self, run: RunConfig, dist: DistInfo, device: torch.device, resume: bool | Literal["if_present"], progress: bool
+    ) -> None:
         check_same_recipe(run.to_dict(), dist)
         self.run_dir = Path(run.train.out_dir)
         self.dist, self.device, self.progress = dist, device, progress
+        # how to go on after a Ctrl-C: a command that resumes by itself (reproduce, demo) is simply run again
+        self.again = "run the same command again to continue" if resume == "if_present" else "continue with --resume"
         if list_checkpoints(self.run_dir) and not resume:
             raise ValueError(
                 f"{self.run_dir} already holds checkpoints; pass --resume to continue that run "
@@ -458,13 +469,13 @@ class Trainer:
                     self.window_start += time.perf_counter() - paused  # tokens/s counts training steps only
                 bar.update(1)
                 if stopping:
-                    raise TrainingInterrupted(self.step, max_steps, self.last_ckpt, ctrl_c.signum)
+                    raise TrainingInterrupted(self.step, max_steps, self.last_ckpt, ctrl_c.signum, self.again)
                 if self.early_stop:
                     break
         except KeyboardInterrupt as err:
             if isinstance(err, TrainingInterrupted):
                 raise
-            raise TrainingInterrupted(self.step, max_steps, self.last_ckpt, ctrl_c.signum) from None
+            raise TrainingInterrupted(self.step, max_steps, self.last_ckpt, ctrl_c.signum, self.again) from None
         finally:
             ctrl_c.restore()
             bar.close()
@@ -634,7 +645,8 @@ class Trainer:
             **self.budget,
         }
         (self.run_dir / RUN_CONFIG).write_text(json.dumps(record, indent=2))
-        self.metrics = MetricsLogger(self.run_dir, resume_step=self.step if self.last_ckpt is not None else None)
+        resume_step = self.step if self.last_ckpt is not None else None
+        self.metrics = MetricsLogger(self.run_dir, resume_step=resume_step, log_every=self.run.train.log_every)
 
 
 def _checked_model_config(run: RunConfig, tokenizer: Tokenizer) -> ModelConfig:
@@ -642,6 +654,16 @@ def _checked_model_config(run: RunConfig, tokenizer: Tokenizer) -> ModelConfig:
     vocabulary or the training length does not fit it."""
     mqar = run.data.source == "mqar"
     vocab, vocab_of = (run.mqar.vocab_size, "mqar.vocab_size") if mqar else (tokenizer.vocab_size, "the tokenizer's")
+    preset = str(run.model.get("preset", ""))
+    if preset.endswith("-mqar") and not mqar:
+        log.warning(
+            "preset %s is sized for the MQAR task, but data.source is %r: it trains on that data with %s "
+            "vocabulary (%d); add data.source=mqar (or use configs/repro/recipe-mqar.toml) for the task",
+            preset,
+            run.data.source,
+            vocab_of,
+            vocab,
+        )
     model_config = run.model_config(vocab_size=vocab)
     if model_config.vocab_size < vocab:
         raise ValueError(
