@@ -357,6 +357,36 @@ def test_parallel_runs_refuse_a_model_that_cannot_be_built_and_name_an_interrupt
     assert f"transformer-s1: interrupted (exit 130), see {log_path}; the same command resumes it" in caplog.text
 
 
+def test_a_summary_refuses_records_of_another_experiment_of_the_same_name(tmp_path, tiny_data, tiny_tokenizer):
+    """--summary-only from an experiment file whose run of that name has another preset (or other overrides) than
+    the record under --out: refused, naming both, instead of summarising another experiment's run as its own."""
+    exp = _tiny_experiment(tmp_path, tiny_data, tiny_tokenizer)
+    out = tmp_path / "out"
+    run_dir = out / "tiny" / "shared_diff-1layer-s1"
+    run_dir.mkdir(parents=True)
+    experiment = load_experiment(str(exp))
+    spec = next(s for s in experiment.runs if s.name == "shared_diff-1layer-s1")
+    run = run_recipe(experiment, spec, out, [], check_data=False)
+    (run_dir / "run_config.json").write_text(json.dumps({"run": run.to_dict(), "world_size": 1}))
+    record = {
+        "run": spec.name, "group": spec.group, "variant": "shared_diff", "val_loss": 5.0, "tokens": 256, "evals": {},
+        "preset": spec.preset, "overrides": [*spec.overrides, "train.compile=true"], "seed": 1, "params": 1000,
+        "params_non_embedding": 500, "train_loss": 5.1, "tokens_per_s": 1e4, "concurrent_runs": 1, "device": "CPU",
+    }  # fmt: skip
+    (run_dir / "record.json").write_text(json.dumps(record))
+    reproduce(str(exp), out=str(out), progress=False, summary_only=True)  # its own run, a command override added
+    (run_dir / "record.json").write_text(json.dumps(record | {"overrides": ["model.n_layers=2"]}))
+    with pytest.raises(
+        ValueError, match=r"holds a run of preset shared_diff-tiny with overrides \['model.n_layers=2'\]"
+    ):
+        reproduce(str(exp), out=str(out), progress=False, summary_only=True)
+    (run_dir / "record.json").write_text(json.dumps(record | {"preset": "transformer-tiny"}))
+    with pytest.raises(ValueError) as info:
+        reproduce(str(exp), out=str(out), progress=False, summary_only=True)
+    assert "defines shared_diff-1layer-s1 as preset shared_diff-tiny with ['model.n_layers=1']" in str(info.value)
+    assert str(info.value).endswith("another experiment of the same name wrote it; pass --out to keep the two apart")
+
+
 def test_finished_runs_need_no_data(tmp_path, tiny_data, tiny_tokenizer):
     """Rerunning a finished experiment where its data is absent (e.g. a fresh clone) only rewrites the summary."""
     copy = tmp_path / "data-copy"

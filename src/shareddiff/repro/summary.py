@@ -52,6 +52,18 @@ def load_records(exp: Experiment, out: Path, command: str | None = None) -> list
             )
         run_dirs.append(out / ref)
     records = [read_record(d) | {"dir": str(d)} for d in run_dirs if (d / RECORD).is_file()]
+    specs = {spec.name: spec for spec in exp.runs}
+    for record in records:  # this experiment's own runs must be the runs its file defines
+        spec = specs.get(Path(record["dir"]).name) if Path(record["dir"]).parent == folder else None
+        if spec is None:
+            continue
+        preset, overrides = record.get("preset", spec.preset), list(record.get("overrides", spec.overrides))
+        if preset != spec.preset or overrides[: len(spec.overrides)] != list(spec.overrides):  # then the command's
+            raise ValueError(
+                f"{record['dir']} holds a run of preset {preset} with overrides {overrides}, but {exp.path} defines "
+                f"{spec.name} as preset {spec.preset} with {list(spec.overrides)}: another experiment of the same "
+                "name wrote it; pass --out to keep the two apart"
+            )
     for record in records:  # records written before train_loss_tail, lr and passes existed: from their run folder
         if record.get("train_loss_tail") is None:
             rows = [r for r in read_metrics(record["dir"]) if "loss" in r]
