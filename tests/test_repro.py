@@ -108,6 +108,12 @@ def test_bad_experiments_are_refused(tmp_path):
         '[[run]]\ngroup="a"\npreset="diff-tiny"\nsweep = { lr = [1, 2] }',
         "needs seeds = \\[integers": '[experiment]\nrecipe = "r.toml"\n[[run]]\ngroup="a"\npreset="diff-tiny"\n'
         "seeds = []",
+        "'a': seeds = \\[1, 2, 1\\] repeats a seed; list each seed once": '[experiment]\nrecipe = "r.toml"\n'
+        '[[run]]\ngroup="a"\npreset="diff-tiny"\nseeds = [1, 2, 1]',
+        "'a': sweep optim.lr = \\[0.001, 0.001\\] repeats a value \\(as run names: \\['0.001', '0.001'\\]\\)": (
+            '[experiment]\nrecipe = "r.toml"\n[[run]]\ngroup="a"\npreset="diff-tiny"\n'
+            'sweep = { "optim.lr" = [1e-3, 0.001] }'
+        ),
     }
     for message, text in bad.items():
         (tmp_path / "e.toml").write_text(text)

@@ -179,12 +179,20 @@ def expand_runs(table: RunTable, where: str) -> list[RunSpec]:
     """The runs of one [[run]] table: every point of its sweep × every seed."""
     if not table.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in table.seeds):
         raise ValueError(f"{where} {table.group!r} needs seeds = [integers, ...]")
+    if len(set(table.seeds)) < len(table.seeds):
+        raise ValueError(f"{where} {table.group!r}: seeds = {table.seeds} repeats a seed; list each seed once")
     for key, values in table.sweep.items():
         _section, dot, name = key.partition(".")
         if not dot or not name or not isinstance(values, list) or not values:
             raise ValueError(
                 f'{where} {table.group!r}: sweep key {key!r} needs the form "section.key" = [values, ...], '
                 'e.g. sweep = { "optim.lr" = [1e-3, 2e-3] }'
+            )
+        names = [_format_value(v) for v in values]
+        if len(set(names)) < len(names):
+            raise ValueError(
+                f"{where} {table.group!r}: sweep {key} = {values} repeats a value (as run names: {names}); "
+                "list each value once"
             )
     keys = list(table.sweep)
     specs = []
