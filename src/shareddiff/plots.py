@@ -221,7 +221,7 @@ def plot_group_curves(
                 pass  # one legend for the figure, below
             elif len(members) > MAX_LEGEND:
                 _legend_beside(ax)
-            else:
+            elif ax.get_legend_handles_labels()[0]:  # runs without metrics rows draw nothing to label
                 ax.legend(fontsize=7, ncol=2 if len(members) > 8 else 1)
                 legends_inside.append(ax)
             if col == 0:
