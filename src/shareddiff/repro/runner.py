@@ -129,7 +129,7 @@ def resolve_run(exp: Experiment, spec: RunSpec, out: Path, overrides: list[str])
         check_recorded_recipe(run, run_dir)
         return run, True
     run = run_recipe(exp, spec, out, overrides)
-    _check_model(run)  # a model that cannot be built is named here, before any run starts (also under --jobs)
+    model_config(run)  # a model that cannot be built is named here, before any run starts (also under --jobs)
     return run, False
 
 
@@ -140,11 +140,12 @@ def _tokenizer(path: str) -> Any:
     return Tokenizer(path)
 
 
-def _check_model(run: RunConfig) -> None:
-    """Build the run's model config as the trainer will (ValueError naming a field that does not fit)."""
+def model_config(run: RunConfig) -> Any:
+    """The run's ModelConfig, built as the trainer builds it (the vocabulary from the recipe's tokenizer, or MQAR's;
+    no data needed). Raises ValueError naming a field that does not fit."""
     from shareddiff.train.trainer import _checked_model_config
 
-    _checked_model_config(run, None if run.data.source == "mqar" else _tokenizer(run.data.tokenizer))
+    return _checked_model_config(run, None if run.data.source == "mqar" else _tokenizer(run.data.tokenizer))
 
 
 def evaluate_run(exp: Experiment, run_dir: Path, progress: bool = True) -> dict[str, Any]:
@@ -313,6 +314,7 @@ def run_parallel(
 
     slots: queue.Queue[str | None] = queue.Queue()
     gpus = torch.cuda.device_count()
+    sharing = jobs if gpus <= 1 else -(-jobs // gpus)  # runs at once on one device
     for i in range(jobs):
         slots.put(str(i % gpus) if gpus > 1 else None)
 
@@ -326,7 +328,6 @@ def run_parallel(
         if too_late is not None and too_late(spec):
             slots.put(gpu)
             return spec.name, None
-        sharing = jobs if gpu is None else -(-jobs // gpus)  # runs at once on this run's device
         env = {**os.environ, CONCURRENT_ENV: str(sharing)}
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -360,7 +361,7 @@ def run_parallel(
         if out_of_memory:
             hint = (
                 f"; {len(out_of_memory)} of them ran out of GPU memory ({', '.join(out_of_memory)}) with up to "
-                f"{jobs if gpus <= 1 else -(-jobs // gpus)} runs sharing a device: run again with fewer --jobs"
+                f"{sharing} runs sharing a device: run again with fewer --jobs"
             )
         raise ValueError(
             f"runs {failed} did not finish{hint}; fix what the end of each one's reproduce.log names (logged "
@@ -369,27 +370,27 @@ def run_parallel(
     return [n for n, code in codes if code is None]
 
 
+def _launch_tail(log_path: Path, start: int) -> str:
+    """The end (at most 64 KiB) of what one launch wrote to a run's log from byte ``start`` on; "" if unreadable."""
+    try:
+        with log_path.open("rb") as f:
+            f.seek(max(start, log_path.stat().st_size - (1 << 16)))  # a traceback is at the end
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
+
+
 def last_line(log_path: Path, start: int = 0) -> str:
     """The last non-empty line that one launch (from byte ``start`` on) wrote to a run's log: its error message,
     where it failed with one ("" when it wrote nothing)."""
-    try:
-        with log_path.open("rb") as f:
-            f.seek(max(start, log_path.stat().st_size - (1 << 16)))
-            lines = f.read().decode(errors="replace").splitlines()
-    except OSError:
-        return ""
+    lines = _launch_tail(log_path, start).splitlines()
     return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
 def ran_out_of_memory(log_path: Path, start: int = 0) -> bool:
     """Whether the part of a run's log from byte ``start`` on (one launch's output) ends in a CUDA out-of-memory
     error (``torch.OutOfMemoryError``, or the allocator's "CUDA out of memory" message)."""
-    try:
-        with log_path.open("rb") as f:
-            f.seek(max(start, log_path.stat().st_size - (1 << 16)))  # the traceback is at the end
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return False
+    tail = _launch_tail(log_path, start)
     return "OutOfMemoryError" in tail or "CUDA out of memory" in tail
 
 
@@ -403,16 +404,12 @@ def describe_runs(
     is finished under ``out``; without ``runs``, then the runs of other experiments its summary includes, each
     finished or missing. Needs no data: the vocabulary comes from the recipe's tokenizer (or MQAR's). Raises
     ``ValueError`` for a name in ``runs`` that is not one of the experiment's runs."""
-    from shareddiff.data.tokenizer import Tokenizer
     from shareddiff.params import count_parameters, format_table
-    from shareddiff.train.trainer import _checked_model_config
 
-    rows, tokenizers = [], {}
+    rows = []
     for spec in exp.select(runs):
         run = run_recipe(exp, spec, out, list(overrides or []), check_data=False)
-        if run.data.tokenizer not in tokenizers:
-            tokenizers[run.data.tokenizer] = Tokenizer(run.data.tokenizer)
-        n_params = count_parameters(_checked_model_config(run, tokenizers[run.data.tokenizer])).total
+        n_params = count_parameters(model_config(run)).total
         sized = run.sized(n_params)
         tokens = sized.train.max_steps * sized.tokens_per_step(1)
         rows.append(
