@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
-"""Carry a prepared data folder (`shareddiff data prepare --out DIR`) in compressed parts of at most 36 MB
-(one part and the repository, about 28 MB, fit one GPU-machine call's 64 MiB: docs/data.md).
+"""Carry a prepared data folder (`shareddiff data prepare --out DIR`) in compressed parts of at most 30 MB
+(one part and the repository, about 30 MB, fit one GPU-machine call's 64 MiB: docs/data.md).
 
-    python scripts/parcel.py pack data/corpus-v2 parcels/ [--codec xz|zstd] [--part-bytes 36000000]
+    python scripts/parcel.py pack data/corpus-v2 parcels/ [--codec xz|zstd] [--part-bytes 30000000]
     python scripts/parcel.py unpack parcels/ data/      # -> data/corpus-v2
+    python scripts/parcel.py recut parcels/ parcels24/ --part-bytes 24200000   # other part sizes, same stream
 
 `pack` writes the folder as one tar stream (sorted names, zeroed times and owners, so the same folder
 gives the same bytes), compresses it (xz: Python's lzma at preset 9, no tool needed to unpack; zstd:
 the `zstd -19 --long=27` command) and cuts it into NAME.tar.xz.000, .001, ... next to NAME.parts.json
 (each part's size and sha256). `unpack` checks every part against NAME.parts.json, decompresses and
 extracts them, then checks every shard against the folder's manifest.json (size and sha256), and fails
-with the name of the first part or shard that differs.
+with the name of the first part or shard that differs. `recut` checks the parts the same way and cuts the
+same compressed stream into parts of another size (seconds, where `pack` compresses again for minutes).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-PART_BYTES = 36_000_000
+PART_BYTES = 30_000_000
 SUFFIX = {"xz": ".tar.xz", "zstd": ".tar.zst"}
 
 
@@ -67,12 +69,8 @@ def pack(folder: Path, out_dir: Path, codec: str = "xz", part_bytes: int = PART_
         tar_path, packed = Path(tmp) / "folder.tar", Path(tmp) / name
         _tar(folder, tar_path)
         _compress(tar_path, packed, codec)
-        parts = []
         with packed.open("rb") as f:
-            for index, chunk in enumerate(iter(lambda: f.read(part_bytes), b"")):
-                part = out_dir / f"{name}.{index:03d}"
-                part.write_bytes(chunk)
-                parts.append({"file": part.name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
+            parts = _write_parts(iter(lambda: f.read(part_bytes), b""), out_dir, name)
         manifest = {"folder": folder.name, "codec": codec, "tar_bytes": tar_path.stat().st_size, "parts": parts}
     (out_dir / f"{folder.name}.parts.json").write_text(json.dumps(manifest, indent=1))
     return manifest
@@ -87,20 +85,60 @@ def _verify_shards(folder: Path) -> None:
                 raise ValueError(f"{path}: missing or its sha256 differs from manifest.json")
 
 
-def unpack(parts_dir: Path, dest: Path) -> Path:
-    """Check, join, decompress and extract the parts in ``parts_dir`` into ``dest``; check the shards."""
+def _manifest(parts_dir: Path) -> tuple[Path, dict]:
     found = sorted(parts_dir.glob("*.parts.json"))
     if len(found) != 1:
         raise ValueError(f"{parts_dir} must hold exactly one *.parts.json (found {len(found)})")
-    manifest = json.loads(found[0].read_text())
+    return found[0], json.loads(found[0].read_text())
+
+
+def _checked_parts(parts_dir: Path, manifest: dict):
+    """Each part's bytes in order, checked against the manifest (size and sha256)."""
+    for part in manifest["parts"]:
+        path = parts_dir / part["file"]
+        data = path.read_bytes() if path.is_file() else b""
+        if len(data) != part["bytes"] or hashlib.sha256(data).hexdigest() != part["sha256"]:
+            raise ValueError(f"part {part['file']} is missing, corrupt or incomplete: fetch it again")
+        yield data
+
+
+def _write_parts(chunks, out_dir: Path, name: str) -> list[dict]:
+    parts = []
+    for index, chunk in enumerate(chunks):
+        part = out_dir / f"{name}.{index:03d}"
+        part.write_bytes(chunk)
+        parts.append({"file": part.name, "bytes": len(chunk), "sha256": hashlib.sha256(chunk).hexdigest()})
+    return parts
+
+
+def recut(parts_dir: Path, out_dir: Path, part_bytes: int) -> dict:
+    """Cut the checked parts in ``parts_dir`` into parts of at most ``part_bytes`` in ``out_dir`` (another
+    folder): the same compressed stream, so ``unpack`` gives the same folder. Returns the new manifest.
+    Raises ValueError for ``part_bytes`` < 1, ``out_dir`` equal to ``parts_dir``, or a corrupt part."""
+    if part_bytes < 1:
+        raise ValueError(f"--part-bytes {part_bytes}: give a positive size in bytes")
+    if out_dir.resolve() == parts_dir.resolve():
+        raise ValueError(f"recut into another folder than {parts_dir} (its parts would be overwritten as read)")
+    source, manifest = _manifest(parts_dir)
+    stream = b"".join(_checked_parts(parts_dir, manifest))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    name = manifest["parts"][0]["file"].rsplit(".", 1)[0]
+    for stale in out_dir.glob(f"{name}.[0-9][0-9][0-9]"):
+        stale.unlink()  # parts of an earlier cut that this one would not overwrite
+    chunks = (stream[i : i + part_bytes] for i in range(0, len(stream), part_bytes))
+    manifest = {**manifest, "parts": _write_parts(chunks, out_dir, name)}
+    (out_dir / source.name).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def unpack(parts_dir: Path, dest: Path) -> Path:
+    """Check, join, decompress and extract the parts in ``parts_dir`` into ``dest``; check the shards."""
+    _, manifest = _manifest(parts_dir)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest) as tmp:
         joined = Path(tmp) / "joined"
         with joined.open("wb") as out:
-            for part in manifest["parts"]:
-                data = (parts_dir / part["file"]).read_bytes()
-                if len(data) != part["bytes"] or hashlib.sha256(data).hexdigest() != part["sha256"]:
-                    raise ValueError(f"part {part['file']} is corrupt or incomplete: fetch it again")
+            for data in _checked_parts(parts_dir, manifest):
                 out.write(data)
         tar_path = Path(tmp) / "folder.tar"
         if manifest["codec"] == "xz":
@@ -126,11 +164,19 @@ def main() -> None:
     p = sub.add_parser("unpack", help="check, join and extract parts; check the shards")
     p.add_argument("parts_dir", type=Path)
     p.add_argument("dest", type=Path, help="the folder to extract into (the data lands in DEST/NAME)")
+    p = sub.add_parser("recut", help="cut checked parts into parts of another size (no recompression)")
+    p.add_argument("parts_dir", type=Path)
+    p.add_argument("out_dir", type=Path)
+    p.add_argument("--part-bytes", type=int, required=True)
     args = parser.parse_args()
     if args.command == "pack":
         manifest = pack(args.folder, args.out_dir, args.codec, args.part_bytes)
         total = sum(p["bytes"] for p in manifest["parts"])
         print(f"{len(manifest['parts'])} parts, {total:,} bytes ({manifest['tar_bytes']:,} before compression)")
+    elif args.command == "recut":
+        manifest = recut(args.parts_dir, args.out_dir, args.part_bytes)
+        sizes = ", ".join(f"{p['bytes']:,}" for p in manifest["parts"])
+        print(f"{len(manifest['parts'])} parts in {args.out_dir}: {sizes} bytes")
     else:
         print(f"unpacked and checked {unpack(args.parts_dir, args.dest)}")
 

@@ -42,7 +42,7 @@ def test_unpack_names_a_corrupt_part(prepared, tmp_path):
     manifest = parcel.pack(prepared, tmp_path / "parcels", part_bytes=1000)
     part = tmp_path / "parcels" / manifest["parts"][1]["file"]
     part.write_bytes(part.read_bytes()[:-1] + b"\0")
-    with pytest.raises(ValueError, match=f"part {part.name} is corrupt or incomplete"):
+    with pytest.raises(ValueError, match=f"part {part.name} is missing, corrupt or incomplete"):
         parcel.unpack(tmp_path / "parcels", tmp_path / "dest")
 
 
@@ -57,3 +57,32 @@ def test_unpack_checks_shards_against_the_data_manifest(prepared, tmp_path):
     parcel.pack(prepared, tmp_path / "parcels")
     with pytest.raises(ValueError, match=f"{shard.name}: missing or its sha256 differs from manifest.json"):
         parcel.unpack(tmp_path / "parcels", tmp_path / "dest")
+
+
+def test_recut_gives_other_part_sizes_of_the_same_stream(prepared, tmp_path):
+    first = parcel.pack(prepared, tmp_path / "parcels", part_bytes=1000)
+    stream = b"".join((tmp_path / "parcels" / p["file"]).read_bytes() for p in first["parts"])
+    (tmp_path / "cut").mkdir()
+    (tmp_path / "cut" / "prep.tar.xz.099").write_bytes(b"stale")  # an earlier cut's part: removed
+    cut = parcel.recut(tmp_path / "parcels", tmp_path / "cut", part_bytes=700)
+    sizes = [p["bytes"] for p in cut["parts"]]
+    assert sum(sizes) == len(stream) and all(s <= 700 for s in sizes) and len(sizes) > len(first["parts"])
+    assert sorted(f.name for f in (tmp_path / "cut").iterdir()) == sorted(
+        [p["file"] for p in cut["parts"]] + ["prep.parts.json"]
+    )
+    assert {k: v for k, v in cut.items() if k != "parts"} == {k: v for k, v in first.items() if k != "parts"}
+    folder = parcel.unpack(tmp_path / "cut", tmp_path / "dest")
+    for path in prepared.iterdir():
+        assert (folder / path.name).read_bytes() == path.read_bytes()
+
+
+def test_recut_refuses_a_corrupt_part_its_own_folder_and_a_bad_size(prepared, tmp_path):
+    manifest = parcel.pack(prepared, tmp_path / "parcels", part_bytes=1000)
+    with pytest.raises(ValueError, match="--part-bytes 0"):
+        parcel.recut(tmp_path / "parcels", tmp_path / "cut", part_bytes=0)
+    with pytest.raises(ValueError, match="another folder"):
+        parcel.recut(tmp_path / "parcels", tmp_path / "parcels", part_bytes=500)
+    (tmp_path / "parcels" / manifest["parts"][-1]["file"]).unlink()
+    with pytest.raises(ValueError, match=f"part {manifest['parts'][-1]['file']} is missing"):
+        parcel.recut(tmp_path / "parcels", tmp_path / "cut", part_bytes=500)
+    assert not (tmp_path / "cut").exists()  # nothing written before every part checked out
