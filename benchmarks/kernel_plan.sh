@@ -15,18 +15,25 @@
 #      after each check)
 # Files in $OUT (6, within what a device call brings back): kernel_plan.log (every step's output, the Nsight
 # Compute details of step 4 included), kernel_tests.xml (step 2's JUnit report), attention-*.json (bf16
-# checks, timings, fp32 checks; each rewritten as its rows come), bwd_kernel.ncu-rep.
+# checks, timings, fp32 checks; each rewritten as its rows come), bwd_kernel.ncu-rep (fwd_bwd_kernel.ncu-rep with
+# NCU_FWD=1).
 #
 #   OUT=/path/to/results bash benchmarks/kernel_plan.sh      # default OUT: benchmarks/results
 #   SMOKE=1 OUT=/tmp/smoke bash benchmarks/kernel_plan.sh    # the same plan on the CPU interpreter, tiny shapes
 #   DRY=1 bash benchmarks/kernel_plan.sh                     # print each step's command, run none
-# MODES="split tma" narrows the modes (default: all seven, poly included).
+# MODES="split tma" narrows the modes (default: all seven, poly included). NCU_MODES="split poly" sets step 4's modes
+# (default: split atomic tma reduce); NCU_FWD=1 profiles the forward (_fwd_kernel) too, one launch of each kernel a
+# mode (report fwd_bwd_kernel.ncu-rep instead of bwd_kernel.ncu-rep).
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
 read -r -a MODES <<<"${MODES:-split atomic reduce tma vsplit maps poly}"
-NCU_MODES=(split atomic tma reduce)
+read -r -a NCU_MODES <<<"${NCU_MODES:-split atomic tma reduce}"
+NCU_KERNELS=_bwd_kernel NCU_REPORT=bwd_kernel NCU_LAUNCHES=${#NCU_MODES[@]}
+if [[ ${NCU_FWD:-0} == 1 ]]; then  # the forward and the key-block backward, in launch order, for each mode
+    NCU_KERNELS='_fwd_kernel|_bwd_kernel' NCU_REPORT=fwd_bwd_kernel NCU_LAUNCHES=$((2 * ${#NCU_MODES[@]}))
+fi
 SIZES=(8192x64 8192x128 16384x64 16384x128)
 SMOKE_ARGS=()
 if [[ ${SMOKE:-0} == 1 ]]; then  # the kernel on the CPU interpreter: checks the plan, not the kernel's speed
@@ -84,10 +91,10 @@ fi
 step timings 200 python3 benchmarks/attention.py "${SMOKE_ARGS[@]}" --skip-checks --passed-in "$CHECKED" \
     --no-projections --modes "${MODES[@]}" --sizes "${SIZES[@]}" --out "$OUT"
 if [[ ${DRY:-0} == 1 ]] || { command -v ncu >/dev/null && [[ ${SMOKE:-0} != 1 ]]; }; then
-    step "Nsight Compute" 85 ncu --clock-control none --kernel-name regex:_bwd_kernel --launch-count "${#NCU_MODES[@]}" \
-        --set full --export "$OUT/bwd_kernel" --force-overwrite \
+    step "Nsight Compute" 85 ncu --clock-control none --kernel-name "regex:$NCU_KERNELS" --launch-count "$NCU_LAUNCHES" \
+        --set full --export "$OUT/$NCU_REPORT" --force-overwrite \
         python3 benchmarks/attention.py --profile --modes "${NCU_MODES[@]}" --sizes 8192x64 &&
-        step "Nsight Compute details" 10 ncu --import "$OUT/bwd_kernel.ncu-rep" --page details \
+        step "Nsight Compute details" 10 ncu --import "$OUT/$NCU_REPORT.ncu-rep" --page details \
             --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats
 else
     echo "PLAN Nsight Compute skipped (no ncu on the PATH, or SMOKE=1)" | tee -a "$LOG"

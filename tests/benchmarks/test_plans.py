@@ -100,6 +100,22 @@ def test_kernel_plan_commands_parse_and_fit_one_call(tmp_path):
     assert int(ncu[ncu.index("--launch-count") + 1]) == len(profiled.modes)
     # "reduce" launches the key-block kernel once per chunk of key blocks: last, so each mode gets one launch
     assert profiled.modes[-1] == "reduce" and set(profiled.modes) == {"split", "atomic", "tma", "reduce"}
+    assert ncu[ncu.index("--kernel-name") + 1] == "regex:_bwd_kernel"
+
+
+def test_kernel_plan_profiles_the_forward_too_on_request(tmp_path):
+    """NCU_MODES and NCU_FWD=1: the named modes' forward and key-block backward, one launch of each a mode."""
+    printed = dry_run("benchmarks/kernel_plan.sh", tmp_path, MODES="split poly", NCU_MODES="split poly", NCU_FWD="1")
+    steps = plan_commands(printed)
+    ncu = next(argv for _, argv in steps if argv[0] == "ncu" and "--launch-count" in argv)
+    profiled = attention.build_parser().parse_args(script_args(ncu)[1])
+    assert profiled.profile and profiled.modes == ["split", "poly"]
+    assert ncu[ncu.index("--kernel-name") + 1] == "regex:_fwd_kernel|_bwd_kernel"
+    assert int(ncu[ncu.index("--launch-count") + 1]) == 4
+    report = ncu[ncu.index("--export") + 1]
+    assert report == str(tmp_path / "out" / "fwd_bwd_kernel")
+    details = next(argv for _, argv in steps if argv[0] == "ncu" and "--import" in argv)
+    assert details[details.index("--import") + 1] == report + ".ncu-rep"
 
 
 def test_kernel_plan_tests_select_the_cuda_tests():

@@ -83,7 +83,8 @@ class KernelSettings:
       on the FMA units (``triton_diff._exp2_fma``, relative error ≤ 1.03e-4), so that the two maps' exponentials
       run on both units at once, as FlashAttention-4 splits its own; map 1's and the per-row rescales stay on
       the hardware unit. float32 inputs (the exactness path) and ``forward="maps"``'s forward always take
-      ``"hardware"``.
+      ``"hardware"``. Measured slower on an H200 (forward 20–23 %, backward 8–49 %: docs/performance.md,
+      ``benchmarks/results/attention-NVIDIA_H200-20261203T122905.json``): a setting for experiments.
     fwd_blocks, bwd_blocks, dq_blocks: launch shapes of the forward, the key-block backward and the dQ kernel
       (``"split"``); ``None`` means the defaults of ``triton_diff`` for the head dim and dtype.
     dq_workspace_mib: the most workspace ``"reduce"`` may allocate per launch (MiB); key blocks run in chunks
