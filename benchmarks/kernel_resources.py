@@ -10,7 +10,10 @@ every recorded kernel with ``triton.compile`` for the target (default sm_90: H10
 counts in the PTX of ``wgmma`` (Hopper tensor-core MMA), ``mma.sync`` (the pre-Hopper MMA), per-element
 global atomics/reductions, ``cp.reduce.async.bulk.tensor`` (TMA reduce-add), and the signs of software
 pipelining and warp specialisation: ``cp.async`` copies (one per pipelined load and stage), ``wgmma.wait_group``
-waits, ``setmaxnreg`` (per-partition register budgets) and, in the TTGIR, ``ttg.warp_specialize`` regions.
+waits, ``setmaxnreg`` (per-partition register budgets) and, in the TTGIR, ``ttg.warp_specialize`` regions;
+and in the machine code (SASS, from the cubin by the ``nvdisasm`` that Triton's wheel ships; static counts, each
+loop body once): all instructions, ``MUFU`` (special-function unit), ``FFMA``/``FMUL``/``FADD`` (float32 FMA
+pipe), ``HGMMA`` (Hopper tensor-core MMA) and ``LDL``/``STL`` (local memory: the spills).
 ``--kernels _fwd_kernel`` compiles only the kernels named. Writes JSON beside the other results (or to --out).
 """
 
@@ -52,6 +55,35 @@ PTX_COUNTS = {
     "fma.f32": r"\bfma\.rn\.f32",
 }
 TTGIR_COUNTS = {"warp_specialize": r"\bttg\.warp_specialize\b"}
+SASS_COUNTS = {  # opcode prefixes in nvdisasm's listing (an opcode's modifiers follow a dot: MUFU.EX2)
+    "sass_mufu": ("MUFU",),
+    "sass_fp32": ("FFMA", "FMUL", "FADD"),
+    "sass_hgmma": ("HGMMA",),
+    "sass_local": ("LDL", "STL"),
+}
+_SASS_LINE = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(?:\.[\w.]+)?\b")
+
+
+def parse_sass(listing: str) -> dict:
+    """Static instruction counts from an ``nvdisasm`` listing: ``sass_instructions`` (every instruction, NOPs
+    excluded) and the opcode groups of ``SASS_COUNTS``. Predicated instructions (``@P0 FFMA ...``) count."""
+    opcodes = [m.group(1) for m in _SASS_LINE.finditer(listing)]
+    counts = {"sass_instructions": sum(op != "NOP" for op in opcodes)}
+    for name, prefixes in SASS_COUNTS.items():
+        counts[name] = sum(op in prefixes for op in opcodes)
+    return counts
+
+
+def sass_report(cubin: bytes) -> dict:
+    """``parse_sass`` of the cubin's listing by the wheel's ``nvdisasm`` (the counts None without one)."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "nvdisasm"
+    if not tool.is_file():
+        return {"sass_instructions": None} | dict.fromkeys(SASS_COUNTS)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "kernel.cubin"
+        path.write_bytes(cubin)
+        listing = subprocess.run([str(tool), "-c", str(path)], capture_output=True, text=True, check=True).stdout
+    return parse_sass(listing)
 
 
 def record_launches(settings: KernelSettings, d: int, dtype: torch.dtype, n: int, h: int) -> list[tuple]:
@@ -153,6 +185,7 @@ def compile_one(kernel, bound: dict, capability: int) -> dict:
         **ptxas_report(ptx, capability),
         **{name: len(re.findall(pattern, ptx)) for name, pattern in PTX_COUNTS.items()},
         **{name: len(re.findall(pattern, compiled.asm["ttgir"])) for name, pattern in TTGIR_COUNTS.items()},
+        **sass_report(compiled.asm["cubin"]),
     }
 
 
@@ -209,7 +242,8 @@ def main() -> None:
                 print(row, flush=True)
     path = write_result(f"kernel_resources-sm{args.capability}", {"kernels": rows}, args.out)
     headers = ["d", "mode", "kernel", "blocks", "regs", "spill st/ld", "smem", "wgmma", "mma.sync", "atom", "tma red"]
-    headers += ["cp.async", "wgmma wait", "setmaxnreg", "ex2", "fma.f32", "ws regions"]
+    headers += ["cp.async", "wgmma wait", "setmaxnreg", "ex2", "fma.f32", "ws regions", "SASS", "MUFU", "FP32"]
+    headers += ["HGMMA", "LDL/STL"]
     cells = []
     for r in rows:
         spills = f"{r.get('spill_stores', '-')}/{r.get('spill_loads', '-')}"
@@ -217,7 +251,7 @@ def main() -> None:
         cells.append([r["d"], r["mode"], r["kernel"], shape, r.get("registers", "-"), spills])
         counts = ("shared_bytes", "wgmma", "mma.sync", "atomics", "tma_reduce", "cp.async", "wgmma_wait", "setmaxnreg")
         counts += ("ex2", "fma.f32")
-        cells[-1] += [r.get(k, "-") for k in (*counts, "warp_specialize")]
+        cells[-1] += [r.get(k, "-") for k in (*counts, "warp_specialize", "sass_instructions", *SASS_COUNTS)]
     print(table(headers, cells))
     print(f"wrote {path}")
 

@@ -4,7 +4,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-from kernel_resources import parse_mode, parse_ptxas
+from kernel_resources import parse_mode, parse_ptxas, parse_sass
 
 from shareddiff.ops.kernel_settings import Blocks, KernelSettings
 
@@ -41,3 +41,29 @@ ptxas-blackwell info    : Used 255 registers, used 1 barriers, 1216 bytes cumula
     assert parse_ptxas("ptxas info    : Used 48 registers") == {
         "registers": 48, "spill_stores": None, "spill_loads": None, "stack_frame": None
     }  # fmt: skip
+
+
+def test_sass_listing_counts():
+    """nvdisasm's lines: the opcode after the address, with or without a predicate; NOPs and labels not counted."""
+    listing = """
+        .text._fwd_kernel:
+        /*0000*/                   LDC R1, c[0x0][0x28] ;
+        /*0010*/                   MUFU.EX2 R4, R5 ;
+        /*0020*/               @P0 FFMA R6, R7, R8, R9 ;
+        /*0030*/              @!P1 FMUL.FTZ R6, R7, R8 ;
+        /*0040*/                   FADD R2, R3, R4 ;
+        /*0050*/                   HGMMA.64x64x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0060*/                   STL.64 [R1+0x10], R2 ;
+        /*0070*/                   LDL R3, [R1+0x10] ;
+        /*0080*/                   FSETP.GEU.AND P0, PT, R0, -126, PT ;
+        /*0090*/                   NOP;
+.L_x_1:
+        /*00a0*/                   EXIT ;
+    """
+    assert parse_sass(listing) == {
+        "sass_instructions": 10,
+        "sass_mufu": 1,
+        "sass_fp32": 3,
+        "sass_hgmma": 1,
+        "sass_local": 2,
+    }
