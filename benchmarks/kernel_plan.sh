@@ -30,10 +30,28 @@ export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
 read -r -a MODES <<<"${MODES:-split atomic reduce tma vsplit maps poly}"
 read -r -a NCU_MODES <<<"${NCU_MODES:-split atomic tma reduce}"
-NCU_KERNELS=_bwd_kernel NCU_REPORT=bwd_kernel NCU_LAUNCHES=${#NCU_MODES[@]}
-if [[ ${NCU_FWD:-0} == 1 ]]; then  # the forward and the key-block backward, in launch order, for each mode
+# step 4 counts launches, so its modes are checked before step 1 (a bad one would fail minutes into the call)
+ncu_refuse() {
+    echo "kernel_plan.sh: $1" >&2
+    exit 2
+}
+((${#NCU_MODES[@]})) || ncu_refuse "NCU_MODES is empty; name modes of benchmarks/attention.py, e.g. NCU_MODES=\"split poly\""
+for i in "${!NCU_MODES[@]}"; do
+    case ${NCU_MODES[i]} in
+    split | atomic | tma | vsplit | maps | poly) ;;
+    reduce) ((i == ${#NCU_MODES[@]} - 1)) || ncu_refuse "NCU_MODES: put reduce last (it launches the key-block kernel once per chunk of key blocks, so the launches after it would not be the next modes')" ;;
+    *) ncu_refuse "NCU_MODES: unknown mode '${NCU_MODES[i]}'; use split, atomic, reduce, tma, vsplit, maps or poly" ;;
+    esac
+done
+case ${NCU_FWD:-0} in
+0) NCU_KERNELS=_bwd_kernel NCU_REPORT=bwd_kernel NCU_LAUNCHES=${#NCU_MODES[@]} ;;
+1)  # the forward and the key-block backward, in launch order, for each mode
+    [[ " ${NCU_MODES[*]} " == *" maps "* ]] &&
+        ncu_refuse "NCU_FWD=1 with maps: its forward is _fwd_map_kernel, which step 4 does not profile; leave maps out"
     NCU_KERNELS='_fwd_kernel|_bwd_kernel' NCU_REPORT=fwd_bwd_kernel NCU_LAUNCHES=$((2 * ${#NCU_MODES[@]}))
-fi
+    ;;
+*) ncu_refuse "NCU_FWD=${NCU_FWD}; use 1 (profile the forward too) or 0" ;;
+esac
 SIZES=(8192x64 8192x128 16384x64 16384x128)
 SMOKE_ARGS=()
 if [[ ${SMOKE:-0} == 1 ]]; then  # the kernel on the CPU interpreter: checks the plan, not the kernel's speed

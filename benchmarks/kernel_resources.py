@@ -20,6 +20,8 @@ pipe), ``HGMMA`` (Hopper tensor-core MMA) and ``LDL``/``STL`` (local memory: the
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import re
 import subprocess
@@ -31,6 +33,7 @@ from unittest import mock
 
 import torch
 import triton
+from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import get_ptxas
 from triton.compiler import ASTSource
@@ -169,20 +172,34 @@ def ptxas_report(ptx: str, capability: int) -> dict:
 
 
 def compile_one(kernel, bound: dict, capability: int) -> dict:
-    """One recorded launch compiled for ``capability``: its resources and PTX instruction counts."""
+    """One recorded launch compiled for ``capability``: its resources and PTX instruction counts.
+
+    Registers and spills come from the ``ptxas -v`` log of Triton's own build of the cubin (compiled afresh, not
+    from Triton's cache), so that they describe the binary the SASS counts read and the GPU runs, with Triton's
+    ptxas flags (Triton 3.9 adds ``--regAllocOptLevel=2``, 3.6 does not); ``ptxas_report`` on the PTX is the
+    fallback where that log is empty."""
     signature, constexprs, attrs = signature_of(kernel, bound)
     options = {k: bound[k] for k in ("num_warps", "num_stages") if k in bound}
     began = time.perf_counter()
-    compiled = triton.compile(
-        ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", capability, 32), options=options
-    )
+    log = io.StringIO()
+    with knobs.nvidia.scope(), knobs.compilation.scope(), contextlib.redirect_stdout(log):
+        knobs.nvidia.dump_ptxas_log = True  # make_cubin prints ptxas's -v log
+        knobs.compilation.always_compile = True  # a cached kernel runs no ptxas, so prints no log
+        compiled = triton.compile(
+            ASTSource(kernel, signature, constexprs, attrs), target=GPUTarget("cuda", capability, 32), options=options
+        )
     ptx = compiled.asm["ptx"]
+    resources = parse_ptxas(log.getvalue())
+    source = "triton"
+    if resources["registers"] is None:
+        resources, source = ptxas_report(ptx, capability), "ptxas on the PTX"
     return {
         "kernel": kernel.__name__,
         "blocks": {k: constexprs[k] for k in ("BM", "BN", "VW") if k in constexprs} | options,
         "compile_s": round(time.perf_counter() - began, 1),
         "shared_bytes": compiled.metadata.shared,
-        **ptxas_report(ptx, capability),
+        **resources,
+        "ptxas_log": source,
         **{name: len(re.findall(pattern, ptx)) for name, pattern in PTX_COUNTS.items()},
         **{name: len(re.findall(pattern, compiled.asm["ttgir"])) for name, pattern in TTGIR_COUNTS.items()},
         **sass_report(compiled.asm["cubin"]),

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import lzma
+import re
 import shutil
 import subprocess
 import tarfile
@@ -61,6 +62,8 @@ def _compress(tar_path: Path, out: Path, codec: str) -> None:
 
 def pack(folder: Path, out_dir: Path, codec: str = "xz", part_bytes: int = PART_BYTES) -> dict:
     """Tar, compress and split ``folder``; return the parts manifest written as NAME.parts.json."""
+    if part_bytes < 1:
+        raise ValueError(f"--part-bytes {part_bytes}: give a positive size in bytes")
     if not (folder / "manifest.json").is_file():
         raise ValueError(f"{folder} has no manifest.json: pack a folder made by `shareddiff data prepare`")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -113,18 +116,27 @@ def _write_parts(chunks, out_dir: Path, name: str) -> list[dict]:
 
 def recut(parts_dir: Path, out_dir: Path, part_bytes: int) -> dict:
     """Cut the checked parts in ``parts_dir`` into parts of at most ``part_bytes`` in ``out_dir`` (another
-    folder): the same compressed stream, so ``unpack`` gives the same folder. Returns the new manifest.
-    Raises ValueError for ``part_bytes`` < 1, ``out_dir`` equal to ``parts_dir``, or a corrupt part."""
+    folder): the same compressed stream, so ``unpack`` gives the same folder. Returns the new manifest; parts of
+    an earlier cut of the same parcel in ``out_dir`` are removed. Raises ValueError for ``part_bytes`` < 1,
+    ``out_dir`` equal to ``parts_dir``, an ``out_dir`` holding another parcel's manifest (``unpack`` takes one
+    parcel a folder), a corrupt or missing part, or a manifest without parts."""
     if part_bytes < 1:
         raise ValueError(f"--part-bytes {part_bytes}: give a positive size in bytes")
     if out_dir.resolve() == parts_dir.resolve():
         raise ValueError(f"recut into another folder than {parts_dir} (its parts would be overwritten as read)")
     source, manifest = _manifest(parts_dir)
+    if not manifest["parts"]:
+        raise ValueError(f"{source} lists no parts: pack the folder again")
+    others = [m.name for m in out_dir.glob("*.parts.json") if m.name != source.name] if out_dir.is_dir() else []
+    if others:
+        raise ValueError(f"{out_dir} holds another parcel ({', '.join(sorted(others))}); recut into an empty folder")
     stream = b"".join(_checked_parts(parts_dir, manifest))
     out_dir.mkdir(parents=True, exist_ok=True)
     name = manifest["parts"][0]["file"].rsplit(".", 1)[0]
-    for stale in out_dir.glob(f"{name}.[0-9][0-9][0-9]"):
-        stale.unlink()  # parts of an earlier cut that this one would not overwrite
+    earlier = re.compile(re.escape(manifest["folder"]) + r"\.tar\.(xz|zst)\.\d{3,}")
+    for stale in out_dir.iterdir():
+        if earlier.fullmatch(stale.name):
+            stale.unlink()  # parts of an earlier cut of this parcel, which this one would not all overwrite
     chunks = (stream[i : i + part_bytes] for i in range(0, len(stream), part_bytes))
     manifest = {**manifest, "parts": _write_parts(chunks, out_dir, name)}
     (out_dir / source.name).write_text(json.dumps(manifest, indent=1))

@@ -67,3 +67,37 @@ def test_sass_listing_counts():
         "sass_hgmma": 1,
         "sass_local": 2,
     }
+
+
+def test_resources_come_from_tritons_own_ptxas_log(monkeypatch):
+    """compile_one reads registers and spills from the ptxas -v log of Triton's build (the cubin the SASS counts
+    read), compiled afresh; ptxas on the PTX only where that log is empty."""
+    import types
+
+    import kernel_resources as kr
+
+    seen = {}
+
+    def fake_compile(
+        src, target, options, log="ptxas info    : Used 200 registers, 8 bytes spill stores, 12 bytes spill loads"
+    ):
+        seen["flags"] = (kr.knobs.nvidia.dump_ptxas_log, kr.knobs.compilation.always_compile)
+        if seen.get("print", True):
+            print(log)
+        return types.SimpleNamespace(
+            asm={"ptx": "", "ttgir": "", "cubin": b""}, metadata=types.SimpleNamespace(shared=0)
+        )
+
+    monkeypatch.setattr(kr.triton, "compile", fake_compile)
+    monkeypatch.setattr(kr, "signature_of", lambda kernel, bound: ({}, {"BM": 64}, {}))
+    monkeypatch.setattr(kr, "ASTSource", lambda *a: None)
+    monkeypatch.setattr(kr, "sass_report", lambda cubin: {})
+    monkeypatch.setattr(kr, "ptxas_report", lambda ptx, cap: {"registers": 99, "spill_stores": 0, "spill_loads": 0})
+    kernel = types.SimpleNamespace(__name__="_k")
+    row = kr.compile_one(kernel, {"num_warps": 4}, 90)
+    assert seen["flags"] == (True, True)
+    assert (row["registers"], row["spill_stores"], row["spill_loads"], row["ptxas_log"]) == (200, 8, 12, "triton")
+    assert not kr.knobs.nvidia.dump_ptxas_log  # the knobs are restored
+    seen["print"] = False
+    row = kr.compile_one(kernel, {"num_warps": 4}, 90)
+    assert (row["registers"], row["ptxas_log"]) == (99, "ptxas on the PTX")

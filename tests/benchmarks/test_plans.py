@@ -347,3 +347,25 @@ def test_decode_plan_times_the_kernel_only_after_its_tests_pass(tmp_path, cases,
     done = subprocess.run([sys.executable, "-c", verdict, str(xml), smoke], capture_output=True, text=True)
     assert (done.returncode == 0) == tested, done.stdout + done.stderr
     assert done.stdout.startswith("PLAN decode kernel tests:")
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"NCU_MODES": " "}, "NCU_MODES is empty"),
+        ({"NCU_MODES": "reduce split"}, "put reduce last"),
+        ({"NCU_MODES": "split bogus"}, "unknown mode 'bogus'"),
+        ({"NCU_FWD": "1", "NCU_MODES": "maps reduce"}, "_fwd_map_kernel"),
+        ({"NCU_FWD": "yes"}, "NCU_FWD=yes; use 1"),
+    ],
+)
+def test_kernel_plan_refuses_profile_settings_that_would_miscount(tmp_path, env, message):
+    """Step 4 counts kernel launches: modes it cannot attribute are refused before step 1, not minutes into a call."""
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    run_env = {**os.environ, "DRY": "1", "OUT": str(tmp_path / "out"), **env}
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks/kernel_plan.sh")], env=run_env, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "PLAN command" not in done.stdout

@@ -63,12 +63,14 @@ def test_recut_gives_other_part_sizes_of_the_same_stream(prepared, tmp_path):
     first = parcel.pack(prepared, tmp_path / "parcels", part_bytes=1000)
     stream = b"".join((tmp_path / "parcels" / p["file"]).read_bytes() for p in first["parts"])
     (tmp_path / "cut").mkdir()
-    (tmp_path / "cut" / "prep.tar.xz.099").write_bytes(b"stale")  # an earlier cut's part: removed
+    for stale in ("prep.tar.xz.099", "prep.tar.xz.1000", "prep.tar.zst.000"):  # an earlier cut's parts: removed
+        (tmp_path / "cut" / stale).write_bytes(b"stale")
+    (tmp_path / "cut" / "prep2.tar.xz.000").write_bytes(b"kept")  # not this parcel's
     cut = parcel.recut(tmp_path / "parcels", tmp_path / "cut", part_bytes=700)
     sizes = [p["bytes"] for p in cut["parts"]]
     assert sum(sizes) == len(stream) and all(s <= 700 for s in sizes) and len(sizes) > len(first["parts"])
     assert sorted(f.name for f in (tmp_path / "cut").iterdir()) == sorted(
-        [p["file"] for p in cut["parts"]] + ["prep.parts.json"]
+        [p["file"] for p in cut["parts"]] + ["prep.parts.json", "prep2.tar.xz.000"]
     )
     assert {k: v for k, v in cut.items() if k != "parts"} == {k: v for k, v in first.items() if k != "parts"}
     folder = parcel.unpack(tmp_path / "cut", tmp_path / "dest")
@@ -82,6 +84,12 @@ def test_recut_refuses_a_corrupt_part_its_own_folder_and_a_bad_size(prepared, tm
         parcel.recut(tmp_path / "parcels", tmp_path / "cut", part_bytes=0)
     with pytest.raises(ValueError, match="another folder"):
         parcel.recut(tmp_path / "parcels", tmp_path / "parcels", part_bytes=500)
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "corpus.parts.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"holds another parcel \(corpus\.parts\.json\)"):
+        parcel.recut(tmp_path / "parcels", tmp_path / "busy", part_bytes=500)
+    with pytest.raises(ValueError, match="--part-bytes 0"):
+        parcel.pack(prepared, tmp_path / "zero", part_bytes=0)
     (tmp_path / "parcels" / manifest["parts"][-1]["file"]).unlink()
     with pytest.raises(ValueError, match=f"part {manifest['parts'][-1]['file']} is missing"):
         parcel.recut(tmp_path / "parcels", tmp_path / "cut", part_bytes=500)
