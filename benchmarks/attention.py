@@ -57,6 +57,7 @@ MODES = {  # the fused kernel's settings by name (KernelSettings); "split" is th
     "vsplit": KernelSettings(forward="vsplit"),
     "maps": KernelSettings(forward="maps"),
     "poly": KernelSettings(exp2="poly"),  # the default modes with map 2's exponentials on the FMA units
+    "lazy": KernelSettings(rescale="lazy"),  # the default modes with the forward's conditional rescale
 }
 
 

@@ -21,14 +21,14 @@
 #   OUT=/path/to/results bash benchmarks/kernel_plan.sh      # default OUT: benchmarks/results
 #   SMOKE=1 OUT=/tmp/smoke bash benchmarks/kernel_plan.sh    # the same plan on the CPU interpreter, tiny shapes
 #   DRY=1 bash benchmarks/kernel_plan.sh                     # print each step's command, run none
-# MODES="split tma" narrows the modes (default: all seven, poly included). NCU_MODES="split poly" sets step 4's modes
+# MODES="split tma" narrows the modes (default: all eight, poly and lazy included). NCU_MODES="split poly" sets step 4's modes
 # (default: split atomic tma reduce); NCU_FWD=1 profiles the forward (_fwd_kernel) too, one launch of each kernel a
 # mode (report fwd_bwd_kernel.ncu-rep instead of bwd_kernel.ncu-rep).
 set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
-read -r -a MODES <<<"${MODES:-split atomic reduce tma vsplit maps poly}"
+read -r -a MODES <<<"${MODES:-split atomic reduce tma vsplit maps poly lazy}"
 read -r -a NCU_MODES <<<"${NCU_MODES:-split atomic tma reduce}"
 # step 4 counts launches, so its modes are checked before step 1 (a bad one would fail minutes into the call)
 ncu_refuse() {
@@ -38,9 +38,9 @@ ncu_refuse() {
 ((${#NCU_MODES[@]})) || ncu_refuse "NCU_MODES is empty; name modes of benchmarks/attention.py, e.g. NCU_MODES=\"split poly\""
 for i in "${!NCU_MODES[@]}"; do
     case ${NCU_MODES[i]} in
-    split | atomic | tma | vsplit | maps | poly) ;;
+    split | atomic | tma | vsplit | maps | poly | lazy) ;;
     reduce) ((i == ${#NCU_MODES[@]} - 1)) || ncu_refuse "NCU_MODES: put reduce last (it launches the key-block kernel once per chunk of key blocks, so the launches after it would not be the next modes')" ;;
-    *) ncu_refuse "NCU_MODES: unknown mode '${NCU_MODES[i]}'; use split, atomic, reduce, tma, vsplit, maps or poly" ;;
+    *) ncu_refuse "NCU_MODES: unknown mode '${NCU_MODES[i]}'; use split, atomic, reduce, tma, vsplit, maps, poly or lazy" ;;
     esac
 done
 case ${NCU_FWD:-0} in

@@ -49,6 +49,11 @@ POLY_MODES = {  # exp2="poly" (map 2's exponentials on the FMA units; half preci
     "atomic/vsplit, poly": {"exp2": "poly", "dq": "atomic", "forward": "vsplit"},
 }
 
+LAZY_MODES = {  # rescale="lazy" (the fused forward keeps its running maxima until one grows by > 2^8) in both forwards
+    "split/fused, lazy": {"rescale": "lazy"},
+    "atomic/vsplit, lazy": {"rescale": "lazy", "dq": "atomic", "forward": "vsplit"},
+}
+
 
 @pytest.fixture(autouse=True)
 def nan_outputs(monkeypatch):
@@ -124,12 +129,12 @@ def test_kernel_float16(seed, mode):
     check_against_float64(inputs, True, 5e-3, 1e-2, **MODES[mode])
 
 
-@pytest.mark.parametrize("mode", [*MODES, *POLY_MODES])
+@pytest.mark.parametrize("mode", [*MODES, *POLY_MODES, *LAZY_MODES])
 def test_single_key_query_gradient_is_zero_in_half_precision(seed, mode):
     """With one key both maps are 1, so dQ is exactly 0: the backward's δ comes from the stored O1 and
     O2 (not from out + λ·O2, whose rounding left 2.7e-2 in bf16 on the GPU, 5e-6 relative here)."""
     inputs = [t.half().requires_grad_(True) for t in make_inputs(1, 2, 2, 1, 1, 32, ())]
-    out = triton_differential_attention(*inputs, **{**MODES, **POLY_MODES}[mode])
+    out = triton_differential_attention(*inputs, **{**MODES, **POLY_MODES, **LAZY_MODES}[mode])
     grad = torch.randn_like(out)
     out.backward(grad)
     scale = grad.float().norm() * inputs[4].float().norm()
@@ -306,6 +311,7 @@ def test_environment_still_sets_the_kernel_and_keywords_win(monkeypatch):
         ("SHAREDDIFF_TRITON_BWD_BLOCKS", "48,32,4,2", "powers of two"),
         ("SHAREDDIFF_TRITON_DQ_BLOCKS", "64,32,3,2", "num_warps"),
         ("SHAREDDIFF_TRITON_EXP2", "fast", "SHAREDDIFF_TRITON_EXP2='fast'; use one of hardware, poly"),
+        ("SHAREDDIFF_TRITON_RESCALE", "never", "SHAREDDIFF_TRITON_RESCALE='never'; use one of eager, lazy"),
     ],
 )
 def test_bad_environment_values_are_named(monkeypatch, env, value, match):
@@ -322,6 +328,7 @@ def test_bad_settings_are_named():
         ({"dq": "fast"}, "use one of split, atomic, reduce, tma"),
         ({"forward": "split"}, "use one of fused, vsplit, maps"),
         ({"exp2": "fma"}, "exp2='fma'; use one of hardware, poly"),
+        ({"rescale": "never"}, "rescale='never'; use one of eager, lazy"),
         ({"bwd_blocks": (64, 64, 4, 2)}, "must be a Blocks"),
         ({"dq_workspace_mib": 0}, "at least 1"),
         ({"dq_chunk": 0}, "at least 1 key block"),
@@ -517,3 +524,42 @@ def test_cuda_compiled_model_step_with_the_kernel_matches_eager(seed, request):
     assert eager_err <= 5e-2 and abs(eager[0] - expected[0]) <= 1e-2 * expected[0]
     assert rel_err(compiled[1:], eager[1:]) <= 2 * eager_err
     assert abs(compiled[0] - eager[0]) <= 2 * abs(eager[0] - expected[0]) + ROUNDING * expected[0]
+
+
+@pytest.mark.parametrize("shape", [SHAPES[1], SHAPES[2], SHAPES[4], SHAPES[5]], ids=["odd N", "GQA", "blocks", "cache"])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("mode", LAZY_MODES)
+def test_lazy_rescale_matches_float64(seed, shape, causal, mode):
+    """rescale="lazy", float32 and float16, forward and every gradient, per-head λ: the tolerances of the
+    eager modes."""
+    inputs = make_inputs(*shape, (shape[1],))
+    halves = [t.half() for t in inputs]
+    check_against_float64(inputs, causal, 1e-5, 1e-5, **LAZY_MODES[mode])
+    check_against_float64(halves, causal, 5e-3, 1e-2, **LAZY_MODES[mode])
+
+
+def _late_spike(inputs, key: int, size: float):
+    """Queries and keys of map 1 given a shared direction, and key ``key`` along it ``size`` times: from that
+    key's block on, the rows that see it have a running max far above the one before."""
+    q1, q2, k1, k2, v, lam = (t.clone() for t in inputs)
+    u = torch.nn.functional.normalize(torch.randn(q1.shape[-1]), dim=0)
+    q1 += 8 * u
+    k1[..., key, :] = size * u
+    return [q1, q2, k1, k2, v, lam]
+
+
+@pytest.mark.parametrize("mode", LAZY_MODES)
+def test_lazy_rescale_skips_where_it_may_and_rescales_where_it_must(seed, mode):
+    """The lazy forward does skip rescales (its float32 output differs from the eager one in the last bits:
+    the exponentials subtract older maxima) and does rescale when a late key's scores jump by far more than
+    2^8 (without it exp2 of the jump, ~2^160, would overflow float32): both against float64."""
+    inputs = make_inputs(1, 2, 2, 70, 70, 16, (2,))
+    lazy = triton_differential_attention(*inputs, **LAZY_MODES[mode])
+    eager = triton_differential_attention(*inputs, **{**LAZY_MODES[mode], "rescale": "eager"})
+    assert not torch.equal(lazy, eager) and rel_err(lazy, eager) <= 1e-5
+    spiked = _late_spike(inputs, key=60, size=150.0)
+    scores = spiked[0][..., 60:, :] @ spiked[2][..., 60, :].unsqueeze(-1) / 4.0 * kernels.LOG2E  # d = 16
+    assert scores.min() > 128  # the jump in log2 units: 2^jump overflows float32 unless rescaled
+    halves = [t.half() for t in spiked]
+    check_against_float64(spiked, True, 1e-5, 1e-5, **LAZY_MODES[mode])
+    check_against_float64(halves, True, 5e-3, 1e-2, **LAZY_MODES[mode])

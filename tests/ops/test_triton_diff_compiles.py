@@ -46,6 +46,7 @@ SETTINGS = [  # together: every kernel of the file, each dQ mode, and dq_reduce'
     KernelSettings(forward="maps", dq="reduce", dq_chunk=2),
     KernelSettings(dq="tma"),
     KernelSettings(exp2="poly"),  # map 2's exponentials on the FMA units: the forward and both backward kernels
+    KernelSettings(rescale="lazy"),  # the forward's conditional rescale (a branch inside its key loops)
 ]
 
 
@@ -113,3 +114,4 @@ def test_kernels_compile_for_hopper(dtype, d, tmp_path):
         if dtype != "float32":  # exp2="poly" (map 2's exponentials on the FMA units) in the forward and both backwards
             polys = {name for name, c in compiled if c.get("POLY")}
             assert polys == {"_fwd_kernel", "_bwd_kernel", "_bwd_dq_kernel"}, polys
+        assert {name for name, c in compiled if c.get("LAZY")} == {"_fwd_kernel"}  # rescale="lazy", every dtype

@@ -23,6 +23,7 @@ import torch
 DQ_MODES = ("split", "atomic", "reduce", "tma")
 FORWARD_MODES = ("fused", "vsplit", "maps")
 EXP2_MODES = ("hardware", "poly")
+RESCALE_MODES = ("eager", "lazy")
 BLOCK_KINDS = ("FWD", "BWD", "DQ")
 
 
@@ -85,6 +86,11 @@ class KernelSettings:
       the hardware unit. float32 inputs (the exactness path) and ``forward="maps"``'s forward always take
       ``"hardware"``. Measured slower on an H200 (forward 20–23 %, backward 8–49 %: docs/performance.md,
       ``benchmarks/results/attention-NVIDIA_H200-20261203T122905.json``): a setting for experiments.
+    rescale: how the fused forward (``"fused"``, ``"vsplit"``) keeps its online softmax. ``"eager"`` (default):
+      every key block moves each row to its new max and rescales both maps' accumulators and sums (two
+      multiplications of a BM × 2d accumulator a block); ``"lazy"``: a block keeps the running maxima and skips
+      the rescale unless some row's max grows by more than 2^8 (FlashAttention-4's conditional rescaling; the
+      exponentials stay ≤ 256, the result is the same function). ``"maps"``'s forward is always eager.
     fwd_blocks, bwd_blocks, dq_blocks: launch shapes of the forward, the key-block backward and the dQ kernel
       (``"split"``); ``None`` means the defaults of ``triton_diff`` for the head dim and dtype.
     dq_workspace_mib: the most workspace ``"reduce"`` may allocate per launch (MiB); key blocks run in chunks
@@ -94,6 +100,7 @@ class KernelSettings:
     dq: str = "split"
     forward: str = "fused"
     exp2: str = "hardware"
+    rescale: str = "eager"
     fwd_blocks: Blocks | None = None
     bwd_blocks: Blocks | None = None
     dq_blocks: Blocks | None = None
@@ -107,6 +114,8 @@ class KernelSettings:
             raise ValueError(f"forward={self.forward!r}; use one of {', '.join(FORWARD_MODES)}")
         if self.exp2 not in EXP2_MODES:
             raise ValueError(f"exp2={self.exp2!r}; use one of {', '.join(EXP2_MODES)}")
+        if self.rescale not in RESCALE_MODES:
+            raise ValueError(f"rescale={self.rescale!r}; use one of {', '.join(RESCALE_MODES)}")
         for name in ("fwd_blocks", "bwd_blocks", "dq_blocks"):
             if (value := getattr(self, name)) is not None and not isinstance(value, Blocks):
                 raise ValueError(f"{name} must be a Blocks(bm, bn, num_warps, num_stages) or None, got {value!r}")
@@ -123,7 +132,7 @@ class KernelSettings:
 def settings_from_env(base: KernelSettings | None = None) -> KernelSettings:
     """``base`` (default ``KernelSettings()``) with the environment's overrides: ``SHAREDDIFF_TRITON_DQ``
     (a dq mode), ``SHAREDDIFF_TRITON_VSPLIT`` (``1``: fused forward, ``2``: vsplit), ``SHAREDDIFF_TRITON_EXP2``
-    (an exp2 mode),
+    (an exp2 mode), ``SHAREDDIFF_TRITON_RESCALE`` (a rescale mode),
     ``SHAREDDIFF_TRITON_{FWD,BWD,DQ}_BLOCKS="BM,BN,num_warps,num_stages"``. Raises ``ValueError`` naming the
     variable on a bad value."""
     settings = base or KernelSettings()
@@ -143,6 +152,10 @@ def settings_from_env(base: KernelSettings | None = None) -> KernelSettings:
         if exp2 not in EXP2_MODES:
             raise ValueError(f"SHAREDDIFF_TRITON_EXP2={exp2!r}; use one of {', '.join(EXP2_MODES)}")
         changes["exp2"] = exp2
+    if rescale := os.environ.get("SHAREDDIFF_TRITON_RESCALE"):
+        if rescale not in RESCALE_MODES:
+            raise ValueError(f"SHAREDDIFF_TRITON_RESCALE={rescale!r}; use one of {', '.join(RESCALE_MODES)}")
+        changes["rescale"] = rescale
     for kind in BLOCK_KINDS:
         name = f"SHAREDDIFF_TRITON_{kind}_BLOCKS"
         if raw := os.environ.get(name):

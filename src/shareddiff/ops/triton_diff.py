@@ -17,6 +17,8 @@ dλ = −Σ δ2 is a reduction done in PyTorch. Every kernel runs the tiles that
 keys, below the causal diagonal) through an unmasked loop body and masks only the rest. ``exp2="poly"``
 computes map 2's score exponentials with a cubic on the FMA units instead of the special-function unit (as
 FlashAttention-4 splits its own), in the fused forward and both backward kernels (half precision only).
+``rescale="lazy"`` lets the fused forward keep a block's running maxima, and skip rescaling its accumulators,
+until some row's maximum grows by more than 2^8 (FlashAttention-4's conditional rescaling).
 
 Settings (modes, block shapes) are keyword arguments of ``triton_differential_attention``
 (``shareddiff.ops.kernel_settings``); the ``SHAREDDIFF_TRITON_*`` environment variables still apply where
@@ -68,6 +70,7 @@ def _dot(a, b, IEEE: tl.constexpr):
 # 2^f on [0, 1] as 1 + f·(C1 + f·(C2 + f·C3)), C1 + C2 + C3 = 1 (exact at both ends, so the pieces join): the
 # minimax fit of the relative error, 1.03e-4 at most (linear programming over 4,001 points of [0, 1]), below half
 # a float16 ulp (4.9e-4) and a bfloat16 one (3.9e-3), the precision P is rounded to for the P·V product.
+RESCALE_LOG2 = tl.constexpr(8.0)  # rescale="lazy": the growth of a running max (log2 units) that forces a rescale
 EXP2_C1 = tl.constexpr(0.6954241731944334)
 EXP2_C2 = tl.constexpr(0.2263083574083997)
 EXP2_C3 = tl.constexpr(0.07826746939716708)
@@ -169,10 +172,14 @@ def _fwd_inner(
     acc1, acc2, l1, l2, m1, m2, q1, q2, K1, K2, V, k_base, v_base, skn, svn,
     offs_m, offs_d, offs_v, lo, hi, NK, shift, scale_log2,
     BN: tl.constexpr, MASKED: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr, POLY: tl.constexpr,
+    LAZY: tl.constexpr,
 ):  # fmt: skip
     """The online-softmax update of both maps over key blocks [lo, hi). MASKED=False is for blocks every
     query of the block may see (no causal or end-of-keys test: the bulk of the work). POLY: map 2's score
-    exponentials on the FMA units (``_exp2_fma``)."""
+    exponentials on the FMA units (``_exp2_fma``). LAZY: the maxima m1, m2 the exponentials subtract stay as
+    they are, and the accumulators and sums are not rescaled, until some row's max of either map grows by more
+    than RESCALE_LOG2 (then every row moves to its own new max, as in the eager update): the exponentials stay
+    ≤ 2^RESCALE_LOG2, and O = acc / l and lse = m + log2(l) are the same function of any max a row keeps."""
     for start in range(lo, hi, BN):
         offs_n = start + tl.arange(0, BN)
         k_off = k_base + offs_n[:, None] * skn + offs_d[None, :]
@@ -185,16 +192,33 @@ def _fwd_inner(
             s2 = tl.where(valid, s2, float("-inf"))
         n1 = tl.maximum(m1, tl.max(s1, 1))
         n2 = tl.maximum(m2, tl.max(s2, 1))
-        p1 = tl.exp2(s1 - n1[:, None])
-        p2 = _exp2_map2(s2 - n2[:, None], POLY)
-        a1 = tl.exp2(m1 - n1)
-        a2 = tl.exp2(m2 - n2)
-        l1 = l1 * a1 + tl.sum(p1, 1)
-        l2 = l2 * a2 + tl.sum(p2, 1)
-        acc1 = acc1 * a1[:, None] + _dot(p1.to(v.dtype), v, IEEE)
-        acc2 = acc2 * a2[:, None] + _dot(p2.to(v.dtype), v, IEEE)
-        m1 = n1
-        m2 = n2
+        if LAZY:
+            if tl.max(tl.maximum(n1 - m1, n2 - m2), 0) > RESCALE_LOG2:  # the first block: m = -inf, growth inf
+                a1 = tl.exp2(m1 - n1)
+                a2 = tl.exp2(m2 - n2)
+                l1 = l1 * a1
+                l2 = l2 * a2
+                acc1 = acc1 * a1[:, None]
+                acc2 = acc2 * a2[:, None]
+                m1 = n1
+                m2 = n2
+            p1 = tl.exp2(s1 - m1[:, None])
+            p2 = _exp2_map2(s2 - m2[:, None], POLY)
+            l1 = l1 + tl.sum(p1, 1)
+            l2 = l2 + tl.sum(p2, 1)
+            acc1 = acc1 + _dot(p1.to(v.dtype), v, IEEE)
+            acc2 = acc2 + _dot(p2.to(v.dtype), v, IEEE)
+        else:
+            p1 = tl.exp2(s1 - n1[:, None])
+            p2 = _exp2_map2(s2 - n2[:, None], POLY)
+            a1 = tl.exp2(m1 - n1)
+            a2 = tl.exp2(m2 - n2)
+            l1 = l1 * a1 + tl.sum(p1, 1)
+            l2 = l2 * a2 + tl.sum(p2, 1)
+            acc1 = acc1 * a1[:, None] + _dot(p1.to(v.dtype), v, IEEE)
+            acc2 = acc2 * a2[:, None] + _dot(p2.to(v.dtype), v, IEEE)
+            m1 = n1
+            m2 = n2
     return acc1, acc2, l1, l2, m1, m2
 
 
@@ -243,7 +267,7 @@ def _fwd_kernel(
     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
     H, GROUP, N, NK, scale_log2,
     D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, CAUSAL: tl.constexpr, IEEE: tl.constexpr,
-    SPLIT: tl.constexpr, VW: tl.constexpr, POLY: tl.constexpr,
+    SPLIT: tl.constexpr, VW: tl.constexpr, POLY: tl.constexpr, LAZY: tl.constexpr,
 ):  # fmt: skip
     # VW: the V columns of this program (2D, or D when V's columns are split over two programs that
     # each recompute both maps: half-width accumulators, for large d where two 2D-wide ones spill)
@@ -269,11 +293,11 @@ def _fwd_kernel(
     else:
         acc1, acc2, l1, l2, m1, m2 = _fwd_inner(
             acc1, acc2, l1, l2, m1, m2, q1, q2, K1, K2, V, k_base, v_base, skn, svn,
-            offs_m, offs_d, offs_v, 0, full, NK, shift, scale_log2, BN, False, CAUSAL, IEEE, POLY,
+            offs_m, offs_d, offs_v, 0, full, NK, shift, scale_log2, BN, False, CAUSAL, IEEE, POLY, LAZY,
         )  # fmt: skip
     acc1, acc2, l1, l2, m1, m2 = _fwd_inner(
         acc1, acc2, l1, l2, m1, m2, q1, q2, K1, K2, V, k_base, v_base, skn, svn,
-        offs_m, offs_d, offs_v, full, hi, NK, shift, scale_log2, BN, True, CAUSAL, IEEE, POLY,
+        offs_m, offs_d, offs_v, full, hi, NK, shift, scale_log2, BN, True, CAUSAL, IEEE, POLY, LAZY,
     )  # fmt: skip
     lam = tl.load(Lam + h)
     o1 = acc1 / l1[:, None]
@@ -743,7 +767,7 @@ class _FusedDifferentialAttentionFunction(torch.autograd.Function):
             grid = (triton.cdiv(n, blocks.bm), b * h, programs)
             _fwd_kernel[grid](
                 **_pick("fwd", values), **flags, VW=2 * d // programs, POLY=_poly(settings, q1.dtype),
-                **blocks.launch(INTERPRET),
+                LAZY=settings.rescale == "lazy", **blocks.launch(INTERPRET),
             )  # fmt: skip
         ctx.save_for_backward(q1, q2, k1, k2, v, lam, o1, o2, lse1, lse2)
         ctx.causal = causal
