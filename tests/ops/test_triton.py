@@ -116,11 +116,11 @@ def test_kernel_float32_matches_float64(seed, shape, causal, mode):
 
 @pytest.mark.parametrize("shape", [SHAPES[2], SHAPES[5]])
 @pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", [*MODES, *LAZY_MODES])
 def test_kernel_all_masked_tiles_path(seed, shape, causal, mode, monkeypatch):
     """The single masked loop that float32 takes on the GPU (split_tiles False) against float64."""
     monkeypatch.setattr(kernels, "split_tiles", lambda dtype: False)
-    check_against_float64(make_inputs(*shape, (shape[1],)), causal, 1e-5, 1e-5, **MODES[mode])
+    check_against_float64(make_inputs(*shape, (shape[1],)), causal, 1e-5, 1e-5, **{**MODES, **LAZY_MODES}[mode])
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -538,28 +538,34 @@ def test_lazy_rescale_matches_float64(seed, shape, causal, mode):
     check_against_float64(halves, causal, 5e-3, 1e-2, **LAZY_MODES[mode])
 
 
-def _late_spike(inputs, key: int, size: float):
-    """Queries and keys of map 1 given a shared direction, and key ``key`` along it ``size`` times: from that
-    key's block on, the rows that see it have a running max far above the one before."""
-    q1, q2, k1, k2, v, lam = (t.clone() for t in inputs)
-    u = torch.nn.functional.normalize(torch.randn(q1.shape[-1]), dim=0)
-    q1 += 8 * u
-    k1[..., key, :] = size * u
-    return [q1, q2, k1, k2, v, lam]
+def _late_spike(inputs, key: int, size: float, map_: int):
+    """The queries and keys of map ``map_`` (1 or 2) given a shared direction, and key ``key`` along it ``size``
+    times: from that key's block on, the rows that see it have a running max of that map far above the one
+    before."""
+    spiked = [t.clone() for t in inputs]
+    q, k = spiked[map_ - 1], spiked[map_ + 1]
+    u = torch.nn.functional.normalize(torch.randn(q.shape[-1]), dim=0)
+    q += 8 * u
+    k[..., key, :] = size * u
+    return spiked
 
 
+@pytest.mark.parametrize("map_", [1, 2])
 @pytest.mark.parametrize("mode", LAZY_MODES)
-def test_lazy_rescale_skips_where_it_may_and_rescales_where_it_must(seed, mode):
+def test_lazy_rescale_skips_where_it_may_and_rescales_where_it_must(seed, mode, map_):
     """The lazy forward does skip rescales (its float32 output differs from the eager one in the last bits:
-    the exponentials subtract older maxima) and does rescale when a late key's scores jump by far more than
-    2^8 (without it exp2 of the jump, ~2^160, would overflow float32): both against float64."""
+    the exponentials subtract older maxima) and does rescale when a late key's scores in either map exceed
+    the earlier ones by far more than 8 in log2 units (without it, exp2 of scores above 128 overflows float32;
+    those of map ``map_`` reach about 430): both against float64."""
     inputs = make_inputs(1, 2, 2, 70, 70, 16, (2,))
     lazy = triton_differential_attention(*inputs, **LAZY_MODES[mode])
     eager = triton_differential_attention(*inputs, **{**LAZY_MODES[mode], "rescale": "eager"})
     assert not torch.equal(lazy, eager) and rel_err(lazy, eager) <= 1e-5
-    spiked = _late_spike(inputs, key=60, size=150.0)
-    scores = spiked[0][..., 60:, :] @ spiked[2][..., 60, :].unsqueeze(-1) / 4.0 * kernels.LOG2E  # d = 16
-    assert scores.min() > 128  # the jump in log2 units: 2^jump overflows float32 unless rescaled
+    spiked = _late_spike(inputs, key=60, size=150.0, map_=map_)
+    q, k = spiked[map_ - 1], spiked[map_ + 1]
+    scores = q[..., 60:, :] @ k[..., 60, :].unsqueeze(-1) / 4.0 * kernels.LOG2E  # d = 16: scale 1/4
+    earlier = (q[..., 60:, :] @ k[..., :48, :].transpose(-1, -2) / 4.0 * kernels.LOG2E).amax(-1, keepdim=True)
+    assert (scores - earlier).min() > 128  # in log2 units: 2^jump overflows float32 unless rescaled
     halves = [t.half() for t in spiked]
     check_against_float64(spiked, True, 1e-5, 1e-5, **LAZY_MODES[mode])
     check_against_float64(halves, True, 5e-3, 1e-2, **LAZY_MODES[mode])
