@@ -550,6 +550,9 @@ def _late_spike(inputs, key: int, size: float, map_: int):
     return spiked
 
 
+# the backward exponentiates a masked tile's every pair before zeroing the invalid ones: the spike's scores for the
+# queries before it (which may not see it) overflow there, in numpy, and are then dropped (inf → 0 by tl.where)
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp2:RuntimeWarning")
 @pytest.mark.parametrize("map_", [1, 2])
 @pytest.mark.parametrize("mode", LAZY_MODES)
 def test_lazy_rescale_skips_where_it_may_and_rescales_where_it_must(seed, mode, map_):
