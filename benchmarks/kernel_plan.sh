@@ -28,7 +28,8 @@ set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
-read -r -a MODES <<<"${MODES:-split atomic reduce tma vsplit maps poly lazy}"
+ALL_MODES="split atomic reduce tma vsplit maps poly lazy"  # benchmarks/attention.py's MODES
+read -r -a MODES <<<"${MODES:-$ALL_MODES}"
 read -r -a NCU_MODES <<<"${NCU_MODES:-split atomic tma reduce}"
 # step 4 counts launches, so its modes are checked before step 1 (a bad one would fail minutes into the call)
 ncu_refuse() {
@@ -37,11 +38,10 @@ ncu_refuse() {
 }
 ((${#NCU_MODES[@]})) || ncu_refuse "NCU_MODES is empty; name modes of benchmarks/attention.py, e.g. NCU_MODES=\"split poly\""
 for i in "${!NCU_MODES[@]}"; do
-    case ${NCU_MODES[i]} in
-    split | atomic | tma | vsplit | maps | poly | lazy) ;;
-    reduce) ((i == ${#NCU_MODES[@]} - 1)) || ncu_refuse "NCU_MODES: put reduce last (it launches the key-block kernel once per chunk of key blocks, so the launches after it would not be the next modes')" ;;
-    *) ncu_refuse "NCU_MODES: unknown mode '${NCU_MODES[i]}'; use split, atomic, reduce, tma, vsplit, maps, poly or lazy" ;;
-    esac
+    [[ " $ALL_MODES " == *" ${NCU_MODES[i]} "* ]] ||
+        ncu_refuse "NCU_MODES: unknown mode '${NCU_MODES[i]}'; use one of: $ALL_MODES"
+    [[ ${NCU_MODES[i]} != reduce ]] || ((i == ${#NCU_MODES[@]} - 1)) ||
+        ncu_refuse "NCU_MODES: put reduce last (it launches the key-block kernel once per chunk of key blocks, so the launches after it would not be the next modes')"
 done
 case ${NCU_FWD:-0} in
 0) NCU_KERNELS=_bwd_kernel NCU_REPORT=bwd_kernel NCU_LAUNCHES=${#NCU_MODES[@]} ;;

@@ -132,8 +132,8 @@ def recut(parts_dir: Path, out_dir: Path, part_bytes: int) -> dict:
         raise ValueError(f"{out_dir} holds another parcel ({', '.join(sorted(others))}); recut into an empty folder")
     stream = b"".join(_checked_parts(parts_dir, manifest))
     out_dir.mkdir(parents=True, exist_ok=True)
-    name = manifest["parts"][0]["file"].rsplit(".", 1)[0]
-    earlier = re.compile(re.escape(manifest["folder"]) + r"\.tar\.(xz|zst)\.\d{3,}")
+    name = manifest["folder"] + SUFFIX[manifest["codec"]]  # as pack names the parts
+    earlier = re.compile(re.escape(manifest["folder"]) + f"({'|'.join(map(re.escape, SUFFIX.values()))})" + r"\.\d{3,}")
     for stale in out_dir.iterdir():
         if earlier.fullmatch(stale.name):
             stale.unlink()  # parts of an earlier cut of this parcel, which this one would not all overwrite

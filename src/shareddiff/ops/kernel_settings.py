@@ -25,6 +25,7 @@ FORWARD_MODES = ("fused", "vsplit", "maps")
 EXP2_MODES = ("hardware", "poly")
 RESCALE_MODES = ("eager", "lazy")
 BLOCK_KINDS = ("FWD", "BWD", "DQ")
+_CHOICES = {"dq": DQ_MODES, "forward": FORWARD_MODES, "exp2": EXP2_MODES, "rescale": RESCALE_MODES}  # by field
 
 
 @dataclass(frozen=True)
@@ -108,14 +109,9 @@ class KernelSettings:
     dq_chunk: int | None = None
 
     def __post_init__(self) -> None:
-        if self.dq not in DQ_MODES:
-            raise ValueError(f"dq={self.dq!r}; use one of {', '.join(DQ_MODES)}")
-        if self.forward not in FORWARD_MODES:
-            raise ValueError(f"forward={self.forward!r}; use one of {', '.join(FORWARD_MODES)}")
-        if self.exp2 not in EXP2_MODES:
-            raise ValueError(f"exp2={self.exp2!r}; use one of {', '.join(EXP2_MODES)}")
-        if self.rescale not in RESCALE_MODES:
-            raise ValueError(f"rescale={self.rescale!r}; use one of {', '.join(RESCALE_MODES)}")
+        for name, modes in _CHOICES.items():
+            if (value := getattr(self, name)) not in modes:
+                raise ValueError(f"{name}={value!r}; use one of {', '.join(modes)}")
         for name in ("fwd_blocks", "bwd_blocks", "dq_blocks"):
             if (value := getattr(self, name)) is not None and not isinstance(value, Blocks):
                 raise ValueError(f"{name} must be a Blocks(bm, bn, num_warps, num_stages) or None, got {value!r}")
@@ -137,10 +133,15 @@ def settings_from_env(base: KernelSettings | None = None) -> KernelSettings:
     variable on a bad value."""
     settings = base or KernelSettings()
     changes: dict = {}
-    if dq := os.environ.get("SHAREDDIFF_TRITON_DQ"):
-        if dq not in DQ_MODES:
-            raise ValueError(f"SHAREDDIFF_TRITON_DQ={dq!r}; use one of {', '.join(DQ_MODES)}")
-        changes["dq"] = dq
+
+    def choice(field: str) -> None:  # SHAREDDIFF_TRITON_<FIELD>: one of the field's modes
+        name = f"SHAREDDIFF_TRITON_{field.upper()}"
+        if value := os.environ.get(name):
+            if value not in _CHOICES[field]:
+                raise ValueError(f"{name}={value!r}; use one of {', '.join(_CHOICES[field])}")
+            changes[field] = value
+
+    choice("dq")
     if split := os.environ.get("SHAREDDIFF_TRITON_VSPLIT"):
         if split not in ("1", "2"):
             raise ValueError(f"SHAREDDIFF_TRITON_VSPLIT={split!r}; use 1 or 2")
@@ -148,14 +149,8 @@ def settings_from_env(base: KernelSettings | None = None) -> KernelSettings:
             changes["forward"] = "vsplit"
         elif settings.forward == "vsplit":
             changes["forward"] = "fused"
-    if exp2 := os.environ.get("SHAREDDIFF_TRITON_EXP2"):
-        if exp2 not in EXP2_MODES:
-            raise ValueError(f"SHAREDDIFF_TRITON_EXP2={exp2!r}; use one of {', '.join(EXP2_MODES)}")
-        changes["exp2"] = exp2
-    if rescale := os.environ.get("SHAREDDIFF_TRITON_RESCALE"):
-        if rescale not in RESCALE_MODES:
-            raise ValueError(f"SHAREDDIFF_TRITON_RESCALE={rescale!r}; use one of {', '.join(RESCALE_MODES)}")
-        changes["rescale"] = rescale
+    choice("exp2")
+    choice("rescale")
     for kind in BLOCK_KINDS:
         name = f"SHAREDDIFF_TRITON_{kind}_BLOCKS"
         if raw := os.environ.get(name):
