@@ -2,7 +2,7 @@
 
     python3 benchmarks/attention.py [--quick] [--sweep] [--modes split atomic reduce tma vsplit maps poly]
         [--sizes 8192x64 16384x128] [--check-dtypes bf16 fp32] [--checks-only | --skip-checks]
-        [--no-projections] [--profile] [--smoke]
+        [--no-projections] [--profile [--forward-only] [--with-sdpa]] [--smoke]
 
 1. Checks (bf16 and fp32, fresh random inputs, GPU memory poisoned with NaN first so an element a kernel
    leaves unwritten shows): the "sdpa" backend and the fused kernel in each of ``--modes`` (KernelSettings
@@ -15,11 +15,12 @@
    width 2d), DIFF as 4 SDPA calls (v split), and the fused kernel in each of ``--modes``; forward and
    forward+backward; peak memory of each.
 3. With --sweep: the kernel's block shapes (``fwd_blocks``, ``bwd_blocks``, ``dq_blocks``), one kernel at
-   a time.
+   a time (``--sweep FWD``: the forward's alone).
 4. Shared DIFF projections: separate GEMMs (W, A1, A2) vs one GEMM of X·[W | A1 | A2].
---profile instead runs one forward + backward per mode at the first size and nothing else (for Nsight
-Compute: ``benchmarks/kernel_plan.sh``). Writes JSON to benchmarks/results/ (or --out), rewritten after each
-check and each timed size (a run cut short keeps what it did), and prints the tables last.
+--profile instead runs one forward + backward per mode at each size and nothing else (for Nsight Compute:
+``benchmarks/kernel_plan.sh``; with --forward-only and --with-sdpa, ``benchmarks/forward_profile.sh``).
+Writes JSON to benchmarks/results/ (or --out), rewritten after each check and each timed size (a run cut
+short keeps what it did), and prints the tables last.
 --smoke is a dry run on the CPU (``TRITON_INTERPRET=1``): tiny shapes and sizes, float16 in place of bf16
 (the interpreter has no bf16), wall-clock timing; it checks the plumbing, not the kernel's speed.
 """
@@ -208,11 +209,11 @@ def bench(n: int, d: int, modes: list[str]) -> list[dict]:
     def leaf(*shape):
         return torch.randn(*shape, device=dev, dtype=dt, requires_grad=True)
 
-    q, k, vs = leaf(b, h, n, 2 * d), leaf(b, h, n, 2 * d), leaf(b, h, n, 2 * d)
+    q, k, vs = standard_inputs(b, h, n, 2 * d)
     q1, q2, k1, k2, v = leaf(b, h, n, d), leaf(b, h, n, d), leaf(b, h, n, d), leaf(b, h, n, d), leaf(b, h, n, 2 * d)
     lam = torch.tensor(0.5, device=dev, requires_grad=True)
     variants = {
-        "standard SDPA": (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True), (q, k, vs)),
+        "standard SDPA": (standard_sdpa, (q, k, vs)),
         "DIFF 2 SDPA calls": (lambda *a: differential_attention(*a, backend="sdpa"), (q1, q2, k1, k2, v, lam)),
         "DIFF 4 SDPA calls": (four_call, (q1, q2, k1, k2, v, lam)),
     } | {f"fused kernel, {mode}": (kernel(MODES[mode]), (q1, q2, k1, k2, v, lam)) for mode in modes}
@@ -238,10 +239,10 @@ def bench(n: int, d: int, modes: list[str]) -> list[dict]:
 
 
 SWEEP = {  # block shapes "BM,BN,num_warps,num_stages" per kernel and head half-dim; the first is the default
-    # the last FWD shapes: one pipelining stage deeper than the default (sm_90: 163,840 and 229,376 bytes of
-    # shared memory, under the H200's 232,448; d = 128 at 4 stages would need 294,912; kernel_resources.py)
+    # FWD at d = 128: the default is sm_90's (3 stages: 229,376 bytes of shared memory, under the H200's 232,448;
+    # 6 % faster than 2 on an H200, 2026-12-03); 128,64,8,4 at d = 64 (163,840 bytes) timed level with 3 there
     ("FWD", 64): ["128,64,8,3", "64,64,4,3", "64,64,4,2", "128,128,8,2", "128,64,8,2", "128,64,8,4"],
-    ("FWD", 128): ["64,64,8,2", "64,64,4,2", "128,64,8,2", "64,64,8,1", "32,64,4,2", "64,64,8,3"],
+    ("FWD", 128): ["64,64,8,3", "64,64,4,2", "128,64,8,2", "64,64,8,1", "32,64,4,2", "64,64,8,2"],
     ("BWD", 64): ["64,64,4,2", "32,128,8,2", "32,64,4,2", "64,64,8,2", "64,32,4,2", "64,64,4,3"],
     ("BWD", 128): ["64,32,4,2", "32,64,8,1", "64,64,8,1", "64,32,8,2", "32,32,4,2", "64,32,4,1"],
     ("DQ", 64): ["128,64,8,3", "64,64,4,2", "64,32,4,2", "128,32,8,2", "128,64,8,2"],
@@ -255,16 +256,21 @@ SWEEP = {  # block shapes "BM,BN,num_warps,num_stages" per kernel and head half-
 }
 
 
-def sweep(n: int, d: int) -> list[dict]:
+SWEEP_KERNELS = list(dict.fromkeys(k for k, _ in SWEEP))
+
+
+def sweep(n: int, d: int, kernels: list[str] = SWEEP_KERNELS) -> list[dict]:
     """The fused kernel (forward fused; dQ split unless the label names a mode) under each block shape
     of SWEEP, one kernel at a time with the others at their defaults: forward time for FWD,
-    forward+backward for the rest."""
+    forward+backward for the rest. ``kernels``: which of SWEEP's kernels (labels) to sweep."""
     inputs = kernel_inputs(n, d)
     out = []
-    for label in dict.fromkeys(k for k, _ in SWEEP):
+    for label in [k for k in SWEEP_KERNELS if k in kernels]:
         kind = label.split(",")[0]
         dq = label.split()[-1] if "dQ" in label else "split"
-        for blocks in SWEEP[(label, d)]:
+        if (label, d) not in SWEEP:
+            print(f"sweep N={n} d={d} {label}: no shapes in SWEEP for d = {d}", flush=True)
+        for blocks in SWEEP.get((label, d), []):
             settings = KernelSettings(dq=dq).replace(**{f"{kind.lower()}_blocks": Blocks.parse(blocks)})
             try:
                 ms, _ = time_variant(kernel(settings), inputs, kind != "FWD")
@@ -309,14 +315,43 @@ def projections(n_tokens: int = 32768, width: int = 1024, rank: int = 64) -> lis
     return out
 
 
-def profile_once(n: int, d: int, modes: list[str]) -> None:
-    """One forward + backward of the fused kernel per mode, in ``modes`` order, at the benchmark's shape."""
-    inputs = kernel_inputs(n, d)
-    for mode in modes:
-        kernel(MODES[mode])(*inputs).sum().backward()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
-        print(f"profiled N={n} d={d} mode {mode}", flush=True)
+def profile_once(
+    sizes: list[tuple[int, int]], modes: list[str], forward_only: bool = False, with_sdpa: bool = False
+) -> None:
+    """One forward + backward of the fused kernel per mode, in ``modes`` order, at each of ``sizes``, for
+    Nsight Compute (``benchmarks/kernel_plan.sh``, ``benchmarks/forward_profile.sh``). ``forward_only``: the
+    forward alone, under ``torch.no_grad()``. ``with_sdpa``: first, at each size, the same pass of standard
+    SDPA (h heads of 2d, the benchmark's "standard SDPA" row), whose kernels are the efficiency the fused op is
+    measured against. On the GPU the profiled calls (not the inputs' creation) run inside an NVTX range named
+    ``profile``, so ``ncu --nvtx --nvtx-include profile/`` takes their kernels and no others."""
+    for n, d in sizes:
+        inputs = kernel_inputs(n, d)
+        b, h = TOKENS // n, WIDTH // (2 * d)
+        passes = [("sdpa", standard_sdpa, standard_inputs(b, h, n, 2 * d))] if with_sdpa else []
+        passes += [(f"mode {mode}", kernel(MODES[mode]), inputs) for mode in modes]
+        for label, fn, args in passes:
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.nvtx.range_push("profile")
+            if forward_only:
+                with torch.no_grad():
+                    fn(*args)
+            else:
+                fn(*args).sum().backward()
+            if DEVICE == "cuda":
+                torch.cuda.synchronize()
+                torch.cuda.nvtx.range_pop()
+            print(f"profiled N={n} d={d} {label}{' (forward)' if forward_only else ''}", flush=True)
+
+
+def standard_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The baseline of every ratio: one causal SDPA call of h heads of head dim 2d."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def standard_inputs(b: int, h: int, n: int, head_dim: int) -> tuple:
+    """q, k, v of standard attention, (B, h, N, head_dim) leaves that require grad."""
+    return tuple(torch.randn(b, h, n, head_dim, device=DEVICE, dtype=BF16, requires_grad=True) for _ in range(3))
 
 
 def kernel_inputs(n: int, d: int) -> tuple:
@@ -349,14 +384,22 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line (its own function, so tests can check the plans' arguments without running them)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="N ∈ {8192, 16384} only")
-    parser.add_argument("--sweep", action="store_true", help="also time the kernel's block shapes (SWEEP)")
+    parser.add_argument(
+        "--sweep",
+        nargs="*",
+        choices=SWEEP_KERNELS,
+        metavar="KERNEL",
+        help=f"also time the kernel's block shapes (SWEEP); with names, those alone: {', '.join(SWEEP_KERNELS)}",
+    )
     parser.add_argument("--out", help="results folder (default benchmarks/results)")
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES), help="fused-kernel modes")
     parser.add_argument("--sizes", nargs="+", type=parse_size, help="NxD pairs, e.g. 8192x64 (overrides --quick)")
     parser.add_argument("--check-dtypes", nargs="+", default=["bf16", "fp32"], choices=["bf16", "fp32"])
     parser.add_argument("--checks-only", action="store_true", help="run the checks, time nothing")
     parser.add_argument("--skip-checks", action="store_true", help="time only (after a passing --checks-only run)")
-    parser.add_argument("--profile", action="store_true", help="one fwd+bwd per mode at the first size, no more")
+    parser.add_argument("--profile", action="store_true", help="one fwd+bwd per mode at each size, nothing else")
+    parser.add_argument("--forward-only", action="store_true", help="with --profile: the forward alone (no_grad)")
+    parser.add_argument("--with-sdpa", action="store_true", help="with --profile: standard SDPA first at each size")
     parser.add_argument("--no-projections", action="store_true", help="skip the projection GEMM timing")
     parser.add_argument("--passed-in", help="with --skip-checks: time only the modes that passed in this checks JSON")
     parser.add_argument("--smoke", action="store_true", help="CPU dry run under TRITON_INTERPRET=1 (tiny shapes)")
@@ -369,8 +412,10 @@ def main() -> None:
     if args.smoke:
         use_smoke_settings()
     default_size = (32, 16) if args.smoke else (8192, 64)
+    if (args.forward_only or args.with_sdpa) and not args.profile:
+        parser.error("--forward-only and --with-sdpa shape --profile; add --profile")
     if args.profile:
-        profile_once(*(args.sizes or [default_size])[0], args.modes)
+        profile_once(args.sizes or [default_size], args.modes, args.forward_only, args.with_sdpa)
         return
     checks, rows, swept, proj = [], [], [], []
     payload = {"checks": checks, "timings": rows, "sweep": swept, "projections": proj}
@@ -407,8 +452,8 @@ def main() -> None:
         rows += bench(n, d, modes)
         print(f"timed N={n} d={d}", flush=True)
         path.write_text(json.dumps(payload, indent=2))
-    for n, d in sizes if args.sweep and not failed else []:
-        swept += sweep(n, d)
+    for n, d in sizes if args.sweep is not None and not failed else []:
+        swept += sweep(n, d, args.sweep or SWEEP_KERNELS)
         path.write_text(json.dumps(payload, indent=2))
     if not (args.no_projections or sdpa_failed or args.checks_only):
         proj += projections(256, 64, 8) if args.smoke else projections()

@@ -79,3 +79,51 @@ def test_timing_skips_the_modes_that_failed_an_earlier_check(monkeypatch, tmp_pa
     (result,) = (tmp_path / "out").glob("attention-*.json")
     assert [r["variant"] for r in json.loads(result.read_text())["timings"]] == ["DIFF 2 SDPA calls", "split"]
     assert "not timed, a check failed or did not run: tma" in capsys.readouterr().out
+
+
+def test_sweep_names_its_kernels():
+    """--sweep alone: every kernel of SWEEP; --sweep FWD: the forward's shapes alone; an unknown name is refused."""
+    parser = attention.build_parser()
+    assert parser.parse_args([]).sweep is None
+    assert parser.parse_args(["--sweep"]).sweep == []
+    assert parser.parse_args(["--sweep", "FWD", "BWD, dQ tma"]).sweep == ["FWD", "BWD, dQ tma"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--sweep", "fwd"])
+
+
+def test_sweep_times_only_the_named_kernels(monkeypatch):
+    timed = []
+
+    def time_variant(fn, inputs, backward):
+        timed.append(backward)
+        return 1.0, 0.0
+
+    monkeypatch.setattr(attention, "kernel_inputs", lambda n, d: ())
+    monkeypatch.setattr(attention, "time_variant", time_variant)
+    rows = attention.sweep(8192, 128, ["FWD"])
+    assert [r["blocks"] for r in rows] == attention.SWEEP[("FWD", 128)] and timed == [False] * len(rows)
+    assert {r["kernel"] for r in attention.sweep(8192, 64)} == set(attention.SWEEP_KERNELS)
+
+
+def test_profile_options_need_profile(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["attention.py", "--forward-only"])
+    with pytest.raises(SystemExit):
+        attention.main()
+    assert "add --profile" in capsys.readouterr().err
+
+
+def test_profile_runs_sdpa_then_each_mode_forward_only(on_cpu, monkeypatch, capsys):
+    """--profile --forward-only --with-sdpa: at each size, SDPA's pass first, then each mode's, none recording a
+    graph (no_grad)."""
+    monkeypatch.setattr(attention, "WIDTH", 64)
+    monkeypatch.setattr(attention, "TOKENS", 64)
+    monkeypatch.setattr(attention, "BF16", torch.float16)
+    recorded = []
+    monkeypatch.setattr(attention, "standard_sdpa", lambda *a: recorded.append(("sdpa", torch.is_grad_enabled())))
+    monkeypatch.setattr(attention, "kernel", lambda s: lambda *a: recorded.append((s, torch.is_grad_enabled())))
+    attention.profile_once([(32, 16), (16, 32)], ["split", "lazy"], forward_only=True, with_sdpa=True)
+    modes = attention.MODES
+    expected = [("sdpa", False), (modes["split"], False), (modes["lazy"], False)]
+    assert recorded == expected * 2
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == "profiled N=32 d=16 sdpa (forward)" and printed[-1] == "profiled N=16 d=32 mode lazy (forward)"

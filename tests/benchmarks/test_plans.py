@@ -369,3 +369,47 @@ def test_kernel_plan_refuses_profile_settings_that_would_miscount(tmp_path, env,
     )
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "PLAN command" not in done.stdout
+
+
+def test_forward_profile_commands_parse_and_fit_one_call(tmp_path):
+    """forward_profile.sh: the forward's block shapes alone, then one Nsight Compute pass that takes only the
+    profiled calls' kernels (NVTX range "profile") of SDPA and the named modes, forward only; its limits fit one
+    call, and a dry run writes nothing."""
+    printed = dry_run("benchmarks/forward_profile.sh", tmp_path, MODES="split lazy")
+    steps = plan_commands(printed)
+    assert sum(limit for limit, _ in steps) <= DEVICE_CALL_S - 45
+    shapes = attention.build_parser().parse_args(script_args(steps[1][1])[1])
+    assert shapes.sweep == ["FWD"] and shapes.skip_checks and shapes.modes == ["split"]
+    assert shapes.sizes == [(8192, 64), (8192, 128)]
+    ncu = next(argv for _, argv in steps if argv[0] == "ncu" and "--export" in argv)
+    assert ncu[ncu.index("--nvtx-include") + 1] == "profile/" and "--nvtx" in ncu
+    profiled = attention.build_parser().parse_args(script_args(ncu)[1])
+    assert profiled.profile and profiled.forward_only and profiled.with_sdpa and profiled.modes == ["split", "lazy"]
+    imports = [argv for _, argv in steps if argv[0] == "ncu" and "--import" in argv]
+    report = ncu[ncu.index("--export") + 1] + ".ncu-rep"
+    assert len(imports) == 2 and all(argv[argv.index("--import") + 1] == report for argv in imports)
+    assert not (tmp_path / "out").exists()
+
+
+def test_forward_profile_refuses_no_modes(tmp_path):
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path / "out"), "MODES": " "}
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks/forward_profile.sh")], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "MODES is empty" in done.stderr
+
+
+@pytest.mark.slow
+def test_forward_profile_runs_on_the_cpu_interpreter(tmp_path):
+    """SMOKE=1: the block-shape step times the split mode (SWEEP has no shapes at the smoke's d = 16, and says so),
+    and the profiled passes run SDPA, then each mode, forward only."""
+    out = tmp_path / "out"
+    smoke_run("benchmarks/forward_profile.sh", out, MODES="split lazy")
+    log = (out / "forward_profile.log").read_text()
+    assert "sweep N=32 d=16 FWD: no shapes in SWEEP for d = 16" in log
+    profiled = re.findall(r"^profiled N=32 d=16 (.*)$", log, re.MULTILINE)
+    assert profiled == ["sdpa (forward)", "mode split (forward)", "mode lazy (forward)"]
+    (result,) = out.glob("attention-*.json")
+    assert [r["variant"] for r in json.loads(result.read_text())["timings"]][-1] == "fused kernel, split"

@@ -282,6 +282,17 @@ def test_defaults_are_the_measured_algorithm(monkeypatch):
     assert resolve_backend("auto", q) == "sdpa"  # every AUTO_RULES row is a GPU's; q is on the CPU
     monkeypatch.setattr(kernels, "INTERPRET", False)  # the GPU's shapes (bf16: wide=False)
     assert [kernels.fwd_blocks(d, False) for d in (64, 128)] == [Blocks(128, 64, 8, 3), Blocks(64, 64, 8, 2)]
+    # d = 128: a third stage where a block may hold it (sm_90 opts into 232,448 bytes; sm_80 into 166,912)
+    hopper, ampere = 232_448, 166_912
+    assert [kernels.fwd_blocks(d, False, "fused", hopper) for d in (64, 128)] == [
+        Blocks(128, 64, 8, 3),
+        Blocks(64, 64, 8, 3),
+    ]
+    assert kernels.fwd_blocks(128, False, "vsplit", hopper) == Blocks(64, 64, 8, 3)
+    assert kernels.fwd_blocks(128, False, "fused", ampere) == Blocks(64, 64, 8, 2)
+    assert kernels.fwd_blocks(128, False, "maps", hopper) == Blocks(64, 64, 4, 2)
+    assert kernels.fwd_blocks(128, True, "fused", hopper) == Blocks(64, 32, 4, 1)  # float32 keeps its shape
+    assert kernels.device_smem_per_block(torch.device("cpu")) == 0
     assert [kernels.bwd_blocks(d, False) for d in (64, 128)] == [Blocks(64, 64, 4, 2), Blocks(64, 32, 4, 2)]
     assert [kernels.dq_blocks(d, False) for d in (64, 128)] == [Blocks(128, 64, 8, 3), Blocks(128, 32, 8, 2)]
     assert kernels.bwd_blocks(64, False, "atomic") == Blocks(32, 128, 8, 2)
