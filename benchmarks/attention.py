@@ -28,6 +28,7 @@ short keeps what it did), and prints the tables last.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -239,8 +240,8 @@ def bench(n: int, d: int, modes: list[str]) -> list[dict]:
 
 
 SWEEP = {  # block shapes "BM,BN,num_warps,num_stages" per kernel and head half-dim; the first is the default
-    # FWD at d = 128: the default is sm_90's (3 stages: 229,376 bytes of shared memory, under the H200's 232,448;
-    # 6 % faster than 2 on an H200, 2026-12-03); 128,64,8,4 at d = 64 (163,840 bytes) timed level with 3 there
+    # FWD at d = 128: the first is sm_90's default (3 stages: 229,376 bytes of shared memory, under the H200's 232,448;
+    # 6 % faster than 2 there, 2026-12-03; sm_80 holds 2, the last); 128,64,8,4 at d = 64 timed level with 3
     ("FWD", 64): ["128,64,8,3", "64,64,4,3", "64,64,4,2", "128,128,8,2", "128,64,8,2", "128,64,8,4"],
     ("FWD", 128): ["64,64,8,3", "64,64,4,2", "128,64,8,2", "64,64,8,1", "32,64,4,2", "64,64,8,2"],
     ("BWD", 64): ["64,64,4,2", "32,128,8,2", "32,64,4,2", "64,64,8,2", "64,32,4,2", "64,64,4,3"],
@@ -332,15 +333,14 @@ def profile_once(
         for label, fn, args in passes:
             if DEVICE == "cuda":
                 torch.cuda.synchronize()
-                torch.cuda.nvtx.range_push("profile")
-            if forward_only:
-                with torch.no_grad():
-                    fn(*args)
-            else:
-                fn(*args).sum().backward()
-            if DEVICE == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.nvtx.range_pop()
+            with torch.cuda.nvtx.range("profile") if DEVICE == "cuda" else contextlib.nullcontext():
+                if forward_only:
+                    with torch.no_grad():
+                        fn(*args)
+                else:
+                    fn(*args).sum().backward()
+                if DEVICE == "cuda":
+                    torch.cuda.synchronize()  # the range closes after the kernels, not after their launches
             print(f"profiled N={n} d={d} {label}{' (forward)' if forward_only else ''}", flush=True)
 
 

@@ -89,9 +89,20 @@ def sass_report(cubin: bytes) -> dict:
     return parse_sass(listing)
 
 
-def record_launches(settings: KernelSettings, d: int, dtype: torch.dtype, n: int, h: int) -> list[tuple]:
+SMEM_PER_BLOCK = {80: 166_912, 86: 101_376, 87: 166_912, 89: 101_376, 90: 232_448, 100: 232_448, 120: 101_376}
+"""The shared memory (bytes) a block may opt into, by compute capability ×10 (CUDA's per-architecture limits):
+what ``triton_diff.device_smem_per_block`` reads on such a GPU, and so what the launch shapes depend on."""
+
+
+def record_launches(
+    settings: KernelSettings, d: int, dtype: torch.dtype, n: int, h: int, capability: int = 90
+) -> list[tuple]:
     """(kernel, grid, arguments by name with num_warps and num_stages) of every launch of one causal forward +
-    backward at (1, h, n, d) in ``dtype``, recorded instead of run (as on a GPU: ``"tma"`` stays ``"tma"``)."""
+    backward at (1, h, n, d) in ``dtype``, recorded instead of run, as on a GPU of ``capability``: from sm_90 on
+    ``"tma"`` stays ``"tma"``, and the shapes that depend on the device's shared memory take that GPU's
+    (``SMEM_PER_BLOCK``). Raises ``ValueError`` for a capability without a known limit."""
+    if capability not in SMEM_PER_BLOCK:
+        raise ValueError(f"capability {capability}: no shared-memory limit known; use one of {sorted(SMEM_PER_BLOCK)}")
     from shareddiff.ops import triton_diff  # after main() unset TRITON_INTERPRET
 
     if triton_diff.INTERPRET:
@@ -107,7 +118,8 @@ def record_launches(settings: KernelSettings, d: int, dtype: torch.dtype, n: int
     lam = torch.full((h,), 0.5)
     with (
         mock.patch.object(JITFunction, "run", run),
-        mock.patch.object(triton_diff, "descriptor_reduce_available", lambda device: True),
+        mock.patch.object(triton_diff, "descriptor_reduce_available", lambda device: capability >= 90),
+        mock.patch.object(triton_diff, "device_smem_per_block", lambda device: SMEM_PER_BLOCK[capability]),
     ):
         out = triton_diff._FusedDifferentialAttentionFunction.apply(q1, q2, k1, k2, v, lam, True, settings)
         out.backward(torch.ones_like(out))
@@ -241,7 +253,7 @@ def main() -> None:
     for d in args.d:
         for mode in args.modes:
             settings = parse_mode(mode)
-            for kernel, grid, bound in record_launches(settings, d, dtype, n=1024, h=2):
+            for kernel, grid, bound in record_launches(settings, d, dtype, n=1024, h=2, capability=args.capability):
                 if args.kernels and kernel.__name__ not in args.kernels:
                     continue
                 _, constexprs, _ = signature_of(kernel, bound)

@@ -1,6 +1,7 @@
 """benchmarks/attention.py's checks, run on the CPU interpreter at a tiny shape: every fused-kernel mode it
 times passes them, and a kernel that leaves an output element unwritten fails them."""
 
+import contextlib
 import json
 import sys
 
@@ -127,3 +128,51 @@ def test_profile_runs_sdpa_then_each_mode_forward_only(on_cpu, monkeypatch, caps
     assert recorded == expected * 2
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == "profiled N=32 d=16 sdpa (forward)" and printed[-1] == "profiled N=16 d=32 mode lazy (forward)"
+
+
+@pytest.mark.parametrize(("flags", "swept"), [([], None), (["--sweep"], "all"), (["--sweep", "FWD"], ["FWD"])])
+def test_main_sweeps_what_the_command_names(monkeypatch, tmp_path, flags, swept):
+    """--sweep alone sweeps every kernel of SWEEP at each size (the documented ``--quick --sweep``), --sweep FWD the
+    forward's shapes alone, no --sweep nothing."""
+    for name in ("DEVICE", "WIDTH", "TOKENS", "CHECK_SHAPES", "BF16"):  # (--smoke sets them; restored after)
+        monkeypatch.setattr(attention, name, getattr(attention, name))
+    monkeypatch.setattr(attention, "bench", lambda n, d, modes: [])
+    calls = []
+    monkeypatch.setattr(attention, "sweep", lambda n, d, kernels: calls.append((n, d, kernels)) or [])
+    argv = ["attention.py", "--smoke", "--skip-checks", "--no-projections", "--modes", "split", "--out", str(tmp_path)]
+    monkeypatch.setattr(sys, "argv", [*argv, *flags])
+    attention.main()
+    expected = [] if swept is None else [(32, 16, attention.SWEEP_KERNELS if swept == "all" else swept)]
+    assert calls == expected
+
+
+def test_profile_closes_its_range_around_each_pass(monkeypatch):
+    """On the GPU each profiled pass runs inside one NVTX range "profile", closed even when the pass raises."""
+    events = []
+
+    @contextlib.contextmanager
+    def nvtx_range(name):
+        events.append(("push", name))
+        try:
+            yield
+        finally:
+            events.append(("pop", name))
+
+    def failing(settings):
+        def run():
+            events.append(("kernel",))
+            raise RuntimeError("launch failed")
+
+        return run
+
+    monkeypatch.setattr(attention, "DEVICE", "cuda")
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda.nvtx, "range", nvtx_range)
+    monkeypatch.setattr(attention, "kernel_inputs", lambda n, d: ())
+    monkeypatch.setattr(attention, "standard_inputs", lambda *a: ())
+    monkeypatch.setattr(attention, "standard_sdpa", lambda: events.append(("sdpa",)))
+    monkeypatch.setattr(attention, "kernel", failing)
+    with pytest.raises(RuntimeError, match="launch failed"):
+        attention.profile_once([(8192, 64)], ["split"], forward_only=True, with_sdpa=True)
+    push, pop = ("push", "profile"), ("pop", "profile")
+    assert events == [push, ("sdpa",), pop, push, ("kernel",), pop]

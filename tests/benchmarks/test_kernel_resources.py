@@ -1,4 +1,10 @@
-"""The pure parts of benchmarks/kernel_resources.py: its mode strings and its reading of ``ptxas -v``."""
+"""The pure parts of benchmarks/kernel_resources.py: its mode strings, its reading of ``ptxas -v`` and of the
+SASS listing, and the launches it records as a GPU's."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -7,6 +13,8 @@ pytest.importorskip("triton")
 from kernel_resources import parse_mode, parse_ptxas, parse_sass
 
 from shareddiff.ops.kernel_settings import Blocks, KernelSettings
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_mode_strings_become_kernel_settings():
@@ -101,3 +109,38 @@ def test_resources_come_from_tritons_own_ptxas_log(monkeypatch):
     seen["print"] = False
     row = kr.compile_one(kernel, {"num_warps": 4}, 90)
     assert (row["registers"], row["ptxas_log"]) == (99, "ptxas on the PTX")
+
+
+RECORD_FWD = """
+import sys, torch
+sys.path.insert(0, "benchmarks")
+from kernel_resources import record_launches
+from shareddiff.ops.kernel_settings import KernelSettings
+for settings in (KernelSettings(), KernelSettings(rescale="lazy"), KernelSettings(forward="maps")):
+    for capability in (90, 80):
+        launches = record_launches(settings, 128, torch.bfloat16, 256, 2, capability)
+        fwd = [b for k, _, b in launches if k.__name__.startswith("_fwd")]
+        print(settings.forward, settings.rescale, capability, fwd[0]["num_warps"], fwd[0]["num_stages"])
+try:
+    record_launches(KernelSettings(), 128, torch.bfloat16, 256, 2, 75)
+except ValueError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_recorded_forward_launch_takes_the_gpus_shared_memory():
+    """The op's own launch path (not fwd_blocks alone) on a GPU of each capability: the d = 128 forward takes a
+    third stage where a block holds 232,448 bytes (sm_90) and two where it holds 166,912 (sm_80); "maps" keeps its
+    shape. In a process without TRITON_INTERPRET: the recorded launches are the GPU's."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-c", RECORD_FWD], env=env, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == [
+        "fused eager 90 8 3",
+        "fused eager 80 8 2",
+        "fused lazy 90 8 3",
+        "fused lazy 80 8 2",
+        "maps eager 90 4 2",
+        "maps eager 80 4 2",
+        "refused: capability 75: no shared-memory limit known; use one of [80, 86, 87, 89, 90, 100, 120]",
+    ]

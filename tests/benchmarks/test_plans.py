@@ -391,14 +391,37 @@ def test_forward_profile_commands_parse_and_fit_one_call(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_forward_profile_refuses_no_modes(tmp_path):
+@pytest.mark.parametrize(
+    ("modes", "message"),
+    [(" ", "MODES is empty"), ("split bogus", "unknown mode 'bogus'; use one of: split atomic reduce tma vsplit")],
+)
+def test_forward_profile_refuses_bad_modes_before_any_step(tmp_path, modes, message):
+    """Checked first (SMOKE=1 would run step 1 otherwise): rc 2, the problem named, nothing written."""
     if shutil.which("bash") is None:
         pytest.skip("needs bash")
-    env = {**os.environ, "DRY": "1", "OUT": str(tmp_path / "out"), "MODES": " "}
-    done = subprocess.run(
-        ["bash", str(ROOT / "benchmarks/forward_profile.sh")], env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 2 and "MODES is empty" in done.stderr
+    env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path / "out"), "MODES": modes}
+    script = str(ROOT / "benchmarks/forward_profile.sh")
+    done = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 2 and message in done.stderr and "PLAN" not in done.stdout
+    assert not (tmp_path / "out").exists()
+
+
+def test_forward_profile_exits_1_naming_the_failed_steps(tmp_path):
+    """A python3 that fails every command: each step fails, the plan goes on, and its exit status and last line
+    say which steps failed."""
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text("#!/bin/sh\nexit 3\n")
+    (fake / "python3").chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "SMOKE": "1", "OUT": str(out), "PATH": f"{fake}:{os.environ.get('PATH', '')}"}
+    script = str(ROOT / "benchmarks/forward_profile.sh")
+    done = subprocess.run(["bash", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 1, done.stdout + done.stderr
+    last = (out / "forward_profile.log").read_text().splitlines()[-1]
+    assert last.startswith("PLAN failed steps: versions forward block shapes profiled passes")
 
 
 @pytest.mark.slow

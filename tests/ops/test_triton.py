@@ -6,6 +6,8 @@ Skipped where Triton is absent. The test_cuda_* tests (a GPU only) run the kerne
 torch.compile(fullgraph=True) (inductor) against the same op eager: the op alone and a model's training step."""
 
 import copy
+import types
+import warnings
 
 import pytest
 import torch
@@ -297,6 +299,31 @@ def test_defaults_are_the_measured_algorithm(monkeypatch):
     assert [kernels.dq_blocks(d, False) for d in (64, 128)] == [Blocks(128, 64, 8, 3), Blocks(128, 32, 8, 2)]
     assert kernels.bwd_blocks(64, False, "atomic") == Blocks(32, 128, 8, 2)
     assert kernels.fwd_blocks(64, True) == Blocks(64, 32, 4, 1) and kernels.bwd_blocks(64, True) == Blocks(16, 64, 4, 1)
+
+
+def test_device_shared_memory_is_read_once_and_is_a_constant_when_compiled(monkeypatch):
+    """``device_smem_per_block`` asks CUDA once per device, and inside ``torch.compile(fullgraph=True)`` (the op's
+    launch code is traced) it is a constant: no graph break, no warning."""
+    asked = []
+
+    def properties(device):
+        asked.append(device)
+        return types.SimpleNamespace(shared_memory_per_block_optin=232_448)
+
+    monkeypatch.setattr(kernels, "_SMEM_PER_BLOCK", {})
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    gpu = torch.device("cuda", 0)
+    assert kernels.device_smem_per_block(gpu) == kernels.device_smem_per_block(gpu) == 232_448 and asked == [gpu]
+
+    def uses_it(x, device):
+        return x + kernels.device_smem_per_block(device)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        compiled = torch.compile(uses_it, fullgraph=True, backend="eager")
+        assert compiled(torch.zeros(2), gpu).tolist() == [232_448.0, 232_448.0]
+        assert compiled(torch.zeros(2), torch.device("cpu")).tolist() == [0.0, 0.0]
+    assert asked == [gpu]
 
 
 def test_environment_still_sets_the_kernel_and_keywords_win(monkeypatch):

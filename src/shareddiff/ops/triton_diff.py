@@ -32,7 +32,6 @@ blocks (tests).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import os
 import warnings
@@ -639,7 +638,7 @@ def fwd_blocks(d: int, wide: bool, forward: str = "fused", smem_per_block: int =
     shared memory. ``smem_per_block``: the shared memory (bytes) a block of the device may opt into; at
     d = 128 a device with at least ``FWD_DEEP_SMEM`` (sm_90: 232,448) gets a third pipelining stage, 6 % faster
     on an H200 (2026-12-03: 5.14 against 5.48 ms at N = 8192, 10.0-10.2 against 10.7 ms at 16,384;
-    docs/performance.md, "The forward's profile"), and others keep two (163,840 bytes, which sm_80 holds).
+    docs/performance.md, "The forward beside SDPA's"), and others keep two (163,840 bytes, which sm_80 holds).
     The CPU interpreter uses small blocks (no autotuning: no device to time on)."""
     if INTERPRET:
         return Blocks(16, 16)
@@ -652,12 +651,18 @@ def fwd_blocks(d: int, wide: bool, forward: str = "fused", smem_per_block: int =
     return Blocks(128, 64, 8, 3)
 
 
-@functools.cache
+_SMEM_PER_BLOCK: dict[torch.device, int] = {}
+
+
+@torch.compiler.assume_constant_result  # under torch.compile: read once while tracing, a constant in the graph
 def device_smem_per_block(device: torch.device) -> int:
-    """The shared memory (bytes) one block may opt into on ``device``; 0 off CUDA or where torch does not say."""
-    if device.type != "cuda":
-        return 0
-    return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", 0)
+    """The shared memory (bytes) one block may opt into on ``device`` (CUDA's
+    ``MAX_SHARED_MEMORY_PER_BLOCK_OPTIN``: 232,448 on sm_90, 166,912 on sm_80); 0 off CUDA or where torch does not
+    say. Read once per device."""
+    if device not in _SMEM_PER_BLOCK:
+        props = torch.cuda.get_device_properties(device) if device.type == "cuda" else None
+        _SMEM_PER_BLOCK[device] = getattr(props, "shared_memory_per_block_optin", 0)
+    return _SMEM_PER_BLOCK[device]
 
 
 def bwd_blocks(d: int, wide: bool, dq: str = "split") -> Blocks:
