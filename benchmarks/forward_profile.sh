@@ -21,16 +21,9 @@ set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
-ALL_MODES="split atomic reduce tma vsplit maps poly lazy"  # benchmarks/attention.py's MODES
+source benchmarks/plan_steps.sh  # step NAME SECONDS COMMAND..., check_attention_modes
 read -r -a MODES <<<"${MODES:-split}"
-refuse() {
-    echo "forward_profile.sh: $1" >&2
-    exit 2
-}
-((${#MODES[@]})) || refuse "MODES is empty; name modes of benchmarks/attention.py, e.g. MODES=\"split lazy\""
-for mode in "${MODES[@]}"; do  # checked before step 1, so that a typo does not fail minutes into the call
-    [[ " $ALL_MODES " == *" $mode "* ]] || refuse "MODES: unknown mode '$mode'; use one of: $ALL_MODES"
-done
+check_attention_modes MODES "${MODES[@]}"  # before step 1, so that a typo does not fail minutes into the call
 SIZES=(8192x64 8192x128)
 SMOKE_ARGS=()
 if [[ ${SMOKE:-0} == 1 ]]; then  # the Python side on the CPU interpreter: checks the plan, not the kernel
@@ -47,7 +40,6 @@ else
     : >"$LOG"
 fi
 REPORT=$OUT/forward
-source benchmarks/plan_steps.sh  # step NAME SECONDS COMMAND...
 
 FAILED=()  # the steps that did not end with rc 0: the plan's exit status is 1 if any
 step versions 15 python3 -c 'import torch, triton; print(torch.__version__, triton.__version__,

@@ -28,29 +28,23 @@ set -u -o pipefail
 cd "$(dirname "$0")/.." || exit 1
 export PYTHONPATH=src PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/results}
-ALL_MODES="split atomic reduce tma vsplit maps poly lazy"  # benchmarks/attention.py's MODES
-read -r -a MODES <<<"${MODES:-$ALL_MODES}"
+source benchmarks/plan_steps.sh  # step NAME SECONDS COMMAND..., check_attention_modes, refuse
+read -r -a MODES <<<"${MODES:-$ATTENTION_MODES}"
 read -r -a NCU_MODES <<<"${NCU_MODES:-split atomic tma reduce}"
 # step 4 counts launches, so its modes are checked before step 1 (a bad one would fail minutes into the call)
-ncu_refuse() {
-    echo "kernel_plan.sh: $1" >&2
-    exit 2
-}
-((${#NCU_MODES[@]})) || ncu_refuse "NCU_MODES is empty; name modes of benchmarks/attention.py, e.g. NCU_MODES=\"split poly\""
+check_attention_modes NCU_MODES "${NCU_MODES[@]}"
 for i in "${!NCU_MODES[@]}"; do
-    [[ " $ALL_MODES " == *" ${NCU_MODES[i]} "* ]] ||
-        ncu_refuse "NCU_MODES: unknown mode '${NCU_MODES[i]}'; use one of: $ALL_MODES"
     [[ ${NCU_MODES[i]} != reduce ]] || ((i == ${#NCU_MODES[@]} - 1)) ||
-        ncu_refuse "NCU_MODES: put reduce last (it launches the key-block kernel once per chunk of key blocks, so the launches after it would not be the next modes')"
+        refuse "NCU_MODES: put reduce last (it launches the key-block kernel once per chunk of key blocks, so the launches after it would not be the next modes')"
 done
 case ${NCU_FWD:-0} in
 0) NCU_KERNELS=_bwd_kernel NCU_REPORT=bwd_kernel NCU_LAUNCHES=${#NCU_MODES[@]} ;;
 1)  # the forward and the key-block backward, in launch order, for each mode
     [[ " ${NCU_MODES[*]} " == *" maps "* ]] &&
-        ncu_refuse "NCU_FWD=1 with maps: its forward is _fwd_map_kernel, which step 4 does not profile; leave maps out"
+        refuse "NCU_FWD=1 with maps: its forward is _fwd_map_kernel, which step 4 does not profile; leave maps out"
     NCU_KERNELS='_fwd_kernel|_bwd_kernel' NCU_REPORT=fwd_bwd_kernel NCU_LAUNCHES=$((2 * ${#NCU_MODES[@]}))
     ;;
-*) ncu_refuse "NCU_FWD=${NCU_FWD}; use 1 (profile the forward too) or 0" ;;
+*) refuse "NCU_FWD=${NCU_FWD}; use 1 (profile the forward too) or 0" ;;
 esac
 SIZES=(8192x64 8192x128 16384x64 16384x128)
 SMOKE_ARGS=()
@@ -69,7 +63,6 @@ STARTED=$(mktemp)  # its time stamp marks the plan's start
 trap 'rm -f "$STARTED"' EXIT
 [[ ${DRY:-0} == 1 ]] && echo "PLAN deadline $DEADLINE s"
 
-source benchmarks/plan_steps.sh  # step NAME SECONDS COMMAND...
 
 step versions 15 python3 -c 'import torch, triton; print(torch.__version__, triton.__version__,
     torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU")'

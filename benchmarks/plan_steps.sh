@@ -1,6 +1,24 @@
-# The steps of a GPU plan that fits one device call (sourced by benchmarks/kernel_plan.sh and decode_plan.sh).
-# The sourcing script sets DEADLINE (seconds after its start, a bash $SECONDS count) and LOG (a file every step's
-# output is appended to); DRY=1 prints each step's command instead of running it.
+# The steps of a GPU plan that fits one device call (sourced by benchmarks/kernel_plan.sh, forward_profile.sh and
+# decode_plan.sh). The sourcing script sets DEADLINE (seconds after its start, a bash $SECONDS count) and LOG (a file
+# every step's output is appended to) before its first step; DRY=1 prints each step's command instead of running it.
+
+ATTENTION_MODES="split atomic reduce tma vsplit maps poly lazy"  # benchmarks/attention.py's MODES
+
+# refuse MESSAGE: a setting that would fail minutes into the call, named before any step (exit 2)
+refuse() {
+    echo "$(basename "$0"): $1" >&2
+    exit 2
+}
+
+# check_attention_modes VARIABLE MODE...: refuses an empty list or a mode that benchmarks/attention.py lacks
+check_attention_modes() {
+    local name=$1 mode
+    shift
+    (($#)) || refuse "$name is empty; name modes of benchmarks/attention.py, e.g. $name=\"split lazy\""
+    for mode in "$@"; do
+        [[ " $ATTENTION_MODES " == *" $mode "* ]] || refuse "$name: unknown mode '$mode'; use one of: $ATTENTION_MODES"
+    done
+}
 
 PLANNED=0  # DRY=1: the seconds the steps so far may take, each at its full limit (the plan's worst case)
 

@@ -436,3 +436,10 @@ def test_forward_profile_runs_on_the_cpu_interpreter(tmp_path):
     assert profiled == ["sdpa (forward)", "mode split (forward)", "mode lazy (forward)"]
     (result,) = out.glob("attention-*.json")
     assert [r["variant"] for r in json.loads(result.read_text())["timings"]][-1] == "fused kernel, split"
+
+
+def test_plans_know_attention_py_s_modes():
+    """plan_steps.sh's ATTENTION_MODES (what kernel_plan.sh and forward_profile.sh accept) is attention.py's MODES."""
+    source = (ROOT / "benchmarks/plan_steps.sh").read_text()
+    modes = re.search(r'^ATTENTION_MODES="([^"]*)"', source, re.MULTILINE).group(1).split()
+    assert modes == list(attention.MODES)
